@@ -1,0 +1,341 @@
+"""The fetch engine: connections that carry out the scheduler's decisions into the store.
+
+One thread per connection (``SourceInfo.max_connections`` per source, bounded by a global limit).
+A thread asks the scheduler for a span, streams it with one Range request, hashes every piece as its
+bytes arrive, writes them with pwrite(2), and reports each verified piece. Threads, not asyncio,
+because the heavy steps — socket reads, SHA-256, pwrite — release the GIL, so two cores really run
+two streams (measured: ~300 MB/s over loopback with 1 MiB reads).
+
+Why racers buffer: two copies of a piece may be in flight in the tail race. The owner streams to
+disk; a racer keeps its copy in memory and writes it only after it verified, under the piece's lock,
+and the owner checks under the same lock before each write that the piece is not done yet. So a
+losing or corrupt copy can never overwrite good bytes on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from ._clock import Clock, SystemClock
+from ._errors import Interrupted, PieceMismatch, SourceError, SourceUnavailable, StorageError
+from ._events import (
+    Event,
+    PieceRejected,
+    Progress,
+    PullFinished,
+    PullStarted,
+    SourceDropped,
+    SourceProgress,
+    SourceTrouble,
+)
+from ._manifest import Manifest, Piece
+from ._scheduler import Assignment, Scheduler, SchedulerConfig
+from ._sources import Source
+from ._store import Store
+
+__all__ = ["EngineConfig", "RateLimiter", "fetch"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_connections: int = 32  # global, across sources
+    commit_interval: float = 0.5  # seconds between durability points
+    progress_interval: float = 0.25
+    max_rate: float | None = None  # bytes/s, --max-rate
+    scheduler: SchedulerConfig = SchedulerConfig()
+
+
+class RateLimiter:
+    """A token bucket shared by all connections (``--max-rate``)."""
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.burst = max(rate / 10, 256 << 10)
+        self._tokens = self.burst
+        self._at = clock.now()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            now = self.clock.now()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            self._tokens -= n
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self.clock.sleep(wait)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Engine:
+    def __init__(
+        self,
+        manifest: Manifest,
+        sources: Sequence[Source],
+        store: Store,
+        config: EngineConfig,
+        clock: Clock,
+    ) -> None:
+        self.m = manifest
+        self.sources = {s.name: s for s in sources}
+        self.store = store
+        self.cfg = config
+        self.clock = clock
+        self.sched = Scheduler(manifest, store._done, [s.info for s in sources], clock, config.scheduler)
+        self.limiter = RateLimiter(config.max_rate, clock) if config.max_rate else None
+        self.stop = threading.Event()
+        self.fatal: BaseException | None = None
+        self.events: list[Event] = []
+        self._events_lock = threading.Lock()
+        self._piece_locks = [threading.Lock() for _ in range(64)]
+        self.threads: list[threading.Thread] = []
+
+    def emit(self, ev: Event) -> None:
+        with self._events_lock:
+            self.events.append(ev)
+
+    def drain(self) -> list[Event]:
+        with self._events_lock:
+            evs, self.events = self.events, []
+        return evs
+
+    # -- connections ---------------------------------------------------------------------------
+    def start(self) -> None:
+        budget = self.cfg.max_connections
+        srcs = list(self.sources.values())
+        for round_ in range(max((s.info.max_connections for s in srcs), default=0)):
+            for s in srcs:
+                if round_ < s.info.max_connections and budget > 0:
+                    t = threading.Thread(
+                        target=self._worker, args=(s,), name=f"dsmirror-{s.name}-{round_}", daemon=True
+                    )
+                    self.threads.append(t)
+                    budget -= 1
+        for t in self.threads:
+            t.start()
+
+    def _worker(self, src: Source) -> None:
+        try:
+            while not self.stop.is_set():
+                got = self.sched.acquire(src.name)
+                if got is None:
+                    return
+                if isinstance(got, float):
+                    self.stop.wait(min(got, 1.0))
+                    continue
+                self._run(src, got)
+        except BaseException as exc:  # a bug or a local storage error: stop the pull
+            if self.fatal is None:
+                self.fatal = exc
+            self.stop.set()
+
+    def _run(self, src: Source, a: Assignment) -> None:
+        was_banned = self.sched.source(src.name).banned
+        try:
+            self._fetch(src, a)
+        except PieceMismatch as exc:
+            self.emit(PieceRejected(src.name, exc.piece, exc.path, str(exc)))
+            self.sched.release(a, exc)
+        except SourceError as exc:
+            self.sched.release(a, exc)
+            if not a.cancelled:
+                st = self.sched.source(src.name)
+                self.emit(SourceTrouble(src.name, str(exc), max(0.0, st.paused_until - self.clock.now())))
+        except _Stop:
+            self.sched.release(a)
+        except StorageError:
+            self.sched.release(a)
+            raise
+        except Exception as exc:
+            self.sched.release(a, exc)
+            raise
+        else:
+            self.sched.release(a)
+        banned = self.sched.source(src.name).banned
+        if banned and not was_banned:
+            self.emit(SourceDropped(src.name, banned))
+
+    def _fetch(self, src: Source, a: Assignment) -> None:
+        m = self.m
+        f = m.files[a.file_index]
+        idx = a.next_piece
+        last = m.pieces[a.end - 1]
+        piece = m.pieces[idx]
+        start, end = piece.offset, last.offset + last.length - 1
+        h = hashlib.sha256()
+        pos = 0
+        buf = bytearray() if a.race else None
+        with src.open_range(f, start, end) as chunks:
+            for chunk in chunks:
+                if self.stop.is_set():
+                    raise _Stop
+                mv = memoryview(chunk)
+                while mv:
+                    if not self.sched.wanted(a):
+                        return  # cut short (stolen or lost a race): drop the rest of the response
+                    take = min(len(mv), piece.length - pos)
+                    part = mv[:take]
+                    h.update(part)
+                    if buf is not None:
+                        buf += part
+                    else:
+                        self._write_owned(piece, pos, part)
+                    if self.limiter:
+                        self.limiter.take(take)
+                    self.sched.progress(a, take)
+                    pos += take
+                    mv = mv[take:]
+                    if pos == piece.length:
+                        self._complete(a, piece, h.hexdigest(), buf, src)
+                        if not self.sched.piece_verified(a, piece.index):
+                            return
+                        piece = m.pieces[piece.index + 1]
+                        pos = 0
+                        h = hashlib.sha256()
+                        if buf is not None:
+                            buf = bytearray()
+        if a.next_piece < a.end:
+            raise SourceUnavailable("response ended early", source=src.name)
+
+    def _write_owned(self, piece: Piece, pos: int, part: memoryview) -> None:
+        with self._piece_locks[piece.index % 64]:
+            if self.store.is_done(piece.index):
+                return
+            self.store.write(piece, pos, part)
+
+    def _complete(self, a: Assignment, piece: Piece, digest: str, buf: bytearray | None, src: Source) -> None:
+        if digest != piece.sha256:
+            err = PieceMismatch(piece.index, path=piece.path, expected=piece.sha256, actual=digest, source=src.name)
+            self.sched.piece_failed(a, piece.index, err)
+            raise err
+        if buf is not None:
+            with self._piece_locks[piece.index % 64]:
+                if self.store.is_done(piece.index):
+                    return
+                self.store.write(piece, 0, buf)
+                self.store.mark_verified(piece)
+            return
+        self.store.mark_verified(piece)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=3)
+        for s in self.sources.values():
+            s.close()
+
+    def snapshot(self, rate: float, eta: float | None) -> Progress:
+        srcs = []
+        now = self.clock.now()
+        for st in self.sched.sources():
+            status = st.status
+            if not st.banned and st.paused_until > now:
+                status = "paused"
+            srcs.append(
+                SourceProgress(
+                    st.info.name,
+                    st.info.kind,
+                    st.info.region,
+                    self.sched.source_rate(st.info.name),
+                    st.delivered,
+                    st.active,
+                    status,
+                    st.last_error,
+                )
+            )
+        return Progress(self.store.verified_bytes, self.m.total_size, rate, eta, tuple(srcs))
+
+
+def fetch(
+    manifest: Manifest,
+    sources: Sequence[Source],
+    store: Store,
+    *,
+    config: EngineConfig | None = None,
+    clock: Clock | None = None,
+    on_sources: Callable[[Scheduler], None] | None = None,
+) -> Iterator[Event]:
+    """Fetch every missing piece of ``manifest`` into ``store`` from ``sources``; yield events.
+
+    The store stays open (the caller closes it); on return every piece is verified and the files
+    are installed under their final names.
+    """
+    cfg = config or EngineConfig()
+    clk = clock or SystemClock()
+    t0 = time.monotonic()
+    before = store.verified_bytes
+    yield PullStarted(
+        manifest.name,
+        manifest.sha256,
+        str(store.dest),
+        manifest.total_size,
+        before,
+        manifest.num_pieces,
+        manifest.piece_size,
+        tuple(s.name for s in sources),
+        store.stats.reverified_pieces,
+        store.stats.rejected_pieces,
+        store.stats.reused_files,
+    )
+    eng = _Engine(manifest, sources, store, cfg, clk)
+    if on_sources:
+        on_sources(eng.sched)
+    if not store.complete():
+        if not sources:
+            from ._errors import NoSourceError
+
+            raise NoSourceError("no source to download from", hint="give mirrors with --mirrors FILE")
+        eng.start()
+        last_commit = last_progress = time.monotonic()
+        rate = 0.0
+        rate_bytes, rate_at = store.verified_bytes, time.monotonic()
+        try:
+            while not eng.sched.finished():
+                if eng.fatal is not None:
+                    raise eng.fatal
+                eng.sched.check_viable()
+                eng.stop.wait(0.05)
+                now = time.monotonic()
+                if now - last_commit >= cfg.commit_interval:
+                    store.commit()
+                    last_commit = now
+                yield from eng.drain()
+                if now - last_progress >= cfg.progress_interval:
+                    vb = store.verified_bytes
+                    if now - rate_at >= 1.0:
+                        inst = (vb - rate_bytes) / (now - rate_at)
+                        rate = inst if not rate else 0.6 * rate + 0.4 * inst
+                        rate_bytes, rate_at = vb, now
+                    left = manifest.total_size - vb
+                    yield eng.snapshot(rate, left / rate if rate > 0 else None)
+                    last_progress = now
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted; verified pieces are kept: run the same command to resume") from None
+        finally:
+            eng.shutdown()
+        if eng.fatal is not None:
+            raise eng.fatal
+        yield from eng.drain()
+    files = store.finalize()
+    yield eng.snapshot(0.0, 0.0)
+    delivered = {st.info.name: st.delivered for st in eng.sched.sources()}
+    yield PullFinished(
+        manifest.name,
+        str(store.dest),
+        tuple(files),
+        manifest.total_size,
+        sum(delivered.values()),
+        before,
+        eng.sched.redundant_bytes,
+        eng.sched.corrupt_bytes,
+        time.monotonic() - t0,
+        delivered,
+    )

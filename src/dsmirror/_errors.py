@@ -1,0 +1,241 @@
+"""The one error hierarchy of dsmirror.
+
+This module imports nothing else from the package, so every module can raise these errors.
+Errors carry data (source, url, piece, digests) and a ``retryable`` flag; only the CLI turns
+them into a one-line message, a hint and an exit code (``exit_code``).
+
+::
+
+    DsmirrorError                      exit 1
+    ├── UsageError                     exit 2   bad command line / unparsable REF
+    ├── InputError                     exit 7   a file the user handed us is invalid
+    │   ├── ManifestError                       malformed or unsafe manifest
+    │   └── CatalogError                        malformed mirrors.yaml (file, line, field)
+    ├── IntegrityError                 exit 3   bytes or documents failed their digest
+    │   ├── ManifestMismatch                    manifest is not the pinned one
+    │   ├── PieceMismatch                       one piece failed (piece, source, digests)
+    │   └── VerifyFailed                        `dsmirror verify` found bad pieces/files
+    ├── SourceError                    (retryable unless said otherwise; handled by the scheduler)
+    │   ├── SourceUnavailable                   connect/reset/5xx
+    │   ├── RateLimited                         429/503, carries retry_after
+    │   ├── BadResponse                         HTML page, wrong range, 200 for a Range request
+    │   ├── Stalled                             no bytes for too long / slower than the floor
+    │   ├── SourceNotFound                      the source does not have this file (404)
+    │   └── URLExpired                          signed redirect expired: re-resolve
+    ├── NoSourceError                  exit 4   no usable source is left
+    ├── StorageError                   exit 5   local disk: full, permission, read-only
+    │   ├── DiskFull
+    │   └── AlreadyInProgress          exit 6   another dsmirror holds the lock
+    └── Interrupted                    exit 130 Ctrl-C / SIGTERM; verified progress is kept
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyInProgress",
+    "BadResponse",
+    "CatalogError",
+    "DiskFull",
+    "DsmirrorError",
+    "InputError",
+    "IntegrityError",
+    "Interrupted",
+    "ManifestError",
+    "ManifestMismatch",
+    "NoSourceError",
+    "PieceMismatch",
+    "RateLimited",
+    "SourceError",
+    "SourceNotFound",
+    "SourceUnavailable",
+    "Stalled",
+    "StorageError",
+    "URLExpired",
+    "UsageError",
+    "VerifyFailed",
+]
+
+
+class DsmirrorError(Exception):
+    """Root of every error dsmirror raises on purpose."""
+
+    exit_code: int = 1
+    retryable: bool = False
+    #: A short suggestion for the user ("what to do next"); rendered by the CLI.
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(DsmirrorError):
+    exit_code = 2
+
+
+class InputError(DsmirrorError):
+    exit_code = 7
+
+
+class ManifestError(InputError):
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {message}" if path else message, hint=hint)
+        self.path = path
+
+
+class CatalogError(InputError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = file or "<catalog>"
+        if line is not None:
+            where += f":{line}"
+        if field:
+            where += f": {field}"
+        super().__init__(f"{where}: {message}", hint=hint)
+        self.file = file
+        self.line = line
+        self.field = field
+
+
+class IntegrityError(DsmirrorError):
+    exit_code = 3
+
+
+class ManifestMismatch(IntegrityError):
+    def __init__(self, expected: str, actual: str, *, where: str = "manifest") -> None:
+        super().__init__(
+            f"{where} has SHA-256 {actual}, not the pinned {expected}",
+            hint="the manifest changed or the source is not trustworthy; check --manifest-sha256",
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class PieceMismatch(IntegrityError):
+    retryable = True
+
+    def __init__(
+        self,
+        piece: int,
+        *,
+        path: str,
+        expected: str,
+        actual: str,
+        source: str | None = None,
+    ) -> None:
+        by = f" from {source}" if source else ""
+        super().__init__(f"piece {piece} of {path}{by} has SHA-256 {actual[:16]}…, expected {expected[:16]}…")
+        self.piece = piece
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        self.source = source
+
+
+class VerifyFailed(IntegrityError):
+    def __init__(self, message: str, *, bad_pieces: list[int], bad_files: list[str]) -> None:
+        super().__init__(message)
+        self.bad_pieces = bad_pieces
+        self.bad_files = bad_files
+
+
+class SourceError(DsmirrorError):
+    """A failure of one source for one request; the scheduler decides what follows."""
+
+    exit_code = 4
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        url: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.source = source
+        self.url = url
+
+
+class SourceUnavailable(SourceError):
+    pass
+
+
+class RateLimited(SourceError):
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: str | None) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class BadResponse(SourceError):
+    pass
+
+
+class Stalled(SourceError):
+    pass
+
+
+class SourceNotFound(SourceError):
+    retryable = False
+
+
+class URLExpired(SourceError):
+    pass
+
+
+class NoSourceError(DsmirrorError):
+    exit_code = 4
+
+
+class StorageError(DsmirrorError):
+    exit_code = 5
+
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+
+
+class DiskFull(StorageError):
+    def __init__(self, *, path: str, needed: int = 0, available: int = 0) -> None:
+        what = (
+            f"not enough free space in {path}: need {needed} bytes, {available} available"
+            if needed
+            else f"disk full while writing {path}"
+        )
+        super().__init__(
+            what,
+            path=path,
+            hint="free some space or choose another --dest; verified pieces are kept",
+        )
+        self.needed = needed
+        self.available = available
+
+
+class AlreadyInProgress(StorageError):
+    exit_code = 6
+
+    def __init__(self, *, path: str, pid: int | None = None) -> None:
+        who = f" (pid {pid})" if pid else ""
+        super().__init__(
+            f"a pull of this model into {path} is already in progress{who}",
+            path=path,
+            hint="wait for it to finish, or stop it; its verified pieces will be reused",
+        )
+        self.pid = pid
+
+
+class Interrupted(DsmirrorError):
+    exit_code = 130

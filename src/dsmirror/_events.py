@@ -1,0 +1,101 @@
+"""Typed progress events a pull yields; the CLI renders them (rich on a terminal, JSON lines with --json)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Event",
+    "PieceRejected",
+    "Progress",
+    "PullFinished",
+    "PullStarted",
+    "SourceDropped",
+    "SourceProgress",
+    "SourceTrouble",
+    "event_to_dict",
+]
+
+
+@dataclass(frozen=True)
+class Event:
+    pass
+
+
+@dataclass(frozen=True)
+class PullStarted(Event):
+    name: str
+    manifest_sha256: str
+    dest: str
+    total_bytes: int
+    verified_bytes: int  # already verified before this run (resume, reuse)
+    pieces: int
+    piece_size: int
+    sources: tuple[str, ...]
+    reverified_pieces: int = 0
+    rejected_pieces: int = 0
+    reused_files: int = 0
+
+
+@dataclass(frozen=True)
+class SourceProgress:
+    name: str
+    kind: str
+    region: str
+    rate: float  # bytes/s now
+    delivered: int  # verified bytes so far
+    connections: int
+    status: str  # ok, retrying, failing, corrupt, paused
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    verified_bytes: int
+    total_bytes: int
+    rate: float  # verified bytes/s, smoothed
+    eta: float | None  # seconds
+    sources: tuple[SourceProgress, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class PieceRejected(Event):
+    source: str
+    piece: int
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SourceDropped(Event):
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SourceTrouble(Event):
+    source: str
+    message: str
+    retry_in: float | None
+
+
+@dataclass(frozen=True)
+class PullFinished(Event):
+    name: str
+    dest: str
+    files: tuple[str, ...]
+    total_bytes: int
+    downloaded_bytes: int  # verified bytes fetched in this run
+    reused_bytes: int  # already present before this run
+    redundant_bytes: int  # fetched twice (tail race losers)
+    corrupt_bytes: int  # received, failed verification, thrown away
+    seconds: float
+    delivered_by_source: dict[str, int] = field(default_factory=dict)
+
+
+def event_to_dict(ev: Event) -> dict[str, Any]:
+    d = dataclasses.asdict(ev)
+    d["event"] = type(ev).__name__
+    return d

@@ -1,0 +1,168 @@
+"""``dsmirror pull``: turn a REF into a manifest and sources, then fetch it into a store.
+
+The pieces: ``resolve`` (REF + catalog -> a ``PullPlan``: manifest, sources, destination) and
+``pull`` (runs the plan: lock the store, fetch, install, yield events). Registry kinds (``hf://``,
+``ollama://``, aliases, magnets) add their own resolvers to ``RESOLVERS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from ._catalog import Catalog, Mirror
+from ._clock import Clock
+from ._engine import EngineConfig, fetch
+from ._errors import ManifestError, NoSourceError, SourceError, UsageError
+from ._events import Event
+from ._manifest import Manifest, load_manifest, parse_manifest
+from ._refs import Ref, parse_ref
+from ._scheduler import SchedulerConfig
+from ._settings import Settings
+from ._sources import HttpSource, Source, SourceInfo, plain_url_for
+from ._store import Store
+
+__all__ = ["PullOptions", "PullPlan", "pull", "resolve"]
+
+PREFER = ("auto", "mirror", "official", "p2p")
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    dest: Path | None = None
+    format: str = "dir"  # dir | hf | ollama
+    manifest_sha256: str | None = None
+    max_rate: float | None = None
+    connections: int | None = None  # per source; default: the catalog's max_connections
+    max_total_connections: int = 32
+    only: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    region: str | None = None
+    prefer: str = "auto"
+    include: tuple[str, ...] = ()
+    exclude_files: tuple[str, ...] = ()
+    stall_timeout: float = 20.0
+    give_up_after: float = 120.0
+    dry_run: bool = False
+
+
+@dataclass
+class PullPlan:
+    manifest: Manifest
+    sources: list[Source]
+    dest: Path
+    #: Runs after every file is verified and in place (e.g. write the Ollama manifest last).
+    after_install: Callable[[Store], None] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+Resolver = Callable[[Ref, Catalog, Settings, PullOptions], PullPlan]
+RESOLVERS: dict[str, Resolver] = {}
+
+
+def select_mirrors(catalog: Catalog, kinds: Sequence[str], options: PullOptions) -> list[Mirror]:
+    """Catalog mirrors of ``kinds`` after --only / --exclude."""
+    mirrors = [m for m in catalog.mirrors_of_kind() if m.kind in kinds]
+    known = {m.name for m in catalog.mirrors}
+    for name in (*options.only, *options.exclude):
+        if name not in known:
+            raise UsageError(f"no mirror called {name!r} in the catalog", hint="see `dsmirror sources REF`")
+    if options.only:
+        mirrors = [m for m in mirrors if m.name in options.only]
+    return [m for m in mirrors if m.name not in options.exclude]
+
+
+def source_info(m: Mirror, options: PullOptions) -> SourceInfo:
+    return SourceInfo(
+        name=m.name,
+        kind=m.kind,
+        host=m.host,
+        region=m.region,
+        official=m.official,
+        priority=m.priority,
+        max_connections=options.connections or m.max_connections,
+    )
+
+
+def http_sources(catalog: Catalog, options: PullOptions) -> list[Source]:
+    """Plain mirrors (kind http, and LAN dsmirror servers' plain-file routes)."""
+    return [
+        HttpSource(source_info(m, options), plain_url_for(m.url), stall_timeout=options.stall_timeout)
+        for m in select_mirrors(catalog, ("http",), options)
+    ]
+
+
+def _load_manifest_ref(ref: Ref, pin: str | None) -> Manifest:
+    if ref.kind == "manifest-file":
+        assert ref.path is not None
+        return load_manifest(ref.path, expected_sha256=pin)
+    try:
+        with httpx.Client(follow_redirects=True, timeout=30) as c:
+            r = c.get(ref.text)
+            r.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise SourceError(f"cannot fetch the manifest {ref.text}: {exc}", url=ref.text) from exc
+    if len(r.content) > 1 << 30:
+        raise ManifestError("manifest is too large", path=ref.text)
+    return parse_manifest(r.content, expected_sha256=pin, origin=ref.text)
+
+
+def _resolve_manifest(ref: Ref, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:
+    manifest = _load_manifest_ref(ref, options.manifest_sha256)
+    sources = http_sources(catalog, options)
+    if not sources:
+        raise NoSourceError(
+            "the catalog has no mirror of kind http for this manifest",
+            hint="add one with --mirrors FILE (see mirrors.yaml for the format)",
+        )
+    dest = options.dest or Path.cwd() / manifest.name
+    return PullPlan(manifest, sources, dest)
+
+
+RESOLVERS["manifest-file"] = _resolve_manifest
+RESOLVERS["manifest-url"] = _resolve_manifest
+
+
+def resolve(ref_text: str, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:
+    if options.prefer not in PREFER:
+        raise UsageError(f"--prefer must be one of {', '.join(PREFER)}")
+    if options.format not in ("dir", "hf", "ollama"):
+        raise UsageError("--format must be dir, hf or ollama")
+    ref = parse_ref(ref_text, aliases=set(catalog.models))
+    resolver = RESOLVERS.get(ref.kind)
+    if resolver is None:
+        raise UsageError(f"pulling a {ref.kind} reference is not supported yet", hint="give a manifest file or URL")
+    return resolver(ref, catalog, settings, options)
+
+
+def pull(
+    ref: str,
+    *,
+    catalog: Catalog,
+    settings: Settings,
+    options: PullOptions | None = None,
+    clock: Clock | None = None,
+) -> Iterator[Event]:
+    """Resolve ``ref`` and fetch it; yields typed events; raises DsmirrorError subclasses."""
+    opts = options or PullOptions()
+    plan = resolve(ref, catalog, settings, opts)
+    yield from run_plan(plan, opts, clock=clock)
+
+
+def run_plan(plan: PullPlan, opts: PullOptions, *, clock: Clock | None = None) -> Iterator[Event]:
+    cfg = EngineConfig(
+        max_connections=opts.max_total_connections,
+        max_rate=opts.max_rate,
+        scheduler=SchedulerConfig(prefer=opts.prefer, give_up_after=opts.give_up_after),
+    )
+    try:
+        with Store.open(plan.dest, plan.manifest) as store:
+            yield from fetch(plan.manifest, plan.sources, store, config=cfg, clock=clock)
+            if plan.after_install:
+                plan.after_install(store)
+    finally:
+        for s in plan.sources:
+            s.close()

@@ -1,0 +1,525 @@
+"""The scheduler: which source fetches which pieces, decided continuously from measured delivery.
+
+Design
+======
+What it optimises: the finishing time of the whole pull, given sources whose speed we only learn by
+watching them and which change during the pull (a regional mirror overloaded at 10:00, a CDN that
+throttles, a LAN peer that appears).
+
+How work is handed out
+    Each connection of a source asks for work when it is idle (``acquire``). It gets a *span*: a run
+    of consecutive missing pieces of one file, fetched with one HTTP Range request (so latency is paid
+    once per span, not once per piece). The span is sized from that connection's measured rate, to
+    last about ``span_seconds`` — a connection that delivers twice as fast gets spans twice as long, so
+    work flows to sources in proportion to what they deliver *now*, and a source that slows down
+    automatically asks for less. A span is also capped at a fair share of what is left divided by the
+    number of connections, so that no connection can sit on a large part of the tail.
+    An unmeasured source first gets a single piece: its probe is a real piece, so no byte is wasted.
+
+Work stealing (what aria2 does not do: aria2 #897/#2111 rank mirrors only from finished downloads)
+    When no piece is free, an idle connection looks at the span whose owner will finish last (its
+    remaining bytes over its measured rate) and takes its far end: the split point is chosen so that
+    both finish at the same time given both rates and the thief's latency. The victim learns at its
+    next piece boundary that its span is shorter (``piece_verified`` returns False) and drops the
+    request. A slow source therefore never owns more than it can finish in step with the fast ones.
+
+The tail race (what Ollama's puller lacks: "stuck at 99%", ollama #1736)
+    When only pieces *in progress* remain, an idle fast connection may fetch the same piece as a slow
+    one if it would finish it clearly sooner (``race_margin``). The first verified copy wins; the loser
+    is cancelled at its next chunk. Racers buffer in memory and write under a piece lock, so a losing or
+    corrupt copy can never overwrite good bytes. Only one racer per piece, and only in the tail.
+
+Failures (a circuit breaker per source, like libtorrent's peer back-off and aria2's retry-wait)
+    A failed request puts its pieces back and pauses the source with exponential back-off and jitter
+    (``backoff_base`` doubling up to ``backoff_max``); ``breaker_threshold`` failures in a row open the
+    breaker: the source gets no work until the back-off expires, then one *half-open* connection tries;
+    success closes it. 429/503 with Retry-After pause the source exactly as long as asked. A source that
+    sent a piece that failed its hash is blamed; at ``ban_after_corrupt`` bad pieces it is banned for the
+    rest of the pull, and a bad piece is not given back to the source that spoiled it while another
+    source can fetch it. A source that does not have a file (404) is not asked for it again.
+
+Preference (``--prefer``)
+    Sources of the preferred class take free work first; the others get free pieces only when the
+    preferred class alone would finish the free work much later than with them (measured, not
+    assumed), and they always take part in stealing and in the tail race. With no preferred source
+    measured yet, everything is used.
+
+All decisions are pure functions of the recorded events and an injected clock, so the tests drive
+this class with a fake clock and simulated sources, and the same code runs the real pulls.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ._clock import Clock
+from ._errors import NoSourceError, PieceMismatch, RateLimited, SourceError, SourceNotFound
+from ._manifest import Manifest
+from ._sources import SourceInfo
+
+__all__ = ["Assignment", "Scheduler", "SchedulerConfig", "SourceState"]
+
+_FREE, _TAKEN, _DONE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    span_seconds: float = 6.0
+    max_span_bytes: int = 512 << 20
+    rate_window: float = 1.0
+    race_margin: float = 0.6  # race only if the racer would need < 60% of the owner's remaining time
+    max_racers: int = 4
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    breaker_threshold: int = 5
+    ban_after_corrupt: int = 2
+    give_up_after: float = 120.0  # no usable source and no progress for this long: NoSourceError
+    fail_fast_attempts: int = 3  # every source failed this often and none ever delivered: give up
+    prefer: str = "auto"  # auto | mirror | official | p2p
+    prefer_slack: float = 1.5
+
+
+@dataclass
+class Assignment:
+    """A span of pieces ``[next_piece, end)`` of one file, owned by one connection of one source."""
+
+    id: int
+    source: str
+    file_index: int
+    start: int
+    end: int
+    race: bool = False
+    next_piece: int = 0
+    started_at: float = 0.0
+    first_byte_at: float | None = None
+    bytes_received: int = 0  # all bytes, verified or not
+    piece_bytes: int = 0  # bytes of the current piece so far
+    cancelled: bool = False
+    _win_start: float = 0.0
+    _win_bytes: int = 0
+    rate: float = 0.0  # bytes/s, measured
+
+    def __post_init__(self) -> None:
+        self.next_piece = self.start
+
+
+@dataclass
+class SourceState:
+    info: SourceInfo
+    ewma_rate: float = 0.0  # per connection, bytes/s, learned from finished windows
+    ttfb: float = 0.0
+    delivered: int = 0  # verified bytes
+    requests_ok: int = 0
+    failures_in_row: int = 0
+    failures_total: int = 0
+    paused_until: float = 0.0
+    half_open: bool = False
+    corrupt: int = 0
+    banned: str | None = None
+    missing_files: set[int] = field(default_factory=set)
+    active: int = 0
+    last_error: str | None = None
+    prior_rate: float = 0.0  # from persisted experience; used until measured
+
+    @property
+    def status(self) -> str:
+        if self.banned:
+            return "corrupt" if self.corrupt else "failing"
+        if self.failures_in_row >= 1 and self.requests_ok == 0:
+            return "failing"
+        if self.failures_in_row:
+            return "retrying"
+        return "ok"
+
+
+class Scheduler:
+    """Thread-safe; every public method takes the lock and reads the injected clock."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        done: Sequence[bool] | bytes | bytearray,
+        sources: Iterable[SourceInfo],
+        clock: Clock,
+        config: SchedulerConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.m = manifest
+        self.clock = clock
+        self.cfg = config or SchedulerConfig()
+        self.rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._state = bytearray(_DONE if d else _FREE for d in done)
+        self._left = sum(1 for d in done if not d)
+        self._sources: dict[str, SourceState] = {s.name: SourceState(s) for s in sources}
+        self._assignments: dict[int, Assignment] = {}
+        self._racing: dict[int, Assignment] = {}  # piece -> racer assignment
+        self._avoid: dict[int, set[str]] = {}  # piece -> sources that spoiled it
+        self._next_id = 1
+        self._last_progress = clock.now()
+        self._scan_from = 0
+        self.redundant_bytes = 0  # bytes fetched for pieces another source finished first
+        self.corrupt_bytes = 0
+
+    # -- queries ---------------------------------------------------------------------------------
+    def sources(self) -> list[SourceState]:
+        with self._lock:
+            return list(self._sources.values())
+
+    def source(self, name: str) -> SourceState:
+        return self._sources[name]
+
+    def add_source(self, info: SourceInfo) -> None:
+        with self._lock:
+            self._sources.setdefault(info.name, SourceState(info))
+
+    def set_prior(self, name: str, rate: float) -> None:
+        with self._lock:
+            self._sources[name].prior_rate = rate
+
+    def finished(self) -> bool:
+        with self._lock:
+            return self._left == 0
+
+    def pieces_left(self) -> int:
+        with self._lock:
+            return self._left
+
+    def source_rate(self, name: str) -> float:
+        """What the source delivers now: the sum of its live connections' rates."""
+        with self._lock:
+            return self._source_rate(name)
+
+    def _source_rate(self, name: str) -> float:
+        now = self.clock.now()
+        live = [a for a in self._assignments.values() if a.source == name and not a.cancelled]
+        if not live:
+            return self._sources[name].ewma_rate * max(1, self._sources[name].active)
+        return sum(self._conn_rate(a, now) for a in live)
+
+    def _conn_rate(self, a: Assignment, now: float) -> float:
+        if a.rate:
+            return a.rate
+        if a.first_byte_at is not None and now - a.first_byte_at > 0.05:
+            return a.bytes_received / (now - a.first_byte_at)
+        return 0.0
+
+    def _expected_rate(self, s: SourceState) -> float:
+        """Per-connection rate to plan with: measured, else remembered, else unknown (0)."""
+        return s.ewma_rate or s.prior_rate
+
+    # -- handing out work ------------------------------------------------------------------------
+    def acquire(self, name: str) -> Assignment | float | None:
+        """Work for an idle connection of ``name``: an Assignment, seconds to wait, or None (stop)."""
+        with self._lock:
+            now = self.clock.now()
+            s = self._sources[name]
+            if self._left == 0 or s.banned:
+                return None
+            if s.paused_until > now:
+                return s.paused_until - now
+            if s.failures_in_row >= self.cfg.breaker_threshold and s.active > 0:
+                return self.cfg.backoff_base  # half-open: one connection only
+            a = self._take_free(s, now)
+            if a is None:
+                a = self._steal(s, now)
+            if a is None:
+                a = self._race(s, now)
+            if a is None:
+                if not any(st == _FREE for st in self._state) and not self._assignments:
+                    return None if self._left == 0 else 0.2
+                return 0.2
+            s.active += 1
+            self._assignments[a.id] = a
+            return a
+
+    def _new(self, s: SourceState, fi: int, start: int, end: int, now: float, *, race: bool = False) -> Assignment:
+        a = Assignment(self._next_id, s.info.name, fi, start, end, race=race, started_at=now)
+        a._win_start = now
+        self._next_id += 1
+        return a
+
+    def _usable_for(self, s: SourceState, i: int) -> bool:
+        fi = self.m.pieces[i].file_index
+        if fi in s.missing_files:
+            return False
+        avoid = self._avoid.get(i)
+        if avoid and s.info.name in avoid:
+            # Give a spoiled piece back to its spoiler only if nobody else can fetch it.
+            return all(
+                o.banned or o.info.name in avoid or fi in o.missing_files for o in self._sources.values()
+            )
+        return True
+
+    def _preferred_can_cope(self, s: SourceState, now: float) -> bool:
+        """With --prefer, may this non-preferred source take free work? (see the design note)."""
+        pref = self.cfg.prefer
+        if pref == "auto" or s.info.source_class == pref:
+            return False
+        preferred = [
+            o for o in self._sources.values() if o.info.source_class == pref and not o.banned and o.paused_until <= now
+        ]
+        if not preferred:
+            return False
+        rate = sum(self._source_rate(o.info.name) for o in preferred)
+        if rate <= 0:
+            return any(o.active for o in preferred) and now - self._started(preferred) < 3.0
+        mine = self._expected_rate(s) * max(1, s.info.max_connections)
+        free_bytes = sum(p.length for p in self.m.pieces if self._state[p.index] == _FREE)
+        alone = free_bytes / rate
+        together = free_bytes / (rate + mine) if mine else alone
+        return alone <= together * self.cfg.prefer_slack
+
+    def _started(self, states: list[SourceState]) -> float:
+        starts = [a.started_at for a in self._assignments.values() if a.source in {o.info.name for o in states}]
+        return min(starts) if starts else self.clock.now()
+
+    def _take_free(self, s: SourceState, now: float) -> Assignment | None:
+        if self._preferred_can_cope(s, now):
+            return None
+        n = len(self._state)
+        i = self._scan_from
+        while i < n and self._state[i] != _FREE:
+            i += 1
+        self._scan_from = i
+        while i < n and not (self._state[i] == _FREE and self._usable_for(s, i)):
+            i += 1
+        if i >= n:
+            return None
+        fi = self.m.pieces[i].file_index
+        file_end = self.m.file_piece_ranges[fi].stop
+        rate = self._expected_rate(s)
+        if rate <= 0:
+            want = 1  # unmeasured: a single real piece is the probe
+        else:
+            free_total = sum(1 for st in self._state if st == _FREE)
+            conns = max(1, sum(x.active for x in self._sources.values()) + 1)
+            by_rate = rate * self.cfg.span_seconds
+            fair = free_total * self.m.piece_size / conns
+            want_bytes = max(self.m.piece_size, min(by_rate, fair, self.cfg.max_span_bytes))
+            want = max(1, int(want_bytes // self.m.piece_size))
+        end = i
+        while end < file_end and end - i < want and self._state[end] == _FREE and self._usable_for(s, end):
+            end += 1
+        for k in range(i, end):
+            self._state[k] = _TAKEN
+        return self._new(s, fi, i, end, now)
+
+    def _remaining_time(self, a: Assignment, now: float) -> float:
+        rate = self._conn_rate(a, now)
+        remaining = sum(self.m.pieces[k].length for k in range(a.next_piece, a.end)) - a.piece_bytes
+        if rate <= 0:
+            return float("inf") if now - a.started_at > 2.0 else remaining / 1e9
+        return remaining / rate
+
+    def _steal(self, s: SourceState, now: float) -> Assignment | None:
+        my_rate = self._expected_rate(s)
+        best: tuple[float, Assignment] | None = None
+        for a in self._assignments.values():
+            if a.race or a.cancelled or a.end - a.next_piece < 2:
+                continue
+            if not all(self._usable_for(s, k) for k in (a.next_piece + 1, a.end - 1)):
+                continue
+            t = self._remaining_time(a, now)
+            if best is None or t > best[0]:
+                best = (t, a)
+        if best is None:
+            return None
+        t_victim, v = best
+        v_rate = self._conn_rate(v, now)
+        if my_rate <= 0:
+            # Unmeasured thief: take one piece from the far end if the victim is slow or unmeasured.
+            if t_victim < 2 * self.cfg.span_seconds:
+                return None
+            split = v.end - 1
+        elif v_rate <= 0:
+            split = v.next_piece + 1 + (v.end - v.next_piece - 1) // 2
+        else:
+            ps = self.m.piece_size
+            total = sum(self.m.pieces[k].length for k in range(v.next_piece, v.end)) - v.piece_bytes
+            # Both finish together: x / v_rate = ttfb + (total - x) / my_rate.
+            keep = v_rate * (s.ttfb + total / my_rate) / (1 + v_rate / my_rate)
+            split = v.next_piece + 1 + max(0, int((keep - (ps - v.piece_bytes)) // ps))
+            if split >= v.end:
+                return None
+            mine = sum(self.m.pieces[k].length for k in range(split, v.end))
+            if s.ttfb + mine / my_rate >= t_victim:
+                return None
+        if split <= v.next_piece or split >= v.end:
+            return None
+        stolen = self._new(s, v.file_index, split, v.end, now)
+        v.end = split
+        return stolen
+
+    def _race(self, s: SourceState, now: float) -> Assignment | None:
+        if len(self._racing) >= self.cfg.max_racers:
+            return None
+        my_rate = self._expected_rate(s)
+        if my_rate <= 0:
+            return None
+        best: tuple[float, Assignment] | None = None
+        for a in self._assignments.values():
+            if a.race or a.cancelled or a.source == s.info.name or a.next_piece >= a.end:
+                continue
+            piece = a.next_piece
+            if piece in self._racing or self._state[piece] == _DONE or not self._usable_for(s, piece):
+                continue
+            t = self._remaining_time(a, now)
+            if best is None or t > best[0]:
+                best = (t, a)
+        if best is None:
+            return None
+        t_owner, v = best
+        piece = self.m.pieces[v.next_piece]
+        t_me = s.ttfb + piece.length / my_rate
+        if t_me >= t_owner * self.cfg.race_margin:
+            return None
+        r = self._new(s, v.file_index, v.next_piece, v.next_piece + 1, now, race=True)
+        self._racing[v.next_piece] = r
+        return r
+
+    # -- reports from connections ----------------------------------------------------------------
+    def progress(self, a: Assignment, nbytes: int) -> None:
+        """Bytes arrived on ``a`` (not yet verified)."""
+        with self._lock:
+            now = self.clock.now()
+            if a.first_byte_at is None:
+                a.first_byte_at = now
+                a._win_start = now
+                s = self._sources[a.source]
+                ttfb = now - a.started_at
+                s.ttfb = ttfb if not s.ttfb else 0.7 * s.ttfb + 0.3 * ttfb
+            a.bytes_received += nbytes
+            a.piece_bytes += nbytes
+            a._win_bytes += nbytes
+            dt = now - a._win_start
+            if dt >= self.cfg.rate_window:
+                inst = a._win_bytes / dt
+                a.rate = inst if not a.rate else 0.5 * a.rate + 0.5 * inst
+                s = self._sources[a.source]
+                s.ewma_rate = a.rate if not s.ewma_rate else 0.7 * s.ewma_rate + 0.3 * a.rate
+                a._win_start, a._win_bytes = now, 0
+
+    def wanted(self, a: Assignment) -> bool:
+        """Should ``a`` keep fetching its current piece? False once another copy won or it was cut."""
+        with self._lock:
+            return not a.cancelled and a.next_piece < a.end and self._state[a.next_piece] != _DONE
+
+    def piece_verified(self, a: Assignment, index: int) -> bool:
+        """A piece of ``a`` verified and stored. Returns True if ``a`` should go on to its next piece."""
+        with self._lock:
+            now = self.clock.now()
+            s = self._sources[a.source]
+            length = self.m.pieces[index].length
+            if self._state[index] != _DONE:
+                self._state[index] = _DONE
+                self._left -= 1
+                s.delivered += length
+                self._last_progress = now
+            else:
+                self.redundant_bytes += length
+            s.failures_in_row = 0
+            self._avoid.pop(index, None)
+            racer = self._racing.pop(index, None)
+            if racer is not None and racer is not a:
+                racer.cancelled = True
+            # If a racer won, the owner of this piece sees wanted() == False and gives its span back.
+            a.next_piece = max(a.next_piece, index + 1)
+            a.piece_bytes = 0
+            self._first_time_measure(a, s, now)
+            return not a.cancelled and a.next_piece < a.end
+
+    def _first_time_measure(self, a: Assignment, s: SourceState, now: float) -> bool:
+        """A probe piece is done: seed the source's rate from it if no window closed yet."""
+        if s.ewma_rate or a.first_byte_at is None:
+            return False
+        dt = now - a.first_byte_at
+        if dt > 0:
+            s.ewma_rate = a.bytes_received / dt
+            a.rate = s.ewma_rate
+        return True
+
+    def piece_failed(self, a: Assignment, index: int, error: PieceMismatch) -> None:
+        """A piece from ``a`` failed its hash: blame the source; the piece goes back."""
+        with self._lock:
+            s = self._sources[a.source]
+            s.corrupt += 1
+            self.corrupt_bytes += self.m.pieces[index].length
+            self._avoid.setdefault(index, set()).add(a.source)
+            s.last_error = str(error)
+            if s.corrupt >= self.cfg.ban_after_corrupt and not s.banned:
+                s.banned = f"sent {s.corrupt} pieces that failed their SHA-256"
+
+    def release(self, a: Assignment, error: BaseException | None = None) -> None:
+        """``a`` ended (finished, cut short, or failed with ``error``); unfinished pieces go back."""
+        with self._lock:
+            now = self.clock.now()
+            s = self._sources[a.source]
+            s.active = max(0, s.active - 1)
+            self._assignments.pop(a.id, None)
+            if a.race:
+                if self._racing.get(a.start) is a:
+                    del self._racing[a.start]
+            else:
+                for k in range(a.next_piece, a.end):
+                    if self._state[k] == _TAKEN:
+                        self._state[k] = _FREE
+                        self._scan_from = min(self._scan_from, k)
+                        # A racer on this piece now owns it alone; it will finish it.
+            if error is None:
+                s.requests_ok += 1
+                s.half_open = False
+                return
+            if isinstance(error, PieceMismatch):
+                return  # blamed in piece_failed; other errors below pause the source
+            s.last_error = str(error)
+            if isinstance(error, SourceNotFound):
+                s.missing_files.add(a.file_index)
+                return
+            if not isinstance(error, SourceError):
+                s.failures_in_row += 1
+                s.failures_total += 1
+                s.paused_until = now + self.cfg.backoff_base
+                return
+            if a.cancelled and not isinstance(error, RateLimited):
+                return
+            s.failures_in_row += 1
+            s.failures_total += 1
+            delay = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (s.failures_in_row - 1))
+            delay *= 0.5 + self.rng.random()  # jitter: 0.5x .. 1.5x
+            if isinstance(error, RateLimited) and error.retry_after is not None:
+                delay = max(error.retry_after, 0.0)
+            s.paused_until = max(s.paused_until, now + delay)
+
+    # -- giving up -------------------------------------------------------------------------------
+    def check_viable(self) -> None:
+        """Raise NoSourceError when no source can ever finish the pull."""
+        with self._lock:
+            if self._left == 0:
+                return
+            now = self.clock.now()
+            live = [s for s in self._sources.values() if not s.banned]
+            if not live:
+                why = "; ".join(f"{s.info.name}: {s.banned}" for s in self._sources.values())
+                raise NoSourceError(f"every source was dropped ({why})", hint="add or fix mirrors (--mirrors)")
+            for fi, f in enumerate(self.m.files):
+                rng = self.m.file_piece_ranges[fi]
+                if any(self._state[k] != _DONE for k in rng) and all(fi in s.missing_files for s in live):
+                    raise NoSourceError(
+                        f"no usable source has {f.path}", hint="check the mirrors list and the manifest"
+                    )
+            never = all(s.requests_ok == 0 and s.delivered == 0 for s in live)
+            if never and all(s.failures_total >= self.cfg.fail_fast_attempts for s in live):
+                why = "; ".join(f"{s.info.name}: {s.last_error}" for s in live)
+                raise NoSourceError(f"no source could be reached ({why})", hint="check the network and --mirrors")
+            if now - self._last_progress > self.cfg.give_up_after and not any(
+                a.bytes_received for a in self._assignments.values()
+            ):
+                raise NoSourceError(
+                    f"no progress for {self.cfg.give_up_after:.0f} s from any source",
+                    hint="the pull can be resumed later with the same command",
+                )

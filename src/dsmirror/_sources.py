@@ -1,0 +1,272 @@
+"""Sources of bytes: the one small interface every kind implements, and the HTTP implementation.
+
+A *stream source* (an HTTP mirror, a Hugging Face endpoint, an Ollama registry, a ModelScope
+endpoint, a LAN dsmirror server) answers one question: "give me bytes ``[start, end]`` of this file"
+as an iterator of chunks. Everything else — which pieces to ask for, hashing, blaming, retrying — is
+the scheduler's and the engine's business, so a new kind of source is a new ``url_for`` (or a new
+``open_range``) and nothing more. A BitTorrent swarm is a *swarm source*: it is handed whole pieces
+through the same scheduler and reports them back (see ``_swarm``).
+
+Network errors are translated here, at the call site, into the most specific ``SourceError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpcore._sync.http11 as _h11
+import httpx
+
+from ._errors import (
+    BadResponse,
+    RateLimited,
+    SourceError,
+    SourceNotFound,
+    SourceUnavailable,
+    Stalled,
+    URLExpired,
+)
+from ._manifest import FileEntry
+
+__all__ = ["HttpSource", "Source", "SourceInfo", "plain_url_for"]
+
+# httpcore reads the socket 64 KiB at a time; every read costs a trip through h11 in Python.
+# 1 MiB reads cut that per-byte overhead ~16x (measured: 1 GiB over 8 connections went from
+# 6.1 to 3.6 CPU seconds), and memory stays bounded by connections x 1 MiB.
+_h11.HTTP11Connection.READ_NUM_BYTES = 1 << 20
+
+USER_AGENT = "dsmirror/0.1 (+https://github.com/dsmirror)"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the resolver and the scheduler know about a source before measuring it."""
+
+    name: str
+    kind: str  # http, hf, modelscope, ollama, dsmirror, bittorrent
+    host: str
+    region: str = "global"
+    official: bool = False
+    priority: int = 10
+    max_connections: int = 8
+
+    @property
+    def source_class(self) -> str:
+        """The class ``--prefer`` speaks of: p2p, official or mirror."""
+        if self.kind == "bittorrent":
+            return "p2p"
+        return "official" if self.official else "mirror"
+
+
+class Source(ABC):
+    """A stream source. Implementations must be safe to call from several threads at once."""
+
+    info: SourceInfo
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @abstractmethod
+    def open_range(self, file: FileEntry, start: int, end: int) -> contextlib.AbstractContextManager[Iterator[bytes]]:
+        """Yield the bytes ``[start, end]`` (inclusive) of ``file``, exactly, or raise SourceError."""
+
+    def has_file(self, file: FileEntry) -> bool:
+        """Whether this source can serve ``file`` at all (by path and digest)."""
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def plain_url_for(base: str) -> Callable[[FileEntry], str]:
+    """Plain mirror of kind ``http``: the mirror's URL joined with the file's relative path."""
+    if not base.endswith("/"):
+        base += "/"
+
+    def url_for(file: FileEntry) -> str:
+        return urljoin(base, quote(file.path))
+
+    return url_for
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_REDIRECTS = {301, 302, 303, 307, 308}
+_RESOLVED_TTL = 600.0
+
+
+@dataclass
+class _Resolved:
+    url: str
+    at: float
+    cross_host: bool
+
+
+@dataclass
+class HttpSource(Source):
+    """Range requests over HTTP(S) with redirects, signed-URL refresh and strict response checks.
+
+    ``url_for`` maps a manifest file to its URL at this source. Redirects are followed by hand so
+    that credentials (``headers`` such as ``Authorization``) are sent only to the source's own
+    host, never to a redirect target on another host (a CDN), and so that the final, often signed,
+    URL can be reused for later ranges and re-resolved at the origin when it expires.
+    """
+
+    info: SourceInfo
+    url_for: Callable[[FileEntry], str]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    connect_timeout: float = 15.0
+    stall_timeout: float = 20.0
+    files: Mapping[str, Any] | None = None  # when set, only these paths are available here
+    transport: httpx.BaseTransport | None = None
+    _client: httpx.Client = field(init=False, repr=False)
+    _resolved: dict[str, _Resolved] = field(init=False, repr=False, default_factory=dict)
+    _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        n = max(1, self.info.max_connections) + 2
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(self.stall_timeout, connect=self.connect_timeout),
+            limits=httpx.Limits(max_connections=n * 2, max_keepalive_connections=n),
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            transport=self.transport,
+            trust_env=True,
+        )
+
+    def has_file(self, file: FileEntry) -> bool:
+        return self.files is None or file.path in self.files
+
+    def close(self) -> None:
+        self._client.close()
+
+    @contextlib.contextmanager
+    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        origin = self.url_for(file)
+        for attempt in range(2):
+            url = self._cached_url(origin)
+            try:
+                with self._open(origin, url, file, start, end) as chunks:
+                    yield chunks
+                return
+            except URLExpired:
+                with self._lock:
+                    self._resolved.pop(origin, None)
+                if attempt or url == origin:
+                    raise
+
+    def _cached_url(self, origin: str) -> str:
+        with self._lock:
+            r = self._resolved.get(origin)
+            if r and time.monotonic() - r.at < _RESOLVED_TTL:
+                return r.url
+            self._resolved.pop(origin, None)
+        return origin
+
+    @contextlib.contextmanager
+    def _open(self, origin: str, url: str, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        origin_host = urlsplit(origin).netloc
+        for _ in range(10):
+            same_host = urlsplit(url).netloc == origin_host
+            headers = {"Range": f"bytes={start}-{end}"}
+            if same_host:
+                headers.update(self.headers)
+            try:
+                req = self._client.build_request("GET", url, headers=headers)
+                resp = self._client.send(req, stream=True)
+            except httpx.TimeoutException as exc:
+                raise Stalled(f"timed out: {exc}", source=self.name, url=_redact(url)) from exc
+            except httpx.HTTPError as exc:
+                raise SourceUnavailable(f"cannot connect: {exc}", source=self.name, url=_redact(url)) from exc
+            try:
+                if resp.status_code in _REDIRECTS:
+                    loc = resp.headers.get("location")
+                    if not loc:
+                        raise BadResponse("redirect without Location", source=self.name, url=_redact(url))
+                    url = urljoin(url, loc)
+                    continue
+                self._check(resp, url, url != origin, file, start, end)
+                if url != origin:
+                    with self._lock:
+                        self._resolved[origin] = _Resolved(url, time.monotonic(), not same_host)
+                yield self._iter(resp, url)
+                return
+            finally:
+                resp.close()
+        raise BadResponse("too many redirects", source=self.name, url=_redact(origin))
+
+    def _iter(self, resp: httpx.Response, url: str) -> Iterator[bytes]:
+        try:
+            yield from resp.iter_raw()
+        except httpx.TimeoutException as exc:
+            raise Stalled("no bytes received for too long", source=self.name, url=_redact(url)) from exc
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(f"connection broke: {exc}", source=self.name, url=_redact(url)) from exc
+
+    def _check(
+        self, resp: httpx.Response, url: str, redirected: bool, file: FileEntry, start: int, end: int
+    ) -> None:
+        st = resp.status_code
+        where = {"source": self.name, "url": _redact(url)}
+        if st in (429, 503):
+            raise RateLimited(f"HTTP {st}", retry_after=_retry_after(resp.headers.get("retry-after")), **where)
+        if redirected and st in (401, 403, 410):
+            raise URLExpired(f"HTTP {st} from redirect target (signed URL expired?)", **where)
+        if st in (404, 410):
+            raise SourceNotFound(f"HTTP {st}: {file.path} is not on this source", **where)
+        if st >= 500:
+            raise SourceUnavailable(f"HTTP {st}", **where)
+        if st not in (200, 206):
+            raise SourceUnavailable(f"HTTP {st}", **where)
+        ctype = resp.headers.get("content-type", "")
+        if ctype.startswith("text/html") and not file.path.endswith((".html", ".htm")):
+            raise BadResponse("sent an HTML page instead of the file (error or captcha page)", **where)
+        length = end - start + 1
+        if st == 200:
+            if not (start == 0 and end == file.size - 1):
+                raise BadResponse("ignored the Range header (200 instead of 206)", **where)
+        else:
+            m = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
+            if not m or int(m.group(1)) != start or int(m.group(2)) != end:
+                raise BadResponse(
+                    f"Content-Range {resp.headers.get('content-range')!r} does not match bytes {start}-{end}",
+                    **where,
+                )
+            if m.group(3) != "*" and int(m.group(3)) != file.size:
+                raise BadResponse(
+                    f"file is {m.group(3)} bytes at this source, the manifest says {file.size}", **where
+                )
+        cl = resp.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) != length:
+            raise BadResponse(f"Content-Length {cl} does not match the {length} bytes asked for", **where)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+def _redact(url: str) -> str:
+    """Drop the query (signatures, tokens) from URLs that end up in messages and logs."""
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl()
+
+
+def error_is_source_error(exc: BaseException) -> bool:
+    return isinstance(exc, SourceError)

@@ -1,0 +1,469 @@
+"""The crash-safe store: where pieces land, how progress is journaled, how files move into place.
+
+On-disk layout, for a pull of manifest ``M`` (identity ``<mid>`` = its SHA-256) into ``DEST``::
+
+    DEST/
+      <path>...                      final files; only ever created by rename(2) of a verified file
+      .dsmirror/
+        installed/<mid>.json         what was installed (path, size, mtime_ns, inode), so a re-run of a
+                                     finished pull is a no-op without re-hashing; stale entries are re-verified
+        partial/<mid>/
+          lock                       flock(2)-ed by the running pull; holds its pid (text)
+          manifest.json              canonical bytes of M (what this partial area belongs to)
+          journal                    append-only progress journal (below)
+          data/<path>...             partial files, preallocated to their full size
+
+Journal format: a 44-byte header ``b"DSMJRNL1" + sha256(M) (32 bytes) + crc32(first 40 bytes) (u32 LE)``
+followed by 12-byte records ``struct("<B3xII")``: kind, piece index, crc32 of the first 8 bytes.
+
+    kind b"W"  piece *i* was verified against the manifest and all its bytes were handed to pwrite(2);
+               nothing was fsync-ed yet.
+    kind b"C"  commit: every data file was fdatasync-ed *before* this record was written; so every
+               W record before it describes bytes that are durably on disk.
+
+Reading it back: records are read until the first torn or corrupt record (the journal is truncated
+there). Pieces with a W record before the last C are trusted. Pieces with a W record after the last C
+(written, but the process or the machine died before a commit) are *re-verified* by hashing: after
+``kill -9`` their bytes are in the page cache and they verify, so nothing is lost; after a power
+loss they may not, and are fetched again. A damaged header, a data file of the wrong size, or a
+missing data file means the journal cannot be trusted for that file: its pieces are re-verified from
+the bytes on disk, and every piece that still verifies is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import queue
+import shutil
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import AlreadyInProgress, DiskFull, IntegrityError, StorageError
+from ._fsutil import atomic_write_bytes, fsync_dir, safe_join, storage_errors
+from ._manifest import FileEntry, Manifest, Piece
+
+__all__ = ["Store", "StoreStats"]
+
+_MAGIC = b"DSMJRNL1"
+_HEADER = struct.Struct("<8s32sI")
+_RECORD = struct.Struct("<B3xII")
+_W = ord("W")
+_C = ord("C")
+#: Keep this much space free beyond what the pull needs.
+SPACE_MARGIN = 64 << 20
+
+
+@dataclass
+class StoreStats:
+    trusted_pieces: int = 0  # from committed journal records
+    reverified_pieces: int = 0  # W-after-C or untrusted journal: hashed again, kept
+    rejected_pieces: int = 0  # journaled but no longer verifying: fetched again
+    reused_files: int = 0  # already installed at DEST and unchanged
+
+
+class Store:
+    """Owns the partial area of one pull. Thread-safe for ``write``/``mark_verified``."""
+
+    def __init__(self, dest: Path, manifest: Manifest) -> None:
+        self.dest = dest
+        self.manifest = manifest
+        self.area = dest / ".dsmirror" / "partial" / manifest.sha256
+        self.data_dir = self.area / "data"
+        self.installed_record = dest / ".dsmirror" / "installed" / f"{manifest.sha256}.json"
+        self.stats = StoreStats()
+        n = manifest.num_pieces
+        self._done = bytearray(n)
+        self._file_done = [False] * len(manifest.files)  # installed under the final name
+        self._fds: dict[int, int] = {}
+        self._dirty: set[int] = set()
+        self._lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._journal_fd = -1
+        self._lock_fd = -1
+        self._pending_w = 0
+        self._hashers: list[_FileHasher] = []
+        self._hash_queue: queue.Queue[int | None] = queue.Queue()
+        self._hash_thread: threading.Thread | None = None
+        self._hash_error: BaseException | None = None
+        self.closed = False
+
+    # -- opening -----------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        dest: Path,
+        manifest: Manifest,
+        *,
+        on_reverify: Callable[[int], None] | None = None,
+    ) -> Store:
+        """Lock the partial area, recover progress, check space and preallocate the files."""
+        store = cls(dest, manifest)
+        try:
+            store._open(on_reverify)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _open(self, on_reverify: Callable[[int], None] | None) -> None:
+        with storage_errors(self.dest):
+            self.dest.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.dest, os.W_OK):
+                raise StorageError(
+                    f"cannot write to {self.dest}", path=str(self.dest), hint="choose a --dest you can write to"
+                )
+            self.area.mkdir(parents=True, exist_ok=True)
+            self._acquire_lock()
+            self._check_installed()
+            if all(self._file_done):
+                return
+            if not (self.area / "manifest.json").exists():
+                atomic_write_bytes(self.area / "manifest.json", self.manifest.canonical_bytes)
+            suspect = self._recover_journal()
+            self._prepare_files(suspect)
+            self._reverify(suspect, on_reverify)
+        self._start_hasher()
+
+    def _acquire_lock(self) -> None:
+        path = self.area / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = None
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+            os.close(fd)
+            raise AlreadyInProgress(path=str(self.dest), pid=pid) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _check_installed(self) -> None:
+        """Mark files already installed at DEST (unchanged since we installed them, or verifying)."""
+        record: dict[str, list[int]] = {}
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(self.installed_record.read_bytes())
+        for fi, f in enumerate(self.manifest.files):
+            final = self.dest / f.path
+            try:
+                st = final.lstat()
+            except FileNotFoundError:
+                continue
+            if not final.is_file() or final.is_symlink() or st.st_size != f.size:
+                continue
+            if record.get(f.path) == [st.st_size, st.st_mtime_ns, st.st_ino]:
+                self._mark_file_installed(fi)
+                continue
+            # Present but not known to us: verify before trusting (a user copy, or a changed file).
+            from ._manifest import hash_file_pieces
+
+            _, digest, pieces = hash_file_pieces(final, self.manifest.piece_size)
+            if digest == f.sha256 and list(pieces) == list(f.pieces):
+                self._mark_file_installed(fi)
+
+    def _mark_file_installed(self, fi: int) -> None:
+        self._file_done[fi] = True
+        self.stats.reused_files += 1
+        for i in self.manifest.file_piece_ranges[fi]:
+            self._done[i] = 1
+
+    def _recover_journal(self) -> set[int]:
+        """Read the journal; return the pieces that must be re-verified before they count."""
+        path = self.area / "journal"
+        suspect: set[int] = set()
+        header = _HEADER.pack(_MAGIC, bytes.fromhex(self.manifest.sha256), 0)
+        header = header[:40] + struct.pack("<I", zlib.crc32(header[:40]))
+        data = b""
+        with contextlib.suppress(FileNotFoundError):
+            data = path.read_bytes()
+        valid = len(data) >= _HEADER.size and data[: _HEADER.size] == header
+        pending: set[int] = set()
+        good_len = _HEADER.size
+        if valid:
+            n = self.manifest.num_pieces
+            for off in range(_HEADER.size, len(data) - _RECORD.size + 1, _RECORD.size):
+                kind, index, crc = _RECORD.unpack_from(data, off)
+                if crc != zlib.crc32(data[off : off + 8]) or kind not in (_W, _C) or (kind == _W and index >= n):
+                    break
+                good_len = off + _RECORD.size
+                if kind == _W:
+                    pending.add(index)
+                else:
+                    for i in pending:
+                        if not self._done[i]:
+                            self._done[i] = 1
+                            self.stats.trusted_pieces += 1
+                    pending.clear()
+            suspect |= pending
+        elif data:
+            # Damaged or foreign journal: trust nothing it says; re-verify every partial file.
+            for fi, f in enumerate(self.manifest.files):
+                if not self._file_done[fi] and (self.data_dir / f.path).exists():
+                    suspect.update(self.manifest.file_piece_ranges[fi])
+        # Rewrite the journal compactly: header, one W per trusted piece, one commit.
+        body = bytearray(header)
+        for i in range(self.manifest.num_pieces):
+            if self._done[i] and not self._file_done[self.manifest.pieces[i].file_index]:
+                body += _record(_W, i)
+        body += _record(_C, 0)
+        if not valid or good_len != len(data) or len(body) < good_len:
+            atomic_write_bytes(path, bytes(body))
+        self._journal_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        return {i for i in suspect if not self._done[i]}
+
+    def _prepare_files(self, suspect: set[int]) -> None:
+        """Open (create, preallocate) every partial file after checking free space."""
+        m = self.manifest
+        need = 0
+        for fi, f in enumerate(m.files):
+            if self._file_done[fi]:
+                continue
+            p = self.data_dir / f.path
+            try:
+                st = p.stat()
+                have = st.st_blocks * 512
+                if st.st_size != f.size:
+                    # Truncated or grown behind our back: the journal cannot vouch for this file.
+                    for i in m.file_piece_ranges[fi]:
+                        if self._done[i]:
+                            self._done[i] = 0
+                            self.stats.trusted_pieces -= 1
+                            suspect.add(i)
+            except FileNotFoundError:
+                have = 0
+                for i in m.file_piece_ranges[fi]:
+                    if self._done[i]:
+                        self._done[i] = 0
+                        self.stats.trusted_pieces -= 1
+                        self.stats.rejected_pieces += 1
+                    suspect.discard(i)
+            need += max(0, f.size - have)
+        free = shutil.disk_usage(self.area).free
+        if need + SPACE_MARGIN > free and need > 0:
+            raise DiskFull(path=str(self.dest), needed=need + SPACE_MARGIN, available=free)
+        for fi, f in enumerate(m.files):
+            if self._file_done[fi]:
+                continue
+            p = safe_join(self.data_dir, f.path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fds[fi] = fd
+            if os.fstat(fd).st_size != f.size:
+                os.ftruncate(fd, f.size)
+            if f.size:
+                try:
+                    os.posix_fallocate(fd, 0, f.size)
+                except OSError as exc:
+                    if exc.errno == 28:
+                        raise DiskFull(path=str(self.dest), needed=f.size, available=free) from exc
+                    # EOPNOTSUPP and friends: the filesystem cannot reserve; go on without.
+
+    def _reverify(self, suspect: set[int], on_reverify: Callable[[int], None] | None) -> None:
+        for i in sorted(suspect):
+            piece = self.manifest.pieces[i]
+            data = os.pread(self._fds[piece.file_index], piece.length, piece.offset)
+            if hashlib.sha256(data).hexdigest() == piece.sha256:
+                self._done[i] = 1
+                self.stats.reverified_pieces += 1
+                os.write(self._journal_fd, _record(_W, i))
+                self._pending_w += 1
+            else:
+                self.stats.rejected_pieces += 1
+            if on_reverify:
+                on_reverify(piece.length)
+        if suspect:
+            self.commit()
+
+    # -- the whole-file digests, computed in order, in the background --------------------------
+    def _start_hasher(self) -> None:
+        self._hashers = [_FileHasher(f) for f in self.manifest.files]
+        self._hash_thread = threading.Thread(target=self._hash_loop, name="dsmirror-filehash", daemon=True)
+        self._hash_thread.start()
+        for fi in range(len(self.manifest.files)):
+            self._hash_queue.put(fi)
+
+    def _hash_loop(self) -> None:
+        try:
+            while (fi := self._hash_queue.get()) is not None:
+                if self._file_done[fi]:
+                    continue
+                h = self._hashers[fi]
+                rng = self.manifest.file_piece_ranges[fi]
+                while h.next_piece < len(rng) and self._done[rng[h.next_piece]]:
+                    piece = self.manifest.pieces[rng[h.next_piece]]
+                    data = os.pread(self._fds[fi], piece.length, piece.offset)
+                    h.sha.update(data)
+                    h.next_piece += 1
+        except BaseException as exc:  # reported by finalize()
+            self._hash_error = exc
+
+    # -- writing -------------------------------------------------------------------------------
+    def is_done(self, index: int) -> bool:
+        return bool(self._done[index])
+
+    def missing(self) -> list[int]:
+        return [i for i, d in enumerate(self._done) if not d]
+
+    @property
+    def verified_bytes(self) -> int:
+        return sum(p.length for p in self.manifest.pieces if self._done[p.index])
+
+    def write(self, piece: Piece, offset_in_piece: int, data: bytes | memoryview) -> None:
+        """pwrite bytes of a piece that is being fetched (not yet verified)."""
+        fd = self._fds[piece.file_index]
+        with storage_errors(self.data_dir / piece.path):
+            os.pwrite(fd, data, piece.offset + offset_in_piece)
+        self._dirty.add(piece.file_index)
+
+    def mark_verified(self, piece: Piece) -> bool:
+        """Record that ``piece`` is verified and fully written. Returns False if it already was."""
+        with self._lock:
+            if self._done[piece.index]:
+                return False
+            self._done[piece.index] = 1
+            with storage_errors(self.area / "journal"):
+                os.write(self._journal_fd, _record(_W, piece.index))
+            self._pending_w += 1
+        self._hash_queue.put(piece.file_index)
+        return True
+
+    def commit(self) -> None:
+        """Durability point: fdatasync data, then append and fsync a commit record."""
+        with self._commit_lock:
+            with self._lock:
+                if not self._pending_w or self._journal_fd < 0:
+                    return
+                dirty, self._dirty = self._dirty, set()
+                pending, self._pending_w = self._pending_w, 0
+            try:
+                with storage_errors(self.data_dir):
+                    for fi in dirty:
+                        os.fdatasync(self._fds[fi])
+                    os.write(self._journal_fd, _record(_C, 0))
+                    os.fdatasync(self._journal_fd)
+            except BaseException:
+                with self._lock:
+                    self._dirty |= dirty
+                    self._pending_w += pending
+                raise
+
+    # -- finishing -----------------------------------------------------------------------------
+    def complete(self) -> bool:
+        return all(self._done)
+
+    def finalize(self, *, timeout: float | None = None) -> list[str]:
+        """Check whole-file digests and rename every file into place. Returns installed paths."""
+        if not self.complete():
+            raise StorageError("finalize() before every piece is verified")
+        self.commit()
+        self._hash_queue.put(None)
+        if self._hash_thread:
+            self._hash_thread.join(timeout)
+        if self._hash_error:
+            raise StorageError(f"reading back pieces failed: {self._hash_error}") from self._hash_error
+        installed: list[str] = []
+        record: dict[str, list[int]] = {}
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(self.installed_record.read_bytes())
+        bad: list[FileEntry] = []
+        for fi, f in enumerate(self.manifest.files):
+            if self._file_done[fi]:
+                continue
+            h = self._hashers[fi]
+            if h.sha.hexdigest() != f.sha256:
+                bad.append(f)
+        if bad:
+            # Every piece verified but a whole-file digest did not: the manifest contradicts itself.
+            raise IntegrityError(
+                f"{bad[0].path}: every piece verified but the whole-file SHA-256 does not match; "
+                "the manifest is inconsistent",
+                hint="re-create the manifest from a good copy",
+            )
+        with storage_errors(self.dest):
+            for fi, f in enumerate(self.manifest.files):
+                if self._file_done[fi]:
+                    continue
+                src = self.data_dir / f.path
+                dst = safe_join(self.dest, f.path)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.fsync(self._fds[fi])
+                os.close(self._fds.pop(fi))
+                os.replace(src, dst)
+                fsync_dir(dst.parent)
+                st = dst.stat()
+                record[f.path] = [st.st_size, st.st_mtime_ns, st.st_ino]
+                self._file_done[fi] = True
+                installed.append(f.path)
+            atomic_write_bytes(self.installed_record, json.dumps(record, sort_keys=True).encode())
+        self._remove_area()
+        return installed
+
+    def _remove_area(self) -> None:
+        self._close_fds()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.area / "data")
+        for name in ("journal", "manifest.json"):
+            with contextlib.suppress(OSError):
+                (self.area / name).unlink()
+
+    def _close_fds(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        if self._journal_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._journal_fd)
+            self._journal_fd = -1
+
+    def close(self) -> None:
+        """Commit what is verified and release the lock; keeps the partial area for a resume."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(StorageError):
+            self.commit()
+        self._hash_queue.put(None)
+        if self._hash_thread:
+            self._hash_thread.join(5)
+        self._close_fds()
+        if self._lock_fd >= 0:
+            if all(self._file_done):
+                with contextlib.suppress(OSError):
+                    (self.area / "lock").unlink()
+                with contextlib.suppress(OSError):
+                    self.area.rmdir()
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _FileHasher:
+    __slots__ = ("next_piece", "sha")
+
+    def __init__(self, f: FileEntry) -> None:
+        self.sha = hashlib.sha256()
+        self.next_piece = 0
+
+
+def _record(kind: int, index: int) -> bytes:
+    head = struct.pack("<B3xI", kind, index)
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def pieces_of(manifest: Manifest, indices: Iterable[int]) -> list[Piece]:
+    return [manifest.pieces[i] for i in indices]

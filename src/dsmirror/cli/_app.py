@@ -1,0 +1,37 @@
+"""The typer application object and options shared by several commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="dsmirror",
+    help="Verified, resumable, multi-source downloads of very large model files.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+MirrorsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--mirrors", help="Extra catalog file(s) of mirrors (YAML); override the defaults."),
+]
+NoDefaultCatalogOpt = Annotated[
+    bool,
+    typer.Option("--no-default-catalog", help="Use only --mirrors files: not the shipped or the user catalog."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON event per line instead of a display.")]
+
+
+def load_catalog_from_options(mirrors: list[Path] | None, no_default: bool):  # type: ignore[no-untyped-def]
+    from .._catalog import load_default_catalog
+    from .._settings import Settings
+
+    settings = Settings.from_env()
+    return settings, load_default_catalog(settings.env, list(mirrors or ()), replace=no_default)

@@ -1,0 +1,48 @@
+"""``dsmirror manifest create|show|export``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .._manifest import create_manifest, load_manifest
+from .._units import format_bytes, parse_size
+from ._app import app, console
+
+manifest_app = typer.Typer(help="Create, inspect and export piece manifests.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
+
+
+@manifest_app.command("create")
+def create(
+    folder: Annotated[Path, typer.Argument(help="Folder holding the model files.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the manifest JSON.")],
+    name: Annotated[str | None, typer.Option("--name", help="Model name (default: folder name).")] = None,
+    piece_size: Annotated[str, typer.Option("--piece-size", help="Piece size, a power of two.")] = "8MiB",
+) -> None:
+    """Hash a folder into a manifest (SHA-256 of every file and every piece)."""
+    m = create_manifest(folder, name=name, piece_size=parse_size(piece_size))
+    m.write(output)
+    console.print(
+        f"{output}: {len(m.files)} files, {format_bytes(m.total_size)}, {m.num_pieces} pieces; sha256 {m.sha256}",
+        highlight=False,
+    )
+
+
+@manifest_app.command("show")
+def show(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file.")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print a manifest's identity and files."""
+    m = load_manifest(manifest)
+    if json_out:
+        console.print_json(json.dumps(m.to_dict() | {"manifest_sha256": m.sha256}))
+        return
+    console.print(f"name        {m.name}\nsha256      {m.sha256}\npiece size  {format_bytes(m.piece_size)}", highlight=False)
+    console.print(f"total       {format_bytes(m.total_size)} in {len(m.files)} files, {m.num_pieces} pieces", highlight=False)
+    for f in m.files:
+        console.print(f"  {f.sha256[:16]}  {f.size:>14}  {f.path}", highlight=False)

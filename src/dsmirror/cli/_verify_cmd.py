@@ -1,0 +1,42 @@
+"""``dsmirror verify MANIFEST DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .._errors import VerifyFailed
+from .._manifest import load_manifest, verify_tree
+from .._units import format_bytes
+from ._app import app, console
+
+
+@app.command("verify")
+def verify(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file.")],
+    folder: Annotated[Path, typer.Argument(help="Folder with the model files.")],
+) -> None:
+    """Check every piece and file of a folder against a manifest; exit 3 on any mismatch."""
+    m = load_manifest(manifest)
+    r = verify_tree(m, folder)
+    for p in r.missing_files:
+        console.print(f"missing     {p}", highlight=False)
+    for p in r.wrong_size:
+        console.print(f"wrong size  {p}", highlight=False)
+    for piece in r.bad_pieces:
+        console.print(
+            f"bad piece   {piece.index} ({piece.path} bytes {piece.offset}-{piece.offset + piece.length - 1})",
+            highlight=False,
+        )
+    for p in r.bad_files:
+        console.print(f"bad file    {p}", highlight=False)
+    if not r.ok:
+        n = len(r.missing_files) + len(r.wrong_size) + len({p.path for p in r.bad_pieces} | set(r.bad_files))
+        raise VerifyFailed(
+            f"{n} of {len(m.files)} files do not match {manifest}",
+            bad_pieces=[p.index for p in r.bad_pieces],
+            bad_files=sorted(set(r.missing_files + r.wrong_size + r.bad_files)),
+        )
+    console.print(f"ok: {len(m.files)} files, {format_bytes(r.checked_bytes)} verified", highlight=False)
