@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from ._clock import Clock, SystemClock
 from ._errors import Interrupted, PieceMismatch, SourceError, SourceUnavailable, StorageError
@@ -34,10 +35,10 @@ from ._events import (
 )
 from ._manifest import Manifest, Piece
 from ._scheduler import Assignment, Scheduler, SchedulerConfig
-from ._sources import Source
+from ._sources import Source, SourceInfo
 from ._store import Store
 
-__all__ = ["EngineConfig", "RateLimiter", "fetch"]
+__all__ = ["EngineConfig", "RateLimiter", "SwarmSource", "fetch"]
 
 
 @dataclass(frozen=True)
@@ -75,17 +76,42 @@ class _Stop(Exception):
     pass
 
 
+@runtime_checkable
+class SwarmSource(Protocol):
+    """A source that is handed whole pieces and reports them back (a BitTorrent swarm).
+
+    ``run`` is called once, in its own thread, with the engine as context; it loops until
+    ``ctx.stop`` is set or ``ctx.sched.finished()``: it takes work with ``ctx.sched.acquire(name)``,
+    and for every piece it obtains it must call ``ctx.deliver(assignment, piece, data)`` (which
+    verifies the bytes against the manifest, stores them and tells the scheduler), then
+    ``ctx.sched.release(assignment, error)`` when an assignment ends. ``piece_available`` is called
+    for every piece verified from any source (so the swarm can serve it to peers at once).
+    """
+
+    info: SourceInfo
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self, ctx: _Engine) -> None: ...
+
+    def piece_available(self, piece: Piece, data: bytes | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class _Engine:
     def __init__(
         self,
         manifest: Manifest,
-        sources: Sequence[Source],
+        sources: Sequence[Source | SwarmSource],
         store: Store,
         config: EngineConfig,
         clock: Clock,
     ) -> None:
         self.m = manifest
-        self.sources = {s.name: s for s in sources}
+        self.sources: dict[str, Source] = {s.name: s for s in sources if isinstance(s, Source)}
+        self.swarms: dict[str, SwarmSource] = {s.name: s for s in sources if not isinstance(s, Source)}
         self.store = store
         self.cfg = config
         self.clock = clock
@@ -119,8 +145,34 @@ class _Engine:
                     )
                     self.threads.append(t)
                     budget -= 1
+        for sw in self.swarms.values():
+            self.threads.append(
+                threading.Thread(target=self._swarm_main, args=(sw,), name=f"dsmirror-{sw.name}", daemon=True)
+            )
         for t in self.threads:
             t.start()
+
+    def _swarm_main(self, sw: SwarmSource) -> None:
+        try:
+            sw.run(self)
+        except BaseException as exc:
+            if self.fatal is None:
+                self.fatal = exc
+            self.stop.set()
+
+    def deliver(self, a: Assignment, piece: Piece, data: bytes, source: str) -> bool:
+        """A swarm delivers a whole piece: verify, store, report. Returns whether to go on with ``a``.
+
+        Raises PieceMismatch (after blaming the source) if the bytes do not match the manifest.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        self.sched.progress(a, len(data))
+        self._complete(a, piece, digest, bytearray(data), source)
+        return self.sched.piece_verified(a, piece.index)
+
+    def _announce(self, piece: Piece, data: bytes | None) -> None:
+        for sw in self.swarms.values():
+            sw.piece_available(piece, data)
 
     def _worker(self, src: Source) -> None:
         try:
@@ -194,7 +246,7 @@ class _Engine:
                     pos += take
                     mv = mv[take:]
                     if pos == piece.length:
-                        self._complete(a, piece, h.hexdigest(), buf, src)
+                        self._complete(a, piece, h.hexdigest(), buf, src.name)
                         if not self.sched.piece_verified(a, piece.index):
                             return
                         piece = m.pieces[piece.index + 1]
@@ -211,9 +263,9 @@ class _Engine:
                 return
             self.store.write(piece, pos, part)
 
-    def _complete(self, a: Assignment, piece: Piece, digest: str, buf: bytearray | None, src: Source) -> None:
+    def _complete(self, a: Assignment, piece: Piece, digest: str, buf: bytearray | None, source: str) -> None:
         if digest != piece.sha256:
-            err = PieceMismatch(piece.index, path=piece.path, expected=piece.sha256, actual=digest, source=src.name)
+            err = PieceMismatch(piece.index, path=piece.path, expected=piece.sha256, actual=digest, source=source)
             self.sched.piece_failed(a, piece.index, err)
             raise err
         if buf is not None:
@@ -222,8 +274,10 @@ class _Engine:
                     return
                 self.store.write(piece, 0, buf)
                 self.store.mark_verified(piece)
-            return
-        self.store.mark_verified(piece)
+        else:
+            self.store.mark_verified(piece)
+        if self.swarms:
+            self._announce(piece, bytes(buf) if buf is not None else None)
 
     def shutdown(self) -> None:
         self.stop.set()
@@ -231,6 +285,8 @@ class _Engine:
             t.join(timeout=3)
         for s in self.sources.values():
             s.close()
+        for sw in self.swarms.values():
+            sw.close()
 
     def snapshot(self, rate: float, eta: float | None) -> Progress:
         srcs = []
@@ -256,7 +312,7 @@ class _Engine:
 
 def fetch(
     manifest: Manifest,
-    sources: Sequence[Source],
+    sources: Sequence[Source | SwarmSource],
     store: Store,
     *,
     config: EngineConfig | None = None,

@@ -7,7 +7,9 @@ manifest's identity, the value a pull pins with ``--manifest-sha256``::
     {
       "files": [                                  # in this order; pieces are numbered across files
         {"path": "config.json",                   # relative POSIX path, no "..", no absolute path
-         "pieces": ["<sha256 hex>", ...],         # ceil(size / piece_size) entries; [] when size == 0
+         "pieces": ["<sha256 hex>", ...],         # ceil(size / piece_size) entries; [] when size == 0;
+                                                  # or null: no piece hashes published (a registry
+                                                  # gives whole-file digests only, see below)
          "sha256": "<sha256 hex of the whole file>",
          "size": 1234},
         ...
@@ -19,6 +21,11 @@ manifest's identity, the value a pull pins with ``--manifest-sha256``::
       "torrent": {"btih": "<40 hex>", "btmh": "<64 hex>"},  # optional: info-hashes of the same pieces
       "version": 1
     }
+
+A file whose ``pieces`` is null is checked by its whole-file SHA-256 alone: its pieces are fetched
+and stored unverified (``Piece.sha256 == ""``), and when the file fails its digest the engine finds
+the source that sent bad bytes by re-fetching that source's pieces elsewhere and comparing. Once such
+a file verifies, ``Manifest.with_piece_hashes`` records a complete manifest for serving and seeding.
 
 Pieces never span files: file *i* starts on a fresh piece, so every piece is exactly one HTTP byte
 range of one file (and one piece of a file-aligned BitTorrent v2/hybrid torrent). Piece *k* of a file
@@ -104,7 +111,12 @@ class Manifest:
             "name": self.name,
             "piece_size": self.piece_size,
             "files": [
-                {"path": f.path, "size": f.size, "sha256": f.sha256, "pieces": list(f.pieces)}
+                {
+                    "path": f.path,
+                    "size": f.size,
+                    "sha256": f.sha256,
+                    "pieces": list(f.pieces) if not f.pieces or f.pieces[0] else None,
+                }
                 for f in self.files
             ],
         }
@@ -162,6 +174,14 @@ class Manifest:
             if f.path == path:
                 return f
         raise KeyError(path)
+
+    @property
+    def has_piece_hashes(self) -> bool:
+        return all(not f.pieces or f.pieces[0] for f in self.files)
+
+    def with_piece_hashes(self, path: str, pieces: Sequence[str]) -> Manifest:
+        files = tuple(FileEntry(f.path, f.size, f.sha256, tuple(pieces)) if f.path == path else f for f in self.files)
+        return Manifest(self.name, self.piece_size, files, self.torrent, self.meta)
 
     def with_torrent(self, torrent: Mapping[str, str] | None) -> Manifest:
         return Manifest(self.name, self.piece_size, self.files, torrent, self.meta)
@@ -246,10 +266,15 @@ def _from_obj(obj: Any) -> Manifest:
         digest = fo["sha256"]
         _expect(isinstance(digest, str) and bool(_HEX64.match(digest)), f"{where}.sha256 is not 64 lowercase hex")
         pieces = fo["pieces"]
-        _expect(isinstance(pieces, list), f"{where}.pieces must be a list")
         want = -(-size // ps)
+        if pieces is None:
+            pieces = [""] * want  # unknown: the whole-file digest is the only check
+        _expect(isinstance(pieces, list), f"{where}.pieces must be a list or null")
         _expect(len(pieces) == want, f"{where}: {len(pieces)} piece hashes for {size} bytes (expected {want})")
-        _expect(all(isinstance(p, str) and _HEX64.match(p) for p in pieces), f"{where}.pieces: bad digest")
+        _expect(
+            all(isinstance(p, str) and _HEX64.match(p) for p in pieces) or all(p == "" for p in pieces),
+            f"{where}.pieces: bad digest",
+        )
         total_pieces += want
         _expect(total_pieces <= MAX_PIECES, f"too many pieces (> {MAX_PIECES})")
         files.append(FileEntry(path, size, digest, tuple(pieces)))

@@ -324,6 +324,14 @@ class Store:
             os.pwrite(fd, data, piece.offset + offset_in_piece)
         self._dirty.add(piece.file_index)
 
+    def read_piece(self, piece: Piece) -> bytes:
+        """The bytes of a piece as stored (verified or not: check ``is_done``)."""
+        if self._file_done[piece.file_index]:
+            with open(self.dest / piece.path, "rb") as fh:
+                fh.seek(piece.offset)
+                return fh.read(piece.length)
+        return os.pread(self._fds[piece.file_index], piece.length, piece.offset)
+
     def mark_verified(self, piece: Piece) -> bool:
         """Record that ``piece`` is verified and fully written. Returns False if it already was."""
         with self._lock:
