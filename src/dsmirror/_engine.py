@@ -123,6 +123,7 @@ class _Engine:
         self._events_lock = threading.Lock()
         self._piece_locks = [threading.Lock() for _ in range(64)]
         self.threads: list[threading.Thread] = []
+        self._dropped: set[str] = set()
 
     def emit(self, ev: Event) -> None:
         with self._events_lock:
@@ -213,6 +214,10 @@ class _Engine:
             self.sched.release(a)
         banned = self.sched.source(src.name).banned
         if banned and not was_banned:
+            with self._events_lock:
+                if src.name in self._dropped:
+                    return
+                self._dropped.add(src.name)
             self.emit(SourceDropped(src.name, banned))
 
     def _fetch(self, src: Source, a: Assignment) -> None:

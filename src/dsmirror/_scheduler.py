@@ -407,7 +407,12 @@ class Scheduler:
     def wanted(self, a: Assignment) -> bool:
         """Should ``a`` keep fetching its current piece? False once another copy won or it was cut."""
         with self._lock:
-            return not a.cancelled and a.next_piece < a.end and self._state[a.next_piece] != _DONE
+            return (
+                not a.cancelled
+                and a.next_piece < a.end
+                and self._state[a.next_piece] != _DONE
+                and not self._sources[a.source].banned
+            )
 
     def piece_verified(self, a: Assignment, index: int) -> bool:
         """A piece of ``a`` verified and stored. Returns True if ``a`` should go on to its next piece."""

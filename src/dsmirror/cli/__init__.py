@@ -22,7 +22,7 @@ from ._app import app, err_console
 __all__ = ["app", "main"]
 
 # Importing the command modules registers them on ``app``.
-from . import _manifest_cmd, _pull_cmd, _verify_cmd  # noqa: E402,F401
+from . import _demo_cmd, _manifest_cmd, _pull_cmd, _verify_cmd  # noqa: E402,F401
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

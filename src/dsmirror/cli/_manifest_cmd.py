@@ -8,7 +8,11 @@ from typing import Annotated
 
 import typer
 
+from .._catalog import Catalog, load_catalog
+from .._errors import UsageError
+from .._fsutil import atomic_write_bytes
 from .._manifest import create_manifest, load_manifest
+from .._metalink import to_meta4
 from .._units import format_bytes, parse_size
 from ._app import app, console
 
@@ -46,3 +50,33 @@ def show(
     console.print(f"total       {format_bytes(m.total_size)} in {len(m.files)} files, {m.num_pieces} pieces", highlight=False)
     for f in m.files:
         console.print(f"  {f.sha256[:16]}  {f.size:>14}  {f.path}", highlight=False)
+
+
+@manifest_app.command("export")
+def export(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the exported file.")],
+    mirrors: Annotated[
+        list[Path],
+        typer.Option("--mirrors", help="Catalog file(s) (YAML) whose mirrors of kind http serve the files."),
+    ],
+    meta4: Annotated[bool, typer.Option("--meta4", help="Write Metalink v4 (RFC 5854), e.g. for aria2c.")] = False,
+) -> None:
+    """Export a manifest for other clients: its pieces, digests and mirror URLs."""
+    if not meta4:
+        raise UsageError("choose the format to export", hint="add --meta4 (Metalink v4, the only format so far)")
+    m = load_manifest(manifest)
+    catalog = Catalog()
+    for path in mirrors:
+        catalog = catalog.merged(load_catalog(path, base=catalog))
+    plain = catalog.mirrors_of_kind("http")
+    if not plain:
+        raise UsageError(
+            f"no enabled mirror of kind http in {', '.join(map(str, mirrors))}",
+            hint="a Metalink client fetches plain URLs: list a mirror with 'kind: http'",
+        )
+    atomic_write_bytes(output, to_meta4(m, plain))
+    console.print(
+        f"{output}: Metalink v4, {len(m.files)} files, {m.num_pieces} pieces, {len(plain)} mirror(s)",
+        highlight=False,
+    )

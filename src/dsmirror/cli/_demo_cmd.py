@@ -1,0 +1,33 @@
+"""``dsmirror demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .._demo import demo
+from .._units import parse_size
+from ._app import JsonOpt, app, console
+from ._render import render_human, render_json
+
+
+@app.command("demo")
+def demo_cmd(
+    size: Annotated[str, typer.Option("--size", help="Size of the generated model.")] = "256MiB",
+    keep: Annotated[Path | None, typer.Option("--keep", help="Keep the pulled model in this folder.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Pull a generated model from local mirrors (fast, slow, corrupting) on 127.0.0.x, end to end."""
+    console.print(
+        "[bold]dsmirror demo[/]: three local mirrors on 127.0.0.1-3 (fast, slow and far, corrupting); "
+        "pulling a generated model from all of them at once, every piece checked.",
+        highlight=False,
+    )
+    events = demo(parse_size(size), keep)
+    if json_out:
+        render_json(events)
+    else:
+        render_human(events, console)
+        console.print("[bold green]verified again from disk: every file matches the manifest[/]", highlight=False)
