@@ -18,11 +18,11 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ._clock import Clock, SystemClock
-from ._errors import Interrupted, PieceMismatch, SourceError, SourceUnavailable, StorageError
+from ._errors import IntegrityError, Interrupted, PieceMismatch, SourceError, SourceUnavailable, StorageError
 from ._events import (
     Event,
     PieceRejected,
@@ -47,7 +47,7 @@ class EngineConfig:
     commit_interval: float = 0.5  # seconds between durability points
     progress_interval: float = 0.25
     max_rate: float | None = None  # bytes/s, --max-rate
-    scheduler: SchedulerConfig = SchedulerConfig()
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
 class RateLimiter:
@@ -124,6 +124,7 @@ class _Engine:
         self._piece_locks = [threading.Lock() for _ in range(64)]
         self.threads: list[threading.Thread] = []
         self._dropped: set[str] = set()
+        self.repair = Repair(self)
 
     def emit(self, ev: Event) -> None:
         with self._events_lock:
@@ -269,8 +270,22 @@ class _Engine:
             self.store.write(piece, pos, part)
 
     def _complete(self, a: Assignment, piece: Piece, digest: str, buf: bytearray | None, source: str) -> None:
+        if not piece.sha256:
+            # No published piece hash: keep provenance; the whole-file digest decides (see Repair).
+            self.repair.piece_received(piece, digest, source)
+            if buf is not None:
+                with self._piece_locks[piece.index % 64]:
+                    if self.store.is_done(piece.index):
+                        return
+                    self.store.write(piece, 0, buf)
+                    self.store.mark_verified(piece, source=source, digest=digest)
+            else:
+                self.store.mark_verified(piece, source=source, digest=digest)
+            return
         if digest != piece.sha256:
-            err = PieceMismatch(piece.index, path=piece.path, expected=piece.sha256, actual=digest, source=source)
+            err = PieceMismatch(
+                piece.index, path=piece.path, expected=piece.sha256, actual=digest, source=source
+            )
             self.sched.piece_failed(a, piece.index, err)
             raise err
         if buf is not None:
@@ -315,6 +330,110 @@ class _Engine:
         return Progress(self.store.verified_bytes, self.m.total_size, rate, eta, tuple(srcs))
 
 
+@dataclass
+class _FileRepair:
+    tried: list[str]
+    suspect: str | None = None
+    old: dict[int, str] | None = None  # piece -> digest the suspect had sent
+    disputes: int = 0
+
+
+class Repair:
+    """Finding the source that sent bad bytes when only a whole-file digest is published.
+
+    Registries publish whole-file digests only, so a bad byte is noticed only when a whole file is
+    hashed. Instead of fetching the whole file again, the pieces of one *suspect* source (the least
+    trusted contributor first: already blamed, then unofficial, then the smallest contributor) are
+    fetched again from other sources and compared with what the suspect sent. If the file then
+    matches and the copies differed, the suspect lied: it is banned and its pieces in other
+    unverified files are fetched again too. If the file still fails, the suspect is cleared and the
+    next one is tried. Only the suspects' pieces are ever fetched twice; when every contributor has
+    been cross-checked and the file still fails, the pull stops with an IntegrityError naming it.
+    """
+
+    def __init__(self, eng: _Engine) -> None:
+        self.eng = eng
+        self.files: dict[int, _FileRepair] = {}
+        self._lock = threading.Lock()
+
+    def piece_received(self, piece: Piece, digest: str, source: str) -> None:
+        with self._lock:
+            r = self.files.get(piece.file_index)
+            if r and r.old and piece.index in r.old and r.old[piece.index] != digest:
+                r.disputes += 1
+
+    def _order(self, fi: int) -> list[str]:
+        eng = self.eng
+        count: dict[str, int] = {}
+        for i in eng.m.file_piece_ranges[fi]:
+            src = eng.store.provenance.get(i, ("?", ""))[0]
+            count[src] = count.get(src, 0) + 1
+
+        def key(name: str) -> tuple[int, int, int, int]:
+            if name not in eng.sched._sources:
+                return (0, 0, 0, count[name])  # unknown provenance (resumed): check first
+            st = eng.sched.source(name)
+            return (1, 0 if st.banned or st.corrupt else 1, 1 if st.info.official else 0, count[name])
+
+        return sorted(count, key=key)
+
+    def file_checked(self, fi: int, ok: bool) -> None:
+        eng = self.eng
+        f = eng.m.files[fi]
+        r = self.files.get(fi)
+        if ok:
+            if r and r.suspect and r.disputes and r.suspect in eng.sched._sources:
+                reason = (
+                    f"sent bad bytes for {f.path} (found by cross-checking its pieces with other sources)"
+                )
+                eng.sched.ban(r.suspect, reason)
+                eng.emit(SourceDropped(r.suspect, reason))
+                self._recheck_elsewhere(r.suspect)
+            self.files.pop(fi, None)
+            return
+        if not f.pieces or f.pieces[0]:
+            return  # piece hashes were published: finalize reports the inconsistent manifest
+        if r is None:
+            r = self.files[fi] = _FileRepair(tried=[])
+        elif r.suspect and r.disputes and r.suspect in eng.sched._sources:
+            pass  # copies differed but the file still fails: keep looking at the others too
+        order = [s for s in self._order(fi) if s not in r.tried]
+        if not order:
+            raise IntegrityError(
+                f"{f.path} does not match its SHA-256 even after every source's pieces were cross-checked",
+                hint="every source serves the same wrong bytes: the published digest or the file is bad",
+            )
+        suspect = order[0]
+        r.tried.append(suspect)
+        rng = eng.m.file_piece_ranges[fi]
+        pieces = [i for i in rng if eng.store.provenance.get(i, ("?", ""))[0] == suspect]
+        r.suspect, r.disputes = suspect, 0
+        r.old = {i: eng.store.provenance[i][1] for i in pieces if i in eng.store.provenance}
+        eng.emit(
+            PieceRejected(
+                suspect,
+                pieces[0] if pieces else -1,
+                f.path,
+                f"{f.path} failed its SHA-256; fetching the {len(pieces)} pieces "
+                f"{suspect} sent from other sources",
+            )
+        )
+        eng.store.invalidate(pieces)
+        eng.sched.reopen(pieces, avoid=suspect if suspect in eng.sched._sources else None)
+
+    def _recheck_elsewhere(self, liar: str) -> None:
+        """A banned liar's pieces in files not yet verified are fetched again from others."""
+        eng = self.eng
+        pieces = [
+            i
+            for i, (src, _) in eng.store.provenance.items()
+            if src == liar and not eng.store._file_ok[eng.m.pieces[i].file_index]
+        ]
+        if pieces:
+            eng.store.invalidate(pieces)
+            eng.sched.reopen(pieces, avoid=liar)
+
+
 def fetch(
     manifest: Manifest,
     sources: Sequence[Source | SwarmSource],
@@ -349,7 +468,7 @@ def fetch(
     eng = _Engine(manifest, sources, store, cfg, clk)
     if on_sources:
         on_sources(eng.sched)
-    if not store.complete():
+    if not (store.complete() and store.wait_checked()):
         if not sources:
             from ._errors import NoSourceError
 
@@ -359,9 +478,11 @@ def fetch(
         rate = 0.0
         rate_bytes, rate_at = store.verified_bytes, time.monotonic()
         try:
-            while not eng.sched.finished():
+            while not (eng.sched.finished() and store.all_files_checked()):
                 if eng.fatal is not None:
                     raise eng.fatal
+                for fi, ok in store.take_file_results():
+                    eng.repair.file_checked(fi, ok)
                 eng.sched.check_viable()
                 eng.stop.wait(0.05)
                 now = time.monotonic()
@@ -378,8 +499,12 @@ def fetch(
                     left = manifest.total_size - vb
                     yield eng.snapshot(rate, left / rate if rate > 0 else None)
                     last_progress = now
+            for fi, ok in store.take_file_results():
+                eng.repair.file_checked(fi, ok)
         except KeyboardInterrupt:
-            raise Interrupted("interrupted; verified pieces are kept: run the same command to resume") from None
+            raise Interrupted(
+                "interrupted; verified pieces are kept: run the same command to resume"
+            ) from None
         finally:
             eng.shutdown()
         if eng.fatal is not None:

@@ -218,8 +218,10 @@ class Scheduler:
         with self._lock:
             now = self.clock.now()
             s = self._sources[name]
-            if self._left == 0 or s.banned:
+            if s.banned:
                 return None
+            if self._left == 0:
+                return 0.2  # stay ready: a failed whole-file check may reopen pieces
             if s.paused_until > now:
                 return s.paused_until - now
             if s.failures_in_row >= self.cfg.breaker_threshold and s.active > 0:
@@ -230,14 +232,14 @@ class Scheduler:
             if a is None:
                 a = self._race(s, now)
             if a is None:
-                if not any(st == _FREE for st in self._state) and not self._assignments:
-                    return None if self._left == 0 else 0.2
                 return 0.2
             s.active += 1
             self._assignments[a.id] = a
             return a
 
-    def _new(self, s: SourceState, fi: int, start: int, end: int, now: float, *, race: bool = False) -> Assignment:
+    def _new(
+        self, s: SourceState, fi: int, start: int, end: int, now: float, *, race: bool = False
+    ) -> Assignment:
         a = Assignment(self._next_id, s.info.name, fi, start, end, race=race, started_at=now)
         a._win_start = now
         self._next_id += 1
@@ -261,7 +263,9 @@ class Scheduler:
         if pref == "auto" or s.info.source_class == pref:
             return False
         preferred = [
-            o for o in self._sources.values() if o.info.source_class == pref and not o.banned and o.paused_until <= now
+            o
+            for o in self._sources.values()
+            if o.info.source_class == pref and not o.banned and o.paused_until <= now
         ]
         if not preferred:
             return False
@@ -275,7 +279,9 @@ class Scheduler:
         return alone <= together * self.cfg.prefer_slack
 
     def _started(self, states: list[SourceState]) -> float:
-        starts = [a.started_at for a in self._assignments.values() if a.source in {o.info.name for o in states}]
+        starts = [
+            a.started_at for a in self._assignments.values() if a.source in {o.info.name for o in states}
+        ]
         return min(starts) if starts else self.clock.now()
 
     def _take_free(self, s: SourceState, now: float) -> Assignment | None:
@@ -374,8 +380,7 @@ class Scheduler:
         if best is None:
             return None
         t_owner, v = best
-        piece = self.m.pieces[v.next_piece]
-        t_me = s.ttfb + piece.length / my_rate
+        t_me = s.ttfb + self.m.pieces[v.next_piece].length / my_rate
         if t_me >= t_owner * self.cfg.race_margin:
             return None
         r = self._new(s, v.file_index, v.next_piece, v.next_piece + 1, now, race=True)
@@ -500,6 +505,24 @@ class Scheduler:
                 delay = max(error.retry_after, 0.0)
             s.paused_until = max(s.paused_until, now + delay)
 
+    def reopen(self, indices: Iterable[int], avoid: str | None = None) -> None:
+        """Pieces counted as done must be fetched again (their file failed its whole digest)."""
+        with self._lock:
+            for i in indices:
+                if self._state[i] == _DONE:
+                    self._state[i] = _FREE
+                    self._left += 1
+                    self._scan_from = min(self._scan_from, i)
+                if avoid:
+                    self._avoid.setdefault(i, set()).add(avoid)
+            self._last_progress = self.clock.now()
+
+    def ban(self, name: str, reason: str) -> None:
+        with self._lock:
+            s = self._sources[name]
+            if not s.banned:
+                s.banned = reason
+
     # -- giving up -------------------------------------------------------------------------------
     def check_viable(self) -> None:
         """Raise NoSourceError when no source can ever finish the pull."""
@@ -510,7 +533,9 @@ class Scheduler:
             live = [s for s in self._sources.values() if not s.banned]
             if not live:
                 why = "; ".join(f"{s.info.name}: {s.banned}" for s in self._sources.values())
-                raise NoSourceError(f"every source was dropped ({why})", hint="add or fix mirrors (--mirrors)")
+                raise NoSourceError(
+                    f"every source was dropped ({why})", hint="add or fix mirrors (--mirrors)"
+                )
             for fi, f in enumerate(self.m.files):
                 rng = self.m.file_piece_ranges[fi]
                 if any(self._state[k] != _DONE for k in rng) and all(fi in s.missing_files for s in live):
@@ -520,7 +545,9 @@ class Scheduler:
             never = all(s.requests_ok == 0 and s.delivered == 0 for s in live)
             if never and all(s.failures_total >= self.cfg.fail_fast_attempts for s in live):
                 why = "; ".join(f"{s.info.name}: {s.last_error}" for s in live)
-                raise NoSourceError(f"no source could be reached ({why})", hint="check the network and --mirrors")
+                raise NoSourceError(
+                    f"no source could be reached ({why})", hint="check the network and --mirrors"
+                )
             if now - self._last_progress > self.cfg.give_up_after and not any(
                 a.bytes_received for a in self._assignments.values()
             ):

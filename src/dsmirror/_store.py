@@ -6,7 +6,7 @@ On-disk layout, for a pull of manifest ``M`` (identity ``<mid>`` = its SHA-256) 
       <path>...                      final files; only ever created by rename(2) of a verified file
       .dsmirror/
         installed/<mid>.json         what was installed (path, size, mtime_ns, inode), so a re-run of a
-                                     finished pull is a no-op without re-hashing; stale entries are re-verified
+                                     finished pull is a no-op without re-hashing; stale ones are re-verified
         partial/<mid>/
           lock                       flock(2)-ed by the running pull; holds its pid (text)
           manifest.json              canonical bytes of M (what this partial area belongs to)
@@ -20,6 +20,13 @@ followed by 12-byte records ``struct("<B3xII")``: kind, piece index, crc32 of th
                nothing was fsync-ed yet.
     kind b"C"  commit: every data file was fdatasync-ed *before* this record was written; so every
                W record before it describes bytes that are durably on disk.
+    kind b"X"  piece *i* is no longer trusted (its file failed its whole-file digest and the piece is
+               being fetched again from another source).
+
+For files without published piece hashes, ``provenance`` (text, one line per piece:
+``<index> <source name> <sha256 of the bytes received>``, appended, advisory) remembers which source
+sent which piece, so that a whole-file mismatch can be traced to the source that sent bad bytes, also
+after a resume.
 
 Reading it back: records are read until the first torn or corrupt record (the journal is truncated
 there). Pieces with a W record before the last C are trusted. Pieces with a W record after the last C
@@ -41,6 +48,7 @@ import queue
 import shutil
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -57,6 +65,7 @@ _HEADER = struct.Struct("<8s32sI")
 _RECORD = struct.Struct("<B3xII")
 _W = ord("W")
 _C = ord("C")
+_X = ord("X")
 #: Keep this much space free beyond what the pull needs.
 SPACE_MARGIN = 64 << 20
 
@@ -93,6 +102,12 @@ class Store:
         self._hash_queue: queue.Queue[int | None] = queue.Queue()
         self._hash_thread: threading.Thread | None = None
         self._hash_error: BaseException | None = None
+        self._hash_lock = threading.Lock()
+        #: whole-file digest result per file: None = not checked yet (or pieces missing)
+        self._file_ok: list[bool | None] = [None] * len(manifest.files)
+        self._file_results: list[tuple[int, bool]] = []
+        self.provenance: dict[int, tuple[str, str]] = {}
+        self._prov_fd = -1
         self.closed = False
 
     # -- opening -----------------------------------------------------------------------------------
@@ -118,7 +133,9 @@ class Store:
             self.dest.mkdir(parents=True, exist_ok=True)
             if not os.access(self.dest, os.W_OK):
                 raise StorageError(
-                    f"cannot write to {self.dest}", path=str(self.dest), hint="choose a --dest you can write to"
+                    f"cannot write to {self.dest}",
+                    path=str(self.dest),
+                    hint="choose a --dest you can write to",
                 )
             self.area.mkdir(parents=True, exist_ok=True)
             self._acquire_lock()
@@ -128,6 +145,7 @@ class Store:
             if not (self.area / "manifest.json").exists():
                 atomic_write_bytes(self.area / "manifest.json", self.manifest.canonical_bytes)
             suspect = self._recover_journal()
+            self._load_provenance()
             self._prepare_files(suspect)
             self._reverify(suspect, on_reverify)
         self._start_hasher()
@@ -192,11 +210,20 @@ class Store:
             n = self.manifest.num_pieces
             for off in range(_HEADER.size, len(data) - _RECORD.size + 1, _RECORD.size):
                 kind, index, crc = _RECORD.unpack_from(data, off)
-                if crc != zlib.crc32(data[off : off + 8]) or kind not in (_W, _C) or (kind == _W and index >= n):
+                if (
+                    crc != zlib.crc32(data[off : off + 8])
+                    or kind not in (_W, _C, _X)
+                    or (kind != _C and index >= n)
+                ):
                     break
                 good_len = off + _RECORD.size
                 if kind == _W:
                     pending.add(index)
+                elif kind == _X:
+                    pending.discard(index)
+                    if self._done[index]:
+                        self._done[index] = 0
+                        self.stats.trusted_pieces -= 1
                 else:
                     for i in pending:
                         if not self._done[i]:
@@ -219,6 +246,15 @@ class Store:
             atomic_write_bytes(path, bytes(body))
         self._journal_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         return {i for i in suspect if not self._done[i]}
+
+    def _load_provenance(self) -> None:
+        path = self.area / "provenance"
+        with contextlib.suppress(FileNotFoundError):
+            for line in path.read_text(errors="replace").splitlines():
+                parts = line.split(" ")
+                if len(parts) == 3 and parts[0].isdigit() and int(parts[0]) < self.manifest.num_pieces:
+                    self.provenance[int(parts[0])] = (parts[1], parts[2])
+        self._prov_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _prepare_files(self, suspect: set[int]) -> None:
         """Open (create, preallocate) every partial file after checking free space."""
@@ -296,13 +332,23 @@ class Store:
             while (fi := self._hash_queue.get()) is not None:
                 if self._file_done[fi]:
                     continue
-                h = self._hashers[fi]
                 rng = self.manifest.file_piece_ranges[fi]
-                while h.next_piece < len(rng) and self._done[rng[h.next_piece]]:
-                    piece = self.manifest.pieces[rng[h.next_piece]]
-                    data = os.pread(self._fds[fi], piece.length, piece.offset)
-                    h.sha.update(data)
-                    h.next_piece += 1
+                while True:
+                    with self._hash_lock:
+                        h = self._hashers[fi]
+                        if self._file_ok[fi] is not None:
+                            break
+                        if h.next_piece == len(rng):
+                            ok = h.sha.hexdigest() == self.manifest.files[fi].sha256
+                            self._file_ok[fi] = ok
+                            self._file_results.append((fi, ok))
+                            break
+                        if not self._done[rng[h.next_piece]]:
+                            break
+                        piece = self.manifest.pieces[rng[h.next_piece]]
+                        data = os.pread(self._fds[fi], piece.length, piece.offset)
+                        h.sha.update(data)
+                        h.next_piece += 1
         except BaseException as exc:  # reported by finalize()
             self._hash_error = exc
 
@@ -317,7 +363,7 @@ class Store:
     def verified_bytes(self) -> int:
         return sum(p.length for p in self.manifest.pieces if self._done[p.index])
 
-    def write(self, piece: Piece, offset_in_piece: int, data: bytes | memoryview) -> None:
+    def write(self, piece: Piece, offset_in_piece: int, data: bytes | bytearray | memoryview) -> None:
         """pwrite bytes of a piece that is being fetched (not yet verified)."""
         fd = self._fds[piece.file_index]
         with storage_errors(self.data_dir / piece.path):
@@ -332,17 +378,73 @@ class Store:
                 return fh.read(piece.length)
         return os.pread(self._fds[piece.file_index], piece.length, piece.offset)
 
-    def mark_verified(self, piece: Piece) -> bool:
-        """Record that ``piece`` is verified and fully written. Returns False if it already was."""
+    def mark_verified(self, piece: Piece, *, source: str | None = None, digest: str | None = None) -> bool:
+        """Record that ``piece`` is verified (or, without a piece hash, received) and fully written.
+
+        Returns False if it already was. ``source``/``digest`` are kept as provenance for pieces
+        that have no published hash.
+        """
         with self._lock:
             if self._done[piece.index]:
                 return False
             self._done[piece.index] = 1
             with storage_errors(self.area / "journal"):
+                if not piece.sha256 and source and digest:
+                    self.provenance[piece.index] = (source, digest)
+                    os.write(self._prov_fd, f"{piece.index} {source} {digest}\n".encode())
                 os.write(self._journal_fd, _record(_W, piece.index))
             self._pending_w += 1
         self._hash_queue.put(piece.file_index)
         return True
+
+    def invalidate(self, indices: Iterable[int]) -> None:
+        """Stop trusting these pieces (their file failed its digest); they will be fetched again."""
+        touched: set[int] = set()
+        with self._hash_lock, self._lock:
+            for i in indices:
+                if self._done[i]:
+                    self._done[i] = 0
+                    with storage_errors(self.area / "journal"):
+                        os.write(self._journal_fd, _record(_X, i))
+                    self._pending_w += 1
+                fi = self.manifest.pieces[i].file_index
+                touched.add(fi)
+            for fi in touched:
+                self._hashers[fi] = _FileHasher(self.manifest.files[fi])
+                self._file_ok[fi] = None
+
+    def take_file_results(self) -> list[tuple[int, bool]]:
+        """Whole-file digest results since the last call: (file index, matched)."""
+        with self._hash_lock:
+            out, self._file_results = self._file_results, []
+        return out
+
+    def all_files_checked(self) -> bool:
+        """Every file installed or with a matching whole-file digest."""
+        with self._hash_lock:
+            return all(d or ok for d, ok in zip(self._file_done, self._file_ok, strict=True))
+
+    def wait_checked(self, timeout: float = 3600.0) -> bool:
+        """When every piece is done: wait for the whole-file digests; True if all matched."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._hash_lock:
+                if all(d or ok is not None for d, ok in zip(self._file_done, self._file_ok, strict=True)):
+                    return all(d or ok for d, ok in zip(self._file_done, self._file_ok, strict=True))
+            if self._hash_error is not None:
+                return False
+            time.sleep(0.01)
+        return False
+
+    def learned_manifest(self) -> Manifest:
+        """The manifest with piece hashes filled in from verified files that had none published."""
+        m = self.manifest
+        for fi, f in enumerate(m.files):
+            if f.pieces and not f.pieces[0] and self._file_ok[fi]:
+                rng = m.file_piece_ranges[fi]
+                if all(i in self.provenance for i in rng):
+                    m = m.with_piece_hashes(f.path, [self.provenance[i][1] for i in rng])
+        return m
 
     def commit(self) -> None:
         """Durability point: fdatasync data, then append and fsync a commit record."""
@@ -386,8 +488,7 @@ class Store:
         for fi, f in enumerate(self.manifest.files):
             if self._file_done[fi]:
                 continue
-            h = self._hashers[fi]
-            if h.sha.hexdigest() != f.sha256:
+            if not self._file_ok[fi]:
                 bad.append(f)
         if bad:
             # Every piece verified but a whole-file digest did not: the manifest contradicts itself.
@@ -396,6 +497,7 @@ class Store:
                 "the manifest is inconsistent",
                 hint="re-create the manifest from a good copy",
             )
+        learned = self.learned_manifest()
         with storage_errors(self.dest):
             for fi, f in enumerate(self.manifest.files):
                 if self._file_done[fi]:
@@ -412,6 +514,9 @@ class Store:
                 self._file_done[fi] = True
                 installed.append(f.path)
             atomic_write_bytes(self.installed_record, json.dumps(record, sort_keys=True).encode())
+            if learned is not self.manifest:
+                # Piece hashes learned from files that had only a whole-file digest: for serving/seeding.
+                learned.write(self.installed_record.with_suffix(".pieces.json"))
         self._remove_area()
         return installed
 
@@ -419,7 +524,7 @@ class Store:
         self._close_fds()
         with contextlib.suppress(OSError):
             shutil.rmtree(self.area / "data")
-        for name in ("journal", "manifest.json"):
+        for name in ("journal", "manifest.json", "provenance"):
             with contextlib.suppress(OSError):
                 (self.area / name).unlink()
 
@@ -428,10 +533,11 @@ class Store:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
-        if self._journal_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._journal_fd)
-            self._journal_fd = -1
+        for fd in (self._journal_fd, self._prov_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._journal_fd = self._prov_fd = -1
 
     def close(self) -> None:
         """Commit what is verified and release the lock; keeps the partial area for a resume."""

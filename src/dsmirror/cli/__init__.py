@@ -14,15 +14,13 @@ import signal
 import sys
 from types import FrameType
 
-import typer
-
 from .._errors import DsmirrorError, Interrupted
 from ._app import app, err_console
 
 __all__ = ["app", "main"]
 
 # Importing the command modules registers them on ``app``.
-from . import _demo_cmd, _manifest_cmd, _pull_cmd, _verify_cmd  # noqa: E402,F401
+from . import _demo_cmd, _manifest_cmd, _pull_cmd, _verify_cmd  # noqa: F401
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

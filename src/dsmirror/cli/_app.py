@@ -24,7 +24,9 @@ MirrorsOpt = Annotated[
 ]
 NoDefaultCatalogOpt = Annotated[
     bool,
-    typer.Option("--no-default-catalog", help="Use only --mirrors files: not the shipped or the user catalog."),
+    typer.Option(
+        "--no-default-catalog", help="Use only --mirrors files: not the shipped or the user catalog."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON event per line instead of a display.")]
 

@@ -30,4 +30,6 @@ def demo_cmd(
         render_json(events)
     else:
         render_human(events, console)
-        console.print("[bold green]verified again from disk: every file matches the manifest[/]", highlight=False)
+        console.print(
+            "[bold green]verified again from disk: every file matches the manifest[/]", highlight=False
+        )

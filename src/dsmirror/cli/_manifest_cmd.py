@@ -31,7 +31,8 @@ def create(
     m = create_manifest(folder, name=name, piece_size=parse_size(piece_size))
     m.write(output)
     console.print(
-        f"{output}: {len(m.files)} files, {format_bytes(m.total_size)}, {m.num_pieces} pieces; sha256 {m.sha256}",
+        f"{output}: {len(m.files)} files, {format_bytes(m.total_size)}, {m.num_pieces} pieces; "
+        f"sha256 {m.sha256}",
         highlight=False,
     )
 
@@ -46,8 +47,14 @@ def show(
     if json_out:
         console.print_json(json.dumps(m.to_dict() | {"manifest_sha256": m.sha256}))
         return
-    console.print(f"name        {m.name}\nsha256      {m.sha256}\npiece size  {format_bytes(m.piece_size)}", highlight=False)
-    console.print(f"total       {format_bytes(m.total_size)} in {len(m.files)} files, {m.num_pieces} pieces", highlight=False)
+    console.print(
+        f"name        {m.name}\nsha256      {m.sha256}\npiece size  {format_bytes(m.piece_size)}",
+        highlight=False,
+    )
+    console.print(
+        f"total       {format_bytes(m.total_size)} in {len(m.files)} files, {m.num_pieces} pieces",
+        highlight=False,
+    )
     for f in m.files:
         console.print(f"  {f.sha256[:16]}  {f.size:>14}  {f.path}", highlight=False)
 
@@ -60,11 +67,15 @@ def export(
         list[Path],
         typer.Option("--mirrors", help="Catalog file(s) (YAML) whose mirrors of kind http serve the files."),
     ],
-    meta4: Annotated[bool, typer.Option("--meta4", help="Write Metalink v4 (RFC 5854), e.g. for aria2c.")] = False,
+    meta4: Annotated[
+        bool, typer.Option("--meta4", help="Write Metalink v4 (RFC 5854), e.g. for aria2c.")
+    ] = False,
 ) -> None:
     """Export a manifest for other clients: its pieces, digests and mirror URLs."""
     if not meta4:
-        raise UsageError("choose the format to export", hint="add --meta4 (Metalink v4, the only format so far)")
+        raise UsageError(
+            "choose the format to export", hint="add --meta4 (Metalink v4, the only format so far)"
+        )
     m = load_manifest(manifest)
     catalog = Catalog()
     for path in mirrors:

@@ -15,9 +15,15 @@ from ._render import render_human, render_json
 
 @app.command("pull")
 def pull_cmd(
-    ref: Annotated[str, typer.Argument(help="Manifest file or URL, hf://org/repo, ollama://name:tag, or an alias.")],
-    dest: Annotated[Path | None, typer.Option("--dest", "-d", help="Destination folder (format dir).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="dir, hf (Hugging Face cache) or ollama (store).")] = "dir",
+    ref: Annotated[
+        str, typer.Argument(help="Manifest file or URL, hf://org/repo, ollama://name:tag, or an alias.")
+    ],
+    dest: Annotated[
+        Path | None, typer.Option("--dest", "-d", help="Destination folder (format dir).")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="dir, hf (Hugging Face cache) or ollama (store).")
+    ] = "dir",
     mirrors: MirrorsOpt = None,
     no_default_catalog: NoDefaultCatalogOpt = False,
     manifest_sha256: Annotated[
@@ -27,7 +33,9 @@ def pull_cmd(
     connections: Annotated[
         int | None, typer.Option("--connections", "-x", min=1, max=64, help="Connections per source.")
     ] = None,
-    only: Annotated[list[str] | None, typer.Option("--only", help="Use only this mirror (repeatable).")] = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Use only this mirror (repeatable).")
+    ] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Never use this mirror.")] = None,
     region: Annotated[str | None, typer.Option("--region", help="Prefer mirrors of this region.")] = None,
     prefer: Annotated[str, typer.Option("--prefer", help="auto, mirror, official or p2p.")] = "auto",

@@ -57,7 +57,12 @@ def _view(p: Progress, name: str) -> Group:
     for s in sorted(p.sources, key=lambda s: -s.rate):
         style = {"ok": "green", "corrupt": "red", "failing": "red"}.get(s.status, "yellow")
         t.add_row(
-            s.name, s.kind, s.region, format_rate(s.rate), format_bytes(s.delivered), str(s.connections),
+            s.name,
+            s.kind,
+            s.region,
+            format_rate(s.rate),
+            format_bytes(s.delivered),
+            str(s.connections),
             Text(s.status, style=style),
         )
     return Group(head, ProgressBar(total=p.total_bytes or 1, completed=p.verified_bytes), t)

@@ -27,7 +27,8 @@ def verify(
         console.print(f"wrong size  {p}", highlight=False)
     for piece in r.bad_pieces:
         console.print(
-            f"bad piece   {piece.index} ({piece.path} bytes {piece.offset}-{piece.offset + piece.length - 1})",
+            f"bad piece   {piece.index} ({piece.path} "
+            f"bytes {piece.offset}-{piece.offset + piece.length - 1})",
             highlight=False,
         )
     for p in r.bad_files:
