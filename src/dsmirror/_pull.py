@@ -134,7 +134,9 @@ def resolve(ref_text: str, catalog: Catalog, settings: Settings, options: PullOp
     ref = parse_ref(ref_text, aliases=set(catalog.models))
     resolver = RESOLVERS.get(ref.kind)
     if resolver is None:
-        raise UsageError(f"pulling a {ref.kind} reference is not supported yet", hint="give a manifest file or URL")
+        raise UsageError(
+            f"pulling a {ref.kind} reference is not supported yet", hint="give a manifest file or URL"
+        )
     return resolver(ref, catalog, settings, options)
 
 
@@ -156,7 +158,7 @@ def run_plan(plan: PullPlan, opts: PullOptions, *, clock: Clock | None = None) -
     cfg = EngineConfig(
         max_connections=opts.max_total_connections,
         max_rate=opts.max_rate,
-        scheduler=SchedulerConfig(prefer=opts.prefer, give_up_after=opts.give_up_after),
+        scheduler=SchedulerConfig(prefer=opts.prefer, region=opts.region, give_up_after=opts.give_up_after),
     )
     try:
         with Store.open(plan.dest, plan.manifest) as store:

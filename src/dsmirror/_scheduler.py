@@ -71,7 +71,7 @@ class SchedulerConfig:
     max_span_bytes: int = 512 << 20
     rate_window: float = 1.0
     race_margin: float = 0.6  # race only if the racer would need < 60% of the owner's remaining time
-    max_racers: int = 4
+    max_racers: int = 8
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     breaker_threshold: int = 5
@@ -79,6 +79,7 @@ class SchedulerConfig:
     give_up_after: float = 120.0  # no usable source and no progress for this long: NoSourceError
     fail_fast_attempts: int = 3  # every source failed this often and none ever delivered: give up
     prefer: str = "auto"  # auto | mirror | official | p2p
+    region: str | None = None  # --region: sources of this region are preferred
     prefer_slack: float = 1.5
 
 
@@ -257,15 +258,19 @@ class Scheduler:
             )
         return True
 
+    def _is_preferred(self, s: SourceState) -> bool:
+        if self.cfg.prefer != "auto" and s.info.source_class != self.cfg.prefer:
+            return False
+        return not (self.cfg.region and s.info.region != self.cfg.region)
+
     def _preferred_can_cope(self, s: SourceState, now: float) -> bool:
-        """With --prefer, may this non-preferred source take free work? (see the design note)."""
-        pref = self.cfg.prefer
-        if pref == "auto" or s.info.source_class == pref:
+        """With --prefer/--region, must this other source leave free work alone? (see the design note)."""
+        if (self.cfg.prefer == "auto" and not self.cfg.region) or self._is_preferred(s):
             return False
         preferred = [
             o
             for o in self._sources.values()
-            if o.info.source_class == pref and not o.banned and o.paused_until <= now
+            if self._is_preferred(o) and not o.banned and o.paused_until <= now
         ]
         if not preferred:
             return False
@@ -284,6 +289,23 @@ class Scheduler:
         ]
         return min(starts) if starts else self.clock.now()
 
+    def _too_slow_for_tail(self, s: SourceState, now: float, free_bytes: int) -> bool:
+        """Would one piece on this connection outlast everything the others still have to do?
+
+        A source must not start a piece it cannot finish before the other sources finish all the
+        free work: that piece would decide the finishing time (the "stuck at 99%" of ollama #1736).
+        """
+        mine = self._expected_rate(s)
+        if mine <= 0:
+            return False
+        others = sum(
+            self._source_rate(o.info.name) for o in self._sources.values() if o is not s and not o.banned
+        )
+        if others <= 0:
+            return False
+        t_piece = s.ttfb + self.m.piece_size / mine
+        return t_piece > 2.0 and t_piece > free_bytes / others
+
     def _take_free(self, s: SourceState, now: float) -> Assignment | None:
         if self._preferred_can_cope(s, now):
             return None
@@ -299,10 +321,12 @@ class Scheduler:
         fi = self.m.pieces[i].file_index
         file_end = self.m.file_piece_ranges[fi].stop
         rate = self._expected_rate(s)
+        free_total = sum(1 for st in self._state if st == _FREE)
+        if self._too_slow_for_tail(s, now, free_total * self.m.piece_size):
+            return None
         if rate <= 0:
             want = 1  # unmeasured: a single real piece is the probe
         else:
-            free_total = sum(1 for st in self._state if st == _FREE)
             conns = max(1, sum(x.active for x in self._sources.values()) + 1)
             by_rate = rate * self.cfg.span_seconds
             fair = free_total * self.m.piece_size / conns
@@ -504,6 +528,11 @@ class Scheduler:
             if isinstance(error, RateLimited) and error.retry_after is not None:
                 delay = max(error.retry_after, 0.0)
             s.paused_until = max(s.paused_until, now + delay)
+            if isinstance(error, RateLimited):
+                # Retry-After speaks for the host: every source on it waits.
+                for o in self._sources.values():
+                    if o.info.host == s.info.host:
+                        o.paused_until = max(o.paused_until, s.paused_until)
 
     def reopen(self, indices: Iterable[int], avoid: str | None = None) -> None:
         """Pieces counted as done must be fetched again (their file failed its whole digest)."""
