@@ -43,7 +43,9 @@ def demo_mirrors(size: int, workdir: Path) -> Iterator[tuple[Path, Catalog]]:
     servers = [
         MirrorServer(model, "127.0.0.1", rate=120e6, latency=0.005),
         MirrorServer(model, "127.0.0.2", rate=30e6, latency=0.08),
-        MirrorServer(model, "127.0.0.3", rate=60e6, latency=0.02, faults=Faults(corrupt=True, probability=0.5)),
+        MirrorServer(
+            model, "127.0.0.3", rate=60e6, latency=0.02, faults=Faults(corrupt=True, probability=0.5)
+        ),
     ]
     for s in servers:
         s.start()

@@ -180,7 +180,9 @@ class Manifest:
         return all(not f.pieces or f.pieces[0] for f in self.files)
 
     def with_piece_hashes(self, path: str, pieces: Sequence[str]) -> Manifest:
-        files = tuple(FileEntry(f.path, f.size, f.sha256, tuple(pieces)) if f.path == path else f for f in self.files)
+        files = tuple(
+            FileEntry(f.path, f.size, f.sha256, tuple(pieces)) if f.path == path else f for f in self.files
+        )
         return Manifest(self.name, self.piece_size, files, self.torrent, self.meta)
 
     def with_torrent(self, torrent: Mapping[str, str] | None) -> Manifest:
@@ -252,10 +254,15 @@ def _from_obj(obj: Any) -> Manifest:
     for i, fo in enumerate(files_obj):
         where = f"files[{i}]"
         _expect(isinstance(fo, dict), f"{where} must be an object")
-        _expect(set(fo) == {"path", "size", "sha256", "pieces"}, f"{where} needs exactly path, size, sha256, pieces")
+        _expect(
+            set(fo) == {"path", "size", "sha256", "pieces"},
+            f"{where} needs exactly path, size, sha256, pieces",
+        )
         path = validate_relpath(fo["path"], where=f"{where}.path")
         _expect(path not in seen, f"{where}.path {path!r} appears twice")
-        _expect(path.casefold() not in seen_folded, f"{where}.path {path!r} differs from another only by case")
+        _expect(
+            path.casefold() not in seen_folded, f"{where}.path {path!r} differs from another only by case"
+        )
         seen.add(path)
         seen_folded.add(path.casefold())
         size = fo["size"]
@@ -264,13 +271,17 @@ def _from_obj(obj: Any) -> Manifest:
             f"{where}.size {size!r} is not a plausible size",
         )
         digest = fo["sha256"]
-        _expect(isinstance(digest, str) and bool(_HEX64.match(digest)), f"{where}.sha256 is not 64 lowercase hex")
+        _expect(
+            isinstance(digest, str) and bool(_HEX64.match(digest)), f"{where}.sha256 is not 64 lowercase hex"
+        )
         pieces = fo["pieces"]
         want = -(-size // ps)
         if pieces is None:
             pieces = [""] * want  # unknown: the whole-file digest is the only check
         _expect(isinstance(pieces, list), f"{where}.pieces must be a list or null")
-        _expect(len(pieces) == want, f"{where}: {len(pieces)} piece hashes for {size} bytes (expected {want})")
+        _expect(
+            len(pieces) == want, f"{where}: {len(pieces)} piece hashes for {size} bytes (expected {want})"
+        )
         _expect(
             all(isinstance(p, str) and _HEX64.match(p) for p in pieces) or all(p == "" for p in pieces),
             f"{where}.pieces: bad digest",
@@ -312,7 +323,9 @@ def load_manifest(path: Path, *, expected_sha256: str | None = None) -> Manifest
 
 
 # -- hashing ---------------------------------------------------------------------------------------
-_POOL = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="dsmirror-hash")
+_POOL = ThreadPoolExecutor(
+    max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="dsmirror-hash"
+)
 
 
 def _hexdigest(buf: memoryview) -> str:
@@ -360,7 +373,9 @@ def _walk(root: Path) -> Iterator[str]:
         dirnames[:] = sorted(d for d in dirnames if not (rel_dir == "." and d == ".dsmirror"))
         for d in dirnames:
             if os.path.islink(os.path.join(dirpath, d)):
-                raise ManifestError(f"{os.path.join(rel_dir, d)} is a symlink; dsmirror does not follow links")
+                raise ManifestError(
+                    f"{os.path.join(rel_dir, d)} is a symlink; dsmirror does not follow links"
+                )
         for fn in sorted(filenames):
             full = os.path.join(dirpath, fn)
             st = os.lstat(full)

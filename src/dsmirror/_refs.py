@@ -1,11 +1,11 @@
 """What the user asks for: parsing the REF of ``dsmirror pull REF``.
 
-    ./model.manifest.json, /abs/x.json   a dsmirror manifest file
-    https://host/x.manifest.json         a manifest by URL
-    ./x.torrent, magnet:?xt=...          a torrent (BitTorrent swarm)
-    hf://org/repo[@revision]             a Hugging Face repository (any HF-compatible endpoint)
-    ollama://[host/]namespace/name:tag   an Ollama registry model
-    deepseek-r1:7b                       an alias from the catalog (mirrors.yaml)
+./model.manifest.json, /abs/x.json   a dsmirror manifest file
+https://host/x.manifest.json         a manifest by URL
+./x.torrent, magnet:?xt=...          a torrent (BitTorrent swarm)
+hf://org/repo[@revision]             a Hugging Face repository (any HF-compatible endpoint)
+ollama://[host/]namespace/name:tag   an Ollama registry model
+deepseek-r1:7b                       an alias from the catalog (mirrors.yaml)
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def parse_ref(text: str, *, aliases: frozenset[str] | set[str] = frozenset()) ->
     if p.is_file():
         return Ref("manifest-file", text, path=p)
     if p.exists():
-        raise UsageError(f"{text} is not a file", hint="give a manifest file, a URL, hf://, ollama:// or an alias")
+        raise UsageError(
+            f"{text} is not a file", hint="give a manifest file, a URL, hf://, ollama:// or an alias"
+        )
     known = ", ".join(sorted(aliases)[:8])
     raise UsageError(
         f"unknown model or file {text!r}",
