@@ -20,7 +20,8 @@ from ._errors import ManifestError, NoSourceError, SourceError, UsageError
 from ._events import Event
 from ._manifest import Manifest, load_manifest, parse_manifest
 from ._refs import Ref, parse_ref
-from ._scheduler import SchedulerConfig
+from ._resolver import Experience
+from ._scheduler import Scheduler, SchedulerConfig
 from ._settings import Settings
 from ._sources import HttpSource, Source, SourceInfo, plain_url_for
 from ._store import Store
@@ -151,20 +152,38 @@ def pull(
     """Resolve ``ref`` and fetch it; yields typed events; raises DsmirrorError subclasses."""
     opts = options or PullOptions()
     plan = resolve(ref, catalog, settings, opts)
-    yield from run_plan(plan, opts, clock=clock)
+    yield from run_plan(plan, opts, clock=clock, settings=settings)
 
 
-def run_plan(plan: PullPlan, opts: PullOptions, *, clock: Clock | None = None) -> Iterator[Event]:
+def run_plan(
+    plan: PullPlan, opts: PullOptions, *, clock: Clock | None = None, settings: Settings | None = None
+) -> Iterator[Event]:
     cfg = EngineConfig(
         max_connections=opts.max_total_connections,
         max_rate=opts.max_rate,
         scheduler=SchedulerConfig(prefer=opts.prefer, region=opts.region, give_up_after=opts.give_up_after),
     )
+    exp = Experience(settings.state_dir / "sources.json") if settings else None
+    scheds: list[Scheduler] = []
+
+    def prime(sched: Scheduler) -> None:
+        # Start from what earlier pulls measured; the first real pieces correct it.
+        scheds.append(sched)
+        for st in sched.sources():
+            seen = exp.get(st.info.name, st.info.host) if exp else None
+            if seen:
+                sched.set_prior(st.info.name, seen["rate"])
+
     try:
         with Store.open(plan.dest, plan.manifest) as store:
-            yield from fetch(plan.manifest, plan.sources, store, config=cfg, clock=clock)
+            yield from fetch(plan.manifest, plan.sources, store, config=cfg, clock=clock, on_sources=prime)
             if plan.after_install:
                 plan.after_install(store)
     finally:
         for s in plan.sources:
             s.close()
+        if exp and scheds:
+            for st in scheds[0].sources():
+                if st.ewma_rate and not st.banned:
+                    exp.update(st.info.name, st.info.host, st.ewma_rate, st.ttfb)
+            exp.save()

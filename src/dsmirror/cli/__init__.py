@@ -20,7 +20,7 @@ from ._app import app, err_console
 __all__ = ["app", "main"]
 
 # Importing the command modules registers them on ``app``.
-from . import _demo_cmd, _manifest_cmd, _pull_cmd, _verify_cmd  # noqa: F401
+from . import _demo_cmd, _manifest_cmd, _pull_cmd, _sources_cmd, _verify_cmd  # noqa: F401
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
