@@ -327,7 +327,9 @@ class _Engine:
                     st.last_error,
                 )
             )
-        return Progress(self.store.verified_bytes, self.m.total_size, rate, eta, tuple(srcs))
+        return Progress(
+            self.store.verified_bytes, self.m.total_size, rate, eta, tuple(srcs), self.store.received_bytes
+        )
 
 
 @dataclass
@@ -476,7 +478,7 @@ def fetch(
         eng.start()
         last_commit = last_progress = time.monotonic()
         rate = 0.0
-        rate_bytes, rate_at = store.verified_bytes, time.monotonic()
+        rate_bytes, rate_at = store.received_bytes, time.monotonic()
         try:
             while not (eng.sched.finished() and store.all_files_checked()):
                 if eng.fatal is not None:
@@ -491,12 +493,12 @@ def fetch(
                     last_commit = now
                 yield from eng.drain()
                 if now - last_progress >= cfg.progress_interval:
-                    vb = store.verified_bytes
+                    rb = store.received_bytes
                     if now - rate_at >= 1.0:
-                        inst = (vb - rate_bytes) / (now - rate_at)
+                        inst = (rb - rate_bytes) / (now - rate_at)
                         rate = inst if not rate else 0.6 * rate + 0.4 * inst
-                        rate_bytes, rate_at = vb, now
-                    left = manifest.total_size - vb
+                        rate_bytes, rate_at = rb, now
+                    left = manifest.total_size - rb
                     yield eng.snapshot(rate, left / rate if rate > 0 else None)
                     last_progress = now
             for fi, ok in store.take_file_results():

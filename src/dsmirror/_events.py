@@ -55,9 +55,10 @@ class SourceProgress:
 class Progress(Event):
     verified_bytes: int
     total_bytes: int
-    rate: float  # verified bytes/s, smoothed
+    rate: float  # received bytes/s, smoothed
     eta: float | None  # seconds
     sources: tuple[SourceProgress, ...] = field(default_factory=tuple)
+    received_bytes: int = 0  # stored, including pieces still waiting for their file's digest
 
 
 @dataclass(frozen=True)

@@ -361,6 +361,21 @@ class Store:
 
     @property
     def verified_bytes(self) -> int:
+        """Bytes that passed a check: pieces with a published hash, and whole files that matched.
+
+        Pieces of a file without piece hashes count only once the file matched its digest, so a
+        repair (which un-trusts such pieces) never moves verified progress backwards.
+        """
+        ok = self._file_ok
+        return sum(
+            p.length
+            for p in self.manifest.pieces
+            if self._done[p.index] and (p.sha256 or ok[p.file_index] or self._file_done[p.file_index])
+        )
+
+    @property
+    def received_bytes(self) -> int:
+        """Bytes stored, verified or waiting for their file's digest (for rates and ETAs)."""
         return sum(p.length for p in self.manifest.pieces if self._done[p.index])
 
     def write(self, piece: Piece, offset_in_piece: int, data: bytes | bytearray | memoryview) -> None:
