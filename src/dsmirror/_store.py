@@ -185,7 +185,7 @@ class Store:
             from ._manifest import hash_file_pieces
 
             _, digest, pieces = hash_file_pieces(final, self.manifest.piece_size)
-            if digest == f.sha256 and list(pieces) == list(f.pieces):
+            if digest == f.sha256 and (not f.pieces or not f.pieces[0] or list(pieces) == list(f.pieces)):
                 self._mark_file_installed(fi)
 
     def _mark_file_installed(self, fi: int) -> None:

@@ -1,0 +1,5 @@
+"""``python -m dsmirror``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""``python -m dsmirror.cli``."""
+
+from . import main
+
+main()
