@@ -4,8 +4,17 @@ The public API re-exported here is what the ``dsmirror`` command line uses; anyo
 dsmirror`` and do what the CLI does.
 """
 
+from ._bundle import (
+    BundleOpened,
+    export_source,
+    import_bundle,
+    import_folder,
+    write_bundle,
+    write_bundle_file,
+)
 from ._catalog import Catalog, Mirror, ModelAlias, load_catalog, load_default_catalog
 from ._clock import Clock, FakeClock, SystemClock
+from ._doctor import DoctorConfig, DoctorReport, run_doctor
 from ._engine import EngineConfig, fetch
 from ._errors import (
     AlreadyInProgress,
@@ -13,6 +22,7 @@ from ._errors import (
     CatalogError,
     DiskFull,
     DsmirrorError,
+    ImportRejected,
     InputError,
     IntegrityError,
     Interrupted,
@@ -42,6 +52,7 @@ from ._events import (
 )
 from ._manifest import FileEntry, Manifest, Piece, create_manifest, load_manifest, parse_manifest, verify_tree
 from ._pull import PullOptions, PullPlan, pull, resolve
+from ._reuse import LocalReuse, PullDryRun
 from ._scheduler import Scheduler, SchedulerConfig
 from ._settings import Settings
 from ._sources import HttpSource, Source, SourceInfo
@@ -52,19 +63,24 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyInProgress",
     "BadResponse",
+    "BundleOpened",
     "Catalog",
     "CatalogError",
     "Clock",
     "DiskFull",
+    "DoctorConfig",
+    "DoctorReport",
     "DsmirrorError",
     "EngineConfig",
     "Event",
     "FakeClock",
     "FileEntry",
     "HttpSource",
+    "ImportRejected",
     "InputError",
     "IntegrityError",
     "Interrupted",
+    "LocalReuse",
     "Manifest",
     "ManifestError",
     "ManifestMismatch",
@@ -75,6 +91,7 @@ __all__ = [
     "PieceMismatch",
     "PieceRejected",
     "Progress",
+    "PullDryRun",
     "PullFinished",
     "PullOptions",
     "PullPlan",
@@ -100,12 +117,18 @@ __all__ = [
     "VerifyFailed",
     "__version__",
     "create_manifest",
+    "export_source",
     "fetch",
+    "import_bundle",
+    "import_folder",
     "load_catalog",
     "load_default_catalog",
     "load_manifest",
     "parse_manifest",
     "pull",
     "resolve",
+    "run_doctor",
     "verify_tree",
+    "write_bundle",
+    "write_bundle_file",
 ]

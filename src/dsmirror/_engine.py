@@ -125,6 +125,10 @@ class _Engine:
         self.threads: list[threading.Thread] = []
         self._dropped: set[str] = set()
         self.repair = Repair(self)
+        for src in self.sources.values():
+            for fi, f in enumerate(manifest.files):
+                if not src.has_file(f):
+                    self.sched.source(src.name).missing_files.add(fi)
 
     def emit(self, ev: Event) -> None:
         with self._events_lock:
@@ -394,7 +398,8 @@ class Repair:
             self.files.pop(fi, None)
             return
         if not f.pieces or f.pieces[0]:
-            return  # piece hashes were published: finalize reports the inconsistent manifest
+            self._recheck_hashed_file(fi)
+            return
         if r is None:
             r = self.files[fi] = _FileRepair(tried=[])
         elif r.suspect and r.disputes and r.suspect in eng.sched._sources:
@@ -422,6 +427,28 @@ class Repair:
         )
         eng.store.invalidate(pieces)
         eng.sched.reopen(pieces, avoid=suspect if suspect in eng.sched._sources else None)
+
+    def _recheck_hashed_file(self, fi: int) -> None:
+        """A file with piece hashes failed its digest: the bytes on disk changed behind our back.
+
+        Re-hash its pieces from disk; keep those that verify, fetch the others again. If every
+        piece verifies, the manifest contradicts itself and no download can fix that.
+        """
+        eng = self.eng
+        f = eng.m.files[fi]
+        bad = [
+            i
+            for i in eng.m.file_piece_ranges[fi]
+            if hashlib.sha256(eng.store.read_piece(eng.m.pieces[i])).hexdigest() != eng.m.pieces[i].sha256
+        ]
+        if not bad:
+            raise IntegrityError(
+                f"{f.path}: every piece verifies but the whole-file SHA-256 does not match; "
+                "the manifest is inconsistent",
+                hint="re-create the manifest from a good copy",
+            )
+        eng.store.invalidate(bad)
+        eng.sched.reopen(bad)
 
     def _recheck_elsewhere(self, liar: str) -> None:
         """A banned liar's pieces in files not yet verified are fetched again from others."""

@@ -14,7 +14,9 @@ them into a one-line message, a hint and an exit code (``exit_code``).
     ├── IntegrityError                 exit 3   bytes or documents failed their digest
     │   ├── ManifestMismatch                    manifest is not the pinned one
     │   ├── PieceMismatch                       one piece failed (piece, source, digests)
-    │   └── VerifyFailed                        `dsmirror verify` found bad pieces/files
+    │   ├── VerifyFailed                        `dsmirror verify` found bad pieces/files
+    │   └── ImportRejected                      a bundle or folder being imported: truncated,
+    │                                           tampered, incomplete (origin, file, piece)
     ├── SourceError                    (retryable unless said otherwise; handled by the scheduler)
     │   ├── SourceUnavailable                   connect/reset/5xx
     │   ├── RateLimited                         429/503, carries retry_after
@@ -37,6 +39,7 @@ __all__ = [
     "CatalogError",
     "DiskFull",
     "DsmirrorError",
+    "ImportRejected",
     "InputError",
     "IntegrityError",
     "Interrupted",
@@ -149,6 +152,31 @@ class VerifyFailed(IntegrityError):
         super().__init__(message)
         self.bad_pieces = bad_pieces
         self.bad_files = bad_files
+
+
+class ImportRejected(IntegrityError):
+    """What is being imported does not match its manifest; nothing was installed under final names."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        origin: str,
+        path: str | None = None,
+        piece: int | None = None,
+        expected: str | None = None,
+        actual: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(
+            f"{origin}: {message}",
+            hint=hint or "get a good copy of the bundle and import it again; verified pieces are kept",
+        )
+        self.origin = origin
+        self.path = path
+        self.piece = piece
+        self.expected = expected
+        self.actual = actual
 
 
 class SourceError(DsmirrorError):

@@ -46,7 +46,7 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ._errors import ManifestError, ManifestMismatch
+from ._errors import ManifestError, ManifestMismatch, UsageError
 
 __all__ = [
     "FORMAT",
@@ -185,6 +185,12 @@ class Manifest:
         )
         return Manifest(self.name, self.piece_size, files, self.torrent, self.meta)
 
+    @property
+    def folder_name(self) -> str:
+        """The name as one safe path component (the default destination folder of a pull)."""
+        safe = re.sub(r"[^A-Za-z0-9._+@=-]+", "-", self.name).strip("-.") or "model"
+        return safe[:120]
+
     def with_torrent(self, torrent: Mapping[str, str] | None) -> Manifest:
         return Manifest(self.name, self.piece_size, self.files, torrent, self.meta)
 
@@ -236,6 +242,7 @@ def _from_obj(obj: Any) -> Manifest:
     _expect(not unknown, f"unknown manifest field(s): {', '.join(sorted(unknown))}")
     name = obj.get("name")
     _expect(isinstance(name, str) and 0 < len(name) <= 200, "name must be a string of 1..200 characters")
+    _expect("\x00" not in name, "name must not contain NUL")
     ps = obj.get("piece_size")
     _expect(
         isinstance(ps, int)
@@ -276,6 +283,7 @@ def _from_obj(obj: Any) -> Manifest:
         )
         pieces = fo["pieces"]
         want = -(-size // ps)
+        _expect(total_pieces + want <= MAX_PIECES, f"too many pieces (> {MAX_PIECES})")
         if pieces is None:
             pieces = [""] * want  # unknown: the whole-file digest is the only check
         _expect(isinstance(pieces, list), f"{where}.pieces must be a list or null")
@@ -394,6 +402,11 @@ def create_manifest(
     on_bytes: Callable[[int], None] | None = None,
 ) -> Manifest:
     """Hash a folder (or the listed files in it) into a manifest."""
+    if not (MIN_PIECE_SIZE <= piece_size <= MAX_PIECE_SIZE and piece_size & (piece_size - 1) == 0):
+        raise UsageError(
+            f"piece size {piece_size} is not a power of two between 16 KiB and 1 GiB",
+            hint="use e.g. --piece-size 4MiB or 8MiB",
+        )
     if not root.is_dir():
         raise ManifestError("is not a folder", path=str(root))
     rels = list(files) if files is not None else list(_walk(root))

@@ -15,16 +15,18 @@ import httpx
 
 from ._catalog import Catalog, Mirror
 from ._clock import Clock
-from ._engine import EngineConfig, fetch
+from ._engine import EngineConfig, SwarmSource, fetch
 from ._errors import ManifestError, NoSourceError, SourceError, UsageError
 from ._events import Event
 from ._manifest import Manifest, load_manifest, parse_manifest
 from ._refs import Ref, parse_ref
 from ._resolver import Experience
+from ._reuse import LocalIndex, plan_dry_run, record_manifest, reuse_local, reuse_roots
 from ._scheduler import Scheduler, SchedulerConfig
 from ._settings import Settings
 from ._sources import HttpSource, Source, SourceInfo, plain_url_for
 from ._store import Store
+from ._swarm import SwarmConfig, attach_swarm, resolve_swarm_ref, seed_after_pull
 
 __all__ = ["PullOptions", "PullPlan", "pull", "resolve"]
 
@@ -47,7 +49,10 @@ class PullOptions:
     exclude_files: tuple[str, ...] = ()
     stall_timeout: float = 20.0
     give_up_after: float = 120.0
-    dry_run: bool = False
+    dry_run: bool = False  # print what would be reused and fetched from where; fetch nothing
+    reuse: bool = True  # copy pieces already on this machine before fetching (see _reuse)
+    reuse_from: tuple[Path, ...] = ()  # more folders to look in (--reuse-from)
+    swarm: SwarmConfig = SwarmConfig()  # BitTorrent: --torrent, --peer, --listen, --seed, --no-p2p
 
 
 @dataclass
@@ -58,6 +63,8 @@ class PullPlan:
     #: Runs after every file is verified and in place (e.g. write the Ollama manifest last).
     after_install: Callable[[Store], None] | None = None
     notes: list[str] = field(default_factory=list)
+    #: BitTorrent swarms of the model (see ``_swarm.attach_swarm``), sources like the others.
+    swarms: list[SwarmSource] = field(default_factory=list)
 
 
 Resolver = Callable[[Ref, Catalog, Settings, PullOptions], PullPlan]
@@ -114,17 +121,19 @@ def _load_manifest_ref(ref: Ref, pin: str | None) -> Manifest:
 def _resolve_manifest(ref: Ref, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:
     manifest = _load_manifest_ref(ref, options.manifest_sha256)
     sources = http_sources(catalog, options)
-    if not sources:
+    if not sources and not (options.swarm.enabled and (options.swarm.torrent or manifest.torrent)):
         raise NoSourceError(
             "the catalog has no mirror of kind http for this manifest",
             hint="add one with --mirrors FILE (see mirrors.yaml for the format)",
         )
-    dest = options.dest or Path.cwd() / manifest.name
+    dest = options.dest or Path.cwd() / manifest.folder_name
     return PullPlan(manifest, sources, dest)
 
 
 RESOLVERS["manifest-file"] = _resolve_manifest
 RESOLVERS["manifest-url"] = _resolve_manifest
+RESOLVERS["magnet"] = resolve_swarm_ref
+RESOLVERS["torrent-file"] = resolve_swarm_ref
 
 
 def resolve(ref_text: str, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:
@@ -138,7 +147,8 @@ def resolve(ref_text: str, catalog: Catalog, settings: Settings, options: PullOp
         raise UsageError(
             f"pulling a {ref.kind} reference is not supported yet", hint="give a manifest file or URL"
         )
-    return resolver(ref, catalog, settings, options)
+    plan = resolver(ref, catalog, settings, options)
+    return attach_swarm(plan, ref, catalog, options)
 
 
 def pull(
@@ -174,16 +184,40 @@ def run_plan(
             if seen:
                 sched.set_prior(st.info.name, seen["rate"])
 
+    roots = reuse_roots(plan.dest, opts.reuse_from, settings) if opts.reuse else []
+    same_path = [plan.dest, *opts.reuse_from]
     try:
+        if opts.dry_run:
+            index = (
+                LocalIndex.build(plan.manifest, plan.dest, roots, settings, same_path=same_path)
+                if opts.reuse
+                else None
+            )
+            yield plan_dry_run(plan.manifest, plan.dest, [*plan.sources, *plan.swarms], index)
+            return
         with Store.open(plan.dest, plan.manifest) as store:
-            yield from fetch(plan.manifest, plan.sources, store, config=cfg, clock=clock, on_sources=prime)
+            if opts.reuse and not store.complete():
+                # Before fetch: it counts what is verified when it starts as reused bytes.
+                index = LocalIndex.build(plan.manifest, plan.dest, roots, settings, same_path=same_path)
+                yield from reuse_local(store, index)
+            sources: list[Source | SwarmSource] = [*plan.sources, *plan.swarms]
+            yield from fetch(plan.manifest, sources, store, config=cfg, clock=clock, on_sources=prime)
+            record_manifest(plan.dest, plan.manifest)
             if plan.after_install:
                 plan.after_install(store)
+        if opts.swarm.seed:
+            yield from seed_after_pull(plan, opts)
     finally:
         for s in plan.sources:
             s.close()
+        for sw in plan.swarms:
+            sw.close()
         if exp and scheds:
             for st in scheds[0].sources():
                 if st.ewma_rate and not st.banned:
                     exp.update(st.info.name, st.info.host, st.ewma_rate, st.ttfb)
             exp.save()
+
+
+# Registry resolvers (hf://, ollama://, catalog aliases) register themselves in RESOLVERS on import.
+from . import _registries  # noqa: E402,F401

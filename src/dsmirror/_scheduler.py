@@ -289,21 +289,29 @@ class Scheduler:
         ]
         return min(starts) if starts else self.clock.now()
 
-    def _too_slow_for_tail(self, s: SourceState, now: float, free_bytes: int) -> bool:
-        """Would one piece on this connection outlast everything the others still have to do?
+    def _too_slow_for_tail(self, s: SourceState, now: float, piece_len: int, free_bytes: int) -> bool:
+        """Would this piece on this connection outlast everything the others still have to do?
 
         A source must not start a piece it cannot finish before the other sources finish all the
         free work: that piece would decide the finishing time (the "stuck at 99%" of ollama #1736).
+        Only sources that could take the free work count as "the others" (not banned, not paused,
+        having the files), and the fastest capable source never steps aside.
         """
         mine = self._expected_rate(s)
         if mine <= 0:
             return False
-        others = sum(
-            self._source_rate(o.info.name) for o in self._sources.values() if o is not s and not o.banned
-        )
+        free_files = {self.m.pieces[i].file_index for i, st in enumerate(self._state) if st == _FREE}
+        capable = [
+            o
+            for o in self._sources.values()
+            if o is not s and not o.banned and o.paused_until <= now and not free_files <= o.missing_files
+        ]
+        if not capable or mine >= max(self._expected_rate(o) for o in capable):
+            return False
+        others = sum(self._source_rate(o.info.name) for o in capable)
         if others <= 0:
             return False
-        t_piece = s.ttfb + self.m.piece_size / mine
+        t_piece = s.ttfb + piece_len / mine
         return t_piece > 2.0 and t_piece > free_bytes / others
 
     def _take_free(self, s: SourceState, now: float) -> Assignment | None:
@@ -322,7 +330,8 @@ class Scheduler:
         file_end = self.m.file_piece_ranges[fi].stop
         rate = self._expected_rate(s)
         free_total = sum(1 for st in self._state if st == _FREE)
-        if self._too_slow_for_tail(s, now, free_total * self.m.piece_size):
+        free_bytes = sum(p.length for p in self.m.pieces if self._state[p.index] == _FREE)
+        if self._too_slow_for_tail(s, now, self.m.pieces[i].length, free_bytes):
             return None
         if rate <= 0:
             want = 1  # unmeasured: a single real piece is the probe
@@ -469,8 +478,8 @@ class Scheduler:
 
     def _first_time_measure(self, a: Assignment, s: SourceState, now: float) -> bool:
         """A probe piece is done: seed the source's rate from it if no window closed yet."""
-        if s.ewma_rate or a.first_byte_at is None:
-            return False
+        if s.ewma_rate or a.first_byte_at is None or a.bytes_received < 256 << 10:
+            return False  # a tiny piece says more about latency than about throughput
         dt = now - a.first_byte_at
         if dt > 0:
             s.ewma_rate = a.bytes_received / dt

@@ -126,7 +126,7 @@ class HttpSource(Source):
 
     info: SourceInfo
     url_for: Callable[[FileEntry], str]
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold a token
     connect_timeout: float = 15.0
     stall_timeout: float = 20.0
     files: Mapping[str, Any] | None = None  # when set, only these paths are available here

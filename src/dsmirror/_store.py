@@ -18,8 +18,9 @@ followed by 12-byte records ``struct("<B3xII")``: kind, piece index, crc32 of th
 
     kind b"W"  piece *i* was verified against the manifest and all its bytes were handed to pwrite(2);
                nothing was fsync-ed yet.
-    kind b"C"  commit: every data file was fdatasync-ed *before* this record was written; so every
-               W record before it describes bytes that are durably on disk.
+    kind b"C"  commit: its index field is a journal offset; every data file was fdatasync-ed after
+               that offset was taken and before this record was written, so every W record before
+               that offset describes bytes that are durably on disk.
     kind b"X"  piece *i* is no longer trusted (its file failed its whole-file digest and the piece is
                being fetched again from another source).
 
@@ -28,13 +29,14 @@ For files without published piece hashes, ``provenance`` (text, one line per pie
 sent which piece, so that a whole-file mismatch can be traced to the source that sent bad bytes, also
 after a resume.
 
-Reading it back: records are read until the first torn or corrupt record (the journal is truncated
-there). Pieces with a W record before the last C are trusted. Pieces with a W record after the last C
-(written, but the process or the machine died before a commit) are *re-verified* by hashing: after
-``kill -9`` their bytes are in the page cache and they verify, so nothing is lost; after a power
-loss they may not, and are fetched again. A damaged header, a data file of the wrong size, or a
-missing data file means the journal cannot be trusted for that file: its pieces are re-verified from
-the bytes on disk, and every piece that still verifies is kept.
+Reading it back: pieces whose W record lies before the offset a later C covers are trusted. A torn
+or corrupt record (a torn write can only be at the end) ends trust: W records after it are re-
+verified. Pieces with a W record no commit covers (written, but the process or the machine died
+before a commit) are *re-verified* by hashing: after ``kill -9`` their bytes are in the page cache
+and they verify, so nothing is lost; after a power loss they may not, and are fetched again. A
+damaged header, a data file of the wrong size, or a missing data file means the journal cannot be
+trusted for that file: its pieces are re-verified from the bytes on disk, and every piece that still
+verifies is kept.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class Store:
         self._lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._journal_fd = -1
+        self._journal_end = 0
         self._lock_fd = -1
         self._pending_w = 0
         self._hashers: list[_FileHasher] = []
@@ -148,6 +151,7 @@ class Store:
             self._load_provenance()
             self._prepare_files(suspect)
             self._reverify(suspect, on_reverify)
+            self._rewrite_journal()
         self._start_hasher()
 
     def _acquire_lock(self) -> None:
@@ -194,20 +198,22 @@ class Store:
         for i in self.manifest.file_piece_ranges[fi]:
             self._done[i] = 1
 
+    def _journal_header(self) -> bytes:
+        head = _HEADER.pack(_MAGIC, bytes.fromhex(self.manifest.sha256), 0)
+        return head[:40] + struct.pack("<I", zlib.crc32(head[:40]))
+
     def _recover_journal(self) -> set[int]:
-        """Read the journal; return the pieces that must be re-verified before they count."""
+        """Read the journal; mark trusted pieces done; return the pieces to re-verify."""
         path = self.area / "journal"
         suspect: set[int] = set()
-        header = _HEADER.pack(_MAGIC, bytes.fromhex(self.manifest.sha256), 0)
-        header = header[:40] + struct.pack("<I", zlib.crc32(header[:40]))
+        header = self._journal_header()
         data = b""
         with contextlib.suppress(FileNotFoundError):
             data = path.read_bytes()
-        valid = len(data) >= _HEADER.size and data[: _HEADER.size] == header
-        pending: set[int] = set()
-        good_len = _HEADER.size
-        if valid:
+        if len(data) >= _HEADER.size and data[: _HEADER.size] == header:
             n = self.manifest.num_pieces
+            pending: dict[int, int] = {}  # piece -> offset of its W record
+            damaged = False
             for off in range(_HEADER.size, len(data) - _RECORD.size + 1, _RECORD.size):
                 kind, index, crc = _RECORD.unpack_from(data, off)
                 if (
@@ -215,37 +221,51 @@ class Store:
                     or kind not in (_W, _C, _X)
                     or (kind != _C and index >= n)
                 ):
-                    break
-                good_len = off + _RECORD.size
+                    # Bit rot inside the journal (a torn write can only be at the end): nothing after
+                    # this point is trusted, but every W after it is re-verified rather than lost.
+                    damaged = True
+                    continue
                 if kind == _W:
-                    pending.add(index)
+                    pending[index] = off
                 elif kind == _X:
-                    pending.discard(index)
+                    pending.pop(index, None)
+                    suspect.discard(index)
                     if self._done[index]:
                         self._done[index] = 0
                         self.stats.trusted_pieces -= 1
-                else:
-                    for i in pending:
-                        if not self._done[i]:
-                            self._done[i] = 1
-                            self.stats.trusted_pieces += 1
-                    pending.clear()
-            suspect |= pending
+                elif not damaged:
+                    # C covers the W records written before offset ``index`` (their data was synced).
+                    for i, woff in list(pending.items()):
+                        if woff < index:
+                            del pending[i]
+                            if not self._done[i]:
+                                self._done[i] = 1
+                                self.stats.trusted_pieces += 1
+            suspect |= set(pending)
+            if damaged:
+                # A damaged record may have been any piece's: re-verify every piece not trusted.
+                for fi, f in enumerate(self.manifest.files):
+                    if not self._file_done[fi] and (self.data_dir / f.path).exists():
+                        suspect.update(self.manifest.file_piece_ranges[fi])
         elif data:
             # Damaged or foreign journal: trust nothing it says; re-verify every partial file.
             for fi, f in enumerate(self.manifest.files):
                 if not self._file_done[fi] and (self.data_dir / f.path).exists():
                     suspect.update(self.manifest.file_piece_ranges[fi])
-        # Rewrite the journal compactly: header, one W per trusted piece, one commit.
-        body = bytearray(header)
+        return {i for i in suspect if not self._done[i]}
+
+    def _rewrite_journal(self) -> None:
+        """Compact the journal to what is trusted now (after data was synced), then append to it."""
+        for fd in self._fds.values():
+            os.fdatasync(fd)
+        body = bytearray(self._journal_header())
         for i in range(self.manifest.num_pieces):
             if self._done[i] and not self._file_done[self.manifest.pieces[i].file_index]:
                 body += _record(_W, i)
-        body += _record(_C, 0)
-        if not valid or good_len != len(data) or len(body) < good_len:
-            atomic_write_bytes(path, bytes(body))
-        self._journal_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        return {i for i in suspect if not self._done[i]}
+        body += _record(_C, len(body))
+        atomic_write_bytes(self.area / "journal", bytes(body))
+        self._journal_fd = os.open(self.area / "journal", os.O_WRONLY | os.O_APPEND)
+        self._journal_end = len(body)
 
     def _load_provenance(self) -> None:
         path = self.area / "provenance"
@@ -307,17 +327,20 @@ class Store:
         for i in sorted(suspect):
             piece = self.manifest.pieces[i]
             data = os.pread(self._fds[piece.file_index], piece.length, piece.offset)
-            if hashlib.sha256(data).hexdigest() == piece.sha256:
-                self._done[i] = 1
+            if piece.sha256 and hashlib.sha256(data).hexdigest() == piece.sha256:
+                self._done[i] = 1  # made durable by _rewrite_journal, which syncs the data first
                 self.stats.reverified_pieces += 1
-                os.write(self._journal_fd, _record(_W, i))
-                self._pending_w += 1
+            elif (
+                not piece.sha256
+                and i in self.provenance
+                and hashlib.sha256(data).hexdigest() == self.provenance[i][1]
+            ):
+                self._done[i] = 1  # no published hash: the bytes are what the source sent
+                self.stats.reverified_pieces += 1
             else:
                 self.stats.rejected_pieces += 1
             if on_reverify:
                 on_reverify(piece.length)
-        if suspect:
-            self.commit()
 
     # -- the whole-file digests, computed in order, in the background --------------------------
     def _start_hasher(self) -> None:
@@ -407,8 +430,7 @@ class Store:
                 if not piece.sha256 and source and digest:
                     self.provenance[piece.index] = (source, digest)
                     os.write(self._prov_fd, f"{piece.index} {source} {digest}\n".encode())
-                os.write(self._journal_fd, _record(_W, piece.index))
-            self._pending_w += 1
+                self._append(_W, piece.index)
         self._hash_queue.put(piece.file_index)
         return True
 
@@ -420,8 +442,7 @@ class Store:
                 if self._done[i]:
                     self._done[i] = 0
                     with storage_errors(self.area / "journal"):
-                        os.write(self._journal_fd, _record(_X, i))
-                    self._pending_w += 1
+                        self._append(_X, i)
                 fi = self.manifest.pieces[i].file_index
                 touched.add(fi)
             for fi in touched:
@@ -461,19 +482,34 @@ class Store:
                     m = m.with_piece_hashes(f.path, [self.provenance[i][1] for i in rng])
         return m
 
+    def _append(self, kind: int, index: int) -> None:
+        """Append one record (caller holds ``_lock``)."""
+        os.write(self._journal_fd, _record(kind, index))
+        self._journal_end += _RECORD.size
+        self._pending_w += 1
+
     def commit(self) -> None:
-        """Durability point: fdatasync data, then append and fsync a commit record."""
+        """Durability point: fdatasync data, then append and fsync a commit record.
+
+        The commit record names the journal offset it covers, taken *before* the data was synced:
+        a W record another connection appends during the sync lies beyond it and stays uncovered
+        (re-verified after a crash) until the next commit.
+        """
         with self._commit_lock:
             with self._lock:
                 if not self._pending_w or self._journal_fd < 0:
                     return
                 dirty, self._dirty = self._dirty, set()
                 pending, self._pending_w = self._pending_w, 0
+                cover = self._journal_end
             try:
                 with storage_errors(self.data_dir):
                     for fi in dirty:
-                        os.fdatasync(self._fds[fi])
-                    os.write(self._journal_fd, _record(_C, 0))
+                        if fi in self._fds:
+                            os.fdatasync(self._fds[fi])
+                    with self._lock:
+                        os.write(self._journal_fd, _record(_C, cover))
+                        self._journal_end += _RECORD.size
                     os.fdatasync(self._journal_fd)
             except BaseException:
                 with self._lock:

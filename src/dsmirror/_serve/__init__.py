@@ -2,7 +2,9 @@
 
 Used for loopback test registries and as the core of ``dsmirror serve`` (a LAN mirror that
 unmodified ``huggingface_hub`` and Ollama clients can use). ``_index`` decides what is
-served (and does all disk hashing, up front); ``_app`` answers HTTP; ``_runner`` runs it.
+served (and does all disk hashing); ``_library`` keeps it in step with the disk; ``_app`` answers
+HTTP; ``_pullthrough`` pulls what is missing from upstream; ``_server`` wires them for
+``dsmirror serve``; ``_runner`` runs an app in a thread (tests, embedding).
 """
 
 from dsmirror._serve._app import (
@@ -16,32 +18,51 @@ from dsmirror._serve._app import (
 )
 from dsmirror._serve._index import (
     LFS_MIN_SIZE,
+    DigestCache,
     HfRepo,
+    ManifestFolder,
     ModelIndex,
     OllamaLayer,
     OllamaModel,
     ServedFile,
     index_hf_cache,
+    index_manifest_folder,
     index_ollama_store,
 )
+from dsmirror._serve._library import IndexSource, Library, ServeRoots, StaticIndex
+from dsmirror._serve._pullthrough import PullJob, PullThrough, Upstream
 from dsmirror._serve._runner import ServerThread, run_forever
+from dsmirror._serve._server import ServeConfig, build_app, serve
 
 __all__ = [
     "LFS_MIN_SIZE",
     "STATS",
     "ByteRange",
+    "DigestCache",
     "HfRepo",
+    "IndexSource",
+    "Library",
+    "ManifestFolder",
     "ModelIndex",
     "OllamaLayer",
     "OllamaModel",
+    "PullJob",
+    "PullThrough",
     "RangeNotSatisfiable",
+    "ServeConfig",
     "ServeFaults",
+    "ServeRoots",
     "ServeStats",
     "ServedFile",
     "ServerThread",
+    "StaticIndex",
+    "Upstream",
+    "build_app",
     "index_hf_cache",
+    "index_manifest_folder",
     "index_ollama_store",
     "make_app",
     "parse_range",
     "run_forever",
+    "serve",
 ]

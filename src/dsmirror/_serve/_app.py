@@ -12,6 +12,15 @@ Routes (all read-only; anything but GET/HEAD is 405)::
     HEAD|GET /v2/{ns}/{name}/blobs/sha256:{hex}                 blob bytes, Range (or 307 elsewhere)
     GET  /api/v1/models/{org}/{name}/repo/files?Revision=&Recursive=   ModelScope-style listing
     HEAD|GET /api/v1/models/{org}/{name}/repo?Revision=&FilePath=      ModelScope-style file, Range
+    GET  /dsmirror/status                                       health: what is served, pulls running
+    GET  /dsmirror/manifests/{sha256}.json                      a served folder's dsmirror manifest
+    HEAD|GET /dsmirror/files/{manifest name or sha256}/{path}   its files: a mirror of kind http
+
+What is served comes from an ``IndexSource``: a fixed ``ModelIndex``, or a ``Library`` that
+rescans the disk; a lookup that misses (``_Miss``) may trigger one rescan and one retry. With a
+``PullThrough``, metadata is asked from the upstream first and files the index lacks are pulled
+(see ``_pullthrough``); the bytes of a file being pulled are sent by ``_send_pulled``, which
+never sends a byte before it is verified.
 
 Why one dispatcher instead of aiohttp's router: the router matches on a path in which
 ``%2F`` may or may not have been decoded, which is exactly the ambiguity path-traversal
@@ -43,6 +52,7 @@ import mimetypes
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +63,14 @@ from aiohttp import web
 
 from dsmirror._serve._index import (
     HfRepo,
+    ManifestFolder,
     ModelIndex,
     OllamaModel,
     ServedFile,
     check_repo_path,
 )
+from dsmirror._serve._library import IndexSource, StaticIndex
+from dsmirror._serve._pullthrough import PullJob, PullThrough, iter_pieces, pull_error_status
 
 __all__ = [
     "STATS",
@@ -76,6 +89,7 @@ _READ_ONLY = ("GET", "HEAD")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TRUE = ("1", "true", "yes")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -206,6 +220,10 @@ class _Reply(Exception):
         self.response = response
 
 
+class _Miss(_Reply):
+    """A 404 for something a rescan of the disk might find (a model installed since the last scan)."""
+
+
 def _json(status: int, payload: object, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status,
@@ -219,16 +237,19 @@ def _hf_error(status: int, code: str | None, message: str, **headers: str) -> _R
     extra = {"X-Error-Message": message, **headers}
     if code:
         extra["X-Error-Code"] = code
-    return _Reply(_json(status, {"error": message}, extra))
+    response = _json(status, {"error": message}, extra)
+    return _Miss(response) if status == 404 else _Reply(response)
 
 
 def _registry_error(status: int, code: str, message: str, detail: object = None) -> _Reply:
     error = {"code": code, "message": message, "detail": detail}
-    return _Reply(_json(status, {"errors": [error]}))
+    response = _json(status, {"errors": [error]})
+    return _Miss(response) if status == 404 else _Reply(response)
 
 
 def _ms_error(status: int, message: str) -> _Reply:
-    return _Reply(_json(status, {"Code": status, "Message": message, "Success": False}))
+    response = _json(status, {"Code": status, "Message": message, "Success": False})
+    return _Miss(response) if status == 404 else _Reply(response)
 
 
 def _bad_request(message: str) -> _Reply:
@@ -290,29 +311,67 @@ def _file_content(repo: HfRepo, f: ServedFile) -> _Content:
 class _Service:
     def __init__(
         self,
-        index: ModelIndex,
+        source: IndexSource,
         *,
         token: str | None,
         faults: ServeFaults,
         stats: ServeStats,
         tree_page_size: int,
         blob_redirect_to: str | None,
+        pullthrough: PullThrough | None,
+        max_requests: int,
+        max_requests_per_client: int,
     ) -> None:
-        self.index = index
+        self.source = source
         self.token = token
         self.faults = faults
         self.stats = stats
         self.tree_page_size = tree_page_size
         self.blob_redirect_to = blob_redirect_to.rstrip("/") if blob_redirect_to else None
+        self.pt = pullthrough
+        self.max_requests = max_requests
+        self.max_requests_per_client = max_requests_per_client
+        self.in_flight = 0
+        self._by_client: dict[str, int] = {}
+        self.started = time.time()
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        client = request.remote or "?"
+        if (
+            self.in_flight >= self.max_requests
+            or self._by_client.get(client, 0) >= self.max_requests_per_client
+        ):
+            return _json(503, {"error": "too many requests in flight"}, {"Retry-After": "1"})
+        self.in_flight += 1
+        self._by_client[client] = self._by_client.get(client, 0) + 1
+        try:
+            return await self._dispatch(request)
+        finally:
+            self.in_flight -= 1
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
             self._authorize(request)
             if request.method not in _READ_ONLY:
                 raise _Reply(_json(405, {"error": "read-only mirror"}, {"Allow": "GET, HEAD"}))
-            return await self._route(request, _split_target(request.raw_path))
+            segments = _split_target(request.raw_path)
+            try:
+                return await self._route(request, segments, self.source.index)
+            except _Miss:
+                if not await self.source.refresh_after_miss():
+                    raise
+            return await self._route(request, segments, self.source.index)
         except _Reply as reply:
             return reply.response
+
+    def _servable(self, path: Path) -> bool:
+        """Only indexed files and files a pull-through verified are ever opened."""
+        return self.source.index.serves_path(path) or (self.pt is not None and self.pt.installed(path))
 
     def _authorize(self, request: web.Request) -> None:
         if self.token is None:
@@ -326,48 +385,122 @@ class _Service:
             )
         )
 
-    async def _route(self, request: web.Request, seg: list[str]) -> web.StreamResponse:
+    async def _route(self, request: web.Request, seg: list[str], index: ModelIndex) -> web.StreamResponse:
         match seg:
             case ["healthz"]:
-                return _json(200, {"status": "ok", **self.index.counts()})
+                return _json(200, {"status": "ok", **index.counts()})
             # Hugging Face Hub
             case ["api", "models", org, name]:
-                return self._hf_info(request, self._hf_repo(org, name, None))
+                return self._hf_info(request, await self._hf_repo(index, org, name, None))
             case ["api", "models", org, name, "revision", rev]:
-                return self._hf_info(request, self._hf_repo(org, name, rev))
+                return self._hf_info(request, await self._hf_repo(index, org, name, rev))
             case ["api", "models", org, name, "tree", rev, *path]:
-                return self._hf_tree(request, self._hf_repo(org, name, rev), path)
+                return self._hf_tree(request, await self._hf_repo(index, org, name, rev), path)
             # ModelScope-like
             case ["api", "v1", "models", org, name, "repo", "files"]:
-                return self._ms_files(request, self._ms_repo(request, org, name))
+                return self._ms_files(request, self._ms_repo(request, index, org, name))
             case ["api", "v1", "models", org, name, "repo"]:
-                return await self._ms_file(request, self._ms_repo(request, org, name))
+                return await self._ms_file(request, self._ms_repo(request, index, org, name))
             case ["api", *_]:
-                raise _hf_error(404, None, "no such API route on this mirror")
+                raise _Reply(_json(404, {"error": "no such API route on this mirror"}))
             # Ollama registry
             case ["v2"] | ["v2", ""]:
                 return _json(200, {})
             case ["v2", ns, name, "manifests", reference]:
-                return self._ollama_manifest(ns, name, reference)
+                return await self._ollama_manifest(index, ns, name, reference)
             case ["v2", ns, name, "blobs", digest]:
-                return await self._ollama_blob(request, ns, name, digest)
+                return await self._ollama_blob(request, index, ns, name, digest)
             case ["v2", *_]:
-                raise _registry_error(404, "NAME_UNKNOWN", "repository name not known to registry")
+                raise _Reply(
+                    _json(404, {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known"}]})
+                )
+            # dsmirror's own routes
+            case ["dsmirror", "status"]:
+                return self._status(index)
+            case ["dsmirror", "manifests", name]:
+                return self._manifest(index, name)
+            case ["dsmirror", "files", key, *path] if path:
+                return await self._folder_file(request, index, key, path)
+            case ["dsmirror", *_]:
+                raise _Reply(_json(404, {"error": "not found"}))
             # Hugging Face file download
             case [org, name, "resolve", rev, *path] if path:
-                return await self._hf_resolve(request, self._hf_repo(org, name, rev), path)
+                return await self._hf_resolve(request, await self._hf_repo(index, org, name, rev), path)
             case _:
                 raise _Reply(_json(404, {"error": "not found"}))
 
+    # --- dsmirror ----------------------------------------------------------------------
+
+    def _status(self, index: ModelIndex) -> web.Response:
+        folders = [
+            {
+                "name": f.name,
+                "manifest_sha256": f.sha256,
+                "files": len(f.files),
+                "of_files": len(f.manifest.files),
+                "hf_repo": f.repo_id,
+            }
+            for f in index.folders
+        ]
+        return _json(
+            200,
+            {
+                "status": "ok",
+                "uptime": round(time.time() - self.started, 1),
+                **index.counts(),
+                "folders": folders,
+                "requests_in_flight": self.in_flight,
+                "bytes_served": self.stats.bytes_total,
+                "pull_through": self.pt.status() if self.pt is not None else None,
+            },
+        )
+
+    def _manifest(self, index: ModelIndex, name: str) -> web.Response:
+        sha = name.removesuffix(".json")
+        if not _HEX64.fullmatch(sha):
+            raise _bad_request("manifests are named <sha256>.json")
+        manifest = index.find_manifest(sha)
+        if manifest is None:
+            raise _Miss(_json(404, {"error": f"no manifest {sha} is served here"}))
+        return web.Response(
+            body=manifest.canonical_bytes, content_type="application/json", headers={"ETag": f'"{sha}"'}
+        )
+
+    async def _folder_file(
+        self, request: web.Request, index: ModelIndex, key: str, parts: list[str]
+    ) -> web.StreamResponse:
+        folder = index.find_folder(key)
+        if folder is None:
+            raise _Miss(_json(404, {"error": f"no manifest called {key} is served here"}))
+        rel = _repo_path(parts)
+        f = folder.files.get(rel)
+        if f is not None:
+            return await self._send(request, _folder_content(folder, f), {})
+        try:
+            entry = folder.manifest.file(rel)
+        except KeyError:
+            raise _Reply(_json(404, {"error": f"{rel} is not in {folder.name}"})) from None
+        if self.pt is None or not self.pt.can_fill_folders():
+            raise _Miss(_json(404, {"error": f"{rel} of {folder.name} is not here (yet)"}))
+        pt = self.pt
+        served = ServedFile(rel, folder.root / rel, entry.size, entry.sha256, None, lfs=True)
+        return await self._send_pulled(
+            request, _folder_content(folder, served), {}, lambda: pt.folder_job(folder, rel)
+        )
+
     # --- Hugging Face ------------------------------------------------------------------
 
-    def _hf_repo(self, org: str, name: str, rev: str | None) -> HfRepo:
+    async def _hf_repo(self, index: ModelIndex, org: str, name: str, rev: str | None) -> HfRepo:
         if not (_NAME_PART.fullmatch(org) and _NAME_PART.fullmatch(name)):
             raise _bad_request("not an org/name repo id")
         repo_id = f"{org}/{name}"
-        if not self.index.has_hf_repo(repo_id):
+        if self.pt is not None:
+            remote = await self.pt.hf_repo(repo_id, rev or "main")
+            if remote is not None:
+                return remote
+        if not index.has_hf_repo(repo_id):
             raise _hf_error(404, "RepoNotFound", f"Repository {repo_id} not found")
-        repo = self.index.default_hf(repo_id) if rev is None else self.index.find_hf(repo_id, rev)
+        repo = index.default_hf(repo_id) if rev is None else index.find_hf(repo_id, rev)
         if repo is None:
             raise _hf_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         return repo
@@ -432,21 +565,24 @@ class _Service:
         if f.lfs:
             headers["X-Linked-Etag"] = f'"{f.etag}"'
             headers["X-Linked-Size"] = str(f.size)
+        if self.pt is not None and not self._servable(f.disk_path):
+            pt = self.pt
+            return await self._send_pulled(
+                request, _file_content(repo, f), headers, lambda: pt.hf_job(repo, f)
+            )
         return await self._send(request, _file_content(repo, f), headers)
 
     # --- ModelScope-like ---------------------------------------------------------------
 
-    def _ms_repo(self, request: web.Request, org: str, name: str) -> HfRepo:
+    def _ms_repo(self, request: web.Request, index: ModelIndex, org: str, name: str) -> HfRepo:
         repo_id = f"{org}/{name}"
-        if not (_NAME_PART.fullmatch(org) and _NAME_PART.fullmatch(name)) or not self.index.has_hf_repo(
-            repo_id
-        ):
+        if not (_NAME_PART.fullmatch(org) and _NAME_PART.fullmatch(name)) or not index.has_hf_repo(repo_id):
             raise _ms_error(404, f"model {repo_id} not found")
         # ModelScope's default branch is "master"; a repo published as "main" answers to it too.
         rev = request.query.get("Revision") or "master"
-        repo = self.index.find_hf(repo_id, rev)
+        repo = index.find_hf(repo_id, rev)
         if repo is None and rev in ("master", "main"):
-            repo = self.index.default_hf(repo_id)
+            repo = index.default_hf(repo_id)
         if repo is None:
             raise _ms_error(404, f"revision {rev} of {repo_id} not found")
         return repo
@@ -496,14 +632,20 @@ class _Service:
 
     # --- Ollama ------------------------------------------------------------------------
 
-    def _ollama_model(self, ns: str, name: str, reference: str) -> OllamaModel:
-        model = self.index.find_ollama(ns, name, reference)
+    async def _ollama_model(self, index: ModelIndex, ns: str, name: str, reference: str) -> OllamaModel:
+        if not (_NAME_PART.fullmatch(ns) and _NAME_PART.fullmatch(name)):
+            raise _registry_error(400, "NAME_INVALID", "invalid repository name")
+        if self.pt is not None and _NAME_PART.fullmatch(reference):
+            remote = await self.pt.ollama_model(ns, name, reference)
+            if remote is not None:
+                return remote
+        model = index.find_ollama(ns, name, reference)
         if model is None:
             raise _registry_error(404, "MANIFEST_UNKNOWN", "manifest unknown", {"Tag": reference})
         return model
 
-    def _ollama_manifest(self, ns: str, name: str, reference: str) -> web.Response:
-        model = self._ollama_model(ns, name, reference)
+    async def _ollama_manifest(self, index: ModelIndex, ns: str, name: str, reference: str) -> web.Response:
+        model = await self._ollama_model(index, ns, name, reference)
         return web.Response(
             body=model.manifest,
             headers={
@@ -513,10 +655,24 @@ class _Service:
             },
         )
 
-    async def _ollama_blob(self, request: web.Request, ns: str, name: str, digest: str) -> web.StreamResponse:
+    async def _ollama_blob(
+        self, request: web.Request, index: ModelIndex, ns: str, name: str, digest: str
+    ) -> web.StreamResponse:
         if not _DIGEST.fullmatch(digest):
             raise _registry_error(400, "DIGEST_INVALID", "provided digest did not match uploaded content")
-        found = self.index.find_ollama_blob(ns, name, digest)
+        found = index.find_ollama_blob(ns, name, digest)
+        if found is None and self.pt is not None:
+            pending = self.pt.ollama_blob(ns, name, digest)
+            if pending is not None:
+                path, size = pending
+                content = _Content(digest, (digest,), path, size, digest, "application/octet-stream")
+                headers = {"Docker-Content-Digest": digest}
+                if self._servable(path):
+                    return await self._send(request, content, headers)
+                pt = self.pt
+                return await self._send_pulled(
+                    request, content, headers, lambda: pt.ollama_job(ns, name, digest, path, size)
+                )
         if found is None:
             raise _registry_error(404, "BLOB_UNKNOWN", "blob unknown to registry", {"Digest": digest})
         source, size = found
@@ -544,9 +700,10 @@ class _Service:
             return content.size // 2
         return None
 
-    async def _send(
+    def _plan(
         self, request: web.Request, content: _Content, headers: Mapping[str, str]
-    ) -> web.StreamResponse:
+    ) -> tuple[web.StreamResponse, ByteRange]:
+        """Check preconditions and Range; the response (not yet prepared) and the bytes it sends."""
         self._raise_fault(content)
         etag = f'"{content.etag}"'
         head = {**headers, "ETag": etag, "Accept-Ranges": "bytes", "Content-Type": content.content_type}
@@ -579,7 +736,12 @@ class _Service:
         if rng is not None:
             resp.headers["Content-Range"] = rng.content_range(content.size)
         resp.content_length = span.stop - span.start
+        return resp, span
 
+    async def _send(
+        self, request: web.Request, content: _Content, headers: Mapping[str, str]
+    ) -> web.StreamResponse:
+        resp, span = self._plan(request, content, headers)
         if isinstance(content.source, bytes):
             await resp.prepare(request)
             if request.method == "GET" and span.stop > span.start:
@@ -607,6 +769,63 @@ class _Service:
             fobj.close()
         return resp
 
+    async def _send_pulled(
+        self,
+        request: web.Request,
+        content: _Content,
+        headers: Mapping[str, str],
+        start_job: Callable[[], PullJob],
+    ) -> web.StreamResponse:
+        """Send a file the index lacks, pulling it through: only verified bytes, as they verify.
+
+        HEAD is answered from the metadata alone. A GET joins (or starts) the file's one pull; if
+        the pull has piece hashes, the response starts at once and each piece of the range is sent
+        when verified, else the response waits for the whole file to verify (see _pullthrough).
+        """
+        resp, span = self._plan(request, content, headers)
+        if request.method == "HEAD" or span.stop == span.start:
+            await resp.prepare(request)
+            await resp.write_eof()
+            return resp
+        job = start_job()
+        if not job.finished and job.streams_pieces:
+            return await self._stream_pulled(request, resp, content, span, job)
+        try:
+            await job.wait_done()
+        except Exception as exc:
+            status, extra = pull_error_status(exc)
+            raise _Reply(_json(status, {"error": f"pulling {content.name} failed: {exc}"}, extra)) from None
+        return await self._send(request, content, headers)
+
+    async def _stream_pulled(
+        self, request: web.Request, resp: web.StreamResponse, content: _Content, span: ByteRange, job: PullJob
+    ) -> web.StreamResponse:
+        manifest = job.manifest
+        assert manifest is not None
+        loop = asyncio.get_running_loop()
+        pieces = list(iter_pieces(manifest, span.start, span.stop))
+        try:
+            await job.wait_piece(pieces[0])
+        except Exception as exc:
+            status, extra = pull_error_status(exc)
+            raise _Reply(_json(status, {"error": f"pulling {content.name} failed: {exc}"}, extra)) from None
+        fobj = await loop.run_in_executor(None, job.open_reader)
+        sent = 0
+        try:
+            await resp.prepare(request)
+            for piece in pieces:
+                # After the headers, a failed pull can only be told by cutting the response short.
+                await job.wait_piece(piece)
+                lo, hi = max(span.start, piece.offset), min(span.stop, piece.offset + piece.length)
+                sent += await _stream(resp, fobj, ByteRange(lo, hi), self._corrupt_at(content))
+            await resp.write_eof()
+        except ConnectionError:
+            pass
+        finally:
+            fobj.close()
+            self.stats.count(content.name, sent)
+        return resp
+
     def _open(self, content: _Content) -> BinaryIO:
         """Open an indexed file, refusing anything that is no longer what was indexed.
 
@@ -621,7 +840,7 @@ class _Service:
             logger.warning("not serving %s (%s): %s", content.name, path, why)
             return _Reply(_json(500, {"error": f"{content.name} {why}"}))
 
-        if not self.index.serves_path(path) or os.path.realpath(path) != str(path):
+        if not self._servable(path) or os.path.realpath(path) != str(path):
             raise refuse("is no longer where it was indexed")
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -632,6 +851,17 @@ class _Service:
             os.close(fd)
             raise refuse("changed on disk since it was indexed")
         return os.fdopen(fd, "rb")
+
+
+def _folder_content(folder: ManifestFolder, f: ServedFile) -> _Content:
+    return _Content(
+        name=f"{folder.name}/{f.path}",
+        fault_keys=(f.path, f"{folder.name}/{f.path}"),
+        source=f.disk_path,
+        size=f.size,
+        etag=f.etag,
+        content_type=_content_type(f.path),
+    )
 
 
 def _flip(chunk: bytes, offset: int, flip_at: int | None) -> bytes:
@@ -710,36 +940,56 @@ def _tree_entries(repo: HfRepo, base: str, *, recursive: bool) -> list[dict[str,
 
 
 def make_app(
-    index: ModelIndex,
+    index: ModelIndex | IndexSource,
     *,
     token: str | None = None,
     faults: ServeFaults | None = None,
     tree_page_size: int = 1000,
     blob_redirect_to: str | None = None,
     client_max_size: int = 64 * 1024,
+    pullthrough: PullThrough | None = None,
+    max_requests: int = 1024,
+    max_requests_per_client: int = 128,
 ) -> web.Application:
-    """The aiohttp application serving ``index`` read-only.
+    """The aiohttp application serving ``index`` (or what an ``IndexSource`` serves now) read-only.
 
     ``token``: when set, every route requires ``Authorization: Bearer <token>`` (else 401).
     ``tree_page_size``: entries per HF tree page (the Hub uses 1000).
     ``blob_redirect_to``: answer Ollama blob GETs with 307 to this base URL + the same path,
     as the real registry does to its CDN.
+    ``pullthrough``: pull what is missing from upstream (started and closed with the app).
+    ``max_requests`` / ``max_requests_per_client``: requests handled at once, in all and per
+    client address; beyond them the answer is 503 with Retry-After.
     """
     if tree_page_size < 1:
         raise ValueError("tree_page_size must be positive")
     stats = ServeStats()
     service = _Service(
-        index,
+        StaticIndex(index) if isinstance(index, ModelIndex) else index,
         token=token,
         faults=faults or ServeFaults(),
         stats=stats,
         tree_page_size=tree_page_size,
         blob_redirect_to=blob_redirect_to,
+        pullthrough=pullthrough,
+        max_requests=max_requests,
+        max_requests_per_client=max_requests_per_client,
     )
     app = web.Application(client_max_size=client_max_size)
     app[STATS] = stats
     app.router.add_route("*", "/{tail:.*}", service.dispatch)
     app.on_response_prepare.append(_recorder(stats))
+    if pullthrough is not None:
+        pt = pullthrough
+
+        async def start(_app: web.Application) -> None:
+            await pt.start()
+
+        async def stop(_app: web.Application) -> None:
+            await pt.close()
+
+        app.on_startup.append(start)
+        app.on_cleanup.append(stop)
     return app
 
 

@@ -4,7 +4,7 @@ The index is built once, before the server starts; handlers only look things up 
 never build a filesystem path from a URL. Everything that reads or hashes files lives here,
 so no request handler ever blocks on hashing.
 
-Three ways to fill it:
+Four ways to fill it:
 
 * ``HfRepo.from_folder`` — a plain folder published as one Hugging Face repo at one commit.
   Files of at least ``lfs_min_size`` bytes are LFS files (etag = SHA-256 of the content);
@@ -23,6 +23,14 @@ Three ways to fill it:
       <models>/manifests/<host>/<namespace>/<name>/<tag>   manifest bytes as received
       <models>/blobs/sha256-<hex>                          one file per layer / config
 
+* ``index_manifest_folder`` — a plain folder described by a dsmirror manifest (``--folder``).
+  A file is served only once it is known to match the manifest: by the install record dsmirror
+  wrote when it put the file there (``.dsmirror/installed/<manifest sha256>.json``: size, mtime,
+  inode), or else by hashing it once. Missing or mismatching files are not served.
+
+Hashing is remembered across rescans by ``DigestCache`` (keyed by path, size, mtime and inode),
+so a rescan of an unchanged store hashes nothing.
+
 Symlinks are followed only when their target stays inside the store being indexed
 (for the HF cache: inside the repo's own ``blobs/``); anything else is skipped with a warning.
 """
@@ -35,6 +43,7 @@ import logging
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -42,16 +51,20 @@ from pathlib import Path
 from typing import Any
 
 from dsmirror._errors import InputError
+from dsmirror._manifest import Manifest
 
 __all__ = [
     "LFS_MIN_SIZE",
+    "DigestCache",
     "HfRepo",
+    "ManifestFolder",
     "ModelIndex",
     "OllamaLayer",
     "OllamaModel",
     "ServedFile",
     "check_repo_path",
     "index_hf_cache",
+    "index_manifest_folder",
     "index_ollama_store",
     "lfs_pointer",
     "parse_ollama_manifest",
@@ -168,6 +181,43 @@ def _hash_file(path: Path, *, git: bool) -> tuple[int, str, str | None]:
     return size, sha256.hexdigest(), sha1.hexdigest() if sha1 is not None else None
 
 
+_StatKey = tuple[str, int, int, int]
+
+
+class DigestCache:
+    """Digests of files already hashed, valid while (path, size, mtime_ns, inode) are unchanged.
+
+    Thread-safe. ``prime`` records a digest computed elsewhere (a pull that just verified the file),
+    so the next rescan does not hash it again.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[_StatKey, tuple[str, str | None]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(path: Path, st: os.stat_result) -> _StatKey:
+        return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def digests(self, path: Path, *, git: bool) -> tuple[int, str, str | None]:
+        """(size, sha256, git blob sha1 if ``git``) of ``path``, hashing only if not known."""
+        st = path.stat()
+        key = self._key(path, st)
+        with self._lock:
+            known = self._known.get(key)
+        if known is not None and (known[1] is not None or not git):
+            return st.st_size, known[0], known[1]
+        size, sha256, sha1 = _hash_file(path, git=git)
+        with self._lock:
+            self._known[key] = (sha256, sha1)
+        return size, sha256, sha1
+
+    def prime(self, path: Path, sha256: str, git_sha1: str | None = None) -> None:
+        st = path.stat()
+        with self._lock:
+            self._known[self._key(path, st)] = (sha256, git_sha1)
+
+
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -255,6 +305,76 @@ def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:
                 logger.warning("skipping %s: not a regular file inside %s", entry, root)
                 continue
             yield rel, disk
+
+
+_SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+#: Served folders appear on the Hugging Face routes as ``dsmirror/<manifest name>``.
+FOLDER_HF_ORG = "dsmirror"
+
+
+@dataclass(frozen=True)
+class ManifestFolder:
+    """A folder described by a dsmirror manifest; ``files`` are those present and verified."""
+
+    manifest: Manifest
+    root: Path
+    files: dict[str, ServedFile]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.sha256
+
+    @property
+    def repo_id(self) -> str:
+        slug = _SLUG_BAD.sub("-", self.manifest.name).strip("-._") or self.sha256[:12]
+        return f"{FOLDER_HF_ORG}/{slug}"
+
+    def as_hf_repo(self) -> HfRepo:
+        """The folder as a Hugging Face repo at a commit derived from the manifest's identity."""
+        commit = self.sha256[:40]
+        return HfRepo(repo_id=self.repo_id, commit=commit, refs={"main": commit}, files=dict(self.files))
+
+
+def index_manifest_folder(
+    manifest: Manifest, folder: Path, *, digests: DigestCache | None = None
+) -> ManifestFolder:
+    """The files of ``folder`` that match ``manifest`` (see the module docstring for how)."""
+    root = Path(folder).resolve()
+    digests = digests or DigestCache()
+    record: dict[str, Any] = {}
+    installed = root / ".dsmirror" / "installed" / f"{manifest.sha256}.json"
+    try:
+        loaded = json.loads(installed.read_bytes())
+        if isinstance(loaded, dict):
+            record = loaded
+    except (OSError, ValueError):
+        pass
+    files: dict[str, ServedFile] = {}
+    for entry in manifest.files:
+        disk = root / entry.path
+        try:
+            st = disk.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or disk.resolve() != disk or st.st_size != entry.size:
+            if stat.S_ISREG(st.st_mode) or disk.is_symlink():
+                logger.warning("not serving %s: not a regular file of %d bytes", disk, entry.size)
+            continue
+        if record.get(entry.path) != [st.st_size, st.st_mtime_ns, st.st_ino]:
+            try:
+                _, sha256, _ = digests.digests(disk, git=False)
+            except (OSError, InputError) as exc:
+                logger.warning("not serving %s: %s", disk, exc)
+                continue
+            if sha256 != entry.sha256:
+                logger.warning("not serving %s: its SHA-256 does not match the manifest", disk)
+                continue
+        files[entry.path] = ServedFile(entry.path, disk, entry.size, entry.sha256, None, lfs=True)
+    return ManifestFolder(manifest, root, files)
 
 
 @dataclass(frozen=True)
@@ -388,9 +508,23 @@ class ModelIndex:
     a branch name resolves through the ``refs`` of the snapshot it points at.
     """
 
-    def __init__(self, hf_repos: Iterable[HfRepo] = (), ollama_models: Iterable[OllamaModel] = ()) -> None:
+    def __init__(
+        self,
+        hf_repos: Iterable[HfRepo] = (),
+        ollama_models: Iterable[OllamaModel] = (),
+        folders: Iterable[ManifestFolder] = (),
+    ) -> None:
         self._hf: dict[str, dict[str, HfRepo]] = {}
         self._hf_refs: dict[str, dict[str, str]] = {}
+        self._folders: dict[str, ManifestFolder] = {}
+        hf_repos = list(hf_repos)
+        for folder in folders:
+            if folder.sha256 in self._folders or folder.name in self._folders:
+                logger.warning("%s: a folder of the same manifest or name is already served", folder.root)
+                continue
+            self._folders[folder.sha256] = self._folders[folder.name] = folder
+            if folder.files and not any(r.repo_id == folder.repo_id for r in hf_repos):
+                hf_repos.append(folder.as_hf_repo())
         for repo in hf_repos:
             commits = self._hf.setdefault(repo.repo_id, {})
             if repo.commit in commits:
@@ -419,6 +553,9 @@ class ModelIndex:
             for blob in model.blobs.values():
                 if isinstance(blob, Path):
                     yield blob
+        for folder in self._folders.values():
+            for f in folder.files.values():
+                yield f.disk_path
 
     # --- Hugging Face ------------------------------------------------------------------
 
@@ -467,6 +604,20 @@ class ModelIndex:
                 return model.blobs[digest], size
         return None
 
+    # --- dsmirror manifest folders -------------------------------------------------------
+
+    @property
+    def folders(self) -> list[ManifestFolder]:
+        return list({id(f): f for f in self._folders.values()}.values())
+
+    def find_folder(self, key: str) -> ManifestFolder | None:
+        """A served folder by its manifest's name or SHA-256."""
+        return self._folders.get(key)
+
+    def find_manifest(self, sha256: str) -> Manifest | None:
+        folder = self._folders.get(sha256)
+        return folder.manifest if folder is not None and folder.sha256 == sha256 else None
+
     # --- safety ------------------------------------------------------------------------
 
     def serves_path(self, disk_path: Path) -> bool:
@@ -485,7 +636,7 @@ class ModelIndex:
 # --- reading existing stores -----------------------------------------------------------
 
 
-def index_hf_cache(cache_dir: Path) -> list[HfRepo]:
+def index_hf_cache(cache_dir: Path, *, digests: DigestCache | None = None) -> list[HfRepo]:
     """Index the model snapshots of a ``huggingface_hub`` cache (``HF_HUB_CACHE``).
 
     Only LFS blobs are trusted by name; the small non-LFS files are hashed (SHA-256) so
@@ -514,7 +665,7 @@ def index_hf_cache(cache_dir: Path) -> list[HfRepo]:
         for snap in sorted(snapshots.iterdir()):
             if not _HEX40.fullmatch(snap.name) or snap.is_symlink() or not snap.is_dir():
                 continue
-            files = dict(_hf_snapshot_files(snap, repo_dir / "blobs"))
+            files = dict(_hf_snapshot_files(snap, repo_dir / "blobs", digests or DigestCache()))
             if not files:
                 continue
             repos.append(
@@ -543,7 +694,7 @@ def _read_hf_refs(refs_dir: Path) -> dict[str, str]:
     return refs
 
 
-def _hf_snapshot_files(snap: Path, blobs_dir: Path) -> Iterator[tuple[str, ServedFile]]:
+def _hf_snapshot_files(snap: Path, blobs_dir: Path, digests: DigestCache) -> Iterator[tuple[str, ServedFile]]:
     blobs = blobs_dir.resolve()
     for dirpath, dirnames, filenames in os.walk(snap):
         dirnames.sort()
@@ -569,7 +720,7 @@ def _hf_snapshot_files(snap: Path, blobs_dir: Path) -> Iterator[tuple[str, Serve
             if _HEX64.fullmatch(etag):
                 yield rel, ServedFile(rel, disk, st.st_size, etag, None, lfs=True)
             elif _HEX40.fullmatch(etag):
-                _, sha256, _ = _hash_file(disk, git=False)
+                _, sha256, _ = digests.digests(disk, git=False)
                 yield rel, ServedFile(rel, disk, st.st_size, sha256, etag, lfs=False)
             else:
                 logger.warning("skipping %s: blob name %r is not an etag", entry, etag)

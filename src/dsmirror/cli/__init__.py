@@ -14,31 +14,45 @@ import signal
 import sys
 from types import FrameType
 
+from rich.text import Text
+
 from .._errors import DsmirrorError, Interrupted
 from ._app import app, err_console
 
 __all__ = ["app", "main"]
 
 # Importing the command modules registers them on ``app``.
-from . import _demo_cmd, _manifest_cmd, _pull_cmd, _sources_cmd, _verify_cmd  # noqa: F401
+from . import (  # noqa: F401
+    _bundle_cmd,
+    _demo_cmd,
+    _doctor_cmd,
+    _ls_cmd,
+    _manifest_cmd,
+    _pull_cmd,
+    _seed_cmd,
+    _serve_cmd,
+    _sources_cmd,
+    _torrent_cmd,
+    _verify_cmd,
+)
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # Raised as our own error, not KeyboardInterrupt, so that typer/click cannot swallow it: the
+    # command unwinds (the store commits its verified pieces) and main() says what happened.
+    raise Interrupted("interrupted; verified progress is kept: run the same command to resume")
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app(standalone_mode=True)
     except DsmirrorError as exc:
-        err_console.print(f"[bold red]dsmirror: error:[/] {exc.message}", highlight=False, markup=True)
+        err_console.print(Text.assemble(("dsmirror: error: ", "bold red"), exc.message))
         if exc.hint:
             err_console.print(f"  hint: {exc.hint}", highlight=False, markup=False)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("dsmirror: interrupted", highlight=False)
-        sys.exit(Interrupted.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

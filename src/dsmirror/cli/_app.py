@@ -15,8 +15,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a message is one line, whatever the terminal width (and in pipes and logs).
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 MirrorsOpt = Annotated[
     list[Path] | None,

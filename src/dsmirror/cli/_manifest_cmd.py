@@ -15,6 +15,7 @@ from .._manifest import create_manifest, load_manifest
 from .._metalink import to_meta4
 from .._units import format_bytes, parse_size
 from ._app import app, console
+from ._torrent_cmd import TorrentFormatOpt, make_torrent
 
 manifest_app = typer.Typer(help="Create, inspect and export piece manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
@@ -26,9 +27,16 @@ def create(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the manifest JSON.")],
     name: Annotated[str | None, typer.Option("--name", help="Model name (default: folder name).")] = None,
     piece_size: Annotated[str, typer.Option("--piece-size", help="Piece size, a power of two.")] = "8MiB",
+    torrent: Annotated[
+        Path | None,
+        typer.Option("--torrent", help="Also write the torrent of these pieces (see `torrent create`)."),
+    ] = None,
+    torrent_format: TorrentFormatOpt = "hybrid",
 ) -> None:
     """Hash a folder into a manifest (SHA-256 of every file and every piece)."""
     m = create_manifest(folder, name=name, piece_size=parse_size(piece_size))
+    if torrent is not None:  # the manifest records the torrent's info-hashes
+        m, _ = make_torrent(m, folder, torrent, torrent_format, verify=False, trackers=[])
     m.write(output)
     console.print(
         f"{output}: {len(m.files)} files, {format_bytes(m.total_size)}, {m.num_pieces} pieces; "

@@ -10,7 +10,9 @@ import typer
 from .._pull import PullOptions, pull
 from .._units import parse_size
 from ._app import JsonOpt, MirrorsOpt, NoDefaultCatalogOpt, app, console, load_catalog_from_options
+from ._dry_run import render_dry_run
 from ._render import render_human, render_json
+from ._seed_cmd import DhtOpt, ListenOpt, LsdOpt, PeerOpt, SeedSplit, render_seed, swarm_config
 
 
 @app.command("pull")
@@ -42,6 +44,31 @@ def pull_cmd(
     give_up_after: Annotated[
         float, typer.Option("--give-up-after", help="Seconds without any progress before failing.")
     ] = 120.0,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show what would be reused and fetched from where; fetch nothing."),
+    ] = False,
+    reuse_from: Annotated[
+        list[Path] | None,
+        typer.Option("--reuse-from", help="Also reuse pieces found in this folder (repeatable)."),
+    ] = None,
+    no_reuse: Annotated[
+        bool, typer.Option("--no-reuse", help="Do not copy pieces already on this machine.")
+    ] = False,
+    torrent: Annotated[
+        Path | None,
+        typer.Option("--torrent", help="The model's .torrent: share pieces with BitTorrent peers."),
+    ] = None,
+    peer: PeerOpt = None,
+    listen: ListenOpt = None,
+    lsd: LsdOpt = True,
+    dht: DhtOpt = False,
+    p2p: Annotated[
+        bool, typer.Option("--p2p/--no-p2p", help="Use the model's BitTorrent swarm if it has one.")
+    ] = True,
+    seed: Annotated[
+        bool, typer.Option("--seed", help="Keep seeding the model after the pull (Ctrl-C stops).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Download a model from every good source at once, verifying every piece; resumable."""
@@ -57,9 +84,19 @@ def pull_cmd(
         region=region,
         prefer=prefer,
         give_up_after=give_up_after,
+        dry_run=dry_run,
+        reuse=not no_reuse,
+        reuse_from=tuple(reuse_from or ()),
+        swarm=swarm_config(
+            listen=listen, peers=peer, lsd=lsd, dht=dht, torrent=torrent, seed_after=seed, enabled=p2p
+        ),
     )
-    events = pull(ref, catalog=catalog, settings=settings, options=opts)
+    split = SeedSplit(pull(ref, catalog=catalog, settings=settings, options=opts))
+    events = split.pull_events()
     if json_out:
         render_json(events)
+    elif dry_run:
+        render_dry_run(events, console)
     else:
         render_human(events, console)
+    render_seed(split.seed_events(), console, json_out=json_out)

@@ -1,0 +1,319 @@
+"""Shared parts of the benchmarks (``bench_pull.py``, ``bench_mirrors.py``): loopback only.
+
+- a generated model cached under ``/tmp/dsmirror-bench`` (content is deterministic, so a cached
+  copy is as good as a new one; ``--fresh`` rebuilds it) with its manifest;
+- throttled :class:`dsmirror.testing.MirrorServer` mirrors, each on its own 127.0.0.x address (aria2c
+  counts its per-server connection limit per host, so mirrors that differ only by port would
+  handicap it), the catalog YAML naming them and the Metalink exported from it;
+- running a client as a child process and measuring it with ``wait4(2)``: wall time, user and
+  system CPU seconds, and peak RSS of that child alone (the mirrors run in this process, so
+  their work is never charged to the client);
+- checking every downloaded file against the manifest's SHA-256, and printing tables.
+
+Clients get an environment without proxy variables and with fresh XDG config/state/cache
+folders per run, so no run learns from an earlier one and nothing leaves 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dsmirror import Manifest, create_manifest, load_manifest
+from dsmirror.testing import MirrorServer, write_random_tree
+
+CACHE = Path("/tmp/dsmirror-bench")
+MIB = 1 << 20
+GIB = 1 << 30
+MB = 1_000_000
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+DSMIRROR = [
+    sys.executable,
+    "-c",
+    "import sys; sys.argv[0] = 'dsmirror'; from dsmirror.cli import main; main()",
+]
+ARIA2C_BASE = [
+    "--no-conf=true",
+    "--allow-overwrite=true",
+    "--auto-file-renaming=false",
+    "--console-log-level=warn",
+    "--summary-interval=0",
+    "--file-allocation=falloc",
+    "--enable-mmap=false",
+    "-x16",
+    "-s16",
+    "-k8M",
+]
+
+
+# -- the model -------------------------------------------------------------------------------------
+
+
+def model_sizes(total: int) -> dict[str, int]:
+    """Three safetensors shards and two small JSON files adding up to ``total`` bytes.
+
+    The shard sizes are not multiples of the piece size, like real shards.
+    """
+    small = {"config.json": 1_337, "tokenizer.json": min(7 * MIB + 13, max(1, total // 150))}
+    rest = max(3, total - sum(small.values()))
+    shard = rest // 3
+    sizes = {
+        f"model-0000{i}-of-00003.safetensors": shard + (rest - 3 * shard if i == 3 else 0) for i in (1, 2, 3)
+    }
+    return sizes | small
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    root: Path  # the files the mirrors serve
+    manifest_path: Path
+    manifest: Manifest
+
+    @property
+    def size(self) -> int:
+        return self.manifest.total_size
+
+
+def prepare_model(total: int, piece_size: int, *, fresh: bool = False) -> Model:
+    """The cached generated model of about ``total`` bytes and its manifest; built when missing."""
+    folder = CACHE / f"model-{total}-{piece_size}"
+    root, manifest_path = folder / "files", folder / "manifest.json"
+    sizes = model_sizes(total)
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    if manifest_path.exists():
+        manifest = load_manifest(manifest_path)
+        if {f.path: f.size for f in manifest.files} == sizes and all(
+            (root / p).is_file() and (root / p).stat().st_size == n for p, n in sizes.items()
+        ):
+            return Model(root, manifest_path, manifest)
+        shutil.rmtree(folder)
+    print(f"generating a {total / GIB:.2f} GiB model under {folder} ...", flush=True)
+    t0 = time.perf_counter()
+    write_random_tree(root, sizes, seed=1)
+    t1 = time.perf_counter()
+    manifest = create_manifest(root, name="bench-model", piece_size=piece_size)
+    t2 = time.perf_counter()
+    manifest.write(manifest_path)
+    print(
+        f"  written in {t1 - t0:.1f} s; manifest created in {t2 - t1:.2f} s "
+        f"({total / (t2 - t1) / MB:.0f} MB/s hashing, every piece + every file)",
+        flush=True,
+    )
+    return Model(root, manifest_path, manifest)
+
+
+# -- mirrors ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MirrorSpec:
+    name: str
+    host: str
+    rate: float | None  # bytes/s, None: unthrottled
+    latency: float  # seconds
+    region: str = "global"
+    priority: int = 10
+
+
+def require_loopback(host: str) -> None:
+    if ipaddress.ip_address(host) not in LOOPBACK:
+        raise SystemExit(f"refusing to bind {host}: the benchmarks only use 127.0.0.0/8")
+
+
+@contextlib.contextmanager
+def mirrors_serving(root: Path, specs: Sequence[MirrorSpec]) -> Iterator[list[MirrorServer]]:
+    for spec in specs:
+        require_loopback(spec.host)
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(MirrorServer(root, host=s.host, rate=s.rate, latency=s.latency))
+            for s in specs
+        ]
+        yield servers
+
+
+def write_catalog(
+    path: Path,
+    specs: Sequence[MirrorSpec],
+    servers: Sequence[MirrorServer],
+    max_connections: int | None = None,
+) -> None:
+    lines = ["version: 1", "mirrors:"]
+    for spec, server in zip(specs, servers, strict=True):
+        lines += [
+            f"  - name: {spec.name}",
+            "    kind: http",
+            f"    url: {server.url}",
+            f"    region: {spec.region}",
+            f"    priority: {spec.priority}",
+        ]
+        if max_connections is not None:
+            lines.append(f"    max_connections: {max_connections}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def dsmirror_pull_flags() -> list[str]:
+    """Flags that keep ``dsmirror pull`` a plain download over loopback, among those it knows.
+
+    No reuse of local copies (a benchmark measures fetching), no BitTorrent, no multicast
+    discovery of LAN peers (nothing may leave 127.0.0.0/8); older versions lack some flags.
+    """
+    env = client_env(CACHE / "help-env") | {"COLUMNS": "250"}
+    usage = subprocess.run([*DSMIRROR, "pull", "--help"], env=env, capture_output=True, text=True).stdout
+    return [flag for flag in ("--no-reuse", "--no-p2p", "--no-lsd", "--no-dht") if flag in usage]
+
+
+def export_meta4(manifest_path: Path, catalog: Path, out: Path) -> None:
+    """``dsmirror manifest export --meta4``: the Metalink aria2c gets, with the same pieces."""
+    argv = [*DSMIRROR, "manifest", "export", str(manifest_path), "--meta4", "--mirrors", str(catalog)]
+    subprocess.run(
+        [*argv, "-o", str(out)],
+        check=True,
+        env=client_env(out.parent / "export-env"),
+        stdout=subprocess.DEVNULL,
+    )
+
+
+# -- running clients -------------------------------------------------------------------------------
+
+
+def client_env(home: Path) -> dict[str, str]:
+    """The environment of a client: no proxies, fresh XDG folders under ``home``."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    for var, sub in (("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state"), ("XDG_CACHE_HOME", "cache")):
+        env[var] = str(home / sub)
+    env["NO_PROXY"] = env["no_proxy"] = "*"
+    return env
+
+
+@dataclasses.dataclass
+class Measurement:
+    wall: float = 0.0  # seconds
+    user: float = 0.0  # CPU seconds
+    sys: float = 0.0
+    maxrss: int = 0  # bytes, the largest of the processes measured
+    returncode: int = 0
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    def add(self, other: Measurement) -> Measurement:
+        """This and ``other`` run one after the other (e.g. a client and then ``sync``)."""
+        return Measurement(
+            self.wall + other.wall,
+            self.user + other.user,
+            self.sys + other.sys,
+            max(self.maxrss, other.maxrss),
+            self.returncode or other.returncode,
+        )
+
+
+def run_measured(
+    argv: Sequence[str], *, env: Mapping[str, str], stdout: Path, stderr: Path, timeout: float
+) -> Measurement:
+    """Run ``argv`` to completion (killed after ``timeout`` s); its own wall, CPU and peak RSS."""
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=dict(env))
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        try:
+            # wait4 gives the rusage of this child alone (and of children it waited for), unlike
+            # RUSAGE_CHILDREN deltas, whose ru_maxrss is the maximum over every child ever reaped.
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measurement(wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss * 1024, proc.returncode)
+
+
+def drop_caches() -> bool:
+    """Write back and drop the page cache (root only); whether it worked."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            obj = json.loads(line)
+            if isinstance(obj, dict):
+                events.append(obj)
+    return events
+
+
+def bad_outputs(manifest: Manifest, dest: Path) -> list[str]:
+    """Files under ``dest`` that are missing or differ from the manifest (whole-file SHA-256)."""
+    bad = []
+    for f in manifest.files:
+        p = dest / f.path
+        if not p.is_file() or p.stat().st_size != f.size:
+            bad.append(f.path)
+            continue
+        with open(p, "rb") as fh:
+            if hashlib.file_digest(fh, "sha256").hexdigest() != f.sha256:
+                bad.append(f.path)
+    return bad
+
+
+def clear(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+# -- reporting -------------------------------------------------------------------------------------
+
+
+def machine_note() -> str:
+    """CPUs and load average: a loaded machine slows the client, the mirrors and the hashing."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, load average {load} (1/5/15 min)"
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns aligned: the first to the left, the others to the right."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def fmt_mb(n: float) -> str:
+    return f"{n / MB:,.1f} MB"
+
+
+def parse_size(text: str) -> int:
+    from dsmirror._units import parse_size as parse
+
+    return parse(text)

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Benchmark one pull: dsmirror against aria2c on the same pieces, from loopback mirrors.
+
+One command::
+
+    python scripts/bench_pull.py                     # 1 GiB, one unthrottled mirror, 3 runs each
+    python scripts/bench_pull.py --size 256MiB --runs 1
+    python scripts/bench_pull.py --mirrors 3 --cap 40MB/s
+
+It generates a model (three shards and two JSON files, cached under /tmp/dsmirror-bench), hashes it
+into a manifest (8 MiB pieces), serves it from ``--mirrors`` loopback mirrors (127.0.0.1, .2, ...),
+exports the manifest as a Metalink with ``dsmirror manifest export --meta4``, then alternates
+
+- ``dsmirror pull MANIFEST --no-default-catalog --mirrors CATALOG --dest DIR --json`` (verifies
+  every piece, fsyncs what it writes), and
+- ``aria2c -x16 -s16 -k8M --file-allocation=falloc --enable-mmap=false --metalink-file=M`` (checks
+  every piece against the Metalink's piece hashes: --realtime-chunk-checksum is on by default),
+  followed by ``sync -f DIR``, whose time is counted, so both write the data durably;
+
+into fresh folders, and prints wall time, throughput, CPU seconds (user + system) and peak RSS of
+each client process (measured with wait4), medians over the runs and the ratio dsmirror/aria2c.
+Every output is checked byte for byte against the manifest's SHA-256. Nothing leaves 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from _benchlib import (
+    ARIA2C_BASE,
+    CACHE,
+    DSMIRROR,
+    GIB,
+    MB,
+    MIB,
+    Measurement,
+    MirrorSpec,
+    bad_outputs,
+    clear,
+    client_env,
+    drop_caches,
+    dsmirror_pull_flags,
+    export_meta4,
+    machine_note,
+    median,
+    mirrors_serving,
+    parse_size,
+    prepare_model,
+    read_json_lines,
+    run_measured,
+    table,
+    write_catalog,
+)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="1GiB", help="model size (default 1GiB)")
+    ap.add_argument("--piece-size", default="8MiB")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each client (default 3)")
+    ap.add_argument("--mirrors", type=int, default=1, help="loopback mirrors, 127.0.0.1 .. (default 1)")
+    ap.add_argument("--cap", default=None, help="bandwidth cap of each mirror, e.g. 40MB/s (default none)")
+    ap.add_argument("--latency", type=float, default=0.0, help="added latency per request, seconds")
+    ap.add_argument(
+        "--connections",
+        type=int,
+        default=None,
+        help="max_connections of each mirror in dsmirror's catalog (default: dsmirror's own)",
+    )
+    ap.add_argument("--tools", default="dsmirror,aria2c", help="comma-separated subset of dsmirror,aria2c")
+    ap.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="drop the page cache before each run (root only): the mirrors read from disk",
+    )
+    ap.add_argument("--fresh", action="store_true", help="regenerate the cached model")
+    ap.add_argument("--timeout", type=float, default=600.0, help="kill a client after this many seconds")
+    args = ap.parse_args()
+
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if "aria2c" in tools and shutil.which("aria2c") is None:
+        print("aria2c is not installed (apt-get install -y aria2): running dsmirror only", file=sys.stderr)
+        tools.remove("aria2c")
+    if not 1 <= args.mirrors <= 250:
+        ap.error("--mirrors must be 1..250")
+    cap = parse_size(args.cap) if args.cap else None
+    model = prepare_model(parse_size(args.size), parse_size(args.piece_size), fresh=args.fresh)
+    size = model.size
+    work = CACHE / "pull-work"
+    clear(work)
+    specs = [MirrorSpec(f"m{i + 1}", f"127.0.0.{i + 1}", cap, args.latency) for i in range(args.mirrors)]
+
+    with mirrors_serving(model.root, specs) as servers:
+        catalog = work / "mirrors.yaml"
+        write_catalog(catalog, specs, servers, args.connections)
+        meta4 = work / "model.meta4"
+        export_meta4(model.manifest_path, catalog, meta4)
+        pull_flags = dsmirror_pull_flags()
+        commands = {
+            "dsmirror": lambda dest: [
+                *DSMIRROR,
+                "pull",
+                str(model.manifest_path),
+                "--no-default-catalog",
+                "--mirrors",
+                str(catalog),
+                "--dest",
+                str(dest),
+                "--json",
+                *pull_flags,
+            ],
+            "aria2c": lambda dest: ["aria2c", *ARIA2C_BASE, f"--metalink-file={meta4}", "-d", str(dest)],
+        }
+        print(
+            f"model: {size / GIB:.3f} GiB in {len(model.manifest.files)} files, "
+            f"{model.manifest.num_pieces} pieces of {model.manifest.piece_size // MIB} MiB; "
+            f"mirrors: {', '.join(s.url for s in servers)} "
+            f"({'unthrottled' if cap is None else f'{cap / MB:g} MB/s each'}, "
+            f"latency {args.latency * 1000:g} ms)"
+        )
+        for tool in tools:
+            print(f"  {tool}: {' '.join(commands[tool](Path('DEST')))}")
+        print("  aria2c is followed by `sync -f DEST`, counted in its time; dsmirror fsyncs by itself.")
+        if not args.drop_caches:
+            warm(model.root)
+        print(f"machine: {machine_note()}")
+
+        results: dict[str, list[Measurement]] = {t: [] for t in tools}
+        failures = 0
+        for run in range(args.runs):
+            order = tools if run % 2 == 0 else tools[::-1]
+            for tool in order:
+                dest = work / f"{tool}-out"
+                clear(dest)
+                dropped = drop_caches() if args.drop_caches else False
+                if args.drop_caches and not dropped:
+                    print("  (could not drop the page cache: not root?)")
+                for s in servers:
+                    s.reset_counters()
+                env = client_env(work / f"{tool}-home-{run}")
+                log = work / f"{tool}-{run}"
+                m = run_measured(
+                    commands[tool](dest),
+                    env=env,
+                    stdout=log.with_suffix(".out"),
+                    stderr=log.with_suffix(".err"),
+                    timeout=args.timeout,
+                )
+                if tool == "aria2c":
+                    m = m.add(
+                        run_measured(
+                            ["sync", "-f", str(dest)],
+                            env=env,
+                            stdout=log.with_suffix(".sync"),
+                            stderr=log.with_suffix(".sync"),
+                            timeout=args.timeout,
+                        )
+                    )
+                bad = bad_outputs(model.manifest, dest)
+                served = sum(s.bytes_served for s in servers)
+                note = ""
+                if tool == "dsmirror":
+                    note = dsmirror_note(log.with_suffix(".out"))
+                ok = m.returncode == 0 and not bad
+                failures += not ok
+                print(
+                    f"run {run + 1} {tool:8s} {m.wall:7.2f} s  {size / m.wall / MB:7.1f} MB/s  "
+                    f"cpu {m.cpu:6.2f} s  rss {m.maxrss / MIB:6.1f} MiB  served {served / size:5.3f}x  "
+                    + ("ok" if ok else f"FAILED rc={m.returncode} bad={bad} (logs: {log}.*)")
+                    + note,
+                    flush=True,
+                )
+                if ok:
+                    results[tool].append(m)
+                shutil.rmtree(dest, ignore_errors=True)
+
+    print()
+    rows = []
+    for tool in tools:
+        ms = results[tool]
+        if not ms:
+            rows.append([tool, "-", "-", "-", "-", "-", "-", f"0/{args.runs}"])
+            continue
+        wall = median([m.wall for m in ms])
+        rows.append(
+            [
+                tool,
+                f"{wall:.2f}",
+                f"{size / wall / MB:.1f}",
+                f"{median([m.cpu for m in ms]):.2f}",
+                f"{median([m.user for m in ms]):.2f}",
+                f"{median([m.sys for m in ms]):.2f}",
+                f"{median([m.maxrss for m in ms]) / MIB:.1f}",
+                f"{len(ms)}/{args.runs}",
+            ]
+        )
+    print(f"machine at the end: {machine_note()}")
+    print(f"medians over {args.runs} run(s), {size / MB:,.0f} MB, files verified by SHA-256 after each run")
+    print(table(["client", "wall s", "MB/s", "cpu s", "user s", "sys s", "peak RSS MiB", "ok"], rows))
+    if len(tools) == 2 and all(results[t] for t in tools):
+        d = median([m.wall for m in results["dsmirror"]])
+        a = median([m.wall for m in results["aria2c"]])
+        dc = median([m.cpu for m in results["dsmirror"]])
+        ac = median([m.cpu for m in results["aria2c"]])
+        print(f"ratio dsmirror/aria2c: time {d / a:.2f}x (throughput {a / d:.2f}x), cpu {dc / ac:.2f}x")
+    return 1 if failures else 0
+
+
+def warm(root: Path) -> None:
+    """Read the served files once so every run finds them in the page cache."""
+    t0 = time.perf_counter()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                while fh.read(16 * MIB):
+                    pass
+    print(f"  (source files read into the page cache in {time.perf_counter() - t0:.1f} s)")
+
+
+def dsmirror_note(jsonl: Path) -> str:
+    """Redundant/corrupt bytes and troubles from dsmirror's JSON events, when there were any."""
+    events = read_json_lines(jsonl)
+    finished = [e for e in events if e.get("event") == "PullFinished"]
+    troubles = sum(e.get("event") in ("SourceTrouble", "PieceRejected", "SourceDropped") for e in events)
+    parts = []
+    if finished and finished[-1].get("redundant_bytes"):
+        parts.append(f"redundant {finished[-1]['redundant_bytes'] / MB:.1f} MB")
+    if troubles:
+        parts.append(f"{troubles} trouble events")
+    return f"  ({', '.join(parts)})" if parts else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Registries: Hugging Face endpoints, ModelScope and Ollama registries, and the catalog's aliases.
+
+Importing this package registers its resolvers in ``dsmirror._pull.RESOLVERS``::
+
+    hf       hf://org/repo[@revision]            -> _hf.plan_hf (with an alias's ModelScope copy)
+    ollama   ollama://[host/]namespace/name:tag  -> _ollama.plan_ollama
+    alias    a catalog model name                -> whichever of the above its entry and --format pick
+
+Each resolver turns a reference into a ``PullPlan``: a manifest pinned to registry digests, one
+source per mirror (plus local copies), the destination of ``--format`` and the step that finishes
+the install (HF cache snapshot and refs, Ollama manifest); see ``dsmirror._install``.
+"""
+
+from .._pull import RESOLVERS
+from ._alias import resolve_alias, resolve_hf, resolve_ollama
+from ._hf import HfFile, HfListing, list_hf_repo, plan_hf, select_files
+from ._modelscope import list_modelscope, parse_modelscope_id, plan_modelscope
+from ._ollama import OllamaName, fetch_ollama_manifest, parse_ollama_manifest, parse_ollama_name, plan_ollama
+
+__all__ = [
+    "HfFile",
+    "HfListing",
+    "OllamaName",
+    "fetch_ollama_manifest",
+    "list_hf_repo",
+    "list_modelscope",
+    "parse_modelscope_id",
+    "parse_ollama_manifest",
+    "parse_ollama_name",
+    "plan_hf",
+    "plan_modelscope",
+    "plan_ollama",
+    "resolve_alias",
+    "resolve_hf",
+    "resolve_ollama",
+    "select_files",
+]
+
+RESOLVERS["hf"] = resolve_hf
+RESOLVERS["ollama"] = resolve_ollama
+RESOLVERS["alias"] = resolve_alias

@@ -1,0 +1,453 @@
+"""Hugging Face repositories, ``hf://org/repo[@revision]``, on every HF-compatible endpoint at once.
+
+Resolving uses the catalog's mirrors of kind ``hf`` (huggingface.co, hf-mirror.com, a LAN dsmirror
+server, ...) in catalog order; for each step the first endpoint that answers wins:
+
+1. Pin the revision to its 40-hex commit (``HfApi.model_info``, ``GET /api/models/{repo}/revision/{rev}``).
+   Every byte is then fetched from ``{endpoint}/{repo}/resolve/{commit}/{path}``: a resume can never
+   mix two revisions, and a mirror that lacks the commit answers 404 and is not asked again.
+2. List the files at that commit (``HfApi.list_repo_tree(recursive=True)``,
+   ``GET /api/models/{repo}/tree/{commit}?recursive=True``, paged): path, size, git blob id, and for
+   LFS files the SHA-256 of the content, which becomes the file's digest in the manifest.
+3. Keep the files the ``include``/``exclude`` globs select. The globs are anchored: each is matched
+   against the whole repo path with ``fnmatch`` (``*`` also crosses ``/``), never as a substring.
+4. Learn the SHA-256 of the small files (below), build the manifest (8 MiB pieces, or those of a
+   piece manifest the catalog publishes for the alias, after checking that it agrees with the
+   registry's digests), and make one source per endpoint.
+
+Small files: why they are fetched while resolving
+    For a file kept in git rather than LFS the Hub publishes only its git blob id, the SHA-1 of
+    ``b"blob <size>\\0" + content``. The manifest speaks SHA-256 and the store verifies every file by
+    it. Rather than give the manifest a second kind of digest and the store a second kind of check,
+    these files (config.json, tokenizer.json; the Hub keeps files over 10 MB in LFS) are fetched now,
+    checked against their blob id, and enter the manifest with their SHA-256 and full piece hashes.
+    Their bytes reach the engine from memory (``MemorySource``), so they cross the network once. A
+    copy already on disk (``blobs/<blob id>`` in the Hugging Face cache, the destination's own copy)
+    is hashed instead of fetched. The blob ids stay in the manifest's ``meta`` as provenance.
+
+The token (``HF_TOKEN`` or huggingface_hub's stored token) is sent only to mirrors marked
+``official`` in the catalog (huggingface.co), for metadata and downloads alike, never to a
+third-party mirror, and never to a redirect target on another host (``HttpSource``); it is never
+logged and never written anywhere.
+
+huggingface_hub builds a telemetry user agent that may fetch ``{HF_ENDPOINT}/api/agent-harnesses``
+from the endpoint fixed at import time, not from the endpoint a call names. dsmirror switches that
+telemetry off (``constants.HF_HUB_DISABLE_TELEMETRY``) before its first call, so it talks to the
+catalog's endpoints only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from .._catalog import Catalog, Mirror
+from .._errors import IntegrityError, NoSourceError, SourceError, UsageError
+from .._install import hf_after_install, hf_cache_repo_dirs, hf_repo_folder, record_after_install
+from .._manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, parse_manifest
+from .._pull import PullOptions, PullPlan, select_mirrors, source_info
+from .._settings import Settings
+from .._sources import HttpSource, Source
+from .._store import Store
+from ._client import RepoURLs, describe
+from ._digest import ContentHasher, Digests, git_blob_sha1, hash_local_file
+from ._local import MemorySource, local_source_info
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+__all__ = [
+    "HfFile",
+    "HfListing",
+    "list_hf_repo",
+    "plan_hf",
+    "select_files",
+]
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: Small files are kept in memory up to these bounds (each, all together); beyond, they are
+#: hashed as they stream past and fetched again by the engine.
+KEEP_FILE_LIMIT = 64 << 20
+KEEP_TOTAL_LIMIT = 512 << 20
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+@dataclass(frozen=True)
+class HfFile:
+    """One file of a repo at a commit, as the tree API lists it."""
+
+    path: str
+    size: int
+    blob_id: str  # git object id (for an LFS file: of its pointer)
+    lfs_sha256: str | None = None
+    xet_hash: str | None = None
+
+    @property
+    def etag(self) -> str:
+        """The name huggingface_hub gives the file's blob in its cache."""
+        return self.lfs_sha256 or self.blob_id
+
+    def tree_entry(self) -> dict[str, Any]:
+        """The file in huggingface_hub's tree cache format (``trees/<commit>.json``)."""
+        info: dict[str, Any] = {"size": self.size, "blob_id": self.blob_id}
+        if self.lfs_sha256 is not None:
+            info["lfs_sha256"] = self.lfs_sha256
+            info["lfs_size"] = self.size
+        if self.xet_hash is not None:
+            info["xet_hash"] = self.xet_hash
+        return info
+
+
+@dataclass(frozen=True)
+class HfListing:
+    repo_id: str
+    revision: str
+    commit: str
+    files: tuple[HfFile, ...]
+    endpoint: str  # name of the mirror that answered
+
+
+def select_files(files: Sequence[HfFile], include: Sequence[str], exclude: Sequence[str]) -> list[HfFile]:
+    """Files whose whole path matches an ``include`` glob (all, if none) and no ``exclude`` glob."""
+
+    def matches(path: str, globs: Sequence[str]) -> bool:
+        return any(fnmatch.fnmatchcase(path, g) for g in globs)
+
+    return [f for f in files if (not include or matches(f.path, include)) and not matches(f.path, exclude)]
+
+
+# -- metadata through huggingface_hub ---------------------------------------------------------------
+_telemetry_lock = threading.Lock()
+
+
+def _api(mirror: Mirror, token: str | None) -> HfApi:
+    from huggingface_hub import HfApi, constants
+
+    with _telemetry_lock:
+        constants.HF_HUB_DISABLE_TELEMETRY = True  # see the module docstring
+    return HfApi(
+        endpoint=mirror.url.rstrip("/"),
+        token=token if token and mirror.official else False,
+        library_name="dsmirror",
+    )
+
+
+def _why(exc: BaseException) -> str:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, RevisionNotFoundError):
+        return "revision not found"
+    if isinstance(exc, GatedRepoError):
+        return "gated repository: accept its terms on the Hub and set HF_TOKEN"
+    if isinstance(exc, RepositoryNotFoundError):
+        return "repository not found (or private: set HF_TOKEN)"
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else "?"
+        return f"HTTP {status}"
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _to_file(entry: Any) -> HfFile:
+    path, size, blob_id = entry.path, entry.size, entry.blob_id
+    if not isinstance(path, str) or not isinstance(size, int) or size < 0 or not isinstance(blob_id, str):
+        raise ValueError(f"malformed tree entry {entry!r}")
+    lfs = entry.lfs
+    sha256 = None
+    if lfs is not None:
+        sha256 = str(lfs.sha256).lower()
+        if not _HEX64.match(sha256) or lfs.size != size:
+            raise ValueError(f"malformed LFS entry for {path}")
+    xet = entry.xet_hash if isinstance(entry.xet_hash, str) else None
+    return HfFile(path, size, blob_id.lower(), sha256, xet)
+
+
+def list_hf_repo(
+    mirrors: Sequence[Mirror], repo_id: str, revision: str, *, token: str | None, timeout: float = 30.0
+) -> HfListing:
+    """Pin ``revision`` and list the repo's files, from the first of ``mirrors`` that answers."""
+    from huggingface_hub import RepoFile
+
+    problems: list[str] = []
+    for m in mirrors:
+        api = _api(m, token)
+        try:
+            commit = revision.lower() if _HEX40.match(revision.lower()) else None
+            if commit is None:
+                info = api.model_info(repo_id, revision=revision, timeout=timeout)
+                commit = str(info.sha or "").lower()
+                if not _HEX40.match(commit):
+                    raise ValueError(f"the endpoint gave no commit id for {revision!r} ({info.sha!r})")
+            entries = api.list_repo_tree(repo_id, recursive=True, revision=commit)
+            files = tuple(_to_file(e) for e in entries if isinstance(e, RepoFile))
+        except Exception as exc:  # huggingface_hub, httpx2 and parsing errors alike: try the next one
+            problems.append(f"{m.name}: {_why(exc)}")
+            continue
+        return HfListing(repo_id, revision, commit, files, m.name)
+    raise NoSourceError(
+        f"cannot resolve hf://{repo_id}@{revision}: " + "; ".join(problems or ["no endpoint"]),
+        hint="check the repo id and revision, the network, and the hf mirrors (--mirrors, --only)",
+    )
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+@dataclass
+class _Entry:
+    """One manifest file of the pull and the repo file it comes from."""
+
+    manifest_path: str
+    file: HfFile
+    sha256: str = ""
+    pieces: tuple[str, ...] | None = None
+
+
+@dataclass
+class _Kept:
+    """Small files' bytes kept for the engine, within the memory bounds."""
+
+    data: dict[str, bytes] = field(default_factory=dict)
+    total: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def room_for(self, size: int) -> bool:
+        with self.lock:
+            if size > KEEP_FILE_LIMIT or self.total + size > KEEP_TOTAL_LIMIT:
+                return False
+            self.total += size
+            return True
+
+
+@dataclass(frozen=True)
+class _Small:
+    digests: Digests
+    liars: tuple[str, ...]  # sources that sent other bytes
+
+
+def _fetch_small(
+    entry: _Entry,
+    sources: Sequence[Source],
+    local: Sequence[Path],
+    piece_size: int,
+    kept: _Kept,
+) -> _Small:
+    """The digests of a small file checked against its git blob id: from disk if a copy is there."""
+    f = entry.file
+    keep = kept.room_for(f.size)
+    for path in local:
+        try:
+            d = hash_local_file(path, piece_size, keep=keep)
+        except OSError:
+            continue
+        if d.size == f.size and d.git_sha1 == f.blob_id:
+            # Kept, so the engine copies it from memory (the reuse search knows SHA-256 names only).
+            if d.data is not None:
+                with kept.lock:
+                    kept.data[entry.manifest_path] = d.data
+            return _Small(d, ())
+    problems: list[str] = []
+    liars: list[str] = []
+    probe = FileEntry(entry.manifest_path, f.size, "", ())
+    for src in sources:
+        h = ContentHasher(f.size, piece_size, keep=keep)
+        try:
+            with src.open_range(probe, 0, f.size - 1) as chunks:
+                for chunk in chunks:
+                    h.update(chunk)
+                    if h.received > f.size:
+                        break
+        except SourceError as exc:
+            problems.append(f"{src.name}: {describe(exc)}")
+            continue
+        d = h.finish()
+        if d.size == f.size and d.git_sha1 == f.blob_id:
+            if d.data is not None:
+                with kept.lock:
+                    kept.data[entry.manifest_path] = d.data
+            return _Small(d, tuple(liars))
+        liars.append(src.name)
+        problems.append(f"{src.name}: sent {d.size} bytes with git blob id {d.git_sha1}, not {f.blob_id}")
+    if liars:
+        raise IntegrityError(f"no source sent {f.path} as the registry lists it: " + "; ".join(problems))
+    raise NoSourceError(f"cannot fetch {f.path}: " + "; ".join(problems or ["no source"]))
+
+
+def _check_published(entries: Sequence[_Entry], published: Manifest, where: str) -> None:
+    """Take the piece hashes of a published manifest, after checking it agrees with the registry."""
+    by_path = {pf.path: pf for pf in published.files}
+    for e in entries:
+        pf = by_path.get(e.file.path)
+        if pf is None:
+            continue
+        if pf.size != e.file.size or pf.sha256 != e.sha256:
+            raise IntegrityError(
+                f"{where}: the published piece manifest says {pf.path} is {pf.size} bytes with SHA-256 "
+                f"{pf.sha256[:16]}…, the registry says {e.file.size} bytes with {e.sha256[:16]}…",
+                hint="the piece manifest is for another revision: pin the revision it was made from",
+            )
+        if pf.pieces and pf.pieces[0]:
+            if e.pieces is not None and tuple(pf.pieces) != e.pieces:
+                raise IntegrityError(f"{where}: piece hashes of {pf.path} disagree with its content")
+            e.pieces = tuple(pf.pieces)
+
+
+def _manifest(name: str, piece_size: int, entries: Sequence[_Entry], meta: dict[str, Any]) -> Manifest:
+    files = []
+    for e in entries:
+        n = -(-e.file.size // piece_size)
+        pieces = e.pieces if e.pieces is not None else ("",) * n
+        files.append(FileEntry(e.manifest_path, e.file.size, e.sha256, pieces))
+    m = Manifest(name[:200], piece_size, tuple(files), None, meta)
+    return parse_manifest(m.canonical_bytes, origin=f"the listing of {name}")  # validates every path
+
+
+def _hf_template(base: str, repo_id: str, commit: str) -> Callable[[str], str]:
+    root = f"{base.rstrip('/')}/{repo_id}/resolve/{commit}/"
+
+    def url(repo_path: str) -> str:
+        return root + quote(repo_path)
+
+    return url
+
+
+def plan_hf(
+    repo_id: str,
+    revision: str,
+    *,
+    catalog: Catalog,
+    settings: Settings,
+    options: PullOptions,
+    ref_text: str,
+    name: str | None = None,
+    modelscope: str | None = None,
+    published: Manifest | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> PullPlan:
+    """The pull of a Hugging Face repo (and its ModelScope copy, if given) in ``options.format``."""
+    from ._modelscope import modelscope_sources, restrict_to_listing
+
+    if options.format == "ollama":
+        raise UsageError(
+            f"{ref_text} is a Hugging Face repo, not an Ollama model", hint="use --format hf or --format dir"
+        )
+    hf_mirrors = select_mirrors(catalog, ("hf",), options)
+    if not hf_mirrors:
+        raise NoSourceError(
+            "the catalog has no usable mirror of kind hf",
+            hint="add one with --mirrors FILE, or check --only/--exclude",
+        )
+    listing = list_hf_repo(hf_mirrors, repo_id, revision, token=settings.hf_token)
+    chosen = select_files(listing.files, include, exclude)
+    if not chosen:
+        raise UsageError(f"no file of {repo_id} at {listing.commit[:12]} matches the include/exclude globs")
+    piece_size = published.piece_size if published else DEFAULT_PIECE_SIZE
+
+    if options.format == "hf":
+        dest = hf_repo_folder(options.dest or settings.hf_cache, repo_id)
+        by_etag: dict[str, _Entry] = {}
+        for f in chosen:
+            by_etag.setdefault(f.etag, _Entry(f"blobs/{f.etag}", f))
+        entries = list(by_etag.values())
+    else:
+        dest = options.dest or Path.cwd() / repo_id.split("/")[-1]
+        entries = [_Entry(f.path, f) for f in chosen]
+    repo_paths = {e.manifest_path: e.file.path for e in entries}
+
+    sources: list[Source] = []
+    try:
+        token_headers = {"Authorization": f"Bearer {settings.hf_token}"} if settings.hf_token else {}
+        hf_sources: list[Source] = [
+            HttpSource(
+                source_info(m, options),
+                RepoURLs(m.name, _hf_template(m.url, repo_id, listing.commit), repo_paths),
+                headers=token_headers if m.official else {},
+                stall_timeout=options.stall_timeout,
+            )
+            for m in hf_mirrors
+        ]
+        sources += hf_sources
+        ms = modelscope_sources(catalog, modelscope, repo_paths, options) if modelscope else []
+        sources += [s for s, _ in ms]
+
+        kept = _Kept()
+        git_ids: dict[str, str] = {}
+        small = [e for e in entries if e.file.lfs_sha256 is None]
+        for e in entries:
+            if e.file.lfs_sha256 is not None:
+                e.sha256 = e.file.lfs_sha256
+        for e in small:
+            git_ids[e.file.path] = e.file.blob_id
+            if e.file.size == 0:
+                if e.file.blob_id != git_blob_sha1(b""):
+                    raise IntegrityError(
+                        f"{e.file.path}: the listing says it is empty but not its git blob id"
+                    )
+                e.sha256, e.pieces = EMPTY_SHA256, ()
+
+        def local_small(e: _Entry) -> list[Path]:
+            cands = [dest / e.manifest_path]
+            cands += [repo / "blobs" / e.file.blob_id for repo in hf_cache_repo_dirs(settings.hf_cache)]
+            return cands
+
+        todo = [e for e in small if e.file.size > 0]
+        # The endpoint that just answered the listing is known to be up: ask it first.
+        order = sorted(sources, key=lambda s: s.name != listing.endpoint)
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dsmirror-hf-small") as pool:
+            results = list(pool.map(lambda e: _fetch_small(e, order, local_small(e), piece_size, kept), todo))
+        liars: dict[str, str] = {}
+        for e, small_file in zip(todo, results, strict=True):
+            e.sha256, e.pieces = small_file.digests.sha256, small_file.digests.pieces
+            for liar in small_file.liars:
+                liars.setdefault(liar, e.file.path)
+        # A source that sent other bytes than the commit pins is not trusted with the big files.
+        for src in [s for s in sources if s.name in liars]:
+            sources.remove(src)
+            src.close()
+
+        if published is not None:
+            _check_published(entries, published, where=ref_text)
+        meta = {"source": "hf", "repo": repo_id, "commit": listing.commit, "git_blob_ids": git_ids}
+        manifest = _manifest(name or repo_id.split("/")[-1], piece_size, entries, meta)
+
+        notes = [f"hf://{repo_id}@{revision} is commit {listing.commit} (listed by {listing.endpoint})"]
+        notes += [
+            f"{liar}: dropped, it sent {path} with the wrong git blob id" for liar, path in liars.items()
+        ]
+        wanted = {e.manifest_path: (e.file.path, e.file.size, e.sha256) for e in entries}
+        for src, ms_listing in ms:
+            if src in sources:
+                notes.append(restrict_to_listing(src, ms_listing, wanted))
+        if kept.data:
+            sources.append(MemorySource(local_source_info("prefetched"), dict(kept.data)))
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+
+    after: Callable[[Store], None]
+    if options.format == "hf":
+        after = hf_after_install(
+            dest,
+            commit=listing.commit,
+            revision=revision,
+            files=[(f.path, f.etag) for f in chosen],
+            tree={f.path: f.tree_entry() for f in listing.files},
+        )
+    else:
+        after = record_after_install(settings, ref_text, "dir", manifest)
+    return PullPlan(manifest, sources, dest, after, notes)

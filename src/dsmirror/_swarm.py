@@ -1,0 +1,1075 @@
+"""The BitTorrent swarm (libtorrent) as one more source of a pull, and seeding.
+
+How the swarm takes part in a pull
+==================================
+One scheduler decides which pieces come from which source (``_scheduler``). The swarm asks it for
+work like an HTTP connection does (``acquire``), and may hold several assignments at once
+("slots"): torrent pieces of the pieces it holds get a libtorrent priority above 0, every other
+piece priority 0, so libtorrent never downloads a piece the scheduler gave to a mirror. The torrent
+is added with ``default_dont_download``, so even a magnet's pieces start at priority 0 when its
+metadata arrives. ``set_piece_deadline`` is never used: it raises a priority-0 piece to 7.
+
+When libtorrent finishes a piece (``piece_finished_alert``: its own SHA-1 / SHA-256 Merkle check
+passed), the swarm reads it back (``read_piece``: through libtorrent's disk layer, which also sees
+blocks not yet written out) and hands it to ``ctx.deliver``, which checks it against the
+manifest's SHA-256, stores it and tells the scheduler. Pieces are delivered in the order of their
+assignment, because an assignment is a span ``[next_piece, end)``; priorities falling from 7 at the
+head of a span make libtorrent finish them roughly in that order, and a piece finished early waits
+in libtorrent's storage until it is next. A span the scheduler cut short (work stealing) or a head
+piece another source won (the tail race) is noticed within one loop turn; its pieces go back to
+priority 0.
+
+The other way round: every piece verified from any source is handed to libtorrent with
+``torrent_handle.add_piece`` (libtorrent checks it against the torrent's hashes too), after which
+the session serves it to peers. So machines of a LAN that pull the same model at once share what
+each fetched from outside while the pulls are running. At most ``_MAX_INJECTING`` pieces are in
+libtorrent's hands at once, so a fast mirror cannot pile memory up in the session.
+
+A peer that sends a piece failing libtorrent's hash check is banned by libtorrent (a piece from one
+peer alone bans it at once; pieces mixed from several peers go through libtorrent's smart-ban
+plugin); the swarm reports ``PieceRejected`` and ``SourceTrouble`` and the piece is fetched again.
+Bytes libtorrent accepted but the manifest's SHA-256 rejects (a torrent that is not the manifest's)
+blame the swarm source itself, which the scheduler bans after ``ban_after_corrupt`` such pieces.
+
+Where libtorrent keeps its data during a pull
+=============================================
+In its own folder inside the store's partial area::
+
+    DEST/.dsmirror/partial/<manifest sha256>/
+      data/...             the store's partial files (see ``_store``)
+      bt/<path>...         libtorrent's copy: the same relative paths (content files are renamed
+                           to the manifest's paths; BEP 47 pad files are never written), sparse
+      bt.resume            bencoded {"resume": <libtorrent resume data>, "stats": {path: [size, mtime_ns]}}
+
+libtorrent writes only into ``bt/``, never into the store's files: a piece libtorrent is still
+writing when the scheduler gives it to a mirror can then never overwrite verified bytes. The cost
+is a second copy of the verified pieces while the pull runs (what the swarm downloads and what the
+mirrors delivered and were handed to libtorrent); ``bt/`` is deleted when the pull finishes, and
+seeding afterwards reads the installed files. ``bt.resume`` is saved every minute and when a pull
+stops unfinished, so a resumed pull does not re-hash ``bt/``; it is only trusted while every file
+under ``bt/`` still has the size and mtime recorded with it (libtorrent trusts resume data blindly),
+otherwise libtorrent re-checks ``bt/``. Pieces the store has verified but libtorrent lacks are
+handed to it again at start.
+
+Session settings
+================
+TCP only (uTP is an order of magnitude slower on a LAN and on loopback), local service discovery
+on (an office LAN finds its seeders with no configuration), DHT off unless asked for, UPnP and
+NAT-PMP off, several connections per IP allowed (peers on one host, loopback tests), a reconnect
+delay of 1 s instead of 60 s, and ``--peer`` addresses re-dialled every few seconds until they
+answer (libtorrent gives up on a refused address for a minute otherwise). An upload limit applies to
+LAN peers as well (libtorrent exempts them by default).
+
+Seeding
+=======
+``seed`` adds each torrent in seed mode over the files where they are (nothing is copied):
+libtorrent does not re-check them at start but checks each piece the first time a peer asks for
+it, so a file damaged on disk is never served. After a pull with ``--seed`` the model's torrent is
+added the same way over the installed files. A successful pull with a swarm saves the torrent as
+``DEST/.dsmirror/torrents/<manifest sha256>.torrent``, which is what ``dsmirror seed DEST`` finds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import libtorrent as lt
+
+from ._errors import (
+    DsmirrorError,
+    InputError,
+    Interrupted,
+    NoSourceError,
+    PieceMismatch,
+    SourceNotFound,
+    StorageError,
+    UsageError,
+)
+from ._events import Event, PieceRejected, SourceDropped, SourceTrouble
+from ._fsutil import atomic_write_bytes
+from ._manifest import Manifest, Piece
+from ._sources import SourceInfo
+from ._torrent import (
+    PieceMap,
+    Torrent,
+    check_torrent,
+    load_torrent,
+    magnet_for,
+    parse_magnet,
+    torrent_from_info,
+)
+
+if TYPE_CHECKING:
+    from ._catalog import Catalog
+    from ._engine import _Engine
+    from ._pull import PullOptions, PullPlan
+    from ._refs import Ref
+    from ._scheduler import Assignment
+    from ._settings import Settings
+    from ._store import Store
+
+__all__ = [
+    "PeerStatus",
+    "SeedStatus",
+    "SeedTarget",
+    "SeedingStarted",
+    "SeedingStopped",
+    "SwarmConfig",
+    "SwarmSession",
+    "SwarmSource",
+    "SwarmStats",
+    "TorrentStatus",
+    "attach_swarm",
+    "parse_endpoint",
+    "resolve_swarm_ref",
+    "seed",
+    "seed_after_pull",
+    "seed_targets_in",
+]
+
+DEFAULT_LISTEN = "0.0.0.0:6881,[::]:6881"
+_ALERTS = (
+    lt.alert_category.error
+    | lt.alert_category.peer
+    | lt.alert_category.status
+    | lt.alert_category.storage
+    | lt.alert_category.piece_progress
+)
+_MAX_INJECTING = 16  # pieces handed to libtorrent with add_piece and not yet checked by it
+_TARGET_BYTES = 64 << 20  # pieces held in slots: enough to keep a LAN link busy between loop turns
+_REDIAL = 3.0  # seconds between dials of --peer addresses that are not connected
+_RESUME_EVERY = 60.0
+_STALL = 5.0  # a slot whose head no peer has for this long is given back (when mirrors exist)
+_PEER_SCAN = 0.25  # seconds between refreshes of which pieces the connected peers have
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); UsageError otherwise."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(
+            f"cannot read address {text!r}", hint="write it like 192.168.1.20:6881 or [::1]:6881"
+        )
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    """How a pull or a seeder joins BitTorrent swarms (``--listen``, ``--peer``, ...)."""
+
+    enabled: bool = True  # --no-p2p: never use a swarm
+    listen: str | None = None  # HOST:PORT; default 0.0.0.0:6881 (or the next free port)
+    peers: tuple[str, ...] = ()  # HOST:PORT dialled directly (no multicast, tests)
+    lsd: bool = True  # local service discovery (LAN multicast)
+    dht: bool = False
+    upload_rate: int | None = None  # bytes/s, all peers (LAN ones too)
+    download_rate: int | None = None
+    max_peers: int | None = None
+    torrent: Path | None = None  # the .torrent of the pulled manifest (metadata without peers)
+    seed: bool = False  # pull --seed: keep seeding the model after the pull
+
+    def __post_init__(self) -> None:
+        for p in self.peers:
+            parse_endpoint(p)
+        if self.listen:
+            parse_endpoint(self.listen)
+
+    @property
+    def peer_endpoints(self) -> list[tuple[str, int]]:
+        return [parse_endpoint(p) for p in self.peers]
+
+
+class SwarmSession:
+    """One libtorrent session with dsmirror's settings. Alerts are popped by one thread at a time."""
+
+    def __init__(self, config: SwarmConfig) -> None:
+        self.config = config
+        listen = config.listen or DEFAULT_LISTEN
+        if config.listen:
+            host, port = parse_endpoint(config.listen)
+            listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        settings: lt.settings_pack = {
+            "listen_interfaces": listen,
+            "enable_dht": config.dht,
+            "enable_lsd": config.lsd,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "enable_outgoing_utp": False,
+            "enable_incoming_utp": False,
+            "allow_multiple_connections_per_ip": True,
+            "min_reconnect_time": 1,
+            # A pull's torrent wants no piece until the scheduler gives it some, so it looks
+            # finished ("upload only"); keep such connections so peers still tell us their pieces.
+            "close_redundant_connections": False,
+            "max_failcount": 100,
+            "alert_mask": _ALERTS,
+            "user_agent": "dsmirror/0.1 libtorrent/" + lt.__version__,
+            "alert_queue_size": 100_000,
+        }
+        if config.upload_rate:
+            settings["upload_rate_limit"] = int(config.upload_rate)
+        if config.download_rate:
+            settings["download_rate_limit"] = int(config.download_rate)
+        if config.max_peers:
+            settings["connections_limit"] = int(config.max_peers)
+        self.ses = lt.session(settings)
+        # libtorrent exempts LAN peers from rate limits; a user's --upload-rate means everyone.
+        if config.upload_rate or config.download_rate:
+            local = self.ses.get_peer_class(self.ses.local_peer_class_id)
+            local["upload_limit"] = int(config.upload_rate or 0)
+            local["download_limit"] = int(config.download_rate or 0)
+            self.ses.set_peer_class(self.ses.local_peer_class_id, local)
+        self._closed = False
+        self._lock = threading.Lock()
+        self._check_listen()
+
+    def _check_listen(self) -> None:
+        """Raise UsageError if an explicit --listen address cannot be bound."""
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            self.ses.wait_for_alert(100)
+            for a in self.ses.pop_alerts():
+                if isinstance(a, lt.listen_failed_alert) and self.config.listen:
+                    self.close()
+                    raise UsageError(
+                        f"cannot listen on {self.config.listen}: {a.message()}",
+                        hint="choose another --listen HOST:PORT",
+                    )
+            if self.ses.is_listening():
+                return
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.ses.listen_port())
+
+    def add_torrent(self, atp: Any) -> Any:
+        atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        atp.peers = list(atp.peers) + self.config.peer_endpoints
+        return self.ses.add_torrent(atp)
+
+    def dial(self, handle: Any) -> None:
+        """Connect the configured --peer addresses that are not connected to ``handle``."""
+        if not self.config.peers:
+            return
+        try:
+            connected = {tuple(p.ip) for p in handle.get_peer_info()}
+        except RuntimeError:
+            return
+        for ep in self.config.peer_endpoints:
+            if ep not in connected:
+                with contextlib.suppress(RuntimeError):
+                    handle.connect_peer(ep)
+
+    def alerts(self, timeout: float) -> list[Any]:
+        if self.ses.wait_for_alert(int(timeout * 1000)) is None:
+            return []
+        return list(self.ses.pop_alerts())
+
+    def remove(self, handle: Any) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.ses.remove_torrent(handle)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.ses.pause()
+        del self.ses  # the session object's destructor stops libtorrent's threads
+
+
+# -- the swarm as a source ---------------------------------------------------------------------
+@dataclass
+class SwarmStats:
+    """What the swarm did during a pull (libtorrent's counters, read when the pull ends)."""
+
+    downloaded: int = 0  # payload bytes received from peers
+    uploaded: int = 0  # payload bytes sent to peers
+    redundant: int = 0  # received twice (libtorrent's end game)
+    failed: int = 0  # received and failed the hash check
+    injected: int = 0  # pieces verified from other sources and handed to libtorrent for peers
+    banned_peers: int = 0
+
+
+@dataclass
+class _Slot:
+    a: Assignment
+    owned: set[int] = field(default_factory=set)  # manifest pieces with priority > 0 for this slot
+    head_since: float = 0.0
+    head: int = -1
+
+
+class SwarmSource:
+    """A BitTorrent swarm of a manifest's pieces; implements the engine's ``SwarmSource`` protocol.
+
+    ``torrent`` (the metadata) or ``magnet`` (metadata then comes from peers) names the swarm; with
+    neither, the info-hashes the manifest records are used.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        config: SwarmConfig,
+        torrent: Torrent | None = None,
+        magnet: str | None = None,
+        name: str = "swarm",
+        session: SwarmSession | None = None,
+        max_slots: int = 8,
+    ) -> None:
+        self.manifest = manifest
+        self.config = config
+        self.torrent = torrent
+        self.magnet = magnet or (None if torrent else magnet_for(manifest))
+        if self.torrent is None and self.magnet is None:
+            raise UsageError("no torrent or magnet link for the swarm", hint="give --torrent FILE")
+        self.map: PieceMap | None = check_torrent(manifest, torrent) if torrent else None
+        self.info = SourceInfo(name, "bittorrent", "swarm", region="p2p", max_connections=max_slots)
+        self.session = session or SwarmSession(config)
+        self.handle: Any = None
+        self.completed = False  # every piece of the pull verified (set when the pull's run ends)
+        self.stats = SwarmStats()
+        self._pending: queue.SimpleQueue[tuple[int, bytes | None]] = queue.SimpleQueue()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._store: Store | None = None
+        # state of the run thread
+        self._slots: dict[int, _Slot] = {}
+        self._owner: dict[int, _Slot] = {}
+        self._reading: set[int] = set()
+        self._injecting: set[int] = set()
+        self._have = bytearray()
+        self._prio = bytearray()
+        self._prio_dirty = False
+        self._cooldown = 0.0
+        self._next_dial = 0.0
+        self._next_resume = 0.0
+        self._ready = False
+        self._dropped = False
+        self._peer_have = bytearray()  # manifest piece -> some connected peer has it
+        self._peer_view = False  # the scheduler reads _peer_have (Scheduler.set_peer_pieces)
+        self._next_peer_scan = 0.0
+        self._bait_piece = -1  # manifest piece kept at priority 1 while no slot wants one
+        self._bait_from = 0
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    # -- engine protocol -----------------------------------------------------------------------
+    def piece_available(self, piece: Piece, data: bytes | None) -> None:
+        self._pending.put((piece.index, data))
+
+    def run(self, ctx: _Engine) -> None:
+        store = ctx.store
+        self._store = store
+        self.handle = self._add(store)
+        try:
+            self._loop(ctx)
+        finally:
+            for slot in list(self._slots.values()):
+                self._drop(ctx, slot)
+            self.completed = store.complete()
+
+    def close(self) -> None:
+        """End of the pull: keep libtorrent's copy resumable, or delete it once the pull is done."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        store, handle = self._store, self.handle
+        if handle is not None and handle.is_valid():
+            st = handle.status()
+            self.stats.downloaded = int(st.total_payload_download)
+            self.stats.uploaded = int(st.total_payload_upload)
+            self.stats.redundant = int(st.total_redundant_bytes)
+            self.stats.failed = int(st.total_failed_bytes)
+        if handle is not None and store is not None:
+            if not self.completed and handle.is_valid() and handle.status().has_metadata:
+                self._save_resume(store, wait=True)
+            self.session.remove(handle)
+            if self.completed:
+                shutil.rmtree(store.area / "bt", ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    (store.area / "bt.resume").unlink()
+        if not (self.config.seed and self.completed):
+            self.session.close()
+
+    # -- adding the torrent --------------------------------------------------------------------
+    def _add(self, store: Store) -> Any:
+        bt = store.area / "bt"
+        atp = self._resume_params(store)
+        if atp is None:
+            if self.torrent is not None:
+                atp = lt.add_torrent_params()
+                atp.ti = self.torrent.info()
+            else:
+                assert self.magnet is not None
+                atp = lt.parse_magnet_uri(self.magnet)
+        elif self.torrent is not None:
+            atp.ti = self.torrent.info()
+        atp.save_path = str(bt)
+        atp.flags |= lt.torrent_flags.default_dont_download
+        atp.flags &= ~lt.torrent_flags.seed_mode
+        if self.torrent is not None:
+            atp.renamed_files = _renames(self.torrent)
+            atp.piece_priorities = [0] * self.torrent.num_pieces
+            atp.file_priorities = []
+        return self.session.add_torrent(atp)
+
+    def _resume_params(self, store: Store) -> Any:
+        path = store.area / "bt.resume"
+        try:
+            saved: Any = lt.bdecode(path.read_bytes())
+            stats = {k.decode(): list(v) for k, v in saved[b"stats"].items()}
+            resume = bytes(saved[b"resume"])
+        except (OSError, RuntimeError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+            return None
+        if _bt_stats(store.area / "bt") != stats:
+            return None  # files changed behind libtorrent's back: let it re-check them
+        try:
+            return lt.read_resume_data(resume)
+        except RuntimeError:
+            return None
+
+    def _save_resume(self, store: Store, *, wait: bool) -> None:
+        if self.handle is None or not self.handle.is_valid():
+            return
+        flags = lt.save_resume_flags_t.save_info_dict | lt.save_resume_flags_t.flush_disk_cache
+        self.handle.save_resume_data(flags)
+        if not wait:
+            return
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            for a in self.session.alerts(0.2):
+                if isinstance(a, lt.save_resume_data_alert):
+                    self._write_resume(store, a)
+                    return
+                if isinstance(a, lt.save_resume_data_failed_alert):
+                    return
+
+    def _write_resume(self, store: Store, a: Any) -> None:
+        record: Any = {
+            b"resume": bytes(lt.write_resume_data_buf(a.params)),
+            b"stats": {k.encode(): v for k, v in _bt_stats(store.area / "bt").items()},
+        }
+        with contextlib.suppress(StorageError):
+            atomic_write_bytes(store.area / "bt.resume", bytes(lt.bencode(record)))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _loop(self, ctx: _Engine) -> None:
+        # Until the engine stops (not merely until every piece is verified): a file that fails its
+        # whole-file digest reopens pieces, and peers keep getting pieces until the end.
+        while not ctx.stop.is_set():
+            alerts = self.session.alerts(0.05)
+            now = time.monotonic()
+            for a in alerts:
+                self._on_alert(ctx, a)
+            if not self._ready and not self._become_ready(ctx):
+                if self._dropped:
+                    return
+                self._dial(now)
+                continue
+            self._scan_peers(now)
+            self._review(ctx, now)
+            self._feed(ctx)
+            if not self._acquire(ctx, now):
+                return
+            self._bait(ctx)
+            self._apply_priorities()
+            self._dial(now)
+            if now >= self._next_resume:
+                self._next_resume = now + _RESUME_EVERY
+                self._save_resume(ctx.store, wait=False)
+
+    def _dial(self, now: float) -> None:
+        if now >= self._next_dial:
+            self._next_dial = now + _REDIAL
+            self.session.dial(self.handle)
+
+    def _become_ready(self, ctx: _Engine) -> bool:
+        """Metadata known, map checked, files checked: start working. False: not yet (or never)."""
+        h = self.handle
+        st = h.status()
+        if not st.has_metadata:
+            return False
+        if self.map is None:
+            ti = h.torrent_file()
+            got = torrent_from_info(ti)
+            try:
+                self.map = check_torrent(self.manifest, got)
+            except DsmirrorError as exc:
+                self._retire(ctx, f"the swarm's torrent does not match the manifest: {exc}")
+                return False
+            self.torrent = got
+            for idx, path in _renames(got).items():
+                h.rename_file(idx, path)
+        if st.state in (
+            lt.torrent_status.states.checking_files,
+            lt.torrent_status.states.checking_resume_data,
+        ):
+            return False
+        assert self.torrent is not None
+        n = self.torrent.num_pieces
+        self._prio = bytearray(n)
+        self._have = bytearray(1 if h.have_piece(t) else 0 for t in range(n))
+        h.prioritize_pieces([0] * n)
+        # Pieces the store verified (earlier runs, other sources) that libtorrent lacks: serve them.
+        for i in range(self.manifest.num_pieces):
+            t = self.map.to_torrent[i]
+            if t >= 0 and not self._have[t] and ctx.store.is_done(i):
+                self._pending.put((i, None))
+        self._peer_have = bytearray(self.manifest.num_pieces)
+        set_peer_pieces = getattr(ctx.sched, "set_peer_pieces", None)
+        if set_peer_pieces is not None:
+            set_peer_pieces(self.name, self._peer_have)
+            self._peer_view = True
+        self._ready = True
+        self._next_resume = time.monotonic() + _RESUME_EVERY
+        return True
+
+    def _scan_peers(self, now: float) -> None:
+        """Refresh which pieces some connected peer has (the scheduler reads it, see module doc)."""
+        if not self._peer_view or now < self._next_peer_scan:
+            return
+        self._next_peer_scan = now + _PEER_SCAN
+        assert self.map is not None
+        avail = self.handle.piece_availability()
+        if len(avail) < len(self._have):
+            return  # no piece picker: libtorrent has every piece (or none yet)
+        have, mine = self._peer_have, self._have
+        for i, t in enumerate(self.map.to_torrent):
+            # libtorrent's own copy counts too (a bait piece, a piece finished after a cut).
+            v = 1 if t >= 0 and (avail[t] > 0 or mine[t]) else 0
+            if have[i] != v:
+                have[i] = v
+
+    def _retire(self, ctx: _Engine, reason: str) -> None:
+        self._dropped = True
+        if not ctx.sources:
+            raise NoSourceError(reason, hint="check the torrent or magnet link, or add mirrors")
+        ctx.sched.ban(self.name, reason)
+        ctx.emit(SourceDropped(self.name, reason))
+
+    # -- alerts --------------------------------------------------------------------------------
+    def _on_alert(self, ctx: _Engine, a: Any) -> None:
+        if isinstance(a, lt.piece_finished_alert):
+            t = int(a.piece_index)
+            if t < len(self._have):
+                self._have[t] = 1
+            self._injecting.discard(t)
+        elif isinstance(a, lt.read_piece_alert):
+            self._on_read(ctx, a)
+        elif isinstance(a, lt.hash_failed_alert):
+            t = int(a.piece_index)
+            if t in self._injecting:
+                # Bytes the manifest verified fail the torrent's hash: the torrent is not this model's.
+                self._injecting.discard(t)
+                self._retire(ctx, f"torrent piece {t} does not match the manifest's verified bytes")
+                return
+            i = self.map.from_torrent.get(t) if self.map else None
+            piece = self.manifest.pieces[i] if i is not None else None
+            ctx.emit(
+                PieceRejected(
+                    self.name,
+                    i if i is not None else -1,
+                    piece.path if piece else "",
+                    f"torrent piece {t} from the swarm failed its hash check; fetching it again",
+                )
+            )
+        elif isinstance(a, lt.peer_ban_alert):
+            self.stats.banned_peers += 1
+            why = f"banned peer {_ep(a)}: it sent data that failed the hash check"
+            ctx.emit(SourceTrouble(self.name, why, None))
+        elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
+            ctx.emit(SourceTrouble(self.name, f"libtorrent: {a.message()}", None))
+            if isinstance(a, lt.file_error_alert):
+                self._retire(ctx, f"libtorrent cannot use its storage: {a.message()}")
+                self._ready = False
+        elif isinstance(a, lt.save_resume_data_alert) and self._store is not None:
+            self._write_resume(self._store, a)
+
+    def _on_read(self, ctx: _Engine, a: Any) -> None:
+        assert self.map is not None
+        i = self.map.from_torrent.get(int(a.piece))
+        if i is None:
+            return
+        self._reading.discard(i)
+        if a.error.value():
+            ctx.emit(
+                SourceTrouble(
+                    self.name, f"cannot read piece {i} back from libtorrent: {a.error.message()}", None
+                )
+            )
+            self._have[int(a.piece)] = 0
+            return
+        slot = self._owner.get(i)
+        if slot is None or slot.a.next_piece != i or not ctx.sched.wanted(slot.a):
+            return
+        self._deliver(ctx, slot, i, a.buffer)
+
+    def _deliver(self, ctx: _Engine, slot: _Slot, i: int, buf: bytes) -> None:
+        piece = self.manifest.pieces[i]
+        try:
+            go_on = ctx.deliver(slot.a, piece, bytes(buf[: piece.length]), self.name)
+        except PieceMismatch as exc:
+            ctx.emit(PieceRejected(self.name, exc.piece, exc.path, str(exc)))
+            self._drop(ctx, slot, exc)
+            return
+        self._unown(slot, i)
+        if not go_on:
+            self._drop(ctx, slot)
+            return
+        self._pull_head(slot)
+
+    def _pull_head(self, slot: _Slot) -> None:
+        """Ask libtorrent for the head piece of ``slot`` if it has it already."""
+        assert self.map is not None
+        i = slot.a.next_piece
+        if i >= slot.a.end or i in self._reading:
+            return
+        if slot.head != i:
+            slot.head, slot.head_since = i, time.monotonic()
+        t = self.map.to_torrent[i]
+        if t >= 0 and self._have[t]:
+            self._reading.add(i)
+            self.handle.read_piece(t)
+
+    # -- assignments ---------------------------------------------------------------------------
+    def _own(self, slot: _Slot, i: int, prio: int) -> None:
+        assert self.map is not None
+        t = self.map.to_torrent[i]
+        slot.owned.add(i)
+        self._owner[i] = slot
+        if t >= 0 and self._prio[t] != prio:
+            self._prio[t] = prio
+            self._prio_dirty = True
+
+    def _unown(self, slot: _Slot, i: int) -> None:
+        assert self.map is not None
+        slot.owned.discard(i)
+        if self._owner.get(i) is slot:
+            del self._owner[i]
+            t = self.map.to_torrent[i]
+            if t >= 0 and self._prio[t]:
+                self._prio[t] = 0
+                self._prio_dirty = True
+
+    def _drop(self, ctx: _Engine, slot: _Slot, error: BaseException | None = None) -> None:
+        for i in list(slot.owned):
+            self._unown(slot, i)
+        if self._slots.pop(slot.a.id, None) is not None:
+            ctx.sched.release(slot.a, error)
+
+    def _review(self, ctx: _Engine, now: float) -> None:
+        """Follow what the scheduler did to our slots: cut short, lost the head, finished."""
+        assert self.map is not None
+        avail: list[int] | None = None
+        for slot in list(self._slots.values()):
+            a = slot.a
+            if not ctx.sched.wanted(a):
+                self._drop(ctx, slot)
+                continue
+            live = range(a.next_piece, a.end)
+            for i in [i for i in slot.owned if i not in live]:
+                self._unown(slot, i)
+            for k, i in enumerate(live):
+                self._own(slot, i, max(1, 7 - k))
+            self._pull_head(slot)
+            stalled = now - slot.head_since > _STALL and slot.head not in self._reading
+            if ctx.sources and not self._peer_view and stalled:
+                # No peer had the head piece for a while: give the span back to the mirrors.
+                if avail is None:
+                    avail = list(self.handle.piece_availability())
+                t = self.map.to_torrent[slot.head]
+                if t >= 0 and t < len(avail) and avail[t] <= 0:
+                    self._drop(ctx, slot)
+                    self._cooldown = now + _STALL
+
+    def _want_more(self) -> bool:
+        if len(self._slots) >= self.info.max_connections:
+            return False
+        if self.handle.status().num_peers == 0:
+            # One slot even so: a torrent with every piece at priority 0 is "finished", and a
+            # finished torrent does not keep connections to seeds. More only once peers are there.
+            return not self._slots
+        held = sum(len(s.owned) for s in self._slots.values()) * self.manifest.piece_size
+        return held < _TARGET_BYTES
+
+    def _acquire(self, ctx: _Engine, now: float) -> bool:
+        """Take work while there is room. False: the scheduler has nothing more for the swarm."""
+        assert self.map is not None
+        while now >= self._cooldown and self._want_more():
+            got = ctx.sched.acquire(self.name)
+            if got is None:
+                return bool(self._slots)
+            if isinstance(got, float):
+                self._cooldown = now + min(got, 1.0)
+                break
+            if got.file_index in self.map.missing_files:
+                path = self.manifest.files[got.file_index].path
+                ctx.sched.release(got, SourceNotFound(f"{path} is not in the torrent", source=self.name))
+                continue
+            slot = _Slot(got, head_since=now)
+            self._slots[got.id] = slot
+            for k, i in enumerate(range(got.next_piece, got.end)):
+                self._own(slot, i, max(1, 7 - k))
+            self._pull_head(slot)
+        return True
+
+    def _bait(self, ctx: _Engine) -> None:
+        """Keep the torrent wanting one piece while the swarm holds none.
+
+        A torrent that wants nothing is "finished" and tells peers it is upload-only, and seeds
+        then close the connection (libtorrent's ``close_redundant_connections``, on in most
+        clients): we would never learn which pieces they have. So one piece the store lacks keeps
+        priority 1. If libtorrent fetches it, nothing is lost: when the scheduler gives the swarm
+        that piece it is delivered at once, and if a mirror got it first it cost LAN bytes only.
+        """
+        assert self.map is not None
+        if ctx.sched.finished():
+            return
+        wanting = any(
+            self.map.to_torrent[i] >= 0 and not self._have[self.map.to_torrent[i]]
+            for slot in self._slots.values()
+            for i in slot.owned
+        )
+        i = self._bait_piece
+        if i >= 0 and (wanting or self._have[self.map.to_torrent[i]] or ctx.store.is_done(i)):
+            t = self.map.to_torrent[i]
+            if i not in self._owner and self._prio[t]:
+                self._prio[t] = 0
+                self._prio_dirty = True
+            self._bait_piece = i = -1
+        if wanting:
+            return
+        n = self.manifest.num_pieces
+        for k in range(n if i < 0 else 0):
+            j = (self._bait_from + k) % n
+            tj = self.map.to_torrent[j]
+            if tj >= 0 and not self._have[tj] and not ctx.store.is_done(j) and j not in self._owner:
+                self._bait_piece = self._bait_from = i = j
+                break
+        if i >= 0 and not self._prio[self.map.to_torrent[i]]:
+            self._prio[self.map.to_torrent[i]] = 1
+            self._prio_dirty = True
+
+    def _apply_priorities(self) -> None:
+        if self._prio_dirty:
+            self._prio_dirty = False
+            self.handle.prioritize_pieces(list(self._prio))
+
+    def _feed(self, ctx: _Engine) -> None:
+        """Hand verified pieces to libtorrent so that peers can have them."""
+        assert self.map is not None
+        while len(self._injecting) < _MAX_INJECTING:
+            try:
+                i, data = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            t = self.map.to_torrent[i]
+            if t < 0 or self._have[t] or t in self._injecting:
+                continue
+            piece = self.manifest.pieces[i]
+            if data is None:
+                try:
+                    data = ctx.store.read_piece(piece)
+                except (OSError, KeyError):
+                    continue
+            pad = self.map.padded[i] - len(data)
+            self._injecting.add(t)
+            self.stats.injected += 1
+            self.handle.add_piece(t, data + bytes(pad) if pad else data, 0)
+
+
+def _ep(a: Any) -> str:
+    try:
+        host, port = a.endpoint
+    except (AttributeError, TypeError, ValueError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _renames(torrent: Torrent) -> dict[int, str]:
+    """Content files of a torrent renamed to their paths below the root folder (the manifest's)."""
+    return {k: f.path for k, f in enumerate(torrent.files) if not f.pad and f.path}
+
+
+def _bt_stats(bt: Path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    if not bt.is_dir():
+        return out
+    for dirpath, _dirs, files in os.walk(bt):
+        for fn in files:
+            p = Path(dirpath) / fn
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                out[p.relative_to(bt).as_posix()] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+# -- seeding -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SeedTarget:
+    """A torrent to seed from the files where they are: ``folder/<path>`` for each of its files."""
+
+    torrent: Torrent
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return self.torrent.name
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    address: str
+    client: str
+    upload_rate: float  # bytes/s
+    uploaded: int
+    download_rate: float
+    progress: float  # of the peer, 0..1
+
+
+@dataclass(frozen=True)
+class TorrentStatus:
+    name: str
+    info_hash: str
+    state: str
+    upload_rate: float
+    uploaded: int
+    peers: tuple[PeerStatus, ...]
+
+
+@dataclass(frozen=True)
+class SeedingStarted(Event):
+    torrents: tuple[str, ...]
+    magnets: tuple[str, ...]
+    listen_port: int
+
+
+@dataclass(frozen=True)
+class SeedStatus(Event):
+    upload_rate: float
+    uploaded: int
+    torrents: tuple[TorrentStatus, ...]
+
+
+@dataclass(frozen=True)
+class SeedingStopped(Event):
+    uploaded: int
+    seconds: float
+
+
+def _check_files(target: SeedTarget) -> None:
+    for f in target.torrent.content_files:
+        p = target.folder / f.path
+        try:
+            size = p.stat().st_size
+        except OSError:
+            raise InputError(
+                f"{p} is missing: cannot seed {target.name} from {target.folder}",
+                hint="seed the folder the model was pulled or installed into (--from DIR)",
+            ) from None
+        if size != f.size:
+            raise InputError(
+                f"{p} is {size} bytes, the torrent says {f.size}: cannot seed {target.name}",
+                hint="check the folder with dsmirror verify MANIFEST DIR",
+            )
+
+
+def seed(
+    targets: Sequence[SeedTarget],
+    config: SwarmConfig,
+    *,
+    session: SwarmSession | None = None,
+    stop: threading.Event | None = None,
+    interval: float = 1.0,
+) -> Iterator[Event]:
+    """Seed ``targets`` until ``stop`` is set (or the consumer stops iterating / is interrupted).
+
+    Yields ``SeedingStarted``, then ``SeedStatus`` every ``interval`` seconds, and
+    ``SeedingStopped`` when ``stop`` ends it. The session is closed on the way out in every case.
+    """
+    if not targets:
+        raise UsageError(
+            "nothing to seed", hint="give a folder pulled by dsmirror, or MANIFEST/TORRENT --from DIR"
+        )
+    for t in targets:
+        _check_files(t)
+    ses = session or SwarmSession(config)
+    t0 = time.monotonic()
+    handles: list[tuple[SeedTarget, Any]] = []
+    try:
+        for t in targets:
+            atp = lt.add_torrent_params()
+            atp.ti = t.torrent.info()
+            atp.save_path = str(t.folder)
+            atp.renamed_files = _renames(t.torrent)
+            atp.flags |= lt.torrent_flags.seed_mode
+            atp.flags &= ~lt.torrent_flags.default_dont_download
+            handles.append((t, ses.add_torrent(atp)))
+        yield SeedingStarted(
+            tuple(t.name for t in targets), tuple(t.torrent.magnet for t in targets), ses.listen_port
+        )
+        next_status = 0.0
+        next_dial = 0.0
+        try:
+            while stop is None or not stop.is_set():
+                ses.alerts(0.1)
+                now = time.monotonic()
+                if now >= next_dial:
+                    next_dial = now + _REDIAL
+                    for _t, h in handles:
+                        ses.dial(h)
+                if now >= next_status:
+                    next_status = now + interval
+                    yield _seed_status(handles)
+        except (KeyboardInterrupt, Interrupted):
+            pass  # Ctrl-C or SIGTERM (the CLI raises Interrupted from its handler): a clean stop
+        yield SeedingStopped(_seed_status(handles).uploaded, time.monotonic() - t0)
+    finally:
+        ses.close()
+
+
+def _seed_status(handles: Sequence[tuple[SeedTarget, Any]]) -> SeedStatus:
+    torrents = []
+    for t, h in handles:
+        st = h.status()
+        peers = tuple(
+            PeerStatus(
+                _ep_tuple(p.ip),
+                str(p.client, "utf-8", "replace") if isinstance(p.client, bytes) else str(p.client),
+                float(p.payload_up_speed),
+                int(p.total_upload),
+                float(p.payload_down_speed),
+                float(p.progress),
+            )
+            for p in h.get_peer_info()
+        )
+        torrents.append(
+            TorrentStatus(
+                t.name,
+                t.torrent.btih or t.torrent.btmh or "",
+                str(st.state),
+                float(st.upload_payload_rate),
+                int(st.total_payload_upload),
+                peers,
+            )
+        )
+    return SeedStatus(
+        sum(x.upload_rate for x in torrents), sum(x.uploaded for x in torrents), tuple(torrents)
+    )
+
+
+def _ep_tuple(ep: Any) -> str:
+    host, port = ep
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def seed_targets_in(folder: Path) -> list[SeedTarget]:
+    """The torrents a dsmirror pull saved in ``folder`` (``.dsmirror/torrents/*.torrent``)."""
+    found = sorted((folder / ".dsmirror" / "torrents").glob("*.torrent"))
+    return [SeedTarget(load_torrent(p), folder) for p in found]
+
+
+def torrent_record_path(dest: Path, manifest: Manifest) -> Path:
+    return dest / ".dsmirror" / "torrents" / f"{manifest.sha256}.torrent"
+
+
+# -- pulls -------------------------------------------------------------------------------------
+def attach_swarm(plan: PullPlan, ref: Ref, catalog: Catalog, options: PullOptions) -> PullPlan:
+    """Add the model's swarm to ``plan`` when a torrent, a magnet or recorded info-hashes name one."""
+    cfg = options.swarm
+    if not cfg.enabled or plan.swarms:
+        return plan
+    torrent = load_torrent(cfg.torrent) if cfg.torrent else None
+    magnet: str | None = None
+    if torrent is None and ref.kind == "torrent-file" and ref.path is not None:
+        torrent = load_torrent(ref.path)
+    if torrent is None and ref.kind == "magnet":
+        magnet = ref.text
+    if torrent is None and magnet is None and ref.kind == "alias":
+        alias = catalog.models.get(ref.text)
+        magnet = alias.magnet if alias is not None else None
+    if torrent is None and magnet is None:
+        magnet = magnet_for(plan.manifest)
+    if torrent is None and magnet is None:
+        return plan
+    sw = SwarmSource(plan.manifest, config=cfg, torrent=torrent, magnet=magnet)
+    plan.swarms.append(sw)
+    before = plan.after_install
+
+    def after_install(store: Store) -> None:
+        if before is not None:
+            before(store)
+        if sw.torrent is not None:
+            with contextlib.suppress(StorageError):
+                sw.torrent.write(torrent_record_path(store.dest, plan.manifest))
+
+    plan.after_install = after_install
+    return plan
+
+
+def resolve_swarm_ref(ref: Ref, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:
+    """``pull magnet:...`` / ``pull X.torrent``: the manifest comes from the catalog.
+
+    A catalog model whose ``magnet:`` names the same info-hash, or whose manifest records it,
+    lends its manifest (pinned as usual), so the files are checked against it and its mirrors can
+    join the swarm. Without one, the torrent cannot be checked beyond its own hashes and is refused.
+    """
+    from ._pull import PullPlan, _load_manifest_ref, http_sources
+    from ._refs import parse_ref
+
+    if ref.kind == "torrent-file":
+        assert ref.path is not None
+        t = load_torrent(ref.path)
+        hashes = {t.btih, t.btmh} - {None}
+    else:
+        hashes = set(parse_magnet(ref.text)) - {None}
+    for alias in catalog.models.values():
+        alias_hashes: set[str | None] = set()
+        if alias.magnet:
+            with contextlib.suppress(InputError):
+                alias_hashes = set(parse_magnet(alias.magnet)) - {None}
+        if not alias.manifest:
+            continue
+        pin = options.manifest_sha256 or alias.manifest_sha256
+        if alias_hashes & hashes:
+            manifest = _load_manifest_ref(parse_ref(alias.manifest), pin)
+        else:
+            continue
+        dest = options.dest or Path.cwd() / manifest.name
+        plan = PullPlan(manifest, list(http_sources(catalog, options)), dest)
+        return attach_swarm(plan, ref, catalog, replace(options, swarm=replace(options.swarm, enabled=True)))
+    raise UsageError(
+        "no manifest is known for this torrent, so its files could not be checked against one",
+        hint="pull the model's manifest with --torrent FILE, or list the model (manifest, magnet) in the catalog",
+    )
+
+
+def seed_after_pull(plan: PullPlan, options: PullOptions) -> Iterator[Event]:
+    """``pull --seed``: seed the installed model until interrupted (see ``seed``)."""
+    from ._torrent import create_torrent
+
+    sw = plan.swarms[0] if plan.swarms else None
+    torrent = sw.torrent if isinstance(sw, SwarmSource) else None
+    session = sw.session if isinstance(sw, SwarmSource) and not sw.session.closed else None
+    if torrent is None:
+        torrent = create_torrent(plan.manifest, plan.dest, verify=False)
+    yield from seed([SeedTarget(torrent, plan.dest)], options.swarm, session=session)

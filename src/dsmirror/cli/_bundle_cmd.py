@@ -1,0 +1,260 @@
+"""``dsmirror export`` and ``dsmirror import``: offline bundles, verified on the way in."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from .._bundle import (
+    BundleOpened,
+    catalog_pins,
+    export_source,
+    folder_manifest,
+    import_bundle,
+    import_folder,
+    write_bundle,
+    write_bundle_file,
+)
+from .._errors import ManifestMismatch, UsageError
+from .._events import Event, PullFinished
+from .._events import Progress as ProgressEvent
+from .._manifest import load_manifest
+from .._units import format_bytes
+from ._app import (
+    JsonOpt,
+    MirrorsOpt,
+    NoDefaultCatalogOpt,
+    app,
+    console,
+    err_console,
+    load_catalog_from_options,
+)
+from ._render import render_json
+
+ManifestShaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--manifest-sha256", help="The manifest's SHA-256, from a source you trust; refuse any other."
+    ),
+]
+
+
+def _bar(total: int, *, enabled: bool) -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not enabled,
+    )
+
+
+@app.command("export")
+def export_cmd(
+    ref: Annotated[
+        str,
+        typer.Argument(
+            help="A manifest file (with --from DIR), a folder dsmirror installed into, "
+            "ollama://name:tag (Ollama store) or hf://org/name[@rev] (HF cache)."
+        ),
+    ],
+    output: Annotated[str, typer.Option("-o", "--output", help="The bundle file to write; - for stdout.")],
+    from_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--from", help="Folder with the files (with a manifest), or the Ollama store / HF cache."
+        ),
+    ] = None,
+    manifest_sha256: ManifestShaOpt = None,
+) -> None:
+    """Write one plain tar bundle (manifest first, then the files) for an offline machine."""
+    settings, _ = load_catalog_from_options(None, True)
+    src = export_source(ref, from_dir=from_dir, manifest_sha256=manifest_sha256, settings=settings)
+    m = src.manifest
+    to_stdout = output == "-"
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError("refusing to write a bundle to a terminal", hint="redirect it: -o - > model.tar")
+    with _bar(m.total_size, enabled=err_console.is_terminal) as bar:
+        task = bar.add_task(f"export {m.name}", total=m.total_size)
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+
+        if to_stdout:
+            write_bundle(src, sys.stdout.buffer, on_bytes=advance)
+            sys.stdout.buffer.flush()
+        else:
+            write_bundle_file(src, Path(output), on_bytes=advance)
+    where = "stdout" if to_stdout else output
+    (err_console if to_stdout else console).print(
+        f"{where}: bundle of {m.name}, {len(m.files)} files, {format_bytes(m.total_size)}, every piece "
+        f"checked; manifest sha256 {m.sha256}",
+        highlight=False,
+    )
+
+
+@app.command("import")
+def import_cmd(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A bundle file (- for stdin), or a folder: a model copy, an Ollama store, an HF cache."
+        ),
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="dir, hf (Hugging Face cache) or ollama (Ollama store).")
+    ] = "dir",
+    dest: Annotated[
+        Path | None,
+        typer.Option(
+            "--dest", "-d", help="Folder to install into (default: ./NAME, the HF cache, the Ollama store)."
+        ),
+    ] = None,
+    manifest_sha256: ManifestShaOpt = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Manifest of the files in a folder being imported.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="With a copied Ollama store or HF cache: ollama://name:tag or hf://org/name[@rev].",
+        ),
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="Pin the manifest to this catalog alias's manifest_sha256.")
+    ] = None,
+    mirrors: MirrorsOpt = None,
+    no_default_catalog: NoDefaultCatalogOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Verify every piece of a bundle (or folder) against its manifest, then install it atomically."""
+    settings, catalog = load_catalog_from_options(mirrors, no_default_catalog)
+    pin = manifest_sha256.lower() if manifest_sha256 else None
+    pinned_by = "--manifest-sha256" if pin else None
+    if alias is not None:
+        a = catalog.alias(alias)
+        if a is None or not a.manifest_sha256:
+            raise UsageError(
+                f"the catalog has no alias {alias!r} with a manifest_sha256",
+                hint="pin the manifest with --manifest-sha256 instead",
+            )
+        if pin and pin != a.manifest_sha256:
+            raise UsageError(f"--manifest-sha256 and the catalog's {alias} disagree")
+        pin, pinned_by = a.manifest_sha256, f"catalog alias {alias}"
+    known = catalog_pins(catalog.models)
+    path = Path(source)
+    events: Iterable[Event]
+    if source != "-" and path.is_dir():
+        if model is not None:
+            # Another machine's store: read the model as export would (blobs checked against
+            # their names), then import it like any folder.
+            src = export_source(model, from_dir=path, manifest_sha256=pin, settings=settings)
+            if pin and src.manifest.sha256 != pin:
+                raise ManifestMismatch(pin, src.manifest.sha256, where=f"{model} in {path}")
+            events = import_folder(
+                path,
+                src.manifest,
+                fmt=fmt,
+                dest=dest,
+                pinned_by=pinned_by,
+                known=known,
+                settings=settings,
+                sidecars=src.sidecars,
+                files=src.files,
+            )
+            _run(events, json_out)
+            return
+        m = load_manifest(manifest, expected_sha256=pin) if manifest else folder_manifest(path, pin)
+        events = import_folder(
+            path, m, fmt=fmt, dest=dest, pinned_by=pinned_by, known=known, settings=settings
+        )
+        _run(events, json_out)
+        return
+    if model is not None:
+        raise UsageError("--model goes with a folder (a copied Ollama store or HF cache)")
+    if manifest is not None:
+        raise UsageError("--manifest goes with a folder; a bundle carries its own manifest")
+    if source == "-":
+        events = import_bundle(
+            sys.stdin.buffer,
+            origin="<stdin>",
+            fmt=fmt,
+            dest=dest,
+            expected_sha256=pin,
+            pinned_by=pinned_by,
+            known=known,
+            settings=settings,
+        )
+        _run(events, json_out)
+        return
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below, after the events are consumed
+    except FileNotFoundError:
+        raise UsageError(f"no such bundle or folder: {source}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
+    with fh:
+        events = import_bundle(
+            fh,
+            origin=str(path),
+            fmt=fmt,
+            dest=dest,
+            expected_sha256=pin,
+            pinned_by=pinned_by,
+            known=known,
+            settings=settings,
+        )
+        _run(events, json_out)
+
+
+def _run(events: Iterable[Event], json_out: bool) -> None:
+    if json_out:
+        render_json(events)
+        return
+    bar: Progress | None = None
+    task = None
+    finished: PullFinished | None = None
+    try:
+        for ev in events:
+            if isinstance(ev, BundleOpened):
+                console.print(
+                    f"[bold]{ev.name}[/]: {ev.files} files, {format_bytes(ev.total_bytes)}, manifest sha256 "
+                    f"{ev.manifest_sha256} -> {ev.dest} ({ev.format})",
+                    highlight=False,
+                )
+                if ev.pinned_by:
+                    console.print(f"manifest pinned by {ev.pinned_by}", highlight=False)
+                else:
+                    err_console.print(
+                        "[yellow]warning:[/] the manifest is not pinned: the files are checked against the "
+                        "manifest inside, but nothing says that manifest is the one you want. Compare its "
+                        "sha256 above with one from a trusted source, or pass --manifest-sha256.",
+                        highlight=False,
+                    )
+                bar = _bar(ev.total_bytes, enabled=err_console.is_terminal)
+                bar.start()
+                task = bar.add_task("verify", total=ev.total_bytes)
+            elif isinstance(ev, ProgressEvent) and bar is not None and task is not None:
+                bar.update(task, completed=ev.verified_bytes)
+            elif isinstance(ev, PullFinished):
+                finished = ev
+    finally:
+        if bar is not None:
+            bar.stop()
+    if finished is not None:
+        kept = finished.total_bytes - finished.downloaded_bytes
+        console.print(
+            f"[bold green]imported[/] {finished.name} -> {finished.dest}: {len(finished.files)} files "
+            f"installed, {format_bytes(finished.total_bytes)} verified "
+            f"({format_bytes(finished.downloaded_bytes)} written, {format_bytes(kept)} already present) "
+            f"in {finished.seconds:.1f} s",
+            highlight=False,
+        )

@@ -1,0 +1,256 @@
+"""``dsmirror seed``: share installed models over BitTorrent, and the options ``pull`` shares with it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .._errors import Interrupted, UsageError
+from .._events import Event, event_to_dict
+from .._manifest import load_manifest
+from .._swarm import (
+    SeedingStarted,
+    SeedingStopped,
+    SeedStatus,
+    SeedTarget,
+    SwarmConfig,
+    seed,
+    seed_targets_in,
+    torrent_record_path,
+)
+from .._torrent import create_torrent, load_torrent
+from .._units import format_bytes, format_rate, parse_size
+from ._app import JsonOpt, app, console
+from ._torrent_cmd import TorrentFormatOpt
+
+ListenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--listen", help="BitTorrent listen address HOST:PORT (default 0.0.0.0:6881 or the next free)."
+    ),
+]
+PeerOpt = Annotated[
+    list[str] | None,
+    typer.Option("--peer", help="Connect to this BitTorrent peer HOST:PORT directly (repeatable)."),
+]
+LsdOpt = Annotated[bool, typer.Option("--lsd/--no-lsd", help="Find peers on the local network (multicast).")]
+DhtOpt = Annotated[bool, typer.Option("--dht/--no-dht", help="Find peers through the BitTorrent DHT.")]
+
+
+def swarm_config(
+    *,
+    listen: str | None,
+    peers: list[str] | None,
+    lsd: bool = True,
+    dht: bool = False,
+    upload_rate: str | None = None,
+    max_peers: int | None = None,
+    torrent: Path | None = None,
+    seed_after: bool = False,
+    enabled: bool = True,
+) -> SwarmConfig:
+    return SwarmConfig(
+        enabled=enabled,
+        listen=listen,
+        peers=tuple(peers or ()),
+        lsd=lsd,
+        dht=dht,
+        upload_rate=parse_size(upload_rate) if upload_rate else None,
+        max_peers=max_peers,
+        torrent=torrent,
+        seed=seed_after,
+    )
+
+
+def _targets(items: list[Path], source: Path | None, torrent: Path | None, fmt: str) -> list[SeedTarget]:
+    from .._settings import Settings
+
+    out: list[SeedTarget] = []
+    for item in items:
+        if item.is_dir() and source is None:
+            found = seed_targets_in(item)
+            if not found:
+                raise UsageError(
+                    f"{item} holds no torrent of a dsmirror pull",
+                    hint="seed a folder with MANIFEST --from DIR (or TORRENT --from DIR)",
+                )
+            out += found
+            continue
+        if source is None:
+            raise UsageError(f"{item}: say where its files are with --from DIR")
+        if item.suffix == ".torrent":
+            out.append(SeedTarget(load_torrent(item), source))
+            continue
+        m = load_manifest(item)
+        if torrent is not None:
+            t = load_torrent(torrent)
+        elif torrent_record_path(source, m).is_file():
+            t = load_torrent(torrent_record_path(source, m))
+        else:
+            cache = Settings.from_env().state_dir / "torrents" / f"{m.sha256}-{fmt}.torrent"
+            if cache.is_file():
+                t = load_torrent(cache)
+            else:
+                console.print(f"hashing {source} to make the {fmt} torrent of {m.name} ...", highlight=False)
+                t = create_torrent(m, source, format=fmt)
+                t.write(cache)
+        from .._torrent import check_torrent
+
+        check_torrent(m, t)
+        out.append(SeedTarget(t, source))
+    return out
+
+
+@app.command("seed")
+def seed_cmd(
+    targets: Annotated[
+        list[Path],
+        typer.Argument(help="Folders pulled by dsmirror, or a MANIFEST or TORRENT with --from DIR."),
+    ],
+    source: Annotated[
+        Path | None, typer.Option("--from", help="Folder holding the files of MANIFEST/TORRENT.")
+    ] = None,
+    torrent: Annotated[
+        Path | None,
+        typer.Option("--torrent", help="The torrent of MANIFEST (default: made from --from DIR)."),
+    ] = None,
+    torrent_format: TorrentFormatOpt = "hybrid",
+    listen: ListenOpt = None,
+    peer: PeerOpt = None,
+    lsd: LsdOpt = True,
+    dht: DhtOpt = False,
+    upload_rate: Annotated[
+        str | None, typer.Option("--upload-rate", help="Upload cap for all peers, e.g. 20MB/s.")
+    ] = None,
+    max_peers: Annotated[
+        int | None, typer.Option("--max-peers", min=1, help="Most peer connections at once.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Seed installed models where they are (no copy) until Ctrl-C or SIGTERM."""
+    cfg = swarm_config(
+        listen=listen, peers=peer, lsd=lsd, dht=dht, upload_rate=upload_rate, max_peers=max_peers
+    )
+    chosen = _targets(list(targets), source, torrent, torrent_format)
+    render_seed(seed(chosen, cfg), console, json_out=json_out)
+
+
+# -- rendering -----------------------------------------------------------------------------------
+class SeedSplit:
+    """Split a pull's events at ``SeedingStarted``: the pull part, then the seeding part."""
+
+    def __init__(self, events: Iterable[Event]) -> None:
+        self._it = iter(events)
+        self._first: Event | None = None
+
+    def pull_events(self) -> Iterator[Event]:
+        for ev in self._it:
+            if isinstance(ev, SeedingStarted):
+                self._first = ev
+                return
+            yield ev
+
+    def seed_events(self) -> Iterator[Event]:
+        if self._first is None:
+            return
+        yield self._first
+        yield from self._it
+
+
+def _view(ev: SeedStatus, started: SeedingStarted | None, t0: float) -> Group:
+    head = Text.assemble(
+        ("seeding ", "bold"),
+        f"{len(ev.torrents)} model(s)",
+        f" on port {started.listen_port}" if started else "",
+        f"  up {format_rate(ev.upload_rate)}, {format_bytes(ev.uploaded)} in {time.monotonic() - t0:.0f} s",
+        ("  (Ctrl-C stops)", "dim"),
+    )
+    t = Table(box=None, pad_edge=False, header_style="dim")
+    for col in ("model", "peer", "client", "up", "uploaded", "has"):
+        t.add_column(col, justify="right" if col in ("up", "uploaded", "has") else "left")
+    for tor in ev.torrents:
+        t.add_row(
+            tor.name,
+            f"{len(tor.peers)} peers",
+            tor.state,
+            format_rate(tor.upload_rate),
+            format_bytes(tor.uploaded),
+            "",
+        )
+        for p in sorted(tor.peers, key=lambda p: -p.upload_rate):
+            t.add_row(
+                "",
+                p.address,
+                p.client[:24],
+                format_rate(p.upload_rate),
+                format_bytes(p.uploaded),
+                f"{p.progress * 100:.0f}%",
+            )
+    return Group(head, t)
+
+
+def render_seed(events: Iterable[Event], console: Console, *, json_out: bool = False) -> None:
+    """Show seeding events until they end or the user interrupts; an interrupt is a clean stop."""
+    it = iter(events)
+    started: SeedingStarted | None = None
+    live: Live | None = None
+    t0 = time.monotonic()
+    last_plain = 0.0
+    uploaded = 0
+    stopped = False
+    try:
+        for ev in it:
+            if json_out:
+                sys.stdout.write(json.dumps(event_to_dict(ev), default=str) + "\n")
+                sys.stdout.flush()
+            if isinstance(ev, SeedingStarted):
+                started = ev
+                if not json_out:
+                    console.print(
+                        f"[bold]seeding[/] {', '.join(ev.torrents)} on port {ev.listen_port}", highlight=False
+                    )
+                    for m in ev.magnets:
+                        console.print(f"  {m}", highlight=False, soft_wrap=True)
+                    if console.is_terminal:
+                        live = Live(console=console, refresh_per_second=2, transient=False)
+                        live.start()
+            elif isinstance(ev, SeedStatus):
+                uploaded = ev.uploaded
+                if live is not None:
+                    live.update(_view(ev, started, t0))
+                elif not json_out and time.monotonic() - last_plain >= 10:
+                    last_plain = time.monotonic()
+                    peers = sum(len(t.peers) for t in ev.torrents)
+                    console.print(
+                        f"seeding: {peers} peers, up {format_rate(ev.upload_rate)}, {format_bytes(ev.uploaded)} uploaded",
+                        highlight=False,
+                    )
+            elif isinstance(ev, SeedingStopped):
+                uploaded, stopped = ev.uploaded, True
+    except (KeyboardInterrupt, Interrupted):
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()  # runs the generator's cleanup: the session stops
+    finally:
+        if live is not None:
+            live.stop()
+    if started is None:
+        return  # a pull without --seed: nothing was seeded
+    if json_out and not stopped:
+        sys.stdout.write(
+            json.dumps({"event": "SeedingStopped", "uploaded": uploaded, "seconds": time.monotonic() - t0})
+            + "\n"
+        )
+        sys.stdout.flush()
+    elif not json_out:
+        console.print(f"stopped seeding: {format_bytes(uploaded)} uploaded", highlight=False)

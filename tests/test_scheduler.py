@@ -1,0 +1,641 @@
+"""The scheduler, driven directly: a fake clock and simulated sources, no threads, no sockets.
+
+Two kinds of test live here. Small scripted ones put the scheduler in one precise situation
+(a slow source owns a long span; only a piece in progress is left; a source failed five times)
+and check the one decision that follows. ``Simulation`` runs whole pulls: each simulated source
+has an uplink rate shared by its open connections, a time to first byte, and optional faults;
+every step advances the fake clock, feeds ``progress()`` the bytes each connection received, and
+reports finished pieces, exactly as the engine does. Finishing times are simulated seconds, so
+the assertions about them are exact properties of the algorithm, not of the machine.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from dsmirror import (
+    FakeClock,
+    FileEntry,
+    Manifest,
+    NoSourceError,
+    PieceMismatch,
+    RateLimited,
+    Scheduler,
+    SchedulerConfig,
+    SourceInfo,
+    SourceNotFound,
+    SourceUnavailable,
+    Stalled,
+)
+from dsmirror._scheduler import Assignment
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+def manifest(sizes: list[int], piece_size: int = MiB) -> Manifest:
+    """A manifest of files of these sizes (piece digests are placeholders: nothing is hashed)."""
+    files = []
+    for i, size in enumerate(sizes):
+        n = -(-size // piece_size)
+        files.append(FileEntry(f"f{i}.bin", size, f"{i:064x}", tuple(f"{i:08x}{k:056x}" for k in range(n))))
+    return Manifest("sim", piece_size, tuple(files))
+
+
+def info(name: str, conns: int = 4, host: str | None = None, region: str = "global") -> SourceInfo:
+    return SourceInfo(
+        name=name, kind="http", host=host or f"{name}.example", region=region, max_connections=conns
+    )
+
+
+class FixedRandom(random.Random):
+    """Jitter factor exactly 1.0 (random() == 0.5), so back-off delays are exact."""
+
+    def random(self) -> float:
+        return 0.5
+
+
+def make(
+    m: Manifest, *names: str, config: SchedulerConfig | None = None, rng: random.Random | None = None
+) -> tuple[Scheduler, FakeClock]:
+    clock = FakeClock()
+    s = Scheduler(
+        m, bytearray(m.num_pieces), [info(n) for n in names], clock, config, rng=rng or FixedRandom()
+    )
+    return s, clock
+
+
+def take(sched: Scheduler, name: str) -> Assignment:
+    got = sched.acquire(name)
+    assert isinstance(got, Assignment), f"{name} got no work: {got!r}"
+    return got
+
+
+def feed(
+    sched: Scheduler, clock: FakeClock, a: Assignment, rate: float, seconds: float, step: float = 0.05
+) -> bool:
+    """``a`` receives ``rate`` bytes/s for ``seconds``, reporting pieces as they complete.
+
+    Returns False once the scheduler says to stop (span done, cut short or lost a race).
+    """
+    steps = round(seconds / step)
+    for k in range(steps):
+        clock.advance(step)
+        budget = round(rate * step * (k + 1)) - round(rate * step * k)  # exact total, no drift
+        while budget > 0:
+            if not sched.wanted(a):
+                return False
+            piece = sched.m.pieces[a.next_piece]
+            n = min(budget, piece.length - a.piece_bytes)
+            sched.progress(a, n)
+            budget -= n
+            if a.piece_bytes >= piece.length and not sched.piece_verified(a, piece.index):
+                return False
+    return True
+
+
+def finish_piece(sched: Scheduler, a: Assignment) -> bool:
+    piece = sched.m.pieces[a.next_piece]
+    sched.progress(a, piece.length - a.piece_bytes)
+    return sched.piece_verified(a, piece.index)
+
+
+# -- a whole pull, simulated ----------------------------------------------------------------------
+@dataclass
+class SimSource:
+    name: str
+    rate: float  # bytes/s of its uplink, shared by its open connections
+    conns: int = 4
+    ttfb: float = 0.05
+    host: str | None = None
+    missing: frozenset[int] = frozenset()  # file indices it answers 404 for
+    corrupt: frozenset[int] = frozenset()  # piece indices it sends wrong bytes for
+    #: (t) -> error for a request started at simulated time t, or None
+    fails: Callable[[float], BaseException | None] | None = None
+    #: (t) -> uplink rate at simulated time t (overrides ``rate``)
+    rate_at: Callable[[float], float] | None = None
+
+
+@dataclass
+class _Conn:
+    src: SimSource
+    a: Assignment | None = None
+    wake: float = 0.0
+    started: float = 0.0
+    last_byte: float = 0.0
+
+
+@dataclass
+class SimResult:
+    seconds: float
+    delivered: dict[str, int]
+    fetched: dict[str, int]  # every byte received, useful or not
+    sched: Scheduler
+    errors: list[str] = field(default_factory=list)
+
+
+class Simulation:
+    """Runs a pull of ``m`` from simulated sources the way the engine's connection threads do."""
+
+    def __init__(
+        self,
+        m: Manifest,
+        sources: list[SimSource],
+        config: SchedulerConfig | None = None,
+        *,
+        dt: float = 0.01,
+        stall_timeout: float = 3.0,
+        seed: int = 0,
+    ) -> None:
+        self.m = m
+        self.clock = FakeClock(0.0)
+        infos = [info(s.name, s.conns, s.host) for s in sources]
+        self.sched = Scheduler(m, bytearray(m.num_pieces), infos, self.clock, config, rng=random.Random(seed))
+        self.sources = sources
+        self.conns = [_Conn(s) for s in sources for _ in range(s.conns)]
+        self.dt = dt
+        self.stall_timeout = stall_timeout
+        self.fetched = {s.name: 0 for s in sources}
+
+    def _end(self, c: _Conn, error: BaseException | None = None) -> None:
+        assert c.a is not None
+        self.sched.release(c.a, error)
+        c.a = None
+
+    def run(self, limit: float = 600.0) -> SimResult:
+        sched, clock = self.sched, self.clock
+        while not sched.finished():
+            now = clock.now()
+            assert now < limit, (
+                f"not finished after {limit} simulated seconds: {sched.pieces_left()} pieces left"
+            )
+            sched.check_viable()
+            for c in self.conns:
+                if c.a is None and now >= c.wake:
+                    got = sched.acquire(c.src.name)
+                    if got is None:
+                        c.wake = float("inf")
+                    elif isinstance(got, float):
+                        c.wake = now + min(got, 1.0)
+                    else:
+                        c.a, c.started, c.last_byte = got, now, now
+            for src in self.sources:
+                active = [c for c in self.conns if c.src is src and c.a is not None]
+                if not active:
+                    continue
+                live = []
+                for c in active:
+                    assert c.a is not None
+                    if now - c.started < src.ttfb:
+                        continue
+                    err = src.fails(c.started) if src.fails else None
+                    if self.m.pieces[c.a.start].file_index in src.missing:
+                        err = SourceNotFound("404", source=src.name)
+                    if err is not None:
+                        self._end(c, err)
+                    elif now - c.last_byte > self.stall_timeout:
+                        self._end(c, Stalled("no bytes", source=src.name))
+                    else:
+                        live.append(c)
+                rate = src.rate_at(now) if src.rate_at else src.rate
+                for c in live:
+                    self._deliver(c, rate * self.dt / len(live), now)
+            clock.advance(self.dt)
+        delivered = {s.info.name: s.delivered for s in sched.sources()}
+        return SimResult(clock.now(), delivered, self.fetched, sched)
+
+    def _deliver(self, c: _Conn, budget: float, now: float) -> None:
+        sched = self.sched
+        while c.a is not None and budget >= 1:
+            a = c.a
+            if not sched.wanted(a):
+                self._end(c)
+                return
+            piece = self.m.pieces[a.next_piece]
+            n = int(min(budget, piece.length - a.piece_bytes))
+            sched.progress(a, n)
+            self.fetched[c.src.name] += n
+            c.last_byte = now
+            budget -= n
+            if a.piece_bytes < piece.length:
+                continue
+            if piece.index in c.src.corrupt:
+                err = PieceMismatch(piece.index, path=piece.path, expected="0", actual="1", source=c.src.name)
+                sched.piece_failed(a, piece.index, err)
+                self._end(c, err)
+                return
+            if not sched.piece_verified(a, piece.index):
+                self._end(c)
+                return
+
+
+def ideal(m: Manifest, *rates: float) -> float:
+    return m.total_size / sum(rates)
+
+
+def test_simulation_single_source_runs_at_its_rate() -> None:
+    # Sanity check of the harness itself.
+    m = manifest([32 * MiB])
+    r = Simulation(m, [SimSource("only", 8 * MiB)]).run()
+    assert r.delivered == {"only": m.total_size}
+    assert ideal(m, 8 * MiB) <= r.seconds <= 1.1 * ideal(m, 8 * MiB) + 0.2
+
+
+def test_work_is_split_in_proportion_to_rates() -> None:
+    m = manifest([40 * MiB, 24 * MiB + 12345, 1000])
+    fast, slow = 8 * MiB, 2 * MiB
+    r = Simulation(m, [SimSource("fast", fast), SimSource("slow", slow)]).run()
+    share = r.delivered["fast"] / m.total_size
+    assert 0.7 <= share <= 0.9, r.delivered  # 0.8 is proportional
+    assert r.seconds <= 1.25 * ideal(m, fast, slow), r.seconds
+    assert sum(r.delivered.values()) == m.total_size
+
+
+@pytest.mark.parametrize("conns", [1, 4, 8])
+def test_finishing_time_close_to_sum_of_rates(conns: int) -> None:
+    m = manifest([48 * MiB, 3 * MiB + 1, MiB - 1])
+    rates = [6 * MiB, 3 * MiB, 1 * MiB]
+    sources = [SimSource(f"s{i}", r, conns=conns, ttfb=0.08) for i, r in enumerate(rates)]
+    r = Simulation(m, sources).run()
+    assert r.seconds <= 1.3 * ideal(m, *rates) + 0.5, r.seconds
+    # Bytes fetched twice (lost races, cut spans) stay a small fraction.
+    assert sum(r.fetched.values()) <= 1.1 * m.total_size
+
+
+def test_crawling_source_does_not_hold_the_tail() -> None:
+    # Ollama's "stuck at 99%": a source 100x slower must not own the last pieces.
+    m = manifest([32 * MiB])
+    fast, crawl = 10 * MiB, 0.1 * MiB
+    r = Simulation(m, [SimSource("fast", fast), SimSource("crawl", crawl)]).run()
+    assert r.seconds <= 1.2 * m.total_size / fast + 0.5, r.seconds
+
+
+def test_source_that_slows_down_mid_pull_gets_less_work() -> None:
+    m = manifest([64 * MiB])
+    sources = [
+        SimSource("a", 0, rate_at=lambda t: 8 * MiB if t < 3 else 0.5 * MiB),
+        SimSource("b", 4 * MiB),
+    ]
+    r = Simulation(m, sources).run()
+    # After t=3 the pull should run at ~4.5 MiB/s: 3 s * 12 MiB/s first, the rest after.
+    expected = 3 + (m.total_size - 3 * 12 * MiB) / (4.5 * MiB)
+    assert r.seconds <= 1.3 * expected, (r.seconds, expected)
+
+
+def test_source_that_goes_silent_is_worked_around() -> None:
+    m = manifest([32 * MiB])
+    sources = [
+        SimSource("dies", 0, rate_at=lambda t: 6 * MiB if t < 1.5 else 0.0),
+        SimSource("steady", 3 * MiB),
+    ]
+    r = Simulation(m, sources, stall_timeout=3.0).run()
+    assert r.delivered["steady"] + r.delivered["dies"] == m.total_size
+    # Bounded by: what "dies" delivered in 1.5 s, the rest at 3 MiB/s, plus one stall timeout.
+    assert r.seconds <= 1.5 + (m.total_size - 1.5 * 6 * MiB) / (3 * MiB) + 3.0 + 1.0, r.seconds
+
+
+def test_corrupting_source_is_banned_and_others_finish() -> None:
+    m = manifest([16 * MiB])
+    liar = SimSource("liar", 8 * MiB, corrupt=frozenset(range(m.num_pieces)))
+    r = Simulation(m, [liar, SimSource("honest", 2 * MiB)]).run()
+    assert r.delivered["liar"] == 0
+    assert r.sched.source("liar").banned
+    assert r.sched.source("liar").corrupt == 2  # banned at the second bad piece, not later
+    assert r.delivered["honest"] == m.total_size
+
+
+def test_source_missing_a_file_leaves_it_to_the_others() -> None:
+    m = manifest([8 * MiB, 8 * MiB])
+    r = Simulation(
+        m, [SimSource("partial", 8 * MiB, missing=frozenset({1})), SimSource("full", 4 * MiB)]
+    ).run()
+    assert 1 in r.sched.source("partial").missing_files
+    assert r.delivered["full"] >= 8 * MiB
+    assert r.seconds <= 1.3 * (8 * MiB / (12 * MiB) + 8 * MiB / (4 * MiB)) + 1
+
+
+def test_failing_then_recovering_source_is_used_again() -> None:
+    m = manifest([32 * MiB])
+    flaky = SimSource("flaky", 8 * MiB, fails=lambda t: SourceUnavailable("reset") if t < 2 else None)
+    r = Simulation(m, [flaky, SimSource("steady", 2 * MiB)]).run()
+    assert r.delivered["flaky"] > 0, "a failed source must be retried later, not forgotten"
+
+
+# -- stealing -------------------------------------------------------------------------------------
+def test_steal_splits_a_slow_owner_so_both_finish_together() -> None:
+    m = manifest([32 * MiB])
+    sched, clock = make(m, "slow", "fast")
+    sched.set_prior("slow", 8 * MiB)  # it looks fast at first: it gets everything
+    owner = take(sched, "slow")
+    assert (owner.start, owner.end) == (0, 32)
+    v_rate = 1 * MiB
+    assert feed(sched, clock, owner, v_rate, 2.0)  # it is really slow: 2 pieces in 2 s
+    assert owner.next_piece == 2
+
+    sched.set_prior("fast", 8 * MiB)
+    stolen = take(sched, "fast")
+    assert not stolen.race
+    assert stolen.end == 32 and stolen.start == owner.end, "the thief takes the far end"
+    assert owner.next_piece < owner.end < 32
+    t_owner = (
+        sum(m.pieces[k].length for k in range(owner.next_piece, owner.end)) - owner.piece_bytes
+    ) / v_rate
+    t_thief = sum(m.pieces[k].length for k in range(stolen.start, stolen.end)) / (8 * MiB)
+    assert abs(t_owner - t_thief) <= MiB / v_rate, (t_owner, t_thief)
+
+    # The owner learns at its next piece boundaries that its span is shorter.
+    more = True
+    while more:
+        more = finish_piece(sched, owner)
+    assert owner.next_piece == owner.end == stolen.start
+    assert sched.wanted(stolen)
+
+
+def test_no_steal_from_a_span_that_finishes_soon() -> None:
+    m = manifest([8 * MiB])
+    sched, clock = make(m, "a", "b")
+    sched.set_prior("a", 8 * MiB)
+    owner = take(sched, "a")
+    assert feed(sched, clock, owner, 8 * MiB, 0.3)
+    sched.set_prior("b", 1 * MiB)  # slower than the owner: stealing would delay the finish
+    got = sched.acquire("b")
+    assert not isinstance(got, Assignment) or (got.race is False and got.start >= owner.end)
+
+
+# -- the tail race --------------------------------------------------------------------------------
+def tail(racer_rate: float) -> tuple[Scheduler, FakeClock, Assignment]:
+    """Only piece 3 is left, in progress at 1 MiB/s with 0.8 MiB to go (0.8 s)."""
+    m = manifest([4 * MiB])
+    sched, clock = make(m, "owner", "racer", "racer2")
+    sched.set_prior("owner", 1 * MiB)
+    owner = take(sched, "owner")
+    assert (owner.start, owner.end) == (0, 4)
+    assert feed(sched, clock, owner, 1 * MiB, 3.2)
+    assert owner.next_piece == 3 and owner.piece_bytes == pytest.approx(0.2 * MiB, rel=0.01)
+    sched.set_prior("racer", racer_rate)
+    sched.set_prior("racer2", racer_rate)
+    return sched, clock, owner
+
+
+def test_tail_race_when_a_fast_source_would_finish_clearly_sooner() -> None:
+    sched, _clock, owner = tail(10 * MiB)  # 0.1 s instead of 0.8 s
+    r = take(sched, "racer")
+    assert r.race and (r.start, r.end) == (3, 4)
+    # Only one racer per piece.
+    assert not isinstance(sched.acquire("racer2"), Assignment)
+    # The racer's copy arrives first and wins; the owner is told to drop its copy.
+    assert not finish_piece(sched, r)
+    assert sched.finished()
+    assert not sched.wanted(owner)
+    sched.release(r)
+    finish_piece(sched, owner)  # the owner's copy arrives later: counted as redundant
+    sched.release(owner)
+    assert sched.source("racer").delivered == MiB
+    assert sched.source("owner").delivered == 3 * MiB
+    assert sched.redundant_bytes == MiB
+
+
+def test_tail_race_owner_wins_and_cancels_racer() -> None:
+    sched, _clock, owner = tail(10 * MiB)
+    r = take(sched, "racer")
+    assert not finish_piece(sched, owner)
+    assert r.cancelled and not sched.wanted(r)
+    assert sched.source("owner").delivered == 4 * MiB
+
+
+@pytest.mark.parametrize(
+    ("racer_rate", "races"),
+    [
+        (10 * MiB, True),  # needs 0.1 s; the owner 0.8 s
+        (2.5 * MiB, True),  # 0.4 s: still below race_margin (0.6) x 0.8 s = 0.48 s
+        (2 * MiB, False),  # 0.5 s: sooner, but not clearly
+        (0.5 * MiB, False),  # slower than the owner
+    ],
+)
+def test_tail_race_only_when_clearly_sooner(racer_rate: float, races: bool) -> None:
+    sched, _clock, owner = tail(racer_rate)
+    got = sched.acquire("racer")
+    assert isinstance(got, Assignment) == races, got
+    if races:
+        assert isinstance(got, Assignment) and got.race and got.start == owner.next_piece
+
+
+# -- failures -------------------------------------------------------------------------------------
+def test_exponential_backoff_then_breaker_then_half_open() -> None:
+    m = manifest([16 * MiB])
+    cfg = SchedulerConfig(backoff_base=1.0, backoff_max=60.0, breaker_threshold=5)
+    sched, clock = make(m, "a", config=cfg)
+    waits = []
+    for _ in range(8):
+        a = take(sched, "a")
+        sched.release(a, SourceUnavailable("connection reset", source="a"))
+        wait = sched.acquire("a")
+        assert isinstance(wait, float)
+        waits.append(wait)
+        clock.advance(wait)
+    assert waits == pytest.approx([1, 2, 4, 8, 16, 32, 60, 60])
+    # The breaker is open: after the pause, one connection tries (half-open), the others wait.
+    trial = take(sched, "a")
+    assert sched.acquire("a") == cfg.backoff_base
+    finish_piece(sched, trial)
+    sched.release(trial)
+    assert sched.source("a").failures_in_row == 0
+    first, second = take(sched, "a"), take(sched, "a")
+    assert first.id != second.id
+
+
+def test_backoff_has_jitter() -> None:
+    delays = set()
+    for seed in range(40):
+        m = manifest([4 * MiB])
+        sched, _clock = make(m, "a", rng=random.Random(seed))
+        sched.release(take(sched, "a"), SourceUnavailable("x", source="a"))
+        wait = sched.acquire("a")
+        assert isinstance(wait, float) and 0.5 <= wait <= 1.5
+        delays.add(round(wait, 6))
+    assert len(delays) > 30
+
+
+@pytest.mark.parametrize("retry_after", [0.0, 7.0, 300.0])
+def test_retry_after_is_honoured_exactly(retry_after: float) -> None:
+    m = manifest([4 * MiB])
+    clock = FakeClock()
+    infos = [info("a", host="cdn.example"), info("a2", host="cdn.example"), info("b", host="other.example")]
+    sched = Scheduler(m, bytearray(m.num_pieces), infos, clock, rng=random.Random(1))
+    # Several failures first: Retry-After replaces the exponential back-off, not adds to it.
+    sched.release(take(sched, "a"), SourceUnavailable("x", source="a"))
+    clock.advance(10)
+    sched.release(take(sched, "a"), RateLimited("HTTP 429", retry_after=retry_after, source="a"))
+    if retry_after:
+        assert sched.acquire("a") == pytest.approx(retry_after, abs=1e-9)
+        # The whole host waits, not just this source; another host does not.
+        assert sched.acquire("a2") == pytest.approx(retry_after, abs=1e-9)
+    else:
+        assert isinstance(sched.acquire("a"), Assignment)
+    assert isinstance(sched.acquire("b"), Assignment)
+    clock.advance(retry_after)
+    assert isinstance(sched.acquire("a"), Assignment)
+
+
+def test_cancelled_request_failing_is_not_the_sources_fault() -> None:
+    m = manifest([4 * MiB])
+    sched, _clock = make(m, "a")
+    a = take(sched, "a")
+    a.cancelled = True
+    sched.release(a, SourceUnavailable("closed by us", source="a"))
+    assert sched.source("a").failures_in_row == 0
+    assert isinstance(sched.acquire("a"), Assignment)
+
+
+def bad_piece(sched: Scheduler, a: Assignment) -> None:
+    piece = sched.m.pieces[a.next_piece]
+    sched.progress(a, piece.length)
+    err = PieceMismatch(piece.index, path=piece.path, expected="0" * 64, actual="1" * 64, source=a.source)
+    sched.piece_failed(a, piece.index, err)
+    sched.release(a, err)
+
+
+def test_ban_after_two_corrupt_pieces() -> None:
+    m = manifest([8 * MiB])
+    sched, _clock = make(m, "liar", "honest")
+    bad_piece(sched, take(sched, "liar"))
+    assert not sched.source("liar").banned
+    second = sched.acquire("liar")
+    assert isinstance(second, Assignment), "one bad piece is not enough to ban"
+    bad_piece(sched, second)
+    assert sched.source("liar").banned and "SHA-256" in sched.source("liar").banned
+    assert sched.acquire("liar") is None
+    sched.check_viable()  # the honest source is still there
+    assert sched.corrupt_bytes == 2 * MiB
+
+
+def test_spoiled_piece_avoids_its_spoiler() -> None:
+    m = manifest([8 * MiB])
+    sched, _clock = make(m, "a", "b")
+    first = take(sched, "a")
+    assert first.start == 0
+    bad_piece(sched, first)
+    again = take(sched, "a")
+    assert again.start != 0, "piece 0 went back to the source that spoiled it"
+    other = take(sched, "b")
+    assert other.start == 0
+
+
+def test_spoiled_piece_goes_back_to_spoiler_if_nobody_else_can() -> None:
+    m = manifest([8 * MiB])
+    sched, _clock = make(m, "a", "b")
+    sched.ban("b", "test")
+    first = take(sched, "a")
+    bad_piece(sched, first)
+    assert take(sched, "a").start == 0
+
+
+# -- giving up ------------------------------------------------------------------------------------
+def test_check_viable_all_banned() -> None:
+    m = manifest([8 * MiB])
+    sched, _clock = make(m, "a", "b")
+    sched.ban("a", "sent junk")
+    sched.check_viable()
+    sched.ban("b", "sent junk too")
+    with pytest.raises(NoSourceError, match="dropped"):
+        sched.check_viable()
+
+
+def test_check_viable_all_unreachable() -> None:
+    m = manifest([8 * MiB])
+    sched, clock = make(m, "a", "b")
+    for attempt in range(3):
+        for name in ("a", "b"):
+            got = sched.acquire(name)
+            if isinstance(got, float):
+                clock.advance(got)
+                got = sched.acquire(name)
+            assert isinstance(got, Assignment)
+            sched.release(got, SourceUnavailable("connection refused", source=name))
+        if attempt < 2:
+            sched.check_viable()  # fewer than fail_fast_attempts failures each: keep trying
+    with pytest.raises(NoSourceError, match="could be reached"):
+        sched.check_viable()
+
+
+def test_check_viable_one_source_delivering_is_enough() -> None:
+    m = manifest([8 * MiB])
+    sched, clock = make(m, "a", "b")
+    good = take(sched, "b")
+    finish_piece(sched, good)
+    sched.release(good)
+    for _ in range(5):
+        got = sched.acquire("a")
+        if isinstance(got, float):
+            clock.advance(got)
+        sched.release(take(sched, "a"), SourceUnavailable("refused", source="a"))
+    assert sched.source("a").failures_total == 5
+    sched.check_viable()
+
+
+def test_check_viable_file_nobody_has() -> None:
+    m = manifest([2 * MiB, 2 * MiB])
+    sched, _clock = make(m, "a", "b")
+    for name in ("a", "b"):
+        a = take(sched, name)
+        a.file_index = 1  # (the request for file 1 is answered 404)
+        sched.release(a, SourceNotFound("404", source=name))
+    with pytest.raises(NoSourceError, match=r"f1\.bin"):
+        sched.check_viable()
+
+
+def test_check_viable_no_progress_for_too_long() -> None:
+    m = manifest([8 * MiB])
+    sched, clock = make(m, "a", config=SchedulerConfig(give_up_after=30))
+    a = take(sched, "a")
+    sched.release(a, RateLimited("503", retry_after=1000, source="a"))
+    clock.advance(29)
+    sched.check_viable()
+    clock.advance(2)
+    with pytest.raises(NoSourceError, match="no progress"):
+        sched.check_viable()
+
+
+# -- found by these tests -------------------------------------------------------------------------
+def test_tiny_probe_piece_does_not_make_a_source_look_slow() -> None:
+    m = manifest([1, 8 * MiB])
+    sched, clock = make(m, "a", "b")
+    probe = take(sched, "a")
+    assert probe.start == 0 and m.pieces[0].length == 1
+    clock.advance(0.05)  # time to first byte
+    sched.progress(probe, 1)
+    clock.advance(0.0001)
+    assert not sched.piece_verified(probe, 0)
+    sched.release(probe)
+    other = take(sched, "b")
+    feed(sched, clock, other, 10 * MiB, 0.3)  # "b" is measured on its probe piece
+    # "a" answered in 50 ms; nothing says it is slow. It must get free work.
+    assert isinstance(sched.acquire("a"), Assignment), sched.source("a").ewma_rate
+
+
+def test_only_source_that_has_the_file_is_never_refused() -> None:
+    m = manifest([4 * MiB, 8 * MiB])
+    sched, clock = make(m, "lacking", "full")
+    # "lacking" is fast and delivers file 0, but answers 404 for file 1.
+    sched.set_prior("lacking", 10 * MiB)
+    a = take(sched, "lacking")
+    assert (a.start, a.end) == (0, 4)
+    while feed(sched, clock, a, 10 * MiB, 0.05):
+        pass
+    sched.release(a)
+    nf = take(sched, "lacking")
+    assert nf.file_index == 1
+    sched.release(nf, SourceNotFound("404", source="lacking"))
+    # "full" is slow (a 20 KiB/s mirror), but it is the only one with file 1.
+    sched.set_prior("full", 20 * KiB)
+    for _ in range(30):
+        got = sched.acquire("full")
+        if isinstance(got, Assignment):
+            return
+        clock.advance(1.0)
+        sched.check_viable()
+    pytest.fail("the only source that has f1.bin never got work")

@@ -1,0 +1,464 @@
+"""The BitTorrent swarm as a source, and seeding: real libtorrent sessions on loopback.
+
+Seeders are ``dsmirror seed`` processes (or aria2c, or a deliberately corrupt libtorrent peer);
+pulls run through the library so the test can read the plan's swarm counters afterwards. Every
+session has LSD and DHT off and is told its peers with ``--peer``, so nothing leaves 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dsmirror
+from conftest import CliProcess, Model
+from dsmirror import Event, PieceRejected, PullFinished, PullOptions, SourceTrouble
+from dsmirror._pull import resolve, run_plan
+from dsmirror._swarm import SwarmConfig, SwarmSource
+from dsmirror._torrent import create_torrent, with_torrent_hashes
+from dsmirror.testing import MirrorServer
+
+KiB = 1 << 10
+MiB = 1 << 20
+PIECE = 256 * KiB
+SIZES = {"model-1.safetensors": 9 * MiB + 12_345, "model-2.safetensors": 6 * MiB + 1, "config.json": 1_337}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def addr(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+class Swarmed:
+    """A model, its manifest recording the torrents' info-hashes, and the torrents on disk."""
+
+    def __init__(self, model: Model, tmp: Path) -> None:
+        self.model = model
+        self.hybrid = create_torrent(model.manifest, model.root)
+        self.v1 = create_torrent(model.manifest, model.root, format="v1")
+        self.manifest = with_torrent_hashes(model.manifest, [self.hybrid, self.v1])
+        self.manifest_path = tmp / "swarmed.manifest.json"
+        self.manifest.write(self.manifest_path)
+        self.torrent_path = tmp / "model.torrent"
+        self.hybrid.write(self.torrent_path)
+        self.v1_path = tmp / "model-v1.torrent"
+        self.v1.write(self.v1_path)
+
+
+@pytest.fixture
+def swarmed(make_model: Callable[..., Model], tmp_path: Path) -> Swarmed:
+    return Swarmed(make_model(SIZES, piece_size=PIECE), tmp_path)
+
+
+@pytest.fixture
+def seeder(spawn_cli: Callable[..., CliProcess]) -> Callable[..., CliProcess]:
+    """``seeder(torrent, folder, port, *extra)``: a ``dsmirror seed`` process, ready to serve."""
+
+    def start(torrent: Path, folder: Path, port: int, *extra: str) -> CliProcess:
+        p = spawn_cli("seed", torrent, "--from", folder, "--listen", addr(port), "--no-lsd", "--json", *extra)
+        p.wait_event("SeedingStarted", timeout=30)
+        return p
+
+    return start
+
+
+def _catalog(tmp: Path, mirrors: dict[str, MirrorServer]) -> dsmirror.Catalog:
+    lines = ["version: 1", "mirrors:" if mirrors else ""]
+    for name, m in mirrors.items():
+        lines += [f"  - name: {name}", "    kind: http", f'    url: "{m.url}"']
+    fd, name = tempfile.mkstemp(prefix="catalog", suffix=".yaml", dir=tmp)
+    path = Path(name)
+    os.close(fd)
+    path.write_text("\n".join(lines) + "\n")
+    return dsmirror.load_default_catalog({}, [path], replace=True)
+
+
+def pull(
+    tmp: Path,
+    ref: str | Path,
+    dest: Path,
+    *,
+    mirrors: dict[str, MirrorServer] | None = None,
+    swarm: SwarmConfig,
+    on_event: Callable[[Event], None] | None = None,
+    **options: Any,
+) -> tuple[list[Event], list[SwarmSource]]:
+    """A library pull; returns its events and the plan's swarm sources (for their counters)."""
+    catalog = _catalog(tmp, mirrors or {})
+    settings = dsmirror.Settings.from_env({"HOME": str(tmp / "home")})
+    opts = PullOptions(dest=dest, reuse=False, swarm=swarm, **options)
+    plan = resolve(str(ref), catalog, settings, opts)
+    events = []
+    for ev in run_plan(plan, opts, settings=settings):
+        events.append(ev)
+        if on_event:
+            on_event(ev)
+    return events, [s for s in plan.swarms if isinstance(s, SwarmSource)]
+
+
+def finished(events: list[Event]) -> PullFinished:
+    done = [e for e in events if isinstance(e, PullFinished)]
+    assert done, events[-3:]
+    return done[-1]
+
+
+def swarm_cfg(port: int, *peers: int, **kw: Any) -> SwarmConfig:
+    return SwarmConfig(listen=addr(port), peers=tuple(addr(p) for p in peers), lsd=False, **kw)
+
+
+# -- pulls ---------------------------------------------------------------------------------------
+def test_pull_from_two_seeders_without_any_mirror(
+    swarmed: Swarmed, seeder: Callable[..., CliProcess], tmp_path: Path
+) -> None:
+    ports = [free_port() for _ in range(3)]
+    seeds = [seeder(swarmed.torrent_path, swarmed.model.root, p) for p in ports[:2]]
+    dest = tmp_path / "out"
+    events, (sw,) = pull(
+        tmp_path, swarmed.manifest_path, dest, swarm=swarm_cfg(ports[2], *ports[:2], torrent=swarmed.torrent_path)
+    )
+    done = finished(events)
+    swarmed.model.assert_identical(dest)
+    assert done.delivered_by_source == {"swarm": swarmed.model.total_size}
+    assert done.redundant_bytes == 0 and done.corrupt_bytes == 0
+    assert sw.stats.downloaded >= swarmed.model.total_size
+    # libtorrent's copy is gone; the torrent is kept for `dsmirror seed DEST`.
+    assert not any((dest / ".dsmirror" / "partial").glob("*/bt"))
+    assert list((dest / ".dsmirror" / "torrents").glob("*.torrent"))
+    # Both seeders served: their counters show uploads.
+    for s in seeds:
+        s.proc.send_signal(signal.SIGTERM)
+    ups = []
+    for s in seeds:
+        assert s.finish(timeout=30) == 0, s.stderr
+        stopped = [e for e in s.events if e["event"] == "SeedingStopped"]
+        assert stopped, s.stdout[-3:]
+        ups.append(stopped[-1]["uploaded"])
+    assert all(u > 0 for u in ups) and sum(ups) >= swarmed.model.total_size, ups
+
+
+def test_seeder_and_throttled_mirror_both_deliver_without_redundancy(
+    swarmed: Swarmed, seeder: Callable[..., CliProcess], start_mirrors: Callable[..., list[MirrorServer]], tmp_path: Path
+) -> None:
+    ports = [free_port() for _ in range(2)]
+    seeder(swarmed.torrent_path, swarmed.model.root, ports[0], "--upload-rate", "3MB/s")
+    (mirror,) = start_mirrors(swarmed.model.root, 1, rate=3_000_000)
+    dest = tmp_path / "out"
+    events, (sw,) = pull(
+        tmp_path,
+        swarmed.manifest_path,
+        dest,
+        mirrors={"m1": mirror},
+        swarm=swarm_cfg(ports[1], ports[0], torrent=swarmed.torrent_path),
+    )
+    done = finished(events)
+    swarmed.model.assert_identical(dest)
+    by = done.delivered_by_source
+    assert by["m1"] >= 2 * MiB and by["swarm"] >= 2 * MiB, by
+    assert sum(by.values()) == swarmed.model.total_size
+    # No piece twice outside the tail race: at most a few racing pieces, and neither side fetched
+    # (many) bytes it did not deliver.
+    assert done.redundant_bytes <= 4 * PIECE, done
+    assert mirror.bytes_served <= by["m1"] + 4 * PIECE, (mirror.bytes_served, by)
+    assert sw.stats.downloaded <= by["swarm"] + 4 * PIECE, (sw.stats, by)
+    # Pieces from the mirror went into libtorrent for peers while the pull ran.
+    assert sw.stats.injected >= by["m1"] // PIECE - 2
+
+
+def test_pieces_fetched_over_http_reach_peers_during_the_pull(
+    swarmed: Swarmed, start_mirrors: Callable[..., list[MirrorServer]], tmp_path: Path
+) -> None:
+    """Two pulls at once: A from a mirror, B from A alone; B gets what A fetched while A pulls."""
+    (mirror,) = start_mirrors(swarmed.model.root, 1, rate=8_000_000)
+    pa, pb = free_port(), free_port()
+    box: dict[str, Any] = {}
+
+    def run_a() -> None:
+        try:
+            box["a"] = pull(
+                tmp_path,
+                swarmed.manifest_path,
+                tmp_path / "a",
+                mirrors={"m1": mirror},
+                swarm=swarm_cfg(pa, pb, torrent=swarmed.torrent_path, seed=True),
+                on_event=lambda ev: box.setdefault("a_done", ev) if isinstance(ev, PullFinished) else None,
+            )
+        except BaseException as exc:  # reported below
+            box["a_error"] = exc
+
+    # A seeds after its pull (pull --seed) until B is done: run it in a thread, stop it with a flag.
+    from dsmirror import _swarm
+
+    stop = threading.Event()
+    real_seed = _swarm.seed
+
+    def seed_until_stopped(*args: Any, **kw: Any) -> Iterator[Event]:
+        return real_seed(*args, **{**kw, "stop": stop})
+
+    _swarm.seed = seed_until_stopped  # type: ignore[assignment]
+    try:
+        ta = threading.Thread(target=run_a, daemon=True)
+        ta.start()
+        events_b, _ = pull(tmp_path, swarmed.manifest_path, tmp_path / "b", swarm=swarm_cfg(pb, pa, torrent=swarmed.torrent_path))
+        b_done_at = time.monotonic()
+        stop.set()
+        ta.join(30)
+    finally:
+        _swarm.seed = real_seed  # type: ignore[assignment]
+    assert "a_error" not in box, box.get("a_error")
+    swarmed.model.assert_identical(tmp_path / "a")
+    swarmed.model.assert_identical(tmp_path / "b")
+    assert finished(events_b).delivered_by_source == {"swarm": swarmed.model.total_size}
+    # The mirror sent the model about once: B's copy came from A, not from the mirror.
+    assert mirror.bytes_served <= swarmed.model.total_size + 4 * PIECE
+    assert b_done_at > 0
+
+
+BAD_SEEDER = textwrap.dedent(
+    """
+    import sys, time, libtorrent as lt
+    torrent, folder, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    ses = lt.session({"listen_interfaces": f"127.0.0.1:{port}", "enable_dht": False, "enable_lsd": False,
+                      "enable_upnp": False, "enable_natpmp": False, "enable_outgoing_utp": False,
+                      "enable_incoming_utp": False, "allow_multiple_connections_per_ip": True})
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(torrent)
+    atp.save_path = folder
+    fs = atp.ti.layout()
+    name = atp.ti.name()
+    atp.renamed_files = {i: fs.file_path(i)[len(name) + 1:] for i in range(fs.num_files())
+                         if not fs.file_flags(i) & lt.file_storage.flag_pad_file}
+    # Claims every piece without checking (like trusted resume data over a damaged file).
+    atp.have_pieces = [True] * atp.ti.num_pieces()
+    atp.flags |= lt.torrent_flags.no_verify_files
+    atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+    ses.add_torrent(atp)
+    print("ready", flush=True)
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+def test_corrupt_peer_is_banned_and_the_pull_completes(
+    swarmed: Swarmed, seeder: Callable[..., CliProcess], tmp_path: Path
+) -> None:
+    bad_root = tmp_path / "bad"
+    shutil.copytree(swarmed.model.root, bad_root)
+    for rel in SIZES:  # flip one byte in every piece of every file
+        data = bytearray((bad_root / rel).read_bytes())
+        for off in range(0, len(data), PIECE):
+            data[off + min(100, len(data) - off - 1)] ^= 0xFF
+        (bad_root / rel).write_bytes(bytes(data))
+    bad_port, good_port, me = free_port(), free_port(), free_port()
+    bad = subprocess.Popen(
+        [sys.executable, "-c", BAD_SEEDER, str(swarmed.torrent_path), str(bad_root), str(bad_port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert bad.stdout is not None and bad.stdout.readline().strip() == "ready"
+        started = threading.Event()
+
+        def start_good(ev: Event) -> None:
+            # The good seeder comes up after the pull started, so the bad one serves first.
+            if isinstance(ev, (PieceRejected, SourceTrouble)) and not started.is_set():
+                started.set()
+                seeder(swarmed.torrent_path, swarmed.model.root, good_port)
+
+        events, (sw,) = pull(
+            tmp_path,
+            swarmed.manifest_path,
+            tmp_path / "out",
+            swarm=swarm_cfg(me, bad_port, good_port, torrent=swarmed.torrent_path),
+            on_event=start_good,
+        )
+    finally:
+        bad.kill()
+        bad.wait(10)
+    swarmed.model.assert_identical(tmp_path / "out")
+    troubles = [e for e in events if isinstance(e, SourceTrouble) and "banned peer" in e.message]
+    assert troubles and addr(bad_port) in troubles[0].message
+    assert [e for e in events if isinstance(e, PieceRejected)]
+    assert sw.stats.banned_peers >= 1 and sw.stats.failed > 0
+    assert finished(events).corrupt_bytes == 0  # libtorrent threw them away; none reached the store
+
+
+# -- interop -------------------------------------------------------------------------------------
+ARIA2 = shutil.which("aria2c")
+ARIA2_BASE = [
+    "--no-conf=true",
+    "--enable-dht=false",
+    "--enable-dht6=false",
+    "--bt-enable-lpd=false",
+    "--summary-interval=0",
+    "--console-log-level=warn",
+    "--file-allocation=none",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(ARIA2 is None, reason="aria2c is not installed")
+def test_aria2c_downloads_a_v1_torrent_from_dsmirror_seed(
+    swarmed: Swarmed, seeder: Callable[..., CliProcess], tmp_path: Path
+) -> None:
+    aria_port, seed_port = free_port(), free_port()
+    # aria2 cannot be told a peer: the seeder dials aria2's listen port.
+    seeder(swarmed.v1_path, swarmed.model.root, seed_port, "--peer", addr(aria_port))
+    out = tmp_path / "aria"
+    r = subprocess.run(
+        [ARIA2 or "aria2c", *ARIA2_BASE, f"--listen-port={aria_port}", "--seed-time=0", "-d", str(out), str(swarmed.v1_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    swarmed.model.assert_identical(out / swarmed.v1.name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(ARIA2 is None, reason="aria2c is not installed")
+def test_pull_from_a_seeding_aria2c(swarmed: Swarmed, tmp_path: Path) -> None:
+    aria_port, me = free_port(), free_port()
+    # aria2 keeps BEP 47 pad files as plain zero-filled files; lay the folder out as it would.
+    seed_dir = tmp_path / "aria-seed"
+    shutil.copytree(swarmed.model.root, seed_dir / swarmed.v1.name)
+    for f in swarmed.v1.files:
+        if f.pad:
+            p = seed_dir / swarmed.v1.name / f.path
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(bytes(f.size))
+    aria = subprocess.Popen(
+        [
+            ARIA2 or "aria2c",
+            *ARIA2_BASE,
+            f"--listen-port={aria_port}",
+            "--check-integrity=true",
+            "--seed-ratio=0.0",
+            "--seed-time=5",
+            "-d",
+            str(seed_dir),
+            str(swarmed.v1_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        events, _ = pull(
+            tmp_path, swarmed.manifest_path, tmp_path / "out", swarm=swarm_cfg(me, aria_port, torrent=swarmed.v1_path)
+        )
+    finally:
+        aria.kill()
+        aria.wait(10)
+    swarmed.model.assert_identical(tmp_path / "out")
+    assert finished(events).delivered_by_source == {"swarm": swarmed.model.total_size}
+
+
+# -- references and the command line ------------------------------------------------------------
+def test_magnet_of_a_catalog_model_gets_metadata_from_the_swarm(
+    swarmed: Swarmed, seeder: Callable[..., CliProcess], tmp_path: Path
+) -> None:
+    sp, me = free_port(), free_port()
+    seeder(swarmed.torrent_path, swarmed.model.root, sp)
+    cat = tmp_path / "models.yaml"
+    cat.write_text(
+        "version: 1\nmodels:\n  tiny:\n"
+        f"    manifest: {swarmed.manifest_path}\n    magnet: \"{swarmed.hybrid.magnet}\"\n"
+    )
+    catalog = dsmirror.load_default_catalog({}, [cat], replace=True)
+    settings = dsmirror.Settings.from_env({"HOME": str(tmp_path / "home")})
+    opts = PullOptions(dest=tmp_path / "out", reuse=False, swarm=swarm_cfg(me, sp))
+    events = list(dsmirror.pull(swarmed.hybrid.magnet, catalog=catalog, settings=settings, options=opts))
+    swarmed.model.assert_identical(tmp_path / "out")
+    assert finished(events).delivered_by_source == {"swarm": swarmed.model.total_size}
+    with pytest.raises(dsmirror.UsageError, match="no manifest"):
+        other = create_torrent(swarmed.model.manifest, swarmed.model.root, format="v1").magnet.replace(
+            swarmed.v1.btih or "", "1" * 40
+        )
+        dsmirror.pull(other, catalog=catalog, settings=settings, options=opts).__next__()
+
+
+def test_pull_seed_serves_the_next_pull_and_stops_cleanly(
+    swarmed: Swarmed, spawn_cli: Callable[..., CliProcess], start_mirrors: Callable[..., list[MirrorServer]], tmp_path: Path
+) -> None:
+    (mirror,) = start_mirrors(swarmed.model.root, 1)
+    cat = tmp_path / "m.yaml"
+    cat.write_text(f'version: 1\nmirrors:\n  - name: m1\n    kind: http\n    url: "{mirror.url}"\n')
+    pa, pb = free_port(), free_port()
+    a = spawn_cli(
+        "pull", swarmed.manifest_path, "-d", tmp_path / "a", "--mirrors", cat, "--no-default-catalog",
+        "--torrent", swarmed.torrent_path, "--listen", addr(pa), "--no-lsd", "--seed", "--json", "--no-reuse",
+    )
+    a.wait_event("PullFinished", timeout=60)
+    a.wait_event("SeedingStarted", timeout=30)
+    served = mirror.bytes_served
+    events, _ = pull(tmp_path, swarmed.manifest_path, tmp_path / "b", swarm=swarm_cfg(pb, pa))
+    swarmed.model.assert_identical(tmp_path / "b")
+    assert finished(events).delivered_by_source == {"swarm": swarmed.model.total_size}
+    assert mirror.bytes_served == served
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.finish(timeout=30) == 0, a.stderr
+    assert a.events[-1]["event"] == "SeedingStopped" and a.events[-1]["uploaded"] >= swarmed.model.total_size
+    # `dsmirror seed DEST` finds the torrent the pull saved.
+    r = subprocess.run(
+        [sys.executable, "-c", "from dsmirror._swarm import seed_targets_in; from pathlib import Path; "
+         f"print([t.name for t in seed_targets_in(Path({str(tmp_path / 'a')!r}))])"],
+        capture_output=True, text=True, env={**os.environ}, timeout=30,
+    )
+    assert swarmed.hybrid.name in r.stdout
+
+
+def test_seed_refuses_a_folder_that_does_not_hold_the_files(
+    swarmed: Swarmed, run_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, one_line_error: Callable[..., str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("seed", swarmed.torrent_path, "--from", empty, "--no-lsd", "--listen", addr(free_port()))
+    assert r.returncode == 7
+    one_line_error(r, "missing")
+    r = run_cli("seed", empty)
+    assert r.returncode == 2
+    r = run_cli("pull", swarmed.manifest_path, "--peer", "nonsense")
+    assert r.returncode == 2
+    one_line_error(r, "cannot read address")
+
+
+@pytest.mark.slow
+def test_interrupted_swarm_pull_resumes(swarmed: Swarmed, seeder: Callable[..., CliProcess], tmp_path: Path) -> None:
+    sp, me = free_port(), free_port()
+    seeder(swarmed.torrent_path, swarmed.model.root, sp, "--upload-rate", "4MB/s")
+    dest = tmp_path / "out"
+
+    class Enough(Exception):
+        pass
+
+    def stop_halfway(ev: Event) -> None:
+        if isinstance(ev, dsmirror.Progress) and ev.verified_bytes > swarmed.model.total_size // 3:
+            raise Enough
+
+    with pytest.raises(Enough):
+        pull(tmp_path, swarmed.manifest_path, dest, swarm=swarm_cfg(me, sp, torrent=swarmed.torrent_path), on_event=stop_halfway)
+    area = next((dest / ".dsmirror" / "partial").iterdir())
+    assert (area / "bt.resume").is_file() and (area / "bt").is_dir()
+    events, (sw,) = pull(tmp_path, swarmed.manifest_path, dest, swarm=swarm_cfg(me, sp, torrent=swarmed.torrent_path))
+    done = finished(events)
+    swarmed.model.assert_identical(dest)
+    assert done.reused_bytes > 0 and done.downloaded_bytes < swarmed.model.total_size
+    assert sw.stats.downloaded < swarmed.model.total_size
