@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import signal
 import socket
@@ -136,10 +137,8 @@ def run_scenario(
                     argv += ["--peer", f"{HOST}:{ports[j]}"]
         else:
             argv += ["--no-p2p"]
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=open(work / label / f"stderr{i}.txt", "w"), text=True,
-            env=client_env(home),
-        )  # fmt: skip
+        with open(work / label / f"stderr{i}.txt", "w") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=client_env(home))
         c = Client(f"client{i + 1}", proc, time.monotonic(), log=work / label / f"events{i}.jsonl")
         threading.Thread(target=c.watch, daemon=True).start()
         clients.append(c)
@@ -159,7 +158,7 @@ def run_scenario(
             break
         time.sleep(0.1)
     served = upstream.bytes_served
-    rates = [(b - a) / MB for a, b in zip(timeline, timeline[1:], strict=False)]
+    rates = [(b - a) / MB for a, b in itertools.pairwise(timeline)]
     print("  upstream MB/s per second: " + " ".join(f"{r:.0f}" for r in rates), flush=True)
     for c in clients:
         if c.proc.poll() is None:
@@ -204,7 +203,9 @@ def main() -> None:
     summary = []
     with MirrorServer(model.root, host=HOST, rate=rate) as upstream:
         catalog = work / "upstream.yaml"
-        catalog.write_text(f'version: 1\nmirrors:\n  - name: upstream\n    kind: http\n    url: "{upstream.url}"\n')
+        catalog.write_text(
+            f'version: 1\nmirrors:\n  - name: upstream\n    kind: http\n    url: "{upstream.url}"\n'
+        )
         n = args.clients
         plans = [("shared", n, True), ("apart", n, False), ("alone", 1, False)]
         for label, count, p2p in plans:
@@ -237,7 +238,10 @@ def main() -> None:
                         c.error or "ok",
                     ]
                 )
-            print(f"  upstream served {served / MB:,.1f} MB = {ratio:.3f} x the model, in {wall:.1f} s", flush=True)
+            print(
+                f"  upstream served {served / MB:,.1f} MB = {ratio:.3f} x the model, in {wall:.1f} s",
+                flush=True,
+            )
     print()
     print(
         f"model {model.size / MIB:.0f} MiB in {model.manifest.num_pieces} pieces of {piece / MIB:g} MiB; "
@@ -247,7 +251,11 @@ def main() -> None:
         [label, str(count), f"{ratio:.3f}", f"{wall:.1f} s"] for label, count, ratio, wall in summary
     ]))  # fmt: skip
     print()
-    print(table(["scenario", "client", "time", "rate", "from upstream", "from swarm", "redundant", "status"], rows))
+    print(
+        table(
+            ["scenario", "client", "time", "rate", "from upstream", "from swarm", "redundant", "status"], rows
+        )
+    )
     failed = [r for r in rows if r[-1] != "ok"]
     shared = [s for s in summary if s[0] == "shared"]
     if shared and args.clients == 4 and shared[0][2] > 1.15:

@@ -132,7 +132,10 @@ def test_pull_from_two_seeders_without_any_mirror(
     seeds = [seeder(swarmed.torrent_path, swarmed.model.root, p) for p in ports[:2]]
     dest = tmp_path / "out"
     events, (sw,) = pull(
-        tmp_path, swarmed.manifest_path, dest, swarm=swarm_cfg(ports[2], *ports[:2], torrent=swarmed.torrent_path)
+        tmp_path,
+        swarmed.manifest_path,
+        dest,
+        swarm=swarm_cfg(ports[2], *ports[:2], torrent=swarmed.torrent_path),
     )
     done = finished(events)
     swarmed.model.assert_identical(dest)
@@ -155,7 +158,10 @@ def test_pull_from_two_seeders_without_any_mirror(
 
 
 def test_seeder_and_throttled_mirror_both_deliver_without_redundancy(
-    swarmed: Swarmed, seeder: Callable[..., CliProcess], start_mirrors: Callable[..., list[MirrorServer]], tmp_path: Path
+    swarmed: Swarmed,
+    seeder: Callable[..., CliProcess],
+    start_mirrors: Callable[..., list[MirrorServer]],
+    tmp_path: Path,
 ) -> None:
     ports = [free_port() for _ in range(2)]
     seeder(swarmed.torrent_path, swarmed.model.root, ports[0], "--upload-rate", "3MB/s")
@@ -216,7 +222,12 @@ def test_pieces_fetched_over_http_reach_peers_during_the_pull(
     try:
         ta = threading.Thread(target=run_a, daemon=True)
         ta.start()
-        events_b, _ = pull(tmp_path, swarmed.manifest_path, tmp_path / "b", swarm=swarm_cfg(pb, pa, torrent=swarmed.torrent_path))
+        events_b, _ = pull(
+            tmp_path,
+            swarmed.manifest_path,
+            tmp_path / "b",
+            swarm=swarm_cfg(pb, pa, torrent=swarmed.torrent_path),
+        )
         b_done_at = time.monotonic()
         stop.set()
         ta.join(30)
@@ -324,7 +335,15 @@ def test_aria2c_downloads_a_v1_torrent_from_dsmirror_seed(
     seeder(swarmed.v1_path, swarmed.model.root, seed_port, "--peer", addr(aria_port))
     out = tmp_path / "aria"
     r = subprocess.run(
-        [ARIA2 or "aria2c", *ARIA2_BASE, f"--listen-port={aria_port}", "--seed-time=0", "-d", str(out), str(swarmed.v1_path)],
+        [
+            ARIA2 or "aria2c",
+            *ARIA2_BASE,
+            f"--listen-port={aria_port}",
+            "--seed-time=0",
+            "-d",
+            str(out),
+            str(swarmed.v1_path),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -362,7 +381,10 @@ def test_pull_from_a_seeding_aria2c(swarmed: Swarmed, tmp_path: Path) -> None:
     )
     try:
         events, _ = pull(
-            tmp_path, swarmed.manifest_path, tmp_path / "out", swarm=swarm_cfg(me, aria_port, torrent=swarmed.v1_path)
+            tmp_path,
+            swarmed.manifest_path,
+            tmp_path / "out",
+            swarm=swarm_cfg(me, aria_port, torrent=swarmed.v1_path),
         )
     finally:
         aria.kill()
@@ -380,7 +402,7 @@ def test_magnet_of_a_catalog_model_gets_metadata_from_the_swarm(
     cat = tmp_path / "models.yaml"
     cat.write_text(
         "version: 1\nmodels:\n  tiny:\n"
-        f"    manifest: {swarmed.manifest_path}\n    magnet: \"{swarmed.hybrid.magnet}\"\n"
+        f'    manifest: {swarmed.manifest_path}\n    magnet: "{swarmed.hybrid.magnet}"\n'
     )
     catalog = dsmirror.load_default_catalog({}, [cat], replace=True)
     settings = dsmirror.Settings.from_env({"HOME": str(tmp_path / "home")})
@@ -396,15 +418,31 @@ def test_magnet_of_a_catalog_model_gets_metadata_from_the_swarm(
 
 
 def test_pull_seed_serves_the_next_pull_and_stops_cleanly(
-    swarmed: Swarmed, spawn_cli: Callable[..., CliProcess], start_mirrors: Callable[..., list[MirrorServer]], tmp_path: Path
+    swarmed: Swarmed,
+    spawn_cli: Callable[..., CliProcess],
+    start_mirrors: Callable[..., list[MirrorServer]],
+    tmp_path: Path,
 ) -> None:
     (mirror,) = start_mirrors(swarmed.model.root, 1)
     cat = tmp_path / "m.yaml"
     cat.write_text(f'version: 1\nmirrors:\n  - name: m1\n    kind: http\n    url: "{mirror.url}"\n')
     pa, pb = free_port(), free_port()
     a = spawn_cli(
-        "pull", swarmed.manifest_path, "-d", tmp_path / "a", "--mirrors", cat, "--no-default-catalog",
-        "--torrent", swarmed.torrent_path, "--listen", addr(pa), "--no-lsd", "--seed", "--json", "--no-reuse",
+        "pull",
+        swarmed.manifest_path,
+        "-d",
+        tmp_path / "a",
+        "--mirrors",
+        cat,
+        "--no-default-catalog",
+        "--torrent",
+        swarmed.torrent_path,
+        "--listen",
+        addr(pa),
+        "--no-lsd",
+        "--seed",
+        "--json",
+        "--no-reuse",
     )
     a.wait_event("PullFinished", timeout=60)
     a.wait_event("SeedingStarted", timeout=30)
@@ -418,15 +456,25 @@ def test_pull_seed_serves_the_next_pull_and_stops_cleanly(
     assert a.events[-1]["event"] == "SeedingStopped" and a.events[-1]["uploaded"] >= swarmed.model.total_size
     # `dsmirror seed DEST` finds the torrent the pull saved.
     r = subprocess.run(
-        [sys.executable, "-c", "from dsmirror._swarm import seed_targets_in; from pathlib import Path; "
-         f"print([t.name for t in seed_targets_in(Path({str(tmp_path / 'a')!r}))])"],
-        capture_output=True, text=True, env={**os.environ}, timeout=30,
+        [
+            sys.executable,
+            "-c",
+            "from dsmirror._swarm import seed_targets_in; from pathlib import Path; "
+            f"print([t.name for t in seed_targets_in(Path({str(tmp_path / 'a')!r}))])",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=30,
     )
     assert swarmed.hybrid.name in r.stdout
 
 
 def test_seed_refuses_a_folder_that_does_not_hold_the_files(
-    swarmed: Swarmed, run_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, one_line_error: Callable[..., str]
+    swarmed: Swarmed,
+    run_cli: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+    one_line_error: Callable[..., str],
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -441,7 +489,9 @@ def test_seed_refuses_a_folder_that_does_not_hold_the_files(
 
 
 @pytest.mark.slow
-def test_interrupted_swarm_pull_resumes(swarmed: Swarmed, seeder: Callable[..., CliProcess], tmp_path: Path) -> None:
+def test_interrupted_swarm_pull_resumes(
+    swarmed: Swarmed, seeder: Callable[..., CliProcess], tmp_path: Path
+) -> None:
     sp, me = free_port(), free_port()
     seeder(swarmed.torrent_path, swarmed.model.root, sp, "--upload-rate", "4MB/s")
     dest = tmp_path / "out"
@@ -454,11 +504,77 @@ def test_interrupted_swarm_pull_resumes(swarmed: Swarmed, seeder: Callable[..., 
             raise Enough
 
     with pytest.raises(Enough):
-        pull(tmp_path, swarmed.manifest_path, dest, swarm=swarm_cfg(me, sp, torrent=swarmed.torrent_path), on_event=stop_halfway)
+        pull(
+            tmp_path,
+            swarmed.manifest_path,
+            dest,
+            swarm=swarm_cfg(me, sp, torrent=swarmed.torrent_path),
+            on_event=stop_halfway,
+        )
     area = next((dest / ".dsmirror" / "partial").iterdir())
     assert (area / "bt.resume").is_file() and (area / "bt").is_dir()
-    events, (sw,) = pull(tmp_path, swarmed.manifest_path, dest, swarm=swarm_cfg(me, sp, torrent=swarmed.torrent_path))
+    events, (sw,) = pull(
+        tmp_path, swarmed.manifest_path, dest, swarm=swarm_cfg(me, sp, torrent=swarmed.torrent_path)
+    )
     done = finished(events)
     swarmed.model.assert_identical(dest)
     assert done.reused_bytes > 0 and done.downloaded_bytes < swarmed.model.total_size
     assert sw.stats.downloaded < swarmed.model.total_size
+
+
+# -- the scheduler's view of the swarm (Scheduler.set_peer_pieces, proposed) ---------------------
+HAS_PEER_VIEW = hasattr(dsmirror.Scheduler, "set_peer_pieces")
+
+
+def _sched(n: int, prefer: str) -> tuple[dsmirror.Scheduler, bytearray]:
+    files = (dsmirror.FileEntry("f.bin", n * MiB, "0" * 64, tuple(f"{k:064x}" for k in range(n))),)
+    m = dsmirror.Manifest("sim", MiB, files)
+    infos = [
+        dsmirror.SourceInfo("upstream", "http", "upstream.example", max_connections=4),
+        dsmirror.SourceInfo("swarm", "bittorrent", "swarm", max_connections=8),
+    ]
+    s = dsmirror.Scheduler(
+        m, bytearray(n), infos, dsmirror.FakeClock(), dsmirror.SchedulerConfig(prefer=prefer)
+    )
+    have = bytearray(n)
+    s.set_peer_pieces("swarm", have)  # type: ignore[attr-defined]
+    return s, have
+
+
+@pytest.mark.skipif(not HAS_PEER_VIEW, reason="Scheduler.set_peer_pieces is not in this scheduler yet")
+def test_scheduler_gives_the_swarm_only_what_peers_have_and_mirrors_the_rest() -> None:
+    s, have = _sched(64, "p2p")
+    assert isinstance(s.acquire("swarm"), float)  # no peer has anything yet
+    for k in range(40, 48):
+        have[k] = 1
+    a = s.acquire("swarm")
+    assert not isinstance(a, (float, type(None))) and 40 <= a.start < a.end <= 48
+    starts = []
+    for _ in range(4):
+        m = s.acquire("upstream")
+        assert not isinstance(m, (float, type(None)))
+        assert not any(have[k] for k in range(m.start, m.end))  # never what peers have
+        starts.append(m.start)
+    # Spread out (random points of the longest runs), not all from piece 0.
+    assert len(set(starts)) == 4 and max(starts) > 8
+
+
+@pytest.mark.skipif(not HAS_PEER_VIEW, reason="Scheduler.set_peer_pieces is not in this scheduler yet")
+def test_a_mirror_span_stops_where_peers_got_the_pieces() -> None:
+    s, have = _sched(64, "p2p")
+    m = s.acquire("upstream")
+    assert not isinstance(m, (float, type(None)))
+    # Measured: spans of several pieces from now on.
+    s.progress(m, MiB)
+    go_on = s.piece_verified(m, m.start)
+    s.release(m)
+    m2 = s.acquire("upstream")
+    assert not isinstance(m2, (float, type(None)))
+    assert m2.start == m.end or go_on  # continues where it stopped
+    if m2.end - m2.start >= 2:
+        have[m2.start + 1] = 1  # another machine delivered the next piece meanwhile
+        s.progress(m2, MiB)
+        assert s.piece_verified(m2, m2.start) is False
+        s.release(m2)
+        sw = s.acquire("swarm")
+        assert not isinstance(sw, (float, type(None))) and sw.start == m2.start + 1

@@ -52,7 +52,7 @@ class PullOptions:
     dry_run: bool = False  # print what would be reused and fetched from where; fetch nothing
     reuse: bool = True  # copy pieces already on this machine before fetching (see _reuse)
     reuse_from: tuple[Path, ...] = ()  # more folders to look in (--reuse-from)
-    swarm: SwarmConfig = SwarmConfig()  # BitTorrent: --torrent, --peer, --listen, --seed, --no-p2p
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)  # --torrent, --peer, --listen, --seed, --no-p2p
 
 
 @dataclass

@@ -9,6 +9,15 @@ piece priority 0, so libtorrent never downloads a piece the scheduler gave to a 
 is added with ``default_dont_download``, so even a magnet's pieces start at priority 0 when its
 metadata arrives. ``set_piece_deadline`` is never used: it raises a priority-0 piece to 7.
 
+Which pieces the swarm should ask for depends on what its peers have: the swarm keeps a map of the
+pieces some connected peer (or libtorrent's own copy) has, refreshed every 0.25 s, and hands it to
+the scheduler (``Scheduler.set_peer_pieces``, where the scheduler has it) so that the swarm is given
+only those and mirrors the others, which is what lets a LAN fetch each piece from outside about
+once (``scripts/bench_lan.py``). Without that hook the swarm takes what the scheduler gives it and
+gives back, after ``_STALL`` seconds, a span whose first piece no peer has. To learn what peers
+have, the torrent must not look finished while the swarm holds no work (seeds drop upload-only
+peers): one missing piece is then kept at priority 1 (``_bait``).
+
 When libtorrent finishes a piece (``piece_finished_alert``: its own SHA-1 / SHA-256 Merkle check
 passed), the swarm reads it back (``read_piece``: through libtorrent's disk layer, which also sees
 blocks not yet written out) and hands it to ``ctx.deliver``, which checks it against the
@@ -312,6 +321,7 @@ class _Slot:
     owned: set[int] = field(default_factory=set)  # manifest pieces with priority > 0 for this slot
     head_since: float = 0.0
     head: int = -1
+    seen: tuple[int, int] = (-1, -1)  # (next_piece, end) when its priorities were last set
 
 
 class SwarmSource:
@@ -365,6 +375,7 @@ class SwarmSource:
         self._peer_view = False  # the scheduler reads _peer_have (Scheduler.set_peer_pieces)
         self._next_peer_scan = 0.0
         self._bait_piece = -1  # manifest piece kept at priority 1 while no slot wants one
+        self._inject_failures = 0
         self._bait_from = 0
 
     @property
@@ -475,11 +486,13 @@ class SwarmSource:
     def _loop(self, ctx: _Engine) -> None:
         # Until the engine stops (not merely until every piece is verified): a file that fails its
         # whole-file digest reopens pieces, and peers keep getting pieces until the end.
-        while not ctx.stop.is_set():
+        while not ctx.stop.is_set() and not self._dropped:
             alerts = self.session.alerts(0.05)
             now = time.monotonic()
             for a in alerts:
                 self._on_alert(ctx, a)
+            if self._dropped:
+                return
             if not self._ready and not self._become_ready(ctx):
                 if self._dropped:
                     return
@@ -578,9 +591,12 @@ class SwarmSource:
         elif isinstance(a, lt.hash_failed_alert):
             t = int(a.piece_index)
             if t in self._injecting:
-                # Bytes the manifest verified fail the torrent's hash: the torrent is not this model's.
+                # Bytes the manifest verified fail the torrent's hash: the torrent is not this
+                # model's (twice, not once: a peer's blocks of the same piece may have mixed in).
                 self._injecting.discard(t)
-                self._retire(ctx, f"torrent piece {t} does not match the manifest's verified bytes")
+                self._inject_failures += 1
+                if self._inject_failures >= 2:
+                    self._retire(ctx, f"torrent piece {t} does not match the manifest's verified bytes")
                 return
             i = self.map.from_torrent.get(t) if self.map else None
             piece = self.manifest.pieces[i] if i is not None else None
@@ -600,7 +616,6 @@ class SwarmSource:
             ctx.emit(SourceTrouble(self.name, f"libtorrent: {a.message()}", None))
             if isinstance(a, lt.file_error_alert):
                 self._retire(ctx, f"libtorrent cannot use its storage: {a.message()}")
-                self._ready = False
         elif isinstance(a, lt.save_resume_data_alert) and self._store is not None:
             self._write_resume(self._store, a)
 
@@ -635,6 +650,9 @@ class SwarmSource:
         if not go_on:
             self._drop(ctx, slot)
             return
+        slot.seen = (slot.a.next_piece, slot.a.end)  # priorities shift with the head: see _review
+        for k, j in enumerate(range(slot.a.next_piece, min(slot.a.end, slot.a.next_piece + 7))):
+            self._own(slot, j, max(1, 7 - k))
         self._pull_head(slot)
 
     def _pull_head(self, slot: _Slot) -> None:
@@ -685,11 +703,13 @@ class SwarmSource:
             if not ctx.sched.wanted(a):
                 self._drop(ctx, slot)
                 continue
-            live = range(a.next_piece, a.end)
-            for i in [i for i in slot.owned if i not in live]:
-                self._unown(slot, i)
-            for k, i in enumerate(live):
-                self._own(slot, i, max(1, 7 - k))
+            if slot.seen != (a.next_piece, a.end):
+                slot.seen = (a.next_piece, a.end)
+                live = range(a.next_piece, a.end)
+                for i in [i for i in slot.owned if i not in live]:
+                    self._unown(slot, i)  # cut short: another source took the far end
+                for k, i in enumerate(live):
+                    self._own(slot, i, max(1, 7 - k))
             self._pull_head(slot)
             stalled = now - slot.head_since > _STALL and slot.head not in self._reading
             if ctx.sources and not self._peer_view and stalled:
@@ -725,7 +745,7 @@ class SwarmSource:
                 path = self.manifest.files[got.file_index].path
                 ctx.sched.release(got, SourceNotFound(f"{path} is not in the torrent", source=self.name))
                 continue
-            slot = _Slot(got, head_since=now)
+            slot = _Slot(got, head_since=now, seen=(got.next_piece, got.end))
             self._slots[got.id] = slot
             for k, i in enumerate(range(got.next_piece, got.end)):
                 self._own(slot, i, max(1, 7 - k))
@@ -1059,7 +1079,7 @@ def resolve_swarm_ref(ref: Ref, catalog: Catalog, settings: Settings, options: P
         return attach_swarm(plan, ref, catalog, replace(options, swarm=replace(options.swarm, enabled=True)))
     raise UsageError(
         "no manifest is known for this torrent, so its files could not be checked against one",
-        hint="pull the model's manifest with --torrent FILE, or list the model (manifest, magnet) in the catalog",
+        hint="pull its manifest with --torrent FILE, or list the model (manifest, magnet) in the catalog",
     )
 
 
@@ -1070,6 +1090,8 @@ def seed_after_pull(plan: PullPlan, options: PullOptions) -> Iterator[Event]:
     sw = plan.swarms[0] if plan.swarms else None
     torrent = sw.torrent if isinstance(sw, SwarmSource) else None
     session = sw.session if isinstance(sw, SwarmSource) and not sw.session.closed else None
-    if torrent is None:
+    if torrent is None:  # the model has no torrent yet: make it from the verified files
         torrent = create_torrent(plan.manifest, plan.dest, verify=False)
+        with contextlib.suppress(StorageError):
+            torrent.write(torrent_record_path(plan.dest, plan.manifest))
     yield from seed([SeedTarget(torrent, plan.dest)], options.swarm, session=session)

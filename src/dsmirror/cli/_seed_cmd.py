@@ -231,10 +231,8 @@ def render_seed(events: Iterable[Event], console: Console, *, json_out: bool = F
                 elif not json_out and time.monotonic() - last_plain >= 10:
                     last_plain = time.monotonic()
                     peers = sum(len(t.peers) for t in ev.torrents)
-                    console.print(
-                        f"seeding: {peers} peers, up {format_rate(ev.upload_rate)}, {format_bytes(ev.uploaded)} uploaded",
-                        highlight=False,
-                    )
+                    up = f"up {format_rate(ev.upload_rate)}, {format_bytes(ev.uploaded)} uploaded"
+                    console.print(f"seeding: {peers} peers, {up}", highlight=False)
             elif isinstance(ev, SeedingStopped):
                 uploaded, stopped = ev.uploaded, True
     except (KeyboardInterrupt, Interrupted):

@@ -26,7 +26,8 @@ TorrentFormatOpt = Annotated[
     str,
     typer.Option(
         "--torrent-format",
-        help="hybrid (BitTorrent v1+v2, default) or v1 (for clients that cannot read hybrid: aria2, transmission 3).",
+        help="hybrid (BitTorrent v1+v2, default) or v1 (for clients that cannot read hybrid: aria2, "
+        "transmission 3).",
     ),
 ]
 
@@ -82,11 +83,15 @@ def create(
 def show(torrent: Annotated[Path, typer.Argument(help="A .torrent file.")]) -> None:
     """Print a torrent's info-hashes, magnet link and files."""
     t = load_torrent(torrent)
-    console.print(
-        f"name        {t.name}\nformat      {t.format}\nbtih        {t.btih or '-'}\nbtmh        {t.btmh or '-'}\n"
-        f"pieces      {t.num_pieces} of {format_bytes(t.piece_size)}\ntotal       {format_bytes(t.total_size)}",
-        highlight=False,
-    )
+    for label, value in (
+        ("name", t.name),
+        ("format", t.format),
+        ("btih", t.btih or "-"),
+        ("btmh", t.btmh or "-"),
+        ("pieces", f"{t.num_pieces} of {format_bytes(t.piece_size)}"),
+        ("total", format_bytes(t.total_size)),
+    ):
+        console.print(f"{label:<11} {value}", highlight=False)
     console.print(f"magnet      {t.magnet}", highlight=False, soft_wrap=True)
     for f in t.content_files:
         console.print(f"  {f.size:>14}  {f.path}", highlight=False)
