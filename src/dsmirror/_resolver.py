@@ -176,9 +176,7 @@ def probe_sources(sources: Sequence[Source], manifest: Manifest, **kw: float) ->
     return [results[s.name] for s in sources if s.name in results]
 
 
-def score(
-    p: Probe, *, prefer: str = "auto", region: str | None = None, span_seconds: float = 6.0
-) -> float:
+def score(p: Probe, *, prefer: str = "auto", region: str | None = None, span_seconds: float = 6.0) -> float:
     rate = p.rate if p.rate is not None else (p.prior_rate or 0.0)
     if p.status in ("failing", "corrupt", "missing"):
         return 0.0
