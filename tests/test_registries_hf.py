@@ -11,9 +11,12 @@ import hashlib
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +27,13 @@ from aiohttp import web
 
 from dsmirror import Catalog, IntegrityError, NoSourceError, PullFinished, Settings, UsageError
 from dsmirror._catalog import load_catalog
-from dsmirror._events import Event, PieceRejected, SourceDropped
+from dsmirror._events import Event, PieceRejected, PlanNotes, SourceDropped
 from dsmirror._manifest import create_manifest
 from dsmirror._pull import PullOptions, pull, resolve
 from dsmirror._registries import list_hf_repo, select_files
 from dsmirror._registries._client import RepoURLs
 from dsmirror._registries._hf import HfFile
-from dsmirror._reuse import LocalReuse
+from dsmirror._reuse import LocalReuse, PullDryRun
 from dsmirror._serve import STATS, HfRepo, ModelIndex, ServeFaults, ServerThread, make_app
 
 REPO_ID = "acme/tiny-r1"
@@ -510,3 +513,211 @@ def test_an_hf_ref_borrows_the_aliases_modelscope_copy(
         s.close()
     assert [s.name for s in plan.sources] == ["good", "ms", "prefetched"]
     assert plan.manifest.name == "tiny-r1"
+
+
+# -- file globs on the command line ---------------------------------------------------------------------
+BIN_REPO = "acme/bins"
+
+
+@pytest.fixture(scope="module")
+def bin_repo(tmp_path_factory: pytest.TempPathFactory) -> HfRepo:
+    """A small repo with .bin weights (one in LFS, one in git), json files and a README."""
+    root = tmp_path_factory.mktemp("bins") / "bins"
+    rnd = random.Random(7)
+    files = {
+        "config.json": b'{"hidden_size": 8}\n',
+        "sub/tokenizer.json": rnd.randbytes(3000),
+        "pytorch_model.bin": rnd.randbytes((1 << 20) + 17),  # LFS
+        "extra/adapter.bin": rnd.randbytes(5000),  # a git blob
+        "README.md": b"# bins\n",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return HfRepo.from_folder(BIN_REPO, root)
+
+
+@pytest.mark.parametrize(
+    ("args", "wanted"),
+    [
+        (("--include", "*.json"), lambda p: p.endswith(".json")),
+        (("--exclude-file", "*.bin", "--exclude-file", "README.md"), lambda p: p.endswith(".json")),
+        (("--exclude-file", "*.bin"), lambda p: not p.endswith(".bin")),
+    ],
+    ids=["include", "exclude-two", "exclude"],
+)
+def test_cli_file_globs(
+    bin_repo: HfRepo, tmp_path: Path, args: tuple[str, ...], wanted: Callable[[str], bool]
+) -> None:
+    with ServerThread(make_app(ModelIndex([bin_repo]))) as hub:
+        cat = _catalog_file(tmp_path / "m.yaml", [_mirror("hub", "hf", hub.url, 1)])
+        events = _cli_pull(f"hf://{BIN_REPO}", tmp_path, cat, "--dest", str(tmp_path / "out"), *args)
+        sent = dict(hub.app[STATS].bytes_by_file)
+    keep = {p for p in bin_repo.files if wanted(p)}
+    assert keep and keep != set(bin_repo.files)
+    # Only the selected files crossed the network, each once, and nothing else was fetched.
+    assert sent == {f"{BIN_REPO}/{p}": bin_repo.files[p].size for p in keep}
+    assert set(_digests(tmp_path / "out")) == keep
+    assert sorted(_finished_json(events)["files"]) == sorted(keep)
+
+
+def test_cli_help_documents_the_globs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dsmirror.cli._app import app
+
+    text = CliRunner().invoke(app, ["pull", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"}).output
+    for option in ("--include", "--exclude-file", "--exclude", "--metadata-timeout"):
+        assert option in text
+    assert "Anchored" in text and "GLOB" in text
+
+
+def _finished_json(events: list[dict[str, Any]]) -> dict[str, Any]:
+    done = [e for e in events if e["event"] == "PullFinished"]
+    assert len(done) == 1
+    return done[0]
+
+
+# -- the resolver's notes --------------------------------------------------------------------------------
+def test_cli_json_shows_the_resolvers_notes(
+    servers: dict[str, ServerThread], hf_repo: HfRepo, tmp_path: Path
+) -> None:
+    cat = _catalog_file(
+        tmp_path / "m.yaml",
+        [
+            _mirror("liar", "hf", servers["liar"].url, 1),
+            _mirror("good", "hf", servers["good"].url, 2),
+            _mirror("ms", "modelscope", servers["ms"].url, 3),
+        ],
+        {ALIAS: {"hf": REPO_ID, "modelscope": REPO_ID}},
+    )
+    events = _cli_pull(ALIAS, tmp_path, cat, "--dest", str(tmp_path / "out"), "--include", "*.json")
+    kinds = [e["event"] for e in events]
+    assert kinds.count("PlanNotes") == 1 and kinds.index("PlanNotes") < kinds.index("PullStarted")
+    plan = events[kinds.index("PlanNotes")]
+    assert plan["ref"] == ALIAS and plan["name"] == ALIAS and plan["dest"] == str(tmp_path / "out")
+    notes = plan["notes"]
+    assert notes[0] == f"hf://{REPO_ID}@main is commit {hf_repo.commit} (listed by liar)"
+    assert "liar: dropped, it sent config.json with the wrong git blob id" in notes
+    assert "ms: serves 2 of 2 files with the pinned digests" in notes
+    assert _finished_json(events)["delivered_by_source"].get("liar", 0) == 0
+
+
+def test_notes_are_printed_one_line_each(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from dsmirror._events import PlanNotes
+    from dsmirror.cli._render import print_notes, render_human
+
+    long_note = "hf://acme/x@main is commit " + "a" * 40 + " (listed by [hub]) " + "x" * 150
+    ev = PlanNotes("hf://acme/x", "x", "0" * 64, "/tmp/x", (long_note, "ms: not used (HTTP 404)"))
+    for render in (lambda c: list(print_notes([ev], c)), lambda c: render_human([ev], c)):
+        console = Console(width=80, record=True, no_color=True)
+        render(console)
+        lines = console.export_text().splitlines()
+        assert lines == [f"note {long_note}", "note ms: not used (HTTP 404)"]
+
+
+# -- metadata requests are bounded in time ---------------------------------------------------------------
+@pytest.fixture
+def silent() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A loopback endpoint that accepts every connection and never answers: (url, connections)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", held
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+@pytest.mark.parametrize("revision", ["main", "commit"])
+def test_a_silent_endpoint_is_skipped_after_the_timeout(
+    servers: dict[str, ServerThread],
+    hf_repo: HfRepo,
+    silent: tuple[str, list[socket.socket]],
+    revision: str,
+) -> None:
+    from dsmirror import Mirror
+
+    url, held = silent
+    rev = hf_repo.commit if revision == "commit" else revision  # a commit skips model_info: tree only
+    mirrors = [Mirror("silent", "hf", url), Mirror("good", "hf", servers["good"].url)]
+    t0 = time.monotonic()
+    listing = list_hf_repo(mirrors, REPO_ID, rev, token=None, timeout=0.3)
+    took = time.monotonic() - t0
+    assert held, "the silent endpoint was never asked"
+    assert listing.endpoint == "good" and listing.commit == hf_repo.commit
+    assert listing.skipped == ("silent: no answer within 0.3 s",)
+    assert 0.3 <= took < 3  # one timeout, no retries with back-off
+    with pytest.raises(NoSourceError, match=r"silent: no answer within 0\.2 s"):
+        list_hf_repo(mirrors[:1], REPO_ID, rev, token=None, timeout=0.2)
+
+
+def test_the_metadata_timeout_reaches_every_registry(
+    servers: dict[str, ServerThread], silent: tuple[str, list[socket.socket]], tmp_path: Path
+) -> None:
+    url, _ = silent
+    cat = _catalog_file(
+        tmp_path / "m.yaml",
+        [
+            _mirror("silent", "hf", url, 1),
+            _mirror("good", "hf", servers["good"].url, 2),
+            _mirror("ms-silent", "modelscope", url, 3),
+        ],
+        {ALIAS: {"hf": REPO_ID, "modelscope": REPO_ID}},
+    )
+    t0 = time.monotonic()
+    opts = PullOptions(format="dir", dest=tmp_path / "out", dry_run=True, metadata_timeout=0.3)
+    events = list(pull(ALIAS, catalog=load_catalog(cat), settings=_settings(tmp_path), options=opts))
+    assert time.monotonic() - t0 < 5
+    notes = next(e for e in events if isinstance(e, PlanNotes)).notes
+    assert "silent: no answer within 0.3 s (did not list the repo)" in notes
+    assert any(n.startswith("ms-silent: not used (timed out") for n in notes), notes
+
+
+# -- dry run -------------------------------------------------------------------------------------------
+def test_dry_run_fetches_nothing(servers: dict[str, ServerThread], hf_repo: HfRepo, tmp_path: Path) -> None:
+    with ServerThread(make_app(ModelIndex([hf_repo]))) as hub:
+        cat = load_catalog(_catalog_file(tmp_path / "m.yaml", [_mirror("hub", "hf", hub.url, 1)]))
+        settings = _settings(tmp_path)
+        dest = tmp_path / "out"
+        events = _run(f"hf://{REPO_ID}", cat, settings, format="dir", dest=dest, dry_run=True)
+        assert hub.app[STATS].bytes_total == 0
+        assert not dest.exists()
+        small = {p: f for p, f in hf_repo.files.items() if not f.lfs and f.size}
+        notes = next(e for e in events if isinstance(e, PlanNotes)).notes
+        assert f"dry run: {len(small)} small file(s)" in notes[-1] and "provisional" in notes[-1]
+        dry = next(e for e in events if isinstance(e, PullDryRun))
+        rows = {r.path: r for r in dry.files}
+        assert set(rows) == set(hf_repo.files)
+        for path, served in hf_repo.files.items():  # everything to fetch, small files with their size
+            assert rows[path].fetch_bytes == served.size and rows[path].fetch_from == ("hub",)
+        assert dry.fetch_bytes == sum(f.size for f in hf_repo.files.values())
+
+        # Once pulled, the small files are on disk: the dry run knows their digests and the real id.
+        done = _finished(_run(f"hf://{REPO_ID}", cat, settings, format="dir", dest=dest))
+        served = hub.app[STATS].bytes_total
+        events = _run(f"hf://{REPO_ID}", cat, settings, format="dir", dest=dest, dry_run=True)
+        assert hub.app[STATS].bytes_total == served
+    dry = next(e for e in events if isinstance(e, PullDryRun))
+    assert dry.fetch_bytes == 0 and dry.present_bytes == done.total_bytes
+    notes = next(e for e in events if isinstance(e, PlanNotes)).notes
+    assert not any(n.startswith("dry run:") for n in notes)
+    assert dry.manifest_sha256 == next(e for e in events if isinstance(e, PlanNotes)).manifest_sha256

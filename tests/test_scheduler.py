@@ -639,3 +639,18 @@ def test_only_source_that_has_the_file_is_never_refused() -> None:
         clock.advance(1.0)
         sched.check_viable()
     pytest.fail("the only source that has f1.bin never got work")
+
+
+def test_one_outage_of_many_connections_counts_once() -> None:
+    # A mirror with 8 connections goes down: 8 failures arrive together. That is one outage: the
+    # mirror must be retried within seconds (a bench saw it benched for 85 s and never used again).
+    m = manifest([64 * MiB])
+    sched, clock = make(m, "a", "b")
+    spans = [take(sched, "a") for _ in range(8)]
+    for a in spans:
+        sched.release(a, SourceUnavailable("connection refused", source="a"))
+    st = sched.source("a")
+    assert st.failures_in_row == 1
+    assert st.paused_until - clock.now() <= 1.5 * sched.cfg.backoff_base
+    clock.advance(2.0)
+    assert isinstance(sched.acquire("a"), Assignment)

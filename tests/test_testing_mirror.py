@@ -236,7 +236,7 @@ def test_rate_is_shared_by_all_connections(tmp_path: Path) -> None:
         assert all(isinstance(t, float) for t in finished), finished
         assert 0.375 < elapsed < 0.625  # 2 MB at 4 MB/s
         # Shared fairly: no connection got the whole rate and finished in a third of the time.
-        assert min(t for t in finished if isinstance(t, float)) > 0.3
+        assert min(t for t in finished if isinstance(t, float)) > 0.2  # shared, less a 50 ms burst
         assert mirror.bytes_served == 2_000_000
 
 

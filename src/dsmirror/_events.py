@@ -9,6 +9,7 @@ from typing import Any
 __all__ = [
     "Event",
     "PieceRejected",
+    "PlanNotes",
     "Progress",
     "PullFinished",
     "PullStarted",
@@ -22,6 +23,23 @@ __all__ = [
 @dataclass(frozen=True)
 class Event:
     pass
+
+
+@dataclass(frozen=True)
+class PlanNotes(Event):
+    """What the resolver noticed, yielded by ``pull`` after resolving and before anything is fetched.
+
+    One line per note: the commit a revision was pinned to and which endpoint listed it, endpoints
+    that did not answer and why, mirrors dropped for sending wrong bytes, which files a ModelScope
+    copy serves with the pinned digests, what a dry run could not know yet. Registry references
+    always have notes; a pull without any (a manifest file) yields no ``PlanNotes``.
+    """
+
+    ref: str
+    name: str
+    manifest_sha256: str
+    dest: str
+    notes: tuple[str, ...]
 
 
 @dataclass(frozen=True)

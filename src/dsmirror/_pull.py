@@ -17,7 +17,7 @@ from ._catalog import Catalog, Mirror
 from ._clock import Clock
 from ._engine import EngineConfig, SwarmSource, fetch
 from ._errors import ManifestError, NoSourceError, SourceError, UsageError
-from ._events import Event
+from ._events import Event, PlanNotes
 from ._manifest import Manifest, load_manifest, parse_manifest
 from ._refs import Ref, parse_ref
 from ._resolver import Experience
@@ -49,6 +49,9 @@ class PullOptions:
     exclude_files: tuple[str, ...] = ()
     stall_timeout: float = 20.0
     give_up_after: float = 120.0
+    #: Seconds to wait for a registry's metadata (revision, file listing, manifest) before trying
+    #: the next endpoint of the catalog.
+    metadata_timeout: float = 15.0
     dry_run: bool = False  # print what would be reused and fetched from where; fetch nothing
     reuse: bool = True  # copy pieces already on this machine before fetching (see _reuse)
     reuse_from: tuple[Path, ...] = ()  # more folders to look in (--reuse-from)
@@ -162,6 +165,15 @@ def pull(
     """Resolve ``ref`` and fetch it; yields typed events; raises DsmirrorError subclasses."""
     opts = options or PullOptions()
     plan = resolve(ref, catalog, settings, opts)
+    try:
+        if plan.notes:
+            yield PlanNotes(ref, plan.manifest.name, plan.manifest.sha256, str(plan.dest), tuple(plan.notes))
+    except BaseException:  # closed before run_plan started: its `finally` would not release these
+        for s in plan.sources:
+            s.close()
+        for sw in plan.swarms:
+            sw.close()
+        raise
     yield from run_plan(plan, opts, clock=clock, settings=settings)
 
 

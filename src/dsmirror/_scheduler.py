@@ -86,7 +86,7 @@ class SchedulerConfig:
     race_margin: float = 0.6  # race only if the racer would need < 60% of the owner's remaining time
     max_racers: int = 8
     backoff_base: float = 1.0
-    backoff_max: float = 60.0
+    backoff_max: float = 30.0
     breaker_threshold: int = 5
     ban_after_corrupt: int = 2
     give_up_after: float = 120.0  # no usable source and no progress for this long: NoSourceError
@@ -139,6 +139,7 @@ class SourceState:
     active: int = 0
     last_error: str | None = None
     prior_rate: float = 0.0  # from persisted experience; used until measured
+    last_failure_at: float = -1e9
 
     @property
     def status(self) -> str:
@@ -226,7 +227,12 @@ class Scheduler:
         return 0.0
 
     def _expected_rate(self, s: SourceState) -> float:
-        """Per-connection rate to plan with: measured, else remembered, else unknown (0)."""
+        """Per-connection rate to plan with: measured, else remembered, else unknown (0).
+
+        (Planning with a mirror's idle share instead — its total rate over the connections that
+        would be busy — was tried: in simulation it made slow sources take tail pieces that their
+        other connections then slowed down, finishing later with more bytes wasted.)
+        """
         return s.ewma_rate or s.prior_rate
 
     # -- handing out work ------------------------------------------------------------------------
@@ -598,6 +604,11 @@ class Scheduler:
                 return
             if a.cancelled and not isinstance(error, RateLimited):
                 return
+            if now - s.last_failure_at < 1.0 or s.paused_until > now:
+                # Several connections failing together is one outage, not several: count it once,
+                # or one blip would back the source off for a minute (and it would not come back).
+                return
+            s.last_failure_at = now
             s.failures_in_row += 1
             s.failures_total += 1
             delay = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (s.failures_in_row - 1))

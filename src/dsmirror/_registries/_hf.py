@@ -6,14 +6,26 @@ server, ...) in catalog order; for each step the first endpoint that answers win
 1. Pin the revision to its 40-hex commit (``HfApi.model_info``, ``GET /api/models/{repo}/revision/{rev}``).
    Every byte is then fetched from ``{endpoint}/{repo}/resolve/{commit}/{path}``: a resume can never
    mix two revisions, and a mirror that lacks the commit answers 404 and is not asked again.
-2. List the files at that commit (``HfApi.list_repo_tree(recursive=True)``,
-   ``GET /api/models/{repo}/tree/{commit}?recursive=True``, paged): path, size, git blob id, and for
-   LFS files the SHA-256 of the content, which becomes the file's digest in the manifest.
+2. List the files at that commit (``GET /api/models/{repo}/tree/{commit}?recursive=True``, paged by
+   ``Link: rel=next``, as ``HfApi.list_repo_tree`` does): path, size, git blob id, and for LFS files
+   the SHA-256 of the content, which becomes the file's digest in the manifest.
 3. Keep the files the ``include``/``exclude`` globs select. The globs are anchored: each is matched
    against the whole repo path with ``fnmatch`` (``*`` also crosses ``/``), never as a substring.
 4. Learn the SHA-256 of the small files (below), build the manifest (8 MiB pieces, or those of a
    piece manifest the catalog publishes for the alias, after checking that it agrees with the
    registry's digests), and make one source per endpoint.
+
+Bounded in time
+    Every metadata request has a timeout (``PullOptions.metadata_timeout``, 15 s by default) and is
+    not retried: an endpoint that accepts the connection and never answers costs that long, then the
+    next endpoint is asked. huggingface_hub 2.x cannot be told this per call for everything: its
+    shared httpx2 client has no timeout, ``list_repo_tree`` takes none, and its pagination retries a
+    timed-out request five times with back-off. ``set_client_factory`` would change the client of
+    every huggingface_hub call in the process (the user's own included) and still not help, since the
+    tree pages are requested with an explicit ``timeout=None``. So ``model_info`` gets ``timeout=``,
+    and the tree pages are requested with huggingface_hub's own ``http_backoff`` (no retries, a
+    timeout), headers (``build_hf_headers``), error mapping (``hf_raise_for_status``) and ``RepoFile``
+    parsing: only the route is written here.
 
 Small files: why they are fetched while resolving
     For a file kept in git rather than LFS the Hub publishes only its git blob id, the SHA-1 of
@@ -22,8 +34,13 @@ Small files: why they are fetched while resolving
     these files (config.json, tokenizer.json; the Hub keeps files over 10 MB in LFS) are fetched now,
     checked against their blob id, and enter the manifest with their SHA-256 and full piece hashes.
     Their bytes reach the engine from memory (``MemorySource``), so they cross the network once. A
-    copy already on disk (``blobs/<blob id>`` in the Hugging Face cache, the destination's own copy)
-    is hashed instead of fetched. The blob ids stay in the manifest's ``meta`` as provenance.
+    copy already on disk (``blobs/<blob id>`` in the Hugging Face cache, the destination's own copy,
+    the partial area of an interrupted pull into the same destination) is hashed instead of fetched.
+    The blob ids stay in the manifest's ``meta`` as provenance.
+
+    A dry run fetches nothing: a small file with no copy on disk enters the manifest with the
+    placeholder digest ``UNKNOWN_SHA256`` (all zeros), so the dry run lists it as to fetch, whole,
+    and a note says how many there are and that the manifest id shown is provisional.
 
 The token (``HF_TOKEN`` or huggingface_hub's stored token) is sent only to mirrors marked
 ``official`` in the catalog (huggingface.co), for metadata and downloads alike, never to a
@@ -56,6 +73,7 @@ from .._pull import PullOptions, PullPlan, select_mirrors, source_info
 from .._settings import Settings
 from .._sources import HttpSource, Source
 from .._store import Store
+from .._units import format_bytes
 from ._client import RepoURLs, describe
 from ._digest import ContentHasher, Digests, git_blob_sha1, hash_local_file
 from ._local import MemorySource, local_source_info
@@ -78,6 +96,12 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 KEEP_FILE_LIMIT = 64 << 20
 KEEP_TOTAL_LIMIT = 512 << 20
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+#: The digest of a small file a dry run did not fetch (see the module docstring); never pulled.
+UNKNOWN_SHA256 = "0" * 64
+#: A tree listing that has not ended after this many pages is refused (a ``next`` link loop).
+MAX_TREE_PAGES = 10_000
+#: ``PullOptions.metadata_timeout``'s default, for callers of ``list_hf_repo``.
+METADATA_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,7 @@ class HfListing:
     commit: str
     files: tuple[HfFile, ...]
     endpoint: str  # name of the mirror that answered
+    skipped: tuple[str, ...] = ()  # "<mirror>: <why>" for each endpoint asked before it
 
 
 def select_files(files: Sequence[HfFile], include: Sequence[str], exclude: Sequence[str]) -> list[HfFile]:
@@ -128,19 +153,32 @@ def select_files(files: Sequence[HfFile], include: Sequence[str], exclude: Seque
 _telemetry_lock = threading.Lock()
 
 
-def _api(mirror: Mirror, token: str | None) -> HfApi:
-    from huggingface_hub import HfApi, constants
+def _token_for(mirror: Mirror, token: str | None) -> str | bool:
+    """The token for requests to ``mirror``: only an official endpoint gets it (``False``: none)."""
+    return token if token and mirror.official else False
+
+
+def _no_telemetry() -> None:
+    """Before huggingface_hub builds request headers: see the module docstring."""
+    from huggingface_hub import constants
 
     with _telemetry_lock:
-        constants.HF_HUB_DISABLE_TELEMETRY = True  # see the module docstring
-    return HfApi(
-        endpoint=mirror.url.rstrip("/"),
-        token=token if token and mirror.official else False,
-        library_name="dsmirror",
-    )
+        constants.HF_HUB_DISABLE_TELEMETRY = True
 
 
-def _why(exc: BaseException) -> str:
+def _api(mirror: Mirror, token: str | None) -> HfApi:
+    from huggingface_hub import HfApi
+
+    _no_telemetry()
+    return HfApi(endpoint=mirror.url.rstrip("/"), token=_token_for(mirror, token), library_name="dsmirror")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    # httpx2.TimeoutException (huggingface_hub 1.x, 2.x), requests' Timeout (0.x), TimeoutError.
+    return any(c.__name__ in ("TimeoutException", "Timeout", "TimeoutError") for c in type(exc).__mro__)
+
+
+def _why(exc: BaseException, timeout: float) -> str:
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -160,6 +198,8 @@ def _why(exc: BaseException) -> str:
         return f"HTTP {status}"
     if isinstance(exc, OfflineModeIsEnabled):
         return "HF_HUB_OFFLINE is set"
+    if _timed_out(exc):
+        return f"no answer within {timeout:g} s"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -177,28 +217,66 @@ def _to_file(entry: Any) -> HfFile:
     return HfFile(path, size, blob_id.lower(), sha256, xet)
 
 
-def list_hf_repo(
-    mirrors: Sequence[Mirror], repo_id: str, revision: str, *, token: str | None, timeout: float = 30.0
-) -> HfListing:
-    """Pin ``revision`` and list the repo's files, from the first of ``mirrors`` that answers."""
+def _list_tree(mirror: Mirror, repo_id: str, commit: str, token: str | None, timeout: float) -> list[HfFile]:
+    """The files at ``commit``, as ``HfApi.list_repo_tree(recursive=True)`` lists them, but bounded.
+
+    Each page is one request with ``timeout`` and no retry (see "Bounded in time" above).
+    """
     from huggingface_hub import RepoFile
 
+    # Public names, exported lazily (mypy cannot see them).
+    from huggingface_hub.utils import (  # type: ignore[attr-defined]
+        build_hf_headers,
+        hf_raise_for_status,
+        http_backoff,
+    )
+
+    _no_telemetry()
+    headers = build_hf_headers(token=_token_for(mirror, token), library_name="dsmirror")
+    url: str | None = f"{mirror.url.rstrip('/')}/api/models/{repo_id}/tree/{quote(commit, safe='')}"
+    params: dict[str, Any] | None = {"recursive": True, "expand": False}
+    files: list[HfFile] = []
+    for _ in range(MAX_TREE_PAGES):
+        if url is None:
+            return files
+        resp = http_backoff("GET", url, params=params, headers=headers, timeout=timeout, max_retries=0)
+        hf_raise_for_status(resp)
+        page = resp.json()
+        if not isinstance(page, list):
+            raise ValueError(f"the tree listing is not a list ({type(page).__name__})")
+        for item in page:
+            if item.get("type") == "file":  # not "directory"
+                files.append(_to_file(RepoFile(**item)))  # type: ignore[no-untyped-call]
+        url, params = resp.links.get("next", {}).get("url"), None  # the next link holds the query
+    raise ValueError(f"the tree listing did not end after {MAX_TREE_PAGES} pages")
+
+
+def list_hf_repo(
+    mirrors: Sequence[Mirror],
+    repo_id: str,
+    revision: str,
+    *,
+    token: str | None,
+    timeout: float = METADATA_TIMEOUT,
+) -> HfListing:
+    """Pin ``revision`` and list the repo's files, from the first of ``mirrors`` that answers.
+
+    ``timeout`` bounds each request: an endpoint that does not answer in time is skipped.
+    """
     problems: list[str] = []
     for m in mirrors:
-        api = _api(m, token)
         try:
             commit = revision.lower() if _HEX40.match(revision.lower()) else None
             if commit is None:
-                info = api.model_info(repo_id, revision=revision, timeout=timeout)
+                info = _api(m, token).model_info(repo_id, revision=revision, timeout=timeout)
                 commit = str(info.sha or "").lower()
                 if not _HEX40.match(commit):
                     raise ValueError(f"the endpoint gave no commit id for {revision!r} ({info.sha!r})")
-            entries = api.list_repo_tree(repo_id, recursive=True, revision=commit)
-            files = tuple(_to_file(e) for e in entries if isinstance(e, RepoFile))
+            files = tuple(_list_tree(m, repo_id, commit, token, timeout))
         except Exception as exc:  # huggingface_hub, httpx2 and parsing errors alike: try the next one
-            problems.append(f"{m.name}: {_why(exc)}")
+            problems.append(f"{m.name}: {_why(exc, timeout)}")
             continue
-        return HfListing(repo_id, revision, commit, files, m.name)
+        return HfListing(repo_id, revision, commit, files, m.name, tuple(problems))
     raise NoSourceError(
         f"cannot resolve hf://{repo_id}@{revision}: " + "; ".join(problems or ["no endpoint"]),
         hint="check the repo id and revision, the network, and the hf mirrors (--mirrors, --only)",
@@ -244,12 +322,17 @@ def _fetch_small(
     local: Sequence[Path],
     piece_size: int,
     kept: _Kept,
-) -> _Small:
-    """The digests of a small file checked against its git blob id: from disk if a copy is there."""
+) -> _Small | None:
+    """The digests of a small file checked against its git blob id: from disk if a copy is there.
+
+    With no ``sources`` (a dry run) and no copy on disk, None.
+    """
     f = entry.file
     keep = kept.room_for(f.size)
     for path in local:
         try:
+            if path.stat().st_size != f.size:
+                continue
             d = hash_local_file(path, piece_size, keep=keep)
         except OSError:
             continue
@@ -259,6 +342,8 @@ def _fetch_small(
                 with kept.lock:
                     kept.data[entry.manifest_path] = d.data
             return _Small(d, ())
+    if not sources:
+        return None
     problems: list[str] = []
     liars: list[str] = []
     probe = FileEntry(entry.manifest_path, f.size, "", ())
@@ -291,7 +376,7 @@ def _check_published(entries: Sequence[_Entry], published: Manifest, where: str)
     by_path = {pf.path: pf for pf in published.files}
     for e in entries:
         pf = by_path.get(e.file.path)
-        if pf is None:
+        if pf is None or e.sha256 == UNKNOWN_SHA256:  # a dry run's unfetched file: checked by the pull
             continue
         if pf.size != e.file.size or pf.sha256 != e.sha256:
             raise IntegrityError(
@@ -313,6 +398,14 @@ def _manifest(name: str, piece_size: int, entries: Sequence[_Entry], meta: dict[
         files.append(FileEntry(e.manifest_path, e.file.size, e.sha256, pieces))
     m = Manifest(name[:200], piece_size, tuple(files), None, meta)
     return parse_manifest(m.canonical_bytes, origin=f"the listing of {name}")  # validates every path
+
+
+def _partial_areas(dest: Path) -> list[Path]:
+    """The partial areas of earlier, interrupted pulls into ``dest`` (see ``dsmirror._store``)."""
+    try:
+        return sorted(p for p in (dest / ".dsmirror" / "partial").iterdir() if p.is_dir())
+    except OSError:
+        return []
 
 
 def _hf_template(base: str, repo_id: str, commit: str) -> Callable[[str], str]:
@@ -351,7 +444,9 @@ def plan_hf(
             "the catalog has no usable mirror of kind hf",
             hint="add one with --mirrors FILE, or check --only/--exclude",
         )
-    listing = list_hf_repo(hf_mirrors, repo_id, revision, token=settings.hf_token)
+    listing = list_hf_repo(
+        hf_mirrors, repo_id, revision, token=settings.hf_token, timeout=options.metadata_timeout
+    )
     chosen = select_files(listing.files, include, exclude)
     if not chosen:
         raise UsageError(f"no file of {repo_id} at {listing.commit[:12]} matches the include/exclude globs")
@@ -399,18 +494,26 @@ def plan_hf(
                     )
                 e.sha256, e.pieces = EMPTY_SHA256, ()
 
+        partial_areas = _partial_areas(dest)
+
         def local_small(e: _Entry) -> list[Path]:
             cands = [dest / e.manifest_path]
+            cands += [area / "data" / e.manifest_path for area in partial_areas]
             cands += [repo / "blobs" / e.file.blob_id for repo in hf_cache_repo_dirs(settings.hf_cache)]
             return cands
 
         todo = [e for e in small if e.file.size > 0]
         # The endpoint that just answered the listing is known to be up: ask it first.
-        order = sorted(sources, key=lambda s: s.name != listing.endpoint)
+        order = [] if options.dry_run else sorted(sources, key=lambda s: s.name != listing.endpoint)
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dsmirror-hf-small") as pool:
             results = list(pool.map(lambda e: _fetch_small(e, order, local_small(e), piece_size, kept), todo))
         liars: dict[str, str] = {}
+        unknown: list[_Entry] = []
         for e, small_file in zip(todo, results, strict=True):
+            if small_file is None:
+                e.sha256 = UNKNOWN_SHA256
+                unknown.append(e)
+                continue
             e.sha256, e.pieces = small_file.digests.sha256, small_file.digests.pieces
             for liar in small_file.liars:
                 liars.setdefault(liar, e.file.path)
@@ -425,14 +528,31 @@ def plan_hf(
         manifest = _manifest(name or repo_id.split("/")[-1], piece_size, entries, meta)
 
         notes = [f"hf://{repo_id}@{revision} is commit {listing.commit} (listed by {listing.endpoint})"]
+        notes += [f"{why} (did not list the repo)" for why in listing.skipped]
         notes += [
             f"{liar}: dropped, it sent {path} with the wrong git blob id" for liar, path in liars.items()
         ]
-        wanted = {e.manifest_path: (e.file.path, e.file.size, e.sha256) for e in entries}
+        if unknown:
+            size = format_bytes(sum(e.file.size for e in unknown))
+            notes.append(
+                f"dry run: {len(unknown)} small file(s) ({size}) not fetched to learn their SHA-256 "
+                "(the Hub lists only their git blob id); they count as to fetch, and the manifest id "
+                "shown is provisional"
+            )
+        wanted = {
+            e.manifest_path: (e.file.path, e.file.size, None if e.sha256 == UNKNOWN_SHA256 else e.sha256)
+            for e in entries
+        }
         for src, ms_listing in ms:
             if src in sources:
                 notes.append(restrict_to_listing(src, ms_listing, wanted))
         if kept.data:
+            # Those bytes are here already: no mirror is asked for them again (the engine would
+            # otherwise spread a pull's first pieces over every idle source, these included).
+            for src in sources:
+                if isinstance(src, HttpSource):
+                    have = dict.fromkeys(repo_paths, True) if src.files is None else src.files
+                    src.files = {p: v for p, v in have.items() if p not in kept.data}
             sources.append(MemorySource(local_source_info("prefetched"), dict(kept.data)))
     except BaseException:
         for s in sources:

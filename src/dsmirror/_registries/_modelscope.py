@@ -110,7 +110,7 @@ def modelscope_sources(
     for m in select_mirrors(catalog, ("modelscope",), options):
         listing: dict[str, MsFile] | SourceError
         try:
-            listing = list_modelscope(m, model_id, revision)
+            listing = list_modelscope(m, model_id, revision, timeout=options.metadata_timeout)
         except SourceError as exc:
             listing = exc
         urls = RepoURLs(m.name, _file_template(m.url, model_id, revision), repo_paths)
@@ -121,17 +121,18 @@ def modelscope_sources(
 def restrict_to_listing(
     source: HttpSource,
     listing: dict[str, MsFile] | SourceError,
-    wanted: Mapping[str, tuple[str, int, str]],
+    wanted: Mapping[str, tuple[str, int, str | None]],
 ) -> str:
     """Let ``source`` serve only the files its listing gives with the pinned size and SHA-256.
 
-    ``wanted``: manifest path -> (repo path, size, sha256). Returns a one-line note.
+    ``wanted``: manifest path -> (repo path, size, sha256). A SHA-256 of None (a dry run did not
+    learn it) is matched by size alone. Returns a one-line note.
     """
     allowed: set[str] = set()
     if not isinstance(listing, SourceError):
         for mpath, (rpath, size, sha256) in wanted.items():
             f = listing.get(rpath)
-            if f is not None and f.size == size and f.sha256 == sha256:
+            if f is not None and f.size == size and (sha256 is None or f.sha256 == sha256):
                 allowed.add(mpath)
     urls = source.url_for
     assert isinstance(urls, RepoURLs)
@@ -164,7 +165,7 @@ def plan_modelscope(
     listing: dict[str, MsFile] | None = None
     for m in mirrors:
         try:
-            listing = list_modelscope(m, model_id, revision)
+            listing = list_modelscope(m, model_id, revision, timeout=options.metadata_timeout)
             break
         except SourceError as exc:
             problems.append(f"{m.name}: {describe(exc)}")
@@ -192,4 +193,8 @@ def plan_modelscope(
         urls = RepoURLs(m.name, _file_template(m.url, model_id, revision), {})
         sources.append(HttpSource(source_info(m, options), urls, stall_timeout=options.stall_timeout))
     after = record_after_install(settings, ref_text, "dir", manifest)
-    return PullPlan(manifest, sources, dest, after, [f"{model_id}@{revision}: {len(files)} files"])
+    notes = [
+        f"{model_id}@{revision}: {len(files)} files",
+        *(f"{p} (did not list the model)" for p in problems),
+    ]
+    return PullPlan(manifest, sources, dest, after, notes)

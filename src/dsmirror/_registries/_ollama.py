@@ -221,8 +221,13 @@ def plan_ollama(
 
     if options.format == "hf":
         raise UsageError(f"{ref_text} is an Ollama model", hint="use --format ollama or --format dir")
+    if options.include or options.exclude_files:
+        raise UsageError(
+            f"{ref_text} is an Ollama model: it is pulled whole",
+            hint="--include/--exclude-file select the files of a Hugging Face or ModelScope repo",
+        )
     mirrors = _registry_mirrors(catalog, name, options)
-    raw, blobs, served_by = fetch_ollama_manifest(mirrors, name)
+    raw, blobs, served_by = fetch_ollama_manifest(mirrors, name, timeout=options.metadata_timeout)
     ps = DEFAULT_PIECE_SIZE
     files = tuple(FileEntry(b.path, b.size, b.sha256, ("",) * -(-b.size // ps)) for b in blobs)
     meta = {

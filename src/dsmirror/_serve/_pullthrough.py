@@ -64,6 +64,7 @@ from dsmirror._engine import EngineConfig, fetch
 from dsmirror._errors import AlreadyInProgress, DsmirrorError, IntegrityError, NoSourceError, SourceError
 from dsmirror._fsutil import atomic_write_bytes, fsync_dir
 from dsmirror._manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, Piece
+from dsmirror._pull import PullOptions, source_info
 from dsmirror._scheduler import SchedulerConfig
 from dsmirror._serve._index import (
     DigestCache,
@@ -111,15 +112,7 @@ class Upstream:
 
 
 def _source_info(m: Mirror) -> SourceInfo:
-    return SourceInfo(
-        name=m.name,
-        kind=m.kind,
-        host=m.host,
-        region=m.region,
-        official=m.official,
-        priority=m.priority,
-        max_connections=m.max_connections,
-    )
+    return source_info(m, PullOptions())
 
 
 def _base(m: Mirror) -> str:

@@ -11,7 +11,7 @@ from .._pull import PullOptions, pull
 from .._units import parse_size
 from ._app import JsonOpt, MirrorsOpt, NoDefaultCatalogOpt, app, console, load_catalog_from_options
 from ._dry_run import render_dry_run
-from ._render import render_human, render_json
+from ._render import print_notes, render_human, render_json
 from ._seed_cmd import DhtOpt, ListenOpt, LsdOpt, PeerOpt, SeedSplit, render_seed, swarm_config
 
 
@@ -39,11 +39,39 @@ def pull_cmd(
         list[str] | None, typer.Option("--only", help="Use only this mirror (repeatable).")
     ] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Never use this mirror.")] = None,
+    include_files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include",
+            metavar="GLOB",
+            help="Fetch only the repo files whose whole path matches GLOB (repeatable; hf:// and "
+            "ModelScope repos). Anchored, and * also crosses /: '*.json' is config.json and "
+            "sub/x.json, 'json' matches nothing.",
+        ),
+    ] = None,
+    exclude_files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-file",
+            metavar="GLOB",
+            help="Skip the repo files whose whole path matches GLOB, e.g. 'original/*' (repeatable; "
+            "anchored like --include). --exclude names a mirror, not a file.",
+        ),
+    ] = None,
     region: Annotated[str | None, typer.Option("--region", help="Prefer mirrors of this region.")] = None,
     prefer: Annotated[str, typer.Option("--prefer", help="auto, mirror, official or p2p.")] = "auto",
     give_up_after: Annotated[
         float, typer.Option("--give-up-after", help="Seconds without any progress before failing.")
     ] = 120.0,
+    metadata_timeout: Annotated[
+        float,
+        typer.Option(
+            "--metadata-timeout",
+            min=0.1,
+            help="Seconds to wait for a registry's answer (revision, file list, manifest) before "
+            "asking the catalog's next endpoint.",
+        ),
+    ] = 15.0,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show what would be reused and fetched from where; fetch nothing."),
@@ -81,6 +109,9 @@ def pull_cmd(
         connections=connections,
         only=tuple(only or ()),
         exclude=tuple(exclude or ()),
+        include=tuple(include_files or ()),
+        exclude_files=tuple(exclude_files or ()),
+        metadata_timeout=metadata_timeout,
         region=region,
         prefer=prefer,
         give_up_after=give_up_after,
@@ -96,7 +127,7 @@ def pull_cmd(
     if json_out:
         render_json(events)
     elif dry_run:
-        render_dry_run(events, console)
+        render_dry_run(print_notes(events, console), console)
     else:
         render_human(events, console)
     render_seed(split.seed_events(), console, json_out=json_out)

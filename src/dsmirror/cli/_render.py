@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -16,6 +16,7 @@ from rich.text import Text
 from .._events import (
     Event,
     PieceRejected,
+    PlanNotes,
     Progress,
     PullFinished,
     PullStarted,
@@ -34,6 +35,20 @@ def render_json(events: Iterable[Event]) -> PullFinished | None:
         if isinstance(ev, PullFinished):
             last = ev
     return last
+
+
+def _print_notes(ev: PlanNotes, console: Console) -> None:
+    for note in ev.notes:
+        # soft_wrap: one line each, also when rich would wrap a pipe's output at 80 columns.
+        console.print(Text.assemble(("note ", "dim"), note), soft_wrap=True)
+
+
+def print_notes(events: Iterable[Event], console: Console) -> Iterator[Event]:
+    """Print the resolver's notes (one line each) as they pass; every event goes on unchanged."""
+    for ev in events:
+        if isinstance(ev, PlanNotes):
+            _print_notes(ev, console)
+        yield ev
 
 
 def _eta(s: float | None) -> str:
@@ -75,7 +90,9 @@ def render_human(events: Iterable[Event], console: Console) -> PullFinished | No
     plain_at = 0.0
     try:
         for ev in events:
-            if isinstance(ev, PullStarted):
+            if isinstance(ev, PlanNotes):
+                _print_notes(ev, console)
+            elif isinstance(ev, PullStarted):
                 name = ev.name
                 console.print(
                     f"[bold]{ev.name}[/]: {ev.pieces} pieces of {format_bytes(ev.piece_size)}, "

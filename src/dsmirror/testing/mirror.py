@@ -68,6 +68,7 @@ _THROTTLED_CHUNK = 64 * 1024
 _UNTHROTTLED_CHUNK = 8 * 1024 * 1024
 #: Longest a throttled sender sleeps before it looks at the rate and its abort flag again.
 _MAX_WAIT = 0.05
+_BURST_SECONDS = 0.05
 #: How long stopping waits for one aborted handler thread; they end within milliseconds.
 _JOIN_TIMEOUT = 5.0
 #: Default shared HMAC key of signed redirects (tests only; not a secret).
@@ -226,7 +227,10 @@ class _TokenBucket:
     def _refill(self) -> None:
         now = time.monotonic()
         if self._rate is not None:
-            self._tokens = min(self._tokens + self._rate * (now - self._stamp), self.chunk_size())
+            # The budget may build up to 50 ms of the rate (and at least one chunk): a sender thread
+            # that wakes late on a busy machine catches up instead of losing that bandwidth.
+            cap = max(float(self.chunk_size()), self._rate * _BURST_SECONDS)
+            self._tokens = min(self._tokens + self._rate * (now - self._stamp), cap)
         self._stamp = now
 
 
