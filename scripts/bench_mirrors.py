@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import shutil
 import subprocess
 import sys
@@ -444,19 +445,12 @@ def calibrate(servers: Sequence[MirrorServer], specs: Sequence[MirrorSpec], mode
     n = 8
     part = big.size // n
     procs = []
-    for server in servers:
+    for server, spec in zip(servers, specs, strict=True):
+        # Enough repeats of its range that every stream is still busy after 4 s, even unthrottled.
+        repeats = 1 + math.ceil(4 * (spec.rate or 2e9) / n / part)
         for i in range(n):
-            argv = [
-                "curl",
-                "-s",
-                "--noproxy",
-                "*",
-                "-o",
-                "/dev/null",
-                "-r",
-                f"{i * part}-{(i + 1) * part - 1}",
-            ]
-            procs.append(subprocess.Popen([*argv, server.url + big.path]))
+            argv = ["curl", "-s", "--noproxy", "*", "-r", f"{i * part}-{(i + 1) * part - 1}"]
+            procs.append(subprocess.Popen(argv + ["-o", "/dev/null", server.url + big.path] * repeats))
     try:
         time.sleep(1.0)
         before, t0 = [s.bytes_served for s in servers], time.perf_counter()

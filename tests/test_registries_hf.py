@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import socket
@@ -653,21 +654,29 @@ def test_a_silent_endpoint_is_skipped_after_the_timeout(
     hf_repo: HfRepo,
     silent: tuple[str, list[socket.socket]],
     revision: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from dsmirror import Mirror
 
     url, held = silent
     rev = hf_repo.commit if revision == "commit" else revision  # a commit skips model_info: tree only
-    mirrors = [Mirror("silent", "hf", url), Mirror("good", "hf", servers["good"].url)]
+    mirrors = [
+        Mirror("dead", "hf", DEAD),
+        Mirror("silent", "hf", url),
+        Mirror("good", "hf", servers["good"].url),
+    ]
     t0 = time.monotonic()
     listing = list_hf_repo(mirrors, REPO_ID, rev, token=None, timeout=0.3)
     took = time.monotonic() - t0
     assert held, "the silent endpoint was never asked"
     assert listing.endpoint == "good" and listing.commit == hf_repo.commit
-    assert listing.skipped == ("silent: no answer within 0.3 s",)
+    assert listing.skipped[0].startswith("dead: cannot connect")
+    assert listing.skipped[1:] == ("silent: no answer within 0.3 s",)
     assert 0.3 <= took < 3  # one timeout, no retries with back-off
+    # Nothing was logged: huggingface_hub warns only before a retry, and none was made.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     with pytest.raises(NoSourceError, match=r"silent: no answer within 0\.2 s"):
-        list_hf_repo(mirrors[:1], REPO_ID, rev, token=None, timeout=0.2)
+        list_hf_repo(mirrors[1:2], REPO_ID, rev, token=None, timeout=0.2)
 
 
 def test_the_metadata_timeout_reaches_every_registry(
@@ -689,7 +698,7 @@ def test_the_metadata_timeout_reaches_every_registry(
     assert time.monotonic() - t0 < 5
     notes = next(e for e in events if isinstance(e, PlanNotes)).notes
     assert "silent: no answer within 0.3 s (did not list the repo)" in notes
-    assert any(n.startswith("ms-silent: not used (timed out") for n in notes), notes
+    assert any(n.startswith("ms-silent: not used (no answer within 0.3 s") for n in notes), notes
 
 
 # -- dry run -------------------------------------------------------------------------------------------
@@ -721,3 +730,26 @@ def test_dry_run_fetches_nothing(servers: dict[str, ServerThread], hf_repo: HfRe
     notes = next(e for e in events if isinstance(e, PlanNotes)).notes
     assert not any(n.startswith("dry run:") for n in notes)
     assert dry.manifest_sha256 == next(e for e in events if isinstance(e, PlanNotes)).manifest_sha256
+
+
+def test_dry_run_after_an_interrupted_pull(bin_repo: HfRepo, tmp_path: Path) -> None:
+    """The small files an interrupted pull fetched are read from its partial area, not fetched again."""
+    from dsmirror import DsmirrorError
+
+    faults = ServeFaults(status_for_paths={"pytorch_model.bin": 404})
+    with ServerThread(make_app(ModelIndex([bin_repo]), faults=faults)) as hub:
+        cat = load_catalog(_catalog_file(tmp_path / "m.yaml", [_mirror("hub", "hf", hub.url, 1)]))
+        settings = _settings(tmp_path)
+        dest = tmp_path / "out"
+        ref = f"hf://{BIN_REPO}"
+        with pytest.raises(DsmirrorError):
+            list(pull(ref, catalog=cat, settings=settings, options=PullOptions(dest=dest, give_up_after=2)))
+        served = hub.app[STATS].bytes_total
+        events = _run(ref, cat, settings, format="dir", dest=dest, dry_run=True)
+        assert hub.app[STATS].bytes_total == served
+    notes = next(e for e in events if isinstance(e, PlanNotes)).notes
+    assert not any(n.startswith("dry run:") for n in notes)  # every small file was found on disk
+    dry = next(e for e in events if isinstance(e, PullDryRun))
+    rows = {r.path: r for r in dry.files}
+    assert rows["pytorch_model.bin"].fetch_bytes == bin_repo.files["pytorch_model.bin"].size
+    assert dry.fetch_bytes == rows["pytorch_model.bin"].fetch_bytes  # the rest is present (resumed)

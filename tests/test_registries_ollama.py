@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -218,6 +220,40 @@ def test_a_manifest_that_lies_about_its_digest_is_refused(model: OllamaModel, tm
         for s in plan.sources:
             s.close()
     assert "from honest" in plan.notes[0]
+
+
+def test_a_silent_registry_is_skipped_after_the_metadata_timeout(
+    servers: dict[str, ServerThread], tmp_path: Path
+) -> None:
+    """A registry that accepts the connection and never answers costs one timeout, then the next."""
+    listener = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody ever answers
+    try:
+        silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        cat = _catalog(
+            tmp_path / "m.yaml",
+            [
+                {"name": "silent", "kind": "ollama", "url": silent, "official": True},
+                *_mirrors(servers, "bad"),
+            ],
+        )
+        t0 = time.monotonic()
+        plan = resolve(ALIAS, load_catalog(cat), _settings(tmp_path), PullOptions(metadata_timeout=0.3))
+        took = time.monotonic() - t0
+        for s in plan.sources:
+            s.close()
+    finally:
+        listener.close()
+    assert 0.3 <= took < 3
+    assert "from bad" in plan.notes[0]
+    assert plan.notes[1].startswith("silent: no answer within 0.3 s (")
+    assert plan.notes[1].endswith("(did not serve the manifest)")
+
+
+def test_file_globs_are_refused(servers: dict[str, ServerThread], tmp_path: Path) -> None:
+    cat = load_catalog(_catalog(tmp_path / "m.yaml", _mirrors(servers, "registry")))
+    for opts in (PullOptions(include=("*.gguf",)), PullOptions(format="ollama", exclude_files=("license",))):
+        with pytest.raises(UsageError, match="pulled whole"):
+            resolve(ALIAS, cat, _settings(tmp_path), opts)
 
 
 # -- pulls ----------------------------------------------------------------------------------------

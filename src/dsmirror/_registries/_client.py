@@ -58,7 +58,7 @@ def get_metadata(
                 if len(body) > METADATA_LIMIT:
                     raise BadResponse(f"answer larger than {METADATA_LIMIT} bytes", source=source, url=url)
     except httpx.TimeoutException as exc:
-        raise Stalled(f"timed out: {exc}", source=source, url=url) from exc
+        raise Stalled(f"no answer within {timeout:g} s", source=source, url=url) from exc
     except httpx.HTTPError as exc:
         raise SourceUnavailable(f"cannot connect: {exc}", source=source, url=url) from exc
     return Metadata(str(resp.url), bytes(body), resp.headers)

@@ -173,9 +173,9 @@ def _api(mirror: Mirror, token: str | None) -> HfApi:
     return HfApi(endpoint=mirror.url.rstrip("/"), token=_token_for(mirror, token), library_name="dsmirror")
 
 
-def _timed_out(exc: BaseException) -> bool:
-    # httpx2.TimeoutException (huggingface_hub 1.x, 2.x), requests' Timeout (0.x), TimeoutError.
-    return any(c.__name__ in ("TimeoutException", "Timeout", "TimeoutError") for c in type(exc).__mro__)
+def _is_a(exc: BaseException, *names: str) -> bool:
+    """By class name: huggingface_hub raises httpx2's (2.x), httpx's (1.x) or requests' (0.x) errors."""
+    return any(c.__name__ in names for c in type(exc).__mro__)
 
 
 def _why(exc: BaseException, timeout: float) -> str:
@@ -198,8 +198,10 @@ def _why(exc: BaseException, timeout: float) -> str:
         return f"HTTP {status}"
     if isinstance(exc, OfflineModeIsEnabled):
         return "HF_HUB_OFFLINE is set"
-    if _timed_out(exc):
+    if _is_a(exc, "TimeoutException", "Timeout", "TimeoutError"):
         return f"no answer within {timeout:g} s"
+    if _is_a(exc, "ConnectError", "ConnectionError"):
+        return f"cannot connect: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -215,6 +217,12 @@ def _to_file(entry: Any) -> HfFile:
             raise ValueError(f"malformed LFS entry for {path}")
     xet = entry.xet_hash if isinstance(entry.xet_hash, str) else None
     return HfFile(path, size, blob_id.lower(), sha256, xet)
+
+
+#: ``http_backoff`` arguments for one attempt: an error is raised at once, without the warning it
+#: logs before a retry, and without its ``close_session()`` of the process-wide client on a connect
+#: error (as huggingface_hub's own metadata HEAD does when it wants a fast fallback).
+_NO_RETRY: dict[str, Any] = {"max_retries": 0, "retry_on_exceptions": (), "retry_on_status_codes": ()}
 
 
 def _list_tree(mirror: Mirror, repo_id: str, commit: str, token: str | None, timeout: float) -> list[HfFile]:
@@ -239,7 +247,7 @@ def _list_tree(mirror: Mirror, repo_id: str, commit: str, token: str | None, tim
     for _ in range(MAX_TREE_PAGES):
         if url is None:
             return files
-        resp = http_backoff("GET", url, params=params, headers=headers, timeout=timeout, max_retries=0)
+        resp = http_backoff("GET", url, params=params, headers=headers, timeout=timeout, **_NO_RETRY)
         hf_raise_for_status(resp)
         page = resp.json()
         if not isinstance(page, list):

@@ -165,10 +165,18 @@ def _netloc(url: str) -> str:
 
 
 def fetch_ollama_manifest(
-    mirrors: Sequence[Mirror], name: OllamaName, *, timeout: float = 30.0
+    mirrors: Sequence[Mirror],
+    name: OllamaName,
+    *,
+    timeout: float = 30.0,
+    skipped: list[str] | None = None,
 ) -> tuple[bytes, tuple[OllamaBlob, ...], str]:
-    """(manifest bytes as received, its blobs, the mirror that served it)."""
-    problems: list[str] = []
+    """(manifest bytes as received, its blobs, the mirror that served it).
+
+    ``timeout`` bounds each request. ``skipped``, if given, receives ``"<mirror>: <why>"`` for each
+    mirror asked before the one that served it.
+    """
+    problems: list[str] = [] if skipped is None else skipped
     for m in mirrors:
         url = f"{m.url.rstrip('/')}/v2/{name.namespace}/{name.name}/manifests/{name.tag}"
         try:
@@ -227,7 +235,10 @@ def plan_ollama(
             hint="--include/--exclude-file select the files of a Hugging Face or ModelScope repo",
         )
     mirrors = _registry_mirrors(catalog, name, options)
-    raw, blobs, served_by = fetch_ollama_manifest(mirrors, name, timeout=options.metadata_timeout)
+    skipped: list[str] = []
+    raw, blobs, served_by = fetch_ollama_manifest(
+        mirrors, name, timeout=options.metadata_timeout, skipped=skipped
+    )
     ps = DEFAULT_PIECE_SIZE
     files = tuple(FileEntry(b.path, b.size, b.sha256, ("",) * -(-b.size // ps)) for b in blobs)
     meta = {
@@ -250,6 +261,7 @@ def plan_ollama(
         for m in mirrors
     ]
     notes = [f"{name.short}: manifest sha256:{meta['manifest_sha256']} from {served_by}, {len(files)} blobs"]
+    notes += [f"{why} (did not serve the manifest)" for why in skipped]
     after = ollama_after_install(
         settings, dest, name.manifest_path, raw, ref_text, manifest, fmt=options.format
     )

@@ -38,15 +38,18 @@ def pull_cmd(
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Use only this mirror (repeatable).")
     ] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Never use this mirror.")] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Never use this mirror (repeatable; to skip files: --exclude-file)."),
+    ] = None,
     include_files: Annotated[
         list[str] | None,
         typer.Option(
             "--include",
             metavar="GLOB",
-            help="Fetch only the repo files whose whole path matches GLOB (repeatable; hf:// and "
-            "ModelScope repos). Anchored, and * also crosses /: '*.json' is config.json and "
-            "sub/x.json, 'json' matches nothing.",
+            help="Fetch only the repo files whose whole path matches GLOB (repeatable; Hugging Face "
+            "and ModelScope repos). Anchored, and * also crosses /: '*.json' matches config.json "
+            "and sub/x.json, 'json' matches nothing.",
         ),
     ] = None,
     exclude_files: Annotated[
