@@ -140,6 +140,7 @@ class SourceState:
     last_error: str | None = None
     prior_rate: float = 0.0  # from persisted experience; used until measured
     last_failure_at: float = -1e9
+    aggregate: float = 0.0  # what all its live connections delivered together, last measured
 
     @property
     def status(self) -> str:
@@ -325,6 +326,10 @@ class Scheduler:
         mine = self._expected_rate(s)
         if mine <= 0:
             return False
+        if s.active == 0 and s.aggregate > mine:
+            # An idle source's one connection gets all its bandwidth when that is shared by its
+            # connections (a per-host cap), not the share it had while all of them were busy.
+            mine = s.aggregate
         free_files = {self.m.pieces[i].file_index for i, st in enumerate(self._state) if st == _FREE}
         capable = [
             o
@@ -502,6 +507,7 @@ class Scheduler:
                 a.rate = inst if not a.rate else 0.5 * a.rate + 0.5 * inst
                 s = self._sources[a.source]
                 s.ewma_rate = a.rate if not s.ewma_rate else 0.7 * s.ewma_rate + 0.3 * a.rate
+                s.aggregate = self._source_rate(a.source)
                 a._win_start, a._win_bytes = now, 0
 
     def wanted(self, a: Assignment) -> bool:
