@@ -2,7 +2,8 @@
 
 Everything network-facing runs on loopback only: mirrors bind 127.0.0.1, 127.0.0.2, ... (the
 whole 127/8 block is the loopback interface on Linux), catalogs list only those mirrors, and
-library pulls read no catalog but the one a test writes (``replace=True``). The CLI runs in a
+library pulls read no catalog but the one a test writes (``replace=True``). BitTorrent sessions
+(``swarmed``, ``seeder``) listen on 127.0.0.1 with LSD and DHT off and are told their peers. The CLI runs in a
 subprocess whose HOME and XDG folders point into the test's tmp_path, so no test reads or writes
 the real user's config, state or caches.
 """
@@ -13,6 +14,7 @@ import contextlib
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +28,7 @@ import pytest
 
 import dsmirror
 from dsmirror import Event, Manifest, PullOptions
+from dsmirror._torrent import create_torrent, with_torrent_hashes
 from dsmirror.testing import MirrorServer, write_random_tree
 
 KiB = 1 << 10
@@ -364,6 +367,63 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str] | str, *fragm
     for frag in fragments:
         assert frag in errors[0], f"{frag!r} not in {errors[0]!r}"
     return errors[0]
+
+
+# -- BitTorrent: a model with its torrents, and `dsmirror seed` processes ------------------------
+SWARM_PIECE = 256 * KiB
+SWARM_SIZES = {
+    "model-1.safetensors": 9 * MiB + 12_345,
+    "model-2.safetensors": 6 * MiB + 1,
+    "config.json": 1_337,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def addr(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+class Swarmed:
+    """A model, its manifest recording the torrents' info-hashes, and the torrents on disk."""
+
+    def __init__(self, model: Model, tmp: Path) -> None:
+        self.model = model
+        self.hybrid = create_torrent(model.manifest, model.root)
+        self.v1 = create_torrent(model.manifest, model.root, format="v1")
+        self.manifest = with_torrent_hashes(model.manifest, [self.hybrid, self.v1])
+        self.manifest_path = tmp / "swarmed.manifest.json"
+        self.manifest.write(self.manifest_path)
+        self.torrent_path = tmp / "model.torrent"
+        self.hybrid.write(self.torrent_path)
+        self.v1_path = tmp / "model-v1.torrent"
+        self.v1.write(self.v1_path)
+
+
+@pytest.fixture
+def swarmed(make_model: Callable[..., Model], tmp_path: Path) -> Swarmed:
+    return Swarmed(make_model(SWARM_SIZES, piece_size=SWARM_PIECE), tmp_path)
+
+
+@pytest.fixture
+def seeder(spawn_cli: Callable[..., CliProcess]) -> Callable[..., CliProcess]:
+    """``seeder(torrent, folder, port, *extra)``: a ``dsmirror seed`` process, ready to serve.
+
+    ``folder`` None: ``torrent`` is what ``dsmirror seed`` takes alone (a pulled folder, a model
+    of the Ollama store or the Hugging Face cache).
+    """
+
+    def start(torrent: Path | str, folder: Path | None, port: int, *extra: str) -> CliProcess:
+        where = ["--from", folder] if folder is not None else []
+        p = spawn_cli("seed", torrent, *where, "--listen", addr(port), "--no-lsd", "--json", *extra)
+        p.wait_event("SeedingStarted", timeout=30)
+        return p
+
+    return start
 
 
 # -- a small tmpfs, for disk-full and read-only cases ----------------------------------------------

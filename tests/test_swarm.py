@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,60 +23,16 @@ from typing import Any
 import pytest
 
 import dsmirror
-from conftest import CliProcess, Model
+from conftest import SWARM_PIECE, SWARM_SIZES, CliProcess, Swarmed, addr, free_port
 from dsmirror import Event, PieceRejected, PullFinished, PullOptions, SourceTrouble
 from dsmirror._pull import resolve, run_plan
 from dsmirror._swarm import SwarmConfig, SwarmSource
-from dsmirror._torrent import create_torrent, with_torrent_hashes
 from dsmirror.testing import MirrorServer
 
 KiB = 1 << 10
 MiB = 1 << 20
-PIECE = 256 * KiB
-SIZES = {"model-1.safetensors": 9 * MiB + 12_345, "model-2.safetensors": 6 * MiB + 1, "config.json": 1_337}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def addr(port: int) -> str:
-    return f"127.0.0.1:{port}"
-
-
-class Swarmed:
-    """A model, its manifest recording the torrents' info-hashes, and the torrents on disk."""
-
-    def __init__(self, model: Model, tmp: Path) -> None:
-        self.model = model
-        self.hybrid = create_torrent(model.manifest, model.root)
-        self.v1 = create_torrent(model.manifest, model.root, format="v1")
-        self.manifest = with_torrent_hashes(model.manifest, [self.hybrid, self.v1])
-        self.manifest_path = tmp / "swarmed.manifest.json"
-        self.manifest.write(self.manifest_path)
-        self.torrent_path = tmp / "model.torrent"
-        self.hybrid.write(self.torrent_path)
-        self.v1_path = tmp / "model-v1.torrent"
-        self.v1.write(self.v1_path)
-
-
-@pytest.fixture
-def swarmed(make_model: Callable[..., Model], tmp_path: Path) -> Swarmed:
-    return Swarmed(make_model(SIZES, piece_size=PIECE), tmp_path)
-
-
-@pytest.fixture
-def seeder(spawn_cli: Callable[..., CliProcess]) -> Callable[..., CliProcess]:
-    """``seeder(torrent, folder, port, *extra)``: a ``dsmirror seed`` process, ready to serve."""
-
-    def start(torrent: Path, folder: Path, port: int, *extra: str) -> CliProcess:
-        p = spawn_cli("seed", torrent, "--from", folder, "--listen", addr(port), "--no-lsd", "--json", *extra)
-        p.wait_event("SeedingStarted", timeout=30)
-        return p
-
-    return start
+PIECE = SWARM_PIECE
+SIZES = SWARM_SIZES
 
 
 def _catalog(tmp: Path, mirrors: dict[str, MirrorServer]) -> dsmirror.Catalog:
@@ -410,11 +365,13 @@ def test_magnet_of_a_catalog_model_gets_metadata_from_the_swarm(
     events = list(dsmirror.pull(swarmed.hybrid.magnet, catalog=catalog, settings=settings, options=opts))
     swarmed.model.assert_identical(tmp_path / "out")
     assert finished(events).delivered_by_source == {"swarm": swarmed.model.total_size}
+    # A magnet the catalog does not know is pulled from peers alone (test_swarm_only); with
+    # --no-p2p there is no source for it at all.
+    other = swarmed.v1.magnet.replace(swarmed.v1.btih or "", "1" * 40)
+    plan = resolve(other, catalog, settings, opts)
+    assert plan.swarm_only is not None and not plan.swarms and not plan.sources
     with pytest.raises(dsmirror.UsageError, match="no manifest"):
-        other = create_torrent(swarmed.model.manifest, swarmed.model.root, format="v1").magnet.replace(
-            swarmed.v1.btih or "", "1" * 40
-        )
-        dsmirror.pull(other, catalog=catalog, settings=settings, options=opts).__next__()
+        resolve(other, catalog, settings, PullOptions(swarm=SwarmConfig(enabled=False)))
 
 
 def test_pull_seed_serves_the_next_pull_and_stops_cleanly(

@@ -26,7 +26,7 @@ from ._scheduler import Scheduler, SchedulerConfig
 from ._settings import Settings
 from ._sources import HttpSource, Source, SourceInfo, plain_url_for
 from ._store import Store
-from ._swarm import SwarmConfig, attach_swarm, resolve_swarm_ref, seed_after_pull
+from ._swarm import SwarmConfig, SwarmOnlyPull, attach_swarm, resolve_swarm_ref, seed_after_pull
 
 __all__ = ["PullOptions", "PullPlan", "pull", "resolve"]
 
@@ -68,6 +68,9 @@ class PullPlan:
     notes: list[str] = field(default_factory=list)
     #: BitTorrent swarms of the model (see ``_swarm.attach_swarm``), sources like the others.
     swarms: list[SwarmSource] = field(default_factory=list)
+    #: A magnet or .torrent no manifest describes: the plan runs this instead of the engine, and
+    #: ``manifest`` only names the model (its files are known once peers sent the torrent).
+    swarm_only: SwarmOnlyPull | None = None
 
 
 Resolver = Callable[[Ref, Catalog, Settings, PullOptions], PullPlan]
@@ -180,6 +183,9 @@ def pull(
 def run_plan(
     plan: PullPlan, opts: PullOptions, *, clock: Clock | None = None, settings: Settings | None = None
 ) -> Iterator[Event]:
+    if plan.swarm_only is not None:
+        yield from plan.swarm_only.run(opts, settings)
+        return
     cfg = EngineConfig(
         max_connections=opts.max_total_connections,
         max_rate=opts.max_rate,

@@ -60,7 +60,7 @@ from ._errors import AlreadyInProgress, DiskFull, IntegrityError, StorageError
 from ._fsutil import atomic_write_bytes, fsync_dir, safe_join, storage_errors
 from ._manifest import FileEntry, Manifest, Piece
 
-__all__ = ["Store", "StoreStats"]
+__all__ = ["Store", "StoreStats", "lock_area"]
 
 _MAGIC = b"DSMJRNL1"
 _HEADER = struct.Struct("<8s32sI")
@@ -155,19 +155,7 @@ class Store:
         self._start_hasher()
 
     def _acquire_lock(self) -> None:
-        path = self.area / "lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = None
-            with contextlib.suppress(ValueError, OSError):
-                pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-            os.close(fd)
-            raise AlreadyInProgress(path=str(self.dest), pid=pid) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = lock_area(self.area, self.dest)
 
     def _check_installed(self) -> None:
         """Mark files already installed at DEST (unchanged since we installed them, or verifying)."""
@@ -615,6 +603,25 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def lock_area(area: Path, dest: Path) -> int:
+    """flock(2) ``area/lock`` for this process (AlreadyInProgress if another holds it); the fd.
+
+    The lock is released when the fd is closed (or the process dies).
+    """
+    fd = os.open(area / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = None
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+        os.close(fd)
+        raise AlreadyInProgress(path=str(dest), pid=pid) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class _FileHasher:

@@ -76,17 +76,30 @@ libtorrent does not re-check them at start but checks each piece the first time 
 it, so a file damaged on disk is never served. After a pull with ``--seed`` the model's torrent is
 added the same way over the installed files. A successful pull with a swarm saves the torrent as
 ``DEST/.dsmirror/torrents/<manifest sha256>.torrent``, which is what ``dsmirror seed DEST`` finds.
+
+Models in the Ollama store and the Hugging Face cache are seeded where they are too
+(``store_seed_target``): libtorrent needs one ``save_path``, and ``renamed_files`` maps each torrent
+file to its place below it, so an Ollama model (``$OLLAMA_MODELS``: its manifest and
+``blobs/sha256-<hex>``, the same paths in the torrent) and a Hugging Face snapshot (the repo folder:
+torrent paths are the repo's paths, read from ``blobs/<etag>``) are shared without a copy.
+
+Torrents no manifest describes
+==============================
+A magnet link or .torrent that no catalog manifest names is pulled from peers alone by a
+:class:`SwarmOnlyPull` (instead of the engine): the torrent's own hashes check the bytes, files are
+installed when all are in, and a manifest is made from them (see the class for the layout).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,23 +107,48 @@ from typing import TYPE_CHECKING, Any
 import libtorrent as lt
 
 from ._errors import (
+    DiskFull,
     DsmirrorError,
     InputError,
+    IntegrityError,
     Interrupted,
+    ManifestError,
     NoSourceError,
     PieceMismatch,
     SourceNotFound,
     StorageError,
     UsageError,
 )
-from ._events import Event, PieceRejected, SourceDropped, SourceTrouble
-from ._fsutil import atomic_write_bytes
-from ._manifest import Manifest, Piece
+from ._events import (
+    Event,
+    PieceRejected,
+    Progress,
+    PullFinished,
+    PullStarted,
+    SourceDropped,
+    SourceProgress,
+    SourceTrouble,
+)
+from ._fsutil import atomic_write_bytes, fsync_dir, safe_join, storage_errors
+from ._manifest import (
+    DEFAULT_PIECE_SIZE,
+    MAX_PIECE_SIZE,
+    MIN_PIECE_SIZE,
+    FileEntry,
+    Manifest,
+    Piece,
+    hash_file_pieces,
+    load_manifest,
+    parse_manifest,
+)
 from ._sources import SourceInfo
+from ._store import SPACE_MARGIN, Store, lock_area
 from ._torrent import (
     PieceMap,
     Torrent,
     check_torrent,
+    create_torrent,
+    file_aligned,
     load_torrent,
     magnet_for,
     parse_magnet,
@@ -120,11 +158,11 @@ from ._torrent import (
 if TYPE_CHECKING:
     from ._catalog import Catalog
     from ._engine import _Engine
+    from ._install import StoreFile, StoreModel
     from ._pull import PullOptions, PullPlan
     from ._refs import Ref
     from ._scheduler import Assignment
     from ._settings import Settings
-    from ._store import Store
 
 __all__ = [
     "PeerStatus",
@@ -133,16 +171,20 @@ __all__ = [
     "SeedingStarted",
     "SeedingStopped",
     "SwarmConfig",
+    "SwarmOnlyPull",
     "SwarmSession",
     "SwarmSource",
     "SwarmStats",
     "TorrentStatus",
     "attach_swarm",
     "parse_endpoint",
+    "piece_size_for",
     "resolve_swarm_ref",
     "seed",
     "seed_after_pull",
     "seed_targets_in",
+    "store_seed_target",
+    "swarm_only_plan",
 ]
 
 DEFAULT_LISTEN = "0.0.0.0:6881,[::]:6881"
@@ -444,43 +486,13 @@ class SwarmSource:
         return self.session.add_torrent(atp)
 
     def _resume_params(self, store: Store) -> Any:
-        path = store.area / "bt.resume"
-        try:
-            saved: Any = lt.bdecode(path.read_bytes())
-            stats = {k.decode(): list(v) for k, v in saved[b"stats"].items()}
-            resume = bytes(saved[b"resume"])
-        except (OSError, RuntimeError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
-            return None
-        if _bt_stats(store.area / "bt") != stats:
-            return None  # files changed behind libtorrent's back: let it re-check them
-        try:
-            return lt.read_resume_data(resume)
-        except RuntimeError:
-            return None
+        return _read_resume(store.area)
 
     def _save_resume(self, store: Store, *, wait: bool) -> None:
-        if self.handle is None or not self.handle.is_valid():
-            return
-        flags = lt.save_resume_flags_t.save_info_dict | lt.save_resume_flags_t.flush_disk_cache
-        self.handle.save_resume_data(flags)
-        if not wait:
-            return
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            for a in self.session.alerts(0.2):
-                if isinstance(a, lt.save_resume_data_alert):
-                    self._write_resume(store, a)
-                    return
-                if isinstance(a, lt.save_resume_data_failed_alert):
-                    return
+        _save_resume(self.session, self.handle, store.area, wait=wait)
 
     def _write_resume(self, store: Store, a: Any) -> None:
-        record: Any = {
-            b"resume": bytes(lt.write_resume_data_buf(a.params)),
-            b"stats": {k.encode(): v for k, v in _bt_stats(store.area / "bt").items()},
-        }
-        with contextlib.suppress(StorageError):
-            atomic_write_bytes(store.area / "bt.resume", bytes(lt.bencode(record)))
+        _write_resume(store.area, a)
 
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self, ctx: _Engine) -> None:
@@ -830,6 +842,71 @@ def _renames(torrent: Torrent) -> dict[int, str]:
     return {k: f.path for k, f in enumerate(torrent.files) if not f.pad and f.path}
 
 
+def _read_resume(area: Path) -> Any:
+    """``add_torrent_params`` from ``area/bt.resume``, or None (none saved, or ``bt/`` changed since)."""
+    path = area / "bt.resume"
+    try:
+        saved: Any = lt.bdecode(path.read_bytes())
+        stats = {k.decode(): list(v) for k, v in saved[b"stats"].items()}
+        resume = bytes(saved[b"resume"])
+    except (OSError, RuntimeError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+        return None
+    if _bt_stats(area / "bt") != stats:
+        return None  # files changed behind libtorrent's back: let it re-check them
+    try:
+        return lt.read_resume_data(resume)
+    except RuntimeError:
+        return None
+
+
+def _flush(session: SwarmSession, handle: Any, timeout: float) -> bool:
+    """Wait until libtorrent has written every block it accepted so far into its files.
+
+    A piece passes libtorrent's hash check while its blocks may still wait in the disk thread's
+    write buffer (libtorrent 2: a finished file can still be all zeros on disk). ``flush_cache``
+    releases the files behind a fence, after every write queued before it, and then posts
+    ``cache_flushed_alert``. Other alerts popped meanwhile are dropped: only for the end of a run.
+    """
+    handle.flush_cache()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(isinstance(a, lt.cache_flushed_alert) for a in session.alerts(0.2)):
+            return True
+    return False
+
+
+def _save_resume(session: SwarmSession, handle: Any, area: Path, *, wait: bool) -> None:
+    """Ask for resume data (with the info dict: a magnet needs no metadata again); with ``wait``,
+    flush first (so the recorded sizes and mtimes of ``bt/`` are final and the resume data is
+    trusted next time) and write it before returning (other alerts are dropped: only for the end).
+    """
+    if handle is None or not handle.is_valid():
+        return
+    if wait:
+        _flush(session, handle, 10.0)
+    flags = lt.save_resume_flags_t.save_info_dict | lt.save_resume_flags_t.flush_disk_cache
+    handle.save_resume_data(flags)
+    if not wait:
+        return
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        for a in session.alerts(0.2):
+            if isinstance(a, lt.save_resume_data_alert):
+                _write_resume(area, a)
+                return
+            if isinstance(a, lt.save_resume_data_failed_alert):
+                return
+
+
+def _write_resume(area: Path, a: Any) -> None:
+    record: Any = {
+        b"resume": bytes(lt.write_resume_data_buf(a.params)),
+        b"stats": {k.encode(): v for k, v in _bt_stats(area / "bt").items()},
+    }
+    with contextlib.suppress(StorageError):
+        atomic_write_bytes(area / "bt.resume", bytes(lt.bencode(record)))
+
+
 def _bt_stats(bt: Path) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     if not bt.is_dir():
@@ -846,14 +923,26 @@ def _bt_stats(bt: Path) -> dict[str, list[int]]:
 # -- seeding -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SeedTarget:
-    """A torrent to seed from the files where they are: ``folder/<path>`` for each of its files."""
+    """A torrent to seed from the files where they are: ``folder/<path>`` for each of its files.
+
+    ``disk`` maps a torrent path to another path under ``folder`` (a Hugging Face snapshot file is
+    read from its blob); libtorrent's ``renamed_files`` does the mapping, so nothing is copied.
+    """
 
     torrent: Torrent
     folder: Path
+    disk: tuple[tuple[str, str], ...] = ()  # (torrent path, path under folder)
 
     @property
     def name(self) -> str:
         return self.torrent.name
+
+    def disk_path(self, path: str) -> str:
+        return dict(self.disk).get(path, path)
+
+    def renames(self) -> dict[int, str]:
+        """libtorrent ``renamed_files``: each content file to where it is below ``folder``."""
+        return {k: self.disk_path(p) for k, p in _renames(self.torrent).items()}
 
 
 @dataclass(frozen=True)
@@ -898,7 +987,7 @@ class SeedingStopped(Event):
 
 def _check_files(target: SeedTarget) -> None:
     for f in target.torrent.content_files:
-        p = target.folder / f.path
+        p = target.folder / target.disk_path(f.path)
         try:
             size = p.stat().st_size
         except OSError:
@@ -940,7 +1029,7 @@ def seed(
             atp = lt.add_torrent_params()
             atp.ti = t.torrent.info()
             atp.save_path = str(t.folder)
-            atp.renamed_files = _renames(t.torrent)
+            atp.renamed_files = t.renames()
             atp.flags |= lt.torrent_flags.seed_mode
             atp.flags &= ~lt.torrent_flags.default_dont_download
             handles.append((t, ses.add_torrent(atp)))
@@ -1012,11 +1101,82 @@ def torrent_record_path(dest: Path, manifest: Manifest) -> Path:
     return dest / ".dsmirror" / "torrents" / f"{manifest.sha256}.torrent"
 
 
+def piece_size_for(total: int) -> int:
+    """Piece size of a torrent made for seeding an installed model: about 1024 pieces, 256 KiB-16 MiB.
+
+    Deterministic, so every machine that seeds the same model makes the same torrent (one swarm).
+    """
+    size = 256 << 10
+    while size < 16 << 20 and size * 1024 < total:
+        size <<= 1
+    return size
+
+
+def store_seed_target(
+    model: StoreModel,
+    *,
+    format: str = "hybrid",
+    cache: Path | None = None,
+    on_hashing: Callable[[str], None] | None = None,
+) -> SeedTarget:
+    """A torrent of a model in the Ollama store or the Hugging Face cache, over its files where they are.
+
+    The torrent's files are the model's (an Ollama model: its manifest and ``blobs/sha256-<hex>``,
+    so a copy is an Ollama store again; a Hugging Face snapshot: its repo paths), read from the
+    store's own files. The torrent is made once per model and kept in ``cache``; before it is made,
+    every file the store does not vouch for (dsmirror's install record) is checked against the
+    digest its store name gives, so no torrent is made of damaged bytes. While seeding, libtorrent
+    checks each piece against the torrent before it first serves it. ``on_hashing`` is told when
+    the slow part (reading every file) starts.
+    """
+    from ._registries._digest import hash_local_file
+
+    ps = piece_size_for(sum(f.size for f in model.files))
+    entries: list[FileEntry] = []
+    unchecked: list[StoreFile] = []
+    for f in sorted(model.files, key=lambda f: f.path):
+        if len(f.digest) == 64:
+            sha = f.digest
+            if not f.vouched:
+                unchecked.append(f)
+        else:  # a small git blob (named by its SHA-1) or a file with no name digest: hash it now
+            d = hash_local_file(model.root / f.disk, ps)
+            sha = d.sha256
+            if f.digest and d.git_sha1 != f.digest:
+                raise IntegrityError(f"{model.root / f.disk} does not match its name: not seeding it")
+        entries.append(FileEntry(f.path, f.size, sha, ("",) * -(-f.size // ps)))
+    manifest = Manifest(model.name, ps, tuple(entries), meta={"ref": model.ref})
+    cached = cache / f"{manifest.sha256}-{format}.torrent" if cache is not None else None
+    disk = tuple((f.path, f.disk) for f in model.files)
+    if cached is not None and cached.is_file():
+        with contextlib.suppress(InputError):
+            return SeedTarget(load_torrent(cached), model.root, disk)
+    if on_hashing is not None:
+        on_hashing(f"{model.ref}: checking its files and making its {format} torrent (once) ...")
+    for f in unchecked:
+        if hash_file_pieces(model.root / f.disk, ps)[1] != f.digest:
+            raise IntegrityError(
+                f"{model.root / f.disk} does not match its SHA-256 name: not seeding it",
+                hint="remove the model and pull it again",
+            )
+    torrent = create_torrent(
+        manifest,
+        model.root,
+        format=format,
+        verify=False,
+        disk={f.path: model.root / f.disk for f in model.files},
+    )
+    if cached is not None:
+        with contextlib.suppress(StorageError):
+            torrent.write(cached)
+    return SeedTarget(torrent, model.root, disk)
+
+
 # -- pulls -------------------------------------------------------------------------------------
 def attach_swarm(plan: PullPlan, ref: Ref, catalog: Catalog, options: PullOptions) -> PullPlan:
     """Add the model's swarm to ``plan`` when a torrent, a magnet or recorded info-hashes name one."""
     cfg = options.swarm
-    if not cfg.enabled or plan.swarms:
+    if not cfg.enabled or plan.swarms or plan.swarm_only is not None:
         return plan
     torrent = load_torrent(cfg.torrent) if cfg.torrent else None
     magnet: str | None = None
@@ -1047,11 +1207,12 @@ def attach_swarm(plan: PullPlan, ref: Ref, catalog: Catalog, options: PullOption
 
 
 def resolve_swarm_ref(ref: Ref, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:
-    """``pull magnet:...`` / ``pull X.torrent``: the manifest comes from the catalog.
+    """``pull magnet:...`` / ``pull X.torrent``: the manifest comes from the catalog if it can.
 
     A catalog model whose ``magnet:`` names the same info-hash, or whose manifest records it,
     lends its manifest (pinned as usual), so the files are checked against it and its mirrors can
-    join the swarm. Without one, the torrent cannot be checked beyond its own hashes and is refused.
+    join the swarm. Without one, the pull is a :class:`SwarmOnlyPull`: from peers alone, checked by
+    the torrent's own hashes, and the manifest is made from the installed files.
     """
     from ._pull import PullPlan, _load_manifest_ref, http_sources
     from ._refs import parse_ref
@@ -1077,16 +1238,473 @@ def resolve_swarm_ref(ref: Ref, catalog: Catalog, settings: Settings, options: P
         dest = options.dest or Path.cwd() / manifest.name
         plan = PullPlan(manifest, list(http_sources(catalog, options)), dest)
         return attach_swarm(plan, ref, catalog, replace(options, swarm=replace(options.swarm, enabled=True)))
-    raise UsageError(
-        "no manifest is known for this torrent, so its files could not be checked against one",
-        hint="pull its manifest with --torrent FILE, or list the model (manifest, magnet) in the catalog",
-    )
+    return swarm_only_plan(ref, options)
+
+
+def swarm_only_plan(ref: Ref, options: PullOptions) -> PullPlan:
+    """The plan of a pull of a torrent no manifest describes (see :class:`SwarmOnlyPull`)."""
+    from ._pull import PullPlan
+
+    why = "no manifest is known for this torrent"
+    if not options.swarm.enabled:
+        raise UsageError(f"{why}, and --no-p2p leaves no source", hint="drop --no-p2p to pull it from peers")
+    if options.format != "dir":
+        raise UsageError(
+            f"{why}: it can only be pulled into a folder, not with --format {options.format}",
+            hint="pull the model's manifest or hf:// / ollama:// reference instead",
+        )
+    if options.dry_run:
+        raise UsageError(
+            f"{why}: its files are known only once peers sent them; --dry-run has nothing to show"
+        )
+    torrent: Torrent | None = None
+    magnet: str | None = None
+    if ref.kind == "torrent-file":
+        assert ref.path is not None
+        torrent = load_torrent(ref.path)
+        btih, btmh = torrent.btih, torrent.btmh
+        name = torrent.name
+    else:
+        magnet = ref.text
+        btih, btmh = parse_magnet(magnet)
+        name = str(lt.parse_magnet_uri(magnet).name or "")
+    name = name or str(btih or btmh)
+    dest = options.dest or Path.cwd() / Manifest(name, DEFAULT_PIECE_SIZE, ()).folder_name
+    job = SwarmOnlyPull(name, dest, btih, btmh, torrent=torrent, magnet=magnet, ref=ref.text)
+    # The plan's manifest only names the model: the files are known once the torrent is.
+    return PullPlan(Manifest(name, DEFAULT_PIECE_SIZE, ()), [], dest, swarm_only=job)
+
+
+# -- pulls of a torrent no manifest describes ----------------------------------------------------
+_VERIFIED = lt.torrent_handle.piece_granularity
+_CHECKING = (
+    lt.torrent_status.states.checking_files,
+    lt.torrent_status.states.checking_resume_data,
+)
+
+
+@dataclass(frozen=True)
+class SwarmOnlyPull:
+    """A pull of a magnet link or .torrent that no manifest describes: from peers alone.
+
+    What checks the bytes is the torrent itself: libtorrent verifies every piece against the
+    torrent's hashes (SHA-1 for v1, SHA-256 Merkle trees for v2 and hybrid) and bans peers that
+    send bad data. For a magnet, the metadata comes from the peers and is checked against the
+    info-hash. On-disk layout while it runs (the store's partial area, keyed by the info-hash)::
+
+        DEST/.dsmirror/partial/bt-<btih or btmh>/
+          lock        flock(2)-ed by the running pull (see ``_store.lock_area``)
+          torrent     the torrent's metadata once known (a resumed magnet needs no peer for it)
+          bt/<name>/<path>...   libtorrent's files, as the torrent names them (pad files never written)
+          bt.resume   as for a swarm source: libtorrent's resume data + size/mtime of every bt/ file
+
+    Resume data is saved every minute and when the pull stops unfinished; it is only trusted while
+    the files under ``bt/`` are as recorded, otherwise libtorrent re-checks them. When every piece
+    is in, each file is hashed (SHA-256 of the file and of each piece) and only then are they all
+    renamed into ``DEST/<path>``; then the manifest made from those digests is recorded::
+
+        DEST/.dsmirror/installed/<mid>.manifest.json   the manifest (``<mid>``: its SHA-256)
+        DEST/.dsmirror/installed/<mid>.json            install record (path -> size, mtime, inode)
+        DEST/.dsmirror/torrents/<mid>.torrent          the torrent (``dsmirror seed DEST``)
+
+    The manifest's pieces are the torrent's when the torrent is file-aligned (v2, hybrid, a v1
+    torrent with pad files): same piece size, and the manifest records the info-hashes, so the
+    manifest can later be pulled from mirrors and this swarm together. A v1 torrent whose pieces
+    span files gets ``DEFAULT_PIECE_SIZE`` pieces and no ``torrent`` field; ``meta.bittorrent``
+    says which (``"pieces": "torrent"`` or ``"derived locally"``). Either way every digest was
+    computed here from bytes the torrent's hashes verified: the manifest vouches for no more than
+    the torrent did. A pull of the same torrent into the same DEST again is a no-op.
+    """
+
+    name: str
+    dest: Path
+    btih: str | None
+    btmh: str | None
+    torrent: Torrent | None = None
+    magnet: str | None = None
+    ref: str = ""
+
+    @property
+    def area(self) -> Path:
+        return self.dest / ".dsmirror" / "partial" / f"bt-{self.btih or self.btmh}"
+
+    def run(self, options: PullOptions, settings: Settings | None = None) -> Iterator[Event]:
+        """Fetch, install, record; yields the events of any pull (then seeding with ``--seed``)."""
+        return _SwarmOnlyRun(self, options, settings).run()
+
+
+class _SwarmOnlyRun:
+    def __init__(self, job: SwarmOnlyPull, options: PullOptions, settings: Settings | None) -> None:
+        self.job = job
+        self.options = options
+        self.settings = settings
+        rate = int(options.max_rate) if options.max_rate else options.swarm.download_rate
+        self.config = replace(options.swarm, download_rate=rate)  # --max-rate
+        self.session: SwarmSession | None = None
+        self.handle: Any = None
+        self.torrent: Torrent | None = job.torrent
+        self.events: list[Event] = []
+        self.total = 0  # bytes of the torrent's content files
+        self.before = 0  # of them verified when this run started (resume)
+        self.verified = 0
+        self.redundant = 0
+        self.failed = 0
+        self.peers = 0
+        self.t0 = time.monotonic()
+
+    def run(self) -> Iterator[Event]:
+        job = self.job
+        done = _installed_torrent(job.dest, {h for h in (job.btih, job.btmh) if h})
+        if done is not None:  # pulled into DEST before, and unchanged since: nothing to fetch
+            manifest, torrent = done
+            self.total = self.before = self.verified = manifest.total_size
+            yield PullStarted(
+                manifest.name,
+                manifest.sha256,
+                str(job.dest),
+                manifest.total_size,
+                self.before,
+                torrent.num_pieces,
+                torrent.piece_size,
+                ("swarm",),
+            )
+        else:
+            manifest, torrent = yield from self._fetch_and_install()
+            yield Progress(self.total, self.total, 0.0, 0.0, (self._source(0.0),), self.total)
+        fetched = self.total - self.before
+        yield PullFinished(
+            manifest.name,
+            str(job.dest),
+            tuple(f.path for f in manifest.files),
+            self.total,
+            fetched,
+            self.before,
+            self.redundant,
+            self.failed,
+            time.monotonic() - self.t0,
+            {"swarm": fetched} if fetched else {},
+        )
+        if self.config.seed:
+            yield from seed([SeedTarget(torrent, job.dest)], self.config, session=self.session)
+
+    def _fetch_and_install(self) -> Generator[Event, None, tuple[Manifest, Torrent]]:
+        job = self.job
+        with storage_errors(job.dest):
+            job.area.mkdir(parents=True, exist_ok=True)
+        lock = lock_area(job.area, job.dest)
+        finished = False
+        try:
+            self.session = SwarmSession(self.config)
+            self.handle = self.session.add_torrent(self._params())
+            yield from self._download()
+            installed = self._install()
+            finished = True
+            return installed
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted; what peers sent is kept: run the same command to resume"
+            ) from None
+        finally:
+            if not finished:
+                self._keep_for_resume()
+            if self.session is not None and not (finished and self.config.seed):
+                self.session.close()
+            os.close(lock)
+            if finished:
+                with contextlib.suppress(OSError):
+                    (job.area / "lock").unlink()
+                    job.area.rmdir()
+
+    def _keep_for_resume(self) -> None:
+        ses, h = self.session, self.handle
+        if ses is not None and not ses.closed and h is not None and h.is_valid() and h.status().has_metadata:
+            _save_resume(ses, h, self.job.area, wait=True)
+
+    # -- fetching ------------------------------------------------------------------------------
+    def _params(self) -> Any:
+        job = self.job
+        atp = _read_resume(job.area)
+        if atp is None:
+            saved = job.area / "torrent"
+            if self.torrent is None and saved.is_file():
+                with contextlib.suppress(InputError):
+                    self.torrent = load_torrent(saved)
+            if self.torrent is not None:
+                atp = lt.add_torrent_params()
+            else:
+                assert job.magnet is not None
+                atp = lt.parse_magnet_uri(job.magnet)
+        if self.torrent is not None:
+            atp.ti = self.torrent.info()
+        atp.save_path = str(job.area / "bt")
+        atp.flags &= ~lt.torrent_flags.seed_mode
+        # Nothing is downloaded until what bt/ already holds is counted (see _download).
+        atp.flags |= lt.torrent_flags.default_dont_download
+        return atp
+
+    def _pump(self, timeout: float) -> None:
+        """Handle libtorrent's alerts; what the user should see goes to ``self.events``."""
+        assert self.session is not None
+        for a in self.session.alerts(timeout):
+            if isinstance(a, lt.hash_failed_alert) and self.torrent is not None:
+                t = int(a.piece_index)
+                f = self.torrent.file_at(t)
+                self.events.append(
+                    PieceRejected(
+                        "swarm",
+                        t,
+                        f.path if f else "",
+                        f"torrent piece {t} failed its hash check; fetching it again",
+                    )
+                )
+            elif isinstance(a, lt.peer_ban_alert):
+                why = f"banned peer {_ep(a)}: it sent data that failed the hash check"
+                self.events.append(SourceTrouble("swarm", why, None))
+            elif isinstance(a, lt.file_error_alert):
+                raise StorageError(
+                    f"libtorrent cannot use {a.filename()}: {a.message()}", path=str(a.filename())
+                )
+            elif isinstance(a, lt.torrent_error_alert):
+                self.events.append(SourceTrouble("swarm", f"libtorrent: {a.message()}", None))
+            elif isinstance(a, lt.save_resume_data_alert):
+                _write_resume(self.job.area, a)
+        self.session.dial(self.handle)
+
+    def _verified(self) -> int:
+        """Bytes of content files in pieces that passed the torrent's hash check."""
+        assert self.torrent is not None
+        done = self.handle.file_progress(_VERIFIED)
+        return sum(int(done[k]) for k, f in enumerate(self.torrent.files) if not f.pad)
+
+    def _source(self, rate: float) -> SourceProgress:
+        status = "ok" if self.peers or self.verified == self.total else "retrying"
+        return SourceProgress(
+            "swarm", "bittorrent", "p2p", rate, self.verified - self.before, self.peers, status
+        )
+
+    def _download(self) -> Iterator[Event]:
+        job, h = self.job, self.handle
+        give_up = self.options.give_up_after
+        last_news = time.monotonic()
+        while True:  # metadata (a magnet), then libtorrent's check of what bt/ holds
+            self._pump(0.1)
+            yield from self._drain()
+            st = h.status()
+            if st.has_metadata and st.state not in _CHECKING:
+                break
+            if time.monotonic() - last_news > give_up:
+                what = "sent the torrent's metadata" if not st.has_metadata else "answered"
+                raise NoSourceError(
+                    f"no peer {what} in {give_up:.0f} s",
+                    hint="name a peer with --peer HOST:PORT (or check the magnet link)",
+                )
+        if self.torrent is None:
+            self.torrent = torrent_from_info(h.torrent_file())
+        torrent = self.torrent
+        _check_layout(torrent)
+        with contextlib.suppress(StorageError):
+            if not (job.area / "torrent").is_file():
+                torrent.write(job.area / "torrent")
+        self.total = sum(f.size for f in torrent.content_files)
+        self.before = self.verified = self._verified()
+        need = self.total - self.before
+        free = shutil.disk_usage(job.area).free
+        if need + SPACE_MARGIN > free and need > 0:
+            raise DiskFull(path=str(job.dest), needed=need + SPACE_MARGIN, available=free)
+        h.prioritize_files([4] * len(torrent.files))  # libtorrent's default priority: want it all
+        yield PullStarted(
+            torrent.name,
+            "",  # no manifest yet: it is made from the files once they are all in
+            str(job.dest),
+            self.total,
+            self.before,
+            torrent.num_pieces,
+            torrent.piece_size,
+            ("swarm",),
+        )
+        next_progress = next_resume = 0.0
+        last_news = time.monotonic()
+        while True:
+            self._pump(0.05)
+            yield from self._drain()
+            st = h.status()
+            now = time.monotonic()
+            self.peers = int(st.num_peers)
+            if st.is_seeding:
+                break
+            if now >= next_progress:
+                next_progress = now + 0.25
+                verified = self._verified()
+                if verified != self.verified:
+                    self.verified, last_news = verified, now
+                rate = float(st.download_payload_rate)
+                left = self.total - verified
+                yield Progress(
+                    verified,
+                    self.total,
+                    rate,
+                    left / rate if rate > 0 else None,
+                    (self._source(rate),),
+                    verified,
+                )
+            if now >= next_resume:
+                if next_resume:
+                    assert self.session is not None
+                    _save_resume(self.session, h, job.area, wait=False)
+                next_resume = now + _RESUME_EVERY
+            if now - last_news > give_up:
+                raise NoSourceError(
+                    f"no progress for {give_up:.0f} s from any peer",
+                    hint="name a peer with --peer HOST:PORT; what arrived is kept for a resume",
+                )
+        st = h.status()
+        self.verified = self.total
+        self.redundant, self.failed = int(st.total_redundant_bytes), int(st.total_failed_bytes)
+
+    def _settle(self) -> None:
+        """Wait until every verified piece is in bt/'s files (see ``_flush``), then stop the torrent."""
+        assert self.session is not None
+        if not _flush(self.session, self.handle, 600.0):
+            raise StorageError(
+                f"libtorrent did not finish writing {self.job.area / 'bt'} within 10 minutes",
+                path=str(self.job.area / "bt"),
+            )
+        self.session.remove(self.handle)
+        self.handle = None
+
+    def _drain(self) -> Iterator[Event]:
+        evs, self.events = self.events, []
+        yield from evs
+
+    # -- installing ----------------------------------------------------------------------------
+    def _install(self) -> tuple[Manifest, Torrent]:
+        """Hash the complete files, rename them into DEST, record manifest, install and torrent."""
+        job, torrent = self.job, self.torrent
+        assert self.session is not None and torrent is not None
+        fs = self.handle.torrent_file().layout()
+        self._settle()
+        bt = job.area / "bt"
+        aligned = file_aligned(torrent) and _manifest_piece_size(torrent.piece_size)
+        ps = torrent.piece_size if aligned else DEFAULT_PIECE_SIZE
+        entries: list[FileEntry] = []
+        sources: list[Path] = []
+        with storage_errors(bt):
+            for k, f in enumerate(torrent.files):
+                if f.pad:
+                    continue
+                src = bt / str(fs.file_path(k))
+                if f.size == 0 and not src.exists():
+                    src.parent.mkdir(parents=True, exist_ok=True)
+                    src.touch()  # libtorrent may not create empty files
+                size, sha, pieces = hash_file_pieces(src, ps)
+                if size != f.size:
+                    raise IntegrityError(f"{src}: {size} bytes after the download, the torrent says {f.size}")
+                entries.append(FileEntry(f.path, f.size, sha, tuple(pieces)))
+                sources.append(src)
+        info = {
+            k: v for k, v in (("btih", torrent.btih), ("btmh", torrent.btmh), ("format", torrent.format)) if v
+        }
+        meta = {
+            "source": job.ref or torrent.magnet,
+            "bittorrent": {
+                **info,
+                "piece_size": torrent.piece_size,
+                "pieces": "torrent" if aligned else "derived locally",
+            },
+        }
+        manifest = Manifest(
+            torrent.name[:200] or job.name,
+            ps,
+            tuple(entries),
+            torrent.manifest_fields() if aligned else None,
+            meta,
+        )
+        manifest = parse_manifest(manifest.canonical_bytes, origin=f"manifest of {torrent.name}")
+        record: dict[str, list[int]] = {}
+        with storage_errors(job.dest):
+            for entry, src in zip(manifest.files, sources, strict=True):
+                dst = safe_join(job.dest, entry.path)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(src, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(src, dst)
+                fsync_dir(dst.parent)
+                st = dst.stat()
+                record[entry.path] = [st.st_size, st.st_mtime_ns, st.st_ino]
+            installed = job.dest / ".dsmirror" / "installed"
+            atomic_write_bytes(installed / f"{manifest.sha256}.manifest.json", manifest.canonical_bytes)
+            torrent.write(torrent_record_path(job.dest, manifest))
+            # The install record last: it is what says the model is in place.
+            atomic_write_bytes(
+                installed / f"{manifest.sha256}.json", json.dumps(record, sort_keys=True).encode()
+            )
+        if self.settings is not None:
+            from ._install import record_dir_install
+
+            with contextlib.suppress(StorageError):
+                record_dir_install(self.settings, job.ref or torrent.magnet, "dir", manifest, job.dest)
+        shutil.rmtree(bt, ignore_errors=True)
+        for name in ("bt.resume", "torrent"):
+            with contextlib.suppress(OSError):
+                (job.area / name).unlink()
+        return manifest, torrent
+
+
+def _manifest_piece_size(size: int) -> bool:
+    return MIN_PIECE_SIZE <= size <= MAX_PIECE_SIZE and size & (size - 1) == 0
+
+
+def _check_layout(torrent: Torrent) -> None:
+    """Refuse a torrent whose file list cannot be installed safely (checked like a manifest's)."""
+    skeleton = {
+        "format": "dsmirror-manifest",
+        "version": 1,
+        "name": torrent.name[:200] or "torrent",
+        "piece_size": DEFAULT_PIECE_SIZE,
+        "files": [
+            {"path": f.path, "size": f.size, "sha256": "0" * 64, "pieces": None}
+            for f in torrent.content_files
+        ],
+    }
+    try:
+        parse_manifest(json.dumps(skeleton).encode())
+    except ManifestError as exc:
+        raise InputError(f"the torrent's files cannot be installed safely: {exc.message}") from None
+
+
+def _installed_torrent(dest: Path, hashes: set[str]) -> tuple[Manifest, Torrent] | None:
+    """The manifest and torrent of an earlier pull of this torrent into ``dest``, if still intact."""
+    for path in sorted((dest / ".dsmirror" / "torrents").glob("*.torrent")):
+        try:
+            t = load_torrent(path)
+        except InputError:
+            continue
+        if not hashes & ({t.btih, t.btmh} - {None}):
+            continue
+        installed = dest / ".dsmirror" / "installed"
+        try:
+            m = load_manifest(installed / f"{path.stem}.manifest.json", expected_sha256=path.stem)
+            record = json.loads((installed / f"{path.stem}.json").read_bytes())
+        except (DsmirrorError, OSError, ValueError):
+            continue
+        intact = True
+        for f in m.files:
+            try:
+                st = (dest / f.path).lstat()
+            except OSError:
+                intact = False
+                break
+            intact = intact and record.get(f.path) == [st.st_size, st.st_mtime_ns, st.st_ino]
+        if intact:
+            return m, t
+    return None
 
 
 def seed_after_pull(plan: PullPlan, options: PullOptions) -> Iterator[Event]:
     """``pull --seed``: seed the installed model until interrupted (see ``seed``)."""
-    from ._torrent import create_torrent
-
     sw = plan.swarms[0] if plan.swarms else None
     torrent = sw.torrent if isinstance(sw, SwarmSource) else None
     session = sw.session if isinstance(sw, SwarmSource) and not sw.session.closed else None

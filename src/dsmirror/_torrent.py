@@ -29,6 +29,10 @@ What the torrent hashes are not: v1 pieces are SHA-1 over the piece *plus its ze
 a v2 file's ``pieces root`` is the root of a SHA-256 Merkle tree over 16 KiB blocks, not the
 SHA-256 of the file a registry (Hugging Face LFS oid, Ollama digest) publishes. So the manifest's
 SHA-256 checks stay separate and are still made on every piece a swarm delivers.
+
+Torrents made elsewhere need not be file-aligned (a plain v1 torrent's pieces run across file
+boundaries): :func:`file_aligned` tells the two apart, and only an aligned torrent's pieces can be a
+manifest's pieces.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ __all__ = [
     "TorrentFileEntry",
     "check_torrent",
     "create_torrent",
+    "file_aligned",
     "load_torrent",
     "magnet_for",
     "parse_magnet",
@@ -135,6 +140,31 @@ class Torrent:
     def write(self, path: Path) -> None:
         atomic_write_bytes(path, self.data)
 
+    def file_at(self, piece: int) -> TorrentFileEntry | None:
+        """The content file holding the first byte of torrent piece ``piece`` (for messages)."""
+        offset = piece * self.piece_size
+        for f in self.files:
+            if not f.pad and f.offset <= offset < f.offset + f.size:
+                return f
+        return None
+
+
+def file_aligned(torrent: Torrent) -> bool:
+    """Whether every piece of ``torrent`` holds bytes of one content file only (pad bytes aside).
+
+    True for v2 and hybrid torrents and for v1 torrents laid out with BEP 47 pad files (as dsmirror
+    makes them); false for a plain v1 torrent whose pieces run across file boundaries.
+    """
+    ps = torrent.piece_size
+    owner: dict[int, str] = {}
+    for f in torrent.files:
+        if f.pad or not f.size:
+            continue
+        for piece in (f.offset // ps, (f.offset + f.size - 1) // ps):
+            if owner.setdefault(piece, f.path) != f.path:
+                return False
+    return True
+
 
 def load_torrent(source: bytes | Path, *, origin: str | None = None) -> Torrent:
     """Parse .torrent bytes (or a file) strictly; raise InputError for anything unusable."""
@@ -206,19 +236,25 @@ def create_torrent(
     trackers: Sequence[str] = (),
     verify: bool = True,
     comment: str | None = None,
+    disk: Mapping[str, Path] | None = None,
 ) -> Torrent:
     """Make the torrent of ``manifest`` from the files under ``folder`` (``folder/<path>``).
 
     With ``verify`` the folder is first checked against the manifest (every piece and whole-file
     SHA-256), so a torrent is never made of bytes the manifest does not describe; pass False only
-    when the manifest was just made from the same folder.
+    when the manifest was just made from the same folder, or its files were checked otherwise.
+    ``disk`` says where each file's bytes are when they are not at ``folder/<path>`` (a model in
+    the Hugging Face cache or the Ollama store: its blobs); it needs ``verify=False``.
     """
+    if disk is not None and verify:
+        raise UsageError("create_torrent: files elsewhere than folder/<path> cannot be verified here")
+    where = {f.path: disk[f.path] if disk is not None else folder / f.path for f in manifest.files}
     if format not in TORRENT_FORMATS:
         raise UsageError(f"--torrent-format must be one of {', '.join(TORRENT_FORMATS)}, not {format!r}")
     if manifest.total_size == 0:
         raise UsageError("every file of this model is empty: there is nothing to share in a torrent")
     for f in manifest.files:
-        p = folder / f.path
+        p = where[f.path]
         try:
             size = p.stat().st_size
         except OSError:
@@ -253,9 +289,16 @@ def create_torrent(
     ct.set_creator(CREATOR)
     if comment:
         ct.set_comment(comment)
-    # libtorrent reads <dir>/<root>/<path>; a symlink named <root> lets the folder have any name.
+    # libtorrent reads <dir>/<root>/<path>; a symlink named <root> lets the folder have any name
+    # (and with ``disk``, one symlink per file lets each file be anywhere).
     with tempfile.TemporaryDirectory(prefix="dsmirror-torrent-") as tmp:
-        os.symlink(folder.resolve(), Path(tmp) / root)
+        if disk is None:
+            os.symlink(folder.resolve(), Path(tmp) / root)
+        else:
+            for path, target in where.items():
+                link = Path(tmp, root, path)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(target.resolve(), link)
         try:
             lt.set_piece_hashes(ct, tmp)
         except RuntimeError as exc:

@@ -26,11 +26,12 @@ from .._swarm import (
     SwarmConfig,
     seed,
     seed_targets_in,
+    store_seed_target,
     torrent_record_path,
 )
 from .._torrent import create_torrent, load_torrent
 from .._units import format_bytes, format_rate, parse_size
-from ._app import JsonOpt, app, console
+from ._app import JsonOpt, app, console, err_console
 from ._torrent_cmd import TorrentFormatOpt
 
 ListenOpt = Annotated[
@@ -72,11 +73,36 @@ def swarm_config(
     )
 
 
-def _targets(items: list[Path], source: Path | None, torrent: Path | None, fmt: str) -> list[SeedTarget]:
-    from .._settings import Settings
+def _is_store_ref(item: str) -> bool:
+    """``hf://...``, ``ollama://...``, or ``name:tag`` that is not a file or folder here."""
+    if item.startswith(("hf://", "ollama://")):
+        return True
+    return ":" in item and "/" not in item.split(":", 1)[1] and not Path(item).exists()
 
+
+def _targets(items: list[str], source: Path | None, torrent: Path | None, fmt: str) -> list[SeedTarget]:
+    from .._install import find_store_model
+    from .._settings import Settings
+    from .._torrent import TORRENT_FORMATS, check_torrent
+
+    if fmt not in TORRENT_FORMATS:
+        raise UsageError(f"--torrent-format must be one of {', '.join(TORRENT_FORMATS)}")
+    settings = Settings.from_env()
+    cache = settings.state_dir / "torrents"
     out: list[SeedTarget] = []
-    for item in items:
+    for text in items:
+        if source is None and _is_store_ref(text):
+            model = find_store_model(settings, text)
+            out.append(
+                store_seed_target(
+                    model,
+                    format=fmt,
+                    cache=cache,
+                    on_hashing=lambda msg: err_console.print(msg, highlight=False),
+                )
+            )
+            continue
+        item = Path(text)
         if item.is_dir() and source is None:
             found = seed_targets_in(item)
             if not found:
@@ -87,7 +113,10 @@ def _targets(items: list[Path], source: Path | None, torrent: Path | None, fmt: 
             out += found
             continue
         if source is None:
-            raise UsageError(f"{item}: say where its files are with --from DIR")
+            raise UsageError(
+                f"{item}: say where its files are with --from DIR",
+                hint="or seed an installed model: hf://org/name, ollama://name:tag",
+            )
         if item.suffix == ".torrent":
             out.append(SeedTarget(load_torrent(item), source))
             continue
@@ -97,15 +126,15 @@ def _targets(items: list[Path], source: Path | None, torrent: Path | None, fmt: 
         elif torrent_record_path(source, m).is_file():
             t = load_torrent(torrent_record_path(source, m))
         else:
-            cache = Settings.from_env().state_dir / "torrents" / f"{m.sha256}-{fmt}.torrent"
-            if cache.is_file():
-                t = load_torrent(cache)
+            cached = cache / f"{m.sha256}-{fmt}.torrent"
+            if cached.is_file():
+                t = load_torrent(cached)
             else:
-                console.print(f"hashing {source} to make the {fmt} torrent of {m.name} ...", highlight=False)
+                err_console.print(
+                    f"hashing {source} to make the {fmt} torrent of {m.name} ...", highlight=False
+                )
                 t = create_torrent(m, source, format=fmt)
-                t.write(cache)
-        from .._torrent import check_torrent
-
+                t.write(cached)
         check_torrent(m, t)
         out.append(SeedTarget(t, source))
     return out
@@ -114,8 +143,12 @@ def _targets(items: list[Path], source: Path | None, torrent: Path | None, fmt: 
 @app.command("seed")
 def seed_cmd(
     targets: Annotated[
-        list[Path],
-        typer.Argument(help="Folders pulled by dsmirror, or a MANIFEST or TORRENT with --from DIR."),
+        list[str],
+        typer.Argument(
+            help="Installed models (hf://org/name[@rev], ollama://[host/]ns/name:tag or name:tag), "
+            "folders pulled by dsmirror, or a MANIFEST or TORRENT with --from DIR.",
+            show_default=False,
+        ),
     ],
     source: Annotated[
         Path | None, typer.Option("--from", help="Folder holding the files of MANIFEST/TORRENT.")
