@@ -229,6 +229,7 @@ class SwarmConfig:
     max_peers: int | None = None
     torrent: Path | None = None  # the .torrent of the pulled manifest (metadata without peers)
     seed: bool = False  # pull --seed: keep seeding the model after the pull
+    trackers: tuple[str, ...] = ()  # announce URLs: the catalog's mirrors of kind bittorrent
 
     def __post_init__(self) -> None:
         for p in self.peers:
@@ -307,6 +308,8 @@ class SwarmSession:
     def add_torrent(self, atp: Any) -> Any:
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         atp.peers = list(atp.peers) + self.config.peer_endpoints
+        known = set(atp.trackers)
+        atp.trackers = list(atp.trackers) + [t for t in self.config.trackers if t not in known]
         return self.ses.add_torrent(atp)
 
     def dial(self, handle: Any) -> None:
@@ -1173,9 +1176,18 @@ def store_seed_target(
 
 
 # -- pulls -------------------------------------------------------------------------------------
+def catalog_trackers(catalog: Catalog) -> tuple[str, ...]:
+    """Tracker announce URLs from the catalog's enabled mirrors of kind ``bittorrent``."""
+    return tuple(
+        m.url
+        for m in catalog.mirrors_of_kind("bittorrent")
+        if m.url.startswith(("udp://", "http://", "https://"))
+    )
+
+
 def attach_swarm(plan: PullPlan, ref: Ref, catalog: Catalog, options: PullOptions) -> PullPlan:
     """Add the model's swarm to ``plan`` when a torrent, a magnet or recorded info-hashes name one."""
-    cfg = options.swarm
+    cfg = replace(options.swarm, trackers=options.swarm.trackers + catalog_trackers(catalog))
     if not cfg.enabled or plan.swarms or plan.swarm_only is not None:
         return plan
     torrent = load_torrent(cfg.torrent) if cfg.torrent else None
@@ -1235,10 +1247,11 @@ def resolve_swarm_ref(ref: Ref, catalog: Catalog, settings: Settings, options: P
             manifest = _load_manifest_ref(parse_ref(alias.manifest), pin)
         else:
             continue
-        dest = options.dest or Path.cwd() / manifest.name
+        dest = options.dest or Path.cwd() / manifest.folder_name
         plan = PullPlan(manifest, list(http_sources(catalog, options)), dest)
         return attach_swarm(plan, ref, catalog, replace(options, swarm=replace(options.swarm, enabled=True)))
-    return swarm_only_plan(ref, options)
+    trackers = options.swarm.trackers + catalog_trackers(catalog)
+    return swarm_only_plan(ref, replace(options, swarm=replace(options.swarm, trackers=trackers)))
 
 
 def swarm_only_plan(ref: Ref, options: PullOptions) -> PullPlan:
