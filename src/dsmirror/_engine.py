@@ -324,7 +324,7 @@ class _Engine:
                     st.info.name,
                     st.info.kind,
                     st.info.region,
-                    self.sched.source_rate(st.info.name),
+                    self.sched.source_rate(st.info.name, live=True),
                     st.delivered,
                     st.active,
                     status,
@@ -540,7 +540,8 @@ def fetch(
             raise eng.fatal
         yield from eng.drain()
     files = store.finalize()
-    yield eng.snapshot(0.0, 0.0)
+    elapsed = time.monotonic() - t0
+    yield eng.snapshot((store.verified_bytes - before) / elapsed if elapsed > 0 else 0.0, 0.0)
     delivered = {st.info.name: st.delivered for st in eng.sched.sources()}
     yield PullFinished(
         manifest.name,

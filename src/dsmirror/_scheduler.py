@@ -208,9 +208,15 @@ class Scheduler:
         with self._lock:
             return self._left
 
-    def source_rate(self, name: str) -> float:
-        """What the source delivers now: the sum of its live connections' rates."""
+    def source_rate(self, name: str, *, live: bool = False) -> float:
+        """What the source delivers now: the sum of its live connections' rates.
+
+        With ``live``, a source with no connection at work delivers 0 (for display); otherwise its
+        last measured rate stands in for planning.
+        """
         with self._lock:
+            if live and not any(a.source == name and not a.cancelled for a in self._assignments.values()):
+                return 0.0
             return self._source_rate(name)
 
     def _source_rate(self, name: str) -> float:
