@@ -479,8 +479,7 @@ def test_interrupted_swarm_pull_resumes(
     assert sw.stats.downloaded < swarmed.model.total_size
 
 
-# -- the scheduler's view of the swarm (Scheduler.set_peer_pieces, proposed) ---------------------
-HAS_PEER_VIEW = hasattr(dsmirror.Scheduler, "set_peer_pieces")
+# -- the scheduler's view of the swarm (Scheduler.set_peer_pieces) ---------------------
 
 
 def _sched(n: int, prefer: str) -> tuple[dsmirror.Scheduler, bytearray]:
@@ -494,11 +493,10 @@ def _sched(n: int, prefer: str) -> tuple[dsmirror.Scheduler, bytearray]:
         m, bytearray(n), infos, dsmirror.FakeClock(), dsmirror.SchedulerConfig(prefer=prefer)
     )
     have = bytearray(n)
-    s.set_peer_pieces("swarm", have)  # type: ignore[attr-defined]
+    s.set_peer_pieces("swarm", have)
     return s, have
 
 
-@pytest.mark.skipif(not HAS_PEER_VIEW, reason="Scheduler.set_peer_pieces is not in this scheduler yet")
 def test_scheduler_gives_the_swarm_only_what_peers_have_and_mirrors_the_rest() -> None:
     s, have = _sched(64, "p2p")
     assert isinstance(s.acquire("swarm"), float)  # no peer has anything yet
@@ -516,7 +514,6 @@ def test_scheduler_gives_the_swarm_only_what_peers_have_and_mirrors_the_rest() -
     assert len(set(starts)) == 4 and max(starts) > 8
 
 
-@pytest.mark.skipif(not HAS_PEER_VIEW, reason="Scheduler.set_peer_pieces is not in this scheduler yet")
 def test_a_mirror_span_stops_where_peers_got_the_pieces() -> None:
     s, have = _sched(64, "p2p")
     m = s.acquire("upstream")

@@ -29,7 +29,6 @@ import httpx
 from ._errors import (
     BadResponse,
     RateLimited,
-    SourceError,
     SourceNotFound,
     SourceUnavailable,
     Stalled,
@@ -273,7 +272,3 @@ def _redact(url: str) -> str:
     """Drop the query (signatures, tokens) from URLs that end up in messages and logs."""
     parts = urlsplit(url)
     return parts._replace(query="", fragment="").geturl()
-
-
-def error_is_source_error(exc: BaseException) -> bool:
-    return isinstance(exc, SourceError)

@@ -332,7 +332,7 @@ class Store:
 
     # -- the whole-file digests, computed in order, in the background --------------------------
     def _start_hasher(self) -> None:
-        self._hashers = [_FileHasher(f) for f in self.manifest.files]
+        self._hashers = [_FileHasher() for _ in self.manifest.files]
         self._hash_thread = threading.Thread(target=self._hash_loop, name="dsmirror-filehash", daemon=True)
         self._hash_thread.start()
         for fi in range(len(self.manifest.files)):
@@ -434,7 +434,7 @@ class Store:
                 fi = self.manifest.pieces[i].file_index
                 touched.add(fi)
             for fi in touched:
-                self._hashers[fi] = _FileHasher(self.manifest.files[fi])
+                self._hashers[fi] = _FileHasher()
                 self._file_ok[fi] = None
 
     def take_file_results(self) -> list[tuple[int, bool]]:
@@ -627,7 +627,7 @@ def lock_area(area: Path, dest: Path) -> int:
 class _FileHasher:
     __slots__ = ("next_piece", "sha")
 
-    def __init__(self, f: FileEntry) -> None:
+    def __init__(self) -> None:
         self.sha = hashlib.sha256()
         self.next_piece = 0
 
@@ -635,7 +635,3 @@ class _FileHasher:
 def _record(kind: int, index: int) -> bytes:
     head = struct.pack("<B3xI", kind, index)
     return head + struct.pack("<I", zlib.crc32(head))
-
-
-def pieces_of(manifest: Manifest, indices: Iterable[int]) -> list[Piece]:
-    return [manifest.pieces[i] for i in indices]

@@ -11,7 +11,7 @@ metadata arrives. ``set_piece_deadline`` is never used: it raises a priority-0 p
 
 Which pieces the swarm should ask for depends on what its peers have: the swarm keeps a map of the
 pieces some connected peer (or libtorrent's own copy) has, refreshed every 0.25 s, and hands it to
-the scheduler (``Scheduler.set_peer_pieces``, where the scheduler has it) so that the swarm is given
+the scheduler (``Scheduler.set_peer_pieces``) so that the swarm is given
 only those and mirrors the others, which is what lets a LAN fetch each piece from outside about
 once (``scripts/bench_lan.py``). Without that hook the swarm takes what the scheduler gives it and
 gives back, after ``_STALL`` seconds, a span whose first piece no peer has. To learn what peers
@@ -563,10 +563,8 @@ class SwarmSource:
             if t >= 0 and not self._have[t] and ctx.store.is_done(i):
                 self._pending.put((i, None))
         self._peer_have = bytearray(self.manifest.num_pieces)
-        set_peer_pieces = getattr(ctx.sched, "set_peer_pieces", None)
-        if set_peer_pieces is not None:
-            set_peer_pieces(self.name, self._peer_have)
-            self._peer_view = True
+        ctx.sched.set_peer_pieces(self.name, self._peer_have)
+        self._peer_view = True
         self._ready = True
         self._next_resume = time.monotonic() + _RESUME_EVERY
         return True
