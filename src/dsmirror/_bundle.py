@@ -429,7 +429,7 @@ def _target(
     if raw is not None:
         _check_ollama_sidecar(manifest, raw, origin)
     if fmt == "dir":
-        d = dest or Path.cwd() / manifest.name.replace("/", "-").replace(":", "-")
+        d = dest or Path.cwd() / manifest.folder_name
         after: Callable[[Store], None] | None = None
         if raw is not None and settings is not None:
             after = _ollama_after(settings, d, manifest, raw, origin, "dir")
