@@ -105,6 +105,28 @@ def test_three_mirrors_byte_identical(
     assert finished(again).downloaded_bytes == 0
 
 
+def test_slow_mirrors_last_pieces_are_split_with_the_fast_one(
+    make_model: Callable[..., Any],
+    tmp_path: Path,
+    start_mirrors: Callable[..., list[MirrorServer]],
+    catalog_file: Callable[..., Path],
+    lib_pull: Callable[..., list[Any]],
+) -> None:
+    # The slow mirror's connections each hold a piece (1 MiB at 64 KiB/s each) when the fast one
+    # runs out of free work: the fast one fetches the back part of those pieces, the slow one
+    # stops at the cut, and each piece is verified from the two halves.
+    model = make_model({"big.bin": 24 * MiB + 123, "small.bin": 3000}, piece_size=MiB, seed=3)
+    slow, fast = start_mirrors(model.root, [{"rate": 512 * KiB}, {"rate": 16 * MiB}])
+    dest = tmp_path / "dest"
+    events = lib_pull(model, catalog_file({"slow": slow, "fast": fast}), dest)
+    model.assert_identical(dest)
+    done = finished(events)
+    assert done.split_pieces >= 1, done
+    assert done.corrupt_bytes == 0 and not of(events, PieceRejected)
+    assert sum(done.delivered_by_source.values()) == model.total_size
+    assert 0 < done.delivered_by_source["slow"] < 4 * MiB, done.delivered_by_source
+
+
 def test_cli_pull_json(
     model: Any,
     tmp_path: Path,

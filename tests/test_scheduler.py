@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -160,6 +160,7 @@ class Simulation:
         self.dt = dt
         self.stall_timeout = stall_timeout
         self.fetched = {s.name: 0 for s in sources}
+        self.by_name = {s.name: s for s in sources}
 
     def _end(self, c: _Conn, error: BaseException | None = None) -> None:
         assert c.a is not None
@@ -216,13 +217,30 @@ class Simulation:
                 self._end(c)
                 return
             piece = self.m.pieces[a.next_piece]
-            n = int(min(budget, piece.length - a.piece_bytes))
+            if a.cut is not None and a.piece_bytes >= a.cut:
+                # An owner past its cut takes the rest of the piece from its split helper.
+                part = sched.split_part(a, piece.index)
+                if part is not None:
+                    if {piece.index} & (c.src.corrupt | self.by_name[part[2]].corrupt):
+                        sched.split_failed(a, piece.index)
+                        err = PieceMismatch(piece.index, path=piece.path, expected="0", actual="1")
+                        self._end(c, err)
+                        return
+                    sched.piece_verified(a, piece.index, helped=piece.length - a.piece_bytes)
+                    self._end(c)  # its stream stops in the middle of the piece
+                    return
+            want = piece.length - a.piece_bytes - a.split_at
+            n = int(min(budget, want))
             sched.progress(a, n)
             self.fetched[c.src.name] += n
             c.last_byte = now
             budget -= n
-            if a.piece_bytes < piece.length:
+            if n < want:
                 continue
+            if a.split_at:
+                sched.split_done(a, bytes(piece.length - a.split_at))
+                self._end(c)
+                return
             if piece.index in c.src.corrupt:
                 err = PieceMismatch(piece.index, path=piece.path, expected="0", actual="1", source=c.src.name)
                 sched.piece_failed(a, piece.index, err)
@@ -366,27 +384,116 @@ def test_no_steal_from_a_span_that_finishes_soon() -> None:
     assert not isinstance(got, Assignment) or (got.race is False and got.start >= owner.end)
 
 
-# -- the tail race --------------------------------------------------------------------------------
-def tail(racer_rate: float) -> tuple[Scheduler, FakeClock, Assignment]:
-    """Only piece 3 is left, in progress at 1 MiB/s with 0.8 MiB to go (0.8 s)."""
+# -- the tail: split pieces, and the race -------------------------------------------------------
+def tail(helper_rate: float, *, hashed: bool = True) -> tuple[Scheduler, FakeClock, Assignment]:
+    """Only piece 3 is left, in progress at 1 MiB/s with 0.8 MiB to go (0.8 s).
+
+    Without piece hashes (``hashed=False``) a piece cannot be split, only raced whole.
+    """
     m = manifest([4 * MiB])
-    sched, clock = make(m, "owner", "racer", "racer2")
+    if not hashed:
+        m = Manifest(m.name, m.piece_size, tuple(replace(f, pieces=("",) * len(f.pieces)) for f in m.files))
+    sched, clock = make(m, "owner", "helper", "helper2")
     sched.set_prior("owner", 1 * MiB)
     owner = take(sched, "owner")
     assert (owner.start, owner.end) == (0, 4)
     assert feed(sched, clock, owner, 1 * MiB, 3.2)
     assert owner.next_piece == 3 and owner.piece_bytes == pytest.approx(0.2 * MiB, rel=0.01)
-    sched.set_prior("racer", racer_rate)
-    sched.set_prior("racer2", racer_rate)
+    sched.set_prior("helper", helper_rate)
+    sched.set_prior("helper2", helper_rate)
     return sched, clock, owner
 
 
+@pytest.mark.parametrize("helper_rate", [10 * MiB, 2 * MiB, 1 * MiB, 0.5 * MiB])
+def test_tail_piece_is_split_so_owner_and_helper_finish_together(helper_rate: float) -> None:
+    sched, _clock, owner = tail(helper_rate)
+    h = take(sched, "helper")
+    assert h.race and (h.start, h.end) == (3, 4)
+    # The cut: owner_bytes / 1 MiB/s == (0.8 MiB - owner_bytes) / helper_rate (ttfb 0 here).
+    left = MiB - owner.piece_bytes
+    owner_bytes = left * owner.rate / (owner.rate + helper_rate)
+    assert owner.rate == pytest.approx(MiB, rel=0.05)
+    assert h.split_at == owner.cut == pytest.approx(owner.piece_bytes + owner_bytes, abs=2)
+    assert not isinstance(sched.acquire("helper2"), Assignment)  # one helper per piece
+    # The helper fetches only the back part, the owner only up to the cut.
+    piece = sched.m.pieces[3]
+    sched.progress(h, piece.length - h.split_at)
+    sched.split_done(h, bytes(piece.length - h.split_at))
+    sched.release(h)
+    assert sched.split_part(owner, 3) is None or owner.piece_bytes < owner.cut
+    sched.progress(owner, owner.cut - owner.piece_bytes)
+    got = sched.split_part(owner, 3)
+    assert got is not None and got[0] == owner.cut and got[2] == "helper"
+    assert not sched.piece_verified(owner, 3, helped=piece.length - owner.cut)
+    sched.release(owner)
+    assert sched.finished()
+    delivered = {s.info.name: s.delivered for s in sched.sources()}
+    assert delivered["helper"] == piece.length - h.split_at
+    assert delivered["owner"] + delivered["helper"] == 4 * MiB
+    assert sched.redundant_bytes == 0
+
+
+def test_no_split_when_the_helper_would_add_little() -> None:
+    sched, _clock, owner = tail(0.05 * MiB)  # 20x slower: it would take < 5% of the piece
+    assert not isinstance(sched.acquire("helper"), Assignment)
+    assert owner.cut is None
+
+
+def test_owner_reaching_the_end_first_voids_the_helper() -> None:
+    sched, _clock, owner = tail(1 * MiB)
+    h = take(sched, "helper")
+    assert not finish_piece(sched, owner)  # the owner read past its cut to the end: it wins
+    assert h.cancelled and not sched.wanted(h)
+    sched.split_done(h, bytes(100))  # arrives late: wasted, never used
+    assert sched.split_part(owner, 3) is None
+    assert sched.source("owner").delivered == 4 * MiB and sched.redundant_bytes == 100
+
+
+def test_helper_failing_gives_the_whole_piece_back_to_its_owner() -> None:
+    sched, _clock, owner = tail(2 * MiB)
+    h = take(sched, "helper")
+    sched.release(h, SourceUnavailable("reset", source="helper"))
+    assert owner.cut is None  # the owner fetches the whole piece itself
+    # ... and a new helper may be found.
+    h2 = take(sched, "helper2")
+    assert h2.split_at == owner.cut
+
+
+def test_owner_failing_voids_its_helper() -> None:
+    sched, _clock, owner = tail(2 * MiB)
+    h = take(sched, "helper")
+    sched.release(owner, SourceUnavailable("reset", source="owner"))
+    assert h.cancelled
+    sched.split_done(h, bytes(10))
+    assert sched.redundant_bytes == 10
+
+
+def test_split_copy_failing_is_fetched_whole_and_blames_nobody() -> None:
+    sched, _clock, owner = tail(2 * MiB)
+    h = take(sched, "helper")
+    piece = sched.m.pieces[3]
+    sched.split_done(h, bytes(piece.length - h.split_at))
+    sched.release(h)
+    sched.progress(owner, owner.cut - owner.piece_bytes)
+    assert sched.split_part(owner, 3) is not None
+    sched.split_failed(owner, 3)
+    sched.release(owner, PieceMismatch(3, path=piece.path, expected="0", actual="1", source="owner"))
+    assert all(s.corrupt == 0 and not s.banned for s in sched.sources())
+    assert sched.corrupt_bytes == piece.length
+    again = take(sched, "helper")
+    assert (again.start, again.end, again.race) == (3, 4, False)
+    # The new owner has no rate yet; once it has one, piece 3 is still never split again.
+    feed(sched, _clock, again, 0.1 * MiB, 1.0)
+    helper = sched.acquire("owner")
+    assert not isinstance(helper, Assignment) or not helper.split_at
+
+
 def test_tail_race_when_a_fast_source_would_finish_clearly_sooner() -> None:
-    sched, _clock, owner = tail(10 * MiB)  # 0.1 s instead of 0.8 s
-    r = take(sched, "racer")
-    assert r.race and (r.start, r.end) == (3, 4)
+    sched, _clock, owner = tail(10 * MiB, hashed=False)  # 0.1 s instead of 0.8 s
+    r = take(sched, "helper")
+    assert r.race and (r.start, r.end) == (3, 4) and not r.split_at
     # Only one racer per piece.
-    assert not isinstance(sched.acquire("racer2"), Assignment)
+    assert not isinstance(sched.acquire("helper2"), Assignment)
     # The racer's copy arrives first and wins; the owner is told to drop its copy.
     assert not finish_piece(sched, r)
     assert sched.finished()
@@ -394,14 +501,14 @@ def test_tail_race_when_a_fast_source_would_finish_clearly_sooner() -> None:
     sched.release(r)
     finish_piece(sched, owner)  # the owner's copy arrives later: counted as redundant
     sched.release(owner)
-    assert sched.source("racer").delivered == MiB
+    assert sched.source("helper").delivered == MiB
     assert sched.source("owner").delivered == 3 * MiB
     assert sched.redundant_bytes == MiB
 
 
 def test_tail_race_owner_wins_and_cancels_racer() -> None:
-    sched, _clock, owner = tail(10 * MiB)
-    r = take(sched, "racer")
+    sched, _clock, owner = tail(10 * MiB, hashed=False)
+    r = take(sched, "helper")
     assert not finish_piece(sched, owner)
     assert r.cancelled and not sched.wanted(r)
     assert sched.source("owner").delivered == 4 * MiB
@@ -417,8 +524,8 @@ def test_tail_race_owner_wins_and_cancels_racer() -> None:
     ],
 )
 def test_tail_race_only_when_clearly_sooner(racer_rate: float, races: bool) -> None:
-    sched, _clock, owner = tail(racer_rate)
-    got = sched.acquire("racer")
+    sched, _clock, owner = tail(racer_rate, hashed=False)
+    got = sched.acquire("helper")
     assert isinstance(got, Assignment) == races, got
     if races:
         assert isinstance(got, Assignment) and got.race and got.start == owner.next_piece

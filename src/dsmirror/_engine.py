@@ -226,6 +226,9 @@ class _Engine:
             self.emit(SourceDropped(src.name, banned))
 
     def _fetch(self, src: Source, a: Assignment) -> None:
+        if a.split_at:
+            self._fetch_split(src, a)
+            return
         m = self.m
         f = m.files[a.file_index]
         idx = a.next_piece
@@ -243,6 +246,8 @@ class _Engine:
                 while mv:
                     if not self.sched.wanted(a):
                         return  # cut short (stolen or lost a race): drop the rest of the response
+                    if a.cut is not None and pos >= a.cut and self._join_helper(a, piece, pos, h, src.name):
+                        return  # the rest of the piece came from its helper; the stream is dropped
                     take = min(len(mv), piece.length - pos)
                     part = mv[:take]
                     h.update(part)
@@ -266,6 +271,57 @@ class _Engine:
                             buf = bytearray()
         if a.next_piece < a.end:
             raise SourceUnavailable("response ended early", source=src.name)
+
+    def _fetch_split(self, src: Source, a: Assignment) -> None:
+        """A split helper: fetch the back of one piece, from ``a.split_at``, for its owner.
+
+        The bytes stay in memory until the owner reaches its cut and hashes them after its own
+        (``_join_helper``); so a helper never writes to disk, like a racer.
+        """
+        piece = self.m.pieces[a.start]
+        need = piece.length - a.split_at
+        buf = bytearray()
+        start = piece.offset + a.split_at
+        with src.open_range(self.m.files[a.file_index], start, piece.offset + piece.length - 1) as chunks:
+            for chunk in chunks:
+                if self.stop.is_set():
+                    raise _Stop
+                if not self.sched.wanted(a):
+                    return  # the owner got there first
+                take = min(len(chunk), need - len(buf))
+                buf += memoryview(chunk)[:take]
+                if self.limiter:
+                    self.limiter.take(take)
+                self.sched.progress(a, take)
+                if len(buf) == need:
+                    self.sched.split_done(a, bytes(buf))
+                    return
+        raise SourceUnavailable("response ended early", source=src.name)
+
+    def _join_helper(self, a: Assignment, piece: Piece, pos: int, h: hashlib._Hash, source: str) -> bool:
+        """The owner of a split piece, at or past its cut: finish the piece with its helper's
+        bytes if they all arrived. Returns False to keep streaming (the helper is late)."""
+        got = self.sched.split_part(a, piece.index)
+        if got is None:
+            return False
+        cut, data, helper = got
+        rest = memoryview(data)[pos - cut :]
+        h.update(rest)
+        digest = h.hexdigest()
+        if digest != piece.sha256:
+            # Two sources made this copy: nobody is blamed; it is fetched again whole.
+            self.sched.split_failed(a, piece.index)
+            raise PieceMismatch(
+                piece.index,
+                path=piece.path,
+                expected=piece.sha256,
+                actual=digest,
+                source=f"{source} and {helper} (split piece)",
+            )
+        self._write_owned(piece, pos, rest)
+        self._complete(a, piece, digest, None, source)
+        self.sched.piece_verified(a, piece.index, helped=len(rest))
+        return True
 
     def _write_owned(self, piece: Piece, pos: int, part: memoryview) -> None:
         with self._piece_locks[piece.index % 64]:
@@ -554,4 +610,5 @@ def fetch(
         eng.sched.corrupt_bytes,
         time.monotonic() - t0,
         delivered,
+        eng.sched.split_pieces,
     )

@@ -112,6 +112,7 @@ class PullFinished(Event):
     corrupt_bytes: int  # received, failed verification, thrown away
     seconds: float
     delivered_by_source: dict[str, int] = field(default_factory=dict)
+    split_pieces: int = 0  # pieces finished by two sources at the tail (front and back part)
 
 
 def event_to_dict(ev: Event) -> dict[str, Any]:

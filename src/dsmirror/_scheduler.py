@@ -23,11 +23,30 @@ Work stealing (what aria2 does not do: aria2 #897/#2111 rank mirrors only from f
     next piece boundary that its span is shorter (``piece_verified`` returns False) and drops the
     request. A slow source therefore never owns more than it can finish in step with the fast ones.
 
-The tail race (what Ollama's puller lacks: "stuck at 99%", ollama #1736)
-    When only pieces *in progress* remain, an idle fast connection may fetch the same piece as a slow
-    one if it would finish it clearly sooner (``race_margin``). The first verified copy wins; the loser
-    is cancelled at its next chunk. Racers buffer in memory and write under a piece lock, so a losing or
-    corrupt copy can never overwrite good bytes. Only one racer per piece, and only in the tail.
+The tail: split pieces (what Ollama's puller lacks: "stuck at 99%", ollama #1736)
+    When only pieces *in progress* remain, an idle connection helps the one that will finish last.
+    If the owner is streaming the last piece of its span, the piece is *split*: the helper fetches
+    its back part with its own Range request, from a cut chosen so that both finish together given
+    their measured rates and the helper's latency, and keeps those bytes in memory; the owner,
+    on reaching the cut, hashes the helper's bytes after its own, writes them, and drops its
+    stream. So the slow source delivers exactly what it can until the end, and nobody fetches a
+    byte twice. If the helper is late the owner simply reads on (whoever has the rest first wins);
+    if a split copy fails its hash, neither source can be blamed, so the piece is fetched again
+    whole, by one source, and never split again. Because any piece can be split at the end, a slow
+    source may start a piece that it alone would finish last; only pieces that cannot be split
+    (no piece hash, or a swarm, which hands over whole pieces) are refused to a source that would
+    decide the finishing time with them (``_too_slow_for_tail``).
+    Measured with ``scripts/bench_mirrors.py`` (1 GiB, mirrors at 40/20/8 MB/s): the three mirrors
+    now end within the same second; before, the mid mirror sat idle for the last second while
+    8 MiB pieces finished on the far one at 1 MB/s per connection.
+
+The tail race
+    A piece that cannot be split (its owner stalled with no measured rate, more than one piece
+    left in its span, no piece hash, a swarm) may be fetched whole by an idle fast connection if it
+    would finish it clearly sooner (``race_margin``). The first verified copy wins; the loser is
+    cancelled at its next chunk. Racers and helpers buffer in memory and write under a piece lock,
+    so a losing or corrupt copy can never overwrite good bytes. One racer or helper per piece, and
+    only in the tail.
 
 Failures (a circuit breaker per source, like libtorrent's peer back-off and aria2's retry-wait)
     A failed request puts its pieces back and pauses the source with exponential back-off and jitter
@@ -70,7 +89,7 @@ from dataclasses import dataclass, field
 
 from ._clock import Clock
 from ._errors import NoSourceError, PieceMismatch, RateLimited, SourceError, SourceNotFound
-from ._manifest import Manifest
+from ._manifest import Manifest, Piece
 from ._sources import SourceInfo
 
 __all__ = ["Assignment", "Scheduler", "SchedulerConfig", "SourceState"]
@@ -85,6 +104,8 @@ class SchedulerConfig:
     rate_window: float = 1.0
     race_margin: float = 0.6  # race only if the racer would need < 60% of the owner's remaining time
     max_racers: int = 8
+    split_gain: float = 0.8  # split a piece only if the owner then finishes in < 80% of its time
+    min_split_bytes: int = 256 << 10  # a helper fetches at least this much
     backoff_base: float = 1.0
     backoff_max: float = 30.0
     breaker_threshold: int = 5
@@ -106,6 +127,9 @@ class Assignment:
     start: int
     end: int
     race: bool = False
+    split_at: int = 0  # a split helper: fetches bytes [split_at, end of piece) of its one piece
+    cut: int | None = None  # an owner with a helper: where in its current piece the helper begins
+    owner: Assignment | None = None  # a split helper: the assignment it helps
     outside: bool = False  # a mirror span of pieces no peer had (see set_peer_pieces)
     next_piece: int = 0
     started_at: float = 0.0
@@ -175,7 +199,9 @@ class Scheduler:
         self._left = sum(1 for d in done if not d)
         self._sources: dict[str, SourceState] = {s.name: SourceState(s) for s in sources}
         self._assignments: dict[int, Assignment] = {}
-        self._racing: dict[int, Assignment] = {}  # piece -> racer assignment
+        self._racing: dict[int, Assignment] = {}  # piece -> racer or split helper assignment
+        self._split_data: dict[int, tuple[int, bytes, str]] = {}  # piece -> (cut, bytes, helper)
+        self._nosplit: set[int] = set()  # pieces whose split copy failed: fetched whole again
         self._avoid: dict[int, set[str]] = {}  # piece -> sources that spoiled it
         self._next_id = 1
         self._last_progress = clock.now()
@@ -183,6 +209,7 @@ class Scheduler:
         self._peer_pieces: dict[str, bytearray] = {}  # swarm source -> pieces its peers have
         self.redundant_bytes = 0  # bytes fetched for pieces another source finished first
         self.corrupt_bytes = 0
+        self.split_pieces = 0  # pieces finished with a split helper's bytes
 
     # -- queries ---------------------------------------------------------------------------------
     def sources(self) -> list[SourceState]:
@@ -321,14 +348,29 @@ class Scheduler:
         ]
         return min(starts) if starts else self.clock.now()
 
-    def _too_slow_for_tail(self, s: SourceState, now: float, piece_len: int, free_bytes: int) -> bool:
+    def _too_slow_for_tail(self, s: SourceState, now: float, piece: Piece, free_bytes: int) -> bool:
         """Would this piece on this connection outlast everything the others still have to do?
 
         A source must not start a piece it cannot finish before the other sources finish all the
-        free work: that piece would decide the finishing time (the "stuck at 99%" of ollama #1736).
+        work left: that piece would decide the finishing time (the "stuck at 99%" of ollama #1736).
         Only sources that could take the free work count as "the others" (not banned, not paused,
         having the files), and the fastest capable source never steps aside.
+        A piece that can be split at the tail is always worth starting: when the others run out
+        of work, one of them fetches its back part (``_race``), so the slow source contributes
+        what it can and decides nothing.
         """
+        piece_len = piece.length
+        if piece.sha256 and s.info.kind != "bittorrent":
+            splitters = [
+                o
+                for o in self._sources.values()
+                if o is not s
+                and o.info.kind != "bittorrent"
+                and not o.banned
+                and piece.file_index not in o.missing_files
+            ]
+            if splitters:
+                return False
         mine = self._expected_rate(s)
         if mine <= 0:
             return False
@@ -347,8 +389,12 @@ class Scheduler:
         others = sum(self._source_rate(o.info.name) for o in capable)
         if others <= 0:
             return False
+        names = {o.info.name for o in capable}
+        in_flight = sum(
+            self._left_bytes(a) for a in self._assignments.values() if a.source in names and not a.race
+        )
         t_piece = s.ttfb + piece_len / mine
-        return t_piece > 2.0 and t_piece > free_bytes / others
+        return t_piece > 2.0 and t_piece > (free_bytes + in_flight) / others
 
     def _swarm_has(self, i: int) -> bool:
         return any(have[i] for name, have in self._peer_pieces.items() if not self._sources[name].banned)
@@ -400,7 +446,7 @@ class Scheduler:
         rate = self._expected_rate(s)
         free_total = sum(1 for st in self._state if st == _FREE)
         free_bytes = sum(p.length for p in self.m.pieces if self._state[p.index] == _FREE)
-        if self._too_slow_for_tail(s, now, self.m.pieces[i].length, free_bytes):
+        if self._too_slow_for_tail(s, now, self.m.pieces[i], free_bytes):
             return None
         if rate <= 0:
             want = 1  # unmeasured: a single real piece is the probe
@@ -421,9 +467,16 @@ class Scheduler:
         a.outside = picked is not None
         return a
 
+    def _left_bytes(self, a: Assignment) -> int:
+        """Bytes ``a`` still has to fetch itself."""
+        remaining = sum(self.m.pieces[k].length for k in range(a.next_piece, a.end)) - a.piece_bytes
+        if a.cut is not None and a.cut > a.piece_bytes:
+            remaining -= self.m.pieces[a.next_piece].length - a.cut  # a helper fetches the back part
+        return max(0, remaining)
+
     def _remaining_time(self, a: Assignment, now: float) -> float:
         rate = self._conn_rate(a, now)
-        remaining = sum(self.m.pieces[k].length for k in range(a.next_piece, a.end)) - a.piece_bytes
+        remaining = self._left_bytes(a)
         if rate <= 0:
             return float("inf") if now - a.started_at > 2.0 else remaining / 1e9
         return remaining / rate
@@ -467,18 +520,48 @@ class Scheduler:
         v.end = split
         return stolen
 
+    def _helper_rate(self, s: SourceState) -> float:
+        """Per-connection rate an idle connection of ``s`` can expect for tail work.
+
+        Its measured per-connection rate, or its share of what the whole source delivered
+        (``aggregate``) when fewer of its connections are busy now than when that was measured:
+        a per-host cap is shared by the connections that are actually open.
+        """
+        return max(self._expected_rate(s), s.aggregate / (s.active + 1))
+
+    def _can_split(self, s: SourceState, a: Assignment) -> bool:
+        """May an idle connection of ``s`` fetch the back part of ``a``'s current piece?
+
+        Only between two streaming sources (a swarm hands over whole pieces), on the last piece
+        of the owner's span (its stream is cut after that piece), once per piece, and never for a
+        piece without its own hash (a mixed copy could not be blamed on either source) or one a
+        split copy already failed.
+        """
+        i = a.next_piece
+        return (
+            a.source != s.info.name
+            and s.info.kind != "bittorrent"
+            and self._sources[a.source].info.kind != "bittorrent"
+            and a.next_piece == a.end - 1
+            and a.cut is None
+            and i not in self._nosplit
+            and bool(self.m.pieces[i].sha256)
+        )
+
     def _race(self, s: SourceState, now: float) -> Assignment | None:
         if len(self._racing) >= self.cfg.max_racers:
             return None
-        my_rate = self._expected_rate(s)
+        my_rate = self._helper_rate(s)
         if my_rate <= 0:
             return None
         best: tuple[float, Assignment] | None = None
         for a in self._assignments.values():
             if a.race or a.cancelled or a.source == s.info.name or a.next_piece >= a.end:
                 continue
-            piece = a.next_piece
-            if piece in self._racing or self._state[piece] == _DONE or not self._usable_for(s, piece):
+            k = a.next_piece
+            if k in self._racing or k in self._split_data:
+                continue
+            if self._state[k] == _DONE or not self._usable_for(s, k):
                 continue
             t = self._remaining_time(a, now)
             if best is None or t > best[0]:
@@ -486,12 +569,60 @@ class Scheduler:
         if best is None:
             return None
         t_owner, v = best
-        t_me = s.ttfb + self.m.pieces[v.next_piece].length / my_rate
+        piece = self.m.pieces[v.next_piece]
+        v_rate = self._conn_rate(v, now)
+        if v_rate > 0 and self._can_split(s, v):
+            # Split: the owner keeps the front, this connection fetches the back; the cut is
+            # where both finish together: x / v_rate = ttfb + (left - x) / my_rate.
+            left = piece.length - v.piece_bytes
+            x = v_rate * (s.ttfb + left / my_rate) / (1 + v_rate / my_rate)
+            cut = v.piece_bytes + int(x)
+            if piece.length - cut < self.cfg.min_split_bytes or x / v_rate >= t_owner * self.cfg.split_gain:
+                return None
+            h = self._new(s, v.file_index, v.next_piece, v.next_piece + 1, now, race=True)
+            h.split_at, h.owner = cut, v
+            v.cut = cut
+            self._racing[piece.index] = h
+            return h
+        t_me = s.ttfb + piece.length / my_rate
         if t_me >= t_owner * self.cfg.race_margin:
             return None
         r = self._new(s, v.file_index, v.next_piece, v.next_piece + 1, now, race=True)
         self._racing[v.next_piece] = r
         return r
+
+    def split_done(self, helper: Assignment, data: bytes) -> None:
+        """A split helper has the back part of its piece: the owner will use it at its cut."""
+        with self._lock:
+            i = helper.start
+            owner = helper.owner
+            if (
+                helper.cancelled
+                or self._state[i] == _DONE
+                or owner is None
+                or owner.cancelled
+                or owner.cut != helper.split_at
+            ):
+                self.redundant_bytes += len(data)
+                return
+            self._split_data[i] = (helper.split_at, data, helper.source)
+
+    def split_part(self, a: Assignment, index: int) -> tuple[int, bytes, str] | None:
+        """For an owner past its cut: ``(cut, bytes, helper source)`` once the helper has them all."""
+        with self._lock:
+            got = self._split_data.get(index)
+            if got is None or a.cut != got[0]:
+                return None
+            return got
+
+    def split_failed(self, a: Assignment, index: int) -> None:
+        """A piece made of an owner's and a helper's bytes failed its hash: nobody can be blamed,
+        so it is fetched again whole, by one source, and the guilty one is caught then."""
+        with self._lock:
+            self._nosplit.add(index)
+            self._split_data.pop(index, None)
+            self.corrupt_bytes += self.m.pieces[index].length
+            a.cut = None
 
     # -- reports from connections ----------------------------------------------------------------
     def progress(self, a: Assignment, nbytes: int) -> None:
@@ -526,19 +657,30 @@ class Scheduler:
                 and not self._sources[a.source].banned
             )
 
-    def piece_verified(self, a: Assignment, index: int) -> bool:
-        """A piece of ``a`` verified and stored. Returns True if ``a`` should go on to its next piece."""
+    def piece_verified(self, a: Assignment, index: int, *, helped: int = 0) -> bool:
+        """A piece of ``a`` verified and stored. Returns True if ``a`` should go on to its next piece.
+
+        ``helped``: the last bytes of the piece came from its split helper (see ``split_part``).
+        """
         with self._lock:
             now = self.clock.now()
             s = self._sources[a.source]
             length = self.m.pieces[index].length
+            split = self._split_data.pop(index, None)
             if self._state[index] != _DONE:
                 self._state[index] = _DONE
                 self._left -= 1
-                s.delivered += length
+                if helped and split is not None:
+                    s.delivered += length - helped
+                    self._sources[split[2]].delivered += helped
+                    self.split_pieces += 1
+                else:
+                    s.delivered += length
                 self._last_progress = now
             else:
                 self.redundant_bytes += length
+            if a.cut is not None and a.next_piece == index:
+                a.cut = None
             s.failures_in_row = 0
             self._avoid.pop(index, None)
             racer = self._racing.pop(index, None)
@@ -589,7 +731,16 @@ class Scheduler:
             if a.race:
                 if self._racing.get(a.start) is a:
                     del self._racing[a.start]
+                if a.owner is not None and a.start not in self._split_data and a.owner.cut == a.split_at:
+                    a.owner.cut = None  # the helper gave up: its owner fetches the whole piece
             else:
+                if a.cut is not None and a.next_piece < a.end and self._state[a.next_piece] != _DONE:
+                    # The owner of a split piece stopped before it: its helper's work is void.
+                    helper = self._racing.pop(a.next_piece, None)
+                    if helper is not None:
+                        helper.cancelled = True
+                    self._split_data.pop(a.next_piece, None)
+                    a.cut = None
                 for k in range(a.next_piece, a.end):
                     if self._state[k] == _TAKEN:
                         self._state[k] = _FREE
@@ -638,6 +789,7 @@ class Scheduler:
         """Pieces counted as done must be fetched again (their file failed its whole digest)."""
         with self._lock:
             for i in indices:
+                self._split_data.pop(i, None)
                 if self._state[i] == _DONE:
                     self._state[i] = _FREE
                     self._left += 1
