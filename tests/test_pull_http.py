@@ -127,6 +127,25 @@ def test_slow_mirrors_last_pieces_are_split_with_the_fast_one(
     assert 0 < done.delivered_by_source["slow"] < 4 * MiB, done.delivered_by_source
 
 
+def test_crawling_connection_is_replaced(
+    make_model: Callable[..., Any],
+    tmp_path: Path,
+    start_mirrors: Callable[..., list[MirrorServer]],
+    catalog_file: Callable[..., Path],
+    lib_pull: Callable[..., list[Any]],
+) -> None:
+    # The mirror's first GET crawls at 20 KB/s (a stuck flow) while its other connections share
+    # 4 MiB/s: the crawling connection is dropped and a new one fetches its pieces.
+    model = make_model({"big.bin": 24 * MiB}, piece_size=MiB, seed=4)
+    (mirror,) = start_mirrors(model.root, [{"rate": 4 * MiB, "faults": Faults(crawl=20_000, count=1)}])
+    dest = tmp_path / "dest"
+    events = lib_pull(model, catalog_file([mirror]), dest)
+    model.assert_identical(dest)
+    done = finished(events)
+    assert done.replaced_connections >= 1, done
+    assert not of(events, SourceTrouble)  # replacing a connection is not a failure of the mirror
+
+
 def test_cli_pull_json(
     model: Any,
     tmp_path: Path,

@@ -175,6 +175,7 @@ class Simulation:
                 f"not finished after {limit} simulated seconds: {sched.pieces_left()} pieces left"
             )
             sched.check_viable()
+            sched.tick()
             for c in self.conns:
                 if c.a is None and now >= c.wake:
                     got = sched.acquire(c.src.name)
@@ -529,6 +530,72 @@ def test_tail_race_only_when_clearly_sooner(racer_rate: float, races: bool) -> N
     assert isinstance(got, Assignment) == races, got
     if races:
         assert isinstance(got, Assignment) and got.race and got.start == owner.next_piece
+
+
+# -- crawling connections and the speed floor -----------------------------------------------------
+def test_crawling_connection_is_replaced_without_blaming_its_source() -> None:
+    m = manifest([64 * MiB])
+    sched, clock = make(m, "src")
+    sched.set_prior("src", 2 * MiB)  # spans of 12 pieces: more than 6 s at 1 MiB/s
+    good, bad = take(sched, "src"), take(sched, "src")
+    for k in range(120):  # 6 s: the good one at 1 MiB/s, the bad one at 10 KiB/s
+        assert feed(sched, clock, good, MiB, 0.05)
+        sched.progress(bad, 512)
+        sched.tick()
+        if k == 80:  # 4 s: too early to judge
+            assert not bad.recycle
+    assert bad.recycle and not sched.wanted(bad) and not good.recycle
+    assert sched.recycled == 1
+    sched.release(bad)
+    st = sched.source("src")
+    assert st.failures_in_row == 0 and st.paused_until <= clock.now()
+    again = take(sched, "src")  # its worker opens a new connection for the same pieces
+    assert again.start == bad.start
+
+
+def test_uniformly_slow_source_keeps_its_connections() -> None:
+    m = manifest([64 * MiB])
+    sched, clock = make(m, "src")
+    sched.set_prior("src", 10 * KiB)
+    a, b = take(sched, "src"), take(sched, "src")
+    for _ in range(200):
+        clock.advance(0.05)
+        sched.progress(a, 512)
+        sched.progress(b, 512)
+        sched.tick()
+    assert not a.recycle and not b.recycle and sched.recycled == 0
+
+
+def test_speed_floor_retries_backed_off_sources_and_replaces_the_slowest() -> None:
+    cfg = SchedulerConfig(min_total_rate=MiB, floor_window=2.0, backoff_base=60.0, backoff_max=60.0)
+    m = manifest([16 * MiB])
+    sched, clock = make(m, "failed", "limited", "crawl", config=cfg)
+    sched.release(take(sched, "failed"), SourceUnavailable("reset", source="failed"))
+    sched.release(take(sched, "limited"), RateLimited("429", source="limited", retry_after=100))
+    c = take(sched, "crawl")
+    for _ in range(140):  # 7 s at 10 KiB/s: far below the 1 MiB/s floor
+        clock.advance(0.05)
+        sched.progress(c, 512)
+        sched.tick()
+    assert sched.floor_hits >= 2
+    assert sched.source("failed").paused_until <= clock.now()  # retried now, not in a minute
+    assert isinstance(sched.acquire("failed"), Assignment)
+    assert sched.source("limited").paused_until > clock.now()  # Retry-After is still honoured
+    assert c.recycle and sched.recycled == 1
+
+
+def test_no_floor_no_early_retry() -> None:
+    cfg = SchedulerConfig(backoff_base=60.0, backoff_max=60.0)
+    m = manifest([16 * MiB])
+    sched, clock = make(m, "failed", "crawl", config=cfg)
+    sched.release(take(sched, "failed"), SourceUnavailable("reset", source="failed"))
+    c = take(sched, "crawl")
+    for _ in range(120):
+        clock.advance(0.05)
+        sched.progress(c, 512)
+        sched.tick()
+    assert sched.floor_hits == 0 and not c.recycle
+    assert sched.source("failed").paused_until > clock.now()
 
 
 # -- failures -------------------------------------------------------------------------------------

@@ -569,6 +569,7 @@ def fetch(
                 for fi, ok in store.take_file_results():
                     eng.repair.file_checked(fi, ok)
                 eng.sched.check_viable()
+                eng.sched.tick()
                 eng.stop.wait(0.05)
                 now = time.monotonic()
                 if now - last_commit >= cfg.commit_interval:
@@ -611,4 +612,5 @@ def fetch(
         time.monotonic() - t0,
         delivered,
         eng.sched.split_pieces,
+        eng.sched.recycled,
     )

@@ -113,6 +113,7 @@ class PullFinished(Event):
     seconds: float
     delivered_by_source: dict[str, int] = field(default_factory=dict)
     split_pieces: int = 0  # pieces finished by two sources at the tail (front and back part)
+    replaced_connections: int = 0  # connections dropped for being too slow and opened again
 
 
 def event_to_dict(ev: Event) -> dict[str, Any]:

@@ -98,7 +98,9 @@ class Faults:
     - ``reset_after``: after that many bytes, close the connection with a TCP RST (bytes still in
       the server's send buffer may be dropped by the reset, as on a real network);
     - ``stall_after``: after that many bytes send nothing for ``stall_seconds``, then close;
-    - ``short_body``: send half of the body, then close, leaving ``Content-Length`` unmet.
+    - ``short_body``: send half of the body, then close, leaving ``Content-Length`` unmet;
+    - ``crawl``: send the body at most at this many bytes/s (a stuck TCP flow on a sick path,
+      while the mirror's other connections are fine).
 
     When several of ``reset_after``, ``stall_after`` and ``short_body`` are set, the one that
     cuts the body first wins.
@@ -109,6 +111,7 @@ class Faults:
     stall_after: int | None = None
     stall_seconds: float = 30.0
     short_body: bool = False
+    crawl: float | None = None
     #: Answer 200 with a small ``text/html`` captcha page instead of the file.
     html_instead: bool = False
     #: Answer a ``Range`` request with 200 and the whole file.
@@ -140,7 +143,11 @@ class Faults:
         whole = self.status is not None or self.redirect_to is not None or self.html_instead
         ranged = has_range and (self.ignore_range or self.wrong_content_range)
         body = is_get and (
-            self.corrupt or self.reset_after is not None or self.stall_after is not None or self.short_body
+            self.corrupt
+            or self.reset_after is not None
+            or self.stall_after is not None
+            or self.short_body
+            or self.crawl is not None
         )
         return whole or ranged or body
 
@@ -431,7 +438,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         cut = faults._cut(length)
-        self._send_body(mirror, path, fd, start, length if cut is None else cut[0], faults.corrupt, length)
+        stop = length if cut is None else cut[0]
+        self._send_body(mirror, path, fd, start, stop, faults.corrupt, length, faults.crawl)
         if cut is not None:
             kind = cut[1]
             if kind == "stall" and self._aborted.wait(faults.stall_seconds):
@@ -440,13 +448,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _send_body(
-        self, mirror: MirrorServer, path: str, fd: int, start: int, stop: int, corrupt: bool, length: int
+        self,
+        mirror: MirrorServer,
+        path: str,
+        fd: int,
+        start: int,
+        stop: int,
+        corrupt: bool,
+        length: int,
+        crawl: float | None = None,
     ) -> None:
-        """Send body bytes ``[0, stop)`` (file bytes from ``start``) through the token bucket."""
+        """Send body bytes ``[0, stop)`` (file bytes from ``start``) through the token bucket
+        (and at most ``crawl`` bytes/s)."""
         flip_at = length // 2 if corrupt else -1
         sent = 0
         while sent < stop:
             n = min(mirror._bucket.chunk_size(), stop - sent)
+            if crawl is not None:
+                n = max(1, min(n, int(crawl / 10)))
+                if self._aborted.wait(n / crawl):
+                    raise ConnectionAbortedError
             if sent < flip_at < sent + n:
                 n = flip_at - sent  # send the clean bytes before the flipped one on their own
             elif sent == flip_at:
