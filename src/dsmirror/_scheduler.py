@@ -117,7 +117,8 @@ class SchedulerConfig:
     race_margin: float = 0.6  # race only if the racer would need < 60% of the owner's remaining time
     max_racers: int = 8
     split_gain: float = 0.8  # split a piece only if the owner then finishes in < 80% of its time
-    min_split_bytes: int = 256 << 10  # a helper fetches at least this much
+    min_split_bytes: int = 16 << 10  # a helper fetches at least this much
+    min_split_gain: float = 0.1  # ... and the owner finishes at least this many seconds sooner
     backoff_base: float = 1.0
     backoff_max: float = 30.0
     breaker_threshold: int = 5
@@ -601,7 +602,12 @@ class Scheduler:
             left = piece.length - v.piece_bytes
             x = v_rate * (s.ttfb + left / my_rate) / (1 + v_rate / my_rate)
             cut = v.piece_bytes + int(x)
-            if piece.length - cut < self.cfg.min_split_bytes or x / v_rate >= t_owner * self.cfg.split_gain:
+            t_split = x / v_rate
+            if (
+                piece.length - cut < self.cfg.min_split_bytes
+                or t_split >= t_owner * self.cfg.split_gain
+                or t_owner - t_split < self.cfg.min_split_gain
+            ):
                 return None
             h = self._new(s, v.file_index, v.next_piece, v.next_piece + 1, now, race=True)
             h.split_at, h.owner = cut, v
