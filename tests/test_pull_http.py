@@ -146,6 +146,26 @@ def test_crawling_connection_is_replaced(
     assert not of(events, SourceTrouble)  # replacing a connection is not a failure of the mirror
 
 
+def test_connection_broken_inside_a_piece_resumes_where_it_stopped(
+    make_model: Callable[..., Any],
+    tmp_path: Path,
+    start_mirrors: Callable[..., list[MirrorServer]],
+    catalog_file: Callable[..., Path],
+    lib_pull: Callable[..., list[Any]],
+) -> None:
+    # 4 MiB pieces; the first response (one piece: the mirror is not measured yet) stops after
+    # half its body. The next connection asks for the piece from 2 MiB on (the front is on disk
+    # and in the hash state) instead of from 0.
+    model = make_model({"big.bin": 8 * MiB}, piece_size=4 * MiB, seed=5)
+    (mirror,) = start_mirrors(model.root, [{"faults": Faults(short_body=True, count=1)}])
+    dest = tmp_path / "dest"
+    events = lib_pull(model, catalog_file([mirror]), dest)
+    model.assert_identical(dest)
+    assert of(events, SourceTrouble)  # the response did break
+    # Without resuming inside the piece, 2 MiB would be fetched twice.
+    assert mirror.bytes_served < model.total_size + MiB, mirror.bytes_served
+
+
 def test_cli_pull_json(
     model: Any,
     tmp_path: Path,

@@ -122,6 +122,8 @@ class _Engine:
         self.events: list[Event] = []
         self._events_lock = threading.Lock()
         self._piece_locks = [threading.Lock() for _ in range(64)]
+        self._partials: dict[int, tuple[int, hashlib._Hash, frozenset[str]]] = {}
+        self._partials_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self._dropped: set[str] = set()
         self.repair = Repair(self)
@@ -234,43 +236,88 @@ class _Engine:
         idx = a.next_piece
         last = m.pieces[a.end - 1]
         piece = m.pieces[idx]
-        start, end = piece.offset, last.offset + last.length - 1
+        end = last.offset + last.length - 1
         h = hashlib.sha256()
         pos = 0
         buf = bytearray() if a.race else None
-        with src.open_range(f, start, end) as chunks:
-            for chunk in chunks:
-                if self.stop.is_set():
-                    raise _Stop
-                mv = memoryview(chunk)
-                while mv:
-                    if not self.sched.wanted(a):
-                        return  # cut short (stolen or lost a race): drop the rest of the response
-                    if a.cut is not None and pos >= a.cut and self._join_helper(a, piece, pos, h, src.name):
-                        return  # the rest of the piece came from its helper; the stream is dropped
-                    take = min(len(mv), piece.length - pos)
-                    part = mv[:take]
-                    h.update(part)
-                    if buf is not None:
-                        buf += part
-                    else:
-                        self._write_owned(piece, pos, part)
-                    if self.limiter:
-                        self.limiter.take(take)
-                    self.sched.progress(a, take)
-                    pos += take
-                    mv = mv[take:]
-                    if pos == piece.length:
-                        self._complete(a, piece, h.hexdigest(), buf, src.name)
-                        if not self.sched.piece_verified(a, piece.index):
-                            return
-                        piece = m.pieces[piece.index + 1]
-                        pos = 0
-                        h = hashlib.sha256()
+        sources = frozenset((src.name,))  # who sent the bytes of the current piece
+        if buf is None and (got := self._take_partial(piece)) is not None:
+            pos, h, earlier = got  # continue where a dropped connection stopped
+            sources |= earlier
+            self.sched.resumed(a, pos)
+        try:
+            with src.open_range(f, piece.offset + pos, end) as chunks:
+                for chunk in chunks:
+                    if self.stop.is_set():
+                        raise _Stop
+                    mv = memoryview(chunk)
+                    while mv:
+                        if not self.sched.wanted(a):
+                            return  # cut short (stolen, lost a race, replaced): drop the response
+                        at_cut = a.cut is not None and pos >= a.cut
+                        if at_cut and self._join_helper(a, piece, pos, h, src.name):
+                            return  # the rest came from its helper; the stream is dropped
+                        take = min(len(mv), piece.length - pos)
+                        part = mv[:take]
+                        h.update(part)
                         if buf is not None:
-                            buf = bytearray()
+                            buf += part
+                        else:
+                            self._write_owned(piece, pos, part)
+                        if self.limiter:
+                            self.limiter.take(take)
+                        self.sched.progress(a, take)
+                        pos += take
+                        mv = mv[take:]
+                        if pos == piece.length:
+                            digest = h.hexdigest()
+                            if len(sources) > 1 and digest != piece.sha256:
+                                self._mixed_failed(a, piece, digest, sources)
+                            self._complete(a, piece, digest, buf, src.name)
+                            if not self.sched.piece_verified(a, piece.index):
+                                return
+                            piece = m.pieces[piece.index + 1]
+                            pos = 0
+                            h = hashlib.sha256()
+                            sources = frozenset((src.name,))
+                            if buf is not None:
+                                buf = bytearray()
+        finally:
+            if buf is None and 0 < pos < piece.length:
+                self._stash_partial(piece, pos, h, sources)
         if a.next_piece < a.end:
             raise SourceUnavailable("response ended early", source=src.name)
+
+    def _take_partial(self, piece: Piece) -> tuple[int, hashlib._Hash, frozenset[str]] | None:
+        """The verified-so-far front of ``piece`` a dropped connection left (see _stash_partial)."""
+        with self._partials_lock:
+            got = self._partials.pop(piece.index, None)
+        if got is None or self.store.is_done(piece.index) or not self.sched.may_mix(piece.index):
+            return None
+        return got
+
+    def _stash_partial(self, piece: Piece, pos: int, h: hashlib._Hash, sources: frozenset[str]) -> None:
+        """A connection stops inside ``piece`` (replaced, reset, stolen): keep its ``pos`` bytes.
+
+        They are on disk and in ``h``, so the next connection to fetch the piece starts at
+        ``pos`` instead of 0: a reset or replaced connection loses only the bytes in flight, not
+        up to a whole piece. Only for pieces with their own hash: a copy made by two sources that
+        fails is fetched again whole, without blaming either (``_mixed_failed``).
+        """
+        if not piece.sha256 or self.store.is_done(piece.index):
+            return
+        with self._partials_lock:
+            self._partials[piece.index] = (pos, h, sources)
+
+    def _mixed_failed(self, a: Assignment, piece: Piece, digest: str, sources: frozenset[str]) -> None:
+        self.sched.split_failed(a, piece.index)
+        raise PieceMismatch(
+            piece.index,
+            path=piece.path,
+            expected=piece.sha256,
+            actual=digest,
+            source=" and ".join(sorted(sources)) + " (one piece from several sources)",
+        )
 
     def _fetch_split(self, src: Source, a: Assignment) -> None:
         """A split helper: fetch the back of one piece, from ``a.split_at``, for its owner.

@@ -157,6 +157,7 @@ class Assignment:
     recycle: bool = False  # too slow: drop this connection and open a new one (see tick)
     _win_start: float = 0.0
     _win_bytes: int = 0
+    _marks: list[tuple[float, int]] = field(default_factory=list)  # (time, bytes_received)
     rate: float = 0.0  # bytes/s, measured
 
     def __post_init__(self) -> None:
@@ -645,6 +646,16 @@ class Scheduler:
                 return None
             return got
 
+    def resumed(self, a: Assignment, pos: int) -> None:
+        """``a`` continues its first piece at ``pos`` (bytes a dropped connection had fetched)."""
+        with self._lock:
+            a.piece_bytes = pos
+
+    def may_mix(self, index: int) -> bool:
+        """May piece ``index`` be made of bytes from several connections? Not after such a copy failed."""
+        with self._lock:
+            return index not in self._nosplit
+
     def split_failed(self, a: Assignment, index: int) -> None:
         """A piece made of an owner's and a helper's bytes failed its hash: nobody can be blamed,
         so it is fetched again whole, by one source, and the guilty one is caught then."""
@@ -854,6 +865,13 @@ class Scheduler:
             return a.rate
         return a._win_bytes / open_for if open_for > 0 else 0.0
 
+    def _judged_rate(self, a: Assignment, now: float) -> float | None:
+        """``a``'s rate over the last ``recycle_after`` seconds, or None if it is younger."""
+        if not a._marks or now - a._marks[0][0] < self.cfg.recycle_after:
+            return None
+        t0, b0 = a._marks[0]
+        return (a.bytes_received - b0) / (now - t0)
+
     def tick(self) -> None:
         """Called periodically (every turn of the engine's loop): replace crawling connections
         and hold the total speed floor.
@@ -871,19 +889,31 @@ class Scheduler:
             now = self.clock.now()
             by_source: dict[str, list[Assignment]] = {}
             for a in self._assignments.values():
-                if not (a.cancelled or a.recycle or a.race) and now - a.started_at >= self.cfg.recycle_after:
-                    by_source.setdefault(a.source, []).append(a)
+                if a.cancelled or a.race:
+                    continue
+                if not a._marks or now - a._marks[-1][0] >= 0.5:
+                    a._marks.append((now, a.bytes_received))
+                    while len(a._marks) > 2 and now - a._marks[1][0] >= self.cfg.recycle_after:
+                        a._marks.pop(0)
+                by_source.setdefault(a.source, []).append(a)
             for name, conns in by_source.items():
                 s = self._sources[name]
-                if now - s.last_recycle_at < self.cfg.recycle_after:
+                if len(conns) < 2 or now - s.last_recycle_at < self.cfg.recycle_after:
                     continue
-                assignments = self._assignments.values()
-                live = [o for o in assignments if o.source == name and not (o.cancelled or o.race)]
-                if len(live) < 2:
+                judged = [(r, a) for a in conns if (r := self._judged_rate(a, now)) is not None]
+                if not judged:
                     continue
-                best = max(self._live_rate(o, now) for o in live)
-                worst = min(conns, key=lambda o: self._live_rate(o, now))
-                if best > 0 and self._live_rate(worst, now) < self.cfg.recycle_ratio * best:
+                best = max(max(r for r, _ in judged), max(self._live_rate(a, now) for a in conns))
+                r_worst, worst = min(judged, key=lambda x: x[0])
+                if best <= 0 or worst.recycle or r_worst >= self.cfg.recycle_ratio * best:
+                    continue
+                # Worth it only if a new connection would redo this piece much sooner than this
+                # one finishes it (what it has of the piece is lost).
+                piece = self.m.pieces[worst.next_piece] if worst.next_piece < worst.end else None
+                if piece is None:
+                    continue
+                t_keep = (piece.length - worst.piece_bytes) / max(r_worst, 1.0)
+                if t_keep > 2 * (s.ttfb + piece.length / best):
                     worst.recycle = True
                     s.last_recycle_at = now
                     self.recycled += 1
