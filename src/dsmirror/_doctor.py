@@ -452,7 +452,7 @@ def check_store(what: str, path: Path) -> StoreCheck:
 
 def check_torrent(listen: str | None, lsd: bool, dht: bool) -> TorrentCheck:
     """Whether the BitTorrent listen port can be bound (TCP and UDP); LSD/DHT as configured."""
-    from ._swarm import parse_endpoint
+    from ._swarm_types import parse_endpoint
 
     text = listen or "0.0.0.0:6881"
     host, port = parse_endpoint(text)
@@ -499,7 +499,7 @@ def run_doctor(
     """
     from ._pull import PullOptions, resolve
     from ._sources import HttpSource
-    from ._swarm import SwarmConfig
+    from ._swarm_types import SwarmConfig
 
     swarm = SwarmConfig()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -24,9 +25,12 @@ from ._resolver import Experience
 from ._reuse import LocalIndex, plan_dry_run, record_manifest, reuse_local, reuse_roots
 from ._scheduler import Scheduler, SchedulerConfig
 from ._settings import Settings
-from ._sources import HttpSource, Source, SourceInfo, plain_url_for
+from ._sources import HttpSource, Source, SourceInfo, plain_url_for, shared_ssl_context
 from ._store import Store
-from ._swarm import SwarmConfig, SwarmOnlyPull, attach_swarm, resolve_swarm_ref, seed_after_pull
+from ._swarm_types import SwarmConfig
+
+if TYPE_CHECKING:
+    from ._swarm import SwarmOnlyPull
 
 __all__ = ["PullOptions", "PullPlan", "pull", "resolve"]
 
@@ -114,7 +118,7 @@ def _load_manifest_ref(ref: Ref, pin: str | None) -> Manifest:
         assert ref.path is not None
         return load_manifest(ref.path, expected_sha256=pin)
     try:
-        with httpx.Client(follow_redirects=True, timeout=30) as c:
+        with httpx.Client(follow_redirects=True, timeout=30, verify=shared_ssl_context()) as c:
             r = c.get(ref.text)
             r.raise_for_status()
     except httpx.HTTPError as exc:
@@ -136,10 +140,34 @@ def _resolve_manifest(ref: Ref, catalog: Catalog, settings: Settings, options: P
     return PullPlan(manifest, sources, dest)
 
 
+def _resolve_swarm_ref(ref: Ref, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:
+    from ._swarm import resolve_swarm_ref  # loads libtorrent: only for magnets and .torrent files
+
+    return resolve_swarm_ref(ref, catalog, settings, options)
+
+
 RESOLVERS["manifest-file"] = _resolve_manifest
 RESOLVERS["manifest-url"] = _resolve_manifest
-RESOLVERS["magnet"] = resolve_swarm_ref
-RESOLVERS["torrent-file"] = resolve_swarm_ref
+RESOLVERS["magnet"] = _resolve_swarm_ref
+RESOLVERS["torrent-file"] = _resolve_swarm_ref
+
+
+def _resolver(kind: str) -> Resolver | None:
+    resolver = RESOLVERS.get(kind)
+    if resolver is None:
+        # hf://, ollama:// and aliases: importing the registries registers their resolvers.
+        from . import _registries  # noqa: F401
+
+        resolver = RESOLVERS.get(kind)
+    return resolver
+
+
+def _attach_swarm(plan: PullPlan, ref: Ref, catalog: Catalog, options: PullOptions) -> PullPlan:
+    if not options.swarm.enabled:
+        return plan  # what attach_swarm does then, without loading libtorrent (--no-p2p)
+    from ._swarm import attach_swarm
+
+    return attach_swarm(plan, ref, catalog, options)
 
 
 def resolve(ref_text: str, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:
@@ -148,13 +176,13 @@ def resolve(ref_text: str, catalog: Catalog, settings: Settings, options: PullOp
     if options.format not in ("dir", "hf", "ollama"):
         raise UsageError("--format must be dir, hf or ollama")
     ref = parse_ref(ref_text, aliases=set(catalog.models))
-    resolver = RESOLVERS.get(ref.kind)
+    resolver = _resolver(ref.kind)
     if resolver is None:
         raise UsageError(
             f"pulling a {ref.kind} reference is not supported yet", hint="give a manifest file or URL"
         )
     plan = resolver(ref, catalog, settings, options)
-    return attach_swarm(plan, ref, catalog, options)
+    return _attach_swarm(plan, ref, catalog, options)
 
 
 def pull(
@@ -224,6 +252,8 @@ def run_plan(
             if plan.after_install:
                 plan.after_install(store)
         if opts.swarm.seed:
+            from ._swarm import seed_after_pull
+
             yield from seed_after_pull(plan, opts)
     finally:
         for s in plan.sources:
@@ -235,7 +265,3 @@ def run_plan(
                 if st.ewma_rate and not st.banned:
                     exp.update(st.info.name, st.info.host, st.ewma_rate, st.ttfb)
             exp.save()
-
-
-# Registry resolvers (hf://, ollama://, catalog aliases) register themselves in RESOLVERS on import.
-from . import _registries  # noqa: E402,F401

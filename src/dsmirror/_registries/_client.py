@@ -9,7 +9,7 @@ import httpx
 
 from .._errors import BadResponse, SourceError, SourceNotFound, SourceUnavailable, Stalled
 from .._manifest import FileEntry
-from .._sources import USER_AGENT
+from .._sources import USER_AGENT, shared_ssl_context
 
 __all__ = ["Metadata", "RepoURLs", "describe", "get_metadata"]
 
@@ -45,7 +45,11 @@ def get_metadata(
     try:
         with (
             httpx.Client(
-                timeout=timeout, follow_redirects=True, trust_env=True, transport=transport
+                timeout=timeout,
+                follow_redirects=True,
+                trust_env=True,
+                transport=transport,
+                verify=shared_ssl_context() if transport is None else True,
             ) as client,
             client.stream("GET", url, headers=headers) as resp,
         ):

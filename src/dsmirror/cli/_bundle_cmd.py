@@ -5,21 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from .._bundle import (
-    BundleOpened,
-    catalog_pins,
-    export_source,
-    folder_manifest,
-    import_bundle,
-    import_folder,
-    write_bundle,
-    write_bundle_file,
-)
 from .._errors import ManifestMismatch, UsageError
 from .._events import Event, PullFinished
 from .._events import Progress as ProgressEvent
@@ -36,6 +25,11 @@ from ._app import (
 )
 from ._render import render_json
 
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+# The bundle code (and rich's progress bars) load in the commands that use them, not at start-up.
+
 ManifestShaOpt = Annotated[
     str | None,
     typer.Option(
@@ -45,6 +39,8 @@ ManifestShaOpt = Annotated[
 
 
 def _bar(total: int, *, enabled: bool) -> Progress:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -75,6 +71,8 @@ def export_cmd(
     manifest_sha256: ManifestShaOpt = None,
 ) -> None:
     """Write one plain tar bundle (manifest first, then the files) for an offline machine."""
+    from .._bundle import export_source, write_bundle, write_bundle_file
+
     settings, _ = load_catalog_from_options(None, True)
     src = export_source(ref, from_dir=from_dir, manifest_sha256=manifest_sha256, settings=settings)
     m = src.manifest
@@ -136,6 +134,8 @@ def import_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Verify every piece of a bundle (or folder) against its manifest, then install it atomically."""
+    from .._bundle import catalog_pins, export_source, folder_manifest, import_bundle, import_folder
+
     settings, catalog = load_catalog_from_options(mirrors, no_default_catalog)
     pin = manifest_sha256.lower() if manifest_sha256 else None
     pinned_by = "--manifest-sha256" if pin else None
@@ -216,6 +216,8 @@ def import_cmd(
 
 
 def _run(events: Iterable[Event], json_out: bool) -> None:
+    from .._bundle import BundleOpened
+
     if json_out:
         render_json(events)
         return

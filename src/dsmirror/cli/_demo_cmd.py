@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from .._demo import demo
 from .._units import parse_size
 from ._app import JsonOpt, app, console
 from ._render import render_human, render_json
@@ -20,6 +19,8 @@ def demo_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Pull a generated model from local mirrors (fast, slow, corrupting) on 127.0.0.x, end to end."""
+    from .._demo import demo
+
     console.print(
         "[bold]dsmirror demo[/]: three local mirrors on 127.0.0.1-3 (fast, slow and far, corrupting); "
         "pulling a generated model from all of them at once, every piece checked.",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from .._doctor import DoctorConfig, DoctorReport, MirrorCheck, run_doctor
 from .._units import format_bytes, format_rate, parse_size
 from ._app import MirrorsOpt, NoDefaultCatalogOpt, app, console, load_catalog_from_options
+
+if TYPE_CHECKING:
+    from .._doctor import DoctorReport, MirrorCheck
 
 
 @app.command("doctor")
@@ -39,6 +41,8 @@ def doctor_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
 ) -> None:
     """Diagnose downloads from here: DNS, TCP, TLS, HTTP, speed per mirror; proxy, clock, disk, stores."""
+    from .._doctor import DoctorConfig, run_doctor  # httpx, ssl, statistics...: only for this command
+
     settings, catalog = load_catalog_from_options(mirrors, no_default_catalog)
     cfg = DoctorConfig(sample_bytes=parse_size(sample), sample_seconds=sample_seconds, deadline=timeout)
     report = run_doctor(catalog, settings, ref=ref, dest=dest, config=cfg, listen=listen)

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .._install import list_installed, remove_installed
 from .._settings import Settings
 from .._units import format_bytes
 from ._app import app, console
@@ -25,6 +24,8 @@ def ls_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False,
 ) -> None:
     """List installed models: where they are, their size, and whether they are verified."""
+    from .._install import list_installed
+
     models = list_installed(Settings.from_env(), check=check)
     if json_out:
         for m in models:
@@ -57,6 +58,8 @@ def rm_cmd(
     ] = False,
 ) -> None:
     """Remove an installed model; blobs another model still uses are kept. Never follows symlinks."""
+    from .._install import remove_installed
+
     r = remove_installed(Settings.from_env(), target, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for p in r.removed:

@@ -12,7 +12,6 @@ from .._catalog import Catalog, load_catalog
 from .._errors import UsageError
 from .._fsutil import atomic_write_bytes
 from .._manifest import create_manifest, load_manifest
-from .._metalink import to_meta4
 from .._units import format_bytes, parse_size
 from ._app import app, console
 from ._torrent_cmd import TorrentFormatOpt, make_torrent
@@ -80,6 +79,8 @@ def export(
     ] = False,
 ) -> None:
     """Export a manifest for other clients: its pieces, digests and mirror URLs."""
+    from .._metalink import to_meta4
+
     if not meta4:
         raise UsageError(
             "choose the format to export", hint="add --meta4 (Metalink v4, the only format so far)"

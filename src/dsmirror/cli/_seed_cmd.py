@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console, Group
@@ -18,21 +18,16 @@ from rich.text import Text
 from .._errors import Interrupted, UsageError
 from .._events import Event, event_to_dict
 from .._manifest import load_manifest
-from .._swarm import (
-    SeedingStarted,
-    SeedingStopped,
-    SeedStatus,
-    SeedTarget,
-    SwarmConfig,
-    seed,
-    seed_targets_in,
-    store_seed_target,
-    torrent_record_path,
-)
-from .._torrent import create_torrent, load_torrent
+from .._swarm_types import SeedingStarted, SeedingStopped, SeedStatus, SwarmConfig
 from .._units import format_bytes, format_rate, parse_size
 from ._app import JsonOpt, app, console, err_console
 from ._torrent_cmd import TorrentFormatOpt
+
+if TYPE_CHECKING:
+    from .._swarm import SeedTarget
+
+# ``.._swarm`` and ``.._torrent`` load libtorrent: imported by the code that seeds, so that ``pull``
+# (which shares this module's options and rendering) does not load it unless it joins a swarm.
 
 ListenOpt = Annotated[
     str | None,
@@ -83,7 +78,8 @@ def _is_store_ref(item: str) -> bool:
 def _targets(items: list[str], source: Path | None, torrent: Path | None, fmt: str) -> list[SeedTarget]:
     from .._install import find_store_model
     from .._settings import Settings
-    from .._torrent import TORRENT_FORMATS, check_torrent
+    from .._swarm import SeedTarget, seed_targets_in, store_seed_target, torrent_record_path
+    from .._torrent import TORRENT_FORMATS, check_torrent, create_torrent, load_torrent
 
     if fmt not in TORRENT_FORMATS:
         raise UsageError(f"--torrent-format must be one of {', '.join(TORRENT_FORMATS)}")
@@ -171,6 +167,8 @@ def seed_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Seed installed models where they are (no copy) until Ctrl-C or SIGTERM."""
+    from .._swarm import seed
+
     cfg = swarm_config(
         listen=listen, peers=peer, lsd=lsd, dht=dht, upload_rate=upload_rate, max_peers=max_peers
     )

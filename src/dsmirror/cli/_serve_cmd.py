@@ -13,7 +13,7 @@ from .._errors import UsageError
 from ._app import MirrorsOpt, NoDefaultCatalogOpt, app, err_console
 
 if TYPE_CHECKING:
-    from .._swarm import SwarmConfig
+    from .._swarm_types import SwarmConfig
 
 
 def _parse_folder(spec: str) -> tuple[Path, Path]:
@@ -24,7 +24,7 @@ def _parse_folder(spec: str) -> tuple[Path, Path]:
 
 
 def _swarm_config(listen: str | None) -> SwarmConfig:
-    from .._swarm import SwarmConfig
+    from .._swarm_types import SwarmConfig
 
     return SwarmConfig(listen=listen, seed=True)
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .._manifest import Manifest, load_manifest
-from .._torrent import (
-    TORRENT_FORMATS,
-    Torrent,
-    check_torrent,
-    create_torrent,
-    load_torrent,
-    with_torrent_hashes,
-)
 from .._units import format_bytes
 from ._app import app, console
+
+if TYPE_CHECKING:
+    from .._torrent import Torrent
+
+# ``.._torrent`` loads libtorrent: it is imported by the commands that use it, not at start-up.
 
 torrent_app = typer.Typer(help="Make and check torrents of manifests (BitTorrent v1 or hybrid v1+v2).")
 app.add_typer(torrent_app, name="torrent")
@@ -36,6 +33,8 @@ def make_torrent(
     manifest: Manifest, folder: Path, output: Path, torrent_format: str, *, verify: bool, trackers: list[str]
 ) -> tuple[Manifest, Torrent]:
     """Write the torrent of ``manifest`` and return the manifest recording its info-hashes."""
+    from .._torrent import create_torrent, with_torrent_hashes
+
     t = create_torrent(manifest, folder, format=torrent_format, verify=verify, trackers=trackers)
     t.write(output)
     console.print(
@@ -66,6 +65,8 @@ def create(
     ] = False,
 ) -> None:
     """Make a torrent whose pieces are exactly the manifest's pieces, and print its magnet link."""
+    from .._torrent import TORRENT_FORMATS
+
     if torrent_format not in TORRENT_FORMATS:
         from .._errors import UsageError
 
@@ -82,6 +83,8 @@ def create(
 @torrent_app.command("show")
 def show(torrent: Annotated[Path, typer.Argument(help="A .torrent file.")]) -> None:
     """Print a torrent's info-hashes, magnet link and files."""
+    from .._torrent import load_torrent
+
     t = load_torrent(torrent)
     for label, value in (
         ("name", t.name),
@@ -103,6 +106,8 @@ def check(
     manifest: Annotated[Path, typer.Argument(help="The manifest it should carry.")],
 ) -> None:
     """Check that a torrent carries a manifest's pieces (same piece size, file-aligned; pinned hashes)."""
+    from .._torrent import check_torrent, load_torrent
+
     t = load_torrent(torrent)
     m = load_manifest(manifest)
     pm = check_torrent(m, t)
