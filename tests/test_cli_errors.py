@@ -163,6 +163,21 @@ def test_bad_size_option_exit_2(
     one_line_error(r, "banana")
 
 
+@pytest.mark.parametrize("option", ["--max-rate", "--min-rate"])
+def test_bad_rate_option_exit_2(
+    model: Any,
+    tmp_path: Path,
+    catalog: Path,
+    run_cli: Callable[..., Any],
+    one_line_error: Callable[..., str],
+    option: str,
+) -> None:
+    r = run_cli(*pull_args(model.manifest_path, catalog, tmp_path / "dest", option, "fast"))
+    assert r.returncode == 2, r.stderr
+    one_line_error(r, "fast")
+    assert not (tmp_path / "dest").exists()
+
+
 def test_piece_size_not_power_of_two_is_a_usage_error(
     model: Any, tmp_path: Path, run_cli: Callable[..., Any], one_line_error: Callable[..., str]
 ) -> None:

@@ -532,6 +532,24 @@ def test_tail_race_only_when_clearly_sooner(racer_rate: float, races: bool) -> N
         assert isinstance(got, Assignment) and got.race and got.start == owner.next_piece
 
 
+# -- --max-rate ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("rate", [100 * KiB, 1 * MiB, 20 * MiB])
+def test_max_rate_token_bucket_holds_the_rate(rate: float) -> None:
+    from dsmirror._engine import RateLimiter
+
+    clock = FakeClock()
+    limiter = RateLimiter(rate, clock)
+    t0 = clock.now()
+    total = 0
+    for k in range(400):
+        n = (k % 7 + 1) * 16 * KiB  # uneven chunks, like socket reads
+        limiter.take(n)
+        total += n
+    elapsed = clock.now() - t0
+    # Everything beyond the initial burst is paced at exactly ``rate``.
+    assert elapsed == pytest.approx((total - limiter.burst) / rate, rel=0.01)
+
+
 # -- crawling connections and the speed floor -----------------------------------------------------
 def test_crawling_connection_is_replaced_without_blaming_its_source() -> None:
     m = manifest([64 * MiB])

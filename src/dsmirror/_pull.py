@@ -43,6 +43,9 @@ class PullOptions:
     format: str = "dir"  # dir | hf | ollama
     manifest_sha256: str | None = None
     max_rate: float | None = None
+    #: --min-rate: the speed floor of the whole pull (bytes/s); below it for 10 s, sources in
+    #: back-off are retried at once and the slowest connection is replaced (see the scheduler).
+    min_rate: float | None = None
     connections: int | None = None  # per source; default: the catalog's max_connections
     max_total_connections: int = 32
     only: tuple[str, ...] = ()
@@ -217,7 +220,12 @@ def run_plan(
     cfg = EngineConfig(
         max_connections=opts.max_total_connections,
         max_rate=opts.max_rate,
-        scheduler=SchedulerConfig(prefer=opts.prefer, region=opts.region, give_up_after=opts.give_up_after),
+        scheduler=SchedulerConfig(
+            prefer=opts.prefer,
+            region=opts.region,
+            give_up_after=opts.give_up_after,
+            min_total_rate=opts.min_rate,
+        ),
     )
     exp = Experience(settings.state_dir / "sources.json") if settings else None
     scheds: list[Scheduler] = []

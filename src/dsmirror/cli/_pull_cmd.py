@@ -32,6 +32,14 @@ def pull_cmd(
         str | None, typer.Option("--manifest-sha256", help="Refuse a manifest whose SHA-256 differs.")
     ] = None,
     max_rate: Annotated[str | None, typer.Option("--max-rate", help="Bandwidth cap, e.g. 20MB/s.")] = None,
+    min_rate: Annotated[
+        str | None,
+        typer.Option(
+            "--min-rate",
+            help="Speed floor for the whole pull, e.g. 5MB/s: below it, retry resting sources "
+            "and replace the slowest connection.",
+        ),
+    ] = None,
     connections: Annotated[
         int | None, typer.Option("--connections", "-x", min=1, max=64, help="Connections per source.")
     ] = None,
@@ -109,6 +117,7 @@ def pull_cmd(
         format=fmt,
         manifest_sha256=manifest_sha256,
         max_rate=parse_size(max_rate) if max_rate else None,
+        min_rate=parse_size(min_rate) if min_rate else None,
         connections=connections,
         only=tuple(only or ()),
         exclude=tuple(exclude or ()),
