@@ -810,24 +810,29 @@ class Scheduler:
                 return
             if a.cancelled and not isinstance(error, RateLimited):
                 return
+            retry_after = error.retry_after if isinstance(error, RateLimited) else None
             if now - s.last_failure_at < 1.0 or s.paused_until > now:
                 # Several connections failing together is one outage, not several: count it once,
                 # or one blip would back the source off for a minute (and it would not come back).
-                return
-            s.last_failure_at = now
-            s.failures_in_row += 1
-            s.failures_total += 1
+                # But the source keeps resting (a pause shorter than that window must not let its
+                # connections retry in a loop), and a Retry-After is always honoured.
+                if s.paused_until > now and retry_after is None:
+                    return
+            else:
+                s.last_failure_at = now
+                s.failures_in_row += 1
+                s.failures_total += 1
             delay = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (s.failures_in_row - 1))
             delay *= 0.5 + self.rng.random()  # jitter: 0.5x .. 1.5x
-            if isinstance(error, RateLimited) and error.retry_after is not None:
-                delay = max(error.retry_after, 0.0)
+            if retry_after is not None:
+                delay = max(retry_after, 0.0)
             s.paused_until = max(s.paused_until, now + delay)
             if isinstance(error, RateLimited):
                 # Retry-After speaks for the host: every source on it waits.
                 for o in self._sources.values():
                     if o.info.host == s.info.host:
                         o.paused_until = max(o.paused_until, s.paused_until)
-                        if error.retry_after is not None:
+                        if retry_after is not None:
                             o.honour_until = max(o.honour_until, s.paused_until)
 
     def reopen(self, indices: Iterable[int], avoid: str | None = None) -> None:
