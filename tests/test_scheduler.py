@@ -879,3 +879,22 @@ def test_retry_after_is_honoured_even_while_resting() -> None:
     sched.release(first, SourceUnavailable("reset", source="a"))  # rests ~1 s
     sched.release(second, RateLimited("429", source="a", retry_after=30))
     assert sched.source("a").paused_until - clock.now() == pytest.approx(30)
+
+
+# -- connections ----------------------------------------------------------------------------------
+def test_connections_per_source_per_host_and_in_all() -> None:
+    from dsmirror._engine import plan_connections
+
+    def src(name: str, host: str, conns: int) -> SourceInfo:
+        return SourceInfo(name=name, kind="http", host=host, max_connections=conns)
+
+    # Two mirrors on one host share its limit (the larger of theirs); another host has its own.
+    infos = [src("a1", "one.example", 3), src("a2", "one.example", 2), src("b", "two.example", 3)]
+    plan = plan_connections(infos, 32)
+    assert plan.count("a1") + plan.count("a2") == 3 and plan.count("a2") >= 1
+    assert plan.count("b") == 3
+    # Round-robin: every source has a connection before any has a second.
+    assert set(plan[:3]) == {"a1", "a2", "b"}
+    # The global limit.
+    assert len(plan_connections(infos, 2)) == 2
+    assert plan_connections([src("x", "h", 8)], 32) == ["x"] * 8

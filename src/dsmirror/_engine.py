@@ -38,7 +38,7 @@ from ._scheduler import Assignment, Scheduler, SchedulerConfig
 from ._sources import Source, SourceInfo
 from ._store import Store
 
-__all__ = ["EngineConfig", "RateLimiter", "SwarmSource", "fetch"]
+__all__ = ["EngineConfig", "RateLimiter", "SwarmSource", "fetch", "plan_connections"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,26 @@ class SwarmSource(Protocol):
     def close(self) -> None: ...
 
 
+def plan_connections(infos: Sequence[SourceInfo], limit: int) -> list[str]:
+    """The source of each connection (worker thread) of a pull.
+
+    Up to each source's ``max_connections``; up to the largest of those per host, since sources
+    on one host share its limit (aria2's limit is per server too); up to ``limit`` in all. Handed
+    out round-robin, so every source gets its first connection before any gets its second.
+    """
+    host_cap: dict[str, int] = {}
+    for info in infos:
+        host_cap[info.host] = max(host_cap.get(info.host, 0), info.max_connections)
+    used = dict.fromkeys(host_cap, 0)
+    out: list[str] = []
+    for round_ in range(max((i.max_connections for i in infos), default=0)):
+        for info in infos:
+            if round_ < info.max_connections and len(out) < limit and used[info.host] < host_cap[info.host]:
+                out.append(info.name)
+                used[info.host] += 1
+    return out
+
+
 class _Engine:
     def __init__(
         self,
@@ -143,16 +163,11 @@ class _Engine:
 
     # -- connections ---------------------------------------------------------------------------
     def start(self) -> None:
-        budget = self.cfg.max_connections
-        srcs = list(self.sources.values())
-        for round_ in range(max((s.info.max_connections for s in srcs), default=0)):
-            for s in srcs:
-                if round_ < s.info.max_connections and budget > 0:
-                    t = threading.Thread(
-                        target=self._worker, args=(s,), name=f"dsmirror-{s.name}-{round_}", daemon=True
-                    )
-                    self.threads.append(t)
-                    budget -= 1
+        names = plan_connections([s.info for s in self.sources.values()], self.cfg.max_connections)
+        for k, name in enumerate(names):
+            s = self.sources[name]
+            t = threading.Thread(target=self._worker, args=(s,), name=f"dsmirror-{name}-{k}", daemon=True)
+            self.threads.append(t)
         for sw in self.swarms.values():
             self.threads.append(
                 threading.Thread(target=self._swarm_main, args=(sw,), name=f"dsmirror-{sw.name}", daemon=True)
