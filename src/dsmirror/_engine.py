@@ -1,6 +1,7 @@
 """The fetch engine: connections that carry out the scheduler's decisions into the store.
 
-One thread per connection (``SourceInfo.max_connections`` per source, bounded by a global limit).
+One thread per connection (``SourceInfo.max_connections`` per source, shared per host, bounded by a
+global limit: ``plan_connections``).
 A thread asks the scheduler for a span, streams it with one Range request, hashes every piece as its
 bytes arrive, writes them with pwrite(2), and reports each verified piece. Threads, not asyncio,
 because the heavy steps — socket reads, SHA-256, pwrite — release the GIL, so two cores really run
