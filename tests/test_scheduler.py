@@ -35,6 +35,7 @@ from dsmirror._scheduler import Assignment
 
 KiB = 1 << 10
 MiB = 1 << 20
+GiB = 1 << 30
 
 
 def manifest(sizes: list[int], piece_size: int = MiB) -> Manifest:
@@ -898,3 +899,42 @@ def test_connections_per_source_per_host_and_in_all() -> None:
     # The global limit.
     assert len(plan_connections(infos, 2)) == 2
     assert plan_connections([src("x", "h", 8)], 32) == ["x"] * 8
+
+
+# -- the benchmark's shape, simulated -------------------------------------------------------------
+def bench_model() -> Manifest:
+    """scripts/bench_mirrors.py's model: 1 GiB in 3 shards and 2 small files, 8 MiB pieces."""
+    small = 7 * MiB + 13
+    shard = (GiB - 1337 - small) // 3
+    sizes = [shard, shard, GiB - 1337 - small - 2 * shard, 1337, small]
+    return manifest(sizes, 8 * MiB)
+
+
+def bench_sources(near: Callable[[float], float] | None = None) -> list[SimSource]:
+    """The near/mid/far mirrors: 40/20/8 MB/s shared by 8 connections each, 10/60/300 ms."""
+    return [
+        SimSource("near", 40e6, 8, 0.01, rate_at=near),
+        SimSource("mid", 20e6, 8, 0.06),
+        SimSource("far", 8e6, 8, 0.3),
+    ]
+
+
+def test_bench_static_every_mirror_busy_to_the_end() -> None:
+    # Before tail splitting this took 17.48 s (1.107x): the mid mirror sat idle for the last
+    # second while 8 MiB pieces finished on the far one at 1 MB/s per connection.
+    m = bench_model()
+    r = Simulation(m, bench_sources()).run()
+    ideal_s = m.total_size / 68e6
+    assert r.seconds <= 1.03 * ideal_s, (r.seconds, ideal_s)
+    assert sum(r.fetched.values()) <= 1.005 * m.total_size
+    assert r.sched.split_pieces > 0
+
+
+def test_bench_degrade_follows_the_drop() -> None:
+    # The near mirror drops to 2% when half is served (here: at the time that takes at full rate).
+    m = bench_model()
+    at = m.total_size / 2 / 68e6
+    r = Simulation(m, bench_sources(near=lambda t: 40e6 if t < at else 0.8e6)).run()
+    ideal_s = at + m.total_size / 2 / (68e6 - 0.98 * 40e6)
+    assert r.seconds <= 1.05 * ideal_s, (r.seconds, ideal_s)
+    assert sum(r.fetched.values()) <= 1.01 * m.total_size
