@@ -218,7 +218,7 @@ class _Engine:
         try:
             self._fetch(src, a)
         except PieceMismatch as exc:
-            self.emit(PieceRejected(src.name, exc.piece, exc.path, str(exc)))
+            self.emit(PieceRejected(exc.source or src.name, exc.piece, exc.path, str(exc)))
             self.sched.release(a, exc)
         except SourceError as exc:
             self.sched.release(a, exc)
@@ -332,7 +332,7 @@ class _Engine:
             path=piece.path,
             expected=piece.sha256,
             actual=digest,
-            source=" and ".join(sorted(sources)) + " (one piece from several sources)",
+            source="+".join(sorted(sources)),  # a copy made by several sources: nobody is blamed
         )
 
     def _fetch_split(self, src: Source, a: Assignment) -> None:
@@ -379,7 +379,7 @@ class _Engine:
                 path=piece.path,
                 expected=piece.sha256,
                 actual=digest,
-                source=f"{source} and {helper} (split piece)",
+                source="+".join(sorted({source, helper})),  # nobody is blamed (see _mixed_failed)
             )
         self._write_owned(piece, pos, rest)
         self._complete(a, piece, digest, None, source)

@@ -81,6 +81,8 @@ class Progress(Event):
 
 @dataclass(frozen=True)
 class PieceRejected(Event):
+    #: Who sent the bad bytes; ``a+b`` for a copy made of several sources' bytes (a split or
+    #: resumed piece), which blames neither: that piece is fetched again whole from one source.
     source: str
     piece: int
     path: str
