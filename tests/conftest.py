@@ -86,6 +86,25 @@ def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_session_left_open() -> Iterator[None]:
+    """A test must not leave a libtorrent session open (a seeding or pulling thread still running).
+
+    Such a thread would be inside libtorrent when pytest exits; dsmirror's atexit hook stops it,
+    but a leak is a bug of the test or of the code under test: it fails the test that caused it.
+    """
+    yield
+    swarm = sys.modules.get("dsmirror._swarm")
+    if swarm is None:
+        return
+    deadline = time.monotonic() + 10
+    while (left := swarm.open_sessions()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a thread the test stopped may still be closing its session
+    for session in left:
+        session.close(timeout=10)
+    assert not left, f"{len(left)} libtorrent session(s) left open by this test"
+
+
 @pytest.fixture
 def make_model(tmp_path: Path) -> Callable[..., Model]:
     """``make_model(sizes, piece_size=..., name=..., seed=...)``: write files, hash them, save a manifest."""

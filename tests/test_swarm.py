@@ -184,10 +184,12 @@ def test_pieces_fetched_over_http_reach_peers_during_the_pull(
             swarm=swarm_cfg(pb, pa, torrent=swarmed.torrent_path),
         )
         b_done_at = time.monotonic()
+    finally:
+        # Also when B failed: A's pull and seeding must not outlive the test (see conftest).
         stop.set()
         ta.join(30)
-    finally:
         _swarm.seed = real_seed  # type: ignore[assignment]
+    assert not ta.is_alive()
     assert "a_error" not in box, box.get("a_error")
     swarmed.model.assert_identical(tmp_path / "a")
     swarmed.model.assert_identical(tmp_path / "b")

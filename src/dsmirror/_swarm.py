@@ -83,6 +83,20 @@ file to its place below it, so an Ollama model (``$OLLAMA_MODELS``: its manifest
 ``blobs/sha256-<hex>``, the same paths in the torrent) and a Hugging Face snapshot (the repo folder:
 torrent paths are the repo's paths, read from ``blobs/<etag>``) are shared without a copy.
 
+Closing sessions
+================
+Every call into libtorrent's Python binding releases the GIL and takes it back in a C++
+destructor. A thread that comes back from such a call after the interpreter began to finalize is
+ended by CPython with ``pthread_exit``, whose forced unwind through that ``noexcept`` destructor
+aborts the process ("terminate called without an active exception", exit code 134). So no thread
+may still be inside libtorrent when Python exits, and a session must not be destroyed while another
+thread calls into it (its torrent handles would wait on a dead session; its alerts would be freed
+under the reader). Hence: code that calls into a session does so inside ``SwarmSession.using()``;
+``SwarmSession.close()`` asks those loops to end (``stopping``), waits for them, and only then
+destroys the session, with the GIL held throughout; ``SwarmSource.close()`` waits for its run
+thread before it touches libtorrent. An ``atexit`` hook stops and closes any session still open
+when Python exits (a seeding thread nobody stopped, a pull left running in a daemon thread).
+
 Torrents no manifest describes
 ==============================
 A magnet link or .torrent that no catalog manifest names is pulled from peers alone by a
@@ -92,6 +106,7 @@ installed when all are in, and a manifest is made from them (see the class for t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -99,6 +114,7 @@ import queue
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -212,11 +228,43 @@ _STALL = 5.0  # a slot whose head no peer has for this long is given back (when 
 _PEER_SCAN = 0.25  # seconds between refreshes of which pieces the connected peers have
 
 
+_EXIT_WAIT = 10.0  # seconds the atexit hook waits for threads still inside a session
+_EXITING = threading.Event()  # Python is exiting: every session is stopping
+_SESSIONS: weakref.WeakSet[SwarmSession] = weakref.WeakSet()  # not closed yet
+
+
+def _close_sessions_at_exit() -> None:
+    """Last resort (see "Closing sessions"): stop and close what is still open when Python exits."""
+    _EXITING.set()
+    deadline = time.monotonic() + _EXIT_WAIT
+    for session in list(_SESSIONS):
+        session.close(timeout=max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_close_sessions_at_exit)
+
+
+def open_sessions() -> list[SwarmSession]:
+    """The sessions of this process not closed yet (tests check that none is left behind)."""
+    return [s for s in list(_SESSIONS) if not s.destroyed]
+
+
 class SwarmSession:
-    """One libtorrent session with dsmirror's settings. Alerts are popped by one thread at a time."""
+    """One libtorrent session with dsmirror's settings. Alerts are popped by one thread at a time.
+
+    Code calling into the session runs inside ``using()`` and ends when ``stopping`` turns true;
+    ``close()`` waits for it before destroying the session (see "Closing sessions").
+    """
 
     def __init__(self, config: SwarmConfig) -> None:
         self.config = config
+        self._closed = False  # close() was called: no new work
+        self._dying = False  # a thread is destroying the libtorrent session
+        self._destroyed = False  # the libtorrent session is gone
+        self._orphaned = False  # close() gave up waiting: the last user out destroys it
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._users: list[int] = []  # thread ids inside using()
         listen = config.listen or DEFAULT_LISTEN
         if config.listen:
             host, port = parse_endpoint(config.listen)
@@ -246,14 +294,13 @@ class SwarmSession:
         if config.max_peers:
             settings["connections_limit"] = int(config.max_peers)
         self.ses = lt.session(settings)
+        _SESSIONS.add(self)
         # libtorrent exempts LAN peers from rate limits; a user's --upload-rate means everyone.
         if config.upload_rate or config.download_rate:
             local = self.ses.get_peer_class(self.ses.local_peer_class_id)
             local["upload_limit"] = int(config.upload_rate or 0)
             local["download_limit"] = int(config.download_rate or 0)
             self.ses.set_peer_class(self.ses.local_peer_class_id, local)
-        self._closed = False
-        self._lock = threading.Lock()
         self._check_listen()
 
     def _check_listen(self) -> None:
@@ -306,15 +353,71 @@ class SwarmSession:
 
     @property
     def closed(self) -> bool:
+        """``close()`` was called (the session may still be waiting for its users to leave)."""
         return self._closed
 
-    def close(self) -> None:
+    @property
+    def destroyed(self) -> bool:
+        return self._destroyed
+
+    @property
+    def stopping(self) -> bool:
+        """Loops using the session should end now: it is being closed, or Python is exiting."""
+        return self._closed or _EXITING.is_set()
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[SwarmSession]:
+        """Mark the calling code as a user of the session: ``close()`` waits until it leaves."""
+        me = threading.get_ident()
         with self._lock:
-            if self._closed:
-                return
+            if self._dying:
+                raise Interrupted("the BitTorrent session was closed")
+            self._users.append(me)
+        try:
+            yield self
+        finally:
+            with self._idle:
+                self._users.remove(me)
+                self._idle.notify_all()
+                last = self._orphaned and not self._users and not self._dying
+            if last:
+                self._destroy()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop libtorrent's threads; idempotent, from any thread.
+
+        Users (``using()``, on other threads) see ``stopping`` and are waited for up to
+        ``timeout`` seconds; if one is still inside then, the last one to leave destroys the
+        session instead (never under a thread calling into it).
+        """
+        me = threading.get_ident()
+        with self._idle:
             self._closed = True
-        self.ses.pause()
-        del self.ses  # the session object's destructor stops libtorrent's threads
+            if self._destroyed:
+                return
+            if not self._idle.wait_for(lambda: all(u == me for u in self._users), timeout):
+                self._orphaned = True
+                return
+        self._destroy()
+
+    def _destroy(self) -> None:
+        """Destroy the libtorrent session; returns only once it is gone (whoever destroys it)."""
+        with self._idle:
+            if self._dying:
+                self._idle.wait_for(lambda: self._destroyed)
+                return
+            self._dying = True
+            ses = self.__dict__.pop("ses")
+        try:
+            # Dropping the last reference runs libtorrent's session destructor (abort, then join
+            # its threads) with the GIL held: Python cannot begin to finalize while libtorrent
+            # stops. No pause() first: that call releases the GIL (see "Closing sessions").
+            del ses
+        finally:
+            with self._idle:
+                self._destroyed = True
+                self._idle.notify_all()
+            _SESSIONS.discard(self)
 
 
 # -- the swarm as a source ---------------------------------------------------------------------
@@ -372,6 +475,9 @@ class SwarmSource:
         self._pending: queue.SimpleQueue[tuple[int, bytes | None]] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # close() was called: the run loop ends
+        self._idle = threading.Event()  # run() is not running (close() waits for it)
+        self._idle.set()
         self._store: Store | None = None
         # state of the run thread
         self._slots: dict[int, _Slot] = {}
@@ -403,29 +509,52 @@ class SwarmSource:
 
     def run(self, ctx: _Engine) -> None:
         store = ctx.store
-        self._store = store
-        self.handle = self._add(store)
+        with self._lock:
+            if self._closed:
+                return
+            self._idle.clear()
         try:
-            self._loop(ctx)
+            with self.session.using():
+                self._store = store
+                self.handle = self._add(store)
+                try:
+                    self._loop(ctx)
+                finally:
+                    for slot in list(self._slots.values()):
+                        self._drop(ctx, slot)
+                    self.completed = store.complete()
         finally:
-            for slot in list(self._slots.values()):
-                self._drop(ctx, slot)
-            self.completed = store.complete()
+            self._idle.set()
 
-    def close(self) -> None:
-        """End of the pull: keep libtorrent's copy resumable, or delete it once the pull is done."""
+    def close(self, timeout: float = 30.0) -> None:
+        """End of the pull: keep libtorrent's copy resumable, or delete it once the pull is done.
+
+        Waits (up to ``timeout`` seconds) for ``run`` to end first: two threads must not pop the
+        session's alerts at once, nor may the session go while the run thread calls into it.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        self._stop.set()
+        if not self._idle.wait(timeout):
+            self.session.close()  # the run thread is stuck: it destroys the session when it leaves
+            return
         store, handle = self._store, self.handle
-        if handle is not None and handle.is_valid():
+        if handle is not None and not self.session.stopping:
+            with self.session.using():
+                self._finish(store, handle)
+        if not (self.config.seed and self.completed):
+            self.session.close()
+
+    def _finish(self, store: Store | None, handle: Any) -> None:
+        if handle.is_valid():
             st = handle.status()
             self.stats.downloaded = int(st.total_payload_download)
             self.stats.uploaded = int(st.total_payload_upload)
             self.stats.redundant = int(st.total_redundant_bytes)
             self.stats.failed = int(st.total_failed_bytes)
-        if handle is not None and store is not None:
+        if store is not None:
             if not self.completed and handle.is_valid() and handle.status().has_metadata:
                 self._save_resume(store, wait=True)
             self.session.remove(handle)
@@ -433,8 +562,6 @@ class SwarmSource:
                 shutil.rmtree(store.area / "bt", ignore_errors=True)
                 with contextlib.suppress(OSError):
                     (store.area / "bt.resume").unlink()
-        if not (self.config.seed and self.completed):
-            self.session.close()
 
     # -- adding the torrent --------------------------------------------------------------------
     def _add(self, store: Store) -> Any:
@@ -471,7 +598,7 @@ class SwarmSource:
     def _loop(self, ctx: _Engine) -> None:
         # Until the engine stops (not merely until every piece is verified): a file that fails its
         # whole-file digest reopens pieces, and peers keep getting pieces until the end.
-        while not ctx.stop.is_set() and not self._dropped:
+        while not (ctx.stop.is_set() or self._dropped or self._stop.is_set() or self.session.stopping):
             alerts = self.session.alerts(0.05)
             now = time.monotonic()
             for a in alerts:
@@ -840,7 +967,7 @@ def _flush(session: SwarmSession, handle: Any, timeout: float) -> bool:
     """
     handle.flush_cache()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not session.stopping:
         if any(isinstance(a, lt.cache_flushed_alert) for a in session.alerts(0.2)):
             return True
     return False
@@ -860,7 +987,7 @@ def _save_resume(session: SwarmSession, handle: Any, area: Path, *, wait: bool) 
     if not wait:
         return
     deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not session.stopping:
         for a in session.alerts(0.2):
             if isinstance(a, lt.save_resume_data_alert):
                 _write_resume(area, a)
@@ -956,33 +1083,35 @@ def seed(
     t0 = time.monotonic()
     handles: list[tuple[SeedTarget, Any]] = []
     try:
-        for t in targets:
-            atp = lt.add_torrent_params()
-            atp.ti = t.torrent.info()
-            atp.save_path = str(t.folder)
-            atp.renamed_files = t.renames()
-            atp.flags |= lt.torrent_flags.seed_mode
-            atp.flags &= ~lt.torrent_flags.default_dont_download
-            handles.append((t, ses.add_torrent(atp)))
-        yield SeedingStarted(
-            tuple(t.name for t in targets), tuple(t.torrent.magnet for t in targets), ses.listen_port
-        )
-        next_status = 0.0
-        next_dial = 0.0
-        try:
-            while stop is None or not stop.is_set():
-                ses.alerts(0.1)
-                now = time.monotonic()
-                if now >= next_dial:
-                    next_dial = now + _REDIAL
-                    for _t, h in handles:
-                        ses.dial(h)
-                if now >= next_status:
-                    next_status = now + interval
-                    yield _seed_status(handles)
-        except (KeyboardInterrupt, Interrupted):
-            pass  # Ctrl-C or SIGTERM (the CLI raises Interrupted from its handler): a clean stop
-        yield SeedingStopped(_seed_status(handles).uploaded, time.monotonic() - t0)
+        with ses.using():
+            for t in targets:
+                atp = lt.add_torrent_params()
+                atp.ti = t.torrent.info()
+                atp.save_path = str(t.folder)
+                atp.renamed_files = t.renames()
+                atp.flags |= lt.torrent_flags.seed_mode
+                atp.flags &= ~lt.torrent_flags.default_dont_download
+                handles.append((t, ses.add_torrent(atp)))
+            yield SeedingStarted(
+                tuple(t.name for t in targets), tuple(t.torrent.magnet for t in targets), ses.listen_port
+            )
+            next_status = 0.0
+            next_dial = 0.0
+            try:
+                # ses.stopping: closed from elsewhere, or Python is exiting (see "Closing sessions")
+                while not ses.stopping and (stop is None or not stop.is_set()):
+                    ses.alerts(0.1)
+                    now = time.monotonic()
+                    if now >= next_dial:
+                        next_dial = now + _REDIAL
+                        for _t, h in handles:
+                            ses.dial(h)
+                    if now >= next_status:
+                        next_status = now + interval
+                        yield _seed_status(handles)
+            except (KeyboardInterrupt, Interrupted):
+                pass  # Ctrl-C or SIGTERM (the CLI raises Interrupted from its handler): a clean stop
+            yield SeedingStopped(_seed_status(handles).uploaded, time.monotonic() - t0)
     finally:
         ses.close()
 
@@ -1336,18 +1465,21 @@ class _SwarmOnlyRun:
         finished = False
         try:
             self.session = SwarmSession(self.config)
-            self.handle = self.session.add_torrent(self._params())
-            yield from self._download()
-            installed = self._install()
-            finished = True
+            with self.session.using():
+                try:
+                    self.handle = self.session.add_torrent(self._params())
+                    yield from self._download()
+                    installed = self._install()
+                    finished = True
+                finally:
+                    if not finished:
+                        self._keep_for_resume()
             return installed
         except KeyboardInterrupt:
             raise Interrupted(
                 "interrupted; what peers sent is kept: run the same command to resume"
             ) from None
         finally:
-            if not finished:
-                self._keep_for_resume()
             if self.session is not None and not (finished and self.config.seed):
                 self.session.close()
             os.close(lock)
@@ -1386,6 +1518,8 @@ class _SwarmOnlyRun:
     def _pump(self, timeout: float) -> None:
         """Handle libtorrent's alerts; what the user should see goes to ``self.events``."""
         assert self.session is not None
+        if self.session.stopping:  # Python is exiting (see "Closing sessions")
+            raise Interrupted("stopped: the BitTorrent session is closing")
         for a in self.session.alerts(timeout):
             if isinstance(a, lt.hash_failed_alert) and self.torrent is not None:
                 t = int(a.piece_index)
@@ -1506,6 +1640,8 @@ class _SwarmOnlyRun:
         """Wait until every verified piece is in bt/'s files (see ``_flush``), then stop the torrent."""
         assert self.session is not None
         if not _flush(self.session, self.handle, 600.0):
+            if self.session.stopping:
+                raise Interrupted("stopped: the BitTorrent session is closing")
             raise StorageError(
                 f"libtorrent did not finish writing {self.job.area / 'bt'} within 10 minutes",
                 path=str(self.job.area / "bt"),
