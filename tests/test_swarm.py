@@ -143,6 +143,43 @@ def test_seeder_and_throttled_mirror_both_deliver_without_redundancy(
     assert sw.stats.injected >= by["m1"] // PIECE - 2
 
 
+def test_seeder_vanishing_mid_pull_leaves_its_pieces_to_the_mirror(
+    swarmed: Swarmed,
+    seeder: Callable[..., CliProcess],
+    start_mirrors: Callable[..., list[MirrorServer]],
+    tmp_path: Path,
+) -> None:
+    # The only peer is killed once the swarm has delivered a little: the spans the swarm holds
+    # have no peer any more and go back to the mirror, and the pull completes from it.
+    ports = [free_port() for _ in range(2)]
+    seed = seeder(swarmed.torrent_path, swarmed.model.root, ports[0], "--upload-rate", "1500KB/s")
+    (mirror,) = start_mirrors(swarmed.model.root, 1, rate=2_000_000)
+    killed = threading.Event()
+
+    def kill_when_swarm_delivered(ev: Event) -> None:
+        if killed.is_set() or not isinstance(ev, dsmirror.Progress):
+            return
+        if any(s.name == "swarm" and s.delivered >= 2 * MiB for s in ev.sources):
+            seed.proc.kill()
+            killed.set()
+
+    dest = tmp_path / "out"
+    events, _ = pull(
+        tmp_path,
+        swarmed.manifest_path,
+        dest,
+        mirrors={"m1": mirror},
+        swarm=swarm_cfg(ports[1], ports[0], torrent=swarmed.torrent_path),
+        on_event=kill_when_swarm_delivered,
+    )
+    assert killed.is_set(), "the swarm never delivered 2 MiB"
+    done = finished(events)
+    swarmed.model.assert_identical(dest)
+    by = done.delivered_by_source
+    assert by["swarm"] >= 2 * MiB and by["m1"] >= 2 * MiB, by
+    assert sum(by.values()) == swarmed.model.total_size
+
+
 def test_pieces_fetched_over_http_reach_peers_during_the_pull(
     swarmed: Swarmed, start_mirrors: Callable[..., list[MirrorServer]], tmp_path: Path
 ) -> None:

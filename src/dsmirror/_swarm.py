@@ -13,8 +13,8 @@ Which pieces the swarm should ask for depends on what its peers have: the swarm 
 pieces some connected peer (or libtorrent's own copy) has, refreshed every 0.25 s, and hands it to
 the scheduler (``Scheduler.set_peer_pieces``) so that the swarm is given
 only those and mirrors the others, which is what lets a LAN fetch each piece from outside about
-once (``scripts/bench_lan.py``). Without that hook the swarm takes what the scheduler gives it and
-gives back, after ``_STALL`` seconds, a span whose first piece no peer has. To learn what peers
+once (``scripts/bench_lan.py``). When the peers that had a piece leave, the swarm gives back, after
+``_STALL`` seconds, a span whose first piece no peer has any more. To learn what peers
 have, the torrent must not look finished while the swarm holds no work (seeds drop upload-only
 peers): one missing piece is then kept at priority 1 (``_bait``).
 
@@ -822,8 +822,9 @@ class SwarmSource:
                     self._own(slot, i, max(1, 7 - k))
             self._pull_head(slot)
             stalled = now - slot.head_since > _STALL and slot.head not in self._reading
-            if ctx.sources and not self._peer_view and stalled:
-                # No peer had the head piece for a while: give the span back to the mirrors.
+            if ctx.sources and stalled:
+                # No peer has had the head piece for a while (the peers that had it left): give
+                # the span back to the mirrors rather than wait for the tail race.
                 if avail is None:
                     avail = list(self.handle.piece_availability())
                 t = self.map.to_torrent[slot.head]
