@@ -938,3 +938,24 @@ def test_bench_degrade_follows_the_drop() -> None:
     ideal_s = at + m.total_size / 2 / (68e6 - 0.98 * 40e6)
     assert r.seconds <= 1.05 * ideal_s, (r.seconds, ideal_s)
     assert sum(r.fetched.values()) <= 1.01 * m.total_size
+
+
+def test_a_source_that_delivered_is_retried_within_seconds() -> None:
+    # A mirror that served this pull and then fails (a restart, a flapping link) keeps being
+    # tried by one connection every ~2 s; one that never delivered backs off up to a minute.
+    cfg = SchedulerConfig(backoff_base=1.0, backoff_max=60.0, backoff_max_known=2.0)
+    m = manifest([64 * MiB])
+    sched, clock = make(m, "known", "stranger", config=cfg)
+    first = take(sched, "known")
+    finish_piece(sched, first)  # "known" delivers a piece
+    sched.release(first)
+    assert sched.source("known").delivered == MiB
+    for name in ("known", "stranger"):
+        for _ in range(8):
+            a = sched.acquire(name)
+            while not isinstance(a, Assignment):
+                clock.advance(0.1)
+                a = sched.acquire(name)
+            sched.release(a, SourceUnavailable("refused", source=name))
+    assert sched.source("known").paused_until - clock.now() <= 2.0
+    assert sched.source("stranger").paused_until - clock.now() >= 30.0

@@ -121,6 +121,7 @@ class SchedulerConfig:
     min_split_gain: float = 0.1  # ... and the owner finishes at least this many seconds sooner
     backoff_base: float = 1.0
     backoff_max: float = 30.0
+    backoff_max_known: float = 2.0  # ... for a source that delivered in this pull: a blip, retried soon
     breaker_threshold: int = 5
     ban_after_corrupt: int = 2
     recycle_after: float = 5.0  # a connection is judged on its speed after this many seconds
@@ -822,7 +823,11 @@ class Scheduler:
                 s.last_failure_at = now
                 s.failures_in_row += 1
                 s.failures_total += 1
-            delay = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (s.failures_in_row - 1))
+            # A source that delivered in this pull is probably having a blip (a restart, a
+            # flapping link): one connection tries again within seconds, so it is back to work
+            # soon after it recovers (aria2 never reopens; a long back-off wastes its bandwidth).
+            cap = self.cfg.backoff_max_known if s.delivered else self.cfg.backoff_max
+            delay = min(cap, self.cfg.backoff_base * 2 ** (s.failures_in_row - 1))
             delay *= 0.5 + self.rng.random()  # jitter: 0.5x .. 1.5x
             if retry_after is not None:
                 delay = max(retry_after, 0.0)
