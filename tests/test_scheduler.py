@@ -224,7 +224,7 @@ class Simulation:
                 part = sched.split_part(a, piece.index)
                 if part is not None:
                     if {piece.index} & (c.src.corrupt | self.by_name[part[2]].corrupt):
-                        sched.split_failed(a, piece.index)
+                        sched.mixed_failed(a, piece.index)
                         err = PieceMismatch(piece.index, path=piece.path, expected="0", actual="1")
                         self._end(c, err)
                         return
@@ -478,7 +478,7 @@ def test_split_copy_failing_is_fetched_whole_and_blames_nobody() -> None:
     sched.release(h)
     sched.progress(owner, owner.cut - owner.piece_bytes)
     assert sched.split_part(owner, 3) is not None
-    sched.split_failed(owner, 3)
+    sched.mixed_failed(owner, 3)
     sched.release(owner, PieceMismatch(3, path=piece.path, expected="0", actual="1", source="owner"))
     assert all(s.corrupt == 0 and not s.banned for s in sched.sources())
     assert sched.corrupt_bytes == piece.length

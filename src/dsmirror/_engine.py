@@ -271,7 +271,7 @@ class _Engine:
                         if not self.sched.wanted(a):
                             return  # cut short (stolen, lost a race, replaced): drop the response
                         at_cut = a.cut is not None and pos >= a.cut
-                        if at_cut and self._join_helper(a, piece, pos, h, src.name):
+                        if at_cut and self._join_helper(a, piece, pos, h, sources, src.name):
                             return  # the rest came from its helper; the stream is dropped
                         take = min(len(mv), piece.length - pos)
                         part = mv[:take]
@@ -326,7 +326,8 @@ class _Engine:
             self._partials[piece.index] = (pos, h, sources)
 
     def _mixed_failed(self, a: Assignment, piece: Piece, digest: str, sources: frozenset[str]) -> None:
-        self.sched.split_failed(a, piece.index)
+        """A copy made of several sources' bytes (split or resumed) failed: blame nobody, raise."""
+        self.sched.mixed_failed(a, piece.index)
         raise PieceMismatch(
             piece.index,
             path=piece.path,
@@ -361,7 +362,9 @@ class _Engine:
                     return
         raise SourceUnavailable("response ended early", source=src.name)
 
-    def _join_helper(self, a: Assignment, piece: Piece, pos: int, h: hashlib._Hash, source: str) -> bool:
+    def _join_helper(
+        self, a: Assignment, piece: Piece, pos: int, h: hashlib._Hash, sources: frozenset[str], owner: str
+    ) -> bool:
         """The owner of a split piece, at or past its cut: finish the piece with its helper's
         bytes if they all arrived. Returns False to keep streaming (the helper is late)."""
         got = self.sched.split_part(a, piece.index)
@@ -372,17 +375,9 @@ class _Engine:
         h.update(rest)
         digest = h.hexdigest()
         if digest != piece.sha256:
-            # Two sources made this copy: nobody is blamed; it is fetched again whole.
-            self.sched.split_failed(a, piece.index)
-            raise PieceMismatch(
-                piece.index,
-                path=piece.path,
-                expected=piece.sha256,
-                actual=digest,
-                source="+".join(sorted({source, helper})),  # nobody is blamed (see _mixed_failed)
-            )
+            self._mixed_failed(a, piece, digest, sources | {helper})
         self._write_owned(piece, pos, rest)
-        self._complete(a, piece, digest, None, source)
+        self._complete(a, piece, digest, None, owner)
         self.sched.piece_verified(a, piece.index, helped=len(rest))
         return True
 

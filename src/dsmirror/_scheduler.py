@@ -227,7 +227,7 @@ class Scheduler:
         self._assignments: dict[int, Assignment] = {}
         self._racing: dict[int, Assignment] = {}  # piece -> racer or split helper assignment
         self._split_data: dict[int, tuple[int, bytes, str]] = {}  # piece -> (cut, bytes, helper)
-        self._nosplit: set[int] = set()  # pieces whose split copy failed: fetched whole again
+        self._whole_only: set[int] = set()  # pieces whose mixed copy failed: fetched whole again
         self._avoid: dict[int, set[str]] = {}  # piece -> sources that spoiled it
         self._next_id = 1
         self._last_progress = clock.now()
@@ -575,7 +575,7 @@ class Scheduler:
             and self._sources[a.source].info.kind != "bittorrent"
             and a.next_piece == a.end - 1
             and a.cut is None
-            and i not in self._nosplit
+            and i not in self._whole_only
             and bool(self.m.pieces[i].sha256)
         )
 
@@ -659,13 +659,14 @@ class Scheduler:
     def may_mix(self, index: int) -> bool:
         """May piece ``index`` be made of bytes from several connections? Not after such a copy failed."""
         with self._lock:
-            return index not in self._nosplit
+            return index not in self._whole_only
 
-    def split_failed(self, a: Assignment, index: int) -> None:
-        """A piece made of an owner's and a helper's bytes failed its hash: nobody can be blamed,
-        so it is fetched again whole, by one source, and the guilty one is caught then."""
+    def mixed_failed(self, a: Assignment, index: int) -> None:
+        """A copy made of several sources' bytes (a split, or a piece resumed by another
+        connection) failed its hash: nobody can be blamed, so it is fetched again whole, by one
+        source, and the guilty one is caught then."""
         with self._lock:
-            self._nosplit.add(index)
+            self._whole_only.add(index)
             self._split_data.pop(index, None)
             self.corrupt_bytes += self.m.pieces[index].length
             a.cut = None
