@@ -179,7 +179,6 @@ class SourceState:
     failures_in_row: int = 0
     failures_total: int = 0
     paused_until: float = 0.0
-    half_open: bool = False
     corrupt: int = 0
     banned: str | None = None
     missing_files: set[int] = field(default_factory=set)
@@ -391,17 +390,18 @@ class Scheduler:
         what it can and decides nothing.
         """
         piece_len = piece.length
-        if piece.sha256 and s.info.kind != "bittorrent":
-            splitters = [
-                o
-                for o in self._sources.values()
-                if o is not s
+        if (
+            piece.sha256
+            and s.info.kind != "bittorrent"
+            and any(
+                o is not s
                 and o.info.kind != "bittorrent"
                 and not o.banned
                 and piece.file_index not in o.missing_files
-            ]
-            if splitters:
-                return False
+                for o in self._sources.values()
+            )
+        ):
+            return False  # another streaming source can split it at the end
         mine = self._expected_rate(s)
         if mine <= 0:
             return False
@@ -797,7 +797,6 @@ class Scheduler:
                         # A racer on this piece now owns it alone; it will finish it.
             if error is None:
                 s.requests_ok += 1
-                s.half_open = False
                 # Continue after this span next time, unless peers have its last piece already:
                 # then another machine fetched the same pieces, and this source starts elsewhere.
                 if a.outside and a.end > a.start and not self._swarm_has(a.end - 1) and len(s.resume_at) < 64:
