@@ -331,6 +331,6 @@ def fmt_mb(n: float) -> str:
 
 
 def parse_size(text: str) -> int:
-    from dsmirror._units import parse_size as parse
+    from dsmirror._core.units import parse_size as parse
 
     return parse(text)

@@ -52,7 +52,7 @@ from _benchlib import (
     table,
 )
 from dsmirror import load_manifest
-from dsmirror._torrent import create_torrent, load_torrent, with_torrent_hashes
+from dsmirror._fetch.swarm.torrent import create_torrent, load_torrent, with_torrent_hashes
 from dsmirror.testing import MirrorServer
 
 HOST = "127.0.0.1"

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from dsmirror._units import parse_size
+from dsmirror._core.units import parse_size
 from dsmirror.testing import write_random_tree
 
 MB = 1_000_000

@@ -28,7 +28,7 @@ import pytest
 
 import dsmirror
 from dsmirror import Event, Manifest, PullOptions
-from dsmirror._torrent import create_torrent, with_torrent_hashes
+from dsmirror._fetch.swarm.torrent import create_torrent, with_torrent_hashes
 from dsmirror.testing import MirrorServer, write_random_tree
 
 KiB = 1 << 10
@@ -94,7 +94,7 @@ def _no_session_left_open() -> Iterator[None]:
     but a leak is a bug of the test or of the code under test: it fails the test that caused it.
     """
     yield
-    swarm = sys.modules.get("dsmirror._swarm")
+    swarm = sys.modules.get("dsmirror._fetch.swarm.swarm")
     if swarm is None:
         return
     deadline = time.monotonic() + 10

@@ -18,7 +18,7 @@ import pytest
 import dsmirror
 from dsmirror import IntegrityError, ManifestMismatch, PullFinished
 from dsmirror._bundle import BundleOpened, export_source, import_bundle, import_folder, write_bundle_file
-from dsmirror._errors import ImportRejected
+from dsmirror._core.errors import ImportRejected
 from dsmirror.testing import write_random_tree
 
 KiB = 1 << 10

@@ -1,4 +1,4 @@
-"""Tests for the mirror/alias catalog (`dsmirror._catalog`); pure and offline."""
+"""Tests for the mirror/alias catalog (`dsmirror._formats.catalog`); pure and offline."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dsmirror._catalog import (
+from dsmirror._core.errors import CatalogError, InputError
+from dsmirror._formats.catalog import (
     KINDS,
     Catalog,
     Mirror,
@@ -19,7 +20,6 @@ from dsmirror._catalog import (
     shipped_catalog_path,
     user_catalog_path,
 )
-from dsmirror._errors import CatalogError, InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHA = "ab" * 32

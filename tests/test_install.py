@@ -12,14 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from dsmirror import AlreadyInProgress, Settings, StorageError, UsageError
-from dsmirror._install import (
+from dsmirror._formats.manifest import create_manifest
+from dsmirror._install.install import (
     hf_repo_folder,
     install_hf_snapshot,
     list_installed,
     record_dir_install,
     remove_installed,
 )
-from dsmirror._manifest import create_manifest
 from dsmirror.cli import app
 
 C1 = "1" * 40

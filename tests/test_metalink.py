@@ -1,4 +1,4 @@
-"""Tests of the Metalink v4 export (`dsmirror._metalink`, ``dsmirror manifest export --meta4``).
+"""Tests of the Metalink v4 export (`dsmirror._formats.metalink`, ``dsmirror manifest export --meta4``).
 
 The document is parsed back and checked element by element, and then handed to the real aria2c,
 which downloads a generated model from two loopback mirrors with it (skipped without aria2c).
@@ -25,10 +25,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from dsmirror._catalog import Mirror
-from dsmirror._manifest import FileEntry, Manifest, create_manifest, load_manifest
-from dsmirror._metalink import METALINK_NS, to_meta4
-from dsmirror._sources import plain_url_for
+from dsmirror._formats.catalog import Mirror, plain_url_for
+from dsmirror._formats.manifest import FileEntry, Manifest, create_manifest, load_manifest
+from dsmirror._formats.metalink import METALINK_NS, to_meta4
 from dsmirror.cli import main
 from dsmirror.testing import Faults, MirrorServer, write_random_tree
 

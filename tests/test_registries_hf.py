@@ -27,14 +27,14 @@ import yaml
 from aiohttp import web
 
 from dsmirror import Catalog, IntegrityError, NoSourceError, PullFinished, Settings, UsageError
-from dsmirror._catalog import load_catalog
-from dsmirror._events import Event, PieceRejected, PlanNotes, SourceDropped
-from dsmirror._manifest import create_manifest
+from dsmirror._core.events import Event, PieceRejected, PlanNotes, SourceDropped
+from dsmirror._fetch.reuse import LocalReuse, PullDryRun
+from dsmirror._formats.catalog import load_catalog
+from dsmirror._formats.manifest import create_manifest
 from dsmirror._pull import PullOptions, pull, resolve
-from dsmirror._registries import list_hf_repo, select_files
-from dsmirror._registries._client import RepoURLs
-from dsmirror._registries._hf import HfFile
-from dsmirror._reuse import LocalReuse, PullDryRun
+from dsmirror._resolve.registries import list_hf_repo, select_files
+from dsmirror._resolve.registries.client import RepoURLs
+from dsmirror._resolve.registries.hf import HfFile
 from dsmirror._serve import STATS, HfRepo, ModelIndex, ServeFaults, ServerThread, make_app
 
 REPO_ID = "acme/tiny-r1"
@@ -381,7 +381,7 @@ def test_dir_install_then_reuse_from_the_hf_cache(
     assert sum(_finished(events).delivered_by_source.values()) == 0
     assert all(servers[n].app[STATS].bytes_total == sent[n] for n in ("good", "ms"))
     # ... and dsmirror ls now knows the folder.
-    from dsmirror._install import list_installed
+    from dsmirror._install.install import list_installed
 
     assert any(m.kind == "dir" and m.where == tmp_path / "plain" for m in list_installed(settings))
 
@@ -607,7 +607,7 @@ def test_cli_json_shows_the_resolvers_notes(
 def test_notes_are_printed_one_line_each(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from dsmirror._events import PlanNotes
+    from dsmirror._core.events import PlanNotes
     from dsmirror.cli._render import print_notes, render_human
 
     long_note = "hf://acme/x@main is commit " + "a" * 40 + " (listed by [hub]) " + "x" * 150

@@ -23,11 +23,11 @@ import yaml
 from aiohttp import web
 
 from dsmirror import NoSourceError, PullFinished, Settings, UsageError
-from dsmirror._catalog import load_catalog
-from dsmirror._events import Event
-from dsmirror._install import list_installed
+from dsmirror._core.events import Event
+from dsmirror._formats.catalog import load_catalog
+from dsmirror._install.install import list_installed
 from dsmirror._pull import PullOptions, pull, resolve
-from dsmirror._registries import parse_ollama_manifest, parse_ollama_name
+from dsmirror._resolve.registries import parse_ollama_manifest, parse_ollama_name
 from dsmirror._serve import (
     STATS,
     ModelIndex,

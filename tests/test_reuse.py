@@ -16,7 +16,7 @@ import pytest
 import dsmirror
 from dsmirror import Manifest, PullFinished
 from dsmirror._bundle import export_source
-from dsmirror._reuse import LocalReuse, PullDryRun
+from dsmirror._fetch.reuse import LocalReuse, PullDryRun
 from dsmirror.testing import MirrorServer, write_random_tree
 
 KiB = 1 << 10

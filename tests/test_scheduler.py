@@ -31,7 +31,7 @@ from dsmirror import (
     SourceUnavailable,
     Stalled,
 )
-from dsmirror._scheduler import Assignment
+from dsmirror._schedule.scheduler import Assignment
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -536,7 +536,7 @@ def test_tail_race_only_when_clearly_sooner(racer_rate: float, races: bool) -> N
 # -- --max-rate ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("rate", [100 * KiB, 1 * MiB, 20 * MiB])
 def test_max_rate_token_bucket_holds_the_rate(rate: float) -> None:
-    from dsmirror._engine import RateLimiter
+    from dsmirror._fetch.engine import RateLimiter
 
     clock = FakeClock()
     limiter = RateLimiter(rate, clock)
@@ -884,7 +884,7 @@ def test_retry_after_is_honoured_even_while_resting() -> None:
 
 # -- connections ----------------------------------------------------------------------------------
 def test_connections_per_source_per_host_and_in_all() -> None:
-    from dsmirror._engine import plan_connections
+    from dsmirror._fetch.engine import plan_connections
 
     def src(name: str, host: str, conns: int) -> SourceInfo:
         return SourceInfo(name=name, kind="http", host=host, max_connections=conns)

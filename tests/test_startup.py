@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 
 import dsmirror
-from dsmirror import _sources
-from dsmirror._sources import HttpSource, SourceInfo, plain_url_for, shared_ssl_context
+from dsmirror._fetch import http as _sources
+from dsmirror._fetch.http import HttpSource, shared_ssl_context
+from dsmirror._formats.catalog import plain_url_for
+from dsmirror._schedule.info import SourceInfo
 from dsmirror.testing import MirrorServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -31,13 +33,14 @@ KiB = 1 << 10
 # Modules a pull of a manifest over HTTP mirrors with --no-p2p never needs.
 OPTIONAL = (
     "libtorrent",
-    "dsmirror._swarm",
-    "dsmirror._torrent",
+    "dsmirror._fetch.swarm.swarm",
+    "dsmirror._resolve.swarm",
+    "dsmirror._fetch.swarm.torrent",
     "dsmirror._doctor",
     "dsmirror._bundle",
     "dsmirror._install",
-    "dsmirror._registries",
-    "dsmirror._metalink",
+    "dsmirror._resolve.registries",
+    "dsmirror._formats.metalink",
     "dsmirror._demo",
     "dsmirror._serve",
     "dsmirror.testing",

@@ -1,6 +1,6 @@
 """The crash-safe store: journal recovery, re-verification, locking, space checks, installation.
 
-The journal is written here by hand from the format drawn in ``dsmirror._store``'s docstring, so
+The journal is written here by hand from the format drawn in ``dsmirror._journal.store``'s docstring, so
 these tests also pin that format: a 44-byte header (magic, manifest SHA-256, CRC-32) and 12-byte
 records (kind, piece index or, for C, the journal offset it covers, CRC-32).
 """
@@ -24,7 +24,7 @@ import pytest
 
 import dsmirror
 from dsmirror import AlreadyInProgress, DiskFull, Manifest, StorageError, Store
-from dsmirror._fsutil import storage_errors
+from dsmirror._core.fsutil import storage_errors
 from dsmirror.testing import write_random_tree
 
 KiB = 1 << 10
@@ -443,7 +443,7 @@ def test_space_margin_is_required_too(small_tmpfs: Callable[..., Path], model: M
 def test_resume_on_a_full_disk_needs_no_new_space(
     small_tmpfs: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("dsmirror._store.SPACE_MARGIN", 0)
+    monkeypatch.setattr("dsmirror._journal.store.SPACE_MARGIN", 0)
     root = tmp_path / "m"
     write_random_tree(root, {"a.bin": 5 * MiB})
     model = Model(root, dsmirror.create_manifest(root, piece_size=1 * MiB))
@@ -520,7 +520,7 @@ def test_reopen_after_install_is_a_no_op(model: Model, dest: Path, monkeypatch: 
     def no_hashing(*a: object, **k: object) -> Any:
         raise AssertionError("an unchanged installed file was hashed again")
 
-    monkeypatch.setattr("dsmirror._manifest.hash_file_pieces", no_hashing)
+    monkeypatch.setattr("dsmirror._formats.manifest.hash_file_pieces", no_hashing)
     with Store.open(dest, m) as s:
         assert s.complete()
         assert s.stats.reused_files == len(m.files)

@@ -25,8 +25,8 @@ import pytest
 import dsmirror
 from conftest import SWARM_PIECE, SWARM_SIZES, CliProcess, Swarmed, addr, free_port
 from dsmirror import Event, PieceRejected, PullFinished, PullOptions, SourceTrouble
+from dsmirror._fetch.swarm.swarm import SwarmConfig, SwarmSource
 from dsmirror._pull import resolve, run_plan
-from dsmirror._swarm import SwarmConfig, SwarmSource
 from dsmirror.testing import MirrorServer
 
 KiB = 1 << 10
@@ -202,7 +202,7 @@ def test_pieces_fetched_over_http_reach_peers_during_the_pull(
             box["a_error"] = exc
 
     # A seeds after its pull (pull --seed) until B is done: run it in a thread, stop it with a flag.
-    from dsmirror import _swarm
+    from dsmirror._fetch.swarm import swarm as _swarm
 
     stop = threading.Event()
     real_seed = _swarm.seed
@@ -455,7 +455,7 @@ def test_pull_seed_serves_the_next_pull_and_stops_cleanly(
         [
             sys.executable,
             "-c",
-            "from dsmirror._swarm import seed_targets_in; from pathlib import Path; "
+            "from dsmirror._fetch.swarm.swarm import seed_targets_in; from pathlib import Path; "
             f"print([t.name for t in seed_targets_in(Path({str(tmp_path / 'a')!r}))])",
         ],
         capture_output=True,

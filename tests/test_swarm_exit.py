@@ -4,7 +4,7 @@ libtorrent's binding releases the GIL in every call and takes it back in a C++ d
 thread that comes back after the interpreter began to finalize is ended with ``pthread_exit``,
 whose forced unwind through that destructor calls ``std::terminate``: "terminate called without
 an active exception", exit code 134. dsmirror stops and closes its sessions before that (see
-"Closing sessions" in ``dsmirror._swarm``). Each case runs in a fresh interpreter whose main thread
+"Closing sessions" in ``dsmirror._fetch.swarm``). Each case runs in a fresh interpreter whose main thread
 returns while another thread is still seeding or pulling, as a test that failed half-way, an
 embedding program, or a CLI command left behind by an exception would.
 """
@@ -20,16 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from dsmirror._errors import Interrupted
-from dsmirror._swarm import SwarmConfig, SwarmSession
+from dsmirror._core.errors import Interrupted
+from dsmirror._fetch.swarm.swarm import SwarmConfig, SwarmSession
 
 PRELUDE = textwrap.dedent(
     """
     import socket, sys, threading, time
     from pathlib import Path
     import dsmirror
-    from dsmirror._swarm import SeedTarget, SwarmConfig, seed
-    from dsmirror._torrent import create_torrent, with_torrent_hashes
+    from dsmirror._fetch.swarm.swarm import SeedTarget, SwarmConfig, seed
+    from dsmirror._fetch.swarm.torrent import create_torrent, with_torrent_hashes
     from dsmirror.testing import write_random_tree
 
     def free_port():

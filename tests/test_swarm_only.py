@@ -25,12 +25,12 @@ import pytest
 import dsmirror
 from conftest import SWARM_PIECE, CliProcess, Swarmed, addr, collect, free_port
 from dsmirror import Event, Manifest, PullFinished, PullOptions, PullStarted
-from dsmirror._install import find_store_model, list_installed
-from dsmirror._manifest import DEFAULT_PIECE_SIZE, load_manifest
-from dsmirror._reuse import recorded_models
+from dsmirror._fetch.reuse import recorded_models
+from dsmirror._fetch.swarm.swarm import SwarmConfig, seed, seed_targets_in, store_seed_target
+from dsmirror._fetch.swarm.torrent import check_torrent, file_aligned, load_torrent
+from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, load_manifest
+from dsmirror._install.install import find_store_model, list_installed
 from dsmirror._serve._index import index_manifest_folder
-from dsmirror._swarm import SwarmConfig, seed, seed_targets_in, store_seed_target
-from dsmirror._torrent import check_torrent, file_aligned, load_torrent
 
 MiB = 1 << 20
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import Model, boundary_sizes
 from dsmirror import InputError, IntegrityError, UsageError, create_manifest
-from dsmirror._torrent import (
+from dsmirror._fetch.swarm.torrent import (
     check_torrent,
     create_torrent,
     load_torrent,

@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._bundle import (
+    from dsmirror._bundle import (
         BundleOpened,
         export_source,
         import_bundle,
@@ -22,11 +22,8 @@ if TYPE_CHECKING:
         write_bundle,
         write_bundle_file,
     )
-    from ._catalog import Catalog, Mirror, ModelAlias, load_catalog, load_default_catalog
-    from ._clock import Clock, FakeClock, SystemClock
-    from ._doctor import DoctorConfig, DoctorReport, run_doctor
-    from ._engine import EngineConfig, fetch
-    from ._errors import (
+    from dsmirror._core.clock import Clock, FakeClock, SystemClock
+    from dsmirror._core.errors import (
         AlreadyInProgress,
         BadResponse,
         CatalogError,
@@ -50,7 +47,7 @@ if TYPE_CHECKING:
         UsageError,
         VerifyFailed,
     )
-    from ._events import (
+    from dsmirror._core.events import (
         Event,
         PieceRejected,
         Progress,
@@ -60,7 +57,14 @@ if TYPE_CHECKING:
         SourceProgress,
         SourceTrouble,
     )
-    from ._manifest import (
+    from dsmirror._core.settings import Settings
+    from dsmirror._doctor import DoctorConfig, DoctorReport, run_doctor
+    from dsmirror._fetch.engine import EngineConfig, fetch
+    from dsmirror._fetch.http import HttpSource
+    from dsmirror._fetch.reuse import LocalReuse, PullDryRun
+    from dsmirror._fetch.source import Source
+    from dsmirror._formats.catalog import Catalog, Mirror, ModelAlias, load_catalog, load_default_catalog
+    from dsmirror._formats.manifest import (
         FileEntry,
         Manifest,
         Piece,
@@ -69,12 +73,12 @@ if TYPE_CHECKING:
         parse_manifest,
         verify_tree,
     )
-    from ._pull import PullOptions, PullPlan, pull, resolve
-    from ._reuse import LocalReuse, PullDryRun
-    from ._scheduler import Scheduler, SchedulerConfig
-    from ._settings import Settings
-    from ._sources import HttpSource, Source, SourceInfo
-    from ._store import Store
+    from dsmirror._journal.store import Store
+    from dsmirror._pull import pull
+    from dsmirror._resolve.plan import PullOptions, PullPlan
+    from dsmirror._resolve.resolve import resolve
+    from dsmirror._schedule.info import SourceInfo
+    from dsmirror._schedule.scheduler import Scheduler, SchedulerConfig
 
 __version__ = "0.1.0"
 
@@ -159,69 +163,69 @@ _LAZY: dict[str, str] = {
     "import_folder": "_bundle",
     "write_bundle": "_bundle",
     "write_bundle_file": "_bundle",
-    "Catalog": "_catalog",
-    "Mirror": "_catalog",
-    "ModelAlias": "_catalog",
-    "load_catalog": "_catalog",
-    "load_default_catalog": "_catalog",
-    "Clock": "_clock",
-    "FakeClock": "_clock",
-    "SystemClock": "_clock",
+    "Catalog": "_formats.catalog",
+    "Mirror": "_formats.catalog",
+    "ModelAlias": "_formats.catalog",
+    "load_catalog": "_formats.catalog",
+    "load_default_catalog": "_formats.catalog",
+    "Clock": "_core.clock",
+    "FakeClock": "_core.clock",
+    "SystemClock": "_core.clock",
     "DoctorConfig": "_doctor",
     "DoctorReport": "_doctor",
     "run_doctor": "_doctor",
-    "EngineConfig": "_engine",
-    "fetch": "_engine",
-    "AlreadyInProgress": "_errors",
-    "BadResponse": "_errors",
-    "CatalogError": "_errors",
-    "DiskFull": "_errors",
-    "DsmirrorError": "_errors",
-    "ImportRejected": "_errors",
-    "InputError": "_errors",
-    "IntegrityError": "_errors",
-    "Interrupted": "_errors",
-    "ManifestError": "_errors",
-    "ManifestMismatch": "_errors",
-    "NoSourceError": "_errors",
-    "PieceMismatch": "_errors",
-    "RateLimited": "_errors",
-    "SourceError": "_errors",
-    "SourceNotFound": "_errors",
-    "SourceUnavailable": "_errors",
-    "Stalled": "_errors",
-    "StorageError": "_errors",
-    "URLExpired": "_errors",
-    "UsageError": "_errors",
-    "VerifyFailed": "_errors",
-    "Event": "_events",
-    "PieceRejected": "_events",
-    "Progress": "_events",
-    "PullFinished": "_events",
-    "PullStarted": "_events",
-    "SourceDropped": "_events",
-    "SourceProgress": "_events",
-    "SourceTrouble": "_events",
-    "FileEntry": "_manifest",
-    "Manifest": "_manifest",
-    "Piece": "_manifest",
-    "create_manifest": "_manifest",
-    "load_manifest": "_manifest",
-    "parse_manifest": "_manifest",
-    "verify_tree": "_manifest",
-    "PullOptions": "_pull",
-    "PullPlan": "_pull",
+    "EngineConfig": "_fetch.engine",
+    "fetch": "_fetch.engine",
+    "AlreadyInProgress": "_core.errors",
+    "BadResponse": "_core.errors",
+    "CatalogError": "_core.errors",
+    "DiskFull": "_core.errors",
+    "DsmirrorError": "_core.errors",
+    "ImportRejected": "_core.errors",
+    "InputError": "_core.errors",
+    "IntegrityError": "_core.errors",
+    "Interrupted": "_core.errors",
+    "ManifestError": "_core.errors",
+    "ManifestMismatch": "_core.errors",
+    "NoSourceError": "_core.errors",
+    "PieceMismatch": "_core.errors",
+    "RateLimited": "_core.errors",
+    "SourceError": "_core.errors",
+    "SourceNotFound": "_core.errors",
+    "SourceUnavailable": "_core.errors",
+    "Stalled": "_core.errors",
+    "StorageError": "_core.errors",
+    "URLExpired": "_core.errors",
+    "UsageError": "_core.errors",
+    "VerifyFailed": "_core.errors",
+    "Event": "_core.events",
+    "PieceRejected": "_core.events",
+    "Progress": "_core.events",
+    "PullFinished": "_core.events",
+    "PullStarted": "_core.events",
+    "SourceDropped": "_core.events",
+    "SourceProgress": "_core.events",
+    "SourceTrouble": "_core.events",
+    "FileEntry": "_formats.manifest",
+    "Manifest": "_formats.manifest",
+    "Piece": "_formats.manifest",
+    "create_manifest": "_formats.manifest",
+    "load_manifest": "_formats.manifest",
+    "parse_manifest": "_formats.manifest",
+    "verify_tree": "_formats.manifest",
+    "PullOptions": "_resolve.plan",
+    "PullPlan": "_resolve.plan",
     "pull": "_pull",
-    "resolve": "_pull",
-    "LocalReuse": "_reuse",
-    "PullDryRun": "_reuse",
-    "Scheduler": "_scheduler",
-    "SchedulerConfig": "_scheduler",
-    "Settings": "_settings",
-    "HttpSource": "_sources",
-    "Source": "_sources",
-    "SourceInfo": "_sources",
-    "Store": "_store",
+    "resolve": "_resolve.resolve",
+    "LocalReuse": "_fetch.reuse",
+    "PullDryRun": "_fetch.reuse",
+    "Scheduler": "_schedule.scheduler",
+    "SchedulerConfig": "_schedule.scheduler",
+    "Settings": "_core.settings",
+    "HttpSource": "_fetch.http",
+    "Source": "_fetch.http",
+    "SourceInfo": "_fetch.http",
+    "Store": "_journal.store",
 }
 
 

@@ -1,5 +1,5 @@
 """``python -m dsmirror``."""
 
-from .cli import main
+from dsmirror.cli import main
 
 main()

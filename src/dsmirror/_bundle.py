@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ._errors import (
+from dsmirror._core.errors import (
     DsmirrorError,
     ImportRejected,
     IntegrityError,
@@ -50,12 +50,12 @@ from ._errors import (
     UsageError,
     VerifyFailed,
 )
-from ._events import Event, Progress, PullFinished, PullStarted
-from ._fsutil import fsync_dir, storage_errors
-from ._manifest import FileEntry, Manifest, hash_file_pieces, parse_manifest
-from ._reuse import blob_dirs, record_manifest, recorded_models, same_path_candidates
-from ._settings import Settings
-from ._store import Store
+from dsmirror._core.events import Event, Progress, PullFinished, PullStarted
+from dsmirror._core.fsutil import fsync_dir, storage_errors
+from dsmirror._core.settings import Settings
+from dsmirror._fetch.reuse import blob_dirs, record_manifest, recorded_models, same_path_candidates
+from dsmirror._formats.manifest import FileEntry, Manifest, hash_file_pieces, parse_manifest
+from dsmirror._journal.store import Store
 
 __all__ = [
     "BundleOpened",
@@ -140,7 +140,7 @@ def export_source(
             f"{ref} is neither a manifest file nor a folder",
             hint="give MANIFEST --from DIR, an installed folder, ollama://name:tag or hf://org/name",
         )
-    from ._manifest import load_manifest
+    from dsmirror._formats.manifest import load_manifest
 
     manifest = load_manifest(path, expected_sha256=manifest_sha256)
     if from_dir is None:
@@ -177,7 +177,7 @@ def _installed_source(folder: Path, pin: str | None) -> ExportSource:
 
 
 def _ollama_source(store: Path, ref: str) -> ExportSource:
-    from ._registries._ollama import parse_ollama_manifest, parse_ollama_name
+    from dsmirror._formats.ollama import parse_ollama_manifest, parse_ollama_name
 
     name = parse_ollama_name(ref)
     mpath = store / name.manifest_path
@@ -199,7 +199,7 @@ def _ollama_source(store: Path, ref: str) -> ExportSource:
             files = {f.path: store / f.path for f in rec.manifest.files}
             return ExportSource(rec.manifest, files, {OLLAMA_SIDECAR: raw}, f"{name.short} in {store}")
     # Installed by Ollama itself: hash the blobs (each must match its name) into a manifest.
-    from ._manifest import DEFAULT_PIECE_SIZE
+    from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE
 
     entries = []
     paths: dict[str, Path] = {}
@@ -226,9 +226,9 @@ def _ollama_source(store: Path, ref: str) -> ExportSource:
 
 
 def _hf_source(cache: Path, ref: str) -> ExportSource:
-    from ._install import hf_repo_folder
-    from ._manifest import DEFAULT_PIECE_SIZE
-    from ._refs import parse_ref
+    from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE
+    from dsmirror._install.install import hf_repo_folder
+    from dsmirror._resolve.ref import parse_ref
 
     r = parse_ref(ref)
     assert r.repo is not None
@@ -434,7 +434,7 @@ def _target(
         if raw is not None and settings is not None:
             after = _ollama_after(settings, d, manifest, raw, origin, "dir")
         elif settings is not None:
-            from ._install import record_after_install
+            from dsmirror._install.install import record_after_install
 
             after = record_after_install(settings, origin, "dir", manifest)
         return _Target(manifest, d, identity, after)
@@ -456,7 +456,7 @@ def _target(
 
 
 def _check_ollama_sidecar(manifest: Manifest, raw: bytes, origin: str) -> None:
-    from ._registries._ollama import parse_ollama_manifest
+    from dsmirror._formats.ollama import parse_ollama_manifest
 
     want = manifest.meta.get("manifest_sha256")
     got = hashlib.sha256(raw).hexdigest()
@@ -478,8 +478,8 @@ def _check_ollama_sidecar(manifest: Manifest, raw: bytes, origin: str) -> None:
 def _ollama_after(
     settings: Settings | None, dest: Path, manifest: Manifest, raw: bytes, origin: str, fmt: str
 ) -> Callable[[Store], None]:
-    from ._install import ollama_after_install
-    from ._registries._ollama import parse_ollama_name
+    from dsmirror._formats.ollama import parse_ollama_name
+    from dsmirror._install.install import ollama_after_install
 
     model = str(manifest.meta.get("model", ""))
     name = parse_ollama_name(model)
@@ -489,7 +489,7 @@ def _ollama_after(
 
 
 def _hf_target(manifest: Manifest, dest: Path | None, settings: Settings | None, origin: str) -> _Target:
-    from ._install import hf_after_install, hf_repo_folder
+    from dsmirror._install.install import hf_after_install, hf_repo_folder
 
     meta = manifest.meta
     repo, commit = meta.get("repo"), meta.get("commit")
@@ -900,7 +900,7 @@ def import_folder(
 
 def _ollama_manifest_in(folder: Path, manifest: Manifest) -> bytes | None:
     """The Ollama manifest of an Ollama-sourced model, if ``folder`` is (a copy of) an Ollama store."""
-    from ._registries._ollama import parse_ollama_name
+    from dsmirror._formats.ollama import parse_ollama_name
 
     model = manifest.meta.get("model")
     if not isinstance(model, str):

@@ -14,18 +14,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ._catalog import Catalog, Mirror
-from ._events import Event
-from ._manifest import create_manifest, verify_tree
-from ._pull import PullOptions, pull
-from ._settings import Settings
+from dsmirror._core.events import Event
+from dsmirror._core.settings import Settings
+from dsmirror._formats.catalog import Catalog, Mirror
+from dsmirror._formats.manifest import create_manifest, verify_tree
+from dsmirror._pull import PullOptions, pull
 
 __all__ = ["demo"]
 
 
 @contextlib.contextmanager
 def demo_mirrors(size: int, workdir: Path) -> Iterator[tuple[Path, Catalog]]:
-    from .testing import Faults, MirrorServer, write_random_tree
+    from dsmirror.testing import Faults, MirrorServer, write_random_tree
 
     model = workdir / "published" / "demo-model"
     shard = max(1, size // 3)
@@ -73,7 +73,7 @@ def demo(size: int = 256 << 20, keep: Path | None = None) -> Iterator[Event]:
             dest = keep or workdir / "downloaded"
             opts = PullOptions(dest=dest, give_up_after=30)
             yield from pull(str(mpath), catalog=catalog, settings=Settings.from_env(), options=opts)
-            from ._manifest import load_manifest
+            from dsmirror._formats.manifest import load_manifest
 
             report = verify_tree(load_manifest(mpath), dest)
             if not report.ok:  # pragma: no cover - would be a bug worth shouting about

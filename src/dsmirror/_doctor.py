@@ -41,10 +41,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ._catalog import Catalog, Mirror
-from ._errors import DsmirrorError
-from ._settings import Settings
-from ._units import format_bytes, format_rate
+from dsmirror._core.errors import DsmirrorError
+from dsmirror._core.settings import Settings
+from dsmirror._core.units import format_bytes, format_rate
+from dsmirror._formats.catalog import Catalog, Mirror
 
 __all__ = ["DoctorConfig", "DoctorReport", "MirrorCheck", "advise", "run_doctor"]
 
@@ -452,7 +452,7 @@ def check_store(what: str, path: Path) -> StoreCheck:
 
 def check_torrent(listen: str | None, lsd: bool, dht: bool) -> TorrentCheck:
     """Whether the BitTorrent listen port can be bound (TCP and UDP); LSD/DHT as configured."""
-    from ._swarm_types import parse_endpoint
+    from dsmirror._fetch.swarm.config import parse_endpoint
 
     text = listen or "0.0.0.0:6881"
     host, port = parse_endpoint(text)
@@ -497,9 +497,10 @@ def run_doctor(
     ``listen``, ``lsd`` and ``dht`` are the BitTorrent settings a pull would use (the swarm's
     defaults when not given).
     """
-    from ._pull import PullOptions, resolve
-    from ._sources import HttpSource
-    from ._swarm_types import SwarmConfig
+    from dsmirror._fetch.http import HttpSource
+    from dsmirror._fetch.swarm.config import SwarmConfig
+    from dsmirror._resolve.plan import PullOptions
+    from dsmirror._resolve.resolve import resolve
 
     swarm = SwarmConfig()
 

@@ -50,8 +50,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from dsmirror._errors import InputError
-from dsmirror._manifest import Manifest
+from dsmirror._core.errors import InputError
+from dsmirror._formats.manifest import Manifest
+from dsmirror._formats.paths import check_repo_path
+from dsmirror._formats.private import PrivateArea
 
 __all__ = [
     "LFS_MIN_SIZE",
@@ -86,22 +88,6 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _OLLAMA_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _OLLAMA_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?")
 _HF_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def check_repo_path(path: str) -> str:
-    """Return ``path`` if it is a safe repo-relative posix path, else raise ``ValueError``.
-
-    Safe means: not empty, not absolute, no empty / ``.`` / ``..`` component, no backslash,
-    no NUL or other control character. Used both when indexing and on every URL-supplied path.
-    """
-    if not path or path.startswith("/"):
-        raise ValueError(f"not a relative path: {path!r}")
-    if "\\" in path or any(ord(ch) < 0x20 or ch == "\x7f" for ch in path):
-        raise ValueError(f"unsafe character in path: {path!r}")
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise ValueError(f"unsafe component in path: {path!r}")
-    return path
 
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
@@ -346,7 +332,7 @@ def index_manifest_folder(
     root = Path(folder).resolve()
     digests = digests or DigestCache()
     record: dict[str, Any] = {}
-    installed = root / ".dsmirror" / "installed" / f"{manifest.sha256}.json"
+    installed = PrivateArea(root).install_record(manifest.sha256)
     try:
         loaded = json.loads(installed.read_bytes())
         if isinstance(loaded, dict):

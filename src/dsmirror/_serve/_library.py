@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from dsmirror._errors import DsmirrorError
-from dsmirror._manifest import Manifest
+from dsmirror._core.errors import DsmirrorError
+from dsmirror._formats.manifest import Manifest
 from dsmirror._serve._index import (
     DigestCache,
     ManifestFolder,

@@ -59,13 +59,17 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from dsmirror._catalog import Catalog, Mirror
-from dsmirror._engine import EngineConfig, fetch
-from dsmirror._errors import AlreadyInProgress, DsmirrorError, IntegrityError, NoSourceError, SourceError
-from dsmirror._fsutil import atomic_write_bytes, fsync_dir
-from dsmirror._manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, Piece
-from dsmirror._pull import PullOptions, source_info
-from dsmirror._scheduler import SchedulerConfig
+from dsmirror._core.errors import AlreadyInProgress, DsmirrorError, IntegrityError, NoSourceError, SourceError
+from dsmirror._core.fsutil import atomic_write_bytes, fsync_dir
+from dsmirror._fetch.engine import EngineConfig, fetch
+from dsmirror._fetch.http import USER_AGENT, HttpSource
+from dsmirror._fetch.source import Source
+from dsmirror._formats.catalog import Catalog, Mirror, plain_url_for
+from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, Piece
+from dsmirror._journal.store import Store
+from dsmirror._resolve.plan import PullOptions, source_info
+from dsmirror._schedule.info import SourceInfo
+from dsmirror._schedule.scheduler import SchedulerConfig
 from dsmirror._serve._index import (
     DigestCache,
     HfRepo,
@@ -74,8 +78,6 @@ from dsmirror._serve._index import (
     ServedFile,
     parse_ollama_manifest,
 )
-from dsmirror._sources import USER_AGENT, HttpSource, Source, SourceInfo, plain_url_for
-from dsmirror._store import Store
 
 __all__ = ["PullJob", "PullThrough", "Upstream"]
 

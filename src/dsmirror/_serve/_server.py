@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from dsmirror._engine import EngineConfig
-from dsmirror._manifest import DEFAULT_PIECE_SIZE
+from dsmirror._fetch.engine import EngineConfig
+from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE
 from dsmirror._serve._app import make_app
 from dsmirror._serve._library import Library, ServeRoots
 from dsmirror._serve._pullthrough import PullThrough, Upstream
 
 if TYPE_CHECKING:
-    from dsmirror._swarm import SeedTarget, SwarmConfig
+    from dsmirror._fetch.swarm.swarm import SeedTarget, SwarmConfig
 
 __all__ = ["ServeConfig", "build_app", "serve"]
 
@@ -135,9 +135,9 @@ def build_app(config: ServeConfig) -> tuple[web.Application, Library]:
 
 def _seed_targets(library: Library) -> list[SeedTarget]:
     """The torrents of what ``library`` serves (see the module docstring)."""
-    from dsmirror._errors import DsmirrorError
-    from dsmirror._swarm import SeedTarget, seed_targets_in
-    from dsmirror._torrent import create_torrent
+    from dsmirror._core.errors import DsmirrorError
+    from dsmirror._fetch.swarm.swarm import SeedTarget, seed_targets_in
+    from dsmirror._fetch.swarm.torrent import create_torrent
 
     targets: list[SeedTarget] = []
     roots = library.roots
@@ -165,7 +165,7 @@ def _seed_targets(library: Library) -> list[SeedTarget]:
 
 
 def _run_seeder(targets: list[SeedTarget], config: SwarmConfig, stop: threading.Event) -> None:
-    from dsmirror._swarm import SeedingStarted, seed
+    from dsmirror._fetch.swarm.swarm import SeedingStarted, seed
 
     try:
         for event in seed(targets, config, stop=stop):

@@ -16,13 +16,13 @@ from types import FrameType
 
 from rich.text import Text
 
-from .._errors import DsmirrorError, Interrupted
-from ._app import app, err_console
+from dsmirror._core.errors import DsmirrorError, Interrupted
+from dsmirror.cli._app import app, err_console
 
 __all__ = ["app", "main"]
 
 # Importing the command modules registers them on ``app``.
-from . import (  # noqa: F401
+from dsmirror.cli import (  # noqa: F401
     _bundle_cmd,
     _demo_cmd,
     _doctor_cmd,

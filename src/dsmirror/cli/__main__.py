@@ -1,5 +1,5 @@
 """``python -m dsmirror.cli``."""
 
-from . import main
+from dsmirror.cli import main
 
 main()

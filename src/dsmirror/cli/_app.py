@@ -33,8 +33,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON event per 
 
 
 def load_catalog_from_options(mirrors: list[Path] | None, no_default: bool):  # type: ignore[no-untyped-def]
-    from .._catalog import load_default_catalog
-    from .._settings import Settings
+    from dsmirror._core.settings import Settings
+    from dsmirror._formats.catalog import load_default_catalog
 
     settings = Settings.from_env()
     return settings, load_default_catalog(settings.env, list(mirrors or ()), replace=no_default)

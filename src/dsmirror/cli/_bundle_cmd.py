@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .._errors import ManifestMismatch, UsageError
-from .._events import Event, PullFinished
-from .._events import Progress as ProgressEvent
-from .._manifest import load_manifest
-from .._units import format_bytes
-from ._app import (
+from dsmirror._core.errors import ManifestMismatch, UsageError
+from dsmirror._core.events import Event, PullFinished
+from dsmirror._core.events import Progress as ProgressEvent
+from dsmirror._core.units import format_bytes
+from dsmirror._formats.manifest import load_manifest
+from dsmirror.cli._app import (
     JsonOpt,
     MirrorsOpt,
     NoDefaultCatalogOpt,
@@ -23,7 +23,7 @@ from ._app import (
     err_console,
     load_catalog_from_options,
 )
-from ._render import render_json
+from dsmirror.cli._render import render_json
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -71,7 +71,7 @@ def export_cmd(
     manifest_sha256: ManifestShaOpt = None,
 ) -> None:
     """Write one plain tar bundle (manifest first, then the files) for an offline machine."""
-    from .._bundle import export_source, write_bundle, write_bundle_file
+    from dsmirror._bundle import export_source, write_bundle, write_bundle_file
 
     settings, _ = load_catalog_from_options(None, True)
     src = export_source(ref, from_dir=from_dir, manifest_sha256=manifest_sha256, settings=settings)
@@ -134,7 +134,7 @@ def import_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Verify every piece of a bundle (or folder) against its manifest, then install it atomically."""
-    from .._bundle import catalog_pins, export_source, folder_manifest, import_bundle, import_folder
+    from dsmirror._bundle import catalog_pins, export_source, folder_manifest, import_bundle, import_folder
 
     settings, catalog = load_catalog_from_options(mirrors, no_default_catalog)
     pin = manifest_sha256.lower() if manifest_sha256 else None
@@ -216,7 +216,7 @@ def import_cmd(
 
 
 def _run(events: Iterable[Event], json_out: bool) -> None:
-    from .._bundle import BundleOpened
+    from dsmirror._bundle import BundleOpened
 
     if json_out:
         render_json(events)

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from .._units import parse_size
-from ._app import JsonOpt, app, console
-from ._render import render_human, render_json
+from dsmirror._core.units import parse_size
+from dsmirror.cli._app import JsonOpt, app, console
+from dsmirror.cli._render import render_human, render_json
 
 
 @app.command("demo")
@@ -19,7 +19,7 @@ def demo_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Pull a generated model from local mirrors (fast, slow, corrupting) on 127.0.0.x, end to end."""
-    from .._demo import demo
+    from dsmirror._demo import demo
 
     console.print(
         "[bold]dsmirror demo[/]: three local mirrors on 127.0.0.1-3 (fast, slow and far, corrupting); "

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from .._units import format_bytes, format_rate, parse_size
-from ._app import MirrorsOpt, NoDefaultCatalogOpt, app, console, load_catalog_from_options
+from dsmirror._core.units import format_bytes, format_rate, parse_size
+from dsmirror.cli._app import MirrorsOpt, NoDefaultCatalogOpt, app, console, load_catalog_from_options
 
 if TYPE_CHECKING:
-    from .._doctor import DoctorReport, MirrorCheck
+    from dsmirror._doctor import DoctorReport, MirrorCheck
 
 
 @app.command("doctor")
@@ -41,7 +41,7 @@ def doctor_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
 ) -> None:
     """Diagnose downloads from here: DNS, TCP, TLS, HTTP, speed per mirror; proxy, clock, disk, stores."""
-    from .._doctor import DoctorConfig, run_doctor  # httpx, ssl, statistics...: only for this command
+    from dsmirror._doctor import DoctorConfig, run_doctor  # httpx, ssl, statistics...: only for this command
 
     settings, catalog = load_catalog_from_options(mirrors, no_default_catalog)
     cfg = DoctorConfig(sample_bytes=parse_size(sample), sample_seconds=sample_seconds, deadline=timeout)

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.table import Table
 
-from .._events import Event
-from .._reuse import PullDryRun
-from .._units import format_bytes
+from dsmirror._core.events import Event
+from dsmirror._core.units import format_bytes
+from dsmirror._fetch.reuse import PullDryRun
 
 
 def render_dry_run(events: Iterable[Event], console: Console) -> None:

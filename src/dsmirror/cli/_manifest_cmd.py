@@ -8,13 +8,13 @@ from typing import Annotated
 
 import typer
 
-from .._catalog import Catalog, load_catalog
-from .._errors import UsageError
-from .._fsutil import atomic_write_bytes
-from .._manifest import create_manifest, load_manifest
-from .._units import format_bytes, parse_size
-from ._app import app, console
-from ._torrent_cmd import TorrentFormatOpt, make_torrent
+from dsmirror._core.errors import UsageError
+from dsmirror._core.fsutil import atomic_write_bytes
+from dsmirror._core.units import format_bytes, parse_size
+from dsmirror._formats.catalog import Catalog, load_catalog
+from dsmirror._formats.manifest import create_manifest, load_manifest
+from dsmirror.cli._app import app, console
+from dsmirror.cli._torrent_cmd import TorrentFormatOpt, make_torrent
 
 manifest_app = typer.Typer(help="Create, inspect and export piece manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
@@ -79,7 +79,7 @@ def export(
     ] = False,
 ) -> None:
     """Export a manifest for other clients: its pieces, digests and mirror URLs."""
-    from .._metalink import to_meta4
+    from dsmirror._formats.metalink import to_meta4
 
     if not meta4:
         raise UsageError(

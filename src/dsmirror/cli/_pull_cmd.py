@@ -7,12 +7,19 @@ from typing import Annotated
 
 import typer
 
-from .._pull import PullOptions, pull
-from .._units import parse_size
-from ._app import JsonOpt, MirrorsOpt, NoDefaultCatalogOpt, app, console, load_catalog_from_options
-from ._dry_run import render_dry_run
-from ._render import print_notes, render_human, render_json
-from ._seed_cmd import DhtOpt, ListenOpt, LsdOpt, PeerOpt, SeedSplit, render_seed, swarm_config
+from dsmirror._core.units import parse_size
+from dsmirror._pull import PullOptions, pull
+from dsmirror.cli._app import (
+    JsonOpt,
+    MirrorsOpt,
+    NoDefaultCatalogOpt,
+    app,
+    console,
+    load_catalog_from_options,
+)
+from dsmirror.cli._dry_run import render_dry_run
+from dsmirror.cli._render import print_notes, render_human, render_json
+from dsmirror.cli._seed_cmd import DhtOpt, ListenOpt, LsdOpt, PeerOpt, SeedSplit, render_seed, swarm_config
 
 
 @app.command("pull")

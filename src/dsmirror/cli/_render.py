@@ -13,7 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .._events import (
+from dsmirror._core.events import (
     Event,
     PieceRejected,
     PlanNotes,
@@ -24,7 +24,7 @@ from .._events import (
     SourceTrouble,
     event_to_dict,
 )
-from .._units import format_bytes, format_rate
+from dsmirror._core.units import format_bytes, format_rate
 
 
 def render_json(events: Iterable[Event]) -> PullFinished | None:

@@ -15,16 +15,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .._errors import Interrupted, UsageError
-from .._events import Event, event_to_dict
-from .._manifest import load_manifest
-from .._swarm_types import SeedingStarted, SeedingStopped, SeedStatus, SwarmConfig
-from .._units import format_bytes, format_rate, parse_size
-from ._app import JsonOpt, app, console, err_console
-from ._torrent_cmd import TorrentFormatOpt
+from dsmirror._core.errors import Interrupted, UsageError
+from dsmirror._core.events import Event, event_to_dict
+from dsmirror._core.units import format_bytes, format_rate, parse_size
+from dsmirror._fetch.swarm.config import SeedingStarted, SeedingStopped, SeedStatus, SwarmConfig
+from dsmirror._formats.manifest import load_manifest
+from dsmirror.cli._app import JsonOpt, app, console, err_console
+from dsmirror.cli._torrent_cmd import TorrentFormatOpt
 
 if TYPE_CHECKING:
-    from .._swarm import SeedTarget
+    from dsmirror._fetch.swarm.swarm import SeedTarget
 
 # ``.._swarm`` and ``.._torrent`` load libtorrent: imported by the code that seeds, so that ``pull``
 # (which shares this module's options and rendering) does not load it unless it joins a swarm.
@@ -76,10 +76,15 @@ def _is_store_ref(item: str) -> bool:
 
 
 def _targets(items: list[str], source: Path | None, torrent: Path | None, fmt: str) -> list[SeedTarget]:
-    from .._install import find_store_model
-    from .._settings import Settings
-    from .._swarm import SeedTarget, seed_targets_in, store_seed_target, torrent_record_path
-    from .._torrent import TORRENT_FORMATS, check_torrent, create_torrent, load_torrent
+    from dsmirror._core.settings import Settings
+    from dsmirror._fetch.swarm.swarm import (
+        SeedTarget,
+        seed_targets_in,
+        store_seed_target,
+        torrent_record_path,
+    )
+    from dsmirror._fetch.swarm.torrent import TORRENT_FORMATS, check_torrent, create_torrent, load_torrent
+    from dsmirror._install.install import find_store_model
 
     if fmt not in TORRENT_FORMATS:
         raise UsageError(f"--torrent-format must be one of {', '.join(TORRENT_FORMATS)}")
@@ -167,7 +172,7 @@ def seed_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Seed installed models where they are (no copy) until Ctrl-C or SIGTERM."""
-    from .._swarm import seed
+    from dsmirror._fetch.swarm.swarm import seed
 
     cfg = swarm_config(
         listen=listen, peers=peer, lsd=lsd, dht=dht, upload_rate=upload_rate, max_peers=max_peers

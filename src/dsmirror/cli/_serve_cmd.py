@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .._errors import UsageError
-from ._app import MirrorsOpt, NoDefaultCatalogOpt, app, err_console
+from dsmirror._core.errors import UsageError
+from dsmirror.cli._app import MirrorsOpt, NoDefaultCatalogOpt, app, err_console
 
 if TYPE_CHECKING:
-    from .._swarm_types import SwarmConfig
+    from dsmirror._fetch.swarm.config import SwarmConfig
 
 
 def _parse_folder(spec: str) -> tuple[Path, Path]:
@@ -24,7 +24,7 @@ def _parse_folder(spec: str) -> tuple[Path, Path]:
 
 
 def _swarm_config(listen: str | None) -> SwarmConfig:
-    from .._swarm_types import SwarmConfig
+    from dsmirror._fetch.swarm.config import SwarmConfig
 
     return SwarmConfig(listen=listen, seed=True)
 
@@ -71,9 +71,9 @@ def serve_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
 ) -> None:
     """Serve installed models over the Hugging Face, Ollama and dsmirror protocols (read-only)."""
-    from .._manifest import load_manifest
-    from .._serve import ServeConfig, ServeRoots, Upstream, serve
-    from ._app import load_catalog_from_options
+    from dsmirror._formats.manifest import load_manifest
+    from dsmirror._serve import ServeConfig, ServeRoots, Upstream, serve
+    from dsmirror.cli._app import load_catalog_from_options
 
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,

@@ -9,11 +9,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .._pull import PullOptions, resolve
-from .._resolver import Experience, probe_sources, rank
-from .._sources import Source
-from .._units import format_rate
-from ._app import JsonOpt, MirrorsOpt, NoDefaultCatalogOpt, app, console, load_catalog_from_options
+from dsmirror._core.units import format_rate
+from dsmirror._fetch.source import Source
+from dsmirror._rank.probe import Experience, probe_sources, rank
+from dsmirror._resolve.plan import PullOptions
+from dsmirror._resolve.resolve import resolve
+from dsmirror.cli._app import (
+    JsonOpt,
+    MirrorsOpt,
+    NoDefaultCatalogOpt,
+    app,
+    console,
+    load_catalog_from_options,
+)
 
 
 @app.command("sources")

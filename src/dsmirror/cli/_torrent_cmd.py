@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .._manifest import Manifest, load_manifest
-from .._units import format_bytes
-from ._app import app, console
+from dsmirror._core.units import format_bytes
+from dsmirror._formats.manifest import Manifest, load_manifest
+from dsmirror.cli._app import app, console
 
 if TYPE_CHECKING:
-    from .._torrent import Torrent
+    from dsmirror._fetch.swarm.torrent import Torrent
 
 # ``.._torrent`` loads libtorrent: it is imported by the commands that use it, not at start-up.
 
@@ -33,7 +33,7 @@ def make_torrent(
     manifest: Manifest, folder: Path, output: Path, torrent_format: str, *, verify: bool, trackers: list[str]
 ) -> tuple[Manifest, Torrent]:
     """Write the torrent of ``manifest`` and return the manifest recording its info-hashes."""
-    from .._torrent import create_torrent, with_torrent_hashes
+    from dsmirror._fetch.swarm.torrent import create_torrent, with_torrent_hashes
 
     t = create_torrent(manifest, folder, format=torrent_format, verify=verify, trackers=trackers)
     t.write(output)
@@ -65,10 +65,10 @@ def create(
     ] = False,
 ) -> None:
     """Make a torrent whose pieces are exactly the manifest's pieces, and print its magnet link."""
-    from .._torrent import TORRENT_FORMATS
+    from dsmirror._fetch.swarm.torrent import TORRENT_FORMATS
 
     if torrent_format not in TORRENT_FORMATS:
-        from .._errors import UsageError
+        from dsmirror._core.errors import UsageError
 
         raise UsageError(f"--torrent-format must be one of {', '.join(TORRENT_FORMATS)}")
     m = load_manifest(manifest)
@@ -83,7 +83,7 @@ def create(
 @torrent_app.command("show")
 def show(torrent: Annotated[Path, typer.Argument(help="A .torrent file.")]) -> None:
     """Print a torrent's info-hashes, magnet link and files."""
-    from .._torrent import load_torrent
+    from dsmirror._fetch.swarm.torrent import load_torrent
 
     t = load_torrent(torrent)
     for label, value in (
@@ -106,7 +106,7 @@ def check(
     manifest: Annotated[Path, typer.Argument(help="The manifest it should carry.")],
 ) -> None:
     """Check that a torrent carries a manifest's pieces (same piece size, file-aligned; pinned hashes)."""
-    from .._torrent import check_torrent, load_torrent
+    from dsmirror._fetch.swarm.torrent import check_torrent, load_torrent
 
     t = load_torrent(torrent)
     m = load_manifest(manifest)

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from .._errors import VerifyFailed
-from .._manifest import load_manifest, verify_tree
-from .._units import format_bytes
-from ._app import app, console
+from dsmirror._core.errors import VerifyFailed
+from dsmirror._core.units import format_bytes
+from dsmirror._formats.manifest import load_manifest, verify_tree
+from dsmirror.cli._app import app, console
 
 
 @app.command("verify")

@@ -1,0 +1,682 @@
+"""The fetch engine: connections that carry out the scheduler's decisions into the store.
+
+One thread per connection (``SourceInfo.max_connections`` per source, shared per host, bounded by a
+global limit: ``plan_connections``).
+A thread asks the scheduler for a span, streams it with one Range request, hashes every piece as its
+bytes arrive, writes them with pwrite(2), and reports each verified piece. Threads, not asyncio,
+because the heavy steps — socket reads, SHA-256, pwrite — release the GIL, so two cores really run
+two streams (measured: ~300 MB/s over loopback with 1 MiB reads).
+
+Why racers buffer: two copies of a piece may be in flight in the tail race. The owner streams to
+disk; a racer keeps its copy in memory and writes it only after it verified, under the piece's lock,
+and the owner checks under the same lock before each write that the piece is not done yet. So a
+losing or corrupt copy can never overwrite good bytes on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from dsmirror._core.clock import Clock, SystemClock
+from dsmirror._core.errors import (
+    IntegrityError,
+    Interrupted,
+    PieceMismatch,
+    SourceError,
+    SourceUnavailable,
+    StorageError,
+)
+from dsmirror._core.events import (
+    Event,
+    PieceRejected,
+    Progress,
+    PullFinished,
+    PullStarted,
+    SourceDropped,
+    SourceProgress,
+    SourceTrouble,
+)
+from dsmirror._fetch.source import Source
+from dsmirror._formats.manifest import Manifest, Piece
+from dsmirror._journal.store import Store
+from dsmirror._schedule.info import SourceInfo
+from dsmirror._schedule.scheduler import Assignment, Scheduler, SchedulerConfig
+
+__all__ = ["EngineConfig", "RateLimiter", "SwarmSource", "fetch", "plan_connections"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_connections: int = 32  # global, across sources
+    commit_interval: float = 0.5  # seconds between durability points
+    progress_interval: float = 0.25
+    max_rate: float | None = None  # bytes/s, --max-rate
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+class RateLimiter:
+    """A token bucket shared by all connections (``--max-rate``)."""
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.burst = max(rate / 10, 256 << 10)
+        self._tokens = self.burst
+        self._at = clock.now()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            now = self.clock.now()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            self._tokens -= n
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self.clock.sleep(wait)
+
+
+class _Stop(Exception):
+    pass
+
+
+@runtime_checkable
+class SwarmSource(Protocol):
+    """A source that is handed whole pieces and reports them back (a BitTorrent swarm).
+
+    ``run`` is called once, in its own thread, with the engine as context; it loops until
+    ``ctx.stop`` is set or ``ctx.sched.finished()``: it takes work with ``ctx.sched.acquire(name)``,
+    and for every piece it obtains it must call ``ctx.deliver(assignment, piece, data)`` (which
+    verifies the bytes against the manifest, stores them and tells the scheduler), then
+    ``ctx.sched.release(assignment, error)`` when an assignment ends. ``piece_available`` is called
+    for every piece verified from any source (so the swarm can serve it to peers at once).
+    """
+
+    info: SourceInfo
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self, ctx: _Engine) -> None: ...
+
+    def piece_available(self, piece: Piece, data: bytes | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def plan_connections(infos: Sequence[SourceInfo], limit: int) -> list[str]:
+    """The source of each connection (worker thread) of a pull.
+
+    Up to each source's ``max_connections``; up to the largest of those per host, since sources
+    on one host share its limit (aria2's limit is per server too); up to ``limit`` in all. Handed
+    out round-robin, so every source gets its first connection before any gets its second.
+    """
+    host_cap: dict[str, int] = {}
+    for info in infos:
+        host_cap[info.host] = max(host_cap.get(info.host, 0), info.max_connections)
+    used = dict.fromkeys(host_cap, 0)
+    out: list[str] = []
+    for round_ in range(max((i.max_connections for i in infos), default=0)):
+        for info in infos:
+            if round_ < info.max_connections and len(out) < limit and used[info.host] < host_cap[info.host]:
+                out.append(info.name)
+                used[info.host] += 1
+    return out
+
+
+class _Engine:
+    def __init__(
+        self,
+        manifest: Manifest,
+        sources: Sequence[Source | SwarmSource],
+        store: Store,
+        config: EngineConfig,
+        clock: Clock,
+    ) -> None:
+        self.m = manifest
+        self.sources: dict[str, Source] = {s.name: s for s in sources if isinstance(s, Source)}
+        self.swarms: dict[str, SwarmSource] = {s.name: s for s in sources if not isinstance(s, Source)}
+        self.store = store
+        self.cfg = config
+        self.clock = clock
+        self.sched = Scheduler(manifest, store._done, [s.info for s in sources], clock, config.scheduler)
+        self.limiter = RateLimiter(config.max_rate, clock) if config.max_rate else None
+        self.stop = threading.Event()
+        self.fatal: BaseException | None = None
+        self.events: list[Event] = []
+        self._events_lock = threading.Lock()
+        self._piece_locks = [threading.Lock() for _ in range(64)]
+        self._partials: dict[int, tuple[int, hashlib._Hash, frozenset[str]]] = {}
+        self._partials_lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self._dropped: set[str] = set()
+        self.repair = Repair(self)
+        for src in self.sources.values():
+            for fi, f in enumerate(manifest.files):
+                if not src.has_file(f):
+                    self.sched.source(src.name).missing_files.add(fi)
+
+    def emit(self, ev: Event) -> None:
+        with self._events_lock:
+            self.events.append(ev)
+
+    def drain(self) -> list[Event]:
+        with self._events_lock:
+            evs, self.events = self.events, []
+        return evs
+
+    # -- connections ---------------------------------------------------------------------------
+    def start(self) -> None:
+        names = plan_connections([s.info for s in self.sources.values()], self.cfg.max_connections)
+        for k, name in enumerate(names):
+            s = self.sources[name]
+            t = threading.Thread(target=self._worker, args=(s,), name=f"dsmirror-{name}-{k}", daemon=True)
+            self.threads.append(t)
+        for sw in self.swarms.values():
+            self.threads.append(
+                threading.Thread(target=self._swarm_main, args=(sw,), name=f"dsmirror-{sw.name}", daemon=True)
+            )
+        for t in self.threads:
+            t.start()
+
+    def _swarm_main(self, sw: SwarmSource) -> None:
+        try:
+            sw.run(self)
+        except BaseException as exc:
+            if self.fatal is None:
+                self.fatal = exc
+            self.stop.set()
+
+    def deliver(self, a: Assignment, piece: Piece, data: bytes, source: str) -> bool:
+        """A swarm delivers a whole piece: verify, store, report. Returns whether to go on with ``a``.
+
+        Raises PieceMismatch (after blaming the source) if the bytes do not match the manifest.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        self.sched.progress(a, len(data))
+        self._complete(a, piece, digest, bytearray(data), source)
+        return self.sched.piece_verified(a, piece.index)
+
+    def _announce(self, piece: Piece, data: bytes | None) -> None:
+        for sw in self.swarms.values():
+            sw.piece_available(piece, data)
+
+    def _worker(self, src: Source) -> None:
+        try:
+            while not self.stop.is_set():
+                got = self.sched.acquire(src.name)
+                if got is None:
+                    return
+                if isinstance(got, float):
+                    self.stop.wait(min(got, 1.0))
+                    continue
+                self._run(src, got)
+        except BaseException as exc:  # a bug or a local storage error: stop the pull
+            if self.fatal is None:
+                self.fatal = exc
+            self.stop.set()
+
+    def _run(self, src: Source, a: Assignment) -> None:
+        was_banned = self.sched.source(src.name).banned
+        try:
+            self._fetch(src, a)
+        except PieceMismatch as exc:
+            self.emit(PieceRejected(exc.source or src.name, exc.piece, exc.path, str(exc)))
+            self.sched.release(a, exc)
+        except SourceError as exc:
+            self.sched.release(a, exc)
+            if not a.cancelled:
+                st = self.sched.source(src.name)
+                self.emit(SourceTrouble(src.name, str(exc), max(0.0, st.paused_until - self.clock.now())))
+        except _Stop:
+            self.sched.release(a)
+        except StorageError:
+            self.sched.release(a)
+            raise
+        except Exception as exc:
+            self.sched.release(a, exc)
+            raise
+        else:
+            self.sched.release(a)
+        banned = self.sched.source(src.name).banned
+        if banned and not was_banned:
+            with self._events_lock:
+                if src.name in self._dropped:
+                    return
+                self._dropped.add(src.name)
+            self.emit(SourceDropped(src.name, banned))
+
+    def _fetch(self, src: Source, a: Assignment) -> None:
+        if a.split_at:
+            self._fetch_split(src, a)
+            return
+        m = self.m
+        f = m.files[a.file_index]
+        idx = a.next_piece
+        last = m.pieces[a.end - 1]
+        piece = m.pieces[idx]
+        end = last.offset + last.length - 1
+        h = hashlib.sha256()
+        pos = 0
+        buf = bytearray() if a.race else None
+        sources = frozenset((src.name,))  # who sent the bytes of the current piece
+        if buf is None and (got := self._take_partial(piece)) is not None:
+            pos, h, earlier = got  # continue where a dropped connection stopped
+            sources |= earlier
+            self.sched.resumed(a, pos)
+        try:
+            with src.open_range(f, piece.offset + pos, end) as chunks:
+                for chunk in chunks:
+                    if self.stop.is_set():
+                        raise _Stop
+                    mv = memoryview(chunk)
+                    while mv:
+                        if not self.sched.wanted(a):
+                            return  # cut short (stolen, lost a race, replaced): drop the response
+                        at_cut = a.cut is not None and pos >= a.cut
+                        if at_cut and self._join_helper(a, piece, pos, h, sources, src.name):
+                            return  # the rest came from its helper; the stream is dropped
+                        take = min(len(mv), piece.length - pos)
+                        part = mv[:take]
+                        h.update(part)
+                        if buf is not None:
+                            buf += part
+                        else:
+                            self._write_owned(piece, pos, part)
+                        if self.limiter:
+                            self.limiter.take(take)
+                        self.sched.progress(a, take)
+                        pos += take
+                        mv = mv[take:]
+                        if pos == piece.length:
+                            digest = h.hexdigest()
+                            if len(sources) > 1 and digest != piece.sha256:
+                                self._mixed_failed(a, piece, digest, sources)
+                            self._complete(a, piece, digest, buf, src.name)
+                            if not self.sched.piece_verified(a, piece.index):
+                                return
+                            piece = m.pieces[piece.index + 1]
+                            pos = 0
+                            h = hashlib.sha256()
+                            sources = frozenset((src.name,))
+                            if buf is not None:
+                                buf = bytearray()
+        finally:
+            if buf is None and 0 < pos < piece.length:
+                self._stash_partial(piece, pos, h, sources)
+        if a.next_piece < a.end:
+            raise SourceUnavailable("response ended early", source=src.name)
+
+    def _take_partial(self, piece: Piece) -> tuple[int, hashlib._Hash, frozenset[str]] | None:
+        """The verified-so-far front of ``piece`` a dropped connection left (see _stash_partial)."""
+        with self._partials_lock:
+            got = self._partials.pop(piece.index, None)
+        if got is None or self.store.is_done(piece.index) or not self.sched.may_mix(piece.index):
+            return None
+        return got
+
+    def _stash_partial(self, piece: Piece, pos: int, h: hashlib._Hash, sources: frozenset[str]) -> None:
+        """A connection stops inside ``piece`` (replaced, reset, stolen): keep its ``pos`` bytes.
+
+        They are on disk and in ``h``, so the next connection to fetch the piece starts at
+        ``pos`` instead of 0: a reset or replaced connection loses only the bytes in flight, not
+        up to a whole piece. Only for pieces with their own hash: a copy made by two sources that
+        fails is fetched again whole, without blaming either (``_mixed_failed``).
+        """
+        if not piece.sha256 or self.store.is_done(piece.index):
+            return
+        with self._partials_lock:
+            self._partials[piece.index] = (pos, h, sources)
+
+    def _mixed_failed(self, a: Assignment, piece: Piece, digest: str, sources: frozenset[str]) -> None:
+        """A copy made of several sources' bytes (split or resumed) failed: blame nobody, raise."""
+        self.sched.mixed_failed(a, piece.index)
+        raise PieceMismatch(
+            piece.index,
+            path=piece.path,
+            expected=piece.sha256,
+            actual=digest,
+            source="+".join(sorted(sources)),  # a copy made by several sources: nobody is blamed
+        )
+
+    def _fetch_split(self, src: Source, a: Assignment) -> None:
+        """A split helper: fetch the back of one piece, from ``a.split_at``, for its owner.
+
+        The bytes stay in memory until the owner reaches its cut and hashes them after its own
+        (``_join_helper``); so a helper never writes to disk, like a racer.
+        """
+        piece = self.m.pieces[a.start]
+        need = piece.length - a.split_at
+        buf = bytearray()
+        start = piece.offset + a.split_at
+        with src.open_range(self.m.files[a.file_index], start, piece.offset + piece.length - 1) as chunks:
+            for chunk in chunks:
+                if self.stop.is_set():
+                    raise _Stop
+                if not self.sched.wanted(a):
+                    return  # the owner got there first
+                take = min(len(chunk), need - len(buf))
+                buf += memoryview(chunk)[:take]
+                if self.limiter:
+                    self.limiter.take(take)
+                self.sched.progress(a, take)
+                if len(buf) == need:
+                    self.sched.split_done(a, bytes(buf))
+                    return
+        raise SourceUnavailable("response ended early", source=src.name)
+
+    def _join_helper(
+        self, a: Assignment, piece: Piece, pos: int, h: hashlib._Hash, sources: frozenset[str], owner: str
+    ) -> bool:
+        """The owner of a split piece, at or past its cut: finish the piece with its helper's
+        bytes if they all arrived. Returns False to keep streaming (the helper is late)."""
+        got = self.sched.split_part(a, piece.index)
+        if got is None:
+            return False
+        cut, data, helper = got
+        rest = memoryview(data)[pos - cut :]
+        h.update(rest)
+        digest = h.hexdigest()
+        if digest != piece.sha256:
+            self._mixed_failed(a, piece, digest, sources | {helper})
+        self._write_owned(piece, pos, rest)
+        self._complete(a, piece, digest, None, owner)
+        self.sched.piece_verified(a, piece.index, helped=len(rest))
+        return True
+
+    def _write_owned(self, piece: Piece, pos: int, part: memoryview) -> None:
+        with self._piece_locks[piece.index % 64]:
+            if self.store.is_done(piece.index):
+                return
+            self.store.write(piece, pos, part)
+
+    def _complete(self, a: Assignment, piece: Piece, digest: str, buf: bytearray | None, source: str) -> None:
+        if not piece.sha256:
+            # No published piece hash: keep provenance; the whole-file digest decides (see Repair).
+            self.repair.piece_received(piece, digest, source)
+            if buf is not None:
+                with self._piece_locks[piece.index % 64]:
+                    if self.store.is_done(piece.index):
+                        return
+                    self.store.write(piece, 0, buf)
+                    self.store.mark_verified(piece, source=source, digest=digest)
+            else:
+                self.store.mark_verified(piece, source=source, digest=digest)
+            return
+        if digest != piece.sha256:
+            err = PieceMismatch(
+                piece.index, path=piece.path, expected=piece.sha256, actual=digest, source=source
+            )
+            self.sched.piece_failed(a, piece.index, err)
+            raise err
+        if buf is not None:
+            with self._piece_locks[piece.index % 64]:
+                if self.store.is_done(piece.index):
+                    return
+                self.store.write(piece, 0, buf)
+                self.store.mark_verified(piece)
+        else:
+            self.store.mark_verified(piece)
+        if self.swarms:
+            self._announce(piece, bytes(buf) if buf is not None else None)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=3)
+        for s in self.sources.values():
+            s.close()
+        for sw in self.swarms.values():
+            sw.close()
+
+    def snapshot(self, rate: float, eta: float | None) -> Progress:
+        srcs = []
+        now = self.clock.now()
+        for st in self.sched.sources():
+            status = st.status
+            if not st.banned and st.paused_until > now:
+                status = "paused"
+            srcs.append(
+                SourceProgress(
+                    st.info.name,
+                    st.info.kind,
+                    st.info.region,
+                    self.sched.source_rate(st.info.name, live=True),
+                    st.delivered,
+                    st.active,
+                    status,
+                    st.last_error,
+                )
+            )
+        return Progress(
+            self.store.verified_bytes, self.m.total_size, rate, eta, tuple(srcs), self.store.received_bytes
+        )
+
+
+@dataclass
+class _FileRepair:
+    tried: list[str]
+    suspect: str | None = None
+    old: dict[int, str] | None = None  # piece -> digest the suspect had sent
+    disputes: int = 0
+
+
+class Repair:
+    """Finding the source that sent bad bytes when only a whole-file digest is published.
+
+    Registries publish whole-file digests only, so a bad byte is noticed only when a whole file is
+    hashed. Instead of fetching the whole file again, the pieces of one *suspect* source (the least
+    trusted contributor first: already blamed, then unofficial, then the smallest contributor) are
+    fetched again from other sources and compared with what the suspect sent. If the file then
+    matches and the copies differed, the suspect lied: it is banned and its pieces in other
+    unverified files are fetched again too. If the file still fails, the suspect is cleared and the
+    next one is tried. Only the suspects' pieces are ever fetched twice; when every contributor has
+    been cross-checked and the file still fails, the pull stops with an IntegrityError naming it.
+    """
+
+    def __init__(self, eng: _Engine) -> None:
+        self.eng = eng
+        self.files: dict[int, _FileRepair] = {}
+        self._lock = threading.Lock()
+
+    def piece_received(self, piece: Piece, digest: str, source: str) -> None:
+        with self._lock:
+            r = self.files.get(piece.file_index)
+            if r and r.old and piece.index in r.old and r.old[piece.index] != digest:
+                r.disputes += 1
+
+    def _order(self, fi: int) -> list[str]:
+        eng = self.eng
+        count: dict[str, int] = {}
+        for i in eng.m.file_piece_ranges[fi]:
+            src = eng.store.provenance.get(i, ("?", ""))[0]
+            count[src] = count.get(src, 0) + 1
+
+        def key(name: str) -> tuple[int, int, int, int]:
+            if name not in eng.sched._sources:
+                return (0, 0, 0, count[name])  # unknown provenance (resumed): check first
+            st = eng.sched.source(name)
+            return (1, 0 if st.banned or st.corrupt else 1, 1 if st.info.official else 0, count[name])
+
+        return sorted(count, key=key)
+
+    def file_checked(self, fi: int, ok: bool) -> None:
+        eng = self.eng
+        f = eng.m.files[fi]
+        r = self.files.get(fi)
+        if ok:
+            if r and r.suspect and r.disputes and r.suspect in eng.sched._sources:
+                reason = (
+                    f"sent bad bytes for {f.path} (found by cross-checking its pieces with other sources)"
+                )
+                eng.sched.ban(r.suspect, reason)
+                eng.emit(SourceDropped(r.suspect, reason))
+                self._recheck_elsewhere(r.suspect)
+            self.files.pop(fi, None)
+            return
+        if not f.pieces or f.pieces[0]:
+            self._recheck_hashed_file(fi)
+            return
+        if r is None:
+            r = self.files[fi] = _FileRepair(tried=[])
+        elif r.suspect and r.disputes and r.suspect in eng.sched._sources:
+            pass  # copies differed but the file still fails: keep looking at the others too
+        order = [s for s in self._order(fi) if s not in r.tried]
+        if not order:
+            raise IntegrityError(
+                f"{f.path} does not match its SHA-256 even after every source's pieces were cross-checked",
+                hint="every source serves the same wrong bytes: the published digest or the file is bad",
+            )
+        suspect = order[0]
+        r.tried.append(suspect)
+        rng = eng.m.file_piece_ranges[fi]
+        pieces = [i for i in rng if eng.store.provenance.get(i, ("?", ""))[0] == suspect]
+        r.suspect, r.disputes = suspect, 0
+        r.old = {i: eng.store.provenance[i][1] for i in pieces if i in eng.store.provenance}
+        eng.emit(
+            PieceRejected(
+                suspect,
+                pieces[0] if pieces else -1,
+                f.path,
+                f"{f.path} failed its SHA-256; fetching the {len(pieces)} pieces "
+                f"{suspect} sent from other sources",
+            )
+        )
+        eng.store.invalidate(pieces)
+        eng.sched.reopen(pieces, avoid=suspect if suspect in eng.sched._sources else None)
+
+    def _recheck_hashed_file(self, fi: int) -> None:
+        """A file with piece hashes failed its digest: the bytes on disk changed behind our back.
+
+        Re-hash its pieces from disk; keep those that verify, fetch the others again. If every
+        piece verifies, the manifest contradicts itself and no download can fix that.
+        """
+        eng = self.eng
+        f = eng.m.files[fi]
+        bad = [
+            i
+            for i in eng.m.file_piece_ranges[fi]
+            if hashlib.sha256(eng.store.read_piece(eng.m.pieces[i])).hexdigest() != eng.m.pieces[i].sha256
+        ]
+        if not bad:
+            raise IntegrityError(
+                f"{f.path}: every piece verifies but the whole-file SHA-256 does not match; "
+                "the manifest is inconsistent",
+                hint="re-create the manifest from a good copy",
+            )
+        eng.store.invalidate(bad)
+        eng.sched.reopen(bad)
+
+    def _recheck_elsewhere(self, liar: str) -> None:
+        """A banned liar's pieces in files not yet verified are fetched again from others."""
+        eng = self.eng
+        pieces = [
+            i
+            for i, (src, _) in eng.store.provenance.items()
+            if src == liar and not eng.store._file_ok[eng.m.pieces[i].file_index]
+        ]
+        if pieces:
+            eng.store.invalidate(pieces)
+            eng.sched.reopen(pieces, avoid=liar)
+
+
+def fetch(
+    manifest: Manifest,
+    sources: Sequence[Source | SwarmSource],
+    store: Store,
+    *,
+    config: EngineConfig | None = None,
+    clock: Clock | None = None,
+    on_sources: Callable[[Scheduler], None] | None = None,
+) -> Iterator[Event]:
+    """Fetch every missing piece of ``manifest`` into ``store`` from ``sources``; yield events.
+
+    The store stays open (the caller closes it); on return every piece is verified and the files
+    are installed under their final names.
+    """
+    cfg = config or EngineConfig()
+    clk = clock or SystemClock()
+    t0 = time.monotonic()
+    before = store.verified_bytes
+    yield PullStarted(
+        manifest.name,
+        manifest.sha256,
+        str(store.dest),
+        manifest.total_size,
+        before,
+        manifest.num_pieces,
+        manifest.piece_size,
+        tuple(s.name for s in sources),
+        store.stats.reverified_pieces,
+        store.stats.rejected_pieces,
+        store.stats.reused_files,
+    )
+    eng = _Engine(manifest, sources, store, cfg, clk)
+    if on_sources:
+        on_sources(eng.sched)
+    if not (store.complete() and store.wait_checked()):
+        if not sources:
+            from dsmirror._core.errors import NoSourceError
+
+            raise NoSourceError("no source to download from", hint="give mirrors with --mirrors FILE")
+        eng.start()
+        last_commit = last_progress = time.monotonic()
+        rate = 0.0
+        rate_bytes, rate_at = store.received_bytes, time.monotonic()
+        try:
+            while not (eng.sched.finished() and store.all_files_checked()):
+                if eng.fatal is not None:
+                    raise eng.fatal
+                for fi, ok in store.take_file_results():
+                    eng.repair.file_checked(fi, ok)
+                eng.sched.check_viable()
+                eng.sched.tick()
+                eng.stop.wait(0.05)
+                now = time.monotonic()
+                if now - last_commit >= cfg.commit_interval:
+                    store.commit()
+                    last_commit = now
+                yield from eng.drain()
+                if now - last_progress >= cfg.progress_interval:
+                    rb = store.received_bytes
+                    if now - rate_at >= 1.0:
+                        inst = (rb - rate_bytes) / (now - rate_at)
+                        rate = inst if not rate else 0.6 * rate + 0.4 * inst
+                        rate_bytes, rate_at = rb, now
+                    left = manifest.total_size - rb
+                    yield eng.snapshot(rate, left / rate if rate > 0 else None)
+                    last_progress = now
+            for fi, ok in store.take_file_results():
+                eng.repair.file_checked(fi, ok)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted; verified pieces are kept: run the same command to resume"
+            ) from None
+        finally:
+            eng.shutdown()
+        if eng.fatal is not None:
+            raise eng.fatal
+        yield from eng.drain()
+    files = store.finalize()
+    elapsed = time.monotonic() - t0
+    yield eng.snapshot((store.verified_bytes - before) / elapsed if elapsed > 0 else 0.0, 0.0)
+    delivered = {st.info.name: st.delivered for st in eng.sched.sources()}
+    yield PullFinished(
+        manifest.name,
+        str(store.dest),
+        tuple(files),
+        manifest.total_size,
+        sum(delivered.values()),
+        before,
+        eng.sched.redundant_bytes,
+        eng.sched.corrupt_bytes,
+        time.monotonic() - t0,
+        delivered,
+        eng.sched.split_pieces,
+        eng.sched.recycled,
+    )

@@ -1,0 +1,247 @@
+"""Sources of bytes: the one small interface every kind implements, and the HTTP implementation.
+
+A *stream source* (an HTTP mirror, a Hugging Face endpoint, an Ollama registry, a ModelScope
+endpoint, a LAN dsmirror server) answers one question: "give me bytes ``[start, end]`` of this file"
+as an iterator of chunks. Everything else — which pieces to ask for, hashing, blaming, retrying — is
+the scheduler's and the engine's business, so a new kind of source is a new ``url_for`` (or a new
+``open_range``) and nothing more. A BitTorrent swarm is a *swarm source*: it is handed whole pieces
+through the same scheduler and reports them back (see ``_swarm``).
+
+Network errors are translated here, at the call site, into the most specific ``SourceError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import os
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpcore._sync.http11 as _h11
+import httpx
+
+from dsmirror._core.errors import (
+    BadResponse,
+    RateLimited,
+    SourceNotFound,
+    SourceUnavailable,
+    Stalled,
+    URLExpired,
+)
+from dsmirror._fetch.source import Source
+from dsmirror._formats.manifest import FileEntry
+from dsmirror._schedule.info import SourceInfo
+
+__all__ = ["HttpSource", "shared_ssl_context"]
+
+# httpcore reads the socket 64 KiB at a time; every read costs a trip through h11 in Python.
+# 512 KiB reads cut that per-byte overhead ~8x (measured on 1 GiB over loopback: 6.1 CPU s and
+# 190 MB/s with 64 KiB reads; 2.4 CPU s and 370 MB/s with 512 KiB; 1 MiB was no faster and
+# used more memory), and memory stays bounded by connections x 512 KiB.
+_h11.HTTP11Connection.READ_NUM_BYTES = 512 << 10
+
+USER_AGENT = "dsmirror/0.1 (+https://github.com/dsmirror)"
+
+_ssl_lock = threading.Lock()
+_ssl_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """The process's one verifying TLS client context, made on first use: what httpx makes by default.
+
+    ``httpx.Client()`` builds a new context for each client, and loading the trust store costs
+    ~25 ms; every client of a pull gets this one instead. It is httpx's default for
+    ``verify=True, trust_env=True``: certifi's CA bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
+    when set (read when the context is made, so a change of those variables makes a new one).
+    Certificates and host names are always verified. The clients sharing it speak HTTP/1.1 only
+    (httpcore sets the context's ALPN protocols to ``http/1.1`` on each TLS connection).
+    """
+    key = (os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None)
+    with _ssl_lock:
+        ctx = _ssl_contexts.get(key)
+        if ctx is None:
+            ctx = _ssl_contexts[key] = httpx.create_ssl_context(verify=True, trust_env=True)
+        return ctx
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_REDIRECTS = {301, 302, 303, 307, 308}
+_RESOLVED_TTL = 600.0
+
+
+@dataclass
+class _Resolved:
+    url: str
+    at: float
+    cross_host: bool
+
+
+@dataclass
+class HttpSource(Source):
+    """Range requests over HTTP(S) with redirects, signed-URL refresh and strict response checks.
+
+    ``url_for`` maps a manifest file to its URL at this source. Redirects are followed by hand so
+    that credentials (``headers`` such as ``Authorization``) are sent only to the source's own
+    host, never to a redirect target on another host (a CDN), and so that the final, often signed,
+    URL can be reused for later ranges and re-resolved at the origin when it expires.
+    """
+
+    info: SourceInfo
+    url_for: Callable[[FileEntry], str]
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold a token
+    connect_timeout: float = 15.0
+    stall_timeout: float = 20.0
+    files: Mapping[str, Any] | None = None  # when set, only these paths are available here
+    transport: httpx.BaseTransport | None = None
+    _client: httpx.Client = field(init=False, repr=False)
+    _resolved: dict[str, _Resolved] = field(init=False, repr=False, default_factory=dict)
+    _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        n = max(1, self.info.max_connections) + 2
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(self.stall_timeout, connect=self.connect_timeout),
+            limits=httpx.Limits(max_connections=n * 2, max_keepalive_connections=n),
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            transport=self.transport,
+            trust_env=True,
+            # The shared context only when the client makes its own transport (an injected one
+            # needs none): one context per process instead of one per source.
+            verify=shared_ssl_context() if self.transport is None else True,
+        )
+
+    def has_file(self, file: FileEntry) -> bool:
+        return self.files is None or file.path in self.files
+
+    def close(self) -> None:
+        self._client.close()
+
+    @contextlib.contextmanager
+    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        origin = self.url_for(file)
+        for attempt in range(2):
+            url = self._cached_url(origin)
+            try:
+                with self._open(origin, url, file, start, end) as chunks:
+                    yield chunks
+                return
+            except URLExpired:
+                with self._lock:
+                    self._resolved.pop(origin, None)
+                if attempt or url == origin:
+                    raise
+
+    def _cached_url(self, origin: str) -> str:
+        with self._lock:
+            r = self._resolved.get(origin)
+            if r and time.monotonic() - r.at < _RESOLVED_TTL:
+                return r.url
+            self._resolved.pop(origin, None)
+        return origin
+
+    @contextlib.contextmanager
+    def _open(
+        self, origin: str, url: str, file: FileEntry, start: int, end: int
+    ) -> Iterator[Iterator[bytes]]:
+        origin_host = urlsplit(origin).netloc
+        for _ in range(10):
+            same_host = urlsplit(url).netloc == origin_host
+            headers = {"Range": f"bytes={start}-{end}"}
+            if same_host:
+                headers.update(self.headers)
+            try:
+                req = self._client.build_request("GET", url, headers=headers)
+                resp = self._client.send(req, stream=True)
+            except httpx.TimeoutException as exc:
+                raise Stalled(f"timed out: {exc}", source=self.name, url=_redact(url)) from exc
+            except httpx.HTTPError as exc:
+                raise SourceUnavailable(f"cannot connect: {exc}", source=self.name, url=_redact(url)) from exc
+            try:
+                if resp.status_code in _REDIRECTS:
+                    loc = resp.headers.get("location")
+                    if not loc:
+                        raise BadResponse("redirect without Location", source=self.name, url=_redact(url))
+                    url = urljoin(url, loc)
+                    continue
+                self._check(resp, url, url != origin, file, start, end)
+                if url != origin:
+                    with self._lock:
+                        self._resolved[origin] = _Resolved(url, time.monotonic(), not same_host)
+                yield self._iter(resp, url)
+                return
+            finally:
+                resp.close()
+        raise BadResponse("too many redirects", source=self.name, url=_redact(origin))
+
+    def _iter(self, resp: httpx.Response, url: str) -> Iterator[bytes]:
+        try:
+            yield from resp.iter_raw()
+        except httpx.TimeoutException as exc:
+            raise Stalled("no bytes received for too long", source=self.name, url=_redact(url)) from exc
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(f"connection broke: {exc}", source=self.name, url=_redact(url)) from exc
+
+    def _check(
+        self, resp: httpx.Response, url: str, redirected: bool, file: FileEntry, start: int, end: int
+    ) -> None:
+        st = resp.status_code
+        where = {"source": self.name, "url": _redact(url)}
+        if st in (429, 503):
+            raise RateLimited(
+                f"HTTP {st}", retry_after=_retry_after(resp.headers.get("retry-after")), **where
+            )
+        if redirected and st in (401, 403, 410):
+            raise URLExpired(f"HTTP {st} from redirect target (signed URL expired?)", **where)
+        if st in (404, 410):
+            raise SourceNotFound(f"HTTP {st}: {file.path} is not on this source", **where)
+        if st >= 500:
+            raise SourceUnavailable(f"HTTP {st}", **where)
+        if st not in (200, 206):
+            raise SourceUnavailable(f"HTTP {st}", **where)
+        ctype = resp.headers.get("content-type", "")
+        if ctype.startswith("text/html") and not file.path.endswith((".html", ".htm")):
+            raise BadResponse("sent an HTML page instead of the file (error or captcha page)", **where)
+        length = end - start + 1
+        if st == 200:
+            if not (start == 0 and end == file.size - 1):
+                raise BadResponse("ignored the Range header (200 instead of 206)", **where)
+        else:
+            m = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
+            if not m or int(m.group(1)) != start or int(m.group(2)) != end:
+                raise BadResponse(
+                    f"Content-Range {resp.headers.get('content-range')!r} does not match bytes {start}-{end}",
+                    **where,
+                )
+            if m.group(3) != "*" and int(m.group(3)) != file.size:
+                raise BadResponse(
+                    f"file is {m.group(3)} bytes at this source, the manifest says {file.size}", **where
+                )
+        cl = resp.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) != length:
+            raise BadResponse(f"Content-Length {cl} does not match the {length} bytes asked for", **where)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+def _redact(url: str) -> str:
+    """Drop the query (signatures, tokens) from URLs that end up in messages and logs."""
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl()

@@ -1,0 +1,1 @@
+"""Formats: one owner per format dsmirror reads or writes (see docs/formats.md)."""

@@ -1,0 +1,678 @@
+"""The catalog: which mirrors exist and which model names (aliases) dsmirror knows.
+
+A catalog is read from one or more YAML files and merged in order, later files overriding
+earlier ones (see `load_default_catalog`):
+
+1. the shipped ``dsmirror/data/mirrors.yaml`` (package data),
+2. the user's ``$XDG_CONFIG_HOME/dsmirror/mirrors.yaml`` (default ``~/.config/dsmirror/mirrors.yaml``),
+3. every ``--mirrors FILE`` given on the command line.
+
+File format (version 1)::
+
+    version: 1                       # required unless the file is empty
+    mirrors:                         # optional list
+      - name: huggingface            # required, unique, [a-z0-9._-]+
+        kind: hf                     # required: http | hf | modelscope | ollama | bittorrent | dsmirror
+        url: https://huggingface.co  # required: http(s); kind bittorrent may also use magnet: or udp:
+        region: global               # optional short code: global, cn, us, eu, lan, ... (default global)
+        official: true               # optional, default false
+        priority: 1                  # optional int >= 1; lower is preferred when measurements tie (10)
+        weight: 1.0                  # optional number > 0 (1.0)
+        max_connections: 8           # optional int 1..64 (8)
+        enabled: true                # optional, default true
+    models:                          # optional mapping: alias -> where to get it
+      "deepseek-r1:7b":              # [a-z0-9][a-z0-9._:-]*; quote keys that contain ':'
+        description: DeepSeek-R1-Distill-Qwen-7B
+        hf: deepseek-ai/DeepSeek-R1-Distill-Qwen-7B          # [namespace/]name[@revision]
+        modelscope: deepseek-ai/DeepSeek-R1-Distill-Qwen-7B  # namespace/name[@revision]
+        ollama: library/deepseek-r1:7b                       # namespace/name[:tag]
+        manifest: https://example.org/r1-7b.manifest.json    # URL or path of a dsmirror piece manifest;
+                                                             # a relative path is relative to this file
+        manifest_sha256: <64 hex digits>                     # pins the manifest
+        magnet: "magnet:?xt=urn:btih:..."
+        include: ["*.safetensors", "*.json"]                 # optional globs
+        exclude: ["original/*"]                              # optional globs
+
+Every alias needs at least one source (hf, modelscope, ollama, manifest or magnet). Optional alias
+fields may be set to ``null`` to drop a value an earlier file gave.
+
+Overriding: an entry whose name is already defined by an earlier file replaces it, keeping its
+place in the order. Fields the overriding entry leaves out are inherited, so a user file can
+disable a shipped mirror with just::
+
+    version: 1
+    mirrors:
+      - name: hf-mirror
+        enabled: false
+
+Validation is strict: unknown keys, wrong types, bad values and duplicates raise `CatalogError`
+naming the file, the line and the field, e.g.
+``mirrors.yaml:12: mirrors[2].kind: unknown kind 'htp' (expected one of http, hf, ...)``.
+To know the line of every value the file is *composed* into YAML nodes, which carry their marks,
+and only scalars are turned into Python values, one at a time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final, Literal, TypeVar, get_args
+from urllib.parse import parse_qs, quote, urljoin, urlsplit
+
+import yaml
+
+from dsmirror._core.errors import CatalogError
+from dsmirror._formats.manifest import FileEntry
+
+__all__ = [
+    "CATALOG_VERSION",
+    "KINDS",
+    "Catalog",
+    "Mirror",
+    "MirrorKind",
+    "ModelAlias",
+    "default_catalog_paths",
+    "load_catalog",
+    "load_default_catalog",
+    "parse_catalog",
+    "shipped_catalog_path",
+    "user_catalog_path",
+]
+
+CATALOG_VERSION: Final = 1
+
+MirrorKind = Literal["http", "hf", "modelscope", "ollama", "bittorrent", "dsmirror"]
+KINDS: Final[tuple[MirrorKind, ...]] = get_args(MirrorKind)
+
+DEFAULT_REGION: Final = "global"
+DEFAULT_PRIORITY: Final = 10
+DEFAULT_WEIGHT: Final = 1.0
+DEFAULT_MAX_CONNECTIONS: Final = 8
+MAX_CONNECTIONS_LIMIT: Final = 64
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """One place that serves model files, e.g. a Hugging Face endpoint or an Ollama registry."""
+
+    name: str
+    kind: MirrorKind
+    url: str
+    region: str = DEFAULT_REGION
+    official: bool = False
+    #: Lower is preferred when measured speeds tie.
+    priority: int = DEFAULT_PRIORITY
+    weight: float = DEFAULT_WEIGHT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    enabled: bool = True
+
+    @property
+    def host(self) -> str:
+        """Lower-cased host name of `url`; empty for a magnet link."""
+        return urlsplit(self.url).hostname or ""
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    """A short model name and every way of getting its files."""
+
+    name: str
+    description: str | None = None
+    #: Hugging Face repo id, ``[namespace/]name[@revision]``.
+    hf: str | None = None
+    #: ModelScope model id, ``namespace/name[@revision]``.
+    modelscope: str | None = None
+    #: Ollama model, ``namespace/name[:tag]``.
+    ollama: str | None = None
+    #: URL or path of a dsmirror piece manifest.
+    manifest: str | None = None
+    #: Lower-case hex SHA-256 the manifest must have.
+    manifest_sha256: str | None = None
+    magnet: str | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Mirrors and aliases merged from `sources`, the files they were read from."""
+
+    mirrors: tuple[Mirror, ...] = ()
+    models: Mapping[str, ModelAlias] = field(default_factory=lambda: MappingProxyType({}))
+    sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: a caller's dict or list cannot change the catalog later.
+        object.__setattr__(self, "mirrors", tuple(self.mirrors))
+        object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+        object.__setattr__(self, "sources", tuple(self.sources))
+        names = [m.name for m in self.mirrors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate mirror names in {names}")
+        for key, alias in self.models.items():
+            if key != alias.name:
+                raise ValueError(f"alias {alias.name!r} is stored under the key {key!r}")
+
+    def mirror(self, name: str) -> Mirror | None:
+        """The mirror called `name`, enabled or not."""
+        return next((m for m in self.mirrors if m.name == name), None)
+
+    def mirrors_of_kind(self, *kinds: MirrorKind, include_disabled: bool = False) -> tuple[Mirror, ...]:
+        """Enabled mirrors of any of `kinds` (all kinds if none given), by priority then file order."""
+        chosen = [
+            m for m in self.mirrors if (not kinds or m.kind in kinds) and (include_disabled or m.enabled)
+        ]
+        return tuple(sorted(chosen, key=lambda m: m.priority))
+
+    def alias(self, name: str) -> ModelAlias | None:
+        return self.models.get(name)
+
+    def merged(self, other: Catalog) -> Catalog:
+        """This catalog overridden by `other`: entries with the same name are replaced in place."""
+        overrides = {m.name: m for m in other.mirrors}
+        mirrors = [overrides.pop(m.name, m) for m in self.mirrors]
+        mirrors.extend(overrides.values())
+        return Catalog(tuple(mirrors), {**self.models, **other.models}, self.sources + other.sources)
+
+
+def shipped_catalog_path() -> Path:
+    """The catalog shipped as package data."""
+    # dsmirror is installed as plain files (never imported from a zip), so this is a real path.
+    return Path(str(resources.files("dsmirror") / "data" / "mirrors.yaml"))
+
+
+def user_catalog_path(env: Mapping[str, str]) -> Path:
+    """``$XDG_CONFIG_HOME/dsmirror/mirrors.yaml``, whether it exists or not."""
+    config_home = env.get("XDG_CONFIG_HOME", "")
+    # The XDG base directory spec says to ignore a relative value.
+    if not os.path.isabs(config_home):
+        home = env.get("HOME")
+        config_home = str((Path(home) if home else Path.home()) / ".config")
+    return Path(config_home) / "dsmirror" / "mirrors.yaml"
+
+
+def default_catalog_paths(env: Mapping[str, str]) -> list[Path]:
+    """The shipped catalog, then the user's catalog if it exists."""
+    paths = [shipped_catalog_path()]
+    user = user_catalog_path(env)
+    if user.exists():
+        paths.append(user)
+    return paths
+
+
+def load_default_catalog(
+    env: Mapping[str, str], extra: Sequence[Path] = (), replace: bool = False
+) -> Catalog:
+    """Merge the default catalogs and then `extra` (``--mirrors FILE``), later files overriding.
+
+    With `replace`, only `extra` is read: nothing shipped, nothing from the user's config.
+    """
+    paths = list(extra) if replace else [*default_catalog_paths(env), *extra]
+    catalog = Catalog()
+    for path in paths:
+        catalog = catalog.merged(load_catalog(path, base=catalog))
+    return catalog
+
+
+def load_catalog(path: Path, *, base: Catalog | None = None) -> Catalog:
+    """Read and validate one catalog file.
+
+    Entries that override an entry of `base` may leave fields out; they are inherited.
+    Relative manifest paths are resolved against the file's directory.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise CatalogError("no such file", file=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"not UTF-8 text ({exc.reason})", file=str(path)) from exc
+    except OSError as exc:
+        raise CatalogError(f"cannot read: {exc.strerror or exc}", file=str(path)) from exc
+    return parse_catalog(text, str(path), base=base, relative_to=path.absolute().parent)
+
+
+def parse_catalog(
+    text: str, file: str, *, base: Catalog | None = None, relative_to: Path | None = None
+) -> Catalog:
+    """Validate catalog `text`; `file` names it in errors and in `Catalog.sources`.
+
+    `base` and `relative_to` are as for `load_catalog`; without `relative_to`, manifest paths
+    are kept as written.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise CatalogError(
+            f"invalid YAML: {exc.problem or exc.context}",
+            file=file,
+            line=mark.line + 1 if mark else None,
+            hint="check the indentation, and quote values that contain ': ' or start with a symbol",
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"invalid YAML: {exc}", file=file) from exc
+    finally:
+        loader.dispose()
+    return _Parser(file, loader, base or Catalog(), relative_to).catalog(root)
+
+
+_T = TypeVar("_T")
+
+_MIRROR_NAME: Final = re.compile(r"[a-z0-9._-]+")
+_ALIAS_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._:-]*")
+_REGION: Final = re.compile(r"[A-Za-z0-9._-]+")
+_REPO_PART: Final = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_REVISION: Final = r"(?:@[A-Za-z0-9._/-]+)?"
+_HF_REPO: Final = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}{_REVISION}")
+_MODELSCOPE_REPO: Final = re.compile(rf"{_REPO_PART}/{_REPO_PART}{_REVISION}")
+_OLLAMA_MODEL: Final = re.compile(
+    r"[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(?::[A-Za-z0-9_][A-Za-z0-9._-]*)?"
+)
+_SHA256: Final = re.compile(r"[0-9a-fA-F]{64}")
+_HAS_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+_TOP_KEYS: Final = ("version", "mirrors", "models")
+_MIRROR_KEYS: Final = tuple(f.name for f in fields(Mirror))
+_ALIAS_KEYS: Final = tuple(f.name for f in fields(ModelAlias) if f.name != "name")  # name is the key
+_ALIAS_SOURCES: Final = ("hf", "modelscope", "ollama", "manifest", "magnet")
+_WEB_SCHEMES: Final = ("http", "https")
+_BITTORRENT_SCHEMES: Final = ("http", "https", "magnet", "udp")
+_QUOTE_HINT: Final = (
+    "YAML reads unquoted yes/no/on/off/true/false as booleans and digits as numbers; quote it"
+)
+
+# A mapping's entries by key: (key node, value node), so errors can point at either.
+_Entries = dict[str, tuple[yaml.Node, yaml.Node]]
+
+
+def _join(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _url_problem(url: str, kind: MirrorKind) -> str | None:
+    """Why `url` cannot be the URL of a mirror of `kind`, or None if it can."""
+    if any(c.isspace() for c in url):
+        return f"URL {url!r} contains whitespace"
+    parts = urlsplit(url)
+    allowed = _BITTORRENT_SCHEMES if kind == "bittorrent" else _WEB_SCHEMES
+    if parts.scheme not in allowed:
+        what = f"scheme {parts.scheme!r}" if parts.scheme else "a URL without a scheme"
+        return f"{what} is not allowed for kind {kind!r} (expected {', '.join(allowed)}): {url!r}"
+    if parts.scheme == "magnet":
+        return None if "xt" in parse_qs(parts.query) else f"magnet link without xt=: {url!r}"
+    if not parts.hostname:
+        return f"URL {url!r} has no host"
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        return f"URL {url!r} has an invalid port"
+    return None
+
+
+class _Parser:
+    """Walks the composed node tree of one file and builds a `Catalog` from it."""
+
+    def __init__(self, file: str, loader: yaml.SafeLoader, base: Catalog, relative_to: Path | None) -> None:
+        self.file = file
+        self.loader = loader
+        self.base = base
+        self.relative_to = relative_to
+
+    def error(self, node: yaml.Node, field: str, message: str, hint: str | None = None) -> CatalogError:
+        return CatalogError(message, file=self.file, line=_line(node), field=field or None, hint=hint)
+
+    # -- document -----------------------------------------------------------------------------
+
+    def catalog(self, root: yaml.Node | None) -> Catalog:
+        if root is None or _is_null(root):
+            return Catalog(sources=(self.file,))
+        top = self.entries(root, "", _TOP_KEYS)
+        if "version" not in top:
+            raise self.error(
+                root, "version", "missing required key 'version'", hint=f"add 'version: {CATALOG_VERSION}'"
+            )
+        version = self.integer(top["version"][1], "version")
+        if version != CATALOG_VERSION:
+            raise self.error(
+                top["version"][1],
+                "version",
+                f"unsupported catalog version {version} (this dsmirror reads version {CATALOG_VERSION})",
+                hint="upgrade dsmirror, or write the file in the version it reads",
+            )
+        mirrors = self.mirrors(top["mirrors"][1]) if "mirrors" in top else ()
+        models = self.models(top["models"][1]) if "models" in top else {}
+        return Catalog(mirrors, models, (self.file,))
+
+    def mirrors(self, node: yaml.Node) -> tuple[Mirror, ...]:
+        if _is_null(node):
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, "mirrors", f"expected a list of mirrors, got {self.describe(node)}")
+        seen: dict[str, int] = {}
+        mirrors = []
+        for index, item in enumerate(node.value):
+            where = f"mirrors[{index}]"
+            entries = self.entries(item, where, _MIRROR_KEYS)
+            mirror = self.mirror(item, entries, where)
+            if mirror.name in seen:
+                raise self.error(
+                    entries["name"][1],
+                    f"{where}.name",
+                    f"duplicate mirror name {mirror.name!r}",
+                    hint=f"it is already defined at line {seen[mirror.name]}",
+                )
+            seen[mirror.name] = _line(entries["name"][1])
+            mirrors.append(mirror)
+        return tuple(mirrors)
+
+    def mirror(self, node: yaml.Node, entries: _Entries, where: str) -> Mirror:
+        if "name" not in entries:
+            raise self.error(node, f"{where}.name", "missing required key 'name'")
+        name = self.matching(entries["name"][1], f"{where}.name", _MIRROR_NAME, "[a-z0-9._-]+")
+        inherited = self.base.mirror(name)
+        if inherited is None:
+            for key in ("kind", "url"):
+                if key not in entries:
+                    raise self.error(
+                        node,
+                        f"{where}.{key}",
+                        f"missing required key {key!r}",
+                        hint=f"no earlier catalog defines a mirror {name!r} to inherit it from",
+                    )
+        # Only read when `inherited` is None, and then "kind" and "url" are present.
+        template = inherited or Mirror(name, "http", "")
+
+        def get(key: str, parse: Callable[[yaml.Node, str], _T], default: _T) -> _T:
+            return parse(entries[key][1], f"{where}.{key}") if key in entries else default
+
+        kind = get("kind", self.kind, template.kind)
+        url = get("url", self.string, template.url)
+        problem = _url_problem(url, kind)
+        if problem:
+            # An inherited URL can only be wrong because this entry changed the kind.
+            key = "url" if "url" in entries else "kind"
+            raise self.error(entries[key][1], f"{where}.{key}", problem)
+        return Mirror(
+            name=name,
+            kind=kind,
+            url=url,
+            region=get("region", self.region, template.region),
+            official=get("official", self.boolean, template.official),
+            priority=get("priority", self.bounded(1, None), template.priority),
+            weight=get("weight", self.positive_number, template.weight),
+            max_connections=get(
+                "max_connections", self.bounded(1, MAX_CONNECTIONS_LIMIT), template.max_connections
+            ),
+            enabled=get("enabled", self.boolean, template.enabled),
+        )
+
+    def models(self, node: yaml.Node) -> dict[str, ModelAlias]:
+        if _is_null(node):
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, "models", f"expected a mapping of aliases, got {self.describe(node)}")
+        models = {}
+        for name, (key_node, value_node) in self.entries(node, "models").items():
+            where = f"models[{name!r}]"
+            if not _ALIAS_NAME.fullmatch(name):
+                raise self.error(
+                    key_node, where, f"invalid alias name {name!r} (expected [a-z0-9][a-z0-9._:-]*)"
+                )
+            models[name] = self.alias(name, key_node, value_node, where)
+        return models
+
+    def alias(self, name: str, key_node: yaml.Node, node: yaml.Node, where: str) -> ModelAlias:
+        entries = self.entries(node, where, _ALIAS_KEYS)
+        template = self.base.alias(name) or ModelAlias(name)
+
+        def get(key: str, parse: Callable[[yaml.Node, str], _T], default: _T) -> _T:
+            return parse(entries[key][1], f"{where}.{key}") if key in entries else default
+
+        def optional(parse: Callable[[yaml.Node, str], str]) -> Callable[[yaml.Node, str], str | None]:
+            return lambda n, f: None if _is_null(n) else parse(n, f)
+
+        def pattern(regex: re.Pattern[str], expected: str) -> Callable[[yaml.Node, str], str]:
+            return lambda n, f: self.matching(n, f, regex, expected)
+
+        alias = ModelAlias(
+            name=name,
+            description=get("description", optional(self.string), template.description),
+            hf=get("hf", optional(pattern(_HF_REPO, "[namespace/]name[@revision]")), template.hf),
+            modelscope=get(
+                "modelscope",
+                optional(pattern(_MODELSCOPE_REPO, "namespace/name[@revision]")),
+                template.modelscope,
+            ),
+            ollama=get(
+                "ollama",
+                optional(pattern(_OLLAMA_MODEL, "namespace/name[:tag], lower case")),
+                template.ollama,
+            ),
+            manifest=get("manifest", optional(self.manifest), template.manifest),
+            manifest_sha256=get("manifest_sha256", optional(self.sha256), template.manifest_sha256),
+            magnet=get("magnet", optional(self.magnet), template.magnet),
+            include=get("include", self.globs, template.include),
+            exclude=get("exclude", self.globs, template.exclude),
+        )
+        if not any((alias.hf, alias.modelscope, alias.ollama, alias.manifest, alias.magnet)):
+            raise self.error(
+                key_node,
+                where,
+                f"alias {name!r} has no source",
+                hint=f"give at least one of {', '.join(_ALIAS_SOURCES)}",
+            )
+        return alias
+
+    # -- structure ----------------------------------------------------------------------------
+
+    def entries(self, node: yaml.Node, where: str, allowed: Sequence[str] | None = None) -> _Entries:
+        """The string-keyed entries of mapping `node`; rejects duplicate and unknown keys."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, where, f"expected a mapping, got {self.describe(node)}")
+        entries: _Entries = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.scalar(key_node, where)
+            if not isinstance(key, str):
+                raise self.error(key_node, where, f"expected a string key, got {self.describe(key_node)}")
+            field = f"{where}[{key!r}]" if allowed is None else _join(where, key)
+            if key in entries:
+                raise self.error(
+                    key_node,
+                    field,
+                    f"duplicate key {key!r}",
+                    hint=f"it is already given at line {_line(entries[key][0])}",
+                )
+            if allowed is not None and key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                raise self.error(
+                    key_node,
+                    field,
+                    f"unknown key {key!r}",
+                    hint=f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}",
+                )
+            entries[key] = (key_node, value_node)
+        # YAML merge keys ('<<: *anchor') supply the keys the mapping does not give itself;
+        # flatten_mapping puts the merged entries first, ordered so that the last one wins.
+        own = set(entries)
+        try:
+            self.loader.flatten_mapping(node)
+        except yaml.YAMLError as exc:
+            raise self.error(node, where, f"invalid merge: {getattr(exc, 'problem', None) or exc}") from exc
+        for key_node, value_node in node.value:
+            key = self.scalar(key_node, where)
+            if not isinstance(key, str) or key in own:
+                continue
+            if allowed is not None and key not in allowed:
+                raise self.error(key_node, _join(where, key), f"unknown key {key!r} (merged with '<<')")
+            entries[key] = (key_node, value_node)
+        return entries
+
+    def scalar(self, node: yaml.Node, field: str) -> object:
+        if not isinstance(node, yaml.ScalarNode):
+            return node  # described by `describe`; never a valid scalar value
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            raise self.error(node, field, f"invalid value: {getattr(exc, 'problem', None) or exc}") from exc
+
+    def describe(self, node: yaml.Node) -> str:
+        if isinstance(node, yaml.MappingNode):
+            return "a mapping"
+        if isinstance(node, yaml.SequenceNode):
+            return "a list"
+        value = self.scalar(node, "")
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return f"boolean {node.value}"
+        if isinstance(value, int | float):
+            return f"number {node.value}"
+        if isinstance(value, str):
+            return f"string {value!r}"
+        return f"{type(value).__name__} {node.value}"
+
+    def mistyped(self, node: yaml.Node, field: str, expected: str) -> CatalogError:
+        value = self.scalar(node, field)
+        hint = None
+        if expected == "a string" and isinstance(value, bool | int | float):
+            hint = _QUOTE_HINT
+        elif expected in ("a number", "an integer") and isinstance(value, str):
+            if isinstance(node, yaml.ScalarNode) and node.style in ("'", '"'):
+                hint = "remove the quotes"
+            elif _looks_like_float(value):
+                hint = "YAML 1.1 reads an exponent only with a decimal point and a sign: write 1.0e+3, 1.0e-9"
+        return self.error(node, field, f"expected {expected}, got {self.describe(node)}", hint=hint)
+
+    # -- values -------------------------------------------------------------------------------
+
+    def string(self, node: yaml.Node, field: str) -> str:
+        value = self.scalar(node, field)
+        if not isinstance(value, str):
+            raise self.mistyped(node, field, "a string")
+        if not value.strip():
+            raise self.error(node, field, "must not be empty")
+        return value
+
+    def matching(self, node: yaml.Node, field: str, regex: re.Pattern[str], expected: str) -> str:
+        value = self.string(node, field)
+        if not regex.fullmatch(value):
+            raise self.error(node, field, f"invalid value {value!r} (expected {expected})")
+        return value
+
+    def boolean(self, node: yaml.Node, field: str) -> bool:
+        value = self.scalar(node, field)
+        if not isinstance(value, bool):
+            raise self.mistyped(node, field, "true or false")
+        return value
+
+    def integer(self, node: yaml.Node, field: str) -> int:
+        value = self.scalar(node, field)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.mistyped(node, field, "an integer")
+        return value
+
+    def bounded(self, low: int, high: int | None) -> Callable[[yaml.Node, str], int]:
+        def parse(node: yaml.Node, field: str) -> int:
+            value = self.integer(node, field)
+            if value < low or (high is not None and value > high):
+                expected = f">= {low}" if high is None else f"{low}..{high}"
+                raise self.error(node, field, f"{value} is out of range (expected {expected})")
+            return value
+
+        return parse
+
+    def positive_number(self, node: yaml.Node, field: str) -> float:
+        value = self.scalar(node, field)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.mistyped(node, field, "a number")
+        if not (math.isfinite(value) and value > 0):
+            raise self.error(node, field, f"{node.value} is out of range (expected a finite number > 0)")
+        return float(value)
+
+    def kind(self, node: yaml.Node, field: str) -> MirrorKind:
+        value = self.string(node, field)
+        for kind in KINDS:
+            if value == kind:
+                return kind
+        close = difflib.get_close_matches(value, KINDS, n=1)
+        raise self.error(
+            node,
+            field,
+            f"unknown kind {value!r} (expected one of {', '.join(KINDS)})",
+            hint=f"did you mean {close[0]!r}?" if close else None,
+        )
+
+    def region(self, node: yaml.Node, field: str) -> str:
+        return self.matching(node, field, _REGION, "a short code such as global, cn, us, eu or lan")
+
+    def manifest(self, node: yaml.Node, field: str) -> str:
+        value = self.string(node, field)
+        if _HAS_SCHEME.match(value):
+            scheme = urlsplit(value).scheme
+            if scheme not in _WEB_SCHEMES or not urlsplit(value).hostname:
+                raise self.error(
+                    node, field, f"invalid manifest URL {value!r} (expected http(s)://host/... or a path)"
+                )
+            return value
+        if self.relative_to is not None and not Path(value).is_absolute():
+            return str(self.relative_to / value)
+        return value
+
+    def sha256(self, node: yaml.Node, field: str) -> str:
+        return self.matching(node, field, _SHA256, "64 hex digits").lower()
+
+    def magnet(self, node: yaml.Node, field: str) -> str:
+        value = self.string(node, field)
+        parts = urlsplit(value)
+        if parts.scheme != "magnet" or "xt" not in parse_qs(parts.query):
+            raise self.error(node, field, f"invalid magnet link {value!r} (expected magnet:?xt=...)")
+        return value
+
+    def globs(self, node: yaml.Node, field: str) -> tuple[str, ...]:
+        if _is_null(node):
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(
+                node,
+                field,
+                f"expected a list of globs, got {self.describe(node)}",
+                hint='write a list, e.g. ["*.safetensors", "*.json"]',
+            )
+        return tuple(self.string(item, f"{field}[{i}]") for i, item in enumerate(node.value))
+
+
+def plain_url_for(base: str) -> Callable[[FileEntry], str]:
+    """Plain mirror of kind ``http``: the mirror's URL joined with the file's relative path."""
+    if not base.endswith("/"):
+        base += "/"
+
+    def url_for(file: FileEntry) -> str:
+        return urljoin(base, quote(file.path))
+
+    return url_for

@@ -1,0 +1,454 @@
+"""The published hash manifest: one model, its files, and the SHA-256 of every piece.
+
+On-disk format (version 1), a JSON object written as its *canonical bytes* — UTF-8, keys sorted,
+no insignificant white space, no trailing newline — so that ``sha256sum manifest.json`` prints the
+manifest's identity, the value a pull pins with ``--manifest-sha256``::
+
+    {
+      "files": [                                  # in this order; pieces are numbered across files
+        {"path": "config.json",                   # relative POSIX path, no "..", no absolute path
+         "pieces": ["<sha256 hex>", ...],         # ceil(size / piece_size) entries; [] when size == 0;
+                                                  # or null: no piece hashes published (a registry
+                                                  # gives whole-file digests only, see below)
+         "sha256": "<sha256 hex of the whole file>",
+         "size": 1234},
+        ...
+      ],
+      "format": "dsmirror-manifest",
+      "meta": {...},                              # optional free-form provenance (revision, source)
+      "name": "deepseek-r1-distill-qwen-7b",
+      "piece_size": 8388608,                      # power of two, 16 KiB .. 1 GiB
+      "torrent": {"btih": "<40 hex>", "btmh": "<64 hex>"},  # optional: info-hashes of the same pieces
+      "version": 1
+    }
+
+A file whose ``pieces`` is null is checked by its whole-file SHA-256 alone: its pieces are fetched
+and stored unverified (``Piece.sha256 == ""``), and when the file fails its digest the engine finds
+the source that sent bad bytes by re-fetching that source's pieces elsewhere and comparing. Once such
+a file verifies, ``Manifest.with_piece_hashes`` records a complete manifest for serving and seeding.
+
+Pieces never span files: file *i* starts on a fresh piece, so every piece is exactly one HTTP byte
+range of one file (and one piece of a file-aligned BitTorrent v2/hybrid torrent). Piece *k* of a file
+covers bytes ``[k * piece_size, min((k + 1) * piece_size, size))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from dsmirror._core.errors import ManifestError, ManifestMismatch, UsageError
+from dsmirror._formats.paths import validate_relpath
+from dsmirror._formats.private import PRIVATE_DIR
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "FileEntry",
+    "Manifest",
+    "Piece",
+    "VerifyReport",
+    "create_manifest",
+    "hash_file_pieces",
+    "load_manifest",
+    "parse_manifest",
+    "verify_tree",
+]
+
+FORMAT = "dsmirror-manifest"
+VERSION = 1
+MIN_PIECE_SIZE = 16 << 10
+MAX_PIECE_SIZE = 1 << 30
+DEFAULT_PIECE_SIZE = 8 << 20
+MAX_FILE_SIZE = 1 << 50  # 1 PiB: anything larger is a forged or broken manifest
+MAX_FILES = 1_000_000
+MAX_PIECES = 20_000_000
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One verifiable unit: a byte range of one file."""
+
+    index: int  # global index across all files
+    file_index: int
+    path: str
+    offset: int  # within the file
+    length: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+    pieces: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    piece_size: int
+    files: tuple[FileEntry, ...]
+    torrent: Mapping[str, str] | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    # -- identity --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "piece_size": self.piece_size,
+            "files": [
+                {
+                    "path": f.path,
+                    "size": f.size,
+                    "sha256": f.sha256,
+                    "pieces": list(f.pieces) if not f.pieces or f.pieces[0] else None,
+                }
+                for f in self.files
+            ],
+        }
+        if self.torrent:
+            d["torrent"] = dict(self.torrent)
+        if self.meta:
+            d["meta"] = dict(self.meta)
+        return d
+
+    @cached_property
+    def canonical_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @cached_property
+    def sha256(self) -> str:
+        """The manifest's identity: SHA-256 of its canonical bytes."""
+        return hashlib.sha256(self.canonical_bytes).hexdigest()
+
+    def write(self, path: Path) -> None:
+        """Write the canonical bytes atomically (temp name, fsync, rename)."""
+        from dsmirror._core.fsutil import atomic_write_bytes
+
+        atomic_write_bytes(path, self.canonical_bytes)
+
+    # -- pieces ----------------------------------------------------------------------------------
+    @cached_property
+    def pieces(self) -> tuple[Piece, ...]:
+        out: list[Piece] = []
+        for fi, f in enumerate(self.files):
+            for k, digest in enumerate(f.pieces):
+                off = k * self.piece_size
+                out.append(Piece(len(out), fi, f.path, off, min(self.piece_size, f.size - off), digest))
+        return tuple(out)
+
+    @cached_property
+    def file_piece_ranges(self) -> tuple[range, ...]:
+        """Global piece indices of each file."""
+        ranges: list[range] = []
+        start = 0
+        for f in self.files:
+            ranges.append(range(start, start + len(f.pieces)))
+            start += len(f.pieces)
+        return tuple(ranges)
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def num_pieces(self) -> int:
+        return len(self.pieces)
+
+    def file(self, path: str) -> FileEntry:
+        for f in self.files:
+            if f.path == path:
+                return f
+        raise KeyError(path)
+
+    @property
+    def has_piece_hashes(self) -> bool:
+        return all(not f.pieces or f.pieces[0] for f in self.files)
+
+    def with_piece_hashes(self, path: str, pieces: Sequence[str]) -> Manifest:
+        files = tuple(
+            FileEntry(f.path, f.size, f.sha256, tuple(pieces)) if f.path == path else f for f in self.files
+        )
+        return Manifest(self.name, self.piece_size, files, self.torrent, self.meta)
+
+    @property
+    def folder_name(self) -> str:
+        """The name as one safe path component (the default destination folder of a pull)."""
+        safe = re.sub(r"[^A-Za-z0-9._+@=-]+", "-", self.name).strip("-.") or "model"
+        return safe[:120]
+
+    def with_torrent(self, torrent: Mapping[str, str] | None) -> Manifest:
+        return Manifest(self.name, self.piece_size, self.files, torrent, self.meta)
+
+
+# -- validation ------------------------------------------------------------------------------------
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise ManifestError(message)
+
+
+def parse_manifest(data: bytes, *, expected_sha256: str | None = None, origin: str | None = None) -> Manifest:
+    """Parse and strictly validate manifest bytes; check the pin when given."""
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"not valid JSON ({exc})", path=origin) from exc
+    try:
+        m = _from_obj(obj)
+    except ManifestError as exc:
+        if origin:
+            raise ManifestError(exc.message, path=origin, hint=exc.hint) from None
+        raise
+    if expected_sha256 is not None and m.sha256 != expected_sha256.lower():
+        raise ManifestMismatch(expected_sha256.lower(), m.sha256, where=origin or "manifest")
+    return m
+
+
+def _from_obj(obj: Any) -> Manifest:
+    _expect(isinstance(obj, dict), "a manifest must be a JSON object")
+    _expect(obj.get("format") == FORMAT, f"not a dsmirror manifest (format must be {FORMAT!r})")
+    _expect(obj.get("version") == VERSION, f"unsupported manifest version {obj.get('version')!r}")
+    unknown = set(obj) - {"format", "version", "name", "piece_size", "files", "torrent", "meta"}
+    _expect(not unknown, f"unknown manifest field(s): {', '.join(sorted(unknown))}")
+    name = obj.get("name")
+    _expect(isinstance(name, str) and 0 < len(name) <= 200, "name must be a string of 1..200 characters")
+    _expect("\x00" not in name, "name must not contain NUL")
+    ps = obj.get("piece_size")
+    _expect(
+        isinstance(ps, int)
+        and not isinstance(ps, bool)
+        and MIN_PIECE_SIZE <= ps <= MAX_PIECE_SIZE
+        and ps & (ps - 1) == 0,
+        f"piece_size {ps!r} must be a power of two between 16 KiB and 1 GiB",
+    )
+    files_obj = obj.get("files")
+    _expect(isinstance(files_obj, list), "files must be a list")
+    _expect(len(files_obj) <= MAX_FILES, f"too many files ({len(files_obj)})")
+    files: list[FileEntry] = []
+    seen: set[str] = set()
+    seen_folded: set[str] = set()
+    total_pieces = 0
+    for i, fo in enumerate(files_obj):
+        where = f"files[{i}]"
+        _expect(isinstance(fo, dict), f"{where} must be an object")
+        _expect(
+            set(fo) == {"path", "size", "sha256", "pieces"},
+            f"{where} needs exactly path, size, sha256, pieces",
+        )
+        path = validate_relpath(fo["path"], where=f"{where}.path")
+        _expect(path not in seen, f"{where}.path {path!r} appears twice")
+        _expect(
+            path.casefold() not in seen_folded, f"{where}.path {path!r} differs from another only by case"
+        )
+        seen.add(path)
+        seen_folded.add(path.casefold())
+        size = fo["size"]
+        _expect(
+            isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_FILE_SIZE,
+            f"{where}.size {size!r} is not a plausible size",
+        )
+        digest = fo["sha256"]
+        _expect(
+            isinstance(digest, str) and bool(_HEX64.match(digest)), f"{where}.sha256 is not 64 lowercase hex"
+        )
+        pieces = fo["pieces"]
+        want = -(-size // ps)
+        _expect(total_pieces + want <= MAX_PIECES, f"too many pieces (> {MAX_PIECES})")
+        if pieces is None:
+            pieces = [""] * want  # unknown: the whole-file digest is the only check
+        _expect(isinstance(pieces, list), f"{where}.pieces must be a list or null")
+        _expect(
+            len(pieces) == want, f"{where}: {len(pieces)} piece hashes for {size} bytes (expected {want})"
+        )
+        _expect(
+            all(isinstance(p, str) and _HEX64.match(p) for p in pieces) or all(p == "" for p in pieces),
+            f"{where}.pieces: bad digest",
+        )
+        total_pieces += want
+        _expect(total_pieces <= MAX_PIECES, f"too many pieces (> {MAX_PIECES})")
+        files.append(FileEntry(path, size, digest, tuple(pieces)))
+    # A file may not also be a folder of another file ("a" and "a/b").
+    for p in seen:
+        parent = PurePosixPath(p).parent
+        while str(parent) != ".":
+            _expect(str(parent) not in seen, f"{str(parent)!r} is both a file and a folder")
+            parent = parent.parent
+    torrent = obj.get("torrent")
+    if torrent is not None:
+        _expect(isinstance(torrent, dict), "torrent must be an object")
+        _expect(set(torrent) <= {"btih", "btmh", "btih_v1only"}, "torrent accepts btih, btmh, btih_v1only")
+        for k, v in torrent.items():
+            ok = isinstance(v, str) and bool((_HEX64 if k == "btmh" else _HEX40).match(v))
+            _expect(ok, f"torrent.{k} is not a hex info-hash")
+    meta = obj.get("meta", {})
+    _expect(isinstance(meta, dict), "meta must be an object")
+    return Manifest(name, ps, tuple(files), torrent, meta)
+
+
+def load_manifest(path: Path, *, expected_sha256: str | None = None) -> Manifest:
+    try:
+        st = path.stat()
+        if st.st_size > 4 << 30:
+            raise ManifestError("file is too large to be a manifest", path=str(path))
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError("no such file", path=str(path), hint="check the path of the manifest") from None
+    except IsADirectoryError:
+        raise ManifestError("is a folder, not a manifest file", path=str(path)) from None
+    except PermissionError:
+        raise ManifestError("permission denied", path=str(path)) from None
+    return parse_manifest(data, expected_sha256=expected_sha256, origin=str(path))
+
+
+# -- hashing ---------------------------------------------------------------------------------------
+_POOL = ThreadPoolExecutor(
+    max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="dsmirror-hash"
+)
+
+
+def _hexdigest(buf: memoryview) -> str:
+    return hashlib.sha256(buf).hexdigest()
+
+
+def hash_file_pieces(
+    path: Path,
+    piece_size: int,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[int, str, list[str]]:
+    """Hash one file: (size, whole-file sha256, piece sha256s), streaming with bounded memory.
+
+    The piece digest and the whole-file digest of each chunk run on two threads at once
+    (hashlib releases the GIL on large buffers), and the next read overlaps both, so a file is
+    hashed at roughly the speed of one SHA-256 stream instead of half of it.
+    """
+    whole = hashlib.sha256()
+    pieces: list[str] = []
+    bufs = [bytearray(piece_size), bytearray(piece_size)]
+    size = 0
+    with open(path, "rb", buffering=0) as fh:
+        turn = 0
+        n = fh.readinto(bufs[turn])
+        while n:
+            view = memoryview(bufs[turn])[:n]
+            fut = _POOL.submit(_hexdigest, view)
+            whole.update(view)
+            nxt = 1 - turn
+            # Read the next piece while the piece digest finishes: both release the GIL.
+            n_next = fh.readinto(bufs[nxt]) if n == piece_size else 0
+            pieces.append(fut.result())
+            size += n
+            if on_bytes:
+                on_bytes(n)
+            turn, n = nxt, n_next or 0
+    return size, whole.hexdigest(), pieces
+
+
+def _walk(root: Path) -> Iterator[str]:
+    """Regular files below root as sorted relative POSIX paths; refuse symlinks and specials."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, root)
+        dirnames[:] = sorted(d for d in dirnames if not (rel_dir == "." and d == PRIVATE_DIR))
+        for d in dirnames:
+            if os.path.islink(os.path.join(dirpath, d)):
+                raise ManifestError(
+                    f"{os.path.join(rel_dir, d)} is a symlink; dsmirror does not follow links"
+                )
+        for fn in sorted(filenames):
+            full = os.path.join(dirpath, fn)
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode):
+                raise ManifestError(f"{os.path.relpath(full, root)} is not a regular file")
+            yield PurePosixPath(os.path.relpath(full, root)).as_posix()
+
+
+def create_manifest(
+    root: Path,
+    *,
+    name: str | None = None,
+    piece_size: int = DEFAULT_PIECE_SIZE,
+    files: Sequence[str] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Hash a folder (or the listed files in it) into a manifest."""
+    if not (MIN_PIECE_SIZE <= piece_size <= MAX_PIECE_SIZE and piece_size & (piece_size - 1) == 0):
+        raise UsageError(
+            f"piece size {piece_size} is not a power of two between 16 KiB and 1 GiB",
+            hint="use e.g. --piece-size 4MiB or 8MiB",
+        )
+    if not root.is_dir():
+        raise ManifestError("is not a folder", path=str(root))
+    rels = list(files) if files is not None else list(_walk(root))
+    entries = []
+    for rel in rels:
+        validate_relpath(rel)
+        size, digest, pieces = hash_file_pieces(root / rel, piece_size, on_bytes=on_bytes)
+        entries.append(FileEntry(rel, size, digest, tuple(pieces)))
+    m = Manifest(name or root.resolve().name, piece_size, tuple(entries), None, dict(meta or {}))
+    return parse_manifest(m.canonical_bytes)  # round-trip through the validator
+
+
+# -- verification ----------------------------------------------------------------------------------
+@dataclass
+class VerifyReport:
+    bad_pieces: list[Piece] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
+    wrong_size: list[str] = field(default_factory=list)
+    bad_files: list[str] = field(default_factory=list)  # whole-file digest mismatch
+    checked_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.bad_pieces or self.missing_files or self.wrong_size or self.bad_files)
+
+
+def verify_tree(
+    manifest: Manifest,
+    root: Path,
+    *,
+    paths: Iterable[str] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Check every piece and whole-file digest of ``manifest`` against the files under ``root``."""
+    report = VerifyReport()
+    wanted = set(paths) if paths is not None else None
+    for fi, f in enumerate(manifest.files):
+        if wanted is not None and f.path not in wanted:
+            continue
+        p = root / f.path
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            report.missing_files.append(f.path)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            report.missing_files.append(f.path)
+            continue
+        if st.st_size != f.size:
+            report.wrong_size.append(f.path)
+            continue
+        _, digest, pieces = hash_file_pieces(p, manifest.piece_size, on_bytes=on_bytes)
+        report.checked_bytes += f.size
+        rng = manifest.file_piece_ranges[fi]
+        for k, (got, want) in enumerate(zip(pieces, f.pieces, strict=True)):
+            if got != want:
+                report.bad_pieces.append(manifest.pieces[rng[k]])
+        if digest != f.sha256:
+            report.bad_files.append(f.path)
+    return report

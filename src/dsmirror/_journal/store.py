@@ -1,0 +1,638 @@
+"""The crash-safe store: where pieces land, how progress is journaled, how files move into place.
+
+On-disk layout, for a pull of manifest ``M`` (identity ``<mid>`` = its SHA-256) into ``DEST``::
+
+    DEST/
+      <path>...                      final files; only ever created by rename(2) of a verified file
+      .dsmirror/
+        installed/<mid>.json         what was installed (path, size, mtime_ns, inode), so a re-run of a
+                                     finished pull is a no-op without re-hashing; stale ones are re-verified
+        partial/<mid>/
+          lock                       flock(2)-ed by the running pull; holds its pid (text)
+          manifest.json              canonical bytes of M (what this partial area belongs to)
+          journal                    append-only progress journal (below)
+          data/<path>...             partial files, preallocated to their full size
+
+Journal format: a 44-byte header ``b"DSMJRNL1" + sha256(M) (32 bytes) + crc32(first 40 bytes) (u32 LE)``
+followed by 12-byte records ``struct("<B3xII")``: kind, piece index, crc32 of the first 8 bytes.
+
+    kind b"W"  piece *i* was verified against the manifest and all its bytes were handed to pwrite(2);
+               nothing was fsync-ed yet.
+    kind b"C"  commit: its index field is a journal offset; every data file was fdatasync-ed after
+               that offset was taken and before this record was written, so every W record before
+               that offset describes bytes that are durably on disk.
+    kind b"X"  piece *i* is no longer trusted (its file failed its whole-file digest and the piece is
+               being fetched again from another source).
+
+For files without published piece hashes, ``provenance`` (text, one line per piece:
+``<index> <source name> <sha256 of the bytes received>``, appended, advisory) remembers which source
+sent which piece, so that a whole-file mismatch can be traced to the source that sent bad bytes, also
+after a resume.
+
+Reading it back: pieces whose W record lies before the offset a later C covers are trusted. A torn
+or corrupt record (a torn write can only be at the end) ends trust: W records after it are re-
+verified. Pieces with a W record no commit covers (written, but the process or the machine died
+before a commit) are *re-verified* by hashing: after ``kill -9`` their bytes are in the page cache
+and they verify, so nothing is lost; after a power loss they may not, and are fetched again. A
+damaged header, a data file of the wrong size, or a missing data file means the journal cannot be
+trusted for that file: its pieces are re-verified from the bytes on disk, and every piece that still
+verifies is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import queue
+import shutil
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsmirror._core.errors import AlreadyInProgress, DiskFull, IntegrityError, StorageError
+from dsmirror._core.fsutil import atomic_write_bytes, fsync_dir, safe_join, storage_errors
+from dsmirror._formats.manifest import FileEntry, Manifest, Piece
+from dsmirror._formats.private import PrivateArea
+
+__all__ = ["Store", "StoreStats", "lock_area"]
+
+_MAGIC = b"DSMJRNL1"
+_HEADER = struct.Struct("<8s32sI")
+_RECORD = struct.Struct("<B3xII")
+_W = ord("W")
+_C = ord("C")
+_X = ord("X")
+#: Keep this much space free beyond what the pull needs.
+SPACE_MARGIN = 64 << 20
+
+
+@dataclass
+class StoreStats:
+    trusted_pieces: int = 0  # from committed journal records
+    reverified_pieces: int = 0  # W-after-C or untrusted journal: hashed again, kept
+    rejected_pieces: int = 0  # journaled but no longer verifying: fetched again
+    reused_files: int = 0  # already installed at DEST and unchanged
+
+
+class Store:
+    """Owns the partial area of one pull. Thread-safe for ``write``/``mark_verified``."""
+
+    def __init__(self, dest: Path, manifest: Manifest) -> None:
+        self.dest = dest
+        self.manifest = manifest
+        self.area = PrivateArea(dest).partial(manifest.sha256)
+        self.data_dir = self.area / "data"
+        self.installed_record = PrivateArea(dest).install_record(manifest.sha256)
+        self.stats = StoreStats()
+        n = manifest.num_pieces
+        self._done = bytearray(n)
+        self._file_done = [False] * len(manifest.files)  # installed under the final name
+        self._fds: dict[int, int] = {}
+        self._dirty: set[int] = set()
+        self._lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._journal_fd = -1
+        self._journal_end = 0
+        self._lock_fd = -1
+        self._pending_w = 0
+        self._hashers: list[_FileHasher] = []
+        self._hash_queue: queue.Queue[int | None] = queue.Queue()
+        self._hash_thread: threading.Thread | None = None
+        self._hash_error: BaseException | None = None
+        self._hash_lock = threading.Lock()
+        #: whole-file digest result per file: None = not checked yet (or pieces missing)
+        self._file_ok: list[bool | None] = [None] * len(manifest.files)
+        self._file_results: list[tuple[int, bool]] = []
+        self.provenance: dict[int, tuple[str, str]] = {}
+        self._prov_fd = -1
+        self.closed = False
+
+    # -- opening -----------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        dest: Path,
+        manifest: Manifest,
+        *,
+        on_reverify: Callable[[int], None] | None = None,
+    ) -> Store:
+        """Lock the partial area, recover progress, check space and preallocate the files."""
+        store = cls(dest, manifest)
+        try:
+            store._open(on_reverify)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _open(self, on_reverify: Callable[[int], None] | None) -> None:
+        with storage_errors(self.dest):
+            self.dest.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.dest, os.W_OK):
+                raise StorageError(
+                    f"cannot write to {self.dest}",
+                    path=str(self.dest),
+                    hint="choose a --dest you can write to",
+                )
+            self.area.mkdir(parents=True, exist_ok=True)
+            self._acquire_lock()
+            self._check_installed()
+            if all(self._file_done):
+                return
+            if not (self.area / "manifest.json").exists():
+                atomic_write_bytes(self.area / "manifest.json", self.manifest.canonical_bytes)
+            suspect = self._recover_journal()
+            self._load_provenance()
+            self._prepare_files(suspect)
+            self._reverify(suspect, on_reverify)
+            self._rewrite_journal()
+        self._start_hasher()
+
+    def _acquire_lock(self) -> None:
+        self._lock_fd = lock_area(self.area, self.dest)
+
+    def _check_installed(self) -> None:
+        """Mark files already installed at DEST (unchanged since we installed them, or verifying)."""
+        record: dict[str, list[int]] = {}
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(self.installed_record.read_bytes())
+        for fi, f in enumerate(self.manifest.files):
+            final = self.dest / f.path
+            try:
+                st = final.lstat()
+            except FileNotFoundError:
+                continue
+            if not final.is_file() or final.is_symlink() or st.st_size != f.size:
+                continue
+            if record.get(f.path) == [st.st_size, st.st_mtime_ns, st.st_ino]:
+                self._mark_file_installed(fi)
+                continue
+            # Present but not known to us: verify before trusting (a user copy, or a changed file).
+            from dsmirror._formats.manifest import hash_file_pieces
+
+            _, digest, pieces = hash_file_pieces(final, self.manifest.piece_size)
+            if digest == f.sha256 and (not f.pieces or not f.pieces[0] or list(pieces) == list(f.pieces)):
+                self._mark_file_installed(fi)
+
+    def _mark_file_installed(self, fi: int) -> None:
+        self._file_done[fi] = True
+        self.stats.reused_files += 1
+        for i in self.manifest.file_piece_ranges[fi]:
+            self._done[i] = 1
+
+    def _journal_header(self) -> bytes:
+        head = _HEADER.pack(_MAGIC, bytes.fromhex(self.manifest.sha256), 0)
+        return head[:40] + struct.pack("<I", zlib.crc32(head[:40]))
+
+    def _recover_journal(self) -> set[int]:
+        """Read the journal; mark trusted pieces done; return the pieces to re-verify."""
+        path = self.area / "journal"
+        suspect: set[int] = set()
+        header = self._journal_header()
+        data = b""
+        with contextlib.suppress(FileNotFoundError):
+            data = path.read_bytes()
+        if len(data) >= _HEADER.size and data[: _HEADER.size] == header:
+            n = self.manifest.num_pieces
+            pending: dict[int, int] = {}  # piece -> offset of its W record
+            damaged = False
+            for off in range(_HEADER.size, len(data) - _RECORD.size + 1, _RECORD.size):
+                kind, index, crc = _RECORD.unpack_from(data, off)
+                if (
+                    crc != zlib.crc32(data[off : off + 8])
+                    or kind not in (_W, _C, _X)
+                    or (kind != _C and index >= n)
+                ):
+                    # Bit rot inside the journal (a torn write can only be at the end): nothing after
+                    # this point is trusted, but every W after it is re-verified rather than lost.
+                    damaged = True
+                    continue
+                if kind == _W:
+                    pending[index] = off
+                elif kind == _X:
+                    pending.pop(index, None)
+                    suspect.discard(index)
+                    if self._done[index]:
+                        self._done[index] = 0
+                        self.stats.trusted_pieces -= 1
+                elif not damaged:
+                    # C covers the W records written before offset ``index`` (their data was synced).
+                    for i, woff in list(pending.items()):
+                        if woff < index:
+                            del pending[i]
+                            if not self._done[i]:
+                                self._done[i] = 1
+                                self.stats.trusted_pieces += 1
+            suspect |= set(pending)
+            if damaged:
+                # A damaged record may have been any piece's: re-verify every piece not trusted.
+                for fi, f in enumerate(self.manifest.files):
+                    if not self._file_done[fi] and (self.data_dir / f.path).exists():
+                        suspect.update(self.manifest.file_piece_ranges[fi])
+        elif data:
+            # Damaged or foreign journal: trust nothing it says; re-verify every partial file.
+            for fi, f in enumerate(self.manifest.files):
+                if not self._file_done[fi] and (self.data_dir / f.path).exists():
+                    suspect.update(self.manifest.file_piece_ranges[fi])
+        return {i for i in suspect if not self._done[i]}
+
+    def _rewrite_journal(self) -> None:
+        """Compact the journal to what is trusted now (after data was synced), then append to it."""
+        for fd in self._fds.values():
+            os.fdatasync(fd)
+        body = bytearray(self._journal_header())
+        for i in range(self.manifest.num_pieces):
+            if self._done[i] and not self._file_done[self.manifest.pieces[i].file_index]:
+                body += _record(_W, i)
+        body += _record(_C, len(body))
+        atomic_write_bytes(self.area / "journal", bytes(body))
+        self._journal_fd = os.open(self.area / "journal", os.O_WRONLY | os.O_APPEND)
+        self._journal_end = len(body)
+
+    def _load_provenance(self) -> None:
+        path = self.area / "provenance"
+        with contextlib.suppress(FileNotFoundError):
+            for line in path.read_text(errors="replace").splitlines():
+                parts = line.split(" ")
+                if len(parts) == 3 and parts[0].isdigit() and int(parts[0]) < self.manifest.num_pieces:
+                    self.provenance[int(parts[0])] = (parts[1], parts[2])
+        self._prov_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _prepare_files(self, suspect: set[int]) -> None:
+        """Open (create, preallocate) every partial file after checking free space."""
+        m = self.manifest
+        need = 0
+        for fi, f in enumerate(m.files):
+            if self._file_done[fi]:
+                continue
+            p = self.data_dir / f.path
+            try:
+                st = p.stat()
+                have = st.st_blocks * 512
+                if st.st_size != f.size:
+                    # Truncated or grown behind our back: the journal cannot vouch for this file.
+                    for i in m.file_piece_ranges[fi]:
+                        if self._done[i]:
+                            self._done[i] = 0
+                            self.stats.trusted_pieces -= 1
+                            suspect.add(i)
+            except FileNotFoundError:
+                have = 0
+                for i in m.file_piece_ranges[fi]:
+                    if self._done[i]:
+                        self._done[i] = 0
+                        self.stats.trusted_pieces -= 1
+                        self.stats.rejected_pieces += 1
+                    suspect.discard(i)
+            need += max(0, f.size - have)
+        free = shutil.disk_usage(self.area).free
+        if need + SPACE_MARGIN > free and need > 0:
+            raise DiskFull(path=str(self.dest), needed=need + SPACE_MARGIN, available=free)
+        for fi, f in enumerate(m.files):
+            if self._file_done[fi]:
+                continue
+            p = safe_join(self.data_dir, f.path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fds[fi] = fd
+            if os.fstat(fd).st_size != f.size:
+                os.ftruncate(fd, f.size)
+            if f.size:
+                try:
+                    os.posix_fallocate(fd, 0, f.size)
+                except OSError as exc:
+                    if exc.errno == 28:
+                        raise DiskFull(path=str(self.dest), needed=f.size, available=free) from exc
+                    # EOPNOTSUPP and friends: the filesystem cannot reserve; go on without.
+
+    def _reverify(self, suspect: set[int], on_reverify: Callable[[int], None] | None) -> None:
+        for i in sorted(suspect):
+            piece = self.manifest.pieces[i]
+            data = os.pread(self._fds[piece.file_index], piece.length, piece.offset)
+            if piece.sha256 and hashlib.sha256(data).hexdigest() == piece.sha256:
+                self._done[i] = 1  # made durable by _rewrite_journal, which syncs the data first
+                self.stats.reverified_pieces += 1
+            elif (
+                not piece.sha256
+                and i in self.provenance
+                and hashlib.sha256(data).hexdigest() == self.provenance[i][1]
+            ):
+                self._done[i] = 1  # no published hash: the bytes are what the source sent
+                self.stats.reverified_pieces += 1
+            else:
+                self.stats.rejected_pieces += 1
+            if on_reverify:
+                on_reverify(piece.length)
+
+    # -- the whole-file digests, computed in order, in the background --------------------------
+    def _start_hasher(self) -> None:
+        self._hashers = [_FileHasher() for _ in self.manifest.files]
+        self._hash_thread = threading.Thread(target=self._hash_loop, name="dsmirror-filehash", daemon=True)
+        self._hash_thread.start()
+        for fi in range(len(self.manifest.files)):
+            self._hash_queue.put(fi)
+
+    def _hash_loop(self) -> None:
+        try:
+            while (fi := self._hash_queue.get()) is not None:
+                if self._file_done[fi]:
+                    continue
+                rng = self.manifest.file_piece_ranges[fi]
+                while True:
+                    with self._hash_lock:
+                        h = self._hashers[fi]
+                        if self._file_ok[fi] is not None:
+                            break
+                        if h.next_piece == len(rng):
+                            ok = h.sha.hexdigest() == self.manifest.files[fi].sha256
+                            self._file_ok[fi] = ok
+                            self._file_results.append((fi, ok))
+                            break
+                        if not self._done[rng[h.next_piece]]:
+                            break
+                        piece = self.manifest.pieces[rng[h.next_piece]]
+                        data = os.pread(self._fds[fi], piece.length, piece.offset)
+                        h.sha.update(data)
+                        h.next_piece += 1
+        except BaseException as exc:  # reported by finalize()
+            self._hash_error = exc
+
+    # -- writing -------------------------------------------------------------------------------
+    def is_done(self, index: int) -> bool:
+        return bool(self._done[index])
+
+    def missing(self) -> list[int]:
+        return [i for i, d in enumerate(self._done) if not d]
+
+    @property
+    def verified_bytes(self) -> int:
+        """Bytes that passed a check: pieces with a published hash, and whole files that matched.
+
+        Pieces of a file without piece hashes count only once the file matched its digest, so a
+        repair (which un-trusts such pieces) never moves verified progress backwards.
+        """
+        ok = self._file_ok
+        return sum(
+            p.length
+            for p in self.manifest.pieces
+            if self._done[p.index] and (p.sha256 or ok[p.file_index] or self._file_done[p.file_index])
+        )
+
+    @property
+    def received_bytes(self) -> int:
+        """Bytes stored, verified or waiting for their file's digest (for rates and ETAs)."""
+        return sum(p.length for p in self.manifest.pieces if self._done[p.index])
+
+    def write(self, piece: Piece, offset_in_piece: int, data: bytes | bytearray | memoryview) -> None:
+        """pwrite bytes of a piece that is being fetched (not yet verified)."""
+        fd = self._fds[piece.file_index]
+        with storage_errors(self.data_dir / piece.path):
+            os.pwrite(fd, data, piece.offset + offset_in_piece)
+        self._dirty.add(piece.file_index)
+
+    def read_piece(self, piece: Piece) -> bytes:
+        """The bytes of a piece as stored (verified or not: check ``is_done``)."""
+        if self._file_done[piece.file_index]:
+            with open(self.dest / piece.path, "rb") as fh:
+                fh.seek(piece.offset)
+                return fh.read(piece.length)
+        return os.pread(self._fds[piece.file_index], piece.length, piece.offset)
+
+    def mark_verified(self, piece: Piece, *, source: str | None = None, digest: str | None = None) -> bool:
+        """Record that ``piece`` is verified (or, without a piece hash, received) and fully written.
+
+        Returns False if it already was. ``source``/``digest`` are kept as provenance for pieces
+        that have no published hash.
+        """
+        with self._lock:
+            if self._done[piece.index]:
+                return False
+            self._done[piece.index] = 1
+            with storage_errors(self.area / "journal"):
+                if not piece.sha256 and source and digest:
+                    self.provenance[piece.index] = (source, digest)
+                    os.write(self._prov_fd, f"{piece.index} {source} {digest}\n".encode())
+                self._append(_W, piece.index)
+        self._hash_queue.put(piece.file_index)
+        return True
+
+    def invalidate(self, indices: Iterable[int]) -> None:
+        """Stop trusting these pieces (their file failed its digest); they will be fetched again."""
+        touched: set[int] = set()
+        with self._hash_lock, self._lock:
+            for i in indices:
+                if self._done[i]:
+                    self._done[i] = 0
+                    with storage_errors(self.area / "journal"):
+                        self._append(_X, i)
+                fi = self.manifest.pieces[i].file_index
+                touched.add(fi)
+            for fi in touched:
+                self._hashers[fi] = _FileHasher()
+                self._file_ok[fi] = None
+
+    def take_file_results(self) -> list[tuple[int, bool]]:
+        """Whole-file digest results since the last call: (file index, matched)."""
+        with self._hash_lock:
+            out, self._file_results = self._file_results, []
+        return out
+
+    def all_files_checked(self) -> bool:
+        """Every file installed or with a matching whole-file digest."""
+        with self._hash_lock:
+            return all(d or ok for d, ok in zip(self._file_done, self._file_ok, strict=True))
+
+    def wait_checked(self, timeout: float = 3600.0) -> bool:
+        """When every piece is done: wait for the whole-file digests; True if all matched."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._hash_lock:
+                if all(d or ok is not None for d, ok in zip(self._file_done, self._file_ok, strict=True)):
+                    return all(d or ok for d, ok in zip(self._file_done, self._file_ok, strict=True))
+            if self._hash_error is not None:
+                return False
+            time.sleep(0.01)
+        return False
+
+    def learned_manifest(self) -> Manifest:
+        """The manifest with piece hashes filled in from verified files that had none published."""
+        m = self.manifest
+        for fi, f in enumerate(m.files):
+            if f.pieces and not f.pieces[0] and self._file_ok[fi]:
+                rng = m.file_piece_ranges[fi]
+                if all(i in self.provenance for i in rng):
+                    m = m.with_piece_hashes(f.path, [self.provenance[i][1] for i in rng])
+        return m
+
+    def _append(self, kind: int, index: int) -> None:
+        """Append one record (caller holds ``_lock``)."""
+        os.write(self._journal_fd, _record(kind, index))
+        self._journal_end += _RECORD.size
+        self._pending_w += 1
+
+    def commit(self) -> None:
+        """Durability point: fdatasync data, then append and fsync a commit record.
+
+        The commit record names the journal offset it covers, taken *before* the data was synced:
+        a W record another connection appends during the sync lies beyond it and stays uncovered
+        (re-verified after a crash) until the next commit.
+        """
+        with self._commit_lock:
+            with self._lock:
+                if not self._pending_w or self._journal_fd < 0:
+                    return
+                dirty, self._dirty = self._dirty, set()
+                pending, self._pending_w = self._pending_w, 0
+                cover = self._journal_end
+            try:
+                with storage_errors(self.data_dir):
+                    for fi in dirty:
+                        if fi in self._fds:
+                            os.fdatasync(self._fds[fi])
+                    with self._lock:
+                        os.write(self._journal_fd, _record(_C, cover))
+                        self._journal_end += _RECORD.size
+                    os.fdatasync(self._journal_fd)
+            except BaseException:
+                with self._lock:
+                    self._dirty |= dirty
+                    self._pending_w += pending
+                raise
+
+    # -- finishing -----------------------------------------------------------------------------
+    def complete(self) -> bool:
+        return all(self._done)
+
+    def finalize(self, *, timeout: float | None = None) -> list[str]:
+        """Check whole-file digests and rename every file into place. Returns installed paths."""
+        if not self.complete():
+            raise StorageError("finalize() before every piece is verified")
+        self.commit()
+        self._hash_queue.put(None)
+        if self._hash_thread:
+            self._hash_thread.join(timeout)
+        if self._hash_error:
+            raise StorageError(f"reading back pieces failed: {self._hash_error}") from self._hash_error
+        installed: list[str] = []
+        record: dict[str, list[int]] = {}
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(self.installed_record.read_bytes())
+        bad: list[FileEntry] = []
+        for fi, f in enumerate(self.manifest.files):
+            if self._file_done[fi]:
+                continue
+            if not self._file_ok[fi]:
+                bad.append(f)
+        if bad:
+            # Every piece verified but a whole-file digest did not: the manifest contradicts itself.
+            raise IntegrityError(
+                f"{bad[0].path}: every piece verified but the whole-file SHA-256 does not match; "
+                "the manifest is inconsistent",
+                hint="re-create the manifest from a good copy",
+            )
+        learned = self.learned_manifest()
+        with storage_errors(self.dest):
+            for fi, f in enumerate(self.manifest.files):
+                if self._file_done[fi]:
+                    continue
+                src = self.data_dir / f.path
+                dst = safe_join(self.dest, f.path)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.fsync(self._fds[fi])
+                os.close(self._fds.pop(fi))
+                os.replace(src, dst)
+                fsync_dir(dst.parent)
+                st = dst.stat()
+                record[f.path] = [st.st_size, st.st_mtime_ns, st.st_ino]
+                self._file_done[fi] = True
+                installed.append(f.path)
+            atomic_write_bytes(self.installed_record, json.dumps(record, sort_keys=True).encode())
+            if learned is not self.manifest:
+                # Piece hashes learned from files that had only a whole-file digest: for serving/seeding.
+                learned.write(self.installed_record.with_suffix(".pieces.json"))
+        self._remove_area()
+        return installed
+
+    def _remove_area(self) -> None:
+        self._close_fds()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.area / "data")
+        for name in ("journal", "manifest.json", "provenance"):
+            with contextlib.suppress(OSError):
+                (self.area / name).unlink()
+
+    def _close_fds(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        for fd in (self._journal_fd, self._prov_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._journal_fd = self._prov_fd = -1
+
+    def close(self) -> None:
+        """Commit what is verified and release the lock; keeps the partial area for a resume."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(StorageError):
+            self.commit()
+        self._hash_queue.put(None)
+        if self._hash_thread:
+            self._hash_thread.join(5)
+        self._close_fds()
+        if self._lock_fd >= 0:
+            if all(self._file_done):
+                with contextlib.suppress(OSError):
+                    (self.area / "lock").unlink()
+                with contextlib.suppress(OSError):
+                    self.area.rmdir()
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def lock_area(area: Path, dest: Path) -> int:
+    """flock(2) ``area/lock`` for this process (AlreadyInProgress if another holds it); the fd.
+
+    The lock is released when the fd is closed (or the process dies).
+    """
+    fd = os.open(area / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = None
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+        os.close(fd)
+        raise AlreadyInProgress(path=str(dest), pid=pid) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class _FileHasher:
+    __slots__ = ("next_piece", "sha")
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.next_piece = 0
+
+
+def _record(kind: int, index: int) -> bytes:
+    head = struct.pack("<B3xI", kind, index)
+    return head + struct.pack("<I", zlib.crc32(head))

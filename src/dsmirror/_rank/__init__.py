@@ -1,0 +1,1 @@
+"""Rank: probing sources and remembering what they delivered."""

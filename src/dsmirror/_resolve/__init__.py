@@ -1,0 +1,1 @@
+"""Resolve: a REF and the catalog into a plan (manifest, sources, destination, install step)."""

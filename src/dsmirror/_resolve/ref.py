@@ -1,0 +1,75 @@
+"""What the user asks for: parsing the REF of ``dsmirror pull REF``.
+
+./model.manifest.json, /abs/x.json   a dsmirror manifest file
+https://host/x.manifest.json         a manifest by URL
+./x.torrent, magnet:?xt=...          a torrent (BitTorrent swarm)
+hf://org/repo[@revision]             a Hugging Face repository (any HF-compatible endpoint)
+ollama://[host/]namespace/name:tag   an Ollama registry model
+deepseek-r1:7b                       an alias from the catalog (mirrors.yaml)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsmirror._core.errors import UsageError
+
+__all__ = ["Ref", "parse_ref"]
+
+_HF = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
+_OLLAMA = re.compile(
+    r"^ollama://(?:(?P<host>[a-z0-9.-]+(?::\d+)?)/)?(?:(?P<ns>[\w.-]+)/)?(?P<name>[\w.-]+)(?::(?P<tag>[\w.-]+))?$"
+)
+
+
+@dataclass(frozen=True)
+class Ref:
+    kind: str  # manifest-file, manifest-url, torrent-file, magnet, hf, ollama, alias
+    text: str
+    path: Path | None = None
+    repo: str | None = None  # hf: org/name; ollama: namespace/name
+    revision: str | None = None  # hf revision / ollama tag
+    host: str | None = None  # ollama registry host
+
+
+def parse_ref(text: str, *, aliases: frozenset[str] | set[str] = frozenset()) -> Ref:
+    if text.startswith("magnet:"):
+        return Ref("magnet", text)
+    if text.startswith("hf://"):
+        m = _HF.match(text)
+        if not m:
+            raise UsageError(f"cannot read {text!r}", hint="write it like hf://deepseek-ai/DeepSeek-R1@main")
+        return Ref("hf", text, repo=m.group("repo"), revision=m.group("rev") or "main")
+    if text.startswith("ollama://"):
+        m = _OLLAMA.match(text)
+        if not m:
+            raise UsageError(f"cannot read {text!r}", hint="write it like ollama://library/deepseek-r1:7b")
+        return Ref(
+            "ollama",
+            text,
+            repo=f"{m.group('ns') or 'library'}/{m.group('name')}",
+            revision=m.group("tag") or "latest",
+            host=m.group("host") or "registry.ollama.ai",
+        )
+    if text.startswith(("http://", "https://")):
+        return Ref("manifest-url", text)
+    if text in aliases:
+        return Ref("alias", text)
+    p = Path(text)
+    if p.suffix == ".torrent" and p.is_file():
+        return Ref("torrent-file", text, path=p)
+    if p.is_file():
+        return Ref("manifest-file", text, path=p)
+    if p.exists():
+        raise UsageError(
+            f"{text} is not a file", hint="give a manifest file, a URL, hf://, ollama:// or an alias"
+        )
+    known = ", ".join(sorted(aliases)[:8])
+    raise UsageError(
+        f"unknown model or file {text!r}",
+        hint=f"give a manifest path, a URL, hf://org/repo, ollama://name:tag or an alias ({known}, ...)"
+        if known
+        else "give a manifest path, a URL, hf://org/repo, ollama://name:tag",
+    )

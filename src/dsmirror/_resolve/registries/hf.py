@@ -1,0 +1,543 @@
+"""Hugging Face repositories, ``hf://org/repo[@revision]``, on every HF-compatible endpoint at once.
+
+Resolving uses the catalog's mirrors of kind ``hf`` (huggingface.co, hf-mirror.com, a LAN dsmirror
+server, ...) in catalog order; for each step the first endpoint that answers wins:
+
+1. Pin the revision to its 40-hex commit (``HfApi.model_info``, ``GET /api/models/{repo}/revision/{rev}``).
+   Every byte is then fetched from ``{endpoint}/{repo}/resolve/{commit}/{path}``: a resume can never
+   mix two revisions, and a mirror that lacks the commit answers 404 and is not asked again.
+2. List the files at that commit (``GET /api/models/{repo}/tree/{commit}?recursive=True``, paged by
+   ``Link: rel=next``, as ``HfApi.list_repo_tree`` does): path, size, git blob id, and for LFS files
+   the SHA-256 of the content, which becomes the file's digest in the manifest.
+3. Keep the files the ``include``/``exclude`` globs select. The globs are anchored: each is matched
+   against the whole repo path with ``fnmatch`` (``*`` also crosses ``/``), never as a substring.
+4. Learn the SHA-256 of the small files (below), build the manifest (8 MiB pieces, or those of a
+   piece manifest the catalog publishes for the alias, after checking that it agrees with the
+   registry's digests), and make one source per endpoint.
+
+Bounded in time
+    Every metadata request has a timeout (``PullOptions.metadata_timeout``, 15 s by default) and is
+    not retried: an endpoint that accepts the connection and never answers costs that long, then the
+    next endpoint is asked. huggingface_hub 2.x cannot be told this per call for everything: its
+    shared httpx2 client has no timeout, ``list_repo_tree`` takes none, and its pagination retries a
+    timed-out request five times with back-off. ``set_client_factory`` would change the client of
+    every huggingface_hub call in the process (the user's own included) and still not help, since the
+    tree pages are requested with an explicit ``timeout=None``. So ``model_info`` gets ``timeout=``,
+    and the tree pages are requested with huggingface_hub's own ``http_backoff`` (no retries, a
+    timeout), headers (``build_hf_headers``), error mapping (``hf_raise_for_status``) and ``RepoFile``
+    parsing: only the route is written here.
+
+Small files: why they are fetched while resolving
+    For a file kept in git rather than LFS the Hub publishes only its git blob id, the SHA-1 of
+    ``b"blob <size>\\0" + content``. The manifest speaks SHA-256 and the store verifies every file by
+    it. Rather than give the manifest a second kind of digest and the store a second kind of check,
+    these files (config.json, tokenizer.json; the Hub keeps files over 10 MB in LFS) are fetched now,
+    checked against their blob id, and enter the manifest with their SHA-256 and full piece hashes.
+    Their bytes reach the engine from memory (``MemorySource``), so they cross the network once. A
+    copy already on disk (``blobs/<blob id>`` in the Hugging Face cache, the destination's own copy,
+    the partial area of an interrupted pull into the same destination) is hashed instead of fetched.
+    The blob ids stay in the manifest's ``meta`` as provenance.
+
+    A dry run fetches nothing: a small file with no copy on disk enters the manifest with the
+    placeholder digest ``UNKNOWN_SHA256`` (all zeros), so the dry run lists it as to fetch, whole,
+    and a note says how many there are and that the manifest id shown is provisional.
+
+The token (``HF_TOKEN`` or huggingface_hub's stored token) is sent only to mirrors marked
+``official`` in the catalog (huggingface.co), for metadata and downloads alike, never to a
+third-party mirror, and never to a redirect target on another host (``HttpSource``); it is never
+logged and never written anywhere.
+
+huggingface_hub builds a telemetry user agent that may fetch ``{HF_ENDPOINT}/api/agent-harnesses``
+from the endpoint fixed at import time, not from the endpoint a call names. dsmirror switches that
+telemetry off (``constants.HF_HUB_DISABLE_TELEMETRY``) before its first call, so it talks to the
+catalog's endpoints only.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from dsmirror._core.errors import IntegrityError, NoSourceError, SourceError, UsageError
+from dsmirror._core.settings import Settings
+from dsmirror._core.units import format_bytes
+from dsmirror._fetch.http import HttpSource
+from dsmirror._fetch.local import MemorySource, local_source_info
+from dsmirror._fetch.source import Source
+from dsmirror._formats.catalog import Catalog, Mirror
+from dsmirror._formats.hf import HfFile, HfListing, select_files
+from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, parse_manifest
+from dsmirror._formats.private import PrivateArea
+from dsmirror._install.install import (
+    hf_after_install,
+    hf_cache_repo_dirs,
+    hf_repo_folder,
+    record_after_install,
+)
+from dsmirror._journal.store import Store
+from dsmirror._resolve.plan import PullOptions, PullPlan, select_mirrors, source_info
+from dsmirror._resolve.registries.client import RepoURLs, describe
+from dsmirror._resolve.registries.modelscope import modelscope_sources, restrict_to_listing
+from dsmirror._verify.digest import ContentHasher, Digests, git_blob_sha1, hash_local_file
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+__all__ = [
+    "HfFile",
+    "HfListing",
+    "list_hf_repo",
+    "plan_hf",
+    "select_files",
+]
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: Small files are kept in memory up to these bounds (each, all together); beyond, they are
+#: hashed as they stream past and fetched again by the engine.
+KEEP_FILE_LIMIT = 64 << 20
+KEEP_TOTAL_LIMIT = 512 << 20
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+#: The digest of a small file a dry run did not fetch (see the module docstring); never pulled.
+UNKNOWN_SHA256 = "0" * 64
+#: A tree listing that has not ended after this many pages is refused (a ``next`` link loop).
+MAX_TREE_PAGES = 10_000
+#: ``PullOptions.metadata_timeout``'s default, for callers of ``list_hf_repo``.
+METADATA_TIMEOUT = 15.0
+
+
+# -- metadata through huggingface_hub ---------------------------------------------------------------
+_telemetry_lock = threading.Lock()
+
+
+def _token_for(mirror: Mirror, token: str | None) -> str | bool:
+    """The token for requests to ``mirror``: only an official endpoint gets it (``False``: none)."""
+    return token if token and mirror.official else False
+
+
+def _no_telemetry() -> None:
+    """Before huggingface_hub builds request headers: see the module docstring."""
+    from huggingface_hub import constants
+
+    with _telemetry_lock:
+        constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
+def _api(mirror: Mirror, token: str | None) -> HfApi:
+    from huggingface_hub import HfApi
+
+    _no_telemetry()
+    return HfApi(endpoint=mirror.url.rstrip("/"), token=_token_for(mirror, token), library_name="dsmirror")
+
+
+def _is_a(exc: BaseException, *names: str) -> bool:
+    """By class name: huggingface_hub raises httpx2's (2.x), httpx's (1.x) or requests' (0.x) errors."""
+    return any(c.__name__ in names for c in type(exc).__mro__)
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, RevisionNotFoundError):
+        return "revision not found"
+    if isinstance(exc, GatedRepoError):
+        return "gated repository: accept its terms on the Hub and set HF_TOKEN"
+    if isinstance(exc, RepositoryNotFoundError):
+        return "repository not found (or private: set HF_TOKEN)"
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else "?"
+        return f"HTTP {status}"
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set"
+    if _is_a(exc, "TimeoutException", "Timeout", "TimeoutError"):
+        return f"no answer within {timeout:g} s"
+    if _is_a(exc, "ConnectError", "ConnectionError"):
+        return f"cannot connect: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _to_file(entry: Any) -> HfFile:
+    path, size, blob_id = entry.path, entry.size, entry.blob_id
+    if not isinstance(path, str) or not isinstance(size, int) or size < 0 or not isinstance(blob_id, str):
+        raise ValueError(f"malformed tree entry {entry!r}")
+    lfs = entry.lfs
+    sha256 = None
+    if lfs is not None:
+        sha256 = str(lfs.sha256).lower()
+        if not _HEX64.match(sha256) or lfs.size != size:
+            raise ValueError(f"malformed LFS entry for {path}")
+    xet = entry.xet_hash if isinstance(entry.xet_hash, str) else None
+    return HfFile(path, size, blob_id.lower(), sha256, xet)
+
+
+#: ``http_backoff`` arguments for one attempt: an error is raised at once, without the warning it
+#: logs before a retry, and without its ``close_session()`` of the process-wide client on a connect
+#: error (as huggingface_hub's own metadata HEAD does when it wants a fast fallback).
+_NO_RETRY: dict[str, Any] = {"max_retries": 0, "retry_on_exceptions": (), "retry_on_status_codes": ()}
+
+
+def _list_tree(mirror: Mirror, repo_id: str, commit: str, token: str | None, timeout: float) -> list[HfFile]:
+    """The files at ``commit``, as ``HfApi.list_repo_tree(recursive=True)`` lists them, but bounded.
+
+    Each page is one request with ``timeout`` and no retry (see "Bounded in time" above).
+    """
+    from huggingface_hub import RepoFile
+
+    # Public names, exported lazily (mypy cannot see them).
+    from huggingface_hub.utils import (  # type: ignore[attr-defined]
+        build_hf_headers,
+        hf_raise_for_status,
+        http_backoff,
+    )
+
+    _no_telemetry()
+    headers = build_hf_headers(token=_token_for(mirror, token), library_name="dsmirror")
+    url: str | None = f"{mirror.url.rstrip('/')}/api/models/{repo_id}/tree/{quote(commit, safe='')}"
+    params: dict[str, Any] | None = {"recursive": True, "expand": False}
+    files: list[HfFile] = []
+    for _ in range(MAX_TREE_PAGES):
+        if url is None:
+            return files
+        resp = http_backoff("GET", url, params=params, headers=headers, timeout=timeout, **_NO_RETRY)
+        hf_raise_for_status(resp)
+        page = resp.json()
+        if not isinstance(page, list):
+            raise ValueError(f"the tree listing is not a list ({type(page).__name__})")
+        for item in page:
+            if item.get("type") == "file":  # not "directory"
+                files.append(_to_file(RepoFile(**item)))  # type: ignore[no-untyped-call]
+        url, params = resp.links.get("next", {}).get("url"), None  # the next link holds the query
+    raise ValueError(f"the tree listing did not end after {MAX_TREE_PAGES} pages")
+
+
+def list_hf_repo(
+    mirrors: Sequence[Mirror],
+    repo_id: str,
+    revision: str,
+    *,
+    token: str | None,
+    timeout: float = METADATA_TIMEOUT,
+) -> HfListing:
+    """Pin ``revision`` and list the repo's files, from the first of ``mirrors`` that answers.
+
+    ``timeout`` bounds each request: an endpoint that does not answer in time is skipped.
+    """
+    problems: list[str] = []
+    for m in mirrors:
+        try:
+            commit = revision.lower() if _HEX40.match(revision.lower()) else None
+            if commit is None:
+                info = _api(m, token).model_info(repo_id, revision=revision, timeout=timeout)
+                commit = str(info.sha or "").lower()
+                if not _HEX40.match(commit):
+                    raise ValueError(f"the endpoint gave no commit id for {revision!r} ({info.sha!r})")
+            files = tuple(_list_tree(m, repo_id, commit, token, timeout))
+        except Exception as exc:  # huggingface_hub, httpx2 and parsing errors alike: try the next one
+            problems.append(f"{m.name}: {_why(exc, timeout)}")
+            continue
+        return HfListing(repo_id, revision, commit, files, m.name, tuple(problems))
+    raise NoSourceError(
+        f"cannot resolve hf://{repo_id}@{revision}: " + "; ".join(problems or ["no endpoint"]),
+        hint="check the repo id and revision, the network, and the hf mirrors (--mirrors, --only)",
+    )
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+@dataclass
+class _Entry:
+    """One manifest file of the pull and the repo file it comes from."""
+
+    manifest_path: str
+    file: HfFile
+    sha256: str = ""
+    pieces: tuple[str, ...] | None = None
+
+
+@dataclass
+class _Kept:
+    """Small files' bytes kept for the engine, within the memory bounds."""
+
+    data: dict[str, bytes] = field(default_factory=dict)
+    total: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def room_for(self, size: int) -> bool:
+        with self.lock:
+            if size > KEEP_FILE_LIMIT or self.total + size > KEEP_TOTAL_LIMIT:
+                return False
+            self.total += size
+            return True
+
+
+@dataclass(frozen=True)
+class _Small:
+    digests: Digests
+    liars: tuple[str, ...]  # sources that sent other bytes
+
+
+def _fetch_small(
+    entry: _Entry,
+    sources: Sequence[Source],
+    local: Sequence[Path],
+    piece_size: int,
+    kept: _Kept,
+) -> _Small | None:
+    """The digests of a small file checked against its git blob id: from disk if a copy is there.
+
+    With no ``sources`` (a dry run) and no copy on disk, None.
+    """
+    f = entry.file
+    keep = kept.room_for(f.size)
+    for path in local:
+        try:
+            if path.stat().st_size != f.size:
+                continue
+            d = hash_local_file(path, piece_size, keep=keep)
+        except OSError:
+            continue
+        if d.size == f.size and d.git_sha1 == f.blob_id:
+            # Kept, so the engine copies it from memory (the reuse search knows SHA-256 names only).
+            if d.data is not None:
+                with kept.lock:
+                    kept.data[entry.manifest_path] = d.data
+            return _Small(d, ())
+    if not sources:
+        return None
+    problems: list[str] = []
+    liars: list[str] = []
+    probe = FileEntry(entry.manifest_path, f.size, "", ())
+    for src in sources:
+        h = ContentHasher(f.size, piece_size, keep=keep)
+        try:
+            with src.open_range(probe, 0, f.size - 1) as chunks:
+                for chunk in chunks:
+                    h.update(chunk)
+                    if h.received > f.size:
+                        break
+        except SourceError as exc:
+            problems.append(f"{src.name}: {describe(exc)}")
+            continue
+        d = h.finish()
+        if d.size == f.size and d.git_sha1 == f.blob_id:
+            if d.data is not None:
+                with kept.lock:
+                    kept.data[entry.manifest_path] = d.data
+            return _Small(d, tuple(liars))
+        liars.append(src.name)
+        problems.append(f"{src.name}: sent {d.size} bytes with git blob id {d.git_sha1}, not {f.blob_id}")
+    if liars:
+        raise IntegrityError(f"no source sent {f.path} as the registry lists it: " + "; ".join(problems))
+    raise NoSourceError(f"cannot fetch {f.path}: " + "; ".join(problems or ["no source"]))
+
+
+def _check_published(entries: Sequence[_Entry], published: Manifest, where: str) -> None:
+    """Take the piece hashes of a published manifest, after checking it agrees with the registry."""
+    by_path = {pf.path: pf for pf in published.files}
+    for e in entries:
+        pf = by_path.get(e.file.path)
+        if pf is None or e.sha256 == UNKNOWN_SHA256:  # a dry run's unfetched file: checked by the pull
+            continue
+        if pf.size != e.file.size or pf.sha256 != e.sha256:
+            raise IntegrityError(
+                f"{where}: the published piece manifest says {pf.path} is {pf.size} bytes with SHA-256 "
+                f"{pf.sha256[:16]}…, the registry says {e.file.size} bytes with {e.sha256[:16]}…",
+                hint="the piece manifest is for another revision: pin the revision it was made from",
+            )
+        if pf.pieces and pf.pieces[0]:
+            if e.pieces is not None and tuple(pf.pieces) != e.pieces:
+                raise IntegrityError(f"{where}: piece hashes of {pf.path} disagree with its content")
+            e.pieces = tuple(pf.pieces)
+
+
+def _manifest(name: str, piece_size: int, entries: Sequence[_Entry], meta: dict[str, Any]) -> Manifest:
+    files = []
+    for e in entries:
+        n = -(-e.file.size // piece_size)
+        pieces = e.pieces if e.pieces is not None else ("",) * n
+        files.append(FileEntry(e.manifest_path, e.file.size, e.sha256, pieces))
+    m = Manifest(name[:200], piece_size, tuple(files), None, meta)
+    return parse_manifest(m.canonical_bytes, origin=f"the listing of {name}")  # validates every path
+
+
+def _partial_areas(dest: Path) -> list[Path]:
+    """The partial areas of earlier, interrupted pulls into ``dest`` (see ``dsmirror._journal.store``)."""
+    try:
+        return sorted(p for p in PrivateArea(dest).partial_dir.iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
+def _hf_template(base: str, repo_id: str, commit: str) -> Callable[[str], str]:
+    root = f"{base.rstrip('/')}/{repo_id}/resolve/{commit}/"
+
+    def url(repo_path: str) -> str:
+        return root + quote(repo_path)
+
+    return url
+
+
+def plan_hf(
+    repo_id: str,
+    revision: str,
+    *,
+    catalog: Catalog,
+    settings: Settings,
+    options: PullOptions,
+    ref_text: str,
+    name: str | None = None,
+    modelscope: str | None = None,
+    published: Manifest | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> PullPlan:
+    """The pull of a Hugging Face repo (and its ModelScope copy, if given) in ``options.format``."""
+
+    if options.format == "ollama":
+        raise UsageError(
+            f"{ref_text} is a Hugging Face repo, not an Ollama model", hint="use --format hf or --format dir"
+        )
+    hf_mirrors = select_mirrors(catalog, ("hf",), options)
+    if not hf_mirrors:
+        raise NoSourceError(
+            "the catalog has no usable mirror of kind hf",
+            hint="add one with --mirrors FILE, or check --only/--exclude",
+        )
+    listing = list_hf_repo(
+        hf_mirrors, repo_id, revision, token=settings.hf_token, timeout=options.metadata_timeout
+    )
+    chosen = select_files(listing.files, include, exclude)
+    if not chosen:
+        raise UsageError(f"no file of {repo_id} at {listing.commit[:12]} matches the include/exclude globs")
+    piece_size = published.piece_size if published else DEFAULT_PIECE_SIZE
+
+    if options.format == "hf":
+        dest = hf_repo_folder(options.dest or settings.hf_cache, repo_id)
+        by_etag: dict[str, _Entry] = {}
+        for f in chosen:
+            by_etag.setdefault(f.etag, _Entry(f"blobs/{f.etag}", f))
+        entries = list(by_etag.values())
+    else:
+        dest = options.dest or Path.cwd() / repo_id.split("/")[-1]
+        entries = [_Entry(f.path, f) for f in chosen]
+    repo_paths = {e.manifest_path: e.file.path for e in entries}
+
+    sources: list[Source] = []
+    try:
+        token_headers = {"Authorization": f"Bearer {settings.hf_token}"} if settings.hf_token else {}
+        hf_sources: list[Source] = [
+            HttpSource(
+                source_info(m, options),
+                RepoURLs(m.name, _hf_template(m.url, repo_id, listing.commit), repo_paths),
+                headers=token_headers if m.official else {},
+                stall_timeout=options.stall_timeout,
+            )
+            for m in hf_mirrors
+        ]
+        sources += hf_sources
+        ms = modelscope_sources(catalog, modelscope, repo_paths, options) if modelscope else []
+        sources += [s for s, _ in ms]
+
+        kept = _Kept()
+        git_ids: dict[str, str] = {}
+        small = [e for e in entries if e.file.lfs_sha256 is None]
+        for e in entries:
+            if e.file.lfs_sha256 is not None:
+                e.sha256 = e.file.lfs_sha256
+        for e in small:
+            git_ids[e.file.path] = e.file.blob_id
+            if e.file.size == 0:
+                if e.file.blob_id != git_blob_sha1(b""):
+                    raise IntegrityError(
+                        f"{e.file.path}: the listing says it is empty but not its git blob id"
+                    )
+                e.sha256, e.pieces = EMPTY_SHA256, ()
+
+        partial_areas = _partial_areas(dest)
+
+        def local_small(e: _Entry) -> list[Path]:
+            cands = [dest / e.manifest_path]
+            cands += [area / "data" / e.manifest_path for area in partial_areas]
+            cands += [repo / "blobs" / e.file.blob_id for repo in hf_cache_repo_dirs(settings.hf_cache)]
+            return cands
+
+        todo = [e for e in small if e.file.size > 0]
+        # The endpoint that just answered the listing is known to be up: ask it first.
+        order = [] if options.dry_run else sorted(sources, key=lambda s: s.name != listing.endpoint)
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dsmirror-hf-small") as pool:
+            results = list(pool.map(lambda e: _fetch_small(e, order, local_small(e), piece_size, kept), todo))
+        liars: dict[str, str] = {}
+        unknown: list[_Entry] = []
+        for e, small_file in zip(todo, results, strict=True):
+            if small_file is None:
+                e.sha256 = UNKNOWN_SHA256
+                unknown.append(e)
+                continue
+            e.sha256, e.pieces = small_file.digests.sha256, small_file.digests.pieces
+            for liar in small_file.liars:
+                liars.setdefault(liar, e.file.path)
+        # A source that sent other bytes than the commit pins is not trusted with the big files.
+        for src in [s for s in sources if s.name in liars]:
+            sources.remove(src)
+            src.close()
+
+        if published is not None:
+            _check_published(entries, published, where=ref_text)
+        meta = {"source": "hf", "repo": repo_id, "commit": listing.commit, "git_blob_ids": git_ids}
+        manifest = _manifest(name or repo_id.split("/")[-1], piece_size, entries, meta)
+
+        notes = [f"hf://{repo_id}@{revision} is commit {listing.commit} (listed by {listing.endpoint})"]
+        notes += [f"{why} (did not list the repo)" for why in listing.skipped]
+        notes += [
+            f"{liar}: dropped, it sent {path} with the wrong git blob id" for liar, path in liars.items()
+        ]
+        if unknown:
+            size = format_bytes(sum(e.file.size for e in unknown))
+            notes.append(
+                f"dry run: {len(unknown)} small file(s) ({size}) not fetched to learn their SHA-256 "
+                "(the Hub lists only their git blob id); they count as to fetch, and the manifest id "
+                "shown is provisional"
+            )
+        wanted = {
+            e.manifest_path: (e.file.path, e.file.size, None if e.sha256 == UNKNOWN_SHA256 else e.sha256)
+            for e in entries
+        }
+        for ms_source, ms_listing in ms:
+            if ms_source in sources:
+                notes.append(restrict_to_listing(ms_source, ms_listing, wanted))
+        if kept.data:
+            # Those bytes are here already: no mirror is asked for them again (the engine would
+            # otherwise spread a pull's first pieces over every idle source, these included).
+            for src in sources:
+                if isinstance(src, HttpSource):
+                    have = dict.fromkeys(repo_paths, True) if src.files is None else src.files
+                    src.files = {p: v for p, v in have.items() if p not in kept.data}
+            sources.append(MemorySource(local_source_info("prefetched"), dict(kept.data)))
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+
+    after: Callable[[Store], None]
+    if options.format == "hf":
+        after = hf_after_install(
+            dest,
+            commit=listing.commit,
+            revision=revision,
+            files=[(f.path, f.etag) for f in chosen],
+            tree={f.path: f.tree_entry() for f in listing.files},
+        )
+    else:
+        after = record_after_install(settings, ref_text, "dir", manifest)
+    return PullPlan(manifest, sources, dest, after, notes)

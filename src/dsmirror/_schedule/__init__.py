@@ -1,0 +1,1 @@
+"""Schedule: which source fetches which piece, when (the piece picker)."""

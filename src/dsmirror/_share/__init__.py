@@ -1,0 +1,1 @@
+"""Share: seeding installed models to the LAN over BitTorrent (``dsmirror seed``, ``pull --seed``)."""

@@ -1,0 +1,1 @@
+"""Verify: hashing pieces and files against what a manifest or registry publishes."""
