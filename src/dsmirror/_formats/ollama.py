@@ -15,15 +15,21 @@ An image manifest (OCI / Docker schema 2, media type ``MANIFEST_V2``)::
      "config": {"mediaType": ..., "digest": "sha256:<hex>", "size": n},
      "layers": [{"mediaType": "application/vnd.ollama.image.model", "digest": ..., "size": n}, ...]}
 
-In the Ollama store (``$OLLAMA_MODELS``) the manifest is ``manifests/<host>/<ns>/<name>/<tag>``
-and each blob ``blobs/sha256-<hex>``.
+The Ollama store (``$OLLAMA_MODELS``)::
+
+    blobs/sha256-<hex>                          every blob, the config included (older Ollama
+                                                versions named them ``sha256:<hex>``)
+    manifests/<host>/<namespace>/<name>/<tag>   the manifest bytes as the registry sent them
+    .dsmirror/                                  dsmirror's private area (``dsmirror._formats.private``)
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dsmirror._core.errors import UsageError
@@ -35,6 +41,8 @@ __all__ = [
     "OllamaName",
     "parse_ollama_manifest",
     "parse_ollama_name",
+    "store_blob",
+    "store_manifests",
 ]
 
 DEFAULT_HOST = "registry.ollama.ai"
@@ -127,3 +135,22 @@ def parse_ollama_manifest(raw: bytes) -> tuple[OllamaBlob, ...]:
             raise ValueError(f"{digest} listed twice with different sizes")
         blobs.setdefault(m.group(1), OllamaBlob(str(entry.get("mediaType", "")), m.group(1), size))
     return tuple(blobs.values())
+
+
+def store_manifests(models: Path) -> Iterator[tuple[str, Path]]:
+    """(``host/ns/name:tag``, manifest file) of every model of an Ollama store; real files only."""
+    root = models / "manifests"
+    for path in sorted(root.glob("*/*/*/*")):
+        if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
+            host, ns, name, tag = path.relative_to(root).parts
+            yield f"{host}/{ns}/{name}:{tag}", path
+
+
+def store_blob(models: Path, sha256: str) -> str:
+    """Where a blob is in the store, relative to it: ``blobs/sha256-<hex>``, or the older
+    ``blobs/sha256:<hex>`` when only that one exists."""
+    rel = f"blobs/sha256-{sha256}"
+    old = f"blobs/sha256:{sha256}"
+    if not (models / rel).exists() and (models / old).exists():
+        return old
+    return rel

@@ -6,14 +6,19 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ContentHasher", "Digests", "git_blob_sha1", "hash_local_file"]
+__all__ = ["ContentHasher", "Digests", "git_blob_header", "git_blob_sha1", "hash_local_file"]
 
 _CHUNK = 1 << 20
 
 
+def git_blob_header(size: int) -> bytes:
+    """What git hashes before a file's content: ``b"blob <size>\\0"``."""
+    return b"blob %d\0" % size
+
+
 def git_blob_sha1(data: bytes) -> str:
     """Git's object id of a file: SHA-1 of ``b"blob <size>\\0" + content`` (the Hub's etag of small files)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return hashlib.sha1(git_blob_header(len(data)) + data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class ContentHasher:
         self.size = size
         self.piece_size = piece_size
         self._sha256 = hashlib.sha256()
-        self._sha1 = hashlib.sha1(b"blob %d\0" % size)
+        self._sha1 = hashlib.sha1(git_blob_header(size))
         self._piece = hashlib.sha256()
         self._fill = 0
         self._pieces: list[str] = []

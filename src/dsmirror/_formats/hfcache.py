@@ -1,0 +1,184 @@
+"""The Hugging Face cache (``HF_HUB_CACHE``): the one module that spells its layout.
+
+As huggingface_hub writes and reads it, and dsmirror with it (``pull --format hf``, ``import``,
+``serve``'s pull-through cache)::
+
+    <cache>/models--<org>--<name>/     repo folder: "models--" + the repo id with "/" -> "--"
+      blobs/<etag>                     the content; etag = SHA-256 (64 hex) for LFS files, git blob
+                                       SHA-1 (40 hex) otherwise. dsmirror's store renames a verified
+                                       file into place here.
+      snapshots/<commit>/<path>        relative symlink ../../blobs/<etag> (one more ../ per folder of
+                                       <path>); a copied cache may hold real files instead
+      refs/<revision>                  the 40-hex commit, no newline; only when the revision is not the
+                                       commit ("refs/pr/1" nests)
+      trees/<commit>.json              huggingface_hub's tree cache (format_version 1): every file of the
+                                       repo at that commit, so that an offline snapshot_download tells a
+                                       complete snapshot from one narrowed by --include
+                                       (IncompleteSnapshotError)
+      .dsmirror/                       dsmirror's private area (``dsmirror._formats.private``)
+
+``trees/<commit>.json``::
+
+    {"format_version": 1, "files": {"<path>": {"size": n, "blob_id": "<git oid>",
+                                               "lfs_sha256": "<hex>", "lfs_size": n}, ...}}
+
+Everything here reads or names; nothing writes (``dsmirror._install.hf`` does, with these names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "REPO_PREFIXES",
+    "TREE_FORMAT_VERSION",
+    "blob_rel",
+    "is_commit",
+    "is_etag",
+    "link_target",
+    "read_ref",
+    "read_refs",
+    "repo_folder",
+    "repo_folders",
+    "repo_id_of",
+    "resolve_revision",
+    "snapshot_dir",
+    "snapshot_links",
+    "snapshots",
+    "tree_file",
+    "tree_json",
+]
+
+#: Repo folder prefixes: model repos (what dsmirror pulls and lists) and dataset repos (which can
+#: hold the same blobs, so reuse looks into them too).
+REPO_PREFIXES = ("models--", "datasets--")
+TREE_FORMAT_VERSION = 1
+_MODELS = REPO_PREFIXES[0]
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_commit(text: str) -> bool:
+    """A 40-hex commit id (what ``refs/`` files hold and ``snapshots/`` folders are named)."""
+    return bool(_HEX40.match(text))
+
+
+def is_etag(name: str) -> bool:
+    """A blob name of the cache: SHA-256 (64 hex) or git blob SHA-1 (40 hex)."""
+    return bool(_HEX40.match(name) or _HEX64.match(name))
+
+
+def repo_folder(cache: Path, repo_id: str) -> Path:
+    """``<cache>/models--org--name``."""
+    return cache / (_MODELS + repo_id.replace("/", "--"))
+
+
+def repo_id_of(folder: Path) -> str:
+    """``org/name`` of a ``models--org--name`` folder."""
+    return "/".join(folder.name.split("--")[1:])
+
+
+def repo_folders(cache: Path) -> list[Path]:
+    """The model repo folders of a cache (``models--*``), real folders only, sorted."""
+    try:
+        entries = sorted(cache.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries if p.name.startswith(_MODELS) and p.is_dir() and not p.is_symlink()]
+
+
+def blob_rel(etag: str) -> str:
+    """A blob's path relative to the repo folder."""
+    return f"blobs/{etag}"
+
+
+def snapshot_dir(repo_dir: Path, commit: str) -> Path:
+    return repo_dir / "snapshots" / commit
+
+
+def tree_file(repo_dir: Path, commit: str) -> Path:
+    return repo_dir / "trees" / f"{commit}.json"
+
+
+def link_target(path: str, etag: str) -> str:
+    """What ``snapshots/<commit>/<path>`` links to: ``../../blobs/<etag>``, one ``../`` more per folder."""
+    return "../" * (path.count("/") + 2) + blob_rel(etag)
+
+
+def tree_json(tree: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """The bytes of ``trees/<commit>.json`` for ``tree`` (path -> entry, see the module docstring)."""
+    doc = {"format_version": TREE_FORMAT_VERSION, "files": {p: dict(tree[p]) for p in sorted(tree)}}
+    return json.dumps(doc, indent=1).encode()
+
+
+def _read_commit(path: Path) -> str | None:
+    with contextlib.suppress(OSError):
+        commit = path.read_bytes().decode("ascii", errors="replace").strip()
+        if _HEX40.match(commit):
+            return commit
+    return None
+
+
+def read_refs(repo_dir: Path) -> dict[str, str]:
+    """revision -> commit, for every ``refs/`` file that holds a commit (symlinks are not followed)."""
+    out: dict[str, str] = {}
+    refs = repo_dir / "refs"
+    for dirpath, _, names in os.walk(refs):
+        for n in sorted(names):
+            p = Path(dirpath) / n
+            if p.is_symlink():
+                continue
+            commit = _read_commit(p)
+            if commit is not None:
+                out[p.relative_to(refs).as_posix()] = commit
+    return out
+
+
+def read_ref(repo_dir: Path, revision: str) -> str | None:
+    """The commit ``refs/<revision>`` holds, or None."""
+    p = repo_dir / "refs" / revision
+    return None if p.is_symlink() else _read_commit(p)
+
+
+def resolve_revision(repo_dir: Path, revision: str, refs: Mapping[str, str] | None = None) -> str | None:
+    """The commit a revision names: itself if it is one, else what its ref holds (None if none)."""
+    if is_commit(revision):
+        return revision
+    return (read_refs(repo_dir) if refs is None else refs).get(revision)
+
+
+def snapshots(repo_dir: Path) -> list[Path]:
+    """The snapshot folders of a repo folder, real folders only, sorted."""
+    try:
+        entries = sorted((repo_dir / "snapshots").iterdir())
+    except OSError:
+        return []
+    return [p for p in entries if p.is_dir() and not p.is_symlink()]
+
+
+def snapshot_links(repo_dir: Path, snap: Path) -> Iterator[tuple[str, str | None]]:
+    """(repo path, where its bytes are) per file of a snapshot, without following any link.
+
+    Where: ``"blobs/<name>"`` (relative to ``repo_dir``) for a link into the repo's ``blobs/``,
+    ``""`` for a link anywhere else, ``None`` for a real file. A link to a folder is listed as a file.
+    """
+    blobs = os.path.normpath(repo_dir / "blobs")
+    for dirpath, dirnames, names in os.walk(snap, followlinks=False):
+        dirnames.sort()
+        for n in sorted(names) + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            p = Path(dirpath) / n
+            rel = p.relative_to(snap).as_posix()
+            if not p.is_symlink():
+                yield rel, None
+                continue
+            target = os.path.normpath(os.path.join(dirpath, os.readlink(p)))
+            if os.path.dirname(target) != blobs:
+                yield rel, ""
+                continue
+            yield rel, blob_rel(os.path.basename(target))
