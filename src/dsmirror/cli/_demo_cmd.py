@@ -9,6 +9,7 @@ import typer
 
 from dsmirror._core.units import parse_size
 from dsmirror.cli._app import JsonOpt, app, console
+from dsmirror.cli._console import styled
 from dsmirror.cli._render import render_human, render_json
 
 
@@ -22,8 +23,10 @@ def demo_cmd(
     from dsmirror._demo import demo
 
     console.print(
-        "[bold]dsmirror demo[/]: three local mirrors on 127.0.0.1-3 (fast, slow and far, corrupting); "
+        styled("dsmirror demo", "bold"),
+        ": three local mirrors on 127.0.0.1-3 (fast, slow and far, corrupting); "
         "pulling a generated model from all of them at once, every piece checked.",
+        sep="",
         highlight=False,
     )
     events = demo(parse_size(size), keep)
@@ -31,6 +34,4 @@ def demo_cmd(
         render_json(events)
     else:
         render_human(events, console)
-        console.print(
-            "[bold green]verified again from disk: every file matches the manifest[/]", highlight=False
-        )
+        console.print(styled("verified again from disk: every file matches the manifest", "bold green"))

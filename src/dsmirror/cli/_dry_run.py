@@ -10,6 +10,7 @@ from rich.table import Table
 from dsmirror._core.events import Event
 from dsmirror._core.units import format_bytes
 from dsmirror._fetch.reuse import PullDryRun
+from dsmirror.cli._console import styled
 
 
 def render_dry_run(events: Iterable[Event], console: Console) -> None:
@@ -17,7 +18,8 @@ def render_dry_run(events: Iterable[Event], console: Console) -> None:
         if not isinstance(ev, PullDryRun):
             continue
         console.print(
-            f"[bold]{ev.name}[/] (manifest {ev.manifest_sha256[:16]}…) into {ev.dest}: "
+            styled(ev.name, "bold"),
+            f"(manifest {ev.manifest_sha256[:16]}…) into {ev.dest}: "
             f"{format_bytes(ev.total_bytes)}; dry run, nothing is fetched or written",
             highlight=False,
         )

@@ -25,6 +25,7 @@ from dsmirror._core.events import (
     event_to_dict,
 )
 from dsmirror._core.units import format_bytes, format_rate
+from dsmirror.cli._console import safe_text, styled
 
 
 def render_json(events: Iterable[Event]) -> PullFinished | None:
@@ -61,7 +62,7 @@ def _eta(s: float | None) -> str:
 def _view(p: Progress, name: str) -> Group:
     frac = p.verified_bytes / p.total_bytes if p.total_bytes else 1.0
     head = Text.assemble(
-        (f"{name}  ", "bold"),
+        (f"{safe_text(name)}  ", "bold"),  # a Text in a Live view: not sanitized by print
         f"{format_bytes(p.verified_bytes)} / {format_bytes(p.total_bytes)} verified  ",
         (f"{frac * 100:5.1f}%  ", "bold green"),
         f"{format_rate(p.rate)}  ETA {_eta(p.eta)}",
@@ -95,10 +96,14 @@ def render_human(events: Iterable[Event], console: Console) -> PullFinished | No
             elif isinstance(ev, PullStarted):
                 name = ev.name
                 console.print(
-                    f"[bold]{ev.name}[/]: {ev.pieces} pieces of {format_bytes(ev.piece_size)}, "
-                    f"{format_bytes(ev.total_bytes)}; {format_bytes(ev.verified_bytes)} already verified"
-                    + (f" ({ev.reverified_pieces} pieces re-checked)" if ev.reverified_pieces else "")
-                    + f"; sources: {', '.join(ev.sources) or '-'}",
+                    styled(ev.name, "bold"),
+                    Text(
+                        f": {ev.pieces} pieces of {format_bytes(ev.piece_size)}, "
+                        f"{format_bytes(ev.total_bytes)}; {format_bytes(ev.verified_bytes)} already verified"
+                        + (f" ({ev.reverified_pieces} pieces re-checked)" if ev.reverified_pieces else "")
+                        + f"; sources: {', '.join(ev.sources) or '-'}"
+                    ),
+                    sep="",
                     highlight=False,
                 )
                 if console.is_terminal:
@@ -116,12 +121,12 @@ def render_human(events: Iterable[Event], console: Console) -> PullFinished | No
                         highlight=False,
                     )
             elif isinstance(ev, PieceRejected):
-                console.print(f"[red]rejected[/] {ev.reason}", highlight=False)
+                console.print(styled("rejected", "red"), ev.reason, highlight=False)
             elif isinstance(ev, SourceDropped):
-                console.print(f"[red]dropped[/] {ev.source}: {ev.reason}", highlight=False)
+                console.print(styled("dropped", "red"), f"{ev.source}: {ev.reason}", highlight=False)
             elif isinstance(ev, SourceTrouble):
                 retry = f" (retry in {ev.retry_in:.1f} s)" if ev.retry_in else ""
-                console.print(f"[yellow]{ev.source}[/]: {ev.message}{retry}", highlight=False)
+                console.print(styled(ev.source, "yellow"), f": {ev.message}{retry}", sep="", highlight=False)
             elif isinstance(ev, PullFinished):
                 last = ev
     finally:
@@ -131,7 +136,8 @@ def render_human(events: Iterable[Event], console: Console) -> PullFinished | No
         rate = last.downloaded_bytes / last.seconds if last.seconds > 0 else 0.0
         by = ", ".join(f"{k} {format_bytes(v)}" for k, v in last.delivered_by_source.items() if v)
         console.print(
-            f"[bold green]done[/] {last.name} -> {last.dest}: {format_bytes(last.total_bytes)} verified "
+            styled("done", "bold green"),
+            f"{last.name} -> {last.dest}: {format_bytes(last.total_bytes)} verified "
             f"({format_bytes(last.downloaded_bytes)} downloaded at {format_rate(rate)}, "
             f"{format_bytes(last.reused_bytes)} reused, {format_bytes(last.redundant_bytes)} redundant, "
             f"{format_bytes(last.corrupt_bytes)} rejected) in {last.seconds:.1f} s"

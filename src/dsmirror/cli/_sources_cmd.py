@@ -22,6 +22,7 @@ from dsmirror.cli._app import (
     console,
     load_catalog_from_options,
 )
+from dsmirror.cli._console import styled
 
 
 @app.command("sources")
@@ -77,7 +78,7 @@ def sources_cmd(
             ms(p.connect),
             ms(p.ttfb),
             format_rate(p.rate) if p.rate else "-",
-            f"[{style}]{p.status}[/]",
+            styled(p.status, style),
             (p.error or "")[:60],
         )
     console.print(t)
