@@ -381,7 +381,7 @@ def test_dir_install_then_reuse_from_the_hf_cache(
     assert sum(_finished(events).delivered_by_source.values()) == 0
     assert all(servers[n].app[STATS].bytes_total == sent[n] for n in ("good", "ms"))
     # ... and dsmirror ls now knows the folder.
-    from dsmirror._install.install import list_installed
+    from dsmirror._install.listing import list_installed
 
     assert any(m.kind == "dir" and m.where == tmp_path / "plain" for m in list_installed(settings))
 

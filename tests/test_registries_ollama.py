@@ -25,7 +25,7 @@ from aiohttp import web
 from dsmirror import NoSourceError, PullFinished, Settings, UsageError
 from dsmirror._core.events import Event
 from dsmirror._formats.catalog import load_catalog
-from dsmirror._install.install import list_installed
+from dsmirror._install.listing import list_installed
 from dsmirror._pull import PullOptions, pull, resolve
 from dsmirror._resolve.registries import parse_ollama_manifest, parse_ollama_name
 from dsmirror._serve import (

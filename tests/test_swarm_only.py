@@ -29,7 +29,8 @@ from dsmirror._fetch.reuse import recorded_models
 from dsmirror._fetch.swarm.swarm import SwarmConfig, seed, seed_targets_in, store_seed_target
 from dsmirror._fetch.swarm.torrent import check_torrent, file_aligned, load_torrent
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, load_manifest
-from dsmirror._install.install import find_store_model, list_installed
+from dsmirror._install.listing import list_installed
+from dsmirror._install.store_model import find_store_model
 from dsmirror._serve._index import index_manifest_folder
 
 MiB = 1 << 20

@@ -177,7 +177,7 @@ def _installed_source(folder: Path, pin: str | None) -> ExportSource:
 
 
 def _ollama_source(store: Path, ref: str) -> ExportSource:
-    from dsmirror._formats.ollama import parse_ollama_manifest, parse_ollama_name
+    from dsmirror._formats.ollama import parse_ollama_manifest, parse_ollama_name, store_blob
 
     name = parse_ollama_name(ref)
     mpath = store / name.manifest_path
@@ -204,10 +204,7 @@ def _ollama_source(store: Path, ref: str) -> ExportSource:
     entries = []
     paths: dict[str, Path] = {}
     for b in blobs:
-        local = store / b.path
-        if not local.is_file():
-            alt = store / "blobs" / f"sha256:{b.sha256}"
-            local = alt if alt.is_file() else local
+        local = store / store_blob(store, b.sha256)
         try:
             size, digest, pieces = hash_file_pieces(local, DEFAULT_PIECE_SIZE)
         except OSError as exc:
@@ -226,24 +223,21 @@ def _ollama_source(store: Path, ref: str) -> ExportSource:
 
 
 def _hf_source(cache: Path, ref: str) -> ExportSource:
+    from dsmirror._formats import hfcache
     from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE
-    from dsmirror._install.install import hf_repo_folder
     from dsmirror._resolve.ref import parse_ref
 
     r = parse_ref(ref)
     assert r.repo is not None
-    repo_dir = hf_repo_folder(cache, r.repo)
+    repo_dir = hfcache.repo_folder(cache, r.repo)
     rev = r.revision or "main"
-    commit = rev
-    if not _HEX40.match(rev):
-        try:
-            commit = (repo_dir / "refs" / rev).read_text().strip()
-        except OSError as exc:
-            raise UsageError(
-                f"{r.repo}@{rev} is not in the Hugging Face cache {cache}",
-                hint="check with `dsmirror ls`, or give the cache with --from DIR",
-            ) from exc
-    snap = repo_dir / "snapshots" / commit
+    commit = hfcache.resolve_revision(repo_dir, rev)
+    if commit is None:
+        raise UsageError(
+            f"{r.repo}@{rev} is not in the Hugging Face cache {cache}",
+            hint="check with `dsmirror ls`, or give the cache with --from DIR",
+        )
+    snap = hfcache.snapshot_dir(repo_dir, commit)
     if not snap.is_dir():
         raise UsageError(f"{r.repo} has no snapshot {commit} in {cache}")
     entries = []
@@ -434,7 +428,7 @@ def _target(
         if raw is not None and settings is not None:
             after = _ollama_after(settings, d, manifest, raw, origin, "dir")
         elif settings is not None:
-            from dsmirror._install.install import record_after_install
+            from dsmirror._install.records import record_after_install
 
             after = record_after_install(settings, origin, "dir", manifest)
         return _Target(manifest, d, identity, after)
@@ -479,7 +473,7 @@ def _ollama_after(
     settings: Settings | None, dest: Path, manifest: Manifest, raw: bytes, origin: str, fmt: str
 ) -> Callable[[Store], None]:
     from dsmirror._formats.ollama import parse_ollama_name
-    from dsmirror._install.install import ollama_after_install
+    from dsmirror._install.ollama import ollama_after_install
 
     model = str(manifest.meta.get("model", ""))
     name = parse_ollama_name(model)
@@ -489,7 +483,8 @@ def _ollama_after(
 
 
 def _hf_target(manifest: Manifest, dest: Path | None, settings: Settings | None, origin: str) -> _Target:
-    from dsmirror._install.install import hf_after_install, hf_repo_folder
+    from dsmirror._formats.hfcache import repo_folder
+    from dsmirror._install.hf import hf_after_install
 
     meta = manifest.meta
     repo, commit = meta.get("repo"), meta.get("commit")
@@ -506,7 +501,7 @@ def _hf_target(manifest: Manifest, dest: Path | None, settings: Settings | None,
     cache = dest or (settings.hf_cache if settings else None)
     if cache is None:
         raise UsageError("give the Hugging Face cache with --dest DIR")
-    repo_dir = hf_repo_folder(cache, repo)
+    repo_dir = repo_folder(cache, repo)
     git_ids = meta.get("git_blob_ids") or {}
     by_etag: dict[str, int] = {}
     entries: list[FileEntry] = []

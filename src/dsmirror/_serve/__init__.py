@@ -3,19 +3,13 @@
 Used for loopback test registries and as the core of ``dsmirror serve`` (a LAN mirror that
 unmodified ``huggingface_hub`` and Ollama clients can use). ``_index`` decides what is
 served (and does all disk hashing); ``_library`` keeps it in step with the disk; ``_app`` answers
-HTTP; ``_pullthrough`` pulls what is missing from upstream; ``_server`` wires them for
+HTTP, dispatching to one module per protocol (``_hf_routes``, ``_ms_routes``, ``_ollama_routes``,
+``_folder_routes``) over ``_send``/``_ranges`` (bytes, Range, conditional requests);
+``_pullthrough`` pulls what is missing from upstream; ``_server`` wires them for
 ``dsmirror serve``; ``_runner`` runs an app in a thread (tests, embedding).
 """
 
-from dsmirror._serve._app import (
-    STATS,
-    ByteRange,
-    RangeNotSatisfiable,
-    ServeFaults,
-    ServeStats,
-    make_app,
-    parse_range,
-)
+from dsmirror._serve._app import STATS, make_app
 from dsmirror._serve._index import (
     LFS_MIN_SIZE,
     DigestCache,
@@ -31,7 +25,9 @@ from dsmirror._serve._index import (
 )
 from dsmirror._serve._library import IndexSource, Library, ServeRoots, StaticIndex
 from dsmirror._serve._pullthrough import PullJob, PullThrough, Upstream
+from dsmirror._serve._ranges import ByteRange, RangeNotSatisfiable, parse_range
 from dsmirror._serve._runner import ServerThread, run_forever
+from dsmirror._serve._send import ServeFaults, ServeStats
 from dsmirror._serve._server import ServeConfig, build_app, serve
 
 __all__ = [

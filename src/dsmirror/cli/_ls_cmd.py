@@ -24,7 +24,7 @@ def ls_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False,
 ) -> None:
     """List installed models: where they are, their size, and whether they are verified."""
-    from dsmirror._install.install import list_installed
+    from dsmirror._install.listing import list_installed
 
     models = list_installed(Settings.from_env(), check=check)
     if json_out:
@@ -58,7 +58,7 @@ def rm_cmd(
     ] = False,
 ) -> None:
     """Remove an installed model; blobs another model still uses are kept. Never follows symlinks."""
-    from dsmirror._install.install import remove_installed
+    from dsmirror._install.removal import remove_installed
 
     r = remove_installed(Settings.from_env(), target, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"

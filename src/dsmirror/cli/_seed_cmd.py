@@ -84,7 +84,7 @@ def _targets(items: list[str], source: Path | None, torrent: Path | None, fmt: s
         torrent_record_path,
     )
     from dsmirror._fetch.swarm.torrent import TORRENT_FORMATS, check_torrent, create_torrent, load_torrent
-    from dsmirror._install.install import find_store_model
+    from dsmirror._install.store_model import find_store_model
 
     if fmt not in TORRENT_FORMATS:
         raise UsageError(f"--torrent-format must be one of {', '.join(TORRENT_FORMATS)}")

@@ -183,7 +183,7 @@ from dsmirror._schedule.info import SourceInfo
 if TYPE_CHECKING:
     from dsmirror._core.settings import Settings
     from dsmirror._fetch.engine import _Engine
-    from dsmirror._install.install import StoreFile, StoreModel
+    from dsmirror._install.store_model import StoreFile, StoreModel
     from dsmirror._schedule.scheduler import Assignment
 
 __all__ = [
@@ -1608,7 +1608,7 @@ class _SwarmOnlyRun:
                 area.install_record(manifest.sha256), json.dumps(record, sort_keys=True).encode()
             )
         if self.settings is not None:
-            from dsmirror._install.install import record_dir_install
+            from dsmirror._install.records import record_dir_install
 
             with contextlib.suppress(StorageError):
                 record_dir_install(self.settings, job.ref or torrent.magnet, "dir", manifest, job.dest)

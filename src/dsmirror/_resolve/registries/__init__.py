@@ -8,7 +8,7 @@ Their resolvers (``dsmirror._resolve.resolve.RESOLVERS`` names them, in ``alias`
 
 Each resolver turns a reference into a ``PullPlan``: a manifest pinned to registry digests, one
 source per mirror (plus local copies), the destination of ``--format`` and the step that finishes
-the install (HF cache snapshot and refs, Ollama manifest); see ``dsmirror._install.install``.
+the install (HF cache snapshot and refs, Ollama manifest); see ``dsmirror._install``.
 """
 
 from dsmirror._resolve.registries.alias import resolve_alias, resolve_hf, resolve_ollama

@@ -72,14 +72,11 @@ from dsmirror._fetch.local import MemorySource, local_source_info
 from dsmirror._fetch.source import Source
 from dsmirror._formats.catalog import Catalog, Mirror
 from dsmirror._formats.hf import HfFile, HfListing, select_files
+from dsmirror._formats.hfcache import repo_folder, repo_folders
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, parse_manifest
 from dsmirror._formats.private import PrivateArea
-from dsmirror._install.install import (
-    hf_after_install,
-    hf_cache_repo_dirs,
-    hf_repo_folder,
-    record_after_install,
-)
+from dsmirror._install.hf import hf_after_install
+from dsmirror._install.records import record_after_install
 from dsmirror._journal.store import Store
 from dsmirror._resolve.plan import PullOptions, PullPlan, select_mirrors, source_info
 from dsmirror._resolve.registries.client import RepoURLs, describe
@@ -423,7 +420,7 @@ def plan_hf(
     piece_size = published.piece_size if published else DEFAULT_PIECE_SIZE
 
     if options.format == "hf":
-        dest = hf_repo_folder(options.dest or settings.hf_cache, repo_id)
+        dest = repo_folder(options.dest or settings.hf_cache, repo_id)
         by_etag: dict[str, _Entry] = {}
         for f in chosen:
             by_etag.setdefault(f.etag, _Entry(f"blobs/{f.etag}", f))
@@ -469,7 +466,7 @@ def plan_hf(
         def local_small(e: _Entry) -> list[Path]:
             cands = [dest / e.manifest_path]
             cands += [area / "data" / e.manifest_path for area in partial_areas]
-            cands += [repo / "blobs" / e.file.blob_id for repo in hf_cache_repo_dirs(settings.hf_cache)]
+            cands += [repo / "blobs" / e.file.blob_id for repo in repo_folders(settings.hf_cache)]
             return cands
 
         todo = [e for e in small if e.file.size > 0]

@@ -29,7 +29,7 @@ from dsmirror._fetch.source import Source
 from dsmirror._formats.catalog import Catalog, Mirror
 from dsmirror._formats.hf import HfFile, select_files
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, parse_manifest
-from dsmirror._install.install import record_after_install
+from dsmirror._install.records import record_after_install
 from dsmirror._resolve.plan import PullOptions, PullPlan, select_mirrors, source_info
 from dsmirror._resolve.registries.client import RepoURLs, describe, get_metadata
 

@@ -44,7 +44,7 @@ from dsmirror._formats.ollama import (
     parse_ollama_manifest,
     parse_ollama_name,
 )
-from dsmirror._install.install import ollama_after_install
+from dsmirror._install.ollama import ollama_after_install
 from dsmirror._resolve.plan import PullOptions, PullPlan, select_mirrors, source_info
 from dsmirror._resolve.registries.client import RepoURLs, describe, get_metadata
 
