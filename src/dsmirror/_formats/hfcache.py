@@ -66,12 +66,12 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 def is_commit(text: str) -> bool:
     """A 40-hex commit id (what ``refs/`` files hold and ``snapshots/`` folders are named)."""
-    return bool(_HEX40.match(text))
+    return bool(_HEX40.fullmatch(text))
 
 
 def is_etag(name: str) -> bool:
     """A blob name of the cache: SHA-256 (64 hex) or git blob SHA-1 (40 hex)."""
-    return bool(_HEX40.match(name) or _HEX64.match(name))
+    return bool(_HEX40.fullmatch(name) or _HEX64.fullmatch(name))
 
 
 def repo_folder(cache: Path, repo_id: str) -> Path:
@@ -120,7 +120,7 @@ def tree_json(tree: Mapping[str, Mapping[str, Any]]) -> bytes:
 def _read_commit(path: Path) -> str | None:
     with contextlib.suppress(OSError):
         commit = path.read_bytes().decode("ascii", errors="replace").strip()
-        if _HEX40.match(commit):
+        if _HEX40.fullmatch(commit):
             return commit
     return None
 

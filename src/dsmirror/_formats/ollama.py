@@ -39,6 +39,7 @@ __all__ = [
     "MANIFEST_V2",
     "OllamaBlob",
     "OllamaName",
+    "manifest_media_type",
     "parse_ollama_manifest",
     "parse_ollama_name",
     "store_blob",
@@ -67,10 +68,10 @@ class OllamaName:
     tag: str
 
     def __post_init__(self) -> None:
-        if not _HOST.match(self.host):
+        if not _HOST.fullmatch(self.host):
             raise UsageError(f"not a registry host: {self.host!r}")
         for part in (self.namespace, self.name, self.tag):
-            if not _PART.match(part):
+            if not _PART.fullmatch(part):
                 raise UsageError(f"not an Ollama name part: {part!r}")
 
     @property
@@ -125,7 +126,7 @@ def parse_ollama_manifest(raw: bytes) -> tuple[OllamaBlob, ...]:
         if not isinstance(entry, dict):
             raise ValueError("malformed config or layer")
         digest, size = entry.get("digest"), entry.get("size")
-        m = _DIGEST.match(digest) if isinstance(digest, str) else None
+        m = _DIGEST.fullmatch(digest) if isinstance(digest, str) else None
         if m is None:
             raise ValueError(f"bad digest {digest!r}")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -135,6 +136,13 @@ def parse_ollama_manifest(raw: bytes) -> tuple[OllamaBlob, ...]:
             raise ValueError(f"{digest} listed twice with different sizes")
         blobs.setdefault(m.group(1), OllamaBlob(str(entry.get("mediaType", "")), m.group(1), size))
     return tuple(blobs.values())
+
+
+def manifest_media_type(raw: bytes) -> str:
+    """The ``mediaType`` a manifest names for itself (``MANIFEST_V2`` if none): its ``Content-Type``."""
+    doc: Any = json.loads(raw)
+    media_type = doc.get("mediaType") if isinstance(doc, dict) else None
+    return media_type if isinstance(media_type, str) else MANIFEST_V2
 
 
 def store_manifests(models: Path) -> Iterator[tuple[str, Path]]:
