@@ -1,0 +1,51 @@
+"""What the scheduler knows at one moment: the pieces, the sources, the connections at work.
+
+The ``Board`` is the recorded state every decision reads (``spans``, ``tail``, ``lan``,
+``failures``, ``floor``): the decisions are functions of it and of the time they are given, and
+the ``Scheduler`` applies what they decide, under its lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dsmirror._formats.manifest import Manifest
+from dsmirror._schedule.pieces import PieceMap
+from dsmirror._schedule.rates import source_rate
+from dsmirror._schedule.state import Assignment, SchedulerConfig, SourceState
+
+__all__ = ["Board"]
+
+
+@dataclass
+class Board:
+    m: Manifest
+    cfg: SchedulerConfig
+    pieces: PieceMap
+    sources: dict[str, SourceState]
+    assignments: dict[int, Assignment] = field(default_factory=dict)  # id -> connection at work
+    peer_pieces: dict[str, bytearray] = field(default_factory=dict)  # swarm source -> pieces its peers have
+
+    def live(self, name: str) -> list[Assignment]:
+        """The connections of source ``name`` at work (not cancelled)."""
+        return [a for a in self.assignments.values() if a.source == name and not a.cancelled]
+
+    def source_rate(self, name: str, now: float) -> float:
+        """What source ``name`` delivers now (see ``rates.source_rate``)."""
+        return source_rate(self.sources[name], self.live(name), now)
+
+    def usable_for(self, s: SourceState, i: int) -> bool:
+        """May source ``s`` fetch piece ``i``?"""
+        fi = self.m.pieces[i].file_index
+        if fi in s.missing_files:
+            return False
+        have = self.peer_pieces.get(s.info.name)
+        if have is not None and not have[i]:
+            return False  # a swarm fetches only what its peers have
+        avoid = self.pieces.spoilers(i)
+        if avoid and s.info.name in avoid:
+            # Give a spoiled piece back to its spoiler only if nobody else can fetch it.
+            return all(
+                o.banned or o.info.name in avoid or fi in o.missing_files for o in self.sources.values()
+            )
+        return True

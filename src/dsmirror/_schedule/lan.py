@@ -1,0 +1,73 @@
+"""Sharing a LAN's uplink: what mirrors fetch when a BitTorrent swarm of the office is in the pull.
+
+A swarm source tells which pieces its connected peers have (``Scheduler.set_peer_pieces``); it is
+given only those. Mirrors take first the pieces no peer has, from a frontier of their own: where
+their last span ended, else a random point in the middle half of the longest run of such pieces
+(far from every other machine's frontier). A mirror span stops where peers have the next piece,
+and gives up its rest once they do. The design note ("Sharing a LAN's uplink" in ``scheduler``)
+tells why, and what ``scripts/bench_lan.py`` measured.
+"""
+
+from __future__ import annotations
+
+import random
+
+from dsmirror._schedule.board import Board
+from dsmirror._schedule.state import Assignment, SourceState
+
+__all__ = ["in_lan_pull", "leave_to_swarm", "outside_swarm", "remember_frontier", "swarm_has"]
+
+
+def swarm_has(board: Board, i: int) -> bool:
+    """Does a peer of a (not banned) swarm source have piece ``i``?"""
+    return any(have[i] for name, have in board.peer_pieces.items() if not board.sources[name].banned)
+
+
+def in_lan_pull(board: Board, s: SourceState) -> bool:
+    """Is ``s`` a mirror in a pull that has a live swarm source?"""
+    return s.info.name not in board.peer_pieces and any(
+        not board.sources[name].banned for name in board.peer_pieces
+    )
+
+
+def outside_swarm(board: Board, s: SourceState, rng: random.Random) -> int | None:
+    """A free piece no peer has, for a mirror: where this source's last span ended, else a
+    random point in the middle half of the longest run of such pieces."""
+    pieces = board.pieces
+
+    def ok(k: int) -> bool:
+        return pieces.is_free(k) and not swarm_has(board, k) and board.usable_for(s, k)
+
+    while s.resume_at:
+        k = s.resume_at.pop()
+        if k < len(pieces) and ok(k):
+            return k
+    best_lo, best_len, lo = -1, 0, -1
+    for k in range(pieces.cursor, len(pieces) + 1):
+        if k < len(pieces) and ok(k):
+            lo = k if lo < 0 else lo
+            continue
+        if lo >= 0 and k - lo > best_len:
+            best_lo, best_len = lo, k - lo
+        lo = -1
+    if best_len <= 0:
+        return None
+    return best_lo + best_len // 4 + rng.randrange(max(1, best_len // 2))
+
+
+def leave_to_swarm(board: Board, a: Assignment) -> None:
+    """After a verified piece of mirror span ``a``: if peers have its next piece now, end the span.
+
+    Peers got the rest of this span meanwhile (another machine of the LAN fetched the same pieces
+    from outside): leave it to the swarm instead of fetching it twice.
+    """
+    if a.outside and a.next_piece < a.end and swarm_has(board, a.next_piece):
+        board.pieces.give_back(a.next_piece, a.end)
+        a.end = a.next_piece
+
+
+def remember_frontier(board: Board, s: SourceState, a: Assignment) -> None:
+    """Mirror span ``a`` ended well: ``s`` continues after it next time, unless peers have its
+    last piece already (then another machine fetched the same pieces, and ``s`` starts elsewhere)."""
+    if a.outside and a.end > a.start and not swarm_has(board, a.end - 1) and len(s.resume_at) < 64:
+        s.resume_at.append(a.end)
