@@ -31,7 +31,7 @@ from dsmirror._fetch.swarm.torrent import check_torrent, file_aligned, load_torr
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, load_manifest
 from dsmirror._install.listing import list_installed
 from dsmirror._install.store_model import find_store_model
-from dsmirror._serve._index import index_manifest_folder
+from dsmirror._serve import index_manifest_folder
 
 MiB = 1 << 20
 

@@ -2,7 +2,8 @@
 
 Used for loopback test registries and as the core of ``dsmirror serve`` (a LAN mirror that
 unmodified ``huggingface_hub`` and Ollama clients can use). ``_index`` decides what is
-served (and does all disk hashing); ``_library`` keeps it in step with the disk; ``_app`` answers
+served, filled by ``_hf_index``, ``_ollama_index`` and ``_folder_index`` (which do all disk
+hashing, through ``_digests``); ``_library`` keeps it in step with the disk; ``_app`` answers
 HTTP, dispatching to one module per protocol (``_hf_routes``, ``_ms_routes``, ``_ollama_routes``,
 ``_folder_routes``) over ``_send``/``_ranges`` (bytes, Range, conditional requests);
 ``_pullthrough`` pulls what is missing from upstream; ``_server`` wires them for
@@ -10,20 +11,12 @@ HTTP, dispatching to one module per protocol (``_hf_routes``, ``_ms_routes``, ``
 """
 
 from dsmirror._serve._app import STATS, make_app
-from dsmirror._serve._index import (
-    LFS_MIN_SIZE,
-    DigestCache,
-    HfRepo,
-    ManifestFolder,
-    ModelIndex,
-    OllamaLayer,
-    OllamaModel,
-    ServedFile,
-    index_hf_cache,
-    index_manifest_folder,
-    index_ollama_store,
-)
+from dsmirror._serve._digests import DigestCache
+from dsmirror._serve._folder_index import ManifestFolder, index_manifest_folder
+from dsmirror._serve._hf_index import LFS_MIN_SIZE, HfRepo, ServedFile, index_hf_cache
+from dsmirror._serve._index import ModelIndex
 from dsmirror._serve._library import IndexSource, Library, ServeRoots, StaticIndex
+from dsmirror._serve._ollama_index import OllamaLayer, OllamaModel, index_ollama_store
 from dsmirror._serve._pullthrough import PullJob, PullThrough, Upstream
 from dsmirror._serve._ranges import ByteRange, RangeNotSatisfiable, parse_range
 from dsmirror._serve._runner import ServerThread, run_forever

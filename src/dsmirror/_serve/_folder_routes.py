@@ -16,8 +16,10 @@ import re
 
 from aiohttp import web
 
+from dsmirror._serve._folder_index import ManifestFolder
+from dsmirror._serve._hf_index import ServedFile
 from dsmirror._serve._http import Miss, Reply, bad_request, content_type, json_reply, repo_path
-from dsmirror._serve._index import ManifestFolder, ModelIndex, ServedFile
+from dsmirror._serve._index import ModelIndex
 from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._send import Content, Sender
 

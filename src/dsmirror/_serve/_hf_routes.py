@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from dsmirror._serve._hf_index import HfRepo, ServedFile
 from dsmirror._serve._http import (
     NAME_PART,
     TRUE,
@@ -29,7 +30,7 @@ from dsmirror._serve._http import (
     json_reply,
     repo_path,
 )
-from dsmirror._serve._index import HfRepo, ModelIndex, ServedFile
+from dsmirror._serve._index import ModelIndex
 from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._send import Content, Sender
 

@@ -24,14 +24,11 @@ from typing import Protocol
 
 from dsmirror._core.errors import DsmirrorError
 from dsmirror._formats.manifest import Manifest
-from dsmirror._serve._index import (
-    DigestCache,
-    ManifestFolder,
-    ModelIndex,
-    index_hf_cache,
-    index_manifest_folder,
-    index_ollama_store,
-)
+from dsmirror._serve._digests import DigestCache
+from dsmirror._serve._folder_index import ManifestFolder, index_manifest_folder
+from dsmirror._serve._hf_index import index_hf_cache
+from dsmirror._serve._index import ModelIndex
+from dsmirror._serve._ollama_index import index_ollama_store
 
 __all__ = ["IndexSource", "Library", "ServeRoots", "StaticIndex"]
 

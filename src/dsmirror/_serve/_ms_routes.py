@@ -15,9 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
+from dsmirror._serve._hf_index import HfRepo
 from dsmirror._serve._hf_routes import repo_file_content, tree_entries
 from dsmirror._serve._http import NAME_PART, TRUE, Miss, Reply, checked_path, json_reply, repo_path
-from dsmirror._serve._index import HfRepo, ModelIndex
+from dsmirror._serve._index import ModelIndex
 from dsmirror._serve._send import Sender
 
 __all__ = ["ModelScopeRoutes"]

@@ -19,7 +19,8 @@ import re
 from aiohttp import web
 
 from dsmirror._serve._http import NAME_PART, Miss, Reply, json_reply
-from dsmirror._serve._index import ModelIndex, OllamaModel
+from dsmirror._serve._index import ModelIndex
+from dsmirror._serve._ollama_index import OllamaModel
 from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._send import Content, Sender
 

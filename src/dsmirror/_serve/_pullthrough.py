@@ -66,24 +66,20 @@ from dsmirror._fetch.http import USER_AGENT, HttpSource
 from dsmirror._fetch.source import Source
 from dsmirror._formats.catalog import Catalog, Mirror, plain_url_for
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, Piece
+from dsmirror._formats.ollama import MANIFEST_V2, parse_ollama_manifest
 from dsmirror._journal.store import Store
 from dsmirror._resolve.plan import PullOptions, source_info
 from dsmirror._schedule.info import SourceInfo
 from dsmirror._schedule.scheduler import SchedulerConfig
-from dsmirror._serve._index import (
-    DigestCache,
-    HfRepo,
-    ManifestFolder,
-    OllamaModel,
-    ServedFile,
-    parse_ollama_manifest,
-)
+from dsmirror._serve._digests import DigestCache
+from dsmirror._serve._folder_index import ManifestFolder
+from dsmirror._serve._hf_index import HfRepo, ServedFile
+from dsmirror._serve._ollama_index import OllamaModel
 
 __all__ = ["PullJob", "PullThrough", "Upstream"]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 _MAX_METADATA = 64 << 20
 _MAX_SMALL_FILE = 64 << 20
 
@@ -721,11 +717,10 @@ class PullThrough:
             if resp is None or resp.status_code != 200:
                 continue
             try:
-                _, layers = parse_ollama_manifest(resp.content)
                 blobs_dir = self.ollama_models / "blobs"
-                blobs: dict[str, Path | bytes] = {
-                    layer.digest: blobs_dir / layer.digest.replace(":", "-") for layer in layers
-                }
+                listed = parse_ollama_manifest(resp.content)
+                store = self.ollama_models
+                blobs: dict[str, Path | bytes] = {f"sha256:{b.sha256}": store / b.path for b in listed}
                 host = mirror.host if urlsplit(mirror.url).port is None else urlsplit(mirror.url).netloc
                 model = OllamaModel(host, namespace, name, tag, resp.content, blobs)
             except ValueError as exc:
