@@ -228,7 +228,7 @@ ONE_LINE_ERRORS = [
     ("    hf: org/demo-1b@main", "    hf: org/demo 1b", "models['demo:1b'].hf", "invalid value"),
     ("    hf: org/demo-1b@main", "    hf: a/b/c", "models['demo:1b'].hf", "[namespace/]name[@revision]"),
     ("    modelscope: org/demo-1b", "    modelscope: demo-1b", "models['demo:1b'].modelscope", "namespace/"),
-    ("    ollama: library/demo:1b", "    ollama: demo:1b", "models['demo:1b'].ollama", "namespace/name"),
+    ("    ollama: library/demo:1b", "    ollama: a/b/c/d", "models['demo:1b'].ollama", "[namespace/]name"),
     ("    ollama: library/demo:1b", "    ollama: library/Demo", "models['demo:1b'].ollama", "lower case"),
     ("    manifest: https://alpha.example/demo-1b.manifest.json", "    manifest: ftp://x/m.json",
      "models['demo:1b'].manifest", "invalid manifest URL"),

@@ -293,6 +293,23 @@ def test_explicit_registry_host_and_a_second_pull(
     assert [(m.name, m.status) for m in listed] == [(f"{host}/library/tiny:latest", "verified")]
 
 
+@pytest.mark.parametrize("spelling", ["ollama://library/tiny:latest", "ollama://{host}/library/tiny:latest"])
+def test_namespace_and_host_spellings_pull(
+    spelling: str, servers: dict[str, ServerThread], model: OllamaModel, tmp_path: Path
+) -> None:
+    """``library/tiny`` is namespace/name on the catalog's registries (it was read as host "library",
+    and the pull went to https://library/v2/...); ``127.0.0.1:PORT/library/tiny`` is that registry."""
+    host = servers["registry"].url.removeprefix("http://")
+    ref = spelling.format(host=host)
+    cat = _catalog(tmp_path / "m.yaml", _mirrors(servers, "registry"))
+    settings = _settings(tmp_path)
+    events = _run(ref, cat, settings, format="ollama")
+    assert any(isinstance(e, PullFinished) for e in events)
+    _check_store(
+        settings.ollama_models, model, host="registry.ollama.ai" if "{host}" not in spelling else host
+    )
+
+
 def test_format_dir_is_an_ollama_layout_in_a_folder(
     servers: dict[str, ServerThread], model: OllamaModel, tmp_path: Path
 ) -> None:

@@ -25,7 +25,7 @@ File format (version 1)::
         description: DeepSeek-R1-Distill-Qwen-7B
         hf: deepseek-ai/DeepSeek-R1-Distill-Qwen-7B          # [namespace/]name[@revision]
         modelscope: deepseek-ai/DeepSeek-R1-Distill-Qwen-7B  # namespace/name[@revision]
-        ollama: library/deepseek-r1:7b                       # namespace/name[:tag]
+        ollama: library/deepseek-r1:7b                       # [host/][namespace/]name[:tag]
         manifest: https://example.org/r1-7b.manifest.json    # URL or path of a dsmirror piece manifest;
                                                              # a relative path is relative to this file
         manifest_sha256: <64 hex digits>                     # pins the manifest
@@ -68,8 +68,9 @@ from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import yaml
 
-from dsmirror._core.errors import CatalogError
+from dsmirror._core.errors import CatalogError, UsageError
 from dsmirror._formats.manifest import FileEntry
+from dsmirror._formats.ollama import parse_ollama_name
 
 __all__ = [
     "CATALOG_VERSION",
@@ -129,7 +130,7 @@ class ModelAlias:
     hf: str | None = None
     #: ModelScope model id, ``namespace/name[@revision]``.
     modelscope: str | None = None
-    #: Ollama model, ``namespace/name[:tag]``.
+    #: Ollama model, ``[host/][namespace/]name[:tag]`` (``dsmirror._formats.ollama``).
     ollama: str | None = None
     #: URL or path of a dsmirror piece manifest.
     manifest: str | None = None
@@ -273,9 +274,6 @@ _REPO_PART: Final = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _REVISION: Final = r"(?:@[A-Za-z0-9._/-]+)?"
 _HF_REPO: Final = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}{_REVISION}")
 _MODELSCOPE_REPO: Final = re.compile(rf"{_REPO_PART}/{_REPO_PART}{_REVISION}")
-_OLLAMA_MODEL: Final = re.compile(
-    r"[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(?::[A-Za-z0-9_][A-Za-z0-9._-]*)?"
-)
 _SHA256: Final = re.compile(r"[0-9a-fA-F]{64}")
 _HAS_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -467,11 +465,7 @@ class _Parser:
                 optional(pattern(_MODELSCOPE_REPO, "namespace/name[@revision]")),
                 template.modelscope,
             ),
-            ollama=get(
-                "ollama",
-                optional(pattern(_OLLAMA_MODEL, "namespace/name[:tag], lower case")),
-                template.ollama,
-            ),
+            ollama=get("ollama", optional(self.ollama_model), template.ollama),
             manifest=get("manifest", optional(self.manifest), template.manifest),
             manifest_sha256=get("manifest_sha256", optional(self.sha256), template.manifest_sha256),
             magnet=get("magnet", optional(self.magnet), template.magnet),
@@ -583,6 +577,20 @@ class _Parser:
         value = self.string(node, field)
         if not regex.fullmatch(value):
             raise self.error(node, field, f"invalid value {value!r} (expected {expected})")
+        return value
+
+    def ollama_model(self, node: yaml.Node, field: str) -> str:
+        """An Ollama model name as ``dsmirror._formats.ollama`` reads it; its repository lower case."""
+        value = self.string(node, field)
+        try:
+            name = parse_ollama_name(value)
+        except UsageError:
+            name = None
+        repo = f"{name.host}/{name.namespace}/{name.name}" if name else ""
+        if name is None or repo != repo.lower():
+            raise self.error(
+                node, field, f"invalid value {value!r} (expected [host/][namespace/]name[:tag], lower case)"
+            )
         return value
 
     def boolean(self, node: yaml.Node, field: str) -> bool:

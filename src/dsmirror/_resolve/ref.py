@@ -1,11 +1,12 @@
 """What the user asks for: parsing the REF of ``dsmirror pull REF``.
 
-./model.manifest.json, /abs/x.json   a dsmirror manifest file
-https://host/x.manifest.json         a manifest by URL
-./x.torrent, magnet:?xt=...          a torrent (BitTorrent swarm)
-hf://org/repo[@revision]             a Hugging Face repository (any HF-compatible endpoint)
-ollama://[host/]namespace/name:tag   an Ollama registry model
-deepseek-r1:7b                       an alias from the catalog (mirrors.yaml)
+./model.manifest.json, /abs/x.json      a dsmirror manifest file
+https://host/x.manifest.json            a manifest by URL
+./x.torrent, magnet:?xt=...             a torrent (BitTorrent swarm)
+hf://org/repo[@revision]                a Hugging Face repository (any HF-compatible endpoint)
+ollama://[host[:port]/][ns/]name[:tag]  an Ollama registry model, named as ``dsmirror._formats.ollama``
+                                        reads it (``library/x`` is namespace/name, not host/name)
+deepseek-r1:7b                          an alias from the catalog (mirrors.yaml)
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsmirror._core.errors import UsageError
+from dsmirror._formats.ollama import OllamaName, parse_ollama_name
 
 __all__ = ["Ref", "parse_ref"]
 
 _HF = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
-_OLLAMA = re.compile(
-    r"^ollama://(?:(?P<host>[a-z0-9.-]+(?::\d+)?)/)?(?:(?P<ns>[\w.-]+)/)?(?P<name>[\w.-]+)(?::(?P<tag>[\w.-]+))?$"
-)
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,9 @@ class Ref:
     kind: str  # manifest-file, manifest-url, torrent-file, magnet, hf, ollama, alias
     text: str
     path: Path | None = None
-    repo: str | None = None  # hf: org/name; ollama: namespace/name
-    revision: str | None = None  # hf revision / ollama tag
-    host: str | None = None  # ollama registry host
+    repo: str | None = None  # hf: org/name
+    revision: str | None = None  # hf revision
+    ollama: OllamaName | None = None  # ollama: the model, as the one Ollama name parser read it
 
 
 def parse_ref(text: str, *, aliases: frozenset[str] | set[str] = frozenset()) -> Ref:
@@ -43,16 +42,12 @@ def parse_ref(text: str, *, aliases: frozenset[str] | set[str] = frozenset()) ->
             raise UsageError(f"cannot read {text!r}", hint="write it like hf://deepseek-ai/DeepSeek-R1@main")
         return Ref("hf", text, repo=m.group("repo"), revision=m.group("rev") or "main")
     if text.startswith("ollama://"):
-        m = _OLLAMA.match(text)
-        if not m:
-            raise UsageError(f"cannot read {text!r}", hint="write it like ollama://library/deepseek-r1:7b")
-        return Ref(
-            "ollama",
-            text,
-            repo=f"{m.group('ns') or 'library'}/{m.group('name')}",
-            revision=m.group("tag") or "latest",
-            host=m.group("host") or "registry.ollama.ai",
-        )
+        try:
+            name = parse_ollama_name(text)
+        except UsageError as exc:
+            hint = "write it like ollama://library/deepseek-r1:7b"
+            raise UsageError(f"cannot read {text!r}", hint=hint) from exc
+        return Ref("ollama", text, ollama=name)
     if text.startswith(("http://", "https://")):
         return Ref("manifest-url", text)
     if text in aliases:

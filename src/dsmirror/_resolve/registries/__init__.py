@@ -2,9 +2,9 @@
 
 Their resolvers (``dsmirror._resolve.resolve.RESOLVERS`` names them, in ``alias``)::
 
-    hf       hf://org/repo[@revision]            -> _hf.plan_hf (with an alias's ModelScope copy)
-    ollama   ollama://[host/]namespace/name:tag  -> _ollama.plan_ollama
-    alias    a catalog model name                -> whichever of the above its entry and --format pick
+    hf       hf://org/repo[@revision]                 -> hf.plan_hf (with an alias's ModelScope copy)
+    ollama   ollama://[host[:port]/][ns/]name[:tag]   -> ollama.plan_ollama (names: _formats.ollama)
+    alias    a catalog model name                     -> whichever of the above its entry and --format pick
 
 Each resolver turns a reference into a ``PullPlan``: a manifest pinned to registry digests, one
 source per mirror (plus local copies), the destination of ``--format`` and the step that finishes

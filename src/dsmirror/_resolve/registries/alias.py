@@ -21,12 +21,13 @@ from dsmirror._core.errors import UsageError
 from dsmirror._core.settings import Settings
 from dsmirror._formats.catalog import Catalog, ModelAlias
 from dsmirror._formats.manifest import Manifest
+from dsmirror._formats.ollama import parse_ollama_name
 from dsmirror._resolve.manifest import load_manifest_ref, resolve_manifest
 from dsmirror._resolve.plan import PullOptions, PullPlan
 from dsmirror._resolve.ref import Ref, parse_ref
 from dsmirror._resolve.registries.hf import plan_hf
 from dsmirror._resolve.registries.modelscope import plan_modelscope
-from dsmirror._resolve.registries.ollama import OllamaName, parse_ollama_name, plan_ollama
+from dsmirror._resolve.registries.ollama import plan_ollama
 
 __all__ = ["resolve_alias", "resolve_hf", "resolve_ollama"]
 
@@ -76,10 +77,8 @@ def resolve_hf(ref: Ref, catalog: Catalog, settings: Settings, options: PullOpti
 
 
 def resolve_ollama(ref: Ref, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:
-    assert ref.repo is not None and ref.host is not None
-    ns, _, name = ref.repo.partition("/")
-    target = OllamaName(ref.host, ns, name, ref.revision or "latest")
-    return plan_ollama(target, catalog=catalog, settings=settings, options=options, ref_text=ref.text)
+    assert ref.ollama is not None
+    return plan_ollama(ref.ollama, catalog=catalog, settings=settings, options=options, ref_text=ref.text)
 
 
 def resolve_alias(ref: Ref, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:

@@ -1,4 +1,6 @@
-"""Ollama registries (registry.ollama.ai and compatible): ``ollama://[host/]namespace/name:tag``.
+"""Ollama registries (registry.ollama.ai and compatible): ``ollama://[host[:port]/][ns/]name[:tag]``.
+
+Names and manifests are read by their one parser, ``dsmirror._formats.ollama``.
 
 Routes, relative to a mirror's URL::
 
