@@ -94,7 +94,7 @@ def _no_session_left_open() -> Iterator[None]:
     but a leak is a bug of the test or of the code under test: it fails the test that caused it.
     """
     yield
-    swarm = sys.modules.get("dsmirror._fetch.swarm.swarm")
+    swarm = sys.modules.get("dsmirror._fetch.swarm.session")
     if swarm is None:
         return
     deadline = time.monotonic() + 10

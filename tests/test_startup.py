@@ -34,6 +34,8 @@ KiB = 1 << 10
 OPTIONAL = (
     "libtorrent",
     "dsmirror._fetch.swarm.swarm",
+    "dsmirror._fetch.swarm.session",
+    "dsmirror._fetch.swarm.resume",
     "dsmirror._resolve.swarm",
     "dsmirror._fetch.swarm.torrent",
     "dsmirror._doctor",

@@ -4,9 +4,9 @@ libtorrent's binding releases the GIL in every call and takes it back in a C++ d
 thread that comes back after the interpreter began to finalize is ended with ``pthread_exit``,
 whose forced unwind through that destructor calls ``std::terminate``: "terminate called without
 an active exception", exit code 134. dsmirror stops and closes its sessions before that (see
-"Closing sessions" in ``dsmirror._fetch.swarm``). Each case runs in a fresh interpreter whose main thread
-returns while another thread is still seeding or pulling, as a test that failed half-way, an
-embedding program, or a CLI command left behind by an exception would.
+"Closing sessions" in ``dsmirror._fetch.swarm.session``). Each case runs in a fresh interpreter
+whose main thread returns while another thread is still seeding or pulling, as a test that failed
+half-way, an embedding program, or a CLI command left behind by an exception would.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from dsmirror._core.errors import Interrupted
-from dsmirror._fetch.swarm.swarm import SwarmConfig, SwarmSession
+from dsmirror._fetch.swarm.config import SwarmConfig
+from dsmirror._fetch.swarm.session import SwarmSession
 
 PRELUDE = textwrap.dedent(
     """

@@ -7,7 +7,8 @@ from pathlib import Path
 import libtorrent as lt
 
 from dsmirror import Catalog, Mirror, create_manifest
-from dsmirror._fetch.swarm.swarm import SwarmConfig, SwarmSession
+from dsmirror._fetch.swarm.config import SwarmConfig
+from dsmirror._fetch.swarm.session import SwarmSession
 from dsmirror._fetch.swarm.torrent import create_torrent
 from dsmirror._resolve.swarm import catalog_trackers
 from dsmirror.testing import write_random_tree

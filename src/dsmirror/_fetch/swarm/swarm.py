@@ -40,34 +40,8 @@ plugin); the swarm reports ``PieceRejected`` and ``SourceTrouble`` and the piece
 Bytes libtorrent accepted but the manifest's SHA-256 rejects (a torrent that is not the manifest's)
 blame the swarm source itself, which the scheduler bans after ``ban_after_corrupt`` such pieces.
 
-Where libtorrent keeps its data during a pull
-=============================================
-In its own folder inside the store's partial area::
-
-    DEST/.dsmirror/partial/<manifest sha256>/
-      data/...             the store's partial files (see ``_store``)
-      bt/<path>...         libtorrent's copy: the same relative paths (content files are renamed
-                           to the manifest's paths; BEP 47 pad files are never written), sparse
-      bt.resume            bencoded {"resume": <libtorrent resume data>, "stats": {path: [size, mtime_ns]}}
-
-libtorrent writes only into ``bt/``, never into the store's files: a piece libtorrent is still
-writing when the scheduler gives it to a mirror can then never overwrite verified bytes. The cost
-is a second copy of the verified pieces while the pull runs (what the swarm downloads and what the
-mirrors delivered and were handed to libtorrent); ``bt/`` is deleted when the pull finishes, and
-seeding afterwards reads the installed files. ``bt.resume`` is saved every minute and when a pull
-stops unfinished, so a resumed pull does not re-hash ``bt/``; it is only trusted while every file
-under ``bt/`` still has the size and mtime recorded with it (libtorrent trusts resume data blindly),
-otherwise libtorrent re-checks ``bt/``. Pieces the store has verified but libtorrent lacks are
-handed to it again at start.
-
-Session settings
-================
-TCP only (uTP is an order of magnitude slower on a LAN and on loopback), local service discovery
-on (an office LAN finds its seeders with no configuration), DHT off unless asked for, UPnP and
-NAT-PMP off, several connections per IP allowed (peers on one host, loopback tests), a reconnect
-delay of 1 s instead of 60 s, and ``--peer`` addresses re-dialled every few seconds until they
-answer (libtorrent gives up on a refused address for a minute otherwise). An upload limit applies to
-LAN peers as well (libtorrent exempts them by default).
+Where libtorrent keeps its data during a pull, and its resume data: ``dsmirror._fetch.swarm.resume``.
+Session settings and how sessions are closed safely: ``dsmirror._fetch.swarm.session``.
 
 Seeding
 =======
@@ -83,20 +57,6 @@ file to its place below it, so an Ollama model (``$OLLAMA_MODELS``: its manifest
 ``blobs/sha256-<hex>``, the same paths in the torrent) and a Hugging Face snapshot (the repo folder:
 torrent paths are the repo's paths, read from ``blobs/<etag>``) are shared without a copy.
 
-Closing sessions
-================
-Every call into libtorrent's Python binding releases the GIL and takes it back in a C++
-destructor. A thread that comes back from such a call after the interpreter began to finalize is
-ended by CPython with ``pthread_exit``, whose forced unwind through that ``noexcept`` destructor
-aborts the process ("terminate called without an active exception", exit code 134). So no thread
-may still be inside libtorrent when Python exits, and a session must not be destroyed while another
-thread calls into it (its torrent handles would wait on a dead session; its alerts would be freed
-under the reader). Hence: code that calls into a session does so inside ``SwarmSession.using()``;
-``SwarmSession.close()`` asks those loops to end (``stopping``), waits for them, and only then
-destroys the session, with the GIL held throughout; ``SwarmSource.close()`` waits for its run
-thread before it touches libtorrent. An ``atexit`` hook stops and closes any session still open
-when Python exits (a seeding thread nobody stopped, a pull left running in a daemon thread).
-
 Torrents no manifest describes
 ==============================
 A magnet link or .torrent that no catalog manifest names is pulled from peers alone by a
@@ -106,7 +66,6 @@ installed when all are in, and a manifest is made from them (see the class for t
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -114,7 +73,6 @@ import queue
 import shutil
 import threading
 import time
-import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +113,14 @@ from dsmirror._fetch.swarm.config import (
     TorrentStatus,
     parse_endpoint,
 )
+from dsmirror._fetch.swarm.resume import (
+    RESUME_EVERY,
+    flush_writes,
+    read_resume,
+    save_resume,
+    write_resume,
+)
+from dsmirror._fetch.swarm.session import REDIAL, SwarmSession, endpoint_text
 from dsmirror._fetch.swarm.torrent import (
     PieceMap,
     Torrent,
@@ -206,212 +172,10 @@ __all__ = [
     "store_seed_target",
 ]
 
-DEFAULT_LISTEN = "0.0.0.0:6881,[::]:6881"
-_ALERTS = (
-    lt.alert_category.error
-    | lt.alert_category.peer
-    | lt.alert_category.status
-    | lt.alert_category.storage
-    | lt.alert_category.piece_progress
-)
 _MAX_INJECTING = 16  # pieces handed to libtorrent with add_piece and not yet checked by it
 _TARGET_BYTES = 64 << 20  # pieces held in slots: enough to keep a LAN link busy between loop turns
-_REDIAL = 3.0  # seconds between dials of --peer addresses that are not connected
-_RESUME_EVERY = 60.0
 _STALL = 5.0  # a slot whose head no peer has for this long is given back (when mirrors exist)
 _PEER_SCAN = 0.25  # seconds between refreshes of which pieces the connected peers have
-
-
-_EXIT_WAIT = 10.0  # seconds the atexit hook waits for threads still inside a session
-_EXITING = threading.Event()  # Python is exiting: every session is stopping
-_SESSIONS: weakref.WeakSet[SwarmSession] = weakref.WeakSet()  # not closed yet
-
-
-def _close_sessions_at_exit() -> None:
-    """Last resort (see "Closing sessions"): stop and close what is still open when Python exits."""
-    _EXITING.set()
-    deadline = time.monotonic() + _EXIT_WAIT
-    for session in list(_SESSIONS):
-        session.close(timeout=max(0.0, deadline - time.monotonic()))
-
-
-atexit.register(_close_sessions_at_exit)
-
-
-def open_sessions() -> list[SwarmSession]:
-    """The sessions of this process not closed yet (tests check that none is left behind)."""
-    return [s for s in list(_SESSIONS) if not s.destroyed]
-
-
-class SwarmSession:
-    """One libtorrent session with dsmirror's settings. Alerts are popped by one thread at a time.
-
-    Code calling into the session runs inside ``using()`` and ends when ``stopping`` turns true;
-    ``close()`` waits for it before destroying the session (see "Closing sessions").
-    """
-
-    def __init__(self, config: SwarmConfig) -> None:
-        self.config = config
-        self._closed = False  # close() was called: no new work
-        self._dying = False  # a thread is destroying the libtorrent session
-        self._destroyed = False  # the libtorrent session is gone
-        self._orphaned = False  # close() gave up waiting: the last user out destroys it
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._users: list[int] = []  # thread ids inside using()
-        listen = config.listen or DEFAULT_LISTEN
-        if config.listen:
-            host, port = parse_endpoint(config.listen)
-            listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        settings: lt.settings_pack = {
-            "listen_interfaces": listen,
-            "enable_dht": config.dht,
-            "enable_lsd": config.lsd,
-            "enable_upnp": False,
-            "enable_natpmp": False,
-            "enable_outgoing_utp": False,
-            "enable_incoming_utp": False,
-            "allow_multiple_connections_per_ip": True,
-            "min_reconnect_time": 1,
-            # A pull's torrent wants no piece until the scheduler gives it some, so it looks
-            # finished ("upload only"); keep such connections so peers still tell us their pieces.
-            "close_redundant_connections": False,
-            "max_failcount": 100,
-            "alert_mask": _ALERTS,
-            "user_agent": "dsmirror/0.1 libtorrent/" + lt.__version__,
-            "alert_queue_size": 100_000,
-        }
-        if config.upload_rate:
-            settings["upload_rate_limit"] = int(config.upload_rate)
-        if config.download_rate:
-            settings["download_rate_limit"] = int(config.download_rate)
-        if config.max_peers:
-            settings["connections_limit"] = int(config.max_peers)
-        self.ses = lt.session(settings)
-        _SESSIONS.add(self)
-        # libtorrent exempts LAN peers from rate limits; a user's --upload-rate means everyone.
-        if config.upload_rate or config.download_rate:
-            local = self.ses.get_peer_class(self.ses.local_peer_class_id)
-            local["upload_limit"] = int(config.upload_rate or 0)
-            local["download_limit"] = int(config.download_rate or 0)
-            self.ses.set_peer_class(self.ses.local_peer_class_id, local)
-        self._check_listen()
-
-    def _check_listen(self) -> None:
-        """Raise UsageError if an explicit --listen address cannot be bound."""
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            self.ses.wait_for_alert(100)
-            for a in self.ses.pop_alerts():
-                if isinstance(a, lt.listen_failed_alert) and self.config.listen:
-                    self.close()
-                    raise UsageError(
-                        f"cannot listen on {self.config.listen}: {a.message()}",
-                        hint="choose another --listen HOST:PORT",
-                    )
-            if self.ses.is_listening():
-                return
-
-    @property
-    def listen_port(self) -> int:
-        return int(self.ses.listen_port())
-
-    def add_torrent(self, atp: Any) -> Any:
-        atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
-        atp.peers = list(atp.peers) + self.config.peer_endpoints
-        known = set(atp.trackers)
-        atp.trackers = list(atp.trackers) + [t for t in self.config.trackers if t not in known]
-        return self.ses.add_torrent(atp)
-
-    def dial(self, handle: Any) -> None:
-        """Connect the configured --peer addresses that are not connected to ``handle``."""
-        if not self.config.peers:
-            return
-        try:
-            connected = {tuple(p.ip) for p in handle.get_peer_info()}
-        except RuntimeError:
-            return
-        for ep in self.config.peer_endpoints:
-            if ep not in connected:
-                with contextlib.suppress(RuntimeError):
-                    handle.connect_peer(ep)
-
-    def alerts(self, timeout: float) -> list[Any]:
-        if self.ses.wait_for_alert(int(timeout * 1000)) is None:
-            return []
-        return list(self.ses.pop_alerts())
-
-    def remove(self, handle: Any) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.ses.remove_torrent(handle)
-
-    @property
-    def closed(self) -> bool:
-        """``close()`` was called (the session may still be waiting for its users to leave)."""
-        return self._closed
-
-    @property
-    def destroyed(self) -> bool:
-        return self._destroyed
-
-    @property
-    def stopping(self) -> bool:
-        """Loops using the session should end now: it is being closed, or Python is exiting."""
-        return self._closed or _EXITING.is_set()
-
-    @contextlib.contextmanager
-    def using(self) -> Iterator[SwarmSession]:
-        """Mark the calling code as a user of the session: ``close()`` waits until it leaves."""
-        me = threading.get_ident()
-        with self._lock:
-            if self._dying:
-                raise Interrupted("the BitTorrent session was closed")
-            self._users.append(me)
-        try:
-            yield self
-        finally:
-            with self._idle:
-                self._users.remove(me)
-                self._idle.notify_all()
-                last = self._orphaned and not self._users and not self._dying
-            if last:
-                self._destroy()
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop libtorrent's threads; idempotent, from any thread.
-
-        Users (``using()``, on other threads) see ``stopping`` and are waited for up to
-        ``timeout`` seconds; if one is still inside then, the last one to leave destroys the
-        session instead (never under a thread calling into it).
-        """
-        me = threading.get_ident()
-        with self._idle:
-            self._closed = True
-            if self._destroyed:
-                return
-            if not self._idle.wait_for(lambda: all(u == me for u in self._users), timeout):
-                self._orphaned = True
-                return
-        self._destroy()
-
-    def _destroy(self) -> None:
-        """Destroy the libtorrent session; returns only once it is gone (whoever destroys it)."""
-        with self._idle:
-            if self._dying:
-                self._idle.wait_for(lambda: self._destroyed)
-                return
-            self._dying = True
-            ses = self.__dict__.pop("ses")
-        try:
-            # Dropping the last reference runs libtorrent's session destructor (abort, then join
-            # its threads) with the GIL held: Python cannot begin to finalize while libtorrent
-            # stops. No pause() first: that call releases the GIL (see "Closing sessions").
-            del ses
-        finally:
-            with self._idle:
-                self._destroyed = True
-                self._idle.notify_all()
-            _SESSIONS.discard(self)
 
 
 # -- the swarm as a source ---------------------------------------------------------------------
@@ -550,7 +314,7 @@ class SwarmSource:
             self.stats.failed = int(st.total_failed_bytes)
         if store is not None:
             if not self.completed and handle.is_valid() and handle.status().has_metadata:
-                self._save_resume(store, wait=True)
+                save_resume(self.session, self.handle, store.area, wait=True)
             self.session.remove(handle)
             if self.completed:
                 shutil.rmtree(store.area / "bt", ignore_errors=True)
@@ -560,7 +324,7 @@ class SwarmSource:
     # -- adding the torrent --------------------------------------------------------------------
     def _add(self, store: Store) -> Any:
         bt = store.area / "bt"
-        atp = self._resume_params(store)
+        atp = read_resume(store.area)
         if atp is None:
             if self.torrent is not None:
                 atp = lt.add_torrent_params()
@@ -574,19 +338,10 @@ class SwarmSource:
         atp.flags |= lt.torrent_flags.default_dont_download
         atp.flags &= ~lt.torrent_flags.seed_mode
         if self.torrent is not None:
-            atp.renamed_files = _renames(self.torrent)
+            atp.renamed_files = self.torrent.renamed_files()
             atp.piece_priorities = [0] * self.torrent.num_pieces
             atp.file_priorities = []
         return self.session.add_torrent(atp)
-
-    def _resume_params(self, store: Store) -> Any:
-        return _read_resume(store.area)
-
-    def _save_resume(self, store: Store, *, wait: bool) -> None:
-        _save_resume(self.session, self.handle, store.area, wait=wait)
-
-    def _write_resume(self, store: Store, a: Any) -> None:
-        _write_resume(store.area, a)
 
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self, ctx: _Engine) -> None:
@@ -613,12 +368,12 @@ class SwarmSource:
             self._apply_priorities()
             self._dial(now)
             if now >= self._next_resume:
-                self._next_resume = now + _RESUME_EVERY
-                self._save_resume(ctx.store, wait=False)
+                self._next_resume = now + RESUME_EVERY
+                save_resume(self.session, self.handle, ctx.store.area, wait=False)
 
     def _dial(self, now: float) -> None:
         if now >= self._next_dial:
-            self._next_dial = now + _REDIAL
+            self._next_dial = now + REDIAL
             self.session.dial(self.handle)
 
     def _become_ready(self, ctx: _Engine) -> bool:
@@ -636,7 +391,7 @@ class SwarmSource:
                 self._retire(ctx, f"the swarm's torrent does not match the manifest: {exc}")
                 return False
             self.torrent = got
-            for idx, path in _renames(got).items():
+            for idx, path in got.renamed_files().items():
                 h.rename_file(idx, path)
         if st.state in (
             lt.torrent_status.states.checking_files,
@@ -657,7 +412,7 @@ class SwarmSource:
         ctx.sched.set_peer_pieces(self.name, self._peer_have)
         self._peer_view = True
         self._ready = True
-        self._next_resume = time.monotonic() + _RESUME_EVERY
+        self._next_resume = time.monotonic() + RESUME_EVERY
         return True
 
     def _scan_peers(self, now: float) -> None:
@@ -714,14 +469,15 @@ class SwarmSource:
             )
         elif isinstance(a, lt.peer_ban_alert):
             self.stats.banned_peers += 1
-            why = f"banned peer {_ep(a)}: it sent data that failed the hash check"
+            peer = endpoint_text(getattr(a, "endpoint", None))
+            why = f"banned peer {peer}: it sent data that failed the hash check"
             ctx.emit(SourceTrouble(self.name, why, None))
         elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
             ctx.emit(SourceTrouble(self.name, f"libtorrent: {a.message()}", None))
             if isinstance(a, lt.file_error_alert):
                 self._retire(ctx, f"libtorrent cannot use its storage: {a.message()}")
         elif isinstance(a, lt.save_resume_data_alert) and self._store is not None:
-            self._write_resume(self._store, a)
+            write_resume(self._store.area, a)
 
     def _on_read(self, ctx: _Engine, a: Any) -> None:
         assert self.map is not None
@@ -922,97 +678,6 @@ class SwarmSource:
             self.handle.add_piece(t, data + bytes(pad) if pad else data, 0)
 
 
-def _ep(a: Any) -> str:
-    try:
-        host, port = a.endpoint
-    except (AttributeError, TypeError, ValueError):
-        return "?"
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _renames(torrent: Torrent) -> dict[int, str]:
-    """Content files of a torrent renamed to their paths below the root folder (the manifest's)."""
-    return {k: f.path for k, f in enumerate(torrent.files) if not f.pad and f.path}
-
-
-def _read_resume(area: Path) -> Any:
-    """``add_torrent_params`` from ``area/bt.resume``, or None (none saved, or ``bt/`` changed since)."""
-    path = area / "bt.resume"
-    try:
-        saved: Any = lt.bdecode(path.read_bytes())
-        stats = {k.decode(): list(v) for k, v in saved[b"stats"].items()}
-        resume = bytes(saved[b"resume"])
-    except (OSError, RuntimeError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
-        return None
-    if _bt_stats(area / "bt") != stats:
-        return None  # files changed behind libtorrent's back: let it re-check them
-    try:
-        return lt.read_resume_data(resume)
-    except RuntimeError:
-        return None
-
-
-def _flush(session: SwarmSession, handle: Any, timeout: float) -> bool:
-    """Wait until libtorrent has written every block it accepted so far into its files.
-
-    A piece passes libtorrent's hash check while its blocks may still wait in the disk thread's
-    write buffer (libtorrent 2: a finished file can still be all zeros on disk). ``flush_cache``
-    releases the files behind a fence, after every write queued before it, and then posts
-    ``cache_flushed_alert``. Other alerts popped meanwhile are dropped: only for the end of a run.
-    """
-    handle.flush_cache()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not session.stopping:
-        if any(isinstance(a, lt.cache_flushed_alert) for a in session.alerts(0.2)):
-            return True
-    return False
-
-
-def _save_resume(session: SwarmSession, handle: Any, area: Path, *, wait: bool) -> None:
-    """Ask for resume data (with the info dict: a magnet needs no metadata again); with ``wait``,
-    flush first (so the recorded sizes and mtimes of ``bt/`` are final and the resume data is
-    trusted next time) and write it before returning (other alerts are dropped: only for the end).
-    """
-    if handle is None or not handle.is_valid():
-        return
-    if wait:
-        _flush(session, handle, 10.0)
-    flags = lt.save_resume_flags_t.save_info_dict | lt.save_resume_flags_t.flush_disk_cache
-    handle.save_resume_data(flags)
-    if not wait:
-        return
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and not session.stopping:
-        for a in session.alerts(0.2):
-            if isinstance(a, lt.save_resume_data_alert):
-                _write_resume(area, a)
-                return
-            if isinstance(a, lt.save_resume_data_failed_alert):
-                return
-
-
-def _write_resume(area: Path, a: Any) -> None:
-    record: Any = {
-        b"resume": bytes(lt.write_resume_data_buf(a.params)),
-        b"stats": {k.encode(): v for k, v in _bt_stats(area / "bt").items()},
-    }
-    with contextlib.suppress(StorageError):
-        atomic_write_bytes(area / "bt.resume", bytes(lt.bencode(record)))
-
-
-def _bt_stats(bt: Path) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    if not bt.is_dir():
-        return out
-    for dirpath, _dirs, files in os.walk(bt):
-        for fn in files:
-            p = Path(dirpath) / fn
-            with contextlib.suppress(OSError):
-                st = p.stat()
-                out[p.relative_to(bt).as_posix()] = [st.st_size, st.st_mtime_ns]
-    return out
-
-
 # -- seeding -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SeedTarget:
@@ -1035,7 +700,7 @@ class SeedTarget:
 
     def renames(self) -> dict[int, str]:
         """libtorrent ``renamed_files``: each content file to where it is below ``folder``."""
-        return {k: self.disk_path(p) for k, p in _renames(self.torrent).items()}
+        return {k: self.disk_path(p) for k, p in self.torrent.renamed_files().items()}
 
 
 def _check_files(target: SeedTarget) -> None:
@@ -1098,7 +763,7 @@ def seed(
                     ses.alerts(0.1)
                     now = time.monotonic()
                     if now >= next_dial:
-                        next_dial = now + _REDIAL
+                        next_dial = now + REDIAL
                         for _t, h in handles:
                             ses.dial(h)
                     if now >= next_status:
@@ -1117,7 +782,7 @@ def _seed_status(handles: Sequence[tuple[SeedTarget, Any]]) -> SeedStatus:
         st = h.status()
         peers = tuple(
             PeerStatus(
-                _ep_tuple(p.ip),
+                endpoint_text(p.ip),
                 str(p.client, "utf-8", "replace") if isinstance(p.client, bytes) else str(p.client),
                 float(p.payload_up_speed),
                 int(p.total_upload),
@@ -1139,11 +804,6 @@ def _seed_status(handles: Sequence[tuple[SeedTarget, Any]]) -> SeedStatus:
     return SeedStatus(
         sum(x.upload_rate for x in torrents), sum(x.uploaded for x in torrents), tuple(torrents)
     )
-
-
-def _ep_tuple(ep: Any) -> str:
-    host, port = ep
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def seed_targets_in(folder: Path) -> list[SeedTarget]:
@@ -1380,12 +1040,12 @@ class _SwarmOnlyRun:
     def _keep_for_resume(self) -> None:
         ses, h = self.session, self.handle
         if ses is not None and not ses.closed and h is not None and h.is_valid() and h.status().has_metadata:
-            _save_resume(ses, h, self.job.area, wait=True)
+            save_resume(ses, h, self.job.area, wait=True)
 
     # -- fetching ------------------------------------------------------------------------------
     def _params(self) -> Any:
         job = self.job
-        atp = _read_resume(job.area)
+        atp = read_resume(job.area)
         if atp is None:
             saved = job.area / "torrent"
             if self.torrent is None and saved.is_file():
@@ -1422,7 +1082,8 @@ class _SwarmOnlyRun:
                     )
                 )
             elif isinstance(a, lt.peer_ban_alert):
-                why = f"banned peer {_ep(a)}: it sent data that failed the hash check"
+                peer = endpoint_text(getattr(a, "endpoint", None))
+                why = f"banned peer {peer}: it sent data that failed the hash check"
                 self.events.append(SourceTrouble("swarm", why, None))
             elif isinstance(a, lt.file_error_alert):
                 raise StorageError(
@@ -1431,7 +1092,7 @@ class _SwarmOnlyRun:
             elif isinstance(a, lt.torrent_error_alert):
                 self.events.append(SourceTrouble("swarm", f"libtorrent: {a.message()}", None))
             elif isinstance(a, lt.save_resume_data_alert):
-                _write_resume(self.job.area, a)
+                write_resume(self.job.area, a)
         self.session.dial(self.handle)
 
     def _verified(self) -> int:
@@ -1514,8 +1175,8 @@ class _SwarmOnlyRun:
             if now >= next_resume:
                 if next_resume:
                     assert self.session is not None
-                    _save_resume(self.session, h, job.area, wait=False)
-                next_resume = now + _RESUME_EVERY
+                    save_resume(self.session, h, job.area, wait=False)
+                next_resume = now + RESUME_EVERY
             if now - last_news > give_up:
                 raise NoSourceError(
                     f"no progress for {give_up:.0f} s from any peer",
@@ -1526,9 +1187,9 @@ class _SwarmOnlyRun:
         self.redundant, self.failed = int(st.total_redundant_bytes), int(st.total_failed_bytes)
 
     def _settle(self) -> None:
-        """Wait until every verified piece is in bt/'s files (see ``_flush``), then stop the torrent."""
+        """Wait until every verified piece is in bt/'s files (see ``flush_writes``), then stop the torrent."""
         assert self.session is not None
-        if not _flush(self.session, self.handle, 600.0):
+        if not flush_writes(self.session, self.handle, 600.0):
             if self.session.stopping:
                 raise Interrupted("stopped: the BitTorrent session is closing")
             raise StorageError(

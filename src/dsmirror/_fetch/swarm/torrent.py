@@ -140,6 +140,10 @@ class Torrent:
     def write(self, path: Path) -> None:
         atomic_write_bytes(path, self.data)
 
+    def renamed_files(self) -> dict[int, str]:
+        """libtorrent ``renamed_files``: each content file to its path below the root folder."""
+        return {k: f.path for k, f in enumerate(self.files) if not f.pad and f.path}
+
     def file_at(self, piece: int) -> TorrentFileEntry | None:
         """The content file holding the first byte of torrent piece ``piece`` (for messages)."""
         offset = piece * self.piece_size
