@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -59,6 +60,8 @@ from dsmirror._core.errors import DsmirrorError
 from dsmirror._core.events import Event
 from dsmirror._core.fsutil import atomic_write_bytes
 from dsmirror._core.settings import Settings
+from dsmirror._formats import hfcache
+from dsmirror._formats.installs import read_records
 from dsmirror._formats.manifest import FileEntry, Manifest, Piece, parse_manifest
 from dsmirror._formats.private import PrivateArea
 from dsmirror._journal.store import Store
@@ -184,7 +187,7 @@ def recorded_models(root: Path) -> list[RecordedModel]:
     for mid, (kind, path) in sorted(found.items()):
         record: dict[str, list[int]] = {}
         with contextlib.suppress(OSError, ValueError):
-            raw = json.loads((folder / f"{mid}.json").read_bytes())
+            raw = json.loads(PrivateArea(root).install_record(mid).read_bytes())
             if isinstance(raw, dict):
                 record = {k: v for k, v in raw.items() if isinstance(v, list)}
         try:
@@ -238,17 +241,9 @@ def reuse_roots(dest: Path, extra: Iterable[Path] = (), settings: Settings | Non
 
 
 def _recorded_dir_installs(settings: Settings) -> list[Path]:
-    """Folders of plain installs recorded by ``_install`` (``<state>/installs/*.json``, field dest)."""
-    out: list[Path] = []
-    with contextlib.suppress(OSError):
-        for n, p in enumerate(sorted((settings.state_dir / "installs").glob("*.json"))):
-            if n >= _MAX_SIBLINGS:
-                break
-            with contextlib.suppress(OSError, ValueError):
-                doc = json.loads(p.read_bytes())
-                if isinstance(doc, dict) and isinstance(doc.get("dest"), str):
-                    out.append(Path(doc["dest"]))
-    return out
+    """Folders of plain installs (their records: ``dsmirror._formats.installs``)."""
+    records = itertools.islice(read_records(settings.state_dir), _MAX_SIBLINGS)
+    return [Path(doc["dest"]) for _, doc in records if isinstance(doc.get("dest"), str)]
 
 
 # -- the index of local candidates ---------------------------------------------------------------
@@ -397,18 +392,14 @@ def blob_dirs(base: Path, *, repos_only: bool = False) -> list[Path]:
         for n, entry in enumerate(it):
             if n >= _MAX_SIBLINGS:
                 break
-            if entry.name.startswith(("models--", "datasets--")) and entry.is_dir(follow_symlinks=False):
+            if entry.name.startswith(hfcache.REPO_PREFIXES) and entry.is_dir(follow_symlinks=False):
                 out.append(Path(entry.path) if repos_only else Path(entry.path) / "blobs")
     return [d for d in out if d.is_dir()]
 
 
 def same_path_candidates(root: Path, rel: str) -> list[Path]:
     """``root/rel``, and ``root/snapshots/*/rel`` when root is a Hugging Face cache repo folder."""
-    out = [root / rel]
-    snaps = root / "snapshots"
-    with contextlib.suppress(OSError), os.scandir(snaps) as it:
-        out += [Path(e.path) / rel for e in it if e.is_dir(follow_symlinks=False)]
-    return out
+    return [root / rel] + [snap / rel for snap in hfcache.snapshots(root)]
 
 
 # -- reading candidates --------------------------------------------------------------------------
