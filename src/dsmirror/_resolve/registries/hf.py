@@ -62,7 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from dsmirror._core.errors import IntegrityError, NoSourceError, SourceError, UsageError
 from dsmirror._core.settings import Settings
@@ -216,6 +216,9 @@ def _list_tree(mirror: Mirror, repo_id: str, commit: str, token: str | None, tim
             if item.get("type") == "file":  # not "directory"
                 files.append(_to_file(RepoFile(**item)))  # type: ignore[no-untyped-call]
         url, params = resp.links.get("next", {}).get("url"), None  # the next link holds the query
+        if url is not None and urlsplit(url).netloc != urlsplit(mirror.url).netloc:
+            # The headers (and an official endpoint's token) must not follow a link elsewhere.
+            raise ValueError(f"the tree listing's next page is on another host ({urlsplit(url).netloc})")
     raise ValueError(f"the tree listing did not end after {MAX_TREE_PAGES} pages")
 
 
