@@ -175,19 +175,32 @@ class HttpSource(Source):
                 if url != origin:
                     with self._lock:
                         self._resolved[origin] = _Resolved(url, time.monotonic(), not same_host)
-                yield self._iter(resp, url)
+                yield self._iter(resp, url, end - start + 1)
                 return
             finally:
                 resp.close()
         raise BadResponse("too many redirects", source=self.name, url=_redact(origin))
 
-    def _iter(self, resp: httpx.Response, url: str) -> Iterator[bytes]:
+    def _iter(self, resp: httpx.Response, url: str, length: int) -> Iterator[bytes]:
+        """The body, exactly ``length`` bytes: a body without Content-Length (chunked) is counted."""
+        left = length
         try:
-            yield from resp.iter_raw()
+            for chunk in resp.iter_raw():
+                if len(chunk) > left:
+                    yield chunk[:left]
+                    raise BadResponse(
+                        f"sent more than the {length} bytes asked for", source=self.name, url=_redact(url)
+                    )
+                left -= len(chunk)
+                yield chunk
         except httpx.TimeoutException as exc:
             raise Stalled("no bytes received for too long", source=self.name, url=_redact(url)) from exc
         except httpx.HTTPError as exc:
             raise SourceUnavailable(f"connection broke: {exc}", source=self.name, url=_redact(url)) from exc
+        if left:
+            raise SourceUnavailable(
+                f"the response ended {left} of {length} bytes early", source=self.name, url=_redact(url)
+            )
 
     def _check(
         self, resp: httpx.Response, url: str, redirected: bool, file: FileEntry, start: int, end: int
@@ -204,6 +217,9 @@ class HttpSource(Source):
             raise SourceNotFound(f"HTTP {st}: {file.path} is not on this source", **where)
         if st >= 500:
             raise SourceUnavailable(f"HTTP {st}", **where)
+        if st == 416:
+            # The source's copy ends before `end`: another file than the manifest's, not an outage.
+            raise BadResponse(f"HTTP 416: bytes {start}-{end} are past the end of {file.path} here", **where)
         if st not in (200, 206):
             raise SourceUnavailable(f"HTTP {st}", **where)
         ctype = resp.headers.get("content-type", "")

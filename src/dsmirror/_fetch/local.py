@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from dsmirror._core.errors import SourceNotFound
+from dsmirror._core.errors import BadResponse, SourceNotFound
 from dsmirror._fetch.source import Source
 from dsmirror._formats.manifest import FileEntry
 from dsmirror._schedule.info import SourceInfo
@@ -51,5 +51,11 @@ class MemorySource(Source):
     def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
         if not self.has_file(file):
             raise _not_here(self.name, file)
-        view = memoryview(self.data[file.path])[start : end + 1]
+        blob = self.data[file.path]
+        if not 0 <= start <= end < len(blob):
+            # A slice would quietly end short; the contract wants an error instead.
+            raise BadResponse(
+                f"bytes {start}-{end} are not within {file.path} ({len(blob)} bytes)", source=self.name
+            )
+        view = memoryview(blob)[start : end + 1]
         yield (bytes(view[i : i + _CHUNK]) for i in range(0, len(view), _CHUNK))

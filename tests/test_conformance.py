@@ -1,0 +1,498 @@
+"""Every kind of source passes the conformance suites of ``dsmirror.testing.conformance``.
+
+Sources: ``MemorySource``; ``HttpSource`` on a ``MirrorServer`` (with each of its faults), on a
+server that sends chunked bodies (no Content-Length: the source must count), and through the
+registries' ``RepoURLs`` against loopback ``dsmirror._serve`` apps (Hugging Face ``resolve`` URLs,
+as a folder and as the HF cache's ``blobs/<etag>`` paths; an Ollama registry that redirects blobs
+to its CDN). And the suites catch broken sources: a suite that cannot fail is a defect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+import pytest
+
+from dsmirror._core.errors import BadResponse, SourceNotFound, SourceUnavailable
+from dsmirror._fetch.http import HttpSource
+from dsmirror._fetch.local import MemorySource, local_source_info
+from dsmirror._fetch.source import Source
+from dsmirror._formats.manifest import FileEntry
+from dsmirror._formats.ollama import parse_ollama_name
+from dsmirror._resolve.registries.client import RepoURLs
+from dsmirror._resolve.registries.hf import _hf_template
+from dsmirror._resolve.registries.ollama import _blob_template
+from dsmirror._schedule.info import SourceInfo
+from dsmirror._serve import HfRepo, ModelIndex, OllamaModel, ServeFaults, ServerThread, make_app
+from dsmirror.testing import Faults, MirrorServer
+from dsmirror.testing.conformance import (
+    RETRY_AFTER,
+    ConformanceFailure,
+    ConformanceReport,
+    ServerFault,
+    check_source,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+Files = Mapping[str, bytes]
+
+
+def _write(root: Path, files: Files) -> Path:
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    return root
+
+
+class _Servers:
+    """Servers a test's factories start, each in its own folder; all stopped after the test."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self._stops: list[Callable[[], None]] = []
+        self._n = 0
+
+    def folder(self, files: Files) -> Path:
+        self._n += 1
+        return _write(self.tmp / f"served{self._n}", files)
+
+    def mirror(self, files: Files, faults: Faults | None = None) -> MirrorServer:
+        m = MirrorServer(self.folder(files), faults=faults)
+        m.start()
+        self._stops.append(m.stop)
+        return m
+
+    def app(self, index: ModelIndex, **kw: Any) -> ServerThread:
+        server = ServerThread(make_app(index, **kw)).start()
+        self._stops.append(server.stop)
+        return server
+
+    def on_stop(self, stop: Callable[[], None]) -> None:
+        self._stops.append(stop)
+
+    def stop(self) -> None:
+        for stop in reversed(self._stops):
+            with contextlib.suppress(Exception):
+                stop()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[_Servers]:
+    s = _Servers(tmp_path)
+    yield s
+    s.stop()
+
+
+def _all_faults_checked(report: ConformanceReport, *, except_: set[ServerFault] = frozenset()) -> None:
+    assert set(report.skipped) == {f"fault: {f.value}" for f in except_}, report.skipped
+
+
+# -- MemorySource --------------------------------------------------------------------------------
+def _memory(files: Files) -> Source:
+    return MemorySource(local_source_info("memory"), dict(files))
+
+
+def test_memory_source() -> None:
+    report = check_source(_memory)
+    assert "threads" in report.checks and "past the end" in report.checks
+
+
+# -- HttpSource on a MirrorServer ----------------------------------------------------------------
+_MIRROR_FAULTS = {
+    ServerFault.RESET: Faults(reset_after=10_000),
+    ServerFault.TRUNCATED: Faults(short_body=True),
+    ServerFault.STALL: Faults(stall_after=1_000, stall_seconds=30),
+    ServerFault.WRONG_RANGE: Faults(wrong_content_range=True),
+    ServerFault.WHOLE_FILE: Faults(ignore_range=True),
+    ServerFault.HTML_PAGE: Faults(html_instead=True),
+    ServerFault.UNAVAILABLE: Faults(status=500),
+    ServerFault.RATE_LIMITED: Faults(status=429, retry_after=RETRY_AFTER),
+    ServerFault.NOT_FOUND: Faults(status=404),
+}
+
+
+def _http(url: str, *, kind: str = "http", url_for: Callable[[FileEntry], str] | None = None) -> HttpSource:
+    host = urlsplit(url).hostname or "?"
+    return HttpSource(
+        SourceInfo("m1", kind, host, max_connections=4),
+        url_for or (lambda f: url + quote(f.path)),
+        stall_timeout=1.0,
+    )
+
+
+def test_http_source_on_a_mirror(servers: _Servers) -> None:
+    def make(files: Files) -> Source:
+        return _http(servers.mirror(files).url)
+
+    def faulty(files: Files, fault: ServerFault) -> Source | None:
+        if fault is ServerFault.DOWN:
+            m = servers.mirror(files)
+            m.set_down(True)
+            return _http(m.url)
+        faults = _MIRROR_FAULTS.get(fault)
+        return None if faults is None else _http(servers.mirror(files, faults).url)
+
+    report = check_source(make, make_faulty=faulty)
+    _all_faults_checked(report, except_={ServerFault.SHORT_ANSWER, ServerFault.LONG_ANSWER})
+
+
+# -- HttpSource on a server that sends chunked bodies --------------------------------------------
+class _ChunkedHandler(BaseHTTPRequestHandler):
+    """Range answers with ``Transfer-Encoding: chunked``: no Content-Length to hold the body to."""
+
+    protocol_version = "HTTP/1.1"
+    server: _ChunkedServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        data = self.server.files.get(unquote(urlsplit(self.path).path).lstrip("/"))
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        if data is None or m is None:
+            self._small(404)
+            return
+        start, end = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
+        if start >= len(data):
+            self._small(416)
+            return
+        body = data[start : end + 1]
+        if self.server.fault is ServerFault.SHORT_ANSWER:
+            body = body[: len(body) // 2]
+        elif self.server.fault is ServerFault.LONG_ANSWER:
+            body += data[end + 1 : end + 1000] + b"\0"
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for k in range(0, len(body), 48 << 10):
+            part = body[k : k + (48 << 10)]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _small(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class _ChunkedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, files: Files, fault: ServerFault | None) -> None:
+        super().__init__(("127.0.0.1", 0), _ChunkedHandler)
+        self.files = dict(files)
+        self.fault = fault
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def test_http_source_on_a_chunked_server(servers: _Servers) -> None:
+    def start(files: Files, fault: ServerFault | None = None) -> Source:
+        server = _ChunkedServer(files, fault)
+        servers.on_stop(server.stop)
+        return _http(server.url)
+
+    def faulty(files: Files, fault: ServerFault) -> Source | None:
+        if fault in (ServerFault.SHORT_ANSWER, ServerFault.LONG_ANSWER):
+            return start(files, fault)
+        return None
+
+    report = check_source(start, make_faulty=faulty)
+    assert "fault: short-answer" in report.checks and "fault: long-answer" in report.checks
+
+
+# -- HttpSource through the registries' RepoURLs, against dsmirror._serve apps -------------------
+_REPO = "org/tiny"
+
+
+def _app_faults(fault: ServerFault, keys: list[str]) -> ServeFaults | None:
+    status = {ServerFault.UNAVAILABLE: 500, ServerFault.RATE_LIMITED: 429, ServerFault.NOT_FOUND: 404}
+    if fault not in status:
+        return None
+    return ServeFaults(status_for_paths=dict.fromkeys(keys, status[fault]), retry_after=RETRY_AFTER)
+
+
+def _registry_faulty(
+    start: Callable[[Files, ServeFaults | None], Source],
+    keys: Callable[[Files], list[str]],
+    servers: _Servers,
+) -> Callable[[Files, ServerFault], Source | None]:
+    def faulty(files: Files, fault: ServerFault) -> Source | None:
+        if fault is ServerFault.DOWN:
+            source = start(files, None)
+            servers.stop()  # everything started so far is done with; the new one goes down too
+            return source
+        faults = _app_faults(fault, keys(files))
+        return None if faults is None else start(files, faults)
+
+    return faulty
+
+
+_APP_FAULTS = {ServerFault.UNAVAILABLE, ServerFault.RATE_LIMITED, ServerFault.NOT_FOUND, ServerFault.DOWN}
+
+
+@pytest.mark.parametrize("layout", ["folder", "hf-cache"])
+def test_http_source_on_a_hugging_face_registry(servers: _Servers, layout: str) -> None:
+    """``resolve`` URLs of one commit; an ``hf-cache`` pull names files ``blobs/<sha256>`` (mapped)."""
+    repo_path: dict[str, str] = {}
+
+    def path_for(name: str, data: bytes) -> str:
+        if layout == "folder":
+            return name
+        path = f"blobs/{hashlib.sha256(data).hexdigest()}"
+        repo_path[path] = name
+        return path
+
+    def start(files: Files, faults: ServeFaults | None) -> Source:
+        repo_files = {repo_path.get(p, p): data for p, data in files.items()}
+        repo = HfRepo.from_folder(_REPO, servers.folder(repo_files))
+        server = servers.app(ModelIndex(hf_repos=[repo]), faults=faults)
+        urls = RepoURLs("m1", _hf_template(server.url, _REPO, repo.commit), dict(repo_path))
+        return _http(server.url, kind="hf", url_for=urls)
+
+    def keys(files: Files) -> list[str]:
+        return [repo_path.get(p, p) for p in files]
+
+    report = check_source(
+        lambda files: start(files, None),
+        make_faulty=_registry_faulty(start, keys, servers),
+        path_for=path_for,
+    )
+    _all_faults_checked(report, except_=set(ServerFault) - _APP_FAULTS)
+
+
+def test_http_source_on_an_ollama_registry(servers: _Servers) -> None:
+    """Blobs by digest from a registry that answers 307 to its CDN, as registry.ollama.ai does."""
+    name = parse_ollama_name("library/tiny:latest")
+
+    def path_for(_name: str, data: bytes) -> str:
+        return f"blobs/sha256-{hashlib.sha256(data).hexdigest()}"
+
+    def start(files: Files, faults: ServeFaults | None) -> Source:
+        folder = servers.folder({p.replace("blobs/", "layers/"): d for p, d in files.items()})
+        layers = [
+            ("application/vnd.ollama.image.model", folder / p.replace("blobs/", "layers/")) for p in files
+        ]
+        model = OllamaModel.from_files(
+            name.namespace, name.name, name.tag, layers, b'{"model_format":"gguf"}'
+        )
+        index = ModelIndex(ollama_models=[model])
+        cdn = servers.app(index)
+        registry = servers.app(index, blob_redirect_to=cdn.url, faults=faults)
+        urls = RepoURLs("m1", _blob_template(registry.url, name), {})
+        return _http(registry.url, kind="ollama", url_for=urls)
+
+    def keys(files: Files) -> list[str]:
+        return ["sha256:" + p.removeprefix("blobs/sha256-") for p in files]
+
+    report = check_source(
+        lambda files: start(files, None),
+        make_faulty=_registry_faulty(start, keys, servers),
+        path_for=path_for,
+    )
+    _all_faults_checked(report, except_=set(ServerFault) - _APP_FAULTS)
+
+
+# -- the suite catches broken sources ------------------------------------------------------------
+class _OneByteTooMany(MemorySource):
+    @contextlib.contextmanager
+    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        with super().open_range(file, start, min(end + 1, file.size - 1)) as chunks:
+            yield chunks
+
+
+class _StartsOneLate(MemorySource):
+    @contextlib.contextmanager
+    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        with super().open_range(file, min(start + 1, end), end) as chunks:
+            yield chunks
+
+
+class _QuietlyShort(MemorySource):
+    """What MemorySource did before: a slice past the end just ends short."""
+
+    @contextlib.contextmanager
+    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        if not self.has_file(file):
+            raise SourceNotFound("not here", source=self.name)
+        yield iter([self.data[file.path][start : end + 1]])
+
+
+class _SharedCursor(Source):
+    """One file descriptor per file, seek + read: two threads move each other's cursor."""
+
+    def __init__(self, files: Files, folder: Path) -> None:
+        self.info = local_source_info("shared-cursor")
+        _write(folder, files)
+        self._fds = {p: os.open(folder / p, os.O_RDONLY) for p in files}
+
+    @contextlib.contextmanager
+    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        fd = self._fds.get(file.path)
+        if fd is None:
+            raise SourceNotFound("not here", source=self.name)
+        if end >= os.fstat(fd).st_size:
+            raise BadResponse("past the end", source=self.name)  # not the point here
+
+        def chunks() -> Iterator[bytes]:
+            os.lseek(fd, start, os.SEEK_SET)
+            left = end - start + 1
+            while left:
+                data = os.read(fd, min(left, 4096))
+                if not data:
+                    return  # another thread moved the cursor to the end
+                left -= len(data)
+                yield data
+
+        yield chunks()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = {}
+
+
+class _Leaky(MemorySource):
+    """Holds a connection until the range is read to its end: abandoned ranges never give it back."""
+
+    def __post_init__(self) -> None:
+        self._slots = threading.Semaphore(self.info.max_connections)
+
+    @contextlib.contextmanager
+    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        if not self._slots.acquire(timeout=10):
+            raise SourceUnavailable("no free connection", source=self.name)
+        with super().open_range(file, start, end) as chunks:
+
+            def counted() -> Iterator[bytes]:
+                yield from chunks
+                self._slots.release()
+
+            yield counted()
+
+
+class _Swallows(MemorySource):
+    @contextlib.contextmanager
+    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        with contextlib.suppress(Exception), super().open_range(file, start, end) as chunks:
+            yield chunks
+
+
+class _KeyError(MemorySource):
+    def has_file(self, file: FileEntry) -> bool:
+        return True  # like an HTTP mirror, it finds out when asked
+
+    @contextlib.contextmanager
+    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        blob = self.data[file.path]  # KeyError for a file it does not hold
+        if end >= len(blob):
+            raise SourceNotFound("past the end", source=self.name)
+        yield iter([blob[start : end + 1]])
+
+
+class _RetriesForever(MemorySource):
+    """Says "unavailable" (retryable) for a file it will never have."""
+
+    def has_file(self, file: FileEntry) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        if file.path not in self.data:
+            raise SourceUnavailable("try again later", source=self.name)
+        with super().open_range(file, start, end) as chunks:
+            yield chunks
+
+
+class _Misnamed(MemorySource):
+    @property
+    def name(self) -> str:
+        return "someone-else"
+
+
+def _mem(cls: type[MemorySource]) -> Callable[[Files], Source]:
+    return lambda files: cls(local_source_info("broken"), dict(files))
+
+
+@pytest.mark.parametrize(
+    ("make", "broken"),
+    [
+        (_mem(_OneByteTooMany), "exact bytes"),
+        (_mem(_StartsOneLate), "exact bytes"),
+        (_mem(_QuietlyShort), "past the end"),
+        (_mem(_Leaky), "early exit"),
+        (_mem(_Swallows), "early exit"),
+        (_mem(_KeyError), "unknown file"),
+        (_mem(_RetriesForever), "unknown file"),
+        (_mem(_Misnamed), "identity"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_the_suite_catches_a_broken_source(make: Callable[[Files], Source], broken: str) -> None:
+    with pytest.raises(ConformanceFailure) as caught:
+        check_source(make)
+    failures = caught.value.failures
+    assert any(f.startswith(f"{broken}:") for f in failures), failures
+
+
+def test_the_suite_catches_a_source_that_is_not_thread_safe(tmp_path: Path) -> None:
+    with pytest.raises(ConformanceFailure) as caught:
+        check_source(lambda files: _SharedCursor(files, tmp_path / "files"), threads=8)
+    failures = caught.value.failures
+    assert [f.split(":")[0] for f in failures] == ["threads"], failures
+
+
+class _Lax(HttpSource):
+    """Takes a 200 for any range: the whole file's bytes would be passed on as the range's."""
+
+    def _check(
+        self, resp: httpx.Response, url: str, redirected: bool, file: FileEntry, start: int, end: int
+    ) -> None:
+        if resp.status_code != 200:
+            super()._check(resp, url, redirected, file, start, end)
+
+
+def test_the_suite_catches_a_source_that_trusts_a_200_for_a_range(servers: _Servers) -> None:
+    def lax(url: str) -> Source:
+        return _Lax(SourceInfo("lax", "http", "127.0.0.1"), lambda f: url + quote(f.path), stall_timeout=1.0)
+
+    def faulty(files: Files, fault: ServerFault) -> Source | None:
+        if fault is ServerFault.WHOLE_FILE:
+            return lax(servers.mirror(files, _MIRROR_FAULTS[fault]).url)
+        return None
+
+    with pytest.raises(ConformanceFailure) as caught:
+        check_source(lambda files: lax(servers.mirror(files).url), make_faulty=faulty)
+    failures = caught.value.failures
+    assert [f.split(":")[0] for f in failures] == ["fault"] and "whole-file" in failures[0], failures
+
+
+def test_a_hanging_source_fails_within_the_timeout() -> None:
+    class Hangs(MemorySource):
+        @contextlib.contextmanager
+        def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+            threading.Event().wait(5)
+            yield iter(())
+
+    with pytest.raises(ConformanceFailure, match=r"did not finish within 0\.5 s"):
+        check_source(_mem(Hangs), timeout=0.5)
