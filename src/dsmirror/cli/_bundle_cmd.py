@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 
@@ -27,6 +29,9 @@ from dsmirror.cli._render import render_json
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+
+    from dsmirror._core.settings import Settings
+    from dsmirror._formats.catalog import Catalog
 
 # The bundle code (and rich's progress bars) load in the commands that use them, not at start-up.
 
@@ -134,67 +139,98 @@ def import_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Verify every piece of a bundle (or folder) against its manifest, then install it atomically."""
-    from dsmirror._bundle import catalog_pins, export_source, folder_manifest, import_bundle, import_folder
+    from dsmirror._bundle import catalog_pins, import_bundle
 
     settings, catalog = load_catalog_from_options(mirrors, no_default_catalog)
-    pin = manifest_sha256.lower() if manifest_sha256 else None
-    pinned_by = "--manifest-sha256" if pin else None
-    if alias is not None:
-        a = catalog.alias(alias)
-        if a is None or not a.manifest_sha256:
-            raise UsageError(
-                f"the catalog has no alias {alias!r} with a manifest_sha256",
-                hint="pin the manifest with --manifest-sha256 instead",
-            )
-        if pin and pin != a.manifest_sha256:
-            raise UsageError(f"--manifest-sha256 and the catalog's {alias} disagree")
-        pin, pinned_by = a.manifest_sha256, f"catalog alias {alias}"
-    known = catalog_pins(catalog.models)
+    pin, pinned_by = _pin(catalog, manifest_sha256, alias)
+    into = _Into(fmt, dest, pinned_by, catalog_pins(catalog.models), settings)
     path = Path(source)
-    events: Iterable[Event]
     if source != "-" and path.is_dir():
-        if model is not None:
-            # Another machine's store: read the model as export would (blobs checked against
-            # their names), then import it like any folder.
-            src = export_source(model, from_dir=path, manifest_sha256=pin, settings=settings)
-            if pin and src.manifest.sha256 != pin:
-                raise ManifestMismatch(pin, src.manifest.sha256, where=f"{model} in {path}")
-            events = import_folder(
-                path,
-                src.manifest,
-                fmt=fmt,
-                dest=dest,
-                pinned_by=pinned_by,
-                known=known,
-                settings=settings,
-                sidecars=src.sidecars,
-                files=src.files,
-            )
-            _run(events, json_out)
-            return
-        m = load_manifest(manifest, expected_sha256=pin) if manifest else folder_manifest(path, pin)
-        events = import_folder(
-            path, m, fmt=fmt, dest=dest, pinned_by=pinned_by, known=known, settings=settings
-        )
-        _run(events, json_out)
+        _run(_folder_events(path, model, manifest, pin, into), json_out)
         return
     if model is not None:
         raise UsageError("--model goes with a folder (a copied Ollama store or HF cache)")
     if manifest is not None:
         raise UsageError("--manifest goes with a folder; a bundle carries its own manifest")
-    if source == "-":
+    with _bundle_stream(source) as (stream, origin):
         events = import_bundle(
-            sys.stdin.buffer,
-            origin="<stdin>",
-            fmt=fmt,
-            dest=dest,
+            stream,
+            origin=origin,
+            fmt=into.fmt,
+            dest=into.dest,
             expected_sha256=pin,
-            pinned_by=pinned_by,
-            known=known,
-            settings=settings,
+            pinned_by=into.pinned_by,
+            known=into.known,
+            settings=into.settings,
         )
         _run(events, json_out)
+
+
+@dataclass(frozen=True)
+class _Into:
+    """Where and how an import installs, and who vouches for its manifest."""
+
+    fmt: str
+    dest: Path | None
+    pinned_by: str | None
+    known: Mapping[str, str]  # catalog alias -> its pinned manifest SHA-256
+    settings: Settings
+
+
+def _pin(catalog: Catalog, manifest_sha256: str | None, alias: str | None) -> tuple[str | None, str | None]:
+    """The manifest SHA-256 the import must have, and who vouches for it (--manifest-sha256, --alias)."""
+    pin = manifest_sha256.lower() if manifest_sha256 else None
+    pinned_by = "--manifest-sha256" if pin else None
+    if alias is None:
+        return pin, pinned_by
+    a = catalog.alias(alias)
+    if a is None or not a.manifest_sha256:
+        raise UsageError(
+            f"the catalog has no alias {alias!r} with a manifest_sha256",
+            hint="pin the manifest with --manifest-sha256 instead",
+        )
+    if pin and pin != a.manifest_sha256:
+        raise UsageError(f"--manifest-sha256 and the catalog's {alias} disagree")
+    return a.manifest_sha256, f"catalog alias {alias}"
+
+
+def _folder_events(
+    path: Path, model: str | None, manifest: Path | None, pin: str | None, into: _Into
+) -> Iterator[Event]:
+    """The import of folder ``path``: a model of a copied store (``--model``), or the model the
+    manifest (``--manifest``, else the one recorded in the folder) describes."""
+    from dsmirror._bundle import export_source, folder_manifest, import_folder
+
+    if model is not None:
+        # Another machine's store: read the model as export would (blobs checked against
+        # their names), then import it like any folder.
+        src = export_source(model, from_dir=path, manifest_sha256=pin, settings=into.settings)
+        if pin and src.manifest.sha256 != pin:
+            raise ManifestMismatch(pin, src.manifest.sha256, where=f"{model} in {path}")
+        m, sidecars, files = src.manifest, src.sidecars, src.files
+    else:
+        m = load_manifest(manifest, expected_sha256=pin) if manifest else folder_manifest(path, pin)
+        sidecars, files = None, None
+    return import_folder(
+        path,
+        m,
+        fmt=into.fmt,
+        dest=into.dest,
+        pinned_by=into.pinned_by,
+        known=into.known,
+        settings=into.settings,
+        sidecars=sidecars,
+        files=files,
+    )
+
+
+@contextlib.contextmanager
+def _bundle_stream(source: str) -> Iterator[tuple[IO[bytes], str]]:
+    """The bundle to read, and its name in messages: stdin for ``-``, else the file (closed after)."""
+    if source == "-":
+        yield sys.stdin.buffer, "<stdin>"
         return
+    path = Path(source)
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below, after the events are consumed
     except FileNotFoundError:
@@ -202,17 +238,7 @@ def import_cmd(
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
     with fh:
-        events = import_bundle(
-            fh,
-            origin=str(path),
-            fmt=fmt,
-            dest=dest,
-            expected_sha256=pin,
-            pinned_by=pinned_by,
-            known=known,
-            settings=settings,
-        )
-        _run(events, json_out)
+        yield fh, str(path)
 
 
 def _run(events: Iterable[Event], json_out: bool) -> None:
