@@ -72,7 +72,7 @@ from dsmirror._fetch.local import MemorySource, local_source_info
 from dsmirror._fetch.source import Source
 from dsmirror._formats.catalog import Catalog, Mirror
 from dsmirror._formats.hf import HfFile, HfListing, select_files
-from dsmirror._formats.hfcache import repo_folder, repo_folders
+from dsmirror._formats.hfcache import blob_rel, repo_folder, repo_folders
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, parse_manifest
 from dsmirror._formats.private import PrivateArea
 from dsmirror._install.hf import hf_after_install
@@ -388,6 +388,173 @@ def _hf_template(base: str, repo_id: str, commit: str) -> Callable[[str], str]:
     return url
 
 
+def _hf_mirrors(catalog: Catalog, options: PullOptions, ref_text: str) -> list[Mirror]:
+    if options.format == "ollama":
+        raise UsageError(
+            f"{ref_text} is a Hugging Face repo, not an Ollama model", hint="use --format hf or --format dir"
+        )
+    mirrors = select_mirrors(catalog, ("hf",), options)
+    if not mirrors:
+        raise NoSourceError(
+            "the catalog has no usable mirror of kind hf",
+            hint="add one with --mirrors FILE, or check --only/--exclude",
+        )
+    return mirrors
+
+
+def _entries(
+    repo_id: str, chosen: Sequence[HfFile], settings: Settings, options: PullOptions
+) -> tuple[Path, list[_Entry]]:
+    """Where the pull goes, and its files: the cache's ``blobs/<etag>`` (each once) or the repo paths."""
+    if options.format == "hf":
+        by_etag: dict[str, _Entry] = {}
+        for f in chosen:
+            by_etag.setdefault(f.etag, _Entry(blob_rel(f.etag), f))
+        return repo_folder(options.dest or settings.hf_cache, repo_id), list(by_etag.values())
+    return options.dest or Path.cwd() / repo_id.split("/")[-1], [_Entry(f.path, f) for f in chosen]
+
+
+def _hf_sources(
+    mirrors: Sequence[Mirror],
+    repo_id: str,
+    commit: str,
+    repo_paths: dict[str, str],
+    settings: Settings,
+    options: PullOptions,
+) -> list[Source]:
+    """One source per endpoint, every byte from ``resolve/<commit>``; the token to official ones only."""
+    token_headers = {"Authorization": f"Bearer {settings.hf_token}"} if settings.hf_token else {}
+    return [
+        HttpSource(
+            source_info(m, options),
+            RepoURLs(m.name, _hf_template(m.url, repo_id, commit), repo_paths),
+            headers=token_headers if m.official else {},
+            stall_timeout=options.stall_timeout,
+        )
+        for m in mirrors
+    ]
+
+
+def _listed_digests(entries: Sequence[_Entry]) -> tuple[list[_Entry], dict[str, str]]:
+    """Digests the listing gives: an LFS file's SHA-256, an empty file's. (files to learn, git blob ids)."""
+    todo: list[_Entry] = []
+    git_ids: dict[str, str] = {}
+    for e in entries:
+        if e.file.lfs_sha256 is not None:
+            e.sha256 = e.file.lfs_sha256
+            continue
+        git_ids[e.file.path] = e.file.blob_id
+        if e.file.size > 0:
+            todo.append(e)
+            continue
+        if e.file.blob_id != git_blob_sha1(b""):
+            raise IntegrityError(f"{e.file.path}: the listing says it is empty but not its git blob id")
+        e.sha256, e.pieces = EMPTY_SHA256, ()
+    return todo, git_ids
+
+
+@dataclass
+class _Learned:
+    """What learning the small files' SHA-256 found (see "Small files" in the module docstring)."""
+
+    kept: _Kept
+    liars: dict[str, str]  # source -> the first file it sent with the wrong git blob id
+    unknown: list[_Entry]  # a dry run's files with no copy on disk (UNKNOWN_SHA256)
+
+
+def _learn_small_files(
+    todo: Sequence[_Entry],
+    sources: Sequence[Source],
+    dest: Path,
+    settings: Settings,
+    *,
+    first: str,
+    dry_run: bool,
+    piece_size: int,
+) -> _Learned:
+    """Each small file's SHA-256 and pieces, from a copy on disk or fetched (``first`` asked first)."""
+    kept = _Kept()
+    partial_areas = _partial_areas(dest)
+
+    def on_disk(e: _Entry) -> list[Path]:
+        cands = [dest / e.manifest_path]
+        cands += [area / "data" / e.manifest_path for area in partial_areas]
+        cands += [repo / blob_rel(e.file.blob_id) for repo in repo_folders(settings.hf_cache)]
+        return cands
+
+    # The endpoint that just answered the listing is known to be up: ask it first.
+    order = [] if dry_run else sorted(sources, key=lambda s: s.name != first)
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dsmirror-hf-small") as pool:
+        results = list(pool.map(lambda e: _fetch_small(e, order, on_disk(e), piece_size, kept), todo))
+    learned = _Learned(kept, {}, [])
+    for e, small_file in zip(todo, results, strict=True):
+        if small_file is None:
+            e.sha256 = UNKNOWN_SHA256
+            learned.unknown.append(e)
+            continue
+        e.sha256, e.pieces = small_file.digests.sha256, small_file.digests.pieces
+        for liar in small_file.liars:
+            learned.liars.setdefault(liar, e.file.path)
+    return learned
+
+
+def _notes(repo_id: str, revision: str, listing: HfListing, learned: _Learned) -> list[str]:
+    notes = [f"hf://{repo_id}@{revision} is commit {listing.commit} (listed by {listing.endpoint})"]
+    notes += [f"{why} (did not list the repo)" for why in listing.skipped]
+    notes += [
+        f"{liar}: dropped, it sent {path} with the wrong git blob id" for liar, path in learned.liars.items()
+    ]
+    if learned.unknown:
+        size = format_bytes(sum(e.file.size for e in learned.unknown))
+        notes.append(
+            f"dry run: {len(learned.unknown)} small file(s) ({size}) not fetched to learn their SHA-256 "
+            "(the Hub lists only their git blob id); they count as to fetch, and the manifest id "
+            "shown is provisional"
+        )
+    return notes
+
+
+def _wanted(entries: Sequence[_Entry]) -> dict[str, tuple[str, int, str | None]]:
+    """manifest path -> (repo path, size, SHA-256 or None if not known yet), for ModelScope's check."""
+    return {
+        e.manifest_path: (e.file.path, e.file.size, None if e.sha256 == UNKNOWN_SHA256 else e.sha256)
+        for e in entries
+    }
+
+
+def _serve_kept_from_memory(
+    sources: list[Source], kept: dict[str, bytes], repo_paths: dict[str, str]
+) -> None:
+    """Those bytes are here already: no mirror is asked for them again (the engine would otherwise
+    spread a pull's first pieces over every idle source, these included)."""
+    for src in sources:
+        if isinstance(src, HttpSource):
+            have = dict.fromkeys(repo_paths, True) if src.files is None else src.files
+            src.files = {p: v for p, v in have.items() if p not in kept}
+    sources.append(MemorySource(local_source_info("prefetched"), dict(kept)))
+
+
+def _after_install(
+    options: PullOptions,
+    dest: Path,
+    revision: str,
+    listing: HfListing,
+    chosen: Sequence[HfFile],
+    settings: Settings,
+    ref_text: str,
+    manifest: Manifest,
+) -> Callable[[Store], None]:
+    if options.format == "hf":
+        return hf_after_install(
+            dest,
+            commit=listing.commit,
+            revision=revision,
+            files=[(f.path, f.etag) for f in chosen],
+            tree={f.path: f.tree_entry() for f in listing.files},
+        )
+    return record_after_install(settings, ref_text, "dir", manifest)
+
+
 def plan_hf(
     repo_id: str,
     revision: str,
@@ -402,18 +569,12 @@ def plan_hf(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
 ) -> PullPlan:
-    """The pull of a Hugging Face repo (and its ModelScope copy, if given) in ``options.format``."""
+    """The pull of a Hugging Face repo (and its ModelScope copy, if given) in ``options.format``.
 
-    if options.format == "ollama":
-        raise UsageError(
-            f"{ref_text} is a Hugging Face repo, not an Ollama model", hint="use --format hf or --format dir"
-        )
-    hf_mirrors = select_mirrors(catalog, ("hf",), options)
-    if not hf_mirrors:
-        raise NoSourceError(
-            "the catalog has no usable mirror of kind hf",
-            hint="add one with --mirrors FILE, or check --only/--exclude",
-        )
+    The steps of the module docstring: pin and list, select, learn the small files' digests, build
+    the manifest (taking a published one's piece hashes once it agrees), one source per endpoint.
+    """
+    hf_mirrors = _hf_mirrors(catalog, options, ref_text)
     listing = list_hf_repo(
         hf_mirrors, repo_id, revision, token=settings.hf_token, timeout=options.metadata_timeout
     )
@@ -421,123 +582,40 @@ def plan_hf(
     if not chosen:
         raise UsageError(f"no file of {repo_id} at {listing.commit[:12]} matches the include/exclude globs")
     piece_size = published.piece_size if published else DEFAULT_PIECE_SIZE
-
-    if options.format == "hf":
-        dest = repo_folder(options.dest or settings.hf_cache, repo_id)
-        by_etag: dict[str, _Entry] = {}
-        for f in chosen:
-            by_etag.setdefault(f.etag, _Entry(f"blobs/{f.etag}", f))
-        entries = list(by_etag.values())
-    else:
-        dest = options.dest or Path.cwd() / repo_id.split("/")[-1]
-        entries = [_Entry(f.path, f) for f in chosen]
+    dest, entries = _entries(repo_id, chosen, settings, options)
     repo_paths = {e.manifest_path: e.file.path for e in entries}
 
     sources: list[Source] = []
     try:
-        token_headers = {"Authorization": f"Bearer {settings.hf_token}"} if settings.hf_token else {}
-        hf_sources: list[Source] = [
-            HttpSource(
-                source_info(m, options),
-                RepoURLs(m.name, _hf_template(m.url, repo_id, listing.commit), repo_paths),
-                headers=token_headers if m.official else {},
-                stall_timeout=options.stall_timeout,
-            )
-            for m in hf_mirrors
-        ]
-        sources += hf_sources
+        sources += _hf_sources(hf_mirrors, repo_id, listing.commit, repo_paths, settings, options)
         ms = modelscope_sources(catalog, modelscope, repo_paths, options) if modelscope else []
         sources += [s for s, _ in ms]
-
-        kept = _Kept()
-        git_ids: dict[str, str] = {}
-        small = [e for e in entries if e.file.lfs_sha256 is None]
-        for e in entries:
-            if e.file.lfs_sha256 is not None:
-                e.sha256 = e.file.lfs_sha256
-        for e in small:
-            git_ids[e.file.path] = e.file.blob_id
-            if e.file.size == 0:
-                if e.file.blob_id != git_blob_sha1(b""):
-                    raise IntegrityError(
-                        f"{e.file.path}: the listing says it is empty but not its git blob id"
-                    )
-                e.sha256, e.pieces = EMPTY_SHA256, ()
-
-        partial_areas = _partial_areas(dest)
-
-        def local_small(e: _Entry) -> list[Path]:
-            cands = [dest / e.manifest_path]
-            cands += [area / "data" / e.manifest_path for area in partial_areas]
-            cands += [repo / "blobs" / e.file.blob_id for repo in repo_folders(settings.hf_cache)]
-            return cands
-
-        todo = [e for e in small if e.file.size > 0]
-        # The endpoint that just answered the listing is known to be up: ask it first.
-        order = [] if options.dry_run else sorted(sources, key=lambda s: s.name != listing.endpoint)
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dsmirror-hf-small") as pool:
-            results = list(pool.map(lambda e: _fetch_small(e, order, local_small(e), piece_size, kept), todo))
-        liars: dict[str, str] = {}
-        unknown: list[_Entry] = []
-        for e, small_file in zip(todo, results, strict=True):
-            if small_file is None:
-                e.sha256 = UNKNOWN_SHA256
-                unknown.append(e)
-                continue
-            e.sha256, e.pieces = small_file.digests.sha256, small_file.digests.pieces
-            for liar in small_file.liars:
-                liars.setdefault(liar, e.file.path)
+        todo, git_ids = _listed_digests(entries)
+        learned = _learn_small_files(
+            todo,
+            sources,
+            dest,
+            settings,
+            first=listing.endpoint,
+            dry_run=options.dry_run,
+            piece_size=piece_size,
+        )
         # A source that sent other bytes than the commit pins is not trusted with the big files.
-        for src in [s for s in sources if s.name in liars]:
+        for src in [s for s in sources if s.name in learned.liars]:
             sources.remove(src)
             src.close()
-
         if published is not None:
             _check_published(entries, published, where=ref_text)
         meta = {"source": "hf", "repo": repo_id, "commit": listing.commit, "git_blob_ids": git_ids}
         manifest = _manifest(name or repo_id.split("/")[-1], piece_size, entries, meta)
-
-        notes = [f"hf://{repo_id}@{revision} is commit {listing.commit} (listed by {listing.endpoint})"]
-        notes += [f"{why} (did not list the repo)" for why in listing.skipped]
-        notes += [
-            f"{liar}: dropped, it sent {path} with the wrong git blob id" for liar, path in liars.items()
-        ]
-        if unknown:
-            size = format_bytes(sum(e.file.size for e in unknown))
-            notes.append(
-                f"dry run: {len(unknown)} small file(s) ({size}) not fetched to learn their SHA-256 "
-                "(the Hub lists only their git blob id); they count as to fetch, and the manifest id "
-                "shown is provisional"
-            )
-        wanted = {
-            e.manifest_path: (e.file.path, e.file.size, None if e.sha256 == UNKNOWN_SHA256 else e.sha256)
-            for e in entries
-        }
-        for ms_source, ms_listing in ms:
-            if ms_source in sources:
-                notes.append(restrict_to_listing(ms_source, ms_listing, wanted))
-        if kept.data:
-            # Those bytes are here already: no mirror is asked for them again (the engine would
-            # otherwise spread a pull's first pieces over every idle source, these included).
-            for src in sources:
-                if isinstance(src, HttpSource):
-                    have = dict.fromkeys(repo_paths, True) if src.files is None else src.files
-                    src.files = {p: v for p, v in have.items() if p not in kept.data}
-            sources.append(MemorySource(local_source_info("prefetched"), dict(kept.data)))
+        notes = _notes(repo_id, revision, listing, learned)
+        wanted = _wanted(entries)
+        notes += [restrict_to_listing(s, ms_listing, wanted) for s, ms_listing in ms if s in sources]
+        if learned.kept.data:
+            _serve_kept_from_memory(sources, learned.kept.data, repo_paths)
     except BaseException:
         for s in sources:
             s.close()
         raise
-
-    after: Callable[[Store], None]
-    if options.format == "hf":
-        after = hf_after_install(
-            dest,
-            commit=listing.commit,
-            revision=revision,
-            files=[(f.path, f.etag) for f in chosen],
-            tree={f.path: f.tree_entry() for f in listing.files},
-        )
-    else:
-        after = record_after_install(settings, ref_text, "dir", manifest)
+    after = _after_install(options, dest, revision, listing, chosen, settings, ref_text, manifest)
     return PullPlan(manifest, sources, dest, after, notes)
