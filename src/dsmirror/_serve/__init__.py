@@ -17,11 +17,13 @@ from dsmirror._serve._hf_index import LFS_MIN_SIZE, HfRepo, ServedFile, index_hf
 from dsmirror._serve._index import ModelIndex
 from dsmirror._serve._library import IndexSource, Library, ServeRoots, StaticIndex
 from dsmirror._serve._ollama_index import OllamaLayer, OllamaModel, index_ollama_store
-from dsmirror._serve._pullthrough import PullJob, PullThrough, Upstream
+from dsmirror._serve._pulljob import PullJob
+from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._ranges import ByteRange, RangeNotSatisfiable, parse_range
 from dsmirror._serve._runner import ServerThread, run_forever
 from dsmirror._serve._send import ServeFaults, ServeStats
 from dsmirror._serve._server import ServeConfig, build_app, serve
+from dsmirror._serve._upstream import Upstream
 
 __all__ = [
     "LFS_MIN_SIZE",

@@ -67,7 +67,7 @@ class HfRoutes:
             raise bad_request("not an org/name repo id")
         repo_id = f"{org}/{name}"
         if self.pt is not None:
-            remote = await self.pt.hf_repo(repo_id, rev or "main")
+            remote = await self.pt.hf.repo(repo_id, rev or "main")
             if remote is not None:
                 return remote
         if not index.has_hf_repo(repo_id):
@@ -140,7 +140,7 @@ class HfRoutes:
         if self.pt is not None and not self.sender.servable(f.disk_path):
             pt = self.pt
             return await self.sender.send_pulled(
-                request, repo_file_content(repo, f), headers, lambda: pt.hf_job(repo, f)
+                request, repo_file_content(repo, f), headers, lambda: pt.hf.job(repo, f)
             )
         return await self.sender.send(request, repo_file_content(repo, f), headers)
 

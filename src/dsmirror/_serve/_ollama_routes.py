@@ -45,7 +45,7 @@ class OllamaRoutes:
         if not (NAME_PART.fullmatch(ns) and NAME_PART.fullmatch(name)):
             raise registry_error(400, "NAME_INVALID", "invalid repository name")
         if self.pt is not None and NAME_PART.fullmatch(reference):
-            remote = await self.pt.ollama_model(ns, name, reference)
+            remote = await self.pt.ollama.model(ns, name, reference)
             if remote is not None:
                 return remote
         model = index.find_ollama(ns, name, reference)
@@ -71,7 +71,7 @@ class OllamaRoutes:
             raise registry_error(400, "DIGEST_INVALID", "provided digest did not match uploaded content")
         found = index.find_ollama_blob(ns, name, digest)
         if found is None and self.pt is not None:
-            pending = self.pt.ollama_blob(ns, name, digest)
+            pending = self.pt.ollama.blob(ns, name, digest)
             if pending is not None:
                 path, size = pending
                 content = Content(digest, (digest,), path, size, digest, "application/octet-stream")
@@ -80,7 +80,7 @@ class OllamaRoutes:
                     return await self.sender.send(request, content, headers)
                 pt = self.pt
                 return await self.sender.send_pulled(
-                    request, content, headers, lambda: pt.ollama_job(ns, name, digest, path, size)
+                    request, content, headers, lambda: pt.ollama.job(ns, name, digest, path, size)
                 )
         if found is None:
             raise registry_error(404, "BLOB_UNKNOWN", "blob unknown to registry", {"Digest": digest})

@@ -27,7 +27,7 @@ from typing import BinaryIO
 from aiohttp import web
 
 from dsmirror._serve._http import Reply, json_reply
-from dsmirror._serve._pullthrough import PullJob, iter_pieces, pull_error_status
+from dsmirror._serve._pulljob import PullJob, iter_pieces, pull_error_status
 from dsmirror._serve._ranges import ByteRange, plan_response
 
 __all__ = ["Content", "Sender", "ServeFaults", "ServeStats"]

@@ -27,13 +27,16 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from dsmirror._fetch.engine import EngineConfig
+from dsmirror._formats import hfcache
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE
 from dsmirror._serve._app import make_app
 from dsmirror._serve._library import Library, ServeRoots
-from dsmirror._serve._pullthrough import PullThrough, Upstream
+from dsmirror._serve._pullthrough import PullThrough
+from dsmirror._serve._upstream import Upstream
 
 if TYPE_CHECKING:
-    from dsmirror._fetch.swarm.swarm import SeedTarget, SwarmConfig
+    from dsmirror._fetch.swarm.config import SwarmConfig
+    from dsmirror._share.seed import SeedTarget
 
 __all__ = ["ServeConfig", "build_app", "serve"]
 
@@ -78,9 +81,8 @@ def build_app(config: ServeConfig) -> tuple[web.Application, Library]:
             digests=library.digests,
             max_parallel=config.max_parallel_pulls,
             piece_size=config.pull_piece_size,
+            engine=config.pull_engine,
         )
-        if config.pull_engine is not None:
-            pullthrough.engine = config.pull_engine
     app = make_app(
         library,
         token=config.token,
@@ -136,14 +138,14 @@ def build_app(config: ServeConfig) -> tuple[web.Application, Library]:
 def _seed_targets(library: Library) -> list[SeedTarget]:
     """The torrents of what ``library`` serves (see the module docstring)."""
     from dsmirror._core.errors import DsmirrorError
-    from dsmirror._fetch.swarm.swarm import SeedTarget, seed_targets_in
     from dsmirror._fetch.swarm.torrent import create_torrent
+    from dsmirror._share.seed import SeedTarget, seed_targets_in
 
     targets: list[SeedTarget] = []
     roots = library.roots
     folders = [root for _, root in roots.folders]
     if roots.hf_cache is not None and roots.hf_cache.is_dir():
-        folders += sorted(p for p in roots.hf_cache.glob("models--*") if p.is_dir() and not p.is_symlink())
+        folders += hfcache.repo_folders(roots.hf_cache)
     if roots.ollama_models is not None:
         folders.append(roots.ollama_models)
     for folder in folders:
@@ -165,7 +167,8 @@ def _seed_targets(library: Library) -> list[SeedTarget]:
 
 
 def _run_seeder(targets: list[SeedTarget], config: SwarmConfig, stop: threading.Event) -> None:
-    from dsmirror._fetch.swarm.swarm import SeedingStarted, seed
+    from dsmirror._fetch.swarm.config import SeedingStarted
+    from dsmirror._share.seed import seed
 
     try:
         for event in seed(targets, config, stop=stop):
