@@ -1,17 +1,4 @@
-"""Conformance suites: the contract of dsmirror's source interfaces, as checks anyone can run.
-
-In the spirit of trio's ``trio.testing.check_one_way_stream``: whoever implements a kind of source
-calls one public function with a *factory* that builds that source over a given set of files,
-and the suite runs every rule of the interface's contract against what the factory builds. It
-raises :class:`ConformanceFailure` (an ``AssertionError``) listing each rule that broke and the
-case that broke it, or returns a :class:`ConformanceReport` of what it checked. Every source
-dsmirror ships runs these suites in ``tests/test_conformance.py``; a new kind of source (a LAN
-peer, another registry) is ready when it passes them too::
-
-    def make_source(files: Mapping[str, bytes]) -> Source:   # manifest path -> content
-        ...                                                   # serve them, return a source
-
-    check_source(make_source)
+"""The Source suite: :func:`check_source` and the contract it checks.
 
 The Source contract (:class:`dsmirror._fetch.source.Source`)
 ============================================================
@@ -85,8 +72,8 @@ import functools
 import hashlib
 import random
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from dsmirror._core.errors import (
     BadResponse,
@@ -100,19 +87,15 @@ from dsmirror._core.errors import (
 from dsmirror._fetch.source import Source
 from dsmirror._formats.manifest import FileEntry
 from dsmirror._schedule.info import SourceInfo
+from dsmirror.testing.conformance._common import Broken, Checklist, ConformanceReport, KiB, MiB, content
 
 __all__ = [
     "RETRY_AFTER",
-    "ConformanceFailure",
-    "ConformanceReport",
     "FaultySourceFactory",
     "ServerFault",
     "SourceFactory",
     "check_source",
 ]
-
-KiB = 1 << 10
-MiB = 1 << 20
 
 #: Seconds a ``RATE_LIMITED`` server asks the client to wait (``Retry-After``).
 RETRY_AFTER = 7
@@ -158,38 +141,12 @@ _EXPECTED: dict[ServerFault, type[SourceError]] = {
 }
 
 
-class ConformanceFailure(AssertionError):
-    """An implementation broke rules of its contract; ``failures`` says which, one line each."""
-
-    def __init__(self, subject: str, failures: Sequence[str]) -> None:
-        self.failures = list(failures)
-        lines = "\n".join(f"  - {f}" for f in self.failures)
-        super().__init__(f"{subject} breaks {len(self.failures)} rule(s) of its contract:\n{lines}")
-
-
-@dataclass(frozen=True)
-class ConformanceReport:
-    """What a suite checked (all of it passed)."""
-
-    subject: str
-    checks: tuple[str, ...]
-    skipped: tuple[str, ...] = ()  # checks the factory could not set up (e.g. faults it cannot show)
-
-
-class _Broken(Exception):
-    """One rule broke; the message says how (internal to the suite)."""
-
-
 # -- test data -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _File:
     name: str
     data: bytes
     entry: FileEntry
-
-
-def _content(name: str, size: int, seed: int) -> bytes:
-    return hashlib.shake_128(f"dsmirror-conformance:{seed}:{name}".encode()).digest(size)
 
 
 def _entry(path: str, data: bytes, piece_size: int, size: int | None = None) -> FileEntry:
@@ -226,7 +183,7 @@ def _ranges(size: int, piece_size: int, rng: random.Random) -> list[tuple[int, i
 
 # -- reading -------------------------------------------------------------------------------------
 def _read(source: Source, entry: FileEntry, start: int, end: int) -> bytes:
-    """All chunks of one range; raises _Broken for chunks that are not bytes-like.
+    """All chunks of one range; raises Broken for chunks that are not bytes-like.
 
     Stops one byte after the range's length, so a source that never ends cannot hang the suite.
     """
@@ -234,7 +191,7 @@ def _read(source: Source, entry: FileEntry, start: int, end: int) -> bytes:
     with source.open_range(entry, start, end) as chunks:
         for chunk in chunks:
             if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                raise _Broken(f"open_range yielded a {type(chunk).__name__}, not bytes")
+                raise Broken(f"open_range yielded a {type(chunk).__name__}, not bytes")
             out += chunk
             if len(out) > end - start + 1:
                 break
@@ -270,30 +227,30 @@ def _check_exact(source: Source, f: _File, start: int, end: int) -> None:
     want = f.data[start : end + 1]
     try:
         got = _read(source, f.entry, start, end)
-    except _Broken:
+    except Broken:
         raise
     except Exception as exc:
-        raise _Broken(f"{_what(start, end, f)}: raised {type(exc).__name__}: {exc}") from exc
+        raise Broken(f"{_what(start, end, f)}: raised {type(exc).__name__}: {exc}") from exc
     if got != want:
-        raise _Broken(f"{_what(start, end, f)}: got {_diff(got, want)}")
+        raise Broken(f"{_what(start, end, f)}: got {_diff(got, want)}")
 
 
 def _check_error(source: Source, exc: BaseException | None, what: str) -> SourceError:
     """``exc`` is a SourceError of ``source`` with ``retryable`` set by the rules; return it."""
     if exc is None:
-        raise _Broken(f"{what}: no error raised")
+        raise Broken(f"{what}: no error raised")
     if not isinstance(exc, SourceError):
         kind = (
             "a dsmirror error but not a SourceError"
             if isinstance(exc, DsmirrorError)
             else "not a SourceError"
         )
-        raise _Broken(f"{what}: raised {type(exc).__name__} ({kind}): {exc}")
+        raise Broken(f"{what}: raised {type(exc).__name__} ({kind}): {exc}")
     if exc.source != source.name:
-        raise _Broken(f"{what}: {type(exc).__name__} names source {exc.source!r}, not {source.name!r}")
+        raise Broken(f"{what}: {type(exc).__name__} names source {exc.source!r}, not {source.name!r}")
     final = isinstance(exc, SourceNotFound)
     if exc.retryable is final:
-        raise _Broken(
+        raise Broken(
             f"{what}: {type(exc).__name__} has retryable={exc.retryable}; "
             "SourceNotFound is final, every other SourceError retryable"
         )
@@ -302,29 +259,7 @@ def _check_error(source: Source, exc: BaseException | None, what: str) -> Source
 
 def _check_prefix(got: bytes, f: _File, start: int, end: int, what: str) -> None:
     if got != f.data[start : start + len(got)] or len(got) > end - start + 1:
-        raise _Broken(f"{what}: yielded wrong bytes before the error ({len(got)} bytes, not a prefix)")
-
-
-def _bounded(timeout: float, progress: list[str], fn: Callable[[], None]) -> None:
-    """Run ``fn`` in a thread; a source that hangs fails the check instead of the suite hanging."""
-    box: list[BaseException | None] = []
-
-    def target() -> None:
-        try:
-            fn()
-        except BaseException as exc:
-            box.append(exc)
-        else:
-            box.append(None)
-
-    t = threading.Thread(target=target, name="dsmirror-conformance", daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        where = f" (at: {progress[-1]})" if progress else ""
-        raise _Broken(f"did not finish within {timeout:g} s{where}")
-    if box[0] is not None:
-        raise box[0]
+        raise Broken(f"{what}: yielded wrong bytes before the error ({len(got)} bytes, not a prefix)")
 
 
 # -- the Source suite ----------------------------------------------------------------------------
@@ -338,7 +273,7 @@ class _SourceRun:
     threads: int
     timeout: float
     rng: random.Random
-    progress: list[str] = field(default_factory=list)
+    progress: list[str]
 
     def nonempty(self) -> list[_File]:
         return [f for f in self.files if f.entry.size]
@@ -350,18 +285,18 @@ class _SourceRun:
     def identity(self) -> None:
         s = self.source
         if not isinstance(s.info, SourceInfo):
-            raise _Broken(f"info is a {type(s.info).__name__}, not a SourceInfo")
+            raise Broken(f"info is a {type(s.info).__name__}, not a SourceInfo")
         if not isinstance(s.name, str) or not s.name:
-            raise _Broken(f"name is {s.name!r}, not a non-empty string")
+            raise Broken(f"name is {s.name!r}, not a non-empty string")
         if s.name != s.info.name:
-            raise _Broken(f"name {s.name!r} is not info.name {s.info.name!r}")
+            raise Broken(f"name {s.name!r} is not info.name {s.info.name!r}")
         if s.info.max_connections < 1:
-            raise _Broken(f"info.max_connections is {s.info.max_connections}")
+            raise Broken(f"info.max_connections is {s.info.max_connections}")
 
     def has_files(self) -> None:
         for f in self.files:
             if self.source.has_file(f.entry) is not True:
-                raise _Broken(
+                raise Broken(
                     f"has_file({f.entry.path!r}, {f.entry.size} bytes) is not True for a file it serves"
                 )
 
@@ -377,12 +312,12 @@ class _SourceRun:
         if has is False:
             return
         if has is not True:
-            raise _Broken(f"has_file of an unknown file returned {has!r}, not a bool")
+            raise Broken(f"has_file of an unknown file returned {has!r}, not a bool")
         got, exc = _attempt(self.source, entry, 0, entry.size - 1)
         what = f"{entry.path}, a file it was not given"
         err = _check_error(self.source, exc, what)
         if got or not isinstance(err, SourceNotFound):
-            raise _Broken(
+            raise Broken(
                 f"{what}: {type(err).__name__} after {len(got)} bytes, not SourceNotFound before any"
             )
 
@@ -400,18 +335,18 @@ class _SourceRun:
             got, exc = _attempt(self.source, f.entry, start, end)
             err = _check_error(self.source, exc, what)
             if not isinstance(err, (BadResponse, SourceNotFound)):
-                raise _Broken(f"{what}: raised {type(err).__name__}, not BadResponse or SourceNotFound")
+                raise Broken(f"{what}: raised {type(err).__name__}, not BadResponse or SourceNotFound")
             _check_prefix(got, f, start, end, what)
         # Inside its copy, a copy shorter than the manifest says: the right bytes, or a refusal.
         for start, end in ((0, have - 1), (0, 0)):
             what = f"{_what(start, end, g)}, whose copy at the source has {have} bytes"
             got, exc = _attempt(self.source, g.entry, start, end)
             if exc is None and got != g.data[start : end + 1]:
-                raise _Broken(f"{what}: got {_diff(got, g.data[start : end + 1])}")
+                raise Broken(f"{what}: got {_diff(got, g.data[start : end + 1])}")
             if exc is not None:
                 err = _check_error(self.source, exc, what)
                 if not isinstance(err, (BadResponse, SourceNotFound)):
-                    raise _Broken(f"{what}: raised {type(err).__name__}, not BadResponse or SourceNotFound")
+                    raise Broken(f"{what}: raised {type(err).__name__}, not BadResponse or SourceNotFound")
                 _check_prefix(got, g, start, end, what)
 
     def concurrent(self) -> None:
@@ -435,7 +370,7 @@ class _SourceRun:
                 barrier.wait(self.timeout)
                 for f, start, end in plan:
                     _check_exact(self.source, f, start, end)
-            except _Broken as exc:
+            except Broken as exc:
                 errors.append(str(exc))
             except BaseException as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
@@ -446,7 +381,7 @@ class _SourceRun:
         for t in workers:
             t.join()
         if errors:
-            raise _Broken(f"{self.threads} threads at once: {errors[0]}")
+            raise Broken(f"{self.threads} threads at once: {errors[0]}")
 
     def early_exit(self) -> None:
         f = self.biggest()
@@ -473,11 +408,11 @@ class _SourceRun:
             except Sentinel:
                 pass
             except Exception as exc:
-                raise _Broken(
+                raise Broken(
                     f"an exception raised inside the with block came out as {type(exc).__name__}: {exc}"
                 ) from exc
             else:
-                raise _Broken("an exception raised inside the with block was swallowed")
+                raise Broken("an exception raised inside the with block was swallowed")
         self.progress.append("a whole range after the abandoned ones")
         _check_exact(self.source, f, 0, end)
 
@@ -498,9 +433,9 @@ class _SourceRun:
             got, exc = _attempt(source, f.entry, start, end)
             err = _check_error(source, exc, what)
             if not isinstance(err, expected):
-                raise _Broken(f"{what}: raised {type(err).__name__}: {err}, not {expected.__name__}")
+                raise Broken(f"{what}: raised {type(err).__name__}: {err}, not {expected.__name__}")
             if isinstance(err, RateLimited) and err.retry_after != RETRY_AFTER:
-                raise _Broken(f"{what}: retry_after is {err.retry_after!r}, not {RETRY_AFTER}")
+                raise Broken(f"{what}: retry_after is {err.retry_after!r}, not {RETRY_AFTER}")
             _check_prefix(got, f, start, end, what)
 
 
@@ -527,58 +462,37 @@ def check_source(
     rng = random.Random(seed)
     files = []
     for name, size in _boundary_sizes(piece_size).items():
-        data = _content(name, size, seed)
+        data = content(name, size, seed)
         files.append(_File(name, data, _entry(name_of(name, data), data, piece_size)))
-    short = _content("longer.bin", piece_size + 17, seed)
+    short = content("longer.bin", piece_size + 17, seed)
     longer = _File(
         "longer.bin", short, _entry(name_of("longer.bin", short), short, piece_size, len(short) + 1000)
     )
     served = {f.entry.path: f.data for f in files} | {longer.entry.path: short}
-    missing = _content("unknown.bin", 1000, seed + 1)
+    missing = content("unknown.bin", 1000, seed + 1)
     unknown = _entry(name_of("unknown.bin", missing), missing, piece_size)
 
     source = make_source(served)
-    run = _SourceRun(source, files, unknown, longer, piece_size, threads, timeout, rng)
-    subject = f"source {getattr(source, 'name', '?')!r} ({type(source).__name__})"
-    failures: list[str] = []
-    passed: list[str] = []
-    skipped: list[str] = []
-
-    def attempt(check: str, fn: Callable[[], None]) -> None:
-        run.progress.clear()
-        try:
-            _bounded(timeout, run.progress, fn)
-        except _Broken as exc:
-            failures.append(f"{check}: {exc}")
-        except Exception as exc:
-            where = f" (at: {run.progress[-1]})" if run.progress else ""
-            failures.append(f"{check}: raised {type(exc).__name__}: {exc}{where}")
-        else:
-            passed.append(check)
-
+    checks = Checklist(f"source {getattr(source, 'name', '?')!r} ({type(source).__name__})", timeout)
+    run = _SourceRun(source, files, unknown, longer, piece_size, threads, timeout, rng, checks.progress)
     try:
-        for check, fn in (
-            ("identity", run.identity),
-            ("has_file", run.has_files),
-            ("exact bytes", run.exact_bytes),
-            ("unknown file", run.unknown_file),
-            ("past the end", run.past_the_end),
-            ("threads", run.concurrent),
-            ("early exit", run.early_exit),
-        ):
-            attempt(check, fn)
+        checks.run("identity", run.identity)
+        checks.run("has_file", run.has_files)
+        checks.run("exact bytes", run.exact_bytes)
+        checks.run("unknown file", run.unknown_file)
+        checks.run("past the end", run.past_the_end)
+        checks.run("threads", run.concurrent)
+        checks.run("early exit", run.early_exit)
     finally:
-        attempt("close", run.closing)
+        checks.run("close", run.closing)
     for fault in ServerFault:
         faulty = make_faulty(served, fault) if make_faulty else None
         if faulty is None:
-            skipped.append(f"fault: {fault.value}")
+            checks.skip(f"fault: {fault.value}")
             continue
         try:
-            attempt(f"fault: {fault.value}", functools.partial(run.fault, fault, faulty))
+            checks.run(f"fault: {fault.value}", functools.partial(run.fault, fault, faulty))
         finally:
             with contextlib.suppress(Exception):
                 faulty.close()
-    if failures:
-        raise ConformanceFailure(subject, failures)
-    return ConformanceReport(subject, tuple(passed), tuple(skipped))
+    return checks.report()
