@@ -44,6 +44,7 @@ __all__ = [
     "link_target",
     "read_ref",
     "read_refs",
+    "refs_dir",
     "repo_folder",
     "repo_folders",
     "repo_id_of",
@@ -51,6 +52,7 @@ __all__ = [
     "snapshot_dir",
     "snapshot_links",
     "snapshots",
+    "snapshots_dir",
     "tree_file",
     "tree_json",
 ]
@@ -98,8 +100,17 @@ def blob_rel(etag: str) -> str:
     return f"blobs/{etag}"
 
 
+def snapshots_dir(repo_dir: Path) -> Path:
+    return repo_dir / "snapshots"
+
+
 def snapshot_dir(repo_dir: Path, commit: str) -> Path:
-    return repo_dir / "snapshots" / commit
+    return snapshots_dir(repo_dir) / commit
+
+
+def refs_dir(repo_dir: Path) -> Path:
+    """``refs/``: ``refs_dir(repo) / revision`` holds the revision's commit."""
+    return repo_dir / "refs"
 
 
 def tree_file(repo_dir: Path, commit: str) -> Path:
@@ -128,7 +139,7 @@ def _read_commit(path: Path) -> str | None:
 def read_refs(repo_dir: Path) -> dict[str, str]:
     """revision -> commit, for every ``refs/`` file that holds a commit (symlinks are not followed)."""
     out: dict[str, str] = {}
-    refs = repo_dir / "refs"
+    refs = refs_dir(repo_dir)
     for dirpath, _, names in os.walk(refs):
         for n in sorted(names):
             p = Path(dirpath) / n
@@ -142,7 +153,7 @@ def read_refs(repo_dir: Path) -> dict[str, str]:
 
 def read_ref(repo_dir: Path, revision: str) -> str | None:
     """The commit ``refs/<revision>`` holds, or None."""
-    p = repo_dir / "refs" / revision
+    p = refs_dir(repo_dir) / revision
     return None if p.is_symlink() else _read_commit(p)
 
 
@@ -156,7 +167,7 @@ def resolve_revision(repo_dir: Path, revision: str, refs: Mapping[str, str] | No
 def snapshots(repo_dir: Path) -> list[Path]:
     """The snapshot folders of a repo folder, real folders only, sorted."""
     try:
-        entries = sorted((repo_dir / "snapshots").iterdir())
+        entries = sorted(snapshots_dir(repo_dir).iterdir())
     except OSError:
         return []
     return [p for p in entries if p.is_dir() and not p.is_symlink()]

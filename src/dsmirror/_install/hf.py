@@ -56,7 +56,7 @@ def install_hf_snapshot(
             fsync_dir(folder)
         if revision != commit:
             validate_relpath(revision, where="revision")
-            atomic_write_bytes(check_parents(repo_dir / "refs", revision), commit.encode())
+            atomic_write_bytes(check_parents(hfcache.refs_dir(repo_dir), revision), commit.encode())
         trees = hfcache.tree_file(repo_dir, commit)
         if tree is not None and not trees.exists():
             atomic_write_bytes(trees, hfcache.tree_json(tree))

@@ -128,16 +128,16 @@ def _remove_hf(settings: Settings, repo_id: str, revision: str | None, rm: _Remo
     others = _blobs_of_snapshots(repo_dir, [s for s in hfcache.snapshots(repo_dir) if s.name != commit])
     rm.tree(snap)
     for rev in [r for r, c in refs.items() if c == commit]:
-        rm.unlink(repo_dir / "refs" / rev)
-        rm.prune_empty((repo_dir / "refs" / rev).parent, repo_dir / "refs")
+        ref = hfcache.refs_dir(repo_dir) / rev
+        rm.unlink(ref)
+        rm.prune_empty(ref.parent, hfcache.refs_dir(repo_dir))
     rm.unlink(hfcache.tree_file(repo_dir, commit))
     for blob in sorted(mine):
         if blob in others:
             rm.r.kept_shared.append(repo_dir / blob)
         else:
             rm.unlink(repo_dir / blob)
-    remaining = [p for p in (repo_dir / "snapshots").iterdir() if p.name != commit] if not rm.dry_run else []
-    if not rm.dry_run and not remaining:
+    if not rm.dry_run and not any(p.name != commit for p in hfcache.snapshots_dir(repo_dir).iterdir()):
         rm.tree(repo_dir)
 
 
