@@ -35,7 +35,7 @@ The tail: split pieces (what Ollama's puller lacks: "stuck at 99%", ollama #1736
     whole, by one source, and never split again. Because any piece can be split at the end, a slow
     source may start a piece that it alone would finish last; only pieces that cannot be split
     (no piece hash, or a swarm, which hands over whole pieces) are refused to a source that would
-    decide the finishing time with them (``_too_slow_for_tail``).
+    decide the finishing time with them (``tail.too_slow_for_tail``).
     Measured with ``scripts/bench_mirrors.py`` (1 GiB, mirrors at 40/20/8 MB/s): the three mirrors
     now end within the same second; before, the mid mirror sat idle for the last second while
     8 MiB pieces finished on the far one at 1 MB/s per connection.
