@@ -37,6 +37,7 @@ __all__ = [
     "check_repo_id",
     "index_hf_cache",
     "inside",
+    "is_repo_id",
     "lfs_pointer",
 ]
 
@@ -109,10 +110,15 @@ def inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def check_repo_id(repo_id: str) -> None:
-    """ValueError unless ``repo_id`` is ``org/name`` (the only form the routes serve)."""
+def is_repo_id(repo_id: str) -> bool:
+    """Whether ``repo_id`` is ``org/name``, the only form served."""
     parts = repo_id.split("/")
-    if len(parts) != 2 or not all(_HF_ID_PART.fullmatch(p) for p in parts):
+    return len(parts) == 2 and all(_HF_ID_PART.fullmatch(p) for p in parts)
+
+
+def check_repo_id(repo_id: str) -> None:
+    """ValueError unless ``repo_id`` is ``org/name`` (``is_repo_id``)."""
+    if not is_repo_id(repo_id):
         raise ValueError(f"not an 'org/name' repo id: {repo_id!r}")
 
 
@@ -233,15 +239,16 @@ def index_hf_cache(cache_dir: Path, *, digests: DigestCache | None = None) -> li
 
 
 def _snapshot_files(repo_dir: Path, snap: Path, digests: DigestCache) -> Iterator[tuple[str, ServedFile]]:
-    blobs = (repo_dir / "blobs").resolve()
     for rel, where in hfcache.snapshot_links(repo_dir, snap):
         entry = snap / rel
         if where is None:
             logger.warning("skipping %s: not a symlink into blobs/ (copied cache?)", entry)
             continue
-        disk = (repo_dir / where).resolve() if where else None
-        if disk is None or disk.parent != blobs:
-            logger.warning("skipping %s: links outside %s", entry, blobs)
+        # ``where`` names a blob of this repo; it must also resolve to a file right in blobs/.
+        linked = repo_dir / where if where else None
+        disk = linked.resolve() if linked is not None else None
+        if linked is None or disk is None or disk.parent != linked.parent.resolve():
+            logger.warning("skipping %s: links outside the repo's blobs/", entry)
             continue
         try:
             st = disk.stat()

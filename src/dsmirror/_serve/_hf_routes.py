@@ -19,9 +19,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from dsmirror._serve._hf_index import HfRepo, ServedFile
+from dsmirror._serve._hf_index import HfRepo, ServedFile, is_repo_id
 from dsmirror._serve._http import (
-    NAME_PART,
     TRUE,
     Miss,
     Reply,
@@ -63,9 +62,9 @@ class HfRoutes:
         self.tree_page_size = tree_page_size
 
     async def repo(self, index: ModelIndex, org: str, name: str, rev: str | None) -> HfRepo:
-        if not (NAME_PART.fullmatch(org) and NAME_PART.fullmatch(name)):
-            raise bad_request("not an org/name repo id")
         repo_id = f"{org}/{name}"
+        if not is_repo_id(repo_id):
+            raise bad_request("not an org/name repo id")
         if self.pt is not None:
             remote = await self.pt.hf.repo(repo_id, rev or "main")
             if remote is not None:

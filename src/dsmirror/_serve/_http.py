@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import mimetypes
-import re
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -18,7 +17,6 @@ from aiohttp import web
 from dsmirror._formats.paths import check_repo_path
 
 __all__ = [
-    "NAME_PART",
     "TRUE",
     "Miss",
     "Reply",
@@ -29,8 +27,6 @@ __all__ = [
     "repo_path",
 ]
 
-#: One part of an ``org/name`` repo id or of an Ollama ``namespace/name`` in a URL.
-NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 #: Query values that switch a flag on (``?recursive=true``).
 TRUE = ("1", "true", "yes")
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from dsmirror._serve._hf_index import HfRepo
+from dsmirror._serve._hf_index import HfRepo, is_repo_id
 from dsmirror._serve._hf_routes import repo_file_content, tree_entries
-from dsmirror._serve._http import NAME_PART, TRUE, Miss, Reply, checked_path, json_reply, repo_path
+from dsmirror._serve._http import TRUE, Miss, Reply, checked_path, json_reply, repo_path
 from dsmirror._serve._index import ModelIndex
 from dsmirror._serve._send import Sender
 
@@ -35,7 +35,7 @@ class ModelScopeRoutes:
 
     def repo(self, request: web.Request, index: ModelIndex, org: str, name: str) -> HfRepo:
         repo_id = f"{org}/{name}"
-        if not (NAME_PART.fullmatch(org) and NAME_PART.fullmatch(name)) or not index.has_hf_repo(repo_id):
+        if not is_repo_id(repo_id) or not index.has_hf_repo(repo_id):
             raise ms_error(404, f"model {repo_id} not found")
         rev = request.query.get("Revision") or "master"
         repo = index.find_hf(repo_id, rev)

@@ -27,6 +27,7 @@ from dsmirror._formats.ollama import (
     OllamaName,
     manifest_media_type,
     parse_ollama_manifest,
+    parse_ollama_name,
     store_blob,
     store_manifests,
 )
@@ -143,31 +144,31 @@ class OllamaModel:
 def index_ollama_store(models_dir: Path) -> list[OllamaModel]:
     """Index the models of an Ollama store; models with a missing or short blob are skipped."""
     root = Path(models_dir).resolve()
-    blobs_dir = (root / "blobs").resolve()
     models: list[OllamaModel] = []
-    for _, manifest_file in store_manifests(root):
-        host, namespace, name, tag = manifest_file.relative_to(root / "manifests").parts
+    for reference, manifest_file in store_manifests(root):
         real = manifest_file.resolve()
         if not inside(real, root) or not real.is_file():
             logger.warning("skipping %s: not a regular file inside %s", manifest_file, root)
             continue
         try:
+            ref = parse_ollama_name(reference)
             raw = real.read_bytes()
             blobs: dict[str, Path | bytes] = {
-                f"sha256:{b.sha256}": _blob_file(root, blobs_dir, b.sha256, b.size)
-                for b in parse_ollama_manifest(raw)
+                f"sha256:{b.sha256}": _blob_file(root, b.sha256, b.size) for b in parse_ollama_manifest(raw)
             }
-            models.append(OllamaModel(host, namespace, name, tag, raw, blobs))
-        except (OSError, ValueError) as exc:
+            models.append(OllamaModel(ref.host, ref.namespace, ref.name, ref.tag, raw, blobs))
+        except (OSError, ValueError, UsageError) as exc:
             logger.warning("skipping %s: %s", manifest_file, exc)
     return models
 
 
-def _blob_file(root: Path, blobs_dir: Path, sha256: str, size: int) -> Path:
+def _blob_file(root: Path, sha256: str, size: int) -> Path:
+    """The blob's file in the store, checked: a regular file of ``size`` bytes right in its folder."""
     candidate = root / store_blob(root, sha256)
     if not candidate.exists():
         raise ValueError(f"blob sha256:{sha256} is missing")
     disk = candidate.resolve()
+    blobs_dir = candidate.parent.resolve()
     if disk.parent != blobs_dir or not disk.is_file():
         raise ValueError(f"blob sha256:{sha256} is not a regular file in {blobs_dir}")
     if disk.stat().st_size != size:

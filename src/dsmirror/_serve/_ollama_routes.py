@@ -18,7 +18,9 @@ import re
 
 from aiohttp import web
 
-from dsmirror._serve._http import NAME_PART, Miss, Reply, json_reply
+from dsmirror._core.errors import UsageError
+from dsmirror._formats.ollama import DEFAULT_HOST, OllamaName
+from dsmirror._serve._http import Miss, Reply, json_reply
 from dsmirror._serve._index import ModelIndex
 from dsmirror._serve._ollama_index import OllamaModel
 from dsmirror._serve._pullthrough import PullThrough
@@ -35,6 +37,15 @@ def registry_error(status: int, code: str, message: str, detail: object = None) 
     return Miss(response) if status == 404 else Reply(response)
 
 
+def _is_name(ns: str, name: str, tag: str = "latest") -> bool:
+    """Whether ``ns/name:tag`` is an Ollama model name (the one rule, ``dsmirror._formats.ollama``)."""
+    try:
+        OllamaName(DEFAULT_HOST, ns, name, tag)
+    except UsageError:
+        return False
+    return True
+
+
 class OllamaRoutes:
     def __init__(self, sender: Sender, pullthrough: PullThrough | None, blob_redirect_to: str | None) -> None:
         self.sender = sender
@@ -42,9 +53,9 @@ class OllamaRoutes:
         self.blob_redirect_to = blob_redirect_to.rstrip("/") if blob_redirect_to else None
 
     async def model(self, index: ModelIndex, ns: str, name: str, reference: str) -> OllamaModel:
-        if not (NAME_PART.fullmatch(ns) and NAME_PART.fullmatch(name)):
+        if not _is_name(ns, name):
             raise registry_error(400, "NAME_INVALID", "invalid repository name")
-        if self.pt is not None and NAME_PART.fullmatch(reference):
+        if self.pt is not None and _is_name(ns, name, reference):
             remote = await self.pt.ollama.model(ns, name, reference)
             if remote is not None:
                 return remote
