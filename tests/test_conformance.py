@@ -10,6 +10,7 @@ to its CDN). And the suites catch broken sources: a suite that cannot fail is a 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -24,11 +25,14 @@ import httpx
 import pytest
 
 from dsmirror._core.errors import BadResponse, SourceNotFound, SourceUnavailable
+from dsmirror._core.events import Event
 from dsmirror._fetch.http import HttpSource
 from dsmirror._fetch.local import MemorySource, local_source_info
+from dsmirror._fetch.reuse import LocalIndex, LocalReuse, reuse_local
 from dsmirror._fetch.source import Source
 from dsmirror._formats.manifest import FileEntry
 from dsmirror._formats.ollama import parse_ollama_name
+from dsmirror._journal.store import Store
 from dsmirror._resolve.registries.client import RepoURLs
 from dsmirror._resolve.registries.hf import _hf_template
 from dsmirror._resolve.registries.ollama import _blob_template
@@ -40,6 +44,7 @@ from dsmirror.testing.conformance import (
     ConformanceFailure,
     ConformanceReport,
     ServerFault,
+    check_local_reuse,
     check_source,
 )
 
@@ -310,6 +315,72 @@ def test_http_source_on_an_ollama_registry(servers: _Servers) -> None:
         path_for=path_for,
     )
     _all_faults_checked(report, except_=set(ServerFault) - _APP_FAULTS)
+
+
+# -- local reuse ---------------------------------------------------------------------------------
+def test_local_reuse(tmp_path: Path) -> None:
+    report = check_local_reuse(tmp_path)
+    assert "never a wrong byte" in report.checks and "nothing missed" in report.checks
+
+
+def _trusting(store: Store, index: LocalIndex) -> Iterator[Event]:
+    """Copies a same-path file's bytes at the same offsets, without hashing them."""
+    m = store.manifest
+    done = 0
+    for piece in m.pieces:
+        for root in [*index.same_path, *index.roots]:
+            path = root / piece.path
+            if (
+                store.is_done(piece.index)
+                or not path.is_file()
+                or path.stat().st_size != m.files[piece.file_index].size
+            ):
+                continue
+            with open(path, "rb") as fh:
+                fh.seek(piece.offset)
+                store.write(piece, 0, fh.read(piece.length))
+            store.mark_verified(piece)
+            done += piece.length
+    yield LocalReuse(done, 0, {}, done, 0.0)
+
+
+def _forgetful(store: Store, index: LocalIndex) -> Iterator[Event]:
+    yield LocalReuse(0, 0, {}, 0, 0.0)
+
+
+def _repairs_in_place(store: Store, index: LocalIndex) -> Iterator[Event]:
+    """Reuses, then 'helpfully' writes the good pieces back into the destination's stale copy."""
+    yield from reuse_local(store, index)
+    m = store.manifest
+    f = m.file("sub/in-dest.bin")
+    with open(store.dest / f.path, "r+b") as fh:
+        for i in m.file_piece_ranges[m.files.index(f)]:
+            if store.is_done(i):
+                fh.seek(m.pieces[i].offset)
+                fh.write(store.read_piece(m.pieces[i]))
+
+
+def _miscounts(store: Store, index: LocalIndex) -> Iterator[Event]:
+    for ev in reuse_local(store, index):
+        yield dataclasses.replace(ev, reused_bytes=2 * ev.reused_bytes) if isinstance(ev, LocalReuse) else ev
+
+
+@pytest.mark.parametrize(
+    ("reuse", "broken"),
+    [
+        (_trusting, "never a wrong byte"),
+        (_forgetful, "nothing missed"),
+        (_repairs_in_place, "candidates untouched"),
+        (_miscounts, "reported"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_the_suite_catches_broken_local_reuse(
+    tmp_path: Path, reuse: Callable[[Store, LocalIndex], Iterator[Event]], broken: str
+) -> None:
+    with pytest.raises(ConformanceFailure) as caught:
+        check_local_reuse(tmp_path, reuse=reuse)
+    assert broken in [f.split(":")[0] for f in caught.value.failures], caught.value.failures
 
 
 # -- the suite catches broken sources ------------------------------------------------------------

@@ -18,6 +18,9 @@ The suites, each with its contract in its module's docstring:
 - :func:`check_source` (``_source``): a stream source (:class:`dsmirror._fetch.source.Source`):
   HTTP mirrors, Hugging Face / ModelScope / Ollama registries, bytes held in memory; with
   :class:`ServerFault` for the ways a server behind it misbehaves.
+- :func:`check_local_reuse` (``_reuse``): local reuse (``dsmirror._fetch.reuse``), which is no
+  Source -- it fills the store from files on this machine before the engine starts -- but hands
+  on pieces all the same, and promises the same: never a wrong byte.
 
 Test data is generated, like torf's boundary tests: sizes exactly on, one below and one above the
 piece size and the read sizes, empty and one-byte files, some in sub-folders; the same seed gives
@@ -25,6 +28,7 @@ the same bytes on every machine.
 """
 
 from dsmirror.testing.conformance._common import ConformanceFailure, ConformanceReport
+from dsmirror.testing.conformance._reuse import ReuseFill, check_local_reuse
 from dsmirror.testing.conformance._source import (
     RETRY_AFTER,
     FaultySourceFactory,
@@ -38,7 +42,9 @@ __all__ = [
     "ConformanceFailure",
     "ConformanceReport",
     "FaultySourceFactory",
+    "ReuseFill",
     "ServerFault",
     "SourceFactory",
+    "check_local_reuse",
     "check_source",
 ]
