@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 
 from dsmirror import EngineConfig, Mirror, SchedulerConfig, create_manifest
 from dsmirror._serve import (
@@ -291,6 +292,24 @@ def test_ollama_pull_through_with_cdn_redirects(ollama_model: OllamaModel, tmp_p
     for layer in ollama_model.layers:
         blob = store / "blobs" / layer.digest.replace(":", "-")
         assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == layer.digest
+
+
+def test_upstream_manifest_with_a_wrong_digest_is_not_used(ollama_model: OllamaModel, tmp_path: Path) -> None:
+    """The pull-through reads manifests as ``pull`` does: one whose Docker-Content-Digest lies is refused."""
+
+    async def manifest(_request: web.Request) -> web.Response:
+        headers = {"Content-Type": MANIFEST_V2, "Docker-Content-Digest": "sha256:" + "0" * 64}
+        return web.Response(body=ollama_model.manifest, headers=headers)
+
+    liar = web.Application()
+    liar.router.add_get("/v2/library/tiny/manifests/latest", manifest)
+    store = tmp_path / "store"
+    with ServerThread(liar) as up:
+        srv = _server(ServeRoots(ollama_models=store), Upstream(ollama=(_mirror("liar", "ollama", up.url),)))
+        with srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+            r = c.get("/v2/library/tiny/manifests/latest", headers={"Accept": MANIFEST_V2})
+            assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    assert index_ollama_store(store) == []
 
 
 def test_pull_stopped_with_the_server_resumes(origin: tuple[HfRepo, Path], tmp_path: Path) -> None:
