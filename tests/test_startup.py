@@ -33,9 +33,11 @@ KiB = 1 << 10
 # Modules a pull of a manifest over HTTP mirrors with --no-p2p never needs.
 OPTIONAL = (
     "libtorrent",
-    "dsmirror._fetch.swarm.swarm",
     "dsmirror._fetch.swarm.session",
     "dsmirror._fetch.swarm.resume",
+    "dsmirror._fetch.swarm.source",
+    "dsmirror._fetch.swarm.only",
+    "dsmirror._share",
     "dsmirror._resolve.swarm",
     "dsmirror._fetch.swarm.torrent",
     "dsmirror._doctor",

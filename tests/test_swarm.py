@@ -25,8 +25,10 @@ import pytest
 import dsmirror
 from conftest import SWARM_PIECE, SWARM_SIZES, CliProcess, Swarmed, addr, free_port
 from dsmirror import Event, PieceRejected, PullFinished, PullOptions, SourceTrouble
-from dsmirror._fetch.swarm.swarm import SwarmConfig, SwarmSource
+from dsmirror._fetch.swarm.config import SwarmConfig
+from dsmirror._fetch.swarm.source import SwarmSource
 from dsmirror._pull import resolve, run_plan
+from dsmirror._share.seed import seed_after_pull
 from dsmirror.testing import MirrorServer
 
 KiB = 1 << 10
@@ -62,7 +64,7 @@ def pull(
     opts = PullOptions(dest=dest, reuse=False, swarm=swarm, **options)
     plan = resolve(str(ref), catalog, settings, opts)
     events = []
-    for ev in run_plan(plan, opts, settings=settings):
+    for ev in seed_after_pull(run_plan(plan, opts, settings=settings)):  # pull --seed: seeding after it
         events.append(ev)
         if on_event:
             on_event(ev)
@@ -202,15 +204,15 @@ def test_pieces_fetched_over_http_reach_peers_during_the_pull(
             box["a_error"] = exc
 
     # A seeds after its pull (pull --seed) until B is done: run it in a thread, stop it with a flag.
-    from dsmirror._fetch.swarm import swarm as _swarm
+    from dsmirror._share import seed as _seed
 
     stop = threading.Event()
-    real_seed = _swarm.seed
+    real_seed = _seed.seed
 
     def seed_until_stopped(*args: Any, **kw: Any) -> Iterator[Event]:
         return real_seed(*args, **{**kw, "stop": stop})
 
-    _swarm.seed = seed_until_stopped  # type: ignore[assignment]
+    _seed.seed = seed_until_stopped  # type: ignore[assignment]
     try:
         ta = threading.Thread(target=run_a, daemon=True)
         ta.start()
@@ -225,7 +227,7 @@ def test_pieces_fetched_over_http_reach_peers_during_the_pull(
         # Also when B failed: A's pull and seeding must not outlive the test (see conftest).
         stop.set()
         ta.join(30)
-        _swarm.seed = real_seed  # type: ignore[assignment]
+        _seed.seed = real_seed  # type: ignore[assignment]
     assert not ta.is_alive()
     assert "a_error" not in box, box.get("a_error")
     swarmed.model.assert_identical(tmp_path / "a")
@@ -455,7 +457,7 @@ def test_pull_seed_serves_the_next_pull_and_stops_cleanly(
         [
             sys.executable,
             "-c",
-            "from dsmirror._fetch.swarm.swarm import seed_targets_in; from pathlib import Path; "
+            "from dsmirror._share.seed import seed_targets_in; from pathlib import Path; "
             f"print([t.name for t in seed_targets_in(Path({str(tmp_path / 'a')!r}))])",
         ],
         capture_output=True,

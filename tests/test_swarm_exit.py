@@ -29,7 +29,8 @@ PRELUDE = textwrap.dedent(
     import socket, sys, threading, time
     from pathlib import Path
     import dsmirror
-    from dsmirror._fetch.swarm.swarm import SeedTarget, SwarmConfig, seed
+    from dsmirror._fetch.swarm.config import SwarmConfig
+    from dsmirror._share.seed import SeedTarget, seed
     from dsmirror._fetch.swarm.torrent import create_torrent, with_torrent_hashes
     from dsmirror.testing import write_random_tree
 

@@ -26,12 +26,13 @@ import dsmirror
 from conftest import SWARM_PIECE, CliProcess, Swarmed, addr, collect, free_port
 from dsmirror import Event, Manifest, PullFinished, PullOptions, PullStarted
 from dsmirror._fetch.reuse import recorded_models
-from dsmirror._fetch.swarm.swarm import SwarmConfig, seed, seed_targets_in, store_seed_target
+from dsmirror._fetch.swarm.config import SwarmConfig
 from dsmirror._fetch.swarm.torrent import check_torrent, file_aligned, load_torrent
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, load_manifest
 from dsmirror._install.listing import list_installed
 from dsmirror._install.store_model import find_store_model
 from dsmirror._serve import index_manifest_folder
+from dsmirror._share.seed import seed, seed_targets_in, store_seed_target
 
 MiB = 1 << 20
 

@@ -3,12 +3,17 @@
 The pieces: ``resolve`` (REF + catalog -> a ``PullPlan``: manifest, sources, destination) and
 ``pull`` (runs the plan: lock the store, fetch, install, yield events). The plan types and
 the resolvers live below this module, in ``dsmirror._resolve``.
+
+A pull returns (as its generator's value) a :class:`Pulled`: what it put in place, for a step
+after it. ``pull --seed`` is such a step, above this module (``dsmirror._share.seed``); with
+``SwarmConfig.seed`` the pull leaves its BitTorrent session open for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Generator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from dsmirror._core.clock import Clock
 from dsmirror._core.events import Event, PlanNotes
@@ -16,6 +21,7 @@ from dsmirror._core.settings import Settings
 from dsmirror._fetch.engine import EngineConfig, SwarmSource, fetch
 from dsmirror._fetch.reuse import LocalIndex, plan_dry_run, record_manifest, reuse_local, reuse_roots
 from dsmirror._fetch.source import Source
+from dsmirror._fetch.swarm.config import SwarmConfig
 from dsmirror._formats.catalog import Catalog
 from dsmirror._journal.store import Store
 from dsmirror._rank.probe import Experience
@@ -23,7 +29,20 @@ from dsmirror._resolve.plan import PullOptions, PullPlan
 from dsmirror._resolve.resolve import resolve
 from dsmirror._schedule.scheduler import Scheduler, SchedulerConfig
 
-__all__ = ["PullOptions", "PullPlan", "pull", "resolve", "run_plan"]
+if TYPE_CHECKING:
+    from dsmirror._fetch.swarm.only import InstalledTorrent
+
+__all__ = ["PullOptions", "PullPlan", "Pulled", "pull", "resolve", "run_plan"]
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """What a pull put in place: its plan, the swarm settings it ran with, and for a pull from
+    peers alone (``plan.swarm_only``) what that installed."""
+
+    plan: PullPlan
+    swarm: SwarmConfig
+    torrent: InstalledTorrent | None = None
 
 
 def pull(
@@ -33,8 +52,11 @@ def pull(
     settings: Settings,
     options: PullOptions | None = None,
     clock: Clock | None = None,
-) -> Iterator[Event]:
-    """Resolve ``ref`` and fetch it; yields typed events; raises DsmirrorError subclasses."""
+) -> Generator[Event, None, Pulled | None]:
+    """Resolve ``ref`` and fetch it; yields typed events; raises DsmirrorError subclasses.
+
+    Returns what was pulled (None for a dry run).
+    """
     opts = options or PullOptions()
     plan = resolve(ref, catalog, settings, opts)
     try:
@@ -46,17 +68,20 @@ def pull(
         for sw in plan.swarms:
             sw.close()
         raise
-    yield from run_plan(plan, opts, clock=clock, settings=settings)
+    return (yield from run_plan(plan, opts, clock=clock, settings=settings))
 
 
 def run_plan(
     plan: PullPlan, opts: PullOptions, *, clock: Clock | None = None, settings: Settings | None = None
-) -> Iterator[Event]:
+) -> Generator[Event, None, Pulled | None]:
+    """Run ``plan``: yields its events; returns what was pulled (None for a dry run)."""
     if plan.swarm_only is not None:
         rate = int(opts.max_rate) if opts.max_rate else opts.swarm.download_rate
         config = replace(opts.swarm, download_rate=rate)  # --max-rate
-        yield from plan.swarm_only.run(config, give_up_after=opts.give_up_after, settings=settings)
-        return
+        installed = yield from plan.swarm_only.run(
+            config, give_up_after=opts.give_up_after, settings=settings
+        )
+        return Pulled(plan, config, installed)
     cfg = EngineConfig(
         max_connections=opts.max_total_connections,
         max_rate=opts.max_rate,
@@ -88,7 +113,7 @@ def run_plan(
                 else None
             )
             yield plan_dry_run(plan.manifest, plan.dest, [*plan.sources, *plan.swarms], index)
-            return
+            return None
         with Store.open(plan.dest, plan.manifest) as store:
             if opts.reuse and not store.complete():
                 # Before fetch: it counts what is verified when it starts as reused bytes.
@@ -99,10 +124,7 @@ def run_plan(
             record_manifest(plan.dest, plan.manifest)
             if plan.after_install:
                 plan.after_install(store)
-        if opts.swarm.seed:
-            from dsmirror._fetch.swarm.swarm import seed_after_pull
-
-            yield from seed_after_pull(plan.swarms, plan.manifest, plan.dest, opts.swarm)
+        return Pulled(plan, opts.swarm)
     finally:
         for s in plan.sources:
             s.close()

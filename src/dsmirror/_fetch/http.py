@@ -5,7 +5,7 @@ endpoint, a LAN dsmirror server) answers one question: "give me bytes ``[start, 
 as an iterator of chunks. Everything else — which pieces to ask for, hashing, blaming, retrying — is
 the scheduler's and the engine's business, so a new kind of source is a new ``url_for`` (or a new
 ``open_range``) and nothing more. A BitTorrent swarm is a *swarm source*: it is handed whole pieces
-through the same scheduler and reports them back (see ``_swarm``).
+through the same scheduler and reports them back (see ``dsmirror._fetch.swarm.source``).
 
 Network errors are translated here, at the call site, into the most specific ``SourceError``.
 """

@@ -52,7 +52,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +61,7 @@ from dsmirror._core.fsutil import atomic_write_bytes, fsync_dir, safe_join, stor
 from dsmirror._formats.manifest import FileEntry, Manifest, Piece
 from dsmirror._formats.private import PrivateArea
 
-__all__ = ["Store", "StoreStats", "lock_area"]
+__all__ = ["Store", "StoreStats", "install_file", "lock_area", "write_install_record"]
 
 _MAGIC = b"DSMJRNL1"
 _HEADER = struct.Struct("<8s32sI")
@@ -542,18 +542,11 @@ class Store:
             for fi, f in enumerate(self.manifest.files):
                 if self._file_done[fi]:
                     continue
-                src = self.data_dir / f.path
-                dst = safe_join(self.dest, f.path)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.fsync(self._fds[fi])
                 os.close(self._fds.pop(fi))
-                os.replace(src, dst)
-                fsync_dir(dst.parent)
-                st = dst.stat()
-                record[f.path] = [st.st_size, st.st_mtime_ns, st.st_ino]
+                record[f.path] = install_file(self.data_dir / f.path, self.dest, f.path)
                 self._file_done[fi] = True
                 installed.append(f.path)
-            atomic_write_bytes(self.installed_record, json.dumps(record, sort_keys=True).encode())
+            write_install_record(self.installed_record, record)
             if learned is not self.manifest:
                 # Piece hashes learned from files that had only a whole-file digest: for serving/seeding.
                 learned.write(self.installed_record.with_suffix(".pieces.json"))
@@ -604,6 +597,30 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def install_file(src: Path, dest: Path, path: str) -> list[int]:
+    """Move the verified file ``src`` to ``dest/path`` durably; its install record entry.
+
+    The file is fsync-ed, renamed over ``dest/path`` (rename(2): the final name only ever holds a
+    complete file) and its folder fsync-ed. Returns ``[size, mtime_ns, inode]`` as installed.
+    """
+    dst = safe_join(dest, path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+    st = dst.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def write_install_record(path: Path, record: Mapping[str, list[int]]) -> None:
+    """Write an install record (``.dsmirror/installed/<mid>.json``: path -> [size, mtime_ns, inode])."""
+    atomic_write_bytes(path, json.dumps(record, sort_keys=True).encode())
 
 
 def lock_area(area: Path, dest: Path) -> int:

@@ -25,7 +25,7 @@ from dsmirror._resolve.ref import Ref
 from dsmirror._schedule.info import SourceInfo
 
 if TYPE_CHECKING:
-    from dsmirror._fetch.swarm.swarm import SwarmOnlyPull
+    from dsmirror._fetch.swarm.only import SwarmOnlyPull
 
 __all__ = ["PREFER", "PullOptions", "PullPlan", "Resolver", "http_sources", "select_mirrors", "source_info"]
 
@@ -68,7 +68,7 @@ class PullPlan:
     #: Runs after every file is verified and in place (e.g. write the Ollama manifest last).
     after_install: Callable[[Store], None] | None = None
     notes: list[str] = field(default_factory=list)
-    #: BitTorrent swarms of the model (see ``_swarm.attach_swarm``), sources like the others.
+    #: BitTorrent swarms of the model (see ``_resolve.swarm.attach_swarm``), sources like the others.
     swarms: list[SwarmSource] = field(default_factory=list)
     #: A magnet or .torrent no manifest describes: the plan runs this instead of the engine, and
     #: ``manifest`` only names the model (its files are known once peers sent the torrent).

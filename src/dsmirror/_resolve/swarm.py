@@ -13,10 +13,12 @@ import libtorrent as lt
 
 from dsmirror._core.errors import InputError, StorageError, UsageError
 from dsmirror._core.settings import Settings
-from dsmirror._fetch.swarm.swarm import SwarmOnlyPull, SwarmSource, torrent_record_path
+from dsmirror._fetch.swarm.only import SwarmOnlyPull
+from dsmirror._fetch.swarm.source import SwarmSource
 from dsmirror._fetch.swarm.torrent import Torrent, load_torrent, magnet_for, parse_magnet
 from dsmirror._formats.catalog import Catalog
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, Manifest
+from dsmirror._formats.private import PrivateArea
 from dsmirror._journal.store import Store
 from dsmirror._resolve.manifest import load_manifest_ref
 from dsmirror._resolve.plan import PullOptions, PullPlan, http_sources
@@ -61,7 +63,7 @@ def attach_swarm(plan: PullPlan, ref: Ref, catalog: Catalog, options: PullOption
             before(store)
         if sw.torrent is not None:
             with contextlib.suppress(StorageError):
-                sw.torrent.write(torrent_record_path(store.dest, plan.manifest))
+                sw.torrent.write(PrivateArea(store.dest).torrent(plan.manifest.sha256))
 
     plan.after_install = after_install
     return plan

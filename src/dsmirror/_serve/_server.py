@@ -10,7 +10,7 @@ Seeding (``seed``): the same process seeds, over BitTorrent, what it serves that
 the torrents dsmirror pulls saved (``<dest>/.dsmirror/torrents/*.torrent``: a served folder, an HF
 repo folder, the Ollama store) and, for a served folder that is complete and has none, a torrent
 made from its manifest (the folder's files were verified against it when indexed). libtorrent
-runs in its own thread (``_swarm.seed``); it is stopped with the server.
+runs in its own thread (``dsmirror._share.seed.seed``); it is stopped with the server.
 """
 
 from __future__ import annotations

@@ -141,7 +141,13 @@ def pull_cmd(
             listen=listen, peers=peer, lsd=lsd, dht=dht, torrent=torrent, seed_after=seed, enabled=p2p
         ),
     )
-    split = SeedSplit(pull(ref, catalog=catalog, settings=settings, options=opts))
+    pulling = pull(ref, catalog=catalog, settings=settings, options=opts)
+    if seed:  # seeding comes after the pull (dsmirror._share, above it), libtorrent with it
+        from dsmirror._share.seed import seed_after_pull
+
+        split = SeedSplit(seed_after_pull(pulling))
+    else:
+        split = SeedSplit(pulling)
     events = split.pull_events()
     if json_out:
         render_json(events)

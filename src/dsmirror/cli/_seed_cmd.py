@@ -24,7 +24,7 @@ from dsmirror.cli._app import JsonOpt, app, console, err_console
 from dsmirror.cli._torrent_cmd import TorrentFormatOpt
 
 if TYPE_CHECKING:
-    from dsmirror._fetch.swarm.swarm import SeedTarget
+    from dsmirror._share.seed import SeedTarget
 
 # ``.._swarm`` and ``.._torrent`` load libtorrent: imported by the code that seeds, so that ``pull``
 # (which shares this module's options and rendering) does not load it unless it joins a swarm.
@@ -77,14 +77,10 @@ def _is_store_ref(item: str) -> bool:
 
 def _targets(items: list[str], source: Path | None, torrent: Path | None, fmt: str) -> list[SeedTarget]:
     from dsmirror._core.settings import Settings
-    from dsmirror._fetch.swarm.swarm import (
-        SeedTarget,
-        seed_targets_in,
-        store_seed_target,
-        torrent_record_path,
-    )
     from dsmirror._fetch.swarm.torrent import TORRENT_FORMATS, check_torrent, create_torrent, load_torrent
+    from dsmirror._formats.private import PrivateArea
     from dsmirror._install.store_model import find_store_model
+    from dsmirror._share.seed import SeedTarget, seed_targets_in, store_seed_target
 
     if fmt not in TORRENT_FORMATS:
         raise UsageError(f"--torrent-format must be one of {', '.join(TORRENT_FORMATS)}")
@@ -124,8 +120,8 @@ def _targets(items: list[str], source: Path | None, torrent: Path | None, fmt: s
         m = load_manifest(item)
         if torrent is not None:
             t = load_torrent(torrent)
-        elif torrent_record_path(source, m).is_file():
-            t = load_torrent(torrent_record_path(source, m))
+        elif (recorded := PrivateArea(source).torrent(m.sha256)).is_file():
+            t = load_torrent(recorded)
         else:
             cached = cache / f"{m.sha256}-{fmt}.torrent"
             if cached.is_file():
@@ -172,7 +168,7 @@ def seed_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Seed installed models where they are (no copy) until Ctrl-C or SIGTERM."""
-    from dsmirror._fetch.swarm.swarm import seed
+    from dsmirror._share.seed import seed
 
     cfg = swarm_config(
         listen=listen, peers=peer, lsd=lsd, dht=dht, upload_rate=upload_rate, max_peers=max_peers

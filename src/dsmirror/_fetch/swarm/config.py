@@ -1,8 +1,8 @@
 """The parts of the swarm's API that need no libtorrent: its configuration and the seeding events.
 
-``_swarm`` re-exports every name here. Code that only builds a ``SwarmConfig`` or looks at events
-(``pull --no-p2p``, the command line) imports this module instead, so that libtorrent and the rest
-of ``_swarm`` load only when a pull or a seeder actually joins a swarm.
+Code that only builds a ``SwarmConfig`` or looks at events (``pull --no-p2p``, the command line)
+imports this module, so that libtorrent and the rest of ``dsmirror._fetch.swarm`` (and
+``dsmirror._share``) load only when a pull or a seeder actually joins a swarm.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ class SwarmConfig:
     download_rate: int | None = None
     max_peers: int | None = None
     torrent: Path | None = None  # the .torrent of the pulled manifest (metadata without peers)
-    seed: bool = False  # pull --seed: keep seeding the model after the pull
+    #: pull --seed: keep seeding the model after the pull. The pull leaves its session open for
+    #: the seeding step after it (``dsmirror._share.seed.seed_after_pull``), which closes it.
+    seed: bool = False
     trackers: tuple[str, ...] = ()  # announce URLs: the catalog's mirrors of kind bittorrent
 
     def __post_init__(self) -> None:

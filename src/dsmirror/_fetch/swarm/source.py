@@ -1,0 +1,577 @@
+"""The BitTorrent swarm (libtorrent) as one more source of a pull: :class:`SwarmSource`.
+
+How the swarm takes part in a pull
+==================================
+One scheduler decides which pieces come from which source (``_scheduler``). The swarm asks it for
+work like an HTTP connection does (``acquire``), and may hold several assignments at once
+("slots"): torrent pieces of the pieces it holds get a libtorrent priority above 0, every other
+piece priority 0, so libtorrent never downloads a piece the scheduler gave to a mirror. The torrent
+is added with ``default_dont_download``, so even a magnet's pieces start at priority 0 when its
+metadata arrives. ``set_piece_deadline`` is never used: it raises a priority-0 piece to 7.
+
+Which pieces the swarm should ask for depends on what its peers have: the swarm keeps a map of the
+pieces some connected peer (or libtorrent's own copy) has, refreshed every 0.25 s, and hands it to
+the scheduler (``Scheduler.set_peer_pieces``) so that the swarm is given
+only those and mirrors the others, which is what lets a LAN fetch each piece from outside about
+once (``scripts/bench_lan.py``). When the peers that had a piece leave, the swarm gives back, after
+``_STALL`` seconds, a span whose first piece no peer has any more. To learn what peers
+have, the torrent must not look finished while the swarm holds no work (seeds drop upload-only
+peers): one missing piece is then kept at priority 1 (``_bait``).
+
+When libtorrent finishes a piece (``piece_finished_alert``: its own SHA-1 / SHA-256 Merkle check
+passed), the swarm reads it back (``read_piece``: through libtorrent's disk layer, which also sees
+blocks not yet written out) and hands it to ``ctx.deliver``, which checks it against the
+manifest's SHA-256, stores it and tells the scheduler. Pieces are delivered in the order of their
+assignment, because an assignment is a span ``[next_piece, end)``; priorities falling from 7 at the
+head of a span make libtorrent finish them roughly in that order, and a piece finished early waits
+in libtorrent's storage until it is next. A span the scheduler cut short (work stealing) or a head
+piece another source won (the tail race) is noticed within one loop turn; its pieces go back to
+priority 0.
+
+The other way round: every piece verified from any source is handed to libtorrent with
+``torrent_handle.add_piece`` (libtorrent checks it against the torrent's hashes too), after which
+the session serves it to peers. So machines of a LAN that pull the same model at once share what
+each fetched from outside while the pulls are running. At most ``_MAX_INJECTING`` pieces are in
+libtorrent's hands at once, so a fast mirror cannot pile memory up in the session.
+
+A peer that sends a piece failing libtorrent's hash check is banned by libtorrent (a piece from one
+peer alone bans it at once; pieces mixed from several peers go through libtorrent's smart-ban
+plugin); the swarm reports ``PieceRejected`` and ``SourceTrouble`` and the piece is fetched again.
+Bytes libtorrent accepted but the manifest's SHA-256 rejects (a torrent that is not the manifest's)
+blame the swarm source itself, which the scheduler bans after ``ban_after_corrupt`` such pieces.
+
+Where libtorrent keeps its copy and its resume data meanwhile: ``dsmirror._fetch.swarm.resume``;
+the session it runs in: ``dsmirror._fetch.swarm.session``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import libtorrent as lt
+
+from dsmirror._core.errors import DsmirrorError, NoSourceError, PieceMismatch, SourceNotFound, UsageError
+from dsmirror._core.events import PieceRejected, SourceDropped, SourceTrouble
+from dsmirror._fetch.swarm.config import SwarmConfig
+from dsmirror._fetch.swarm.resume import RESUME_EVERY, read_resume, save_resume, write_resume
+from dsmirror._fetch.swarm.session import REDIAL, SwarmSession, endpoint_text
+from dsmirror._fetch.swarm.torrent import PieceMap, Torrent, check_torrent, magnet_for, torrent_from_info
+from dsmirror._formats.manifest import Manifest, Piece
+from dsmirror._journal.store import Store
+from dsmirror._schedule.info import SourceInfo
+
+if TYPE_CHECKING:
+    from dsmirror._fetch.engine import _Engine
+    from dsmirror._schedule.scheduler import Assignment
+
+__all__ = ["SwarmSource", "SwarmStats"]
+
+_MAX_INJECTING = 16  # pieces handed to libtorrent with add_piece and not yet checked by it
+_TARGET_BYTES = 64 << 20  # pieces held in slots: enough to keep a LAN link busy between loop turns
+_STALL = 5.0  # a slot whose head no peer has for this long is given back (when mirrors exist)
+_PEER_SCAN = 0.25  # seconds between refreshes of which pieces the connected peers have
+
+
+@dataclass
+class SwarmStats:
+    """What the swarm did during a pull (libtorrent's counters, read when the pull ends)."""
+
+    downloaded: int = 0  # payload bytes received from peers
+    uploaded: int = 0  # payload bytes sent to peers
+    redundant: int = 0  # received twice (libtorrent's end game)
+    failed: int = 0  # received and failed the hash check
+    injected: int = 0  # pieces verified from other sources and handed to libtorrent for peers
+    banned_peers: int = 0
+
+
+@dataclass
+class _Slot:
+    a: Assignment
+    owned: set[int] = field(default_factory=set)  # manifest pieces with priority > 0 for this slot
+    head_since: float = 0.0
+    head: int = -1
+    seen: tuple[int, int] = (-1, -1)  # (next_piece, end) when its priorities were last set
+
+
+class SwarmSource:
+    """A BitTorrent swarm of a manifest's pieces; implements the engine's ``SwarmSource`` protocol.
+
+    ``torrent`` (the metadata) or ``magnet`` (metadata then comes from peers) names the swarm; with
+    neither, the info-hashes the manifest records are used.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        config: SwarmConfig,
+        torrent: Torrent | None = None,
+        magnet: str | None = None,
+        name: str = "swarm",
+        session: SwarmSession | None = None,
+        max_slots: int = 8,
+    ) -> None:
+        self.manifest = manifest
+        self.config = config
+        self.torrent = torrent
+        self.magnet = magnet or (None if torrent else magnet_for(manifest))
+        if self.torrent is None and self.magnet is None:
+            raise UsageError("no torrent or magnet link for the swarm", hint="give --torrent FILE")
+        self.map: PieceMap | None = check_torrent(manifest, torrent) if torrent else None
+        self.info = SourceInfo(name, "bittorrent", "swarm", region="p2p", max_connections=max_slots)
+        self.session = session or SwarmSession(config)
+        self.handle: Any = None
+        self.completed = False  # every piece of the pull verified (set when the pull's run ends)
+        self.stats = SwarmStats()
+        self._pending: queue.SimpleQueue[tuple[int, bytes | None]] = queue.SimpleQueue()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()  # close() was called: the run loop ends
+        self._idle = threading.Event()  # run() is not running (close() waits for it)
+        self._idle.set()
+        self._store: Store | None = None
+        # state of the run thread
+        self._slots: dict[int, _Slot] = {}
+        self._owner: dict[int, _Slot] = {}
+        self._reading: set[int] = set()
+        self._injecting: set[int] = set()
+        self._have = bytearray()
+        self._prio = bytearray()
+        self._prio_dirty = False
+        self._cooldown = 0.0
+        self._next_dial = 0.0
+        self._next_resume = 0.0
+        self._ready = False
+        self._dropped = False
+        self._peer_have = bytearray()  # manifest piece -> some connected peer has it
+        self._peer_view = False  # the scheduler reads _peer_have (Scheduler.set_peer_pieces)
+        self._next_peer_scan = 0.0
+        self._bait_piece = -1  # manifest piece kept at priority 1 while no slot wants one
+        self._inject_failures = 0
+        self._bait_from = 0
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    # -- engine protocol -----------------------------------------------------------------------
+    def piece_available(self, piece: Piece, data: bytes | None) -> None:
+        self._pending.put((piece.index, data))
+
+    def run(self, ctx: _Engine) -> None:
+        store = ctx.store
+        with self._lock:
+            if self._closed:
+                return
+            self._idle.clear()
+        try:
+            with self.session.using():
+                self._store = store
+                self.handle = self._add(store)
+                try:
+                    self._loop(ctx)
+                finally:
+                    for slot in list(self._slots.values()):
+                        self._drop(ctx, slot)
+                    self.completed = store.complete()
+        finally:
+            self._idle.set()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """End of the pull: keep libtorrent's copy resumable, or delete it once the pull is done.
+
+        Waits (up to ``timeout`` seconds) for ``run`` to end first: two threads must not pop the
+        session's alerts at once, nor may the session go while the run thread calls into it.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        if not self._idle.wait(timeout):
+            self.session.close()  # the run thread is stuck: it destroys the session when it leaves
+            return
+        store, handle = self._store, self.handle
+        if handle is not None and not self.session.stopping:
+            with self.session.using():
+                self._finish(store, handle)
+        if not (self.config.seed and self.completed):
+            self.session.close()
+
+    def _finish(self, store: Store | None, handle: Any) -> None:
+        if handle.is_valid():
+            st = handle.status()
+            self.stats.downloaded = int(st.total_payload_download)
+            self.stats.uploaded = int(st.total_payload_upload)
+            self.stats.redundant = int(st.total_redundant_bytes)
+            self.stats.failed = int(st.total_failed_bytes)
+        if store is not None:
+            if not self.completed and handle.is_valid() and handle.status().has_metadata:
+                save_resume(self.session, self.handle, store.area, wait=True)
+            self.session.remove(handle)
+            if self.completed:
+                shutil.rmtree(store.area / "bt", ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    (store.area / "bt.resume").unlink()
+
+    # -- adding the torrent --------------------------------------------------------------------
+    def _add(self, store: Store) -> Any:
+        bt = store.area / "bt"
+        atp = read_resume(store.area)
+        if atp is None:
+            if self.torrent is not None:
+                atp = lt.add_torrent_params()
+                atp.ti = self.torrent.info()
+            else:
+                assert self.magnet is not None
+                atp = lt.parse_magnet_uri(self.magnet)
+        elif self.torrent is not None:
+            atp.ti = self.torrent.info()
+        atp.save_path = str(bt)
+        atp.flags |= lt.torrent_flags.default_dont_download
+        atp.flags &= ~lt.torrent_flags.seed_mode
+        if self.torrent is not None:
+            atp.renamed_files = self.torrent.renamed_files()
+            atp.piece_priorities = [0] * self.torrent.num_pieces
+            atp.file_priorities = []
+        return self.session.add_torrent(atp)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _loop(self, ctx: _Engine) -> None:
+        # Until the engine stops (not merely until every piece is verified): a file that fails its
+        # whole-file digest reopens pieces, and peers keep getting pieces until the end.
+        while not (ctx.stop.is_set() or self._dropped or self._stop.is_set() or self.session.stopping):
+            alerts = self.session.alerts(0.05)
+            now = time.monotonic()
+            for a in alerts:
+                self._on_alert(ctx, a)
+            if self._dropped:
+                return
+            if not self._ready and not self._become_ready(ctx):
+                if self._dropped:
+                    return
+                self._dial(now)
+                continue
+            self._scan_peers(now)
+            self._review(ctx, now)
+            self._feed(ctx)
+            if not self._acquire(ctx, now):
+                return
+            self._bait(ctx)
+            self._apply_priorities()
+            self._dial(now)
+            if now >= self._next_resume:
+                self._next_resume = now + RESUME_EVERY
+                save_resume(self.session, self.handle, ctx.store.area, wait=False)
+
+    def _dial(self, now: float) -> None:
+        if now >= self._next_dial:
+            self._next_dial = now + REDIAL
+            self.session.dial(self.handle)
+
+    def _become_ready(self, ctx: _Engine) -> bool:
+        """Metadata known, map checked, files checked: start working. False: not yet (or never)."""
+        h = self.handle
+        st = h.status()
+        if not st.has_metadata:
+            return False
+        if self.map is None:
+            ti = h.torrent_file()
+            got = torrent_from_info(ti)
+            try:
+                self.map = check_torrent(self.manifest, got)
+            except DsmirrorError as exc:
+                self._retire(ctx, f"the swarm's torrent does not match the manifest: {exc}")
+                return False
+            self.torrent = got
+            for idx, path in got.renamed_files().items():
+                h.rename_file(idx, path)
+        if st.state in (
+            lt.torrent_status.states.checking_files,
+            lt.torrent_status.states.checking_resume_data,
+        ):
+            return False
+        assert self.torrent is not None
+        n = self.torrent.num_pieces
+        self._prio = bytearray(n)
+        self._have = bytearray(1 if h.have_piece(t) else 0 for t in range(n))
+        h.prioritize_pieces([0] * n)
+        # Pieces the store verified (earlier runs, other sources) that libtorrent lacks: serve them.
+        for i in range(self.manifest.num_pieces):
+            t = self.map.to_torrent[i]
+            if t >= 0 and not self._have[t] and ctx.store.is_done(i):
+                self._pending.put((i, None))
+        self._peer_have = bytearray(self.manifest.num_pieces)
+        ctx.sched.set_peer_pieces(self.name, self._peer_have)
+        self._peer_view = True
+        self._ready = True
+        self._next_resume = time.monotonic() + RESUME_EVERY
+        return True
+
+    def _scan_peers(self, now: float) -> None:
+        """Refresh which pieces some connected peer has (the scheduler reads it, see module doc)."""
+        if not self._peer_view or now < self._next_peer_scan:
+            return
+        self._next_peer_scan = now + _PEER_SCAN
+        assert self.map is not None
+        avail = self.handle.piece_availability()
+        if len(avail) < len(self._have):
+            return  # no piece picker: libtorrent has every piece (or none yet)
+        have, mine = self._peer_have, self._have
+        for i, t in enumerate(self.map.to_torrent):
+            # libtorrent's own copy counts too (a bait piece, a piece finished after a cut).
+            v = 1 if t >= 0 and (avail[t] > 0 or mine[t]) else 0
+            if have[i] != v:
+                have[i] = v
+
+    def _retire(self, ctx: _Engine, reason: str) -> None:
+        self._dropped = True
+        if not ctx.sources:
+            raise NoSourceError(reason, hint="check the torrent or magnet link, or add mirrors")
+        ctx.sched.ban(self.name, reason)
+        ctx.emit(SourceDropped(self.name, reason))
+
+    # -- alerts --------------------------------------------------------------------------------
+    def _on_alert(self, ctx: _Engine, a: Any) -> None:
+        if isinstance(a, lt.piece_finished_alert):
+            t = int(a.piece_index)
+            if t < len(self._have):
+                self._have[t] = 1
+            self._injecting.discard(t)
+        elif isinstance(a, lt.read_piece_alert):
+            self._on_read(ctx, a)
+        elif isinstance(a, lt.hash_failed_alert):
+            t = int(a.piece_index)
+            if t in self._injecting:
+                # Bytes the manifest verified fail the torrent's hash: the torrent is not this
+                # model's (twice, not once: a peer's blocks of the same piece may have mixed in).
+                self._injecting.discard(t)
+                self._inject_failures += 1
+                if self._inject_failures >= 2:
+                    self._retire(ctx, f"torrent piece {t} does not match the manifest's verified bytes")
+                return
+            i = self.map.from_torrent.get(t) if self.map else None
+            piece = self.manifest.pieces[i] if i is not None else None
+            ctx.emit(
+                PieceRejected(
+                    self.name,
+                    i if i is not None else -1,
+                    piece.path if piece else "",
+                    f"torrent piece {t} from the swarm failed its hash check; fetching it again",
+                )
+            )
+        elif isinstance(a, lt.peer_ban_alert):
+            self.stats.banned_peers += 1
+            peer = endpoint_text(getattr(a, "endpoint", None))
+            why = f"banned peer {peer}: it sent data that failed the hash check"
+            ctx.emit(SourceTrouble(self.name, why, None))
+        elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
+            ctx.emit(SourceTrouble(self.name, f"libtorrent: {a.message()}", None))
+            if isinstance(a, lt.file_error_alert):
+                self._retire(ctx, f"libtorrent cannot use its storage: {a.message()}")
+        elif isinstance(a, lt.save_resume_data_alert) and self._store is not None:
+            write_resume(self._store.area, a)
+
+    def _on_read(self, ctx: _Engine, a: Any) -> None:
+        assert self.map is not None
+        i = self.map.from_torrent.get(int(a.piece))
+        if i is None:
+            return
+        self._reading.discard(i)
+        if a.error.value():
+            ctx.emit(
+                SourceTrouble(
+                    self.name, f"cannot read piece {i} back from libtorrent: {a.error.message()}", None
+                )
+            )
+            self._have[int(a.piece)] = 0
+            return
+        slot = self._owner.get(i)
+        if slot is None or slot.a.next_piece != i or not ctx.sched.wanted(slot.a):
+            return
+        self._deliver(ctx, slot, i, a.buffer)
+
+    def _deliver(self, ctx: _Engine, slot: _Slot, i: int, buf: bytes) -> None:
+        piece = self.manifest.pieces[i]
+        try:
+            go_on = ctx.deliver(slot.a, piece, bytes(buf[: piece.length]), self.name)
+        except PieceMismatch as exc:
+            ctx.emit(PieceRejected(self.name, exc.piece, exc.path, str(exc)))
+            self._drop(ctx, slot, exc)
+            return
+        self._unown(slot, i)
+        if not go_on:
+            self._drop(ctx, slot)
+            return
+        slot.seen = (slot.a.next_piece, slot.a.end)  # priorities shift with the head: see _review
+        for k, j in enumerate(range(slot.a.next_piece, min(slot.a.end, slot.a.next_piece + 7))):
+            self._own(slot, j, max(1, 7 - k))
+        self._pull_head(slot)
+
+    def _pull_head(self, slot: _Slot) -> None:
+        """Ask libtorrent for the head piece of ``slot`` if it has it already."""
+        assert self.map is not None
+        i = slot.a.next_piece
+        if i >= slot.a.end or i in self._reading:
+            return
+        if slot.head != i:
+            slot.head, slot.head_since = i, time.monotonic()
+        t = self.map.to_torrent[i]
+        if t >= 0 and self._have[t]:
+            self._reading.add(i)
+            self.handle.read_piece(t)
+
+    # -- assignments ---------------------------------------------------------------------------
+    def _own(self, slot: _Slot, i: int, prio: int) -> None:
+        assert self.map is not None
+        t = self.map.to_torrent[i]
+        slot.owned.add(i)
+        self._owner[i] = slot
+        if t >= 0 and self._prio[t] != prio:
+            self._prio[t] = prio
+            self._prio_dirty = True
+
+    def _unown(self, slot: _Slot, i: int) -> None:
+        assert self.map is not None
+        slot.owned.discard(i)
+        if self._owner.get(i) is slot:
+            del self._owner[i]
+            t = self.map.to_torrent[i]
+            if t >= 0 and self._prio[t]:
+                self._prio[t] = 0
+                self._prio_dirty = True
+
+    def _drop(self, ctx: _Engine, slot: _Slot, error: BaseException | None = None) -> None:
+        for i in list(slot.owned):
+            self._unown(slot, i)
+        if self._slots.pop(slot.a.id, None) is not None:
+            ctx.sched.release(slot.a, error)
+
+    def _review(self, ctx: _Engine, now: float) -> None:
+        """Follow what the scheduler did to our slots: cut short, lost the head, finished."""
+        assert self.map is not None
+        avail: list[int] | None = None
+        for slot in list(self._slots.values()):
+            a = slot.a
+            if not ctx.sched.wanted(a):
+                self._drop(ctx, slot)
+                continue
+            if slot.seen != (a.next_piece, a.end):
+                slot.seen = (a.next_piece, a.end)
+                live = range(a.next_piece, a.end)
+                for i in [i for i in slot.owned if i not in live]:
+                    self._unown(slot, i)  # cut short: another source took the far end
+                for k, i in enumerate(live):
+                    self._own(slot, i, max(1, 7 - k))
+            self._pull_head(slot)
+            stalled = now - slot.head_since > _STALL and slot.head not in self._reading
+            if ctx.sources and stalled:
+                # No peer has had the head piece for a while (the peers that had it left): give
+                # the span back to the mirrors rather than wait for the tail race.
+                if avail is None:
+                    avail = list(self.handle.piece_availability())
+                t = self.map.to_torrent[slot.head]
+                if t >= 0 and t < len(avail) and avail[t] <= 0:
+                    self._drop(ctx, slot)
+                    self._cooldown = now + _STALL
+
+    def _want_more(self) -> bool:
+        if len(self._slots) >= self.info.max_connections:
+            return False
+        if self.handle.status().num_peers == 0:
+            # One slot even so: a torrent with every piece at priority 0 is "finished", and a
+            # finished torrent does not keep connections to seeds. More only once peers are there.
+            return not self._slots
+        held = sum(len(s.owned) for s in self._slots.values()) * self.manifest.piece_size
+        return held < _TARGET_BYTES
+
+    def _acquire(self, ctx: _Engine, now: float) -> bool:
+        """Take work while there is room. False: the scheduler has nothing more for the swarm."""
+        assert self.map is not None
+        while now >= self._cooldown and self._want_more():
+            got = ctx.sched.acquire(self.name)
+            if got is None:
+                return bool(self._slots)
+            if isinstance(got, float):
+                self._cooldown = now + min(got, 1.0)
+                break
+            if got.file_index in self.map.missing_files:
+                path = self.manifest.files[got.file_index].path
+                ctx.sched.release(got, SourceNotFound(f"{path} is not in the torrent", source=self.name))
+                continue
+            slot = _Slot(got, head_since=now, seen=(got.next_piece, got.end))
+            self._slots[got.id] = slot
+            for k, i in enumerate(range(got.next_piece, got.end)):
+                self._own(slot, i, max(1, 7 - k))
+            self._pull_head(slot)
+        return True
+
+    def _bait(self, ctx: _Engine) -> None:
+        """Keep the torrent wanting one piece while the swarm holds none.
+
+        A torrent that wants nothing is "finished" and tells peers it is upload-only, and seeds
+        then close the connection (libtorrent's ``close_redundant_connections``, on in most
+        clients): we would never learn which pieces they have. So one piece the store lacks keeps
+        priority 1. If libtorrent fetches it, nothing is lost: when the scheduler gives the swarm
+        that piece it is delivered at once, and if a mirror got it first it cost LAN bytes only.
+        """
+        assert self.map is not None
+        if ctx.sched.finished():
+            return
+        wanting = any(
+            self.map.to_torrent[i] >= 0 and not self._have[self.map.to_torrent[i]]
+            for slot in self._slots.values()
+            for i in slot.owned
+        )
+        i = self._bait_piece
+        if i >= 0 and (wanting or self._have[self.map.to_torrent[i]] or ctx.store.is_done(i)):
+            t = self.map.to_torrent[i]
+            if i not in self._owner and self._prio[t]:
+                self._prio[t] = 0
+                self._prio_dirty = True
+            self._bait_piece = i = -1
+        if wanting:
+            return
+        n = self.manifest.num_pieces
+        for k in range(n if i < 0 else 0):
+            j = (self._bait_from + k) % n
+            tj = self.map.to_torrent[j]
+            if tj >= 0 and not self._have[tj] and not ctx.store.is_done(j) and j not in self._owner:
+                self._bait_piece = self._bait_from = i = j
+                break
+        if i >= 0 and not self._prio[self.map.to_torrent[i]]:
+            self._prio[self.map.to_torrent[i]] = 1
+            self._prio_dirty = True
+
+    def _apply_priorities(self) -> None:
+        if self._prio_dirty:
+            self._prio_dirty = False
+            self.handle.prioritize_pieces(list(self._prio))
+
+    def _feed(self, ctx: _Engine) -> None:
+        """Hand verified pieces to libtorrent so that peers can have them."""
+        assert self.map is not None
+        while len(self._injecting) < _MAX_INJECTING:
+            try:
+                i, data = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            t = self.map.to_torrent[i]
+            if t < 0 or self._have[t] or t in self._injecting:
+                continue
+            piece = self.manifest.pieces[i]
+            if data is None:
+                try:
+                    data = ctx.store.read_piece(piece)
+                except (OSError, KeyError):
+                    continue
+            pad = self.map.padded[i] - len(data)
+            self._injecting.add(t)
+            self.stats.injected += 1
+            self.handle.add_piece(t, data + bytes(pad) if pad else data, 0)

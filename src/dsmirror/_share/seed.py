@@ -1,0 +1,297 @@
+"""Seeding models to the LAN over BitTorrent: ``dsmirror seed``, ``pull --seed``, ``serve --seed``.
+
+``seed`` adds each torrent in seed mode over the files where they are (nothing is copied):
+libtorrent does not re-check them at start but checks each piece the first time a peer asks for
+it, so a file damaged on disk is never served. After a pull with ``--seed`` the model's torrent is
+added the same way over the installed files. A successful pull with a swarm saves the torrent as
+``DEST/.dsmirror/torrents/<manifest sha256>.torrent``, which is what ``dsmirror seed DEST`` finds.
+
+Models in the Ollama store and the Hugging Face cache are seeded where they are too
+(``store_seed_target``): libtorrent needs one ``save_path``, and ``renamed_files`` maps each torrent
+file to its place below it, so an Ollama model (``$OLLAMA_MODELS``: its manifest and
+``blobs/sha256-<hex>``, the same paths in the torrent) and a Hugging Face snapshot (the repo folder:
+torrent paths are the repo's paths, read from ``blobs/<etag>``) are shared without a copy.
+
+``pull --seed`` is ``seed_after_pull`` over the pull's events: the pull (``dsmirror._pull``, the
+layer below) leaves its session open for it, and a pull of a torrent no manifest describes
+(``dsmirror._fetch.swarm.only``) is seeded the same way from where it installed the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import libtorrent as lt
+
+from dsmirror._core.errors import InputError, IntegrityError, Interrupted, StorageError, UsageError
+from dsmirror._core.events import Event
+from dsmirror._fetch.swarm.config import (
+    PeerStatus,
+    SeedingStarted,
+    SeedingStopped,
+    SeedStatus,
+    SwarmConfig,
+    TorrentStatus,
+)
+from dsmirror._fetch.swarm.session import REDIAL, SwarmSession, endpoint_text
+from dsmirror._fetch.swarm.source import SwarmSource
+from dsmirror._fetch.swarm.torrent import Torrent, create_torrent, load_torrent
+from dsmirror._formats.manifest import FileEntry, Manifest, hash_file_pieces
+from dsmirror._formats.private import PrivateArea
+
+if TYPE_CHECKING:
+    from dsmirror._install.store_model import StoreFile, StoreModel
+    from dsmirror._pull import Pulled
+
+__all__ = [
+    "SeedTarget",
+    "piece_size_for",
+    "seed",
+    "seed_after_pull",
+    "seed_targets_in",
+    "store_seed_target",
+]
+
+
+@dataclass(frozen=True)
+class SeedTarget:
+    """A torrent to seed from the files where they are: ``folder/<path>`` for each of its files.
+
+    ``disk`` maps a torrent path to another path under ``folder`` (a Hugging Face snapshot file is
+    read from its blob); libtorrent's ``renamed_files`` does the mapping, so nothing is copied.
+    """
+
+    torrent: Torrent
+    folder: Path
+    disk: tuple[tuple[str, str], ...] = ()  # (torrent path, path under folder)
+
+    @property
+    def name(self) -> str:
+        return self.torrent.name
+
+    def disk_path(self, path: str) -> str:
+        return dict(self.disk).get(path, path)
+
+    def renames(self) -> dict[int, str]:
+        """libtorrent ``renamed_files``: each content file to where it is below ``folder``."""
+        return {k: self.disk_path(p) for k, p in self.torrent.renamed_files().items()}
+
+
+def _check_files(target: SeedTarget) -> None:
+    for f in target.torrent.content_files:
+        p = target.folder / target.disk_path(f.path)
+        try:
+            size = p.stat().st_size
+        except OSError:
+            raise InputError(
+                f"{p} is missing: cannot seed {target.name} from {target.folder}",
+                hint="seed the folder the model was pulled or installed into (--from DIR)",
+            ) from None
+        if size != f.size:
+            raise InputError(
+                f"{p} is {size} bytes, the torrent says {f.size}: cannot seed {target.name}",
+                hint="check the folder with dsmirror verify MANIFEST DIR",
+            )
+
+
+def seed(
+    targets: Sequence[SeedTarget],
+    config: SwarmConfig,
+    *,
+    session: SwarmSession | None = None,
+    stop: threading.Event | None = None,
+    interval: float = 1.0,
+) -> Iterator[Event]:
+    """Seed ``targets`` until ``stop`` is set (or the consumer stops iterating / is interrupted).
+
+    Yields ``SeedingStarted``, then ``SeedStatus`` every ``interval`` seconds, and
+    ``SeedingStopped`` when ``stop`` ends it. The session is closed on the way out in every case.
+    """
+    ses = session
+    try:
+        if not targets:
+            raise UsageError(
+                "nothing to seed", hint="give a folder pulled by dsmirror, or MANIFEST/TORRENT --from DIR"
+            )
+        for t in targets:
+            _check_files(t)
+        ses = ses or SwarmSession(config)
+        yield from _seed(ses, targets, stop, interval)
+    finally:
+        if ses is not None:
+            ses.close()
+
+
+def _seed(
+    ses: SwarmSession, targets: Sequence[SeedTarget], stop: threading.Event | None, interval: float
+) -> Iterator[Event]:
+    t0 = time.monotonic()
+    handles: list[tuple[SeedTarget, Any]] = []
+    with ses.using():
+        for t in targets:
+            atp = lt.add_torrent_params()
+            atp.ti = t.torrent.info()
+            atp.save_path = str(t.folder)
+            atp.renamed_files = t.renames()
+            atp.flags |= lt.torrent_flags.seed_mode
+            atp.flags &= ~lt.torrent_flags.default_dont_download
+            handles.append((t, ses.add_torrent(atp)))
+        yield SeedingStarted(
+            tuple(t.name for t in targets), tuple(t.torrent.magnet for t in targets), ses.listen_port
+        )
+        next_status = 0.0
+        next_dial = 0.0
+        try:
+            # ses.stopping: closed from elsewhere, or Python is exiting (see "Closing sessions" in
+            # dsmirror._fetch.swarm.session)
+            while not ses.stopping and (stop is None or not stop.is_set()):
+                ses.alerts(0.1)
+                now = time.monotonic()
+                if now >= next_dial:
+                    next_dial = now + REDIAL
+                    for _t, h in handles:
+                        ses.dial(h)
+                if now >= next_status:
+                    next_status = now + interval
+                    yield _seed_status(handles)
+        except (KeyboardInterrupt, Interrupted):
+            pass  # Ctrl-C or SIGTERM (the CLI raises Interrupted from its handler): a clean stop
+        yield SeedingStopped(_seed_status(handles).uploaded, time.monotonic() - t0)
+
+
+def _seed_status(handles: Sequence[tuple[SeedTarget, Any]]) -> SeedStatus:
+    torrents = []
+    for t, h in handles:
+        st = h.status()
+        peers = tuple(
+            PeerStatus(
+                endpoint_text(p.ip),
+                str(p.client, "utf-8", "replace") if isinstance(p.client, bytes) else str(p.client),
+                float(p.payload_up_speed),
+                int(p.total_upload),
+                float(p.payload_down_speed),
+                float(p.progress),
+            )
+            for p in h.get_peer_info()
+        )
+        torrents.append(
+            TorrentStatus(
+                t.name,
+                t.torrent.btih or t.torrent.btmh or "",
+                str(st.state),
+                float(st.upload_payload_rate),
+                int(st.total_payload_upload),
+                peers,
+            )
+        )
+    return SeedStatus(
+        sum(x.upload_rate for x in torrents), sum(x.uploaded for x in torrents), tuple(torrents)
+    )
+
+
+def seed_targets_in(folder: Path) -> list[SeedTarget]:
+    """The torrents a dsmirror pull saved in ``folder`` (``.dsmirror/torrents/*.torrent``)."""
+    found = sorted(PrivateArea(folder).torrents_dir.glob("*.torrent"))
+    return [SeedTarget(load_torrent(p), folder) for p in found]
+
+
+def piece_size_for(total: int) -> int:
+    """Piece size of a torrent made for seeding an installed model: about 1024 pieces, 256 KiB-16 MiB.
+
+    Deterministic, so every machine that seeds the same model makes the same torrent (one swarm).
+    """
+    size = 256 << 10
+    while size < 16 << 20 and size * 1024 < total:
+        size <<= 1
+    return size
+
+
+def store_seed_target(
+    model: StoreModel,
+    *,
+    format: str = "hybrid",
+    cache: Path | None = None,
+    on_hashing: Callable[[str], None] | None = None,
+) -> SeedTarget:
+    """A torrent of a model in the Ollama store or the Hugging Face cache, over its files where they are.
+
+    The torrent's files are the model's (an Ollama model: its manifest and ``blobs/sha256-<hex>``,
+    so a copy is an Ollama store again; a Hugging Face snapshot: its repo paths), read from the
+    store's own files. The torrent is made once per model and kept in ``cache``; before it is made,
+    every file the store does not vouch for (dsmirror's install record) is checked against the
+    digest its store name gives, so no torrent is made of damaged bytes. While seeding, libtorrent
+    checks each piece against the torrent before it first serves it. ``on_hashing`` is told when
+    the slow part (reading every file) starts.
+    """
+    from dsmirror._verify.digest import hash_local_file
+
+    ps = piece_size_for(sum(f.size for f in model.files))
+    entries: list[FileEntry] = []
+    unchecked: list[StoreFile] = []
+    for f in sorted(model.files, key=lambda f: f.path):
+        if len(f.digest) == 64:
+            sha = f.digest
+            if not f.vouched:
+                unchecked.append(f)
+        else:  # a small git blob (named by its SHA-1) or a file with no name digest: hash it now
+            d = hash_local_file(model.root / f.disk, ps)
+            sha = d.sha256
+            if f.digest and d.git_sha1 != f.digest:
+                raise IntegrityError(f"{model.root / f.disk} does not match its name: not seeding it")
+        entries.append(FileEntry(f.path, f.size, sha, ("",) * -(-f.size // ps)))
+    manifest = Manifest(model.name, ps, tuple(entries), meta={"ref": model.ref})
+    cached = cache / f"{manifest.sha256}-{format}.torrent" if cache is not None else None
+    disk = tuple((f.path, f.disk) for f in model.files)
+    if cached is not None and cached.is_file():
+        with contextlib.suppress(InputError):
+            return SeedTarget(load_torrent(cached), model.root, disk)
+    if on_hashing is not None:
+        on_hashing(f"{model.ref}: checking its files and making its {format} torrent (once) ...")
+    for f in unchecked:
+        if hash_file_pieces(model.root / f.disk, ps)[1] != f.digest:
+            raise IntegrityError(
+                f"{model.root / f.disk} does not match its SHA-256 name: not seeding it",
+                hint="remove the model and pull it again",
+            )
+    torrent = create_torrent(
+        manifest,
+        model.root,
+        format=format,
+        verify=False,
+        disk={f.path: model.root / f.disk for f in model.files},
+    )
+    if cached is not None:
+        with contextlib.suppress(StorageError):
+            torrent.write(cached)
+    return SeedTarget(torrent, model.root, disk)
+
+
+def seed_after_pull(pull: Generator[Event, None, Pulled | None]) -> Iterator[Event]:
+    """``pull --seed``: the events of ``pull`` (``dsmirror._pull.pull`` or ``run_plan``), then, if
+    it was asked to seed (``SwarmConfig.seed``), seeding what it installed until interrupted.
+
+    The pull's session is reused when it left one open (see ``seed``); otherwise the model's
+    torrent is made from the verified files and saved for ``dsmirror seed DEST``.
+    """
+    pulled = yield from pull
+    if pulled is None or not pulled.swarm.seed:
+        return
+    if pulled.torrent is not None:  # a pull from peers alone
+        done = pulled.torrent
+        yield from seed([SeedTarget(done.torrent, done.dest)], pulled.swarm, session=done.session)
+        return
+    plan = pulled.plan
+    sw = plan.swarms[0] if plan.swarms else None  # its session and torrent are reused
+    torrent = sw.torrent if isinstance(sw, SwarmSource) else None
+    session = sw.session if isinstance(sw, SwarmSource) and not sw.session.closed else None
+    if torrent is None:  # the model has no torrent yet: make it from the verified files
+        torrent = create_torrent(plan.manifest, plan.dest, verify=False)
+        with contextlib.suppress(StorageError):
+            torrent.write(PrivateArea(plan.dest).torrent(plan.manifest.sha256))
+    yield from seed([SeedTarget(torrent, plan.dest)], pulled.swarm, session=session)
