@@ -371,6 +371,14 @@ class Store:
     def missing(self) -> list[int]:
         return [i for i, d in enumerate(self._done) if not d]
 
+    def verified_pieces(self) -> bytes:
+        """One byte per piece, 1 if it is verified (a snapshot)."""
+        return bytes(self._done)
+
+    def file_verified(self, file_index: int) -> bool:
+        """Whether file ``file_index`` matched its whole-file digest (False: failed or not checked yet)."""
+        return bool(self._file_ok[file_index])
+
     @property
     def verified_bytes(self) -> int:
         """Bytes that passed a check: pieces with a published hash, and whole files that matched.

@@ -170,6 +170,10 @@ class Scheduler:
     def source(self, name: str) -> SourceState:
         return self._sources[name]
 
+    def has_source(self, name: str) -> bool:
+        """Whether ``name`` takes part in this pull (provenance from an earlier run may name others)."""
+        return name in self._sources
+
     def add_source(self, info: SourceInfo) -> None:
         with self._lock:
             self._sources.setdefault(info.name, SourceState(info))
