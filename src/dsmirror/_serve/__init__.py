@@ -1,13 +1,30 @@
 """Serving model files over the Hugging Face, Ollama and ModelScope protocols.
 
 Used for loopback test registries and as the core of ``dsmirror serve`` (a LAN mirror that
-unmodified ``huggingface_hub`` and Ollama clients can use). ``_index`` decides what is
-served, filled by ``_hf_index``, ``_ollama_index`` and ``_folder_index`` (which do all disk
-hashing, through ``_digests``); ``_library`` keeps it in step with the disk; ``_app`` answers
-HTTP, dispatching to one module per protocol (``_hf_routes``, ``_ms_routes``, ``_ollama_routes``,
-``_folder_routes``) over ``_send``/``_ranges`` (bytes, Range, conditional requests);
-``_pullthrough`` pulls what is missing from upstream; ``_server`` wires them for
-``dsmirror serve``; ``_runner`` runs an app in a thread (tests, embedding).
+unmodified ``huggingface_hub`` and Ollama clients can use). The modules, top down (each imports
+only modules below it)::
+
+    _server             ``dsmirror serve`` as a library call: wires the parts, runs, seeds
+    _runner             an app in a thread of its own (tests, embedding)
+    _app                the aiohttp app: one dispatcher (limits, token, read-only, rescan on a miss)
+      _ms_routes          ModelScope-like routes over the Hugging Face repos
+      _hf_routes          the Hugging Face Hub API and resolve routes
+      _ollama_routes      the /v2 registry (OCI distribution) routes
+      _folder_routes      dsmirror's /dsmirror/ routes of served manifest folders
+      _send               sending bytes: sendfile, injected faults, files still being pulled
+      _ranges             Range and conditional requests against the content etag
+      _http               error replies carried as exceptions, JSON, repo paths from URLs
+    _pullthrough        pulling what is missing from upstream, once, verified, as it lands
+      _hf_pullthrough     the Hugging Face side (pull's HF listing; into the HF cache)
+      _ollama_pullthrough the Ollama side (pull's manifest client; into the Ollama store)
+      _pulljob            PullJob, one file's pull shared by every request, and the JobBoard
+      _upstream           the upstream mirrors and the cache of what they said
+    _library            the index kept in step with the disk (rescans)
+    _index              ModelIndex: what is served, as the routes look it up
+      _folder_index       plain folders described by a dsmirror manifest
+      _ollama_index       Ollama models: the Ollama store read in place
+      _hf_index           HF repos: a folder, or the HF cache read in place
+      _digests            every file hashed once (DigestCache)
 """
 
 from dsmirror._serve._app import STATS, make_app
