@@ -34,7 +34,7 @@ from dsmirror._formats.hf import HfListing
 from dsmirror._formats.manifest import FileEntry, Manifest
 from dsmirror._install.hf import install_hf_snapshot
 from dsmirror._resolve.plan import PullOptions, source_info
-from dsmirror._resolve.registries.hf import list_hf_repo
+from dsmirror._resolve.registries.hub import list_hf_repo
 from dsmirror._schedule.info import SourceInfo
 from dsmirror._serve._hf_index import HfRepo, ServedFile
 from dsmirror._serve._pulljob import PullContext, PullJob, already_there, one_file_manifest, run_engine

@@ -2,7 +2,8 @@
 
 Their resolvers (``dsmirror._resolve.resolve.RESOLVERS`` names them, in ``alias``)::
 
-    hf       hf://org/repo[@revision]                 -> hf.plan_hf (with an alias's ModelScope copy)
+    hf       hf://org/repo[@revision]                 -> hf.plan_hf (with an alias's ModelScope copy;
+                                                        metadata through hub.list_hf_repo)
     ollama   ollama://[host[:port]/][ns/]name[:tag]   -> ollama.plan_ollama (names: _formats.ollama)
     alias    a catalog model name                     -> whichever of the above its entry and --format pick
 
@@ -12,7 +13,8 @@ the install (HF cache snapshot and refs, Ollama manifest); see ``dsmirror._insta
 """
 
 from dsmirror._resolve.registries.alias import resolve_alias, resolve_hf, resolve_ollama
-from dsmirror._resolve.registries.hf import HfFile, HfListing, list_hf_repo, plan_hf, select_files
+from dsmirror._resolve.registries.hf import HfFile, HfListing, plan_hf, select_files
+from dsmirror._resolve.registries.hub import list_hf_repo
 from dsmirror._resolve.registries.modelscope import list_modelscope, parse_modelscope_id, plan_modelscope
 from dsmirror._resolve.registries.ollama import (
     OllamaName,

@@ -3,29 +3,16 @@
 Resolving uses the catalog's mirrors of kind ``hf`` (huggingface.co, hf-mirror.com, a LAN dsmirror
 server, ...) in catalog order; for each step the first endpoint that answers wins:
 
-1. Pin the revision to its 40-hex commit (``HfApi.model_info``, ``GET /api/models/{repo}/revision/{rev}``).
-   Every byte is then fetched from ``{endpoint}/{repo}/resolve/{commit}/{path}``: a resume can never
-   mix two revisions, and a mirror that lacks the commit answers 404 and is not asked again.
-2. List the files at that commit (``GET /api/models/{repo}/tree/{commit}?recursive=True``, paged by
-   ``Link: rel=next``, as ``HfApi.list_repo_tree`` does): path, size, git blob id, and for LFS files
-   the SHA-256 of the content, which becomes the file's digest in the manifest.
-3. Keep the files the ``include``/``exclude`` globs select. The globs are anchored: each is matched
+1. Pin the revision to its 40-hex commit and list the files at that commit (``hub.list_hf_repo``:
+   huggingface_hub, every request bounded in time). Every byte is then fetched from
+   ``{endpoint}/{repo}/resolve/{commit}/{path}``: a resume can never mix two revisions, and a mirror
+   that lacks the commit answers 404 and is not asked again. An LFS file's SHA-256 from the listing
+   becomes its digest in the manifest.
+2. Keep the files the ``include``/``exclude`` globs select. The globs are anchored: each is matched
    against the whole repo path with ``fnmatch`` (``*`` also crosses ``/``), never as a substring.
-4. Learn the SHA-256 of the small files (below), build the manifest (8 MiB pieces, or those of a
+3. Learn the SHA-256 of the small files (below), build the manifest (8 MiB pieces, or those of a
    piece manifest the catalog publishes for the alias, after checking that it agrees with the
    registry's digests), and make one source per endpoint.
-
-Bounded in time
-    Every metadata request has a timeout (``PullOptions.metadata_timeout``, 15 s by default) and is
-    not retried: an endpoint that accepts the connection and never answers costs that long, then the
-    next endpoint is asked. huggingface_hub 2.x cannot be told this per call for everything: its
-    shared httpx2 client has no timeout, ``list_repo_tree`` takes none, and its pagination retries a
-    timed-out request five times with back-off. ``set_client_factory`` would change the client of
-    every huggingface_hub call in the process (the user's own included) and still not help, since the
-    tree pages are requested with an explicit ``timeout=None``. So ``model_info`` gets ``timeout=``,
-    and the tree pages are requested with huggingface_hub's own ``http_backoff`` (no retries, a
-    timeout), headers (``build_hf_headers``), error mapping (``hf_raise_for_status``) and ``RepoFile``
-    parsing: only the route is written here.
 
 Small files: why they are fetched while resolving
     For a file kept in git rather than LFS the Hub publishes only its git blob id, the SHA-1 of
@@ -47,22 +34,17 @@ The token (``HF_TOKEN`` or huggingface_hub's stored token) is sent only to mirro
 third-party mirror, and never to a redirect target on another host (``HttpSource``); it is never
 logged and never written anywhere.
 
-huggingface_hub builds a telemetry user agent that may fetch ``{HF_ENDPOINT}/api/agent-harnesses``
-from the endpoint fixed at import time, not from the endpoint a call names. dsmirror switches that
-telemetry off (``constants.HF_HUB_DISABLE_TELEMETRY``) before its first call, so it talks to the
-catalog's endpoints only.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from typing import Any
+from urllib.parse import quote
 
 from dsmirror._core.errors import IntegrityError, NoSourceError, SourceError, UsageError
 from dsmirror._core.settings import Settings
@@ -80,22 +62,12 @@ from dsmirror._install.records import record_after_install
 from dsmirror._journal.store import Store
 from dsmirror._resolve.plan import PullOptions, PullPlan, select_mirrors, source_info
 from dsmirror._resolve.registries.client import RepoURLs, describe
+from dsmirror._resolve.registries.hub import list_hf_repo
 from dsmirror._resolve.registries.modelscope import modelscope_sources, restrict_to_listing
 from dsmirror._verify.digest import ContentHasher, Digests, git_blob_sha1, hash_local_file
 
-if TYPE_CHECKING:
-    from huggingface_hub import HfApi
+__all__ = ["HfFile", "HfListing", "plan_hf", "select_files"]
 
-__all__ = [
-    "HfFile",
-    "HfListing",
-    "list_hf_repo",
-    "plan_hf",
-    "select_files",
-]
-
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 #: Small files are kept in memory up to these bounds (each, all together); beyond, they are
 #: hashed as they stream past and fetched again by the engine.
 KEEP_FILE_LIMIT = 64 << 20
@@ -103,155 +75,6 @@ KEEP_TOTAL_LIMIT = 512 << 20
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 #: The digest of a small file a dry run did not fetch (see the module docstring); never pulled.
 UNKNOWN_SHA256 = "0" * 64
-#: A tree listing that has not ended after this many pages is refused (a ``next`` link loop).
-MAX_TREE_PAGES = 10_000
-#: ``PullOptions.metadata_timeout``'s default, for callers of ``list_hf_repo``.
-METADATA_TIMEOUT = 15.0
-
-
-# -- metadata through huggingface_hub ---------------------------------------------------------------
-_telemetry_lock = threading.Lock()
-
-
-def _token_for(mirror: Mirror, token: str | None) -> str | bool:
-    """The token for requests to ``mirror``: only an official endpoint gets it (``False``: none)."""
-    return token if token and mirror.official else False
-
-
-def _no_telemetry() -> None:
-    """Before huggingface_hub builds request headers: see the module docstring."""
-    from huggingface_hub import constants
-
-    with _telemetry_lock:
-        constants.HF_HUB_DISABLE_TELEMETRY = True
-
-
-def _api(mirror: Mirror, token: str | None) -> HfApi:
-    from huggingface_hub import HfApi
-
-    _no_telemetry()
-    return HfApi(endpoint=mirror.url.rstrip("/"), token=_token_for(mirror, token), library_name="dsmirror")
-
-
-def _is_a(exc: BaseException, *names: str) -> bool:
-    """By class name: huggingface_hub raises httpx2's (2.x), httpx's (1.x) or requests' (0.x) errors."""
-    return any(c.__name__ in names for c in type(exc).__mro__)
-
-
-def _why(exc: BaseException, timeout: float) -> str:
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(exc, RevisionNotFoundError):
-        return "revision not found"
-    if isinstance(exc, GatedRepoError):
-        return "gated repository: accept its terms on the Hub and set HF_TOKEN"
-    if isinstance(exc, RepositoryNotFoundError):
-        return "repository not found (or private: set HF_TOKEN)"
-    if isinstance(exc, HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else "?"
-        return f"HTTP {status}"
-    if isinstance(exc, OfflineModeIsEnabled):
-        return "HF_HUB_OFFLINE is set"
-    if _is_a(exc, "TimeoutException", "Timeout", "TimeoutError"):
-        return f"no answer within {timeout:g} s"
-    if _is_a(exc, "ConnectError", "ConnectionError"):
-        return f"cannot connect: {exc}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _to_file(entry: Any) -> HfFile:
-    path, size, blob_id = entry.path, entry.size, entry.blob_id
-    if not isinstance(path, str) or not isinstance(size, int) or size < 0 or not isinstance(blob_id, str):
-        raise ValueError(f"malformed tree entry {entry!r}")
-    lfs = entry.lfs
-    sha256 = None
-    if lfs is not None:
-        sha256 = str(lfs.sha256).lower()
-        if not _HEX64.match(sha256) or lfs.size != size:
-            raise ValueError(f"malformed LFS entry for {path}")
-    xet = entry.xet_hash if isinstance(entry.xet_hash, str) else None
-    return HfFile(path, size, blob_id.lower(), sha256, xet)
-
-
-#: ``http_backoff`` arguments for one attempt: an error is raised at once, without the warning it
-#: logs before a retry, and without its ``close_session()`` of the process-wide client on a connect
-#: error (as huggingface_hub's own metadata HEAD does when it wants a fast fallback).
-_NO_RETRY: dict[str, Any] = {"max_retries": 0, "retry_on_exceptions": (), "retry_on_status_codes": ()}
-
-
-def _list_tree(mirror: Mirror, repo_id: str, commit: str, token: str | None, timeout: float) -> list[HfFile]:
-    """The files at ``commit``, as ``HfApi.list_repo_tree(recursive=True)`` lists them, but bounded.
-
-    Each page is one request with ``timeout`` and no retry (see "Bounded in time" above).
-    """
-    from huggingface_hub import RepoFile
-
-    # Public names, exported lazily (mypy cannot see them).
-    from huggingface_hub.utils import (  # type: ignore[attr-defined]
-        build_hf_headers,
-        hf_raise_for_status,
-        http_backoff,
-    )
-
-    _no_telemetry()
-    headers = build_hf_headers(token=_token_for(mirror, token), library_name="dsmirror")
-    url: str | None = f"{mirror.url.rstrip('/')}/api/models/{repo_id}/tree/{quote(commit, safe='')}"
-    params: dict[str, Any] | None = {"recursive": True, "expand": False}
-    files: list[HfFile] = []
-    for _ in range(MAX_TREE_PAGES):
-        if url is None:
-            return files
-        resp = http_backoff("GET", url, params=params, headers=headers, timeout=timeout, **_NO_RETRY)
-        hf_raise_for_status(resp)
-        page = resp.json()
-        if not isinstance(page, list):
-            raise ValueError(f"the tree listing is not a list ({type(page).__name__})")
-        for item in page:
-            if item.get("type") == "file":  # not "directory"
-                files.append(_to_file(RepoFile(**item)))  # type: ignore[no-untyped-call]
-        url, params = resp.links.get("next", {}).get("url"), None  # the next link holds the query
-        if url is not None and urlsplit(url).netloc != urlsplit(mirror.url).netloc:
-            # The headers (and an official endpoint's token) must not follow a link elsewhere.
-            raise ValueError(f"the tree listing's next page is on another host ({urlsplit(url).netloc})")
-    raise ValueError(f"the tree listing did not end after {MAX_TREE_PAGES} pages")
-
-
-def list_hf_repo(
-    mirrors: Sequence[Mirror],
-    repo_id: str,
-    revision: str,
-    *,
-    token: str | None,
-    timeout: float = METADATA_TIMEOUT,
-) -> HfListing:
-    """Pin ``revision`` and list the repo's files, from the first of ``mirrors`` that answers.
-
-    ``timeout`` bounds each request: an endpoint that does not answer in time is skipped.
-    """
-    problems: list[str] = []
-    for m in mirrors:
-        try:
-            commit = revision.lower() if _HEX40.match(revision.lower()) else None
-            if commit is None:
-                info = _api(m, token).model_info(repo_id, revision=revision, timeout=timeout)
-                commit = str(info.sha or "").lower()
-                if not _HEX40.match(commit):
-                    raise ValueError(f"the endpoint gave no commit id for {revision!r} ({info.sha!r})")
-            files = tuple(_list_tree(m, repo_id, commit, token, timeout))
-        except Exception as exc:  # huggingface_hub, httpx2 and parsing errors alike: try the next one
-            problems.append(f"{m.name}: {_why(exc, timeout)}")
-            continue
-        return HfListing(repo_id, revision, commit, files, m.name, tuple(problems))
-    raise NoSourceError(
-        f"cannot resolve hf://{repo_id}@{revision}: " + "; ".join(problems or ["no endpoint"]),
-        hint="check the repo id and revision, the network, and the hf mirrors (--mirrors, --only)",
-    )
 
 
 # -- the plan ---------------------------------------------------------------------------------------
@@ -349,7 +172,8 @@ def _check_published(entries: Sequence[_Entry], published: Manifest, where: str)
         pf = by_path.get(e.file.path)
         if pf is None or e.sha256 == UNKNOWN_SHA256:  # a dry run's unfetched file: checked by the pull
             continue
-        if pf.size != e.file.size or pf.sha256 != e.sha256:
+        # No whole-file digest (a signed shard manifest): its piece hashes join the registry's digest.
+        if pf.size != e.file.size or (pf.sha256 and pf.sha256 != e.sha256):
             raise IntegrityError(
                 f"{where}: the published piece manifest says {pf.path} is {pf.size} bytes with SHA-256 "
                 f"{pf.sha256[:16]}…, the registry says {e.file.size} bytes with {e.sha256[:16]}…",
@@ -581,13 +405,22 @@ def plan_hf(
     chosen = select_files(listing.files, include, exclude)
     if not chosen:
         raise UsageError(f"no file of {repo_id} at {listing.commit[:12]} matches the include/exclude globs")
-    piece_size = published.piece_size if published else DEFAULT_PIECE_SIZE
     dest, entries = _entries(repo_id, chosen, settings, options)
     repo_paths = {e.manifest_path: e.file.path for e in entries}
 
     sources: list[Source] = []
     try:
         sources += _hf_sources(hf_mirrors, repo_id, listing.commit, repo_paths, settings, options)
+        signed = None
+        if options.signature is not None:  # a model.sig vouches for the files (before any is fetched)
+            from dsmirror._resolve.signature import check_repo_signature
+
+            first = sorted(sources, key=lambda s: s.name != listing.endpoint)
+            signed = check_repo_signature(
+                listing, chosen, first, options, name=name or repo_id.split("/")[-1]
+            )
+            published = signed.manifest if signed and signed.manifest else published
+        piece_size = published.piece_size if published else DEFAULT_PIECE_SIZE
         ms = modelscope_sources(catalog, modelscope, repo_paths, options) if modelscope else []
         sources += [s for s, _ in ms]
         todo, git_ids = _listed_digests(entries)
@@ -608,7 +441,7 @@ def plan_hf(
             _check_published(entries, published, where=ref_text)
         meta = {"source": "hf", "repo": repo_id, "commit": listing.commit, "git_blob_ids": git_ids}
         manifest = _manifest(name or repo_id.split("/")[-1], piece_size, entries, meta)
-        notes = _notes(repo_id, revision, listing, learned)
+        notes = _notes(repo_id, revision, listing, learned) + ([signed.note] if signed else [])
         wanted = _wanted(entries)
         notes += [restrict_to_listing(s, ms_listing, wanted) for s, ms_listing in ms if s in sources]
         if learned.kept.data:
@@ -618,4 +451,4 @@ def plan_hf(
             s.close()
         raise
     after = _after_install(options, dest, revision, listing, chosen, settings, ref_text, manifest)
-    return PullPlan(manifest, sources, dest, after, notes)
+    return PullPlan(manifest, sources, dest, after, notes, signed_by=signed.signed_by if signed else None)
