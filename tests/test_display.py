@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import io
 import itertools
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from rich.table import Table
 from rich.text import Text
 
+import dsmirror
 from dsmirror._core.events import (
     Event,
     PieceRejected,
@@ -28,6 +32,7 @@ from dsmirror._core.events import (
 )
 from dsmirror.cli._console import TextConsole, safe_text, styled
 from dsmirror.cli._render import render_human
+from dsmirror.testing import Faults, MirrorServer, write_random_tree
 
 HOSTILE = [
     "x[/]",
@@ -101,3 +106,64 @@ def test_styled_labels_and_tables_render_untrusted_cells_as_text() -> None:
     assert "done [red]x[/]" in text
     assert "note y[/]\u241b]0;t" in text  # rich itself drops the BEL of a Text
     assert "\x1b" not in text
+
+
+# -- the commands, end to end (real mirrors on 127.0.0.x, the real CLI in a subprocess) -------------
+NAME = "x[/] \x1b]0;owned\x07\x1b[2J [bold]"
+PATH = "a[/]b [red].bin"
+
+
+def _hostile_model(tmp_path: Path) -> tuple[Path, Path, dsmirror.Manifest]:
+    root = tmp_path / "src"
+    root.mkdir()
+    write_random_tree(root, {PATH: 300_000, "ok.bin": 70_000}, seed=3)
+    manifest = dsmirror.create_manifest(root, name=NAME, piece_size=64 << 10)
+    path = tmp_path / "m.json"
+    manifest.write(path)
+    return root, path, manifest
+
+
+def _no_raw_controls(text: str) -> None:
+    assert "Traceback" not in text
+    assert "\x1b" not in text and "\x07" not in text
+
+
+def test_pull_and_verify_show_hostile_names_paths_and_headers_as_text(
+    tmp_path: Path,
+    start_mirrors: Callable[..., list[MirrorServer]],
+    catalog_file: Callable[..., Path],
+    run_cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    root, manifest_path, _ = _hostile_model(tmp_path)
+    good, liar = start_mirrors(root, 2)
+    # One mirror answers every range with markup in its Content-Range: it is dropped, never printed raw.
+    liar.set_faults(Faults(content_range="bytes [/][/bold] 0-9/[red]x[/]"))
+    catalog = catalog_file([good, liar])
+    dest = tmp_path / "d[/]e [bold]st"
+    r = run_cli(
+        "pull", manifest_path, "--no-default-catalog", "--mirrors", catalog, "--dest", dest, "--no-p2p"
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    _no_raw_controls(r.stdout + r.stderr)
+    assert safe_text(NAME) in r.stdout
+    assert str(dest) in r.stdout
+    assert (dest / PATH).read_bytes() == (root / PATH).read_bytes()
+
+    # The same name pulled again is a no-op that prints it again; `sources` ranks the liar too.
+    r = run_cli(
+        "pull", manifest_path, "--no-default-catalog", "--mirrors", catalog, "--dest", dest, "--no-p2p"
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    _no_raw_controls(r.stdout + r.stderr)
+    r = run_cli("sources", manifest_path, "--no-default-catalog", "--mirrors", catalog)
+    assert r.returncode == 0, r.stdout + r.stderr
+    _no_raw_controls(r.stdout + r.stderr)
+
+    # verify: a damaged file with markup in its path is an integrity failure (exit 3), shown as text.
+    data = bytearray((dest / PATH).read_bytes())
+    data[1000] ^= 0xFF
+    (dest / PATH).write_bytes(bytes(data))
+    r = run_cli("verify", manifest_path, dest)
+    assert r.returncode == 3, r.stdout + r.stderr
+    _no_raw_controls(r.stdout + r.stderr)
+    assert PATH in r.stdout

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from dsmirror.cli._console import TextConsole
 
 app = typer.Typer(
     name="dsmirror",
@@ -15,9 +16,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# soft_wrap: a message is one line, whatever the terminal width (and in pipes and logs).
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# soft_wrap: a message is one line, whatever the terminal width (and in pipes and logs). Text
+# consoles: what manifests, catalogs, servers and paths say is shown as text (see _console).
+console = TextConsole(soft_wrap=True)
+err_console = TextConsole(stderr=True, soft_wrap=True)
 
 MirrorsOpt = Annotated[
     list[Path] | None,

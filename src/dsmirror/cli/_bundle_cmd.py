@@ -25,6 +25,7 @@ from dsmirror.cli._app import (
     err_console,
     load_catalog_from_options,
 )
+from dsmirror.cli._console import styled
 from dsmirror.cli._render import render_json
 
 if TYPE_CHECKING:
@@ -254,15 +255,18 @@ def _run(events: Iterable[Event], json_out: bool) -> None:
         for ev in events:
             if isinstance(ev, BundleOpened):
                 console.print(
-                    f"[bold]{ev.name}[/]: {ev.files} files, {format_bytes(ev.total_bytes)}, manifest sha256 "
+                    styled(ev.name, "bold"),
+                    f": {ev.files} files, {format_bytes(ev.total_bytes)}, manifest sha256 "
                     f"{ev.manifest_sha256} -> {ev.dest} ({ev.format})",
+                    sep="",
                     highlight=False,
                 )
                 if ev.pinned_by:
                     console.print(f"manifest pinned by {ev.pinned_by}", highlight=False)
                 else:
                     err_console.print(
-                        "[yellow]warning:[/] the manifest is not pinned: the files are checked against the "
+                        styled("warning:", "yellow"),
+                        "the manifest is not pinned: the files are checked against the "
                         "manifest inside, but nothing says that manifest is the one you want. Compare its "
                         "sha256 above with one from a trusted source, or pass --manifest-sha256.",
                         highlight=False,
@@ -280,7 +284,8 @@ def _run(events: Iterable[Event], json_out: bool) -> None:
     if finished is not None:
         kept = finished.total_bytes - finished.downloaded_bytes
         console.print(
-            f"[bold green]imported[/] {finished.name} -> {finished.dest}: {len(finished.files)} files "
+            styled("imported", "bold green"),
+            f"{finished.name} -> {finished.dest}: {len(finished.files)} files "
             f"installed, {format_bytes(finished.total_bytes)} verified "
             f"({format_bytes(finished.downloaded_bytes)} written, {format_bytes(kept)} already present) "
             f"in {finished.seconds:.1f} s",

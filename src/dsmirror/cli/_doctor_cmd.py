@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from dsmirror._core.units import format_bytes, format_rate, parse_size
 from dsmirror.cli._app import MirrorsOpt, NoDefaultCatalogOpt, app, console, load_catalog_from_options
+from dsmirror.cli._console import safe_text, styled
 
 if TYPE_CHECKING:
     from dsmirror._doctor import DoctorReport, MirrorCheck
@@ -59,7 +61,7 @@ def _ms(v: float | None) -> str:
 _STYLE = {"ok": "green", "slow": "yellow", "skipped": "dim"}
 
 
-def _row(c: MirrorCheck) -> list[str]:
+def _row(c: MirrorCheck) -> list[str | Text]:
     http = str(c.http_status) if c.http_status is not None else "-"
     if c.redirect:
         http += f" -> {c.redirect}"
@@ -74,7 +76,7 @@ def _row(c: MirrorCheck) -> list[str]:
         http,
         _ms(c.ttfb),
         format_rate(c.rate) if c.rate else "-",
-        f"[{_STYLE.get(c.status, 'red')}]{c.status}[/]",
+        styled(c.status, _STYLE.get(c.status, "red")),
         note,
     ]
 
@@ -101,22 +103,29 @@ def render_report(r: DoctorReport) -> None:
         need = f" (model: {format_bytes(r.disk.needed)})" if r.disk.needed is not None else ""
         local.add_row("free disk", f"{format_bytes(r.disk.free)} in {r.disk.path}{need}")
     for s in r.stores:
-        state = "writable" if s.writable else "[red]not writable[/]"
-        local.add_row(s.what, f"{s.path}: {state}" + (f" ({s.detail})" if s.detail else ""))
+        state = styled("writable", "") if s.writable else styled("not writable", "red")
+        detail = f" ({s.detail})" if s.detail else ""
+        local.add_row(s.what, Text.assemble(safe_text(f"{s.path}: "), state, safe_text(detail)))
     if r.torrent is not None:
         tt = r.torrent
-        port = "can be bound" if tt.tcp_ok and tt.udp_ok else f"[red]cannot be bound[/] ({tt.detail})"
+        ok = tt.tcp_ok and tt.udp_ok
+        port = styled("can be bound", "") if ok else styled("cannot be bound", "red")
         local.add_row(
             "BitTorrent",
-            f"listen {tt.listen}: {port}; LSD {'on' if tt.lsd else 'off'}, DHT {'on' if tt.dht else 'off'}",
+            Text.assemble(
+                safe_text(f"listen {tt.listen}: "),
+                port,
+                safe_text(f" ({tt.detail})" if not ok else ""),
+                f"; LSD {'on' if tt.lsd else 'off'}, DHT {'on' if tt.dht else 'off'}",
+            ),
         )
     console.print(local)
     for note in r.notes:
-        console.print(f"[dim]note:[/] {note}", highlight=False)
+        console.print(styled("note:", "dim"), note, highlight=False)
     if r.advice:
-        console.print("[bold]advice[/]")
+        console.print(styled("advice", "bold"))
         for line in r.advice:
             console.print(f"  - {line}", highlight=False)
     else:
-        console.print("[bold green]no problem found[/]")
-    console.print(f"[dim]checked in {r.seconds:.1f} s[/]")
+        console.print(styled("no problem found", "bold green"))
+    console.print(styled(f"checked in {r.seconds:.1f} s", "dim"))

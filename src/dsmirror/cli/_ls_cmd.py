@@ -8,10 +8,12 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from dsmirror._core.settings import Settings
 from dsmirror._core.units import format_bytes
 from dsmirror.cli._app import app, console
+from dsmirror.cli._console import safe_text
 
 _STYLE = {"verified": "green", "unverified": "yellow", "corrupt": "red", "incomplete": "red"}
 
@@ -38,7 +40,9 @@ def ls_cmd(
     for col in ("kind", "model", "size", "files", "status", "where"):
         t.add_column(col, justify="right" if col in ("size", "files") else "left", overflow="fold")
     for m in models:
-        status = f"[{_STYLE.get(m.status, 'white')}]{m.status}[/]" + (f" ({m.detail})" if m.detail else "")
+        status = Text.assemble(
+            (m.status, _STYLE.get(m.status, "white")), safe_text(f" ({m.detail})" if m.detail else "")
+        )
         # What `dsmirror rm` accepts: hf://org/name@rev, an Ollama name, or the folder (where).
         model = m.ref if m.kind == "hf" else m.name
         t.add_row(m.kind, model, format_bytes(m.size), str(m.files), status, str(m.where))

@@ -21,6 +21,7 @@ from dsmirror._core.units import format_bytes, format_rate, parse_size
 from dsmirror._fetch.swarm.config import SeedingStarted, SeedingStopped, SeedStatus, SwarmConfig
 from dsmirror._formats.manifest import load_manifest
 from dsmirror.cli._app import JsonOpt, app, console, err_console
+from dsmirror.cli._console import styled
 from dsmirror.cli._torrent_cmd import TorrentFormatOpt
 
 if TYPE_CHECKING:
@@ -249,7 +250,9 @@ def render_seed(events: Iterable[Event], console: Console, *, json_out: bool = F
                 started = ev
                 if not json_out:
                     console.print(
-                        f"[bold]seeding[/] {', '.join(ev.torrents)} on port {ev.listen_port}", highlight=False
+                        styled("seeding", "bold"),
+                        f"{', '.join(ev.torrents)} on port {ev.listen_port}",
+                        highlight=False,
                     )
                     for m in ev.magnets:
                         console.print(f"  {m}", highlight=False, soft_wrap=True)

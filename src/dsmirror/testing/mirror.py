@@ -119,6 +119,9 @@ class Faults:
     #: Answer a ``Range`` request with 206 for a neighbouring range (shifted by one byte); the
     #: body matches the ``Content-Range`` sent, not the range requested.
     wrong_content_range: bool = False
+    #: Answer a ``Range`` request with 206 and this ``Content-Range`` header value, whatever it
+    #: says (the body is the range requested): a server that sends garbage or markup there.
+    content_range: str | None = None
     #: Answer with this status (e.g. 503, 429) and a short text body.
     status: int | None = None
     #: ``Retry-After`` seconds sent with ``status``.
@@ -141,7 +144,7 @@ class Faults:
 
     def _applies(self, *, is_get: bool, has_range: bool) -> bool:
         whole = self.status is not None or self.redirect_to is not None or self.html_instead
-        ranged = has_range and (self.ignore_range or self.wrong_content_range)
+        ranged = has_range and (self.ignore_range or self.wrong_content_range or self.content_range is not None)
         body = is_get and (
             self.corrupt
             or self.reset_after is not None
@@ -430,7 +433,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length))
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Range", faults.content_range or f"bytes {start}-{end}/{size}")
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", f'"{size:x}-{stat.st_mtime_ns:x}"')
         self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
