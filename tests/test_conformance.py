@@ -24,13 +24,14 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 import pytest
 
+from conftest import CliProcess, addr, free_port
 from dsmirror._core.errors import BadResponse, SourceNotFound, SourceUnavailable
 from dsmirror._core.events import Event
 from dsmirror._fetch.http import HttpSource
 from dsmirror._fetch.local import MemorySource, local_source_info
 from dsmirror._fetch.reuse import LocalIndex, LocalReuse, reuse_local
 from dsmirror._fetch.source import Source
-from dsmirror._formats.manifest import FileEntry
+from dsmirror._formats.manifest import FileEntry, Manifest
 from dsmirror._formats.ollama import parse_ollama_name
 from dsmirror._journal.store import Store
 from dsmirror._resolve.registries.client import RepoURLs
@@ -45,6 +46,7 @@ from dsmirror.testing.conformance import (
     ConformanceReport,
     ServerFault,
     check_local_reuse,
+    check_piece_source,
     check_source,
 )
 
@@ -383,6 +385,31 @@ def test_the_suite_catches_broken_local_reuse(
     assert broken in [f.split(":")[0] for f in caught.value.failures], caught.value.failures
 
 
+# -- the BitTorrent swarm: a real libtorrent seeder on 127.0.0.1 ----------------------------------
+@pytest.mark.slow
+def test_swarm_source(tmp_path: Path, seeder: Callable[..., CliProcess]) -> None:
+    from dsmirror._fetch.swarm.config import SwarmConfig
+    from dsmirror._fetch.swarm.source import SwarmSource
+    from dsmirror._fetch.swarm.torrent import Torrent, create_torrent
+
+    seeding: list[tuple[Torrent, int]] = []
+
+    def make(manifest: Manifest, root: Path) -> SwarmSource:
+        if not seeding:  # one seeder of the suite's files serves every pull
+            torrent = create_torrent(manifest, root)
+            path = tmp_path / "conformance.torrent"
+            torrent.write(path)
+            port = free_port()
+            seeder(path, root, port)
+            seeding.append((torrent, port))
+        torrent, port = seeding[0]
+        config = SwarmConfig(listen=addr(free_port()), peers=(addr(port),), lsd=False)
+        return SwarmSource(manifest, config=config, torrent=torrent)
+
+    report = check_piece_source(make, tmp_path / "suite")
+    assert "alone" in report.checks and "beside a mirror" in report.checks
+
+
 # -- the suite catches broken sources ------------------------------------------------------------
 class _OneByteTooMany(MemorySource):
     @contextlib.contextmanager
@@ -567,3 +594,30 @@ def test_a_hanging_source_fails_within_the_timeout() -> None:
 
     with pytest.raises(ConformanceFailure, match=r"did not finish within 0\.5 s"):
         check_source(_mem(Hangs), timeout=0.5)
+
+
+class _IdleSwarm:
+    """A piece source that takes no work at all: a pull that counts on it cannot finish."""
+
+    def __init__(self) -> None:
+        self.info = SourceInfo("idle", "bittorrent", "swarm", region="p2p")
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def run(self, ctx: Any) -> None:
+        pass
+
+    def piece_available(self, piece: Any, data: bytes | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_suite_catches_a_piece_source_that_does_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ConformanceFailure) as caught:
+        check_piece_source(lambda manifest, root: _IdleSwarm(), tmp_path, timeout=3)
+    names = [f.split(":")[0] for f in caught.value.failures]
+    assert names == ["alone", "beside a mirror", "resumed"], caught.value.failures

@@ -21,6 +21,8 @@ The suites, each with its contract in its module's docstring:
 - :func:`check_local_reuse` (``_reuse``): local reuse (``dsmirror._fetch.reuse``), which is no
   Source -- it fills the store from files on this machine before the engine starts -- but hands
   on pieces all the same, and promises the same: never a wrong byte.
+- :func:`check_piece_source` (``_swarm``): a piece source (the engine's ``SwarmSource``: a
+  BitTorrent swarm), which takes work from the scheduler and hands whole pieces to the engine.
 
 Test data is generated, like torf's boundary tests: sizes exactly on, one below and one above the
 piece size and the read sizes, empty and one-byte files, some in sub-folders; the same seed gives
@@ -36,15 +38,18 @@ from dsmirror.testing.conformance._source import (
     SourceFactory,
     check_source,
 )
+from dsmirror.testing.conformance._swarm import PieceSourceFactory, check_piece_source
 
 __all__ = [
     "RETRY_AFTER",
     "ConformanceFailure",
     "ConformanceReport",
     "FaultySourceFactory",
+    "PieceSourceFactory",
     "ReuseFill",
     "ServerFault",
     "SourceFactory",
     "check_local_reuse",
+    "check_piece_source",
     "check_source",
 ]
