@@ -1184,3 +1184,52 @@ def test_the_network_guard_refuses_other_hosts(world: World) -> None:
             world.run_program([sys.executable, "-c", code], rc=1)
     r = world.run_program([sys.executable, "-c", "import socket; socket.getaddrinfo('127.0.0.2', 80)"])
     assert r.returncode == 0
+
+
+# -- the docs next to README ------------------------------------------------------------------------
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+_MODULE_PATH = re.compile(r"`((?:src|docs|scripts|tests|\.ci)/[^`\s*<>]+|_[a-z_]+/[a-z_/]*(?:\.py)?)`")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_doc_paths_exist(doc: Path) -> None:
+    """Modules, files and headings a doc names exist (module paths are relative to src/dsmirror/)."""
+    text = doc.read_text()
+    missing = []
+    for path in _MODULE_PATH.findall(text):
+        base = ROOT / "src" / "dsmirror" if path.startswith("_") else ROOT
+        if not (base / path).exists():
+            missing.append(path)
+    for path, anchor in re.findall(r"\]\(([^)#:]+)(?:#([^)]*))?\)", text):
+        target = doc.parent / path
+        if not target.exists() or (anchor and anchor not in _anchors(target.read_text())):
+            missing.append(f"{path}#{anchor}" if anchor else path)
+    for anchor in re.findall(r"\]\(#([^)]+)\)", text):
+        if anchor not in _anchors(text):
+            missing.append(f"#{anchor}")
+    assert not missing, f"{doc.relative_to(ROOT)} names what does not exist (moved?): {missing}"
+
+
+def _owners(section: str) -> list[str]:
+    """The modules a formats.md section's "Owner:" sentence names (not those in parentheses)."""
+    m = re.search(r"^Owners?: (.*?)(?:\. |;|$)", re.sub(r"\([^)]*\)", "", section), re.M | re.S)
+    return re.findall(r"`(_[a-z_/]+\.py)`", m.group(1)) if m else []
+
+
+def test_format_owners_link_back() -> None:
+    """The module owning each format of docs/formats.md says where its format is documented."""
+    text = (ROOT / "docs" / "formats.md").read_text()
+    sections = re.split(r"^## ", _FENCE.sub("", text), flags=re.M)[1:]
+    unlinked = []
+    for section in sections:
+        heading, _, body = section.partition("\n")
+        (anchor,) = _anchors(f"## {heading}")
+        owners = _owners(body.strip())
+        if not owners:
+            continue
+        for module in owners:
+            source = (ROOT / "src" / "dsmirror" / module).read_text()
+            if f"docs/formats.md#{anchor}" not in source:
+                unlinked.append(f"{module} -> #{anchor}")
+    assert len(sections) > 10
+    assert not unlinked, f"owning modules without 'Documented in docs/formats.md#...': {unlinked}"

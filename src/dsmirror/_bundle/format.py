@@ -16,6 +16,8 @@ twice gives the same bytes. Long names and files over 8 GiB use pax extended hea
 never uses a member's name as a path: it compares it with the name the manifest dictates at that
 position and writes through the store, so a crafted bundle cannot write outside the destination,
 create links, or slip in a file the manifest does not list.
+
+Documented in docs/formats.md#offline-bundles.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Typed progress events a pull yields; the CLI renders them (rich on a terminal, JSON lines with --json)."""
+"""Typed progress events a pull yields; the CLI renders them (rich on a terminal, JSON lines with --json).
+
+Documented in docs/formats.md#the-json-event-stream.
+"""
 
 from __future__ import annotations
 

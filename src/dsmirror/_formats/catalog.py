@@ -50,6 +50,8 @@ naming the file, the line and the field, e.g.
 ``mirrors.yaml:12: mirrors[2].kind: unknown kind 'htp' (expected one of http, hf, ...)``.
 To know the line of every value the file is *composed* into YAML nodes, which carry their marks,
 and only scalars are turned into Python values, one at a time.
+
+Documented in docs/formats.md#the-catalog.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Hugging Face repositories as files: a repo's listing at a commit, as the tree API and the HF
 cache (``trees/<commit>.json``) describe it. The one owner of that shape; the resolvers, the
 install step and ``dsmirror serve`` call it.
+
+Documented in docs/formats.md#the-hugging-face-cache.
 """
 
 from __future__ import annotations

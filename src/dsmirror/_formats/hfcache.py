@@ -23,6 +23,8 @@ As huggingface_hub writes and reads it, and dsmirror with it (``pull --format hf
                                                "lfs_sha256": "<hex>", "lfs_size": n}, ...}}
 
 Everything here reads or names; nothing writes (``dsmirror._install.hf`` does, with these names).
+
+Documented in docs/formats.md#the-hugging-face-cache.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ The HF cache and the Ollama store list their own models; a plain folder (``--for
 
 ``files`` are the manifest's files plus any written besides them (an Ollama manifest), as
 ``[path, size, sha256]``. Another install of the same name into the same folder replaces the record.
+
+Documented in docs/formats.md#install-records.
 """
 
 from __future__ import annotations

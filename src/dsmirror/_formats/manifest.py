@@ -30,6 +30,8 @@ a file verifies, ``Manifest.with_piece_hashes`` records a complete manifest for 
 Pieces never span files: file *i* starts on a fresh piece, so every piece is exactly one HTTP byte
 range of one file (and one piece of a file-aligned BitTorrent v2/hybrid torrent). Piece *k* of a file
 covers bytes ``[k * piece_size, min((k + 1) * piece_size, size))``.
+
+Documented in docs/formats.md#the-manifest.
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ regions that name no country. ``priority`` is the catalog priority clamped to th
 (lower is preferred, as in the catalog).
 
 A file of size 0 gets its size and whole-file hash but no ``<pieces>`` element (it has no pieces).
+
+Documented in docs/formats.md#metalink-export.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ The Ollama store (``$OLLAMA_MODELS``)::
                                                 versions named them ``sha256:<hex>``)
     manifests/<host>/<namespace>/<name>/<tag>   the manifest bytes as the registry sent them
     .dsmirror/                                  dsmirror's private area (``dsmirror._formats.private``)
+
+Documented in docs/formats.md#the-ollama-store-and-image-manifests.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ a registry's listing, a client's URL). Before such a path is joined to a folder 
 
 ``path_problem`` says what is wrong (or ``None``); ``validate_relpath`` raises ``ManifestError``
 (for files dsmirror reads) and ``check_repo_path`` raises ``ValueError`` (for the server's URLs).
+
+Documented in docs/formats.md#repository-paths.
 """
 
 from __future__ import annotations

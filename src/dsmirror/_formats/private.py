@@ -12,6 +12,8 @@ Every folder dsmirror pulls into (a ``--dest``, an HF cache repo, an Ollama stor
       torrents/<mid>.torrent          the model's torrent, for ``dsmirror seed DEST``
 
 ``<mid>`` is a manifest's identity, the SHA-256 of its canonical bytes.
+
+Documented in docs/formats.md#the-private-area.
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ and they verify, so nothing is lost; after a power loss they may not, and are fe
 damaged header, a data file of the wrong size, or a missing data file means the journal cannot be
 trusted for that file: its pieces are re-verified from the bytes on disk, and every piece that still
 verifies is kept.
+
+Documented in docs/formats.md#the-store-partial-files-journal-provenance.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ Experience
         {"version": 1,
          "sources": {"<name> <host>": {"rate": <bytes/s per connection>, "ttfb": <seconds>,
                                        "at": <unix time of the last update>}}}
+
+Documented in docs/formats.md#experience-sourcesjson.
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ index: no filesystem path is built from a URL.
 What each route answers is in its module: ``_hf_routes``, ``_ms_routes``, ``_ollama_routes``,
 ``_folder_routes``; how bytes are sent (Range, conditional requests, sendfile) in ``_send`` and
 ``_ranges``.
+
+Documented in docs/formats.md#dsmirror-serve-http-routes.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ the upstream does not know the repo or cannot be reached. It is asked through th
 The parts: ``PullThrough`` (here) assembles them and pulls the files of ``--folder`` manifests;
 ``_hf_pullthrough`` and ``_ollama_pullthrough`` are the two registry sides; ``_pulljob`` holds the
 jobs, ``_upstream`` the mirrors and the metadata cache.
+
+Documented in docs/formats.md#the-pull-through-cache.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ way in its own partial area.
 
 The deadlines here bound waits for libtorrent's disk thread (its alerts), so they use the real
 monotonic clock.
+
+Documented in docs/formats.md#the-swarm-bt-btresume-and-torrents.
 """
 
 from __future__ import annotations

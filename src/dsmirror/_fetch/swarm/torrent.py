@@ -33,6 +33,8 @@ SHA-256 checks stay separate and are still made on every piece a swarm delivers.
 Torrents made elsewhere need not be file-aligned (a plain v1 torrent's pieces run across file
 boundaries): :func:`file_aligned` tells the two apart, and only an aligned torrent's pieces can be a
 manifest's pieces.
+
+Documented in docs/formats.md#the-swarm-bt-btresume-and-torrents.
 """
 
 from __future__ import annotations
