@@ -7,6 +7,7 @@ Exit codes (``dsmirror.cli`` docstring): 0 ok, 1 unexpected, 2 bad usage, 3 inte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -403,7 +404,15 @@ def test_ctrl_c_during_verify_says_interrupted(tmp_path: Path, cli_env: dict[str
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
+    # Interrupt it while it hashes (once it has the file open), not while Python is still importing.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        fds = Path(f"/proc/{proc.pid}/fd")
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(big) for fd in fds.iterdir()):
+                break
+        time.sleep(0.05)
+    time.sleep(0.2)
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
