@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from dsmirror._core.clock import Clock
 from dsmirror._core.events import Event, PlanNotes
 from dsmirror._core.settings import Settings
-from dsmirror._fetch.engine import EngineConfig, SwarmSource, fetch
+from dsmirror._fetch.broker import SwarmSource
+from dsmirror._fetch.engine import EngineConfig, fetch
 from dsmirror._fetch.reuse import LocalIndex, plan_dry_run, record_manifest, reuse_local, reuse_roots
 from dsmirror._fetch.source import Source
 from dsmirror._fetch.swarm.config import SwarmConfig

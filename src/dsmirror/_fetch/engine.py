@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
 
 from dsmirror._core.clock import Clock, SystemClock
 from dsmirror._core.errors import (
@@ -41,6 +41,7 @@ from dsmirror._core.events import (
     SourceProgress,
     SourceTrouble,
 )
+from dsmirror._fetch.broker import SwarmSource
 from dsmirror._fetch.source import Source
 from dsmirror._formats.manifest import Manifest, Piece
 from dsmirror._journal.store import Store
@@ -85,30 +86,6 @@ class _Stop(Exception):
     pass
 
 
-@runtime_checkable
-class SwarmSource(Protocol):
-    """A source that is handed whole pieces and reports them back (a BitTorrent swarm).
-
-    ``run`` is called once, in its own thread, with the engine as context; it loops until
-    ``ctx.stop`` is set or ``ctx.sched.finished()``: it takes work with ``ctx.sched.acquire(name)``,
-    and for every piece it obtains it must call ``ctx.deliver(assignment, piece, data)`` (which
-    verifies the bytes against the manifest, stores them and tells the scheduler), then
-    ``ctx.sched.release(assignment, error)`` when an assignment ends. ``piece_available`` is called
-    for every piece verified from any source (so the swarm can serve it to peers at once).
-    """
-
-    info: SourceInfo
-
-    @property
-    def name(self) -> str: ...
-
-    def run(self, ctx: _Engine) -> None: ...
-
-    def piece_available(self, piece: Piece, data: bytes | None) -> None: ...
-
-    def close(self) -> None: ...
-
-
 def plan_connections(infos: Sequence[SourceInfo], limit: int) -> list[str]:
     """The source of each connection (worker thread) of a pull.
 
@@ -144,7 +121,9 @@ class _Engine:
         self.store = store
         self.cfg = config
         self.clock = clock
-        self.sched = Scheduler(manifest, store._done, [s.info for s in sources], clock, config.scheduler)
+        self.sched = Scheduler(
+            manifest, store.verified_pieces(), [s.info for s in sources], clock, config.scheduler
+        )
         self.limiter = RateLimiter(config.max_rate, clock) if config.max_rate else None
         self.stop = threading.Event()
         self.fatal: BaseException | None = None
@@ -186,7 +165,7 @@ class _Engine:
 
     def _swarm_main(self, sw: SwarmSource) -> None:
         try:
-            sw.run(self)
+            sw.run(_Broker(self))
         except BaseException as exc:
             if self.fatal is None:
                 self.fatal = exc
@@ -458,6 +437,58 @@ class _Engine:
         )
 
 
+class _Broker:
+    """The engine as a swarm source sees it (``dsmirror._fetch.broker.PieceBroker``)."""
+
+    def __init__(self, eng: _Engine) -> None:
+        self._eng = eng
+
+    @property
+    def clock(self) -> Clock:
+        return self._eng.clock
+
+    @property
+    def partial_area(self) -> Path:
+        return self._eng.store.area
+
+    @property
+    def has_mirrors(self) -> bool:
+        return bool(self._eng.sources)
+
+    def stopping(self) -> bool:
+        return self._eng.stop.is_set()
+
+    def finished(self) -> bool:
+        return self._eng.sched.finished()
+
+    def acquire(self, source: str) -> Assignment | float | None:
+        return self._eng.sched.acquire(source)
+
+    def wanted(self, a: Assignment) -> bool:
+        return self._eng.sched.wanted(a)
+
+    def deliver(self, a: Assignment, piece: Piece, data: bytes, source: str) -> bool:
+        return self._eng.deliver(a, piece, data, source)
+
+    def release(self, a: Assignment, error: BaseException | None = None) -> None:
+        self._eng.sched.release(a, error)
+
+    def is_verified(self, index: int) -> bool:
+        return self._eng.store.is_done(index)
+
+    def read_piece(self, piece: Piece) -> bytes:
+        return self._eng.store.read_piece(piece)
+
+    def set_peer_pieces(self, source: str, have: bytearray) -> None:
+        self._eng.sched.set_peer_pieces(source, have)
+
+    def ban(self, source: str, reason: str) -> None:
+        self._eng.sched.ban(source, reason)
+
+    def emit(self, event: Event) -> None:
+        self._eng.emit(event)
+
+
 @dataclass
 class _FileRepair:
     tried: list[str]
@@ -498,7 +529,7 @@ class Repair:
             count[src] = count.get(src, 0) + 1
 
         def key(name: str) -> tuple[int, int, int, int]:
-            if name not in eng.sched._sources:
+            if not eng.sched.has_source(name):
                 return (0, 0, 0, count[name])  # unknown provenance (resumed): check first
             st = eng.sched.source(name)
             return (1, 0 if st.banned or st.corrupt else 1, 1 if st.info.official else 0, count[name])
@@ -510,7 +541,7 @@ class Repair:
         f = eng.m.files[fi]
         r = self.files.get(fi)
         if ok:
-            if r and r.suspect and r.disputes and r.suspect in eng.sched._sources:
+            if r and r.suspect and r.disputes and eng.sched.has_source(r.suspect):
                 reason = (
                     f"sent bad bytes for {f.path} (found by cross-checking its pieces with other sources)"
                 )
@@ -524,7 +555,7 @@ class Repair:
             return
         if r is None:
             r = self.files[fi] = _FileRepair(tried=[])
-        elif r.suspect and r.disputes and r.suspect in eng.sched._sources:
+        elif r.suspect and r.disputes and eng.sched.has_source(r.suspect):
             pass  # copies differed but the file still fails: keep looking at the others too
         order = [s for s in self._order(fi) if s not in r.tried]
         if not order:
@@ -548,7 +579,7 @@ class Repair:
             )
         )
         eng.store.invalidate(pieces)
-        eng.sched.reopen(pieces, avoid=suspect if suspect in eng.sched._sources else None)
+        eng.sched.reopen(pieces, avoid=suspect if eng.sched.has_source(suspect) else None)
 
     def _recheck_hashed_file(self, fi: int) -> None:
         """A file with piece hashes failed its digest: the bytes on disk changed behind our back.
@@ -578,7 +609,7 @@ class Repair:
         pieces = [
             i
             for i, (src, _) in eng.store.provenance.items()
-            if src == liar and not eng.store._file_ok[eng.m.pieces[i].file_index]
+            if src == liar and not eng.store.file_verified(eng.m.pieces[i].file_index)
         ]
         if pieces:
             eng.store.invalidate(pieces)

@@ -2,8 +2,9 @@
 
 How the swarm takes part in a pull
 ==================================
-One scheduler decides which pieces come from which source (``_scheduler``). The swarm asks it for
-work like an HTTP connection does (``acquire``), and may hold several assignments at once
+One scheduler decides which pieces come from which source (``dsmirror._schedule``). The swarm sees
+the engine only through a ``PieceBroker`` (``dsmirror._fetch.broker``): it asks it for work like an
+HTTP connection does (``acquire``), and may hold several assignments at once
 ("slots"): torrent pieces of the pieces it holds get a libtorrent priority above 0, every other
 piece priority 0, so libtorrent never downloads a piece the scheduler gave to a mirror. The torrent
 is added with ``default_dont_download``, so even a magnet's pieces start at priority 0 when its
@@ -20,7 +21,7 @@ peers): one missing piece is then kept at priority 1 (``_bait``).
 
 When libtorrent finishes a piece (``piece_finished_alert``: its own SHA-1 / SHA-256 Merkle check
 passed), the swarm reads it back (``read_piece``: through libtorrent's disk layer, which also sees
-blocks not yet written out) and hands it to ``ctx.deliver``, which checks it against the
+blocks not yet written out) and hands it to ``broker.deliver``, which checks it against the
 manifest's SHA-256, stores it and tells the scheduler. Pieces are delivered in the order of their
 assignment, because an assignment is a span ``[next_piece, end)``; priorities falling from 7 at the
 head of a span make libtorrent finish them roughly in that order, and a piece finished early waits
@@ -40,6 +41,9 @@ plugin); the swarm reports ``PieceRejected`` and ``SourceTrouble`` and the piece
 Bytes libtorrent accepted but the manifest's SHA-256 rejects (a torrent that is not the manifest's)
 blame the swarm source itself, which the scheduler bans after ``ban_after_corrupt`` such pieces.
 
+Time: the stall limit, the peer scans and the resume saves follow the broker's (injected) clock;
+only the waits for libtorrent's alerts are real time.
+
 Where libtorrent keeps its copy and its resume data meanwhile: ``dsmirror._fetch.swarm.resume``;
 the session it runs in: ``dsmirror._fetch.swarm.session``.
 """
@@ -50,8 +54,8 @@ import contextlib
 import queue
 import shutil
 import threading
-import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import libtorrent as lt
@@ -63,11 +67,10 @@ from dsmirror._fetch.swarm.resume import RESUME_EVERY, read_resume, save_resume,
 from dsmirror._fetch.swarm.session import REDIAL, SwarmSession, endpoint_text
 from dsmirror._fetch.swarm.torrent import PieceMap, Torrent, check_torrent, magnet_for, torrent_from_info
 from dsmirror._formats.manifest import Manifest, Piece
-from dsmirror._journal.store import Store
 from dsmirror._schedule.info import SourceInfo
 
 if TYPE_CHECKING:
-    from dsmirror._fetch.engine import _Engine
+    from dsmirror._fetch.broker import PieceBroker
     from dsmirror._schedule.scheduler import Assignment
 
 __all__ = ["SwarmSource", "SwarmStats"]
@@ -100,7 +103,7 @@ class _Slot:
 
 
 class SwarmSource:
-    """A BitTorrent swarm of a manifest's pieces; implements the engine's ``SwarmSource`` protocol.
+    """A BitTorrent swarm of a manifest's pieces; implements ``dsmirror._fetch.broker.SwarmSource``.
 
     ``torrent`` (the metadata) or ``magnet`` (metadata then comes from peers) names the swarm; with
     neither, the info-hashes the manifest records are used.
@@ -135,7 +138,7 @@ class SwarmSource:
         self._stop = threading.Event()  # close() was called: the run loop ends
         self._idle = threading.Event()  # run() is not running (close() waits for it)
         self._idle.set()
-        self._store: Store | None = None
+        self._area: Path | None = None  # the pull's partial area (bt/, bt.resume), once run
         # state of the run thread
         self._slots: dict[int, _Slot] = {}
         self._owner: dict[int, _Slot] = {}
@@ -164,22 +167,21 @@ class SwarmSource:
     def piece_available(self, piece: Piece, data: bytes | None) -> None:
         self._pending.put((piece.index, data))
 
-    def run(self, ctx: _Engine) -> None:
-        store = ctx.store
+    def run(self, broker: PieceBroker) -> None:
         with self._lock:
             if self._closed:
                 return
             self._idle.clear()
         try:
             with self.session.using():
-                self._store = store
-                self.handle = self._add(store)
+                self._area = broker.partial_area
+                self.handle = self._add(self._area)
                 try:
-                    self._loop(ctx)
+                    self._loop(broker)
                 finally:
                     for slot in list(self._slots.values()):
-                        self._drop(ctx, slot)
-                    self.completed = store.complete()
+                        self._drop(broker, slot)
+                    self.completed = broker.finished()
         finally:
             self._idle.set()
 
@@ -197,33 +199,34 @@ class SwarmSource:
         if not self._idle.wait(timeout):
             self.session.close()  # the run thread is stuck: it destroys the session when it leaves
             return
-        store, handle = self._store, self.handle
+        area, handle = self._area, self.handle
         if handle is not None and not self.session.stopping:
             with self.session.using():
-                self._finish(store, handle)
+                self._finish(area, handle)
         if not (self.config.seed and self.completed):
             self.session.close()
 
-    def _finish(self, store: Store | None, handle: Any) -> None:
+    def _finish(self, area: Path | None, handle: Any) -> None:
         if handle.is_valid():
             st = handle.status()
             self.stats.downloaded = int(st.total_payload_download)
             self.stats.uploaded = int(st.total_payload_upload)
             self.stats.redundant = int(st.total_redundant_bytes)
             self.stats.failed = int(st.total_failed_bytes)
-        if store is not None:
+        if area is not None:
             if not self.completed and handle.is_valid() and handle.status().has_metadata:
-                save_resume(self.session, self.handle, store.area, wait=True)
+                save_resume(self.session, self.handle, area, wait=True)
             self.session.remove(handle)
             if self.completed:
-                shutil.rmtree(store.area / "bt", ignore_errors=True)
+                shutil.rmtree(area / "bt", ignore_errors=True)
                 with contextlib.suppress(OSError):
-                    (store.area / "bt.resume").unlink()
+                    (area / "bt.resume").unlink()
 
     # -- adding the torrent --------------------------------------------------------------------
-    def _add(self, store: Store) -> Any:
-        bt = store.area / "bt"
-        atp = read_resume(store.area)
+    def _add(self, area: Path) -> Any:
+        """Add the torrent over ``area/bt`` (resumed from ``area/bt.resume`` if it still holds)."""
+        bt = area / "bt"
+        atp = read_resume(area)
         if atp is None:
             if self.torrent is not None:
                 atp = lt.add_torrent_params()
@@ -243,39 +246,39 @@ class SwarmSource:
         return self.session.add_torrent(atp)
 
     # -- the loop ------------------------------------------------------------------------------
-    def _loop(self, ctx: _Engine) -> None:
+    def _loop(self, broker: PieceBroker) -> None:
         # Until the engine stops (not merely until every piece is verified): a file that fails its
         # whole-file digest reopens pieces, and peers keep getting pieces until the end.
-        while not (ctx.stop.is_set() or self._dropped or self._stop.is_set() or self.session.stopping):
+        while not (broker.stopping() or self._dropped or self._stop.is_set() or self.session.stopping):
             alerts = self.session.alerts(0.05)
-            now = time.monotonic()
+            now = broker.clock.now()
             for a in alerts:
-                self._on_alert(ctx, a)
+                self._on_alert(broker, a)
             if self._dropped:
                 return
-            if not self._ready and not self._become_ready(ctx):
+            if not self._ready and not self._become_ready(broker):
                 if self._dropped:
                     return
                 self._dial(now)
                 continue
             self._scan_peers(now)
-            self._review(ctx, now)
-            self._feed(ctx)
-            if not self._acquire(ctx, now):
+            self._review(broker, now)
+            self._feed(broker)
+            if not self._acquire(broker, now):
                 return
-            self._bait(ctx)
+            self._bait(broker)
             self._apply_priorities()
             self._dial(now)
             if now >= self._next_resume:
                 self._next_resume = now + RESUME_EVERY
-                save_resume(self.session, self.handle, ctx.store.area, wait=False)
+                save_resume(self.session, self.handle, broker.partial_area, wait=False)
 
     def _dial(self, now: float) -> None:
         if now >= self._next_dial:
             self._next_dial = now + REDIAL
             self.session.dial(self.handle)
 
-    def _become_ready(self, ctx: _Engine) -> bool:
+    def _become_ready(self, broker: PieceBroker) -> bool:
         """Metadata known, map checked, files checked: start working. False: not yet (or never)."""
         h = self.handle
         st = h.status()
@@ -287,7 +290,7 @@ class SwarmSource:
             try:
                 self.map = check_torrent(self.manifest, got)
             except DsmirrorError as exc:
-                self._retire(ctx, f"the swarm's torrent does not match the manifest: {exc}")
+                self._retire(broker, f"the swarm's torrent does not match the manifest: {exc}")
                 return False
             self.torrent = got
             for idx, path in got.renamed_files().items():
@@ -305,13 +308,13 @@ class SwarmSource:
         # Pieces the store verified (earlier runs, other sources) that libtorrent lacks: serve them.
         for i in range(self.manifest.num_pieces):
             t = self.map.to_torrent[i]
-            if t >= 0 and not self._have[t] and ctx.store.is_done(i):
+            if t >= 0 and not self._have[t] and broker.is_verified(i):
                 self._pending.put((i, None))
         self._peer_have = bytearray(self.manifest.num_pieces)
-        ctx.sched.set_peer_pieces(self.name, self._peer_have)
+        broker.set_peer_pieces(self.name, self._peer_have)
         self._peer_view = True
         self._ready = True
-        self._next_resume = time.monotonic() + RESUME_EVERY
+        self._next_resume = broker.clock.now() + RESUME_EVERY
         return True
 
     def _scan_peers(self, now: float) -> None:
@@ -330,22 +333,22 @@ class SwarmSource:
             if have[i] != v:
                 have[i] = v
 
-    def _retire(self, ctx: _Engine, reason: str) -> None:
+    def _retire(self, broker: PieceBroker, reason: str) -> None:
         self._dropped = True
-        if not ctx.sources:
+        if not broker.has_mirrors:
             raise NoSourceError(reason, hint="check the torrent or magnet link, or add mirrors")
-        ctx.sched.ban(self.name, reason)
-        ctx.emit(SourceDropped(self.name, reason))
+        broker.ban(self.name, reason)
+        broker.emit(SourceDropped(self.name, reason))
 
     # -- alerts --------------------------------------------------------------------------------
-    def _on_alert(self, ctx: _Engine, a: Any) -> None:
+    def _on_alert(self, broker: PieceBroker, a: Any) -> None:
         if isinstance(a, lt.piece_finished_alert):
             t = int(a.piece_index)
             if t < len(self._have):
                 self._have[t] = 1
             self._injecting.discard(t)
         elif isinstance(a, lt.read_piece_alert):
-            self._on_read(ctx, a)
+            self._on_read(broker, a)
         elif isinstance(a, lt.hash_failed_alert):
             t = int(a.piece_index)
             if t in self._injecting:
@@ -354,11 +357,11 @@ class SwarmSource:
                 self._injecting.discard(t)
                 self._inject_failures += 1
                 if self._inject_failures >= 2:
-                    self._retire(ctx, f"torrent piece {t} does not match the manifest's verified bytes")
+                    self._retire(broker, f"torrent piece {t} does not match the manifest's verified bytes")
                 return
             i = self.map.from_torrent.get(t) if self.map else None
             piece = self.manifest.pieces[i] if i is not None else None
-            ctx.emit(
+            broker.emit(
                 PieceRejected(
                     self.name,
                     i if i is not None else -1,
@@ -370,22 +373,22 @@ class SwarmSource:
             self.stats.banned_peers += 1
             peer = endpoint_text(getattr(a, "endpoint", None))
             why = f"banned peer {peer}: it sent data that failed the hash check"
-            ctx.emit(SourceTrouble(self.name, why, None))
+            broker.emit(SourceTrouble(self.name, why, None))
         elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
-            ctx.emit(SourceTrouble(self.name, f"libtorrent: {a.message()}", None))
+            broker.emit(SourceTrouble(self.name, f"libtorrent: {a.message()}", None))
             if isinstance(a, lt.file_error_alert):
-                self._retire(ctx, f"libtorrent cannot use its storage: {a.message()}")
-        elif isinstance(a, lt.save_resume_data_alert) and self._store is not None:
-            write_resume(self._store.area, a)
+                self._retire(broker, f"libtorrent cannot use its storage: {a.message()}")
+        elif isinstance(a, lt.save_resume_data_alert) and self._area is not None:
+            write_resume(self._area, a)
 
-    def _on_read(self, ctx: _Engine, a: Any) -> None:
+    def _on_read(self, broker: PieceBroker, a: Any) -> None:
         assert self.map is not None
         i = self.map.from_torrent.get(int(a.piece))
         if i is None:
             return
         self._reading.discard(i)
         if a.error.value():
-            ctx.emit(
+            broker.emit(
                 SourceTrouble(
                     self.name, f"cannot read piece {i} back from libtorrent: {a.error.message()}", None
                 )
@@ -393,35 +396,35 @@ class SwarmSource:
             self._have[int(a.piece)] = 0
             return
         slot = self._owner.get(i)
-        if slot is None or slot.a.next_piece != i or not ctx.sched.wanted(slot.a):
+        if slot is None or slot.a.next_piece != i or not broker.wanted(slot.a):
             return
-        self._deliver(ctx, slot, i, a.buffer)
+        self._deliver(broker, slot, i, a.buffer)
 
-    def _deliver(self, ctx: _Engine, slot: _Slot, i: int, buf: bytes) -> None:
+    def _deliver(self, broker: PieceBroker, slot: _Slot, i: int, buf: bytes) -> None:
         piece = self.manifest.pieces[i]
         try:
-            go_on = ctx.deliver(slot.a, piece, bytes(buf[: piece.length]), self.name)
+            go_on = broker.deliver(slot.a, piece, bytes(buf[: piece.length]), self.name)
         except PieceMismatch as exc:
-            ctx.emit(PieceRejected(self.name, exc.piece, exc.path, str(exc)))
-            self._drop(ctx, slot, exc)
+            broker.emit(PieceRejected(self.name, exc.piece, exc.path, str(exc)))
+            self._drop(broker, slot, exc)
             return
         self._unown(slot, i)
         if not go_on:
-            self._drop(ctx, slot)
+            self._drop(broker, slot)
             return
         slot.seen = (slot.a.next_piece, slot.a.end)  # priorities shift with the head: see _review
         for k, j in enumerate(range(slot.a.next_piece, min(slot.a.end, slot.a.next_piece + 7))):
             self._own(slot, j, max(1, 7 - k))
-        self._pull_head(slot)
+        self._pull_head(slot, broker.clock.now())
 
-    def _pull_head(self, slot: _Slot) -> None:
+    def _pull_head(self, slot: _Slot, now: float) -> None:
         """Ask libtorrent for the head piece of ``slot`` if it has it already."""
         assert self.map is not None
         i = slot.a.next_piece
         if i >= slot.a.end or i in self._reading:
             return
         if slot.head != i:
-            slot.head, slot.head_since = i, time.monotonic()
+            slot.head, slot.head_since = i, now
         t = self.map.to_torrent[i]
         if t >= 0 and self._have[t]:
             self._reading.add(i)
@@ -447,20 +450,20 @@ class SwarmSource:
                 self._prio[t] = 0
                 self._prio_dirty = True
 
-    def _drop(self, ctx: _Engine, slot: _Slot, error: BaseException | None = None) -> None:
+    def _drop(self, broker: PieceBroker, slot: _Slot, error: BaseException | None = None) -> None:
         for i in list(slot.owned):
             self._unown(slot, i)
         if self._slots.pop(slot.a.id, None) is not None:
-            ctx.sched.release(slot.a, error)
+            broker.release(slot.a, error)
 
-    def _review(self, ctx: _Engine, now: float) -> None:
+    def _review(self, broker: PieceBroker, now: float) -> None:
         """Follow what the scheduler did to our slots: cut short, lost the head, finished."""
         assert self.map is not None
         avail: list[int] | None = None
         for slot in list(self._slots.values()):
             a = slot.a
-            if not ctx.sched.wanted(a):
-                self._drop(ctx, slot)
+            if not broker.wanted(a):
+                self._drop(broker, slot)
                 continue
             if slot.seen != (a.next_piece, a.end):
                 slot.seen = (a.next_piece, a.end)
@@ -469,16 +472,16 @@ class SwarmSource:
                     self._unown(slot, i)  # cut short: another source took the far end
                 for k, i in enumerate(live):
                     self._own(slot, i, max(1, 7 - k))
-            self._pull_head(slot)
+            self._pull_head(slot, now)
             stalled = now - slot.head_since > _STALL and slot.head not in self._reading
-            if ctx.sources and stalled:
+            if broker.has_mirrors and stalled:
                 # No peer has had the head piece for a while (the peers that had it left): give
                 # the span back to the mirrors rather than wait for the tail race.
                 if avail is None:
                     avail = list(self.handle.piece_availability())
                 t = self.map.to_torrent[slot.head]
                 if t >= 0 and t < len(avail) and avail[t] <= 0:
-                    self._drop(ctx, slot)
+                    self._drop(broker, slot)
                     self._cooldown = now + _STALL
 
     def _want_more(self) -> bool:
@@ -491,11 +494,11 @@ class SwarmSource:
         held = sum(len(s.owned) for s in self._slots.values()) * self.manifest.piece_size
         return held < _TARGET_BYTES
 
-    def _acquire(self, ctx: _Engine, now: float) -> bool:
+    def _acquire(self, broker: PieceBroker, now: float) -> bool:
         """Take work while there is room. False: the scheduler has nothing more for the swarm."""
         assert self.map is not None
         while now >= self._cooldown and self._want_more():
-            got = ctx.sched.acquire(self.name)
+            got = broker.acquire(self.name)
             if got is None:
                 return bool(self._slots)
             if isinstance(got, float):
@@ -503,16 +506,16 @@ class SwarmSource:
                 break
             if got.file_index in self.map.missing_files:
                 path = self.manifest.files[got.file_index].path
-                ctx.sched.release(got, SourceNotFound(f"{path} is not in the torrent", source=self.name))
+                broker.release(got, SourceNotFound(f"{path} is not in the torrent", source=self.name))
                 continue
             slot = _Slot(got, head_since=now, seen=(got.next_piece, got.end))
             self._slots[got.id] = slot
             for k, i in enumerate(range(got.next_piece, got.end)):
                 self._own(slot, i, max(1, 7 - k))
-            self._pull_head(slot)
+            self._pull_head(slot, now)
         return True
 
-    def _bait(self, ctx: _Engine) -> None:
+    def _bait(self, broker: PieceBroker) -> None:
         """Keep the torrent wanting one piece while the swarm holds none.
 
         A torrent that wants nothing is "finished" and tells peers it is upload-only, and seeds
@@ -522,7 +525,7 @@ class SwarmSource:
         that piece it is delivered at once, and if a mirror got it first it cost LAN bytes only.
         """
         assert self.map is not None
-        if ctx.sched.finished():
+        if broker.finished():
             return
         wanting = any(
             self.map.to_torrent[i] >= 0 and not self._have[self.map.to_torrent[i]]
@@ -530,7 +533,7 @@ class SwarmSource:
             for i in slot.owned
         )
         i = self._bait_piece
-        if i >= 0 and (wanting or self._have[self.map.to_torrent[i]] or ctx.store.is_done(i)):
+        if i >= 0 and (wanting or self._have[self.map.to_torrent[i]] or broker.is_verified(i)):
             t = self.map.to_torrent[i]
             if i not in self._owner and self._prio[t]:
                 self._prio[t] = 0
@@ -542,7 +545,7 @@ class SwarmSource:
         for k in range(n if i < 0 else 0):
             j = (self._bait_from + k) % n
             tj = self.map.to_torrent[j]
-            if tj >= 0 and not self._have[tj] and not ctx.store.is_done(j) and j not in self._owner:
+            if tj >= 0 and not self._have[tj] and not broker.is_verified(j) and j not in self._owner:
                 self._bait_piece = self._bait_from = i = j
                 break
         if i >= 0 and not self._prio[self.map.to_torrent[i]]:
@@ -554,7 +557,7 @@ class SwarmSource:
             self._prio_dirty = False
             self.handle.prioritize_pieces(list(self._prio))
 
-    def _feed(self, ctx: _Engine) -> None:
+    def _feed(self, broker: PieceBroker) -> None:
         """Hand verified pieces to libtorrent so that peers can have them."""
         assert self.map is not None
         while len(self._injecting) < _MAX_INJECTING:
@@ -568,7 +571,7 @@ class SwarmSource:
             piece = self.manifest.pieces[i]
             if data is None:
                 try:
-                    data = ctx.store.read_piece(piece)
+                    data = broker.read_piece(piece)
                 except (OSError, KeyError):
                     continue
             pad = self.map.padded[i] - len(data)
