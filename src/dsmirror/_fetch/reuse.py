@@ -300,7 +300,7 @@ class LocalIndex:
         idx = cls(manifest, dest, list(roots), same_path=list(same_path or [dest]))
         idx.exclude.append(os.path.realpath(PrivateArea(dest).partial(manifest.sha256)) + os.sep)
         want_pieces = {p.sha256 for p in manifest.pieces if p.sha256}
-        want_files = {f.sha256 for f in manifest.files if f.size}
+        want_files = {f.sha256 for f in manifest.files if f.size and f.sha256}
         for root in roots:
             for im in recorded_models(root):
                 origin = f"{im.manifest.name} in {_describe(root, dest)}"
@@ -321,7 +321,7 @@ class LocalIndex:
             stores += [(settings.ollama_models, "the Ollama store"), (settings.hf_cache, "the HF cache")]
         blobs = [(folder, origin) for base, origin in stores for folder in blob_dirs(base)]
         for f in manifest.files:
-            if not f.size:
+            if not f.size or not f.sha256:  # blobs are named by whole-file digest
                 continue
             for folder, origin in blobs:
                 # Ollama names a blob sha256-<hex>; the HF cache names an LFS blob by its sha256.
@@ -484,7 +484,8 @@ class _Reader:
                 if self.store is not None and not self.store.is_done(i):
                     self.store.write(piece, pos, chunk)
             digests.append(h.hexdigest())
-        return digests if whole.hexdigest() == f.sha256 else None
+        same = whole.hexdigest() == f.sha256 if f.sha256 else digests == list(f.pieces)
+        return digests if same else None
 
 
 # -- reuse before a pull -------------------------------------------------------------------------

@@ -10,7 +10,8 @@ manifest's identity, the value a pull pins with ``--manifest-sha256``::
          "pieces": ["<sha256 hex>", ...],         # ceil(size / piece_size) entries; [] when size == 0;
                                                   # or null: no piece hashes published (a registry
                                                   # gives whole-file digests only, see below)
-         "sha256": "<sha256 hex of the whole file>",
+         "sha256": "<sha256 hex of the whole file>",  # or null: no whole-file digest published;
+                                                  # then "pieces" must list every piece's hash
          "size": 1234},
         ...
       ],
@@ -26,6 +27,11 @@ A file whose ``pieces`` is null is checked by its whole-file SHA-256 alone: its 
 and stored unverified (``Piece.sha256 == ""``), and when the file fails its digest the engine finds
 the source that sent bad bytes by re-fetching that source's pieces elsewhere and comparing. Once such
 a file verifies, ``Manifest.with_piece_hashes`` records a complete manifest for serving and seeding.
+
+A file whose ``sha256`` is null (``FileEntry.sha256 == ""``) is checked by its piece hashes alone,
+which cover every byte: a signed shard manifest (``dsmirror._formats.signature``) publishes those
+and no whole-file digest. Once such a file is in place, ``Manifest.with_file_sha256`` records the
+digest its verified bytes have, for the same uses.
 
 Pieces never span files: file *i* starts on a fresh piece, so every piece is exactly one HTTP byte
 range of one file (and one piece of a file-aligned BitTorrent v2/hybrid torrent). Piece *k* of a file
@@ -117,7 +123,7 @@ class Manifest:
                 {
                     "path": f.path,
                     "size": f.size,
-                    "sha256": f.sha256,
+                    "sha256": f.sha256 or None,
                     "pieces": list(f.pieces) if not f.pieces or f.pieces[0] else None,
                 }
                 for f in self.files
@@ -185,6 +191,13 @@ class Manifest:
     def with_piece_hashes(self, path: str, pieces: Sequence[str]) -> Manifest:
         files = tuple(
             FileEntry(f.path, f.size, f.sha256, tuple(pieces)) if f.path == path else f for f in self.files
+        )
+        return Manifest(self.name, self.piece_size, files, self.torrent, self.meta)
+
+    def with_file_sha256(self, path: str, sha256: str) -> Manifest:
+        """The whole-file digest of a file that had none published (learned from its verified bytes)."""
+        files = tuple(
+            FileEntry(f.path, f.size, sha256, f.pieces) if f.path == path else f for f in self.files
         )
         return Manifest(self.name, self.piece_size, files, self.torrent, self.meta)
 
@@ -265,10 +278,12 @@ def _from_obj(obj: Any) -> Manifest:
             f"{where}.size {size!r} is not a plausible size",
         )
         digest = fo["sha256"]
-        _expect(
-            isinstance(digest, str) and bool(_HEX64.match(digest)), f"{where}.sha256 is not 64 lowercase hex"
-        )
         pieces = fo["pieces"]
+        hex_digest = isinstance(digest, str) and bool(_HEX64.match(digest))
+        _expect(
+            hex_digest or (digest is None and pieces is not None),
+            f"{where}.sha256 is not 64 lowercase hex (null only when every piece hash is listed)",
+        )
         want = -(-size // ps)
         _expect(total_pieces + want <= MAX_PIECES, f"too many pieces (> {MAX_PIECES})")
         if pieces is None:
@@ -283,7 +298,8 @@ def _from_obj(obj: Any) -> Manifest:
         )
         total_pieces += want
         _expect(total_pieces <= MAX_PIECES, f"too many pieces (> {MAX_PIECES})")
-        files.append(FileEntry(path, size, digest, tuple(pieces)))
+        _expect(digest is not None or all(pieces), f"{where}: sha256 null needs every piece hash")
+        files.append(FileEntry(path, size, digest or "", tuple(pieces)))
     # A file may not also be a folder of another file ("a" and "a/b").
     for p in seen:
         parent = PurePosixPath(p).parent
@@ -451,6 +467,6 @@ def verify_tree(
         for k, (got, want) in enumerate(zip(pieces, f.pieces, strict=True)):
             if got != want:
                 report.bad_pieces.append(manifest.pieces[rng[k]])
-        if digest != f.sha256:
+        if f.sha256 and digest != f.sha256:
             report.bad_files.append(f.path)
     return report

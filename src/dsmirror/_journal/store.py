@@ -111,6 +111,8 @@ class Store:
         self._hash_lock = threading.Lock()
         #: whole-file digest result per file: None = not checked yet (or pieces missing)
         self._file_ok: list[bool | None] = [None] * len(manifest.files)
+        #: the whole-file digest of each file once its pieces were read back (for learned_manifest)
+        self._learned_sha256: dict[int, str] = {}
         self._file_results: list[tuple[int, bool]] = []
         self.provenance: dict[int, tuple[str, str]] = {}
         self._prov_fd = -1
@@ -180,7 +182,8 @@ class Store:
             from dsmirror._formats.manifest import hash_file_pieces
 
             _, digest, pieces = hash_file_pieces(final, self.manifest.piece_size)
-            if digest == f.sha256 and (not f.pieces or not f.pieces[0] or list(pieces) == list(f.pieces)):
+            same = digest == f.sha256 or not f.sha256  # no whole-file digest: its pieces decide
+            if same and (not f.pieces or not f.pieces[0] or list(pieces) == list(f.pieces)):
                 self._mark_file_installed(fi)
 
     def _mark_file_installed(self, fi: int) -> None:
@@ -353,7 +356,10 @@ class Store:
                         if self._file_ok[fi] is not None:
                             break
                         if h.next_piece == len(rng):
-                            ok = h.sha.hexdigest() == self.manifest.files[fi].sha256
+                            digest, want = h.sha.hexdigest(), self.manifest.files[fi].sha256
+                            # No whole-file digest published: every piece matched its own hash.
+                            ok = digest == want if want else True
+                            self._learned_sha256[fi] = digest
                             self._file_ok[fi] = ok
                             self._file_results.append((fi, ok))
                             break
@@ -472,9 +478,11 @@ class Store:
         return False
 
     def learned_manifest(self) -> Manifest:
-        """The manifest with piece hashes filled in from verified files that had none published."""
+        """The manifest completed from verified files: piece hashes or whole-file digests not published."""
         m = self.manifest
         for fi, f in enumerate(m.files):
+            if not f.sha256 and self._file_ok[fi] and fi in self._learned_sha256:
+                m = m.with_file_sha256(f.path, self._learned_sha256[fi])
             if f.pieces and not f.pieces[0] and self._file_ok[fi]:
                 rng = m.file_piece_ranges[fi]
                 if all(i in self.provenance for i in rng):
