@@ -15,6 +15,8 @@ them into a one-line message, a hint and an exit code (``exit_code``).
     │   ├── ManifestMismatch                    manifest is not the pinned one
     │   ├── PieceMismatch                       one piece failed (piece, source, digests)
     │   ├── VerifyFailed                        `dsmirror verify` found bad pieces/files
+    │   ├── SignatureInvalid                    a model.sig does not verify, does not match the files
+    │   │                                       offered, or is required and missing (origin)
     │   └── ImportRejected                      a bundle or folder being imported: truncated,
     │                                           tampered, incomplete (origin, file, piece)
     ├── SourceError                    (retryable unless said otherwise; handled by the scheduler)
@@ -48,6 +50,7 @@ __all__ = [
     "NoSourceError",
     "PieceMismatch",
     "RateLimited",
+    "SignatureInvalid",
     "SourceError",
     "SourceNotFound",
     "SourceUnavailable",
@@ -152,6 +155,14 @@ class VerifyFailed(IntegrityError):
         super().__init__(message)
         self.bad_pieces = bad_pieces
         self.bad_files = bad_files
+
+
+class SignatureInvalid(IntegrityError):
+    """A model signature (``model.sig``) cannot vouch for the pull; nothing was fetched or installed."""
+
+    def __init__(self, message: str, *, origin: str, hint: str | None = None) -> None:
+        super().__init__(f"{origin}: {message}", hint=hint)
+        self.origin = origin
 
 
 class ImportRejected(IntegrityError):

@@ -32,9 +32,22 @@ File format (version 1)::
         magnet: "magnet:?xt=urn:btih:..."
         include: ["*.safetensors", "*.json"]                 # optional globs
         exclude: ["original/*"]                              # optional globs
+        signature: https://example.org/r1-7b/model.sig       # URL or path of an OpenSSF model.sig (for
+                                                             # hf: default the repo's own model.sig)
+        publisher: deepseek                                  # who must have signed it (publishers:)
+        require_signature: true                              # no pull without a valid one (false)
+    publishers:                      # optional mapping: who signs models (OpenSSF model signing)
+      deepseek:                      # [a-z0-9._-]+; give exactly one of key, certificate_chain, identity
+        key: keys/deepseek.pub.pem                           # PEM public key (EC); paths are relative
+        certificate_chain: [ca.pem]                          # or PEM root/intermediate certificates
+        identity: release@example.org                        # or a Sigstore identity, with
+        issuer: https://accounts.google.com                  # its OIDC issuer (needs a trust root:
+        trust_config: sigstore-trust.json                    # the public one, fetched, or this file)
 
-Every alias needs at least one source (hf, modelscope, ollama, manifest or magnet). Optional alias
-fields may be set to ``null`` to drop a value an earlier file gave.
+Every alias needs at least one source (hf, modelscope, ollama, manifest, magnet or signature).
+Optional alias fields may be set to ``null`` to drop a value an earlier file gave. An alias's
+``publisher`` must be defined in the same file or an earlier one; a later file's publisher of the
+same name replaces it whole (a publisher's fields are not inherited).
 
 Overriding: an entry whose name is already defined by an earlier file replaces it, keeping its
 place in the order. Fields the overriding entry leaves out are inherited, so a user file can
@@ -81,6 +94,7 @@ __all__ = [
     "Mirror",
     "MirrorKind",
     "ModelAlias",
+    "Publisher",
     "default_catalog_paths",
     "load_catalog",
     "load_default_catalog",
@@ -123,6 +137,40 @@ class Mirror:
 
 
 @dataclass(frozen=True)
+class Publisher:
+    """Who signs models: the trust material a ``model.sig`` is checked against (one kind of it).
+
+    Paths are as the catalog file (or the command line) gave them, resolved against its folder.
+    """
+
+    name: str
+    #: PEM public key (elliptic curve) the signature must verify with.
+    key: str | None = None
+    #: PEM certificates (roots, intermediates) the signing certificate must chain to.
+    certificate_chain: tuple[str, ...] = ()
+    #: Sigstore (keyless): the signer's identity (an e-mail, a workflow URL) and its OIDC issuer.
+    identity: str | None = None
+    issuer: str | None = None
+    #: Sigstore trust root (a ClientTrustConfig JSON) instead of the public-good instance's.
+    trust_config: str | None = None
+
+    @property
+    def method(self) -> Literal["key", "certificate", "sigstore"]:
+        return "key" if self.key else "certificate" if self.certificate_chain else "sigstore"
+
+    def problem(self) -> str | None:
+        """Why this is not a usable publisher, or None."""
+        kinds = [k for k in ("key", "certificate_chain", "identity") if getattr(self, k)]
+        if len(kinds) != 1:
+            return f"give exactly one of key, certificate_chain, identity (got {', '.join(kinds) or 'none'})"
+        if bool(self.identity) != bool(self.issuer):
+            return "a Sigstore identity needs its issuer, and an issuer its identity"
+        if self.trust_config and not self.identity:
+            return "trust_config is for Sigstore identities only"
+        return None
+
+
+@dataclass(frozen=True)
 class ModelAlias:
     """A short model name and every way of getting its files."""
 
@@ -141,6 +189,12 @@ class ModelAlias:
     magnet: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    #: URL or path of an OpenSSF model signature (``model.sig``).
+    signature: str | None = None
+    #: Name of the publisher (``Catalog.publishers``) whose signature counts.
+    publisher: str | None = None
+    #: Refuse a pull of this alias without a valid signature by ``publisher``.
+    require_signature: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,12 +204,14 @@ class Catalog:
     mirrors: tuple[Mirror, ...] = ()
     models: Mapping[str, ModelAlias] = field(default_factory=lambda: MappingProxyType({}))
     sources: tuple[str, ...] = ()
+    publishers: Mapping[str, Publisher] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a caller's dict or list cannot change the catalog later.
         object.__setattr__(self, "mirrors", tuple(self.mirrors))
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
         object.__setattr__(self, "sources", tuple(self.sources))
+        object.__setattr__(self, "publishers", MappingProxyType(dict(self.publishers)))
         names = [m.name for m in self.mirrors]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate mirror names in {names}")
@@ -182,7 +238,12 @@ class Catalog:
         overrides = {m.name: m for m in other.mirrors}
         mirrors = [overrides.pop(m.name, m) for m in self.mirrors]
         mirrors.extend(overrides.values())
-        return Catalog(tuple(mirrors), {**self.models, **other.models}, self.sources + other.sources)
+        return Catalog(
+            tuple(mirrors),
+            {**self.models, **other.models},
+            self.sources + other.sources,
+            {**self.publishers, **other.publishers},
+        )
 
 
 def shipped_catalog_path() -> Path:
@@ -279,10 +340,11 @@ _MODELSCOPE_REPO: Final = re.compile(rf"{_REPO_PART}/{_REPO_PART}{_REVISION}")
 _SHA256: Final = re.compile(r"[0-9a-fA-F]{64}")
 _HAS_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
-_TOP_KEYS: Final = ("version", "mirrors", "models")
+_TOP_KEYS: Final = ("version", "mirrors", "models", "publishers")
 _MIRROR_KEYS: Final = tuple(f.name for f in fields(Mirror))
 _ALIAS_KEYS: Final = tuple(f.name for f in fields(ModelAlias) if f.name != "name")  # name is the key
-_ALIAS_SOURCES: Final = ("hf", "modelscope", "ollama", "manifest", "magnet")
+_ALIAS_SOURCES: Final = ("hf", "modelscope", "ollama", "manifest", "magnet", "signature")
+_PUBLISHER_KEYS: Final = tuple(f.name for f in fields(Publisher) if f.name != "name")  # name is the key
 _WEB_SCHEMES: Final = ("http", "https")
 _BITTORRENT_SCHEMES: Final = ("http", "https", "magnet", "udp")
 _QUOTE_HINT: Final = (
@@ -341,6 +403,8 @@ class _Parser:
         self.loader = loader
         self.base = base
         self.relative_to = relative_to
+        #: This file's publishers, once read (aliases may name them).
+        self.publishers: dict[str, Publisher] = {}
 
     def error(self, node: yaml.Node, field: str, message: str, hint: str | None = None) -> CatalogError:
         return CatalogError(message, file=self.file, line=_line(node), field=field or None, hint=hint)
@@ -364,8 +428,10 @@ class _Parser:
                 hint="upgrade dsmirror, or write the file in the version it reads",
             )
         mirrors = self.mirrors(top["mirrors"][1]) if "mirrors" in top else ()
+        # Before the models: an alias's publisher must be defined here or in an earlier file.
+        self.publishers = self.publisher_map(top["publishers"][1]) if "publishers" in top else {}
         models = self.models(top["models"][1]) if "models" in top else {}
-        return Catalog(mirrors, models, (self.file,))
+        return Catalog(mirrors, models, (self.file,), self.publishers)
 
     def mirrors(self, node: yaml.Node) -> tuple[Mirror, ...]:
         if _is_null(node):
@@ -473,8 +539,19 @@ class _Parser:
             magnet=get("magnet", optional(self.magnet), template.magnet),
             include=get("include", self.globs, template.include),
             exclude=get("exclude", self.globs, template.exclude),
+            signature=get("signature", optional(self.manifest), template.signature),
+            publisher=get("publisher", optional(self.publisher_name), template.publisher),
+            require_signature=get("require_signature", self.boolean, template.require_signature),
         )
-        if not any((alias.hf, alias.modelscope, alias.ollama, alias.manifest, alias.magnet)):
+        if alias.require_signature and not alias.publisher:
+            at = entries["require_signature"][1] if "require_signature" in entries else key_node
+            raise self.error(
+                at,
+                f"{where}.require_signature",
+                "require_signature needs a publisher",
+                hint="name the publisher whose signature counts: publisher: NAME (see publishers:)",
+            )
+        if not any((alias.hf, alias.modelscope, alias.ollama, alias.manifest, alias.magnet, alias.signature)):
             raise self.error(
                 key_node,
                 where,
@@ -482,6 +559,66 @@ class _Parser:
                 hint=f"give at least one of {', '.join(_ALIAS_SOURCES)}",
             )
         return alias
+
+    def publisher_map(self, node: yaml.Node) -> dict[str, Publisher]:
+        if _is_null(node):
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(
+                node, "publishers", f"expected a mapping of publishers, got {self.describe(node)}"
+            )
+        out = {}
+        for name, (key_node, value_node) in self.entries(node, "publishers").items():
+            where = f"publishers[{name!r}]"
+            if not _MIRROR_NAME.fullmatch(name):
+                raise self.error(key_node, where, f"invalid publisher name {name!r} (expected [a-z0-9._-]+)")
+            out[name] = self.publisher(name, value_node, where)
+        return out
+
+    def publisher(self, name: str, node: yaml.Node, where: str) -> Publisher:
+        entries = self.entries(node, where, _PUBLISHER_KEYS)
+
+        def get(key: str, parse: Callable[[yaml.Node, str], _T], default: _T) -> _T:
+            return parse(entries[key][1], f"{where}.{key}") if key in entries else default
+
+        publisher = Publisher(
+            name=name,
+            key=get("key", self.local_path, None),
+            certificate_chain=get("certificate_chain", self.local_paths, ()),
+            identity=get("identity", self.string, None),
+            issuer=get("issuer", self.string, None),
+            trust_config=get("trust_config", self.local_path, None),
+        )
+        problem = publisher.problem()
+        if problem:
+            raise self.error(node, where, problem)
+        return publisher
+
+    def publisher_name(self, node: yaml.Node, field: str) -> str:
+        value = self.matching(node, field, _MIRROR_NAME, "[a-z0-9._-]+")
+        if value not in self.publishers and value not in self.base.publishers:
+            raise self.error(
+                node,
+                field,
+                f"no publisher {value!r} is defined",
+                hint="define it under publishers: in this file or an earlier one",
+            )
+        return value
+
+    def local_path(self, node: yaml.Node, field: str) -> str:
+        """A path of a local file; a relative one is relative to this file."""
+        value = self.string(node, field)
+        if _HAS_SCHEME.match(value):
+            raise self.error(node, field, f"expected the path of a local file, got the URL {value!r}")
+        if self.relative_to is not None and not Path(value).is_absolute():
+            return str(self.relative_to / value)
+        return value
+
+    def local_paths(self, node: yaml.Node, field: str) -> tuple[str, ...]:
+        """One path, or a list of them."""
+        if not isinstance(node, yaml.SequenceNode):
+            return (self.local_path(node, field),)
+        return tuple(self.local_path(item, f"{field}[{i}]") for i, item in enumerate(node.value))
 
     # -- structure ----------------------------------------------------------------------------
 
