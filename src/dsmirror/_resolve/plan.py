@@ -18,7 +18,7 @@ from dsmirror._fetch.engine import SwarmSource
 from dsmirror._fetch.http import HttpSource
 from dsmirror._fetch.source import Source
 from dsmirror._fetch.swarm.config import SwarmConfig
-from dsmirror._formats.catalog import Catalog, Mirror, plain_url_for
+from dsmirror._formats.catalog import Catalog, Mirror, Publisher, plain_url_for
 from dsmirror._formats.manifest import Manifest
 from dsmirror._journal.store import Store
 from dsmirror._resolve.ref import Ref
@@ -27,9 +27,34 @@ from dsmirror._schedule.info import SourceInfo
 if TYPE_CHECKING:
     from dsmirror._fetch.swarm.only import SwarmOnlyPull
 
-__all__ = ["PREFER", "PullOptions", "PullPlan", "Resolver", "http_sources", "select_mirrors", "source_info"]
+__all__ = [
+    "PREFER",
+    "PullOptions",
+    "PullPlan",
+    "Resolver",
+    "SignaturePolicy",
+    "http_sources",
+    "select_mirrors",
+    "source_info",
+]
 
 PREFER = ("auto", "mirror", "official", "p2p")
+
+
+@dataclass(frozen=True)
+class SignaturePolicy:
+    """Which OpenSSF model signature (``model.sig``) vouches for a pull (``dsmirror._resolve.signature``).
+
+    From ``--signature-key`` / ``--signature-cert-chain`` / ``--signature-identity`` (required), or
+    from the catalog alias of the model (``signature:``, ``publisher:``, ``require_signature:``).
+    """
+
+    #: Whose signature counts; None: nobody's is known, so a model.sig found is not used.
+    publisher: Publisher | None = None
+    #: URL or path of the signature; None: the model's own (a Hugging Face repo's model.sig).
+    location: str | None = None
+    #: Refuse the pull unless a signature by ``publisher`` verified (exit 3).
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,7 @@ class PullOptions:
     reuse: bool = True  # copy pieces already on this machine before fetching (see _reuse)
     reuse_from: tuple[Path, ...] = ()  # more folders to look in (--reuse-from)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)  # --torrent, --peer, --listen, --seed, --no-p2p
+    signature: SignaturePolicy | None = None  # --signature-*; resolve() adds the catalog's
 
 
 @dataclass
@@ -73,6 +99,8 @@ class PullPlan:
     #: A magnet or .torrent no manifest describes: the plan runs this instead of the engine, and
     #: ``manifest`` only names the model (its files are known once peers sent the torrent).
     swarm_only: SwarmOnlyPull | None = None
+    #: Who signed the manifest, when a model.sig verified (see ``SignaturePolicy``).
+    signed_by: str | None = None
 
 
 Resolver = Callable[[Ref, Catalog, Settings, PullOptions], PullPlan]

@@ -3,6 +3,7 @@
 ./model.manifest.json, /abs/x.json      a dsmirror manifest file
 https://host/x.manifest.json            a manifest by URL
 ./x.torrent, magnet:?xt=...             a torrent (BitTorrent swarm)
+./model.sig, https://host/m/model.sig   an OpenSSF model signature (a name ending in .sig)
 hf://org/repo[@revision]                a Hugging Face repository (any HF-compatible endpoint)
 ollama://[host[:port]/][ns/]name[:tag]  an Ollama registry model, named as ``dsmirror._formats.ollama``
                                         reads it (``library/x`` is namespace/name, not host/name)
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dsmirror._core.errors import UsageError
 from dsmirror._formats.ollama import OllamaName, parse_ollama_name
@@ -25,7 +27,8 @@ _HF = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]
 
 @dataclass(frozen=True)
 class Ref:
-    kind: str  # manifest-file, manifest-url, torrent-file, magnet, hf, ollama, alias
+    #: manifest-file, manifest-url, signature-file, signature-url, torrent-file, magnet, hf, ollama, alias
+    kind: str
     text: str
     path: Path | None = None
     repo: str | None = None  # hf: org/name
@@ -49,12 +52,14 @@ def parse_ref(text: str, *, aliases: frozenset[str] | set[str] = frozenset()) ->
             raise UsageError(f"cannot read {text!r}", hint=hint) from exc
         return Ref("ollama", text, ollama=name)
     if text.startswith(("http://", "https://")):
-        return Ref("manifest-url", text)
+        return Ref("signature-url" if urlsplit(text).path.endswith(".sig") else "manifest-url", text)
     if text in aliases:
         return Ref("alias", text)
     p = Path(text)
     if p.suffix == ".torrent" and p.is_file():
         return Ref("torrent-file", text, path=p)
+    if p.suffix == ".sig" and p.is_file():
+        return Ref("signature-file", text, path=p)
     if p.is_file():
         return Ref("manifest-file", text, path=p)
     if p.exists():

@@ -1,4 +1,4 @@
-"""``dsmirror manifest create|show|export``."""
+"""``dsmirror manifest create|show|export|sign``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dsmirror._formats.manifest import create_manifest, load_manifest
 from dsmirror.cli._app import app, console
 from dsmirror.cli._torrent_cmd import TorrentFormatOpt, make_torrent
 
-manifest_app = typer.Typer(help="Create, inspect and export piece manifests.", no_args_is_help=True)
+manifest_app = typer.Typer(help="Create, inspect, export and sign piece manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 
 
@@ -98,5 +98,56 @@ def export(
     atomic_write_bytes(output, to_meta4(m, plain))
     console.print(
         f"{output}: Metalink v4, {len(m.files)} files, {m.num_pieces} pieces, {len(plain)} mirror(s)",
+        highlight=False,
+    )
+
+
+@manifest_app.command("sign")
+def sign(
+    folder: Annotated[Path, typer.Argument(help="Folder holding the model files.")],
+    key: Annotated[Path, typer.Option("--key", metavar="PEM", help="Private key (EC P-256/384/521, PEM).")],
+    cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cert", metavar="PEM", help="Sign with this certificate of --key (certificate signing)."
+        ),
+    ] = None,
+    cert_chain: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--cert-chain", metavar="PEM", help="Certificates from --cert's issuer up to a root (repeatable)."
+        ),
+    ] = None,
+    shards: Annotated[
+        bool,
+        typer.Option(
+            "--shards", help="One digest per piece of every file (checked as pieces land), not per file."
+        ),
+    ] = False,
+    piece_size: Annotated[
+        str | None,
+        typer.Option("--piece-size", help="Shard (piece) size with --shards, a power of two (8MiB)."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Where to write it (default FOLDER/model.sig).")
+    ] = None,
+) -> None:
+    """Write an OpenSSF model signature (model.sig) of a folder, signed by a key or a certificate."""
+    from dsmirror._verify.signature import sign_model  # the model-signing library, only here
+
+    out = output or folder / "model.sig"
+    signed = sign_model(
+        folder,
+        out,
+        key=key,
+        cert=cert,
+        cert_chain=tuple(cert_chain or ()),
+        shards=shards,
+        piece_size=parse_size(piece_size) if piece_size else None,
+    )
+    how = f"{signed.num_resources} shards of {format_bytes(signed.shard_size or 0)}" if shards else "per file"
+    by = "certificate" if cert else "key"
+    console.print(
+        f"{out}: {len(signed.files)} files signed {how} by {by}; subject sha256 {signed.subject_sha256}",
         highlight=False,
     )

@@ -7,8 +7,11 @@ from typing import Annotated
 
 import typer
 
+from dsmirror._core.errors import UsageError
 from dsmirror._core.units import parse_size
+from dsmirror._formats.catalog import Publisher
 from dsmirror._pull import PullOptions, pull
+from dsmirror._resolve.plan import SignaturePolicy
 from dsmirror.cli._app import (
     JsonOpt,
     MirrorsOpt,
@@ -25,7 +28,10 @@ from dsmirror.cli._seed_cmd import DhtOpt, ListenOpt, LsdOpt, PeerOpt, SeedSplit
 @app.command("pull")
 def pull_cmd(
     ref: Annotated[
-        str, typer.Argument(help="Manifest file or URL, hf://org/repo, ollama://name:tag, or an alias.")
+        str,
+        typer.Argument(
+            help="Manifest file or URL, model.sig file or URL, hf://org/repo, ollama://name:tag, or an alias."
+        ),
     ],
     dest: Annotated[
         Path | None, typer.Option("--dest", "-d", help="Destination folder (format dir).")
@@ -115,6 +121,39 @@ def pull_cmd(
     seed: Annotated[
         bool, typer.Option("--seed", help="Keep seeding the model after the pull (Ctrl-C stops).")
     ] = False,
+    signature_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--signature-key", metavar="PEM", help="Require a model.sig signed with this (public) key."
+        ),
+    ] = None,
+    signature_cert_chain: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--signature-cert-chain",
+            metavar="PEM",
+            help="Require a model.sig signed by a certificate that chains to these (repeatable).",
+        ),
+    ] = None,
+    signature_identity: Annotated[
+        str | None,
+        typer.Option(
+            "--signature-identity",
+            help="Require a Sigstore (keyless) model.sig by this identity, with --signature-issuer. "
+            "Needs Sigstore's public trust root (network) unless --signature-trust-config is given.",
+        ),
+    ] = None,
+    signature_issuer: Annotated[
+        str | None, typer.Option("--signature-issuer", help="The OIDC issuer of --signature-identity.")
+    ] = None,
+    signature_trust_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--signature-trust-config",
+            metavar="JSON",
+            help="Sigstore trust root (a ClientTrustConfig) for --signature-identity: verify offline.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Download a model from every good source at once, verifying every piece; resumable."""
@@ -140,6 +179,9 @@ def pull_cmd(
         swarm=swarm_config(
             listen=listen, peers=peer, lsd=lsd, dht=dht, torrent=torrent, seed_after=seed, enabled=p2p
         ),
+        signature=_signature(
+            signature_key, signature_cert_chain, signature_identity, signature_issuer, signature_trust_config
+        ),
     )
     pulling = pull(ref, catalog=catalog, settings=settings, options=opts)
     if seed:  # seeding comes after the pull (dsmirror._share, above it), libtorrent with it
@@ -156,3 +198,30 @@ def pull_cmd(
     else:
         render_human(events, console)
     render_seed(split.seed_events(), console, json_out=json_out)
+
+
+def _signature(
+    key: Path | None,
+    chain: list[Path] | None,
+    identity: str | None,
+    issuer: str | None,
+    trust_config: Path | None,
+) -> SignaturePolicy | None:
+    """--signature-*: the publisher whose model.sig the pull requires."""
+    if not (key or chain or identity or issuer or trust_config):
+        return None
+    publisher = Publisher(
+        "--signature-key" if key else "--signature-cert-chain" if chain else "--signature-identity",
+        key=str(key) if key else None,
+        certificate_chain=tuple(map(str, chain or ())),
+        identity=identity,
+        issuer=issuer,
+        trust_config=str(trust_config) if trust_config else None,
+    )
+    if publisher.problem():
+        raise UsageError(
+            "give one of --signature-key, --signature-cert-chain, --signature-identity (this one with "
+            "--signature-issuer, and --signature-trust-config only with it)",
+            hint="dsmirror pull --help lists them",
+        )
+    return SignaturePolicy(publisher, required=True)

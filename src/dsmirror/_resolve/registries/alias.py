@@ -5,12 +5,15 @@ Which source of an alias a pull uses, by ``--format``::
     --format hf       the alias's ``hf:`` repo (plus its ``modelscope:`` copy as a second source)
     --format ollama   the alias's ``ollama:`` model
     --format dir      ``hf:`` (+ ``modelscope:``), else ``modelscope:`` alone, else ``ollama:``,
-                      else the ``manifest:`` (plain mirrors), else the ``magnet:``
+                      else the ``signature:`` (a model.sig, plain mirrors), else the
+                      ``manifest:`` (plain mirrors), else the ``magnet:``
 
 A piece manifest published by the alias (``manifest:``, pinned by ``manifest_sha256:`` or
 ``--manifest-sha256``) lends its piece hashes to the registry pull after it was checked to agree
 with the registry's digests. ``hf://org/repo`` given directly also picks up the ModelScope copy and
-the piece manifest of an alias that names the same repo.
+the piece manifest of an alias that names the same repo. A model signature (the alias's
+``signature:``, else the repo's own ``model.sig``), checked against its ``publisher:``, vouches for
+a Hugging Face pull the same way, before any file is fetched (``dsmirror._resolve.signature``).
 """
 
 from __future__ import annotations
@@ -122,6 +125,12 @@ def resolve_alias(ref: Ref, catalog: Catalog, settings: Settings, options: PullO
             include=include,
             exclude=exclude,
         )
+    if fmt == "dir" and alias.signature:  # a model.sig is the manifest; files from plain mirrors
+        from dsmirror._resolve.signature import resolve_signature
+
+        web = alias.signature.startswith(("http://", "https://"))
+        sig = Ref("signature-url" if web else "signature-file", alias.signature)
+        return resolve_signature(sig, catalog, settings, options)
     if fmt == "dir":
         for target in (alias.manifest, alias.magnet):
             if target:
@@ -134,7 +143,7 @@ def resolve_alias(ref: Ref, catalog: Catalog, settings: Settings, options: PullO
                     from dsmirror._resolve.swarm import resolve_swarm_ref  # loads libtorrent
 
                     return resolve_swarm_ref(inner, catalog, settings, inner_options)
-    have = [k for k in ("hf", "ollama", "modelscope", "manifest", "magnet") if getattr(alias, k)]
+    have = [k for k in ("hf", "ollama", "modelscope", "manifest", "magnet", "signature") if getattr(alias, k)]
     raise UsageError(
         f"{alias.name} cannot be pulled with --format {fmt} (it has: {', '.join(have)})",
         hint="--format hf needs an hf: repo, --format ollama an ollama: model",

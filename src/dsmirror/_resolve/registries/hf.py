@@ -172,7 +172,8 @@ def _check_published(entries: Sequence[_Entry], published: Manifest, where: str)
         pf = by_path.get(e.file.path)
         if pf is None or e.sha256 == UNKNOWN_SHA256:  # a dry run's unfetched file: checked by the pull
             continue
-        if pf.size != e.file.size or pf.sha256 != e.sha256:
+        # No whole-file digest (a signed shard manifest): its piece hashes join the registry's digest.
+        if pf.size != e.file.size or (pf.sha256 and pf.sha256 != e.sha256):
             raise IntegrityError(
                 f"{where}: the published piece manifest says {pf.path} is {pf.size} bytes with SHA-256 "
                 f"{pf.sha256[:16]}…, the registry says {e.file.size} bytes with {e.sha256[:16]}…",
@@ -404,13 +405,22 @@ def plan_hf(
     chosen = select_files(listing.files, include, exclude)
     if not chosen:
         raise UsageError(f"no file of {repo_id} at {listing.commit[:12]} matches the include/exclude globs")
-    piece_size = published.piece_size if published else DEFAULT_PIECE_SIZE
     dest, entries = _entries(repo_id, chosen, settings, options)
     repo_paths = {e.manifest_path: e.file.path for e in entries}
 
     sources: list[Source] = []
     try:
         sources += _hf_sources(hf_mirrors, repo_id, listing.commit, repo_paths, settings, options)
+        signed = None
+        if options.signature is not None:  # a model.sig vouches for the files (before any is fetched)
+            from dsmirror._resolve.signature import check_repo_signature
+
+            first = sorted(sources, key=lambda s: s.name != listing.endpoint)
+            signed = check_repo_signature(
+                listing, chosen, first, options, name=name or repo_id.split("/")[-1]
+            )
+            published = signed.manifest if signed and signed.manifest else published
+        piece_size = published.piece_size if published else DEFAULT_PIECE_SIZE
         ms = modelscope_sources(catalog, modelscope, repo_paths, options) if modelscope else []
         sources += [s for s, _ in ms]
         todo, git_ids = _listed_digests(entries)
@@ -431,7 +441,7 @@ def plan_hf(
             _check_published(entries, published, where=ref_text)
         meta = {"source": "hf", "repo": repo_id, "commit": listing.commit, "git_blob_ids": git_ids}
         manifest = _manifest(name or repo_id.split("/")[-1], piece_size, entries, meta)
-        notes = _notes(repo_id, revision, listing, learned)
+        notes = _notes(repo_id, revision, listing, learned) + ([signed.note] if signed else [])
         wanted = _wanted(entries)
         notes += [restrict_to_listing(s, ms_listing, wanted) for s, ms_listing in ms if s in sources]
         if learned.kept.data:
@@ -441,4 +451,4 @@ def plan_hf(
             s.close()
         raise
     after = _after_install(options, dest, revision, listing, chosen, settings, ref_text, manifest)
-    return PullPlan(manifest, sources, dest, after, notes)
+    return PullPlan(manifest, sources, dest, after, notes, signed_by=signed.signed_by if signed else None)
