@@ -80,7 +80,7 @@ def run_plan(
         rate = int(opts.max_rate) if opts.max_rate else opts.swarm.download_rate
         config = replace(opts.swarm, download_rate=rate)  # --max-rate
         installed = yield from plan.swarm_only.run(
-            config, give_up_after=opts.give_up_after, settings=settings
+            config, give_up_after=opts.give_up_after, settings=settings, clock=clock
         )
         return Pulled(plan, config, installed)
     cfg = EngineConfig(

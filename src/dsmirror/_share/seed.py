@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import libtorrent as lt
 
+from dsmirror._core.clock import Clock, SystemClock
 from dsmirror._core.errors import InputError, IntegrityError, Interrupted, StorageError, UsageError
 from dsmirror._core.events import Event
 from dsmirror._fetch.swarm.config import (
@@ -42,8 +42,9 @@ from dsmirror._fetch.swarm.config import (
 from dsmirror._fetch.swarm.session import REDIAL, SwarmSession, endpoint_text
 from dsmirror._fetch.swarm.source import SwarmSource
 from dsmirror._fetch.swarm.torrent import Torrent, create_torrent, load_torrent
-from dsmirror._formats.manifest import FileEntry, Manifest, hash_file_pieces
+from dsmirror._formats.manifest import FileEntry, Manifest
 from dsmirror._formats.private import PrivateArea
+from dsmirror._verify.digest import hash_file_pieces
 
 if TYPE_CHECKING:
     from dsmirror._install.store_model import StoreFile, StoreModel
@@ -107,11 +108,14 @@ def seed(
     session: SwarmSession | None = None,
     stop: threading.Event | None = None,
     interval: float = 1.0,
+    clock: Clock | None = None,
 ) -> Iterator[Event]:
     """Seed ``targets`` until ``stop`` is set (or the consumer stops iterating / is interrupted).
 
     Yields ``SeedingStarted``, then ``SeedStatus`` every ``interval`` seconds, and
-    ``SeedingStopped`` when ``stop`` ends it. The session is closed on the way out in every case.
+    ``SeedingStopped`` when ``stop`` ends it. The session is closed on the way out in every case
+    (also one passed in, even if seeding cannot start). ``clock`` times the status events and the
+    seconds ``SeedingStopped`` reports (libtorrent's alert waits are real time).
     """
     ses = session
     try:
@@ -122,16 +126,20 @@ def seed(
         for t in targets:
             _check_files(t)
         ses = ses or SwarmSession(config)
-        yield from _seed(ses, targets, stop, interval)
+        yield from _seed(ses, targets, stop, interval, clock or SystemClock())
     finally:
         if ses is not None:
             ses.close()
 
 
 def _seed(
-    ses: SwarmSession, targets: Sequence[SeedTarget], stop: threading.Event | None, interval: float
+    ses: SwarmSession,
+    targets: Sequence[SeedTarget],
+    stop: threading.Event | None,
+    interval: float,
+    clock: Clock,
 ) -> Iterator[Event]:
-    t0 = time.monotonic()
+    t0 = clock.now()
     handles: list[tuple[SeedTarget, Any]] = []
     with ses.using():
         for t in targets:
@@ -152,7 +160,7 @@ def _seed(
             # dsmirror._fetch.swarm.session)
             while not ses.stopping and (stop is None or not stop.is_set()):
                 ses.alerts(0.1)
-                now = time.monotonic()
+                now = clock.now()
                 if now >= next_dial:
                     next_dial = now + REDIAL
                     for _t, h in handles:
@@ -162,7 +170,7 @@ def _seed(
                     yield _seed_status(handles)
         except (KeyboardInterrupt, Interrupted):
             pass  # Ctrl-C or SIGTERM (the CLI raises Interrupted from its handler): a clean stop
-        yield SeedingStopped(_seed_status(handles).uploaded, time.monotonic() - t0)
+        yield SeedingStopped(_seed_status(handles).uploaded, clock.now() - t0)
 
 
 def _seed_status(handles: Sequence[tuple[SeedTarget, Any]]) -> SeedStatus:
@@ -272,7 +280,9 @@ def store_seed_target(
     return SeedTarget(torrent, model.root, disk)
 
 
-def seed_after_pull(pull: Generator[Event, None, Pulled | None]) -> Iterator[Event]:
+def seed_after_pull(
+    pull: Generator[Event, None, Pulled | None], *, clock: Clock | None = None
+) -> Iterator[Event]:
     """``pull --seed``: the events of ``pull`` (``dsmirror._pull.pull`` or ``run_plan``), then, if
     it was asked to seed (``SwarmConfig.seed``), seeding what it installed until interrupted.
 
@@ -284,7 +294,8 @@ def seed_after_pull(pull: Generator[Event, None, Pulled | None]) -> Iterator[Eve
         return
     if pulled.torrent is not None:  # a pull from peers alone
         done = pulled.torrent
-        yield from seed([SeedTarget(done.torrent, done.dest)], pulled.swarm, session=done.session)
+        target = SeedTarget(done.torrent, done.dest)
+        yield from seed([target], pulled.swarm, session=done.session, clock=clock)
         return
     plan = pulled.plan
     sw = plan.swarms[0] if plan.swarms else None  # its session and torrent are reused
@@ -294,4 +305,4 @@ def seed_after_pull(pull: Generator[Event, None, Pulled | None]) -> Iterator[Eve
         torrent = create_torrent(plan.manifest, plan.dest, verify=False)
         with contextlib.suppress(StorageError):
             torrent.write(PrivateArea(plan.dest).torrent(plan.manifest.sha256))
-    yield from seed([SeedTarget(torrent, plan.dest)], pulled.swarm, session=session)
+    yield from seed([SeedTarget(torrent, plan.dest)], pulled.swarm, session=session, clock=clock)

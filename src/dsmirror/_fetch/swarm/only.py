@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import libtorrent as lt
 
+from dsmirror._core.clock import Clock, SystemClock
 from dsmirror._core.errors import (
     DiskFull,
     DsmirrorError,
@@ -54,13 +54,13 @@ from dsmirror._formats.manifest import (
     MIN_PIECE_SIZE,
     FileEntry,
     Manifest,
-    hash_file_pieces,
     load_manifest,
     parse_manifest,
 )
 from dsmirror._formats.private import PrivateArea
 from dsmirror._install.records import record_dir_install, vouched
 from dsmirror._journal.store import SPACE_MARGIN, install_file, lock_area, write_install_record
+from dsmirror._verify.digest import hash_file_pieces
 
 if TYPE_CHECKING:
     from dsmirror._core.settings import Settings
@@ -120,15 +120,21 @@ class SwarmOnlyPull:
         return PrivateArea(self.dest).swarm_partial(str(self.btih or self.btmh))
 
     def run(
-        self, config: SwarmConfig, *, give_up_after: float, settings: Settings | None = None
+        self,
+        config: SwarmConfig,
+        *,
+        give_up_after: float,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
     ) -> Generator[Event, None, InstalledTorrent]:
         """Fetch, install, record; yields the events of any pull and returns what it installed.
 
         ``config.download_rate`` is the pull's --max-rate; ``give_up_after``: seconds without news
         from any peer before the pull fails. With ``config.seed`` the session is left open for the
-        caller to seed with (``InstalledTorrent.session``).
+        caller to seed with (``InstalledTorrent.session``). ``clock`` times the give-up limit, the
+        progress events and the resume saves (libtorrent's alert waits are real time).
         """
-        return _SwarmOnlyRun(self, config, give_up_after, settings).run()
+        return _SwarmOnlyRun(self, config, give_up_after, settings, clock or SystemClock()).run()
 
 
 @dataclass(frozen=True)
@@ -148,9 +154,15 @@ class InstalledTorrent:
 
 class _SwarmOnlyRun:
     def __init__(
-        self, job: SwarmOnlyPull, config: SwarmConfig, give_up_after: float, settings: Settings | None
+        self,
+        job: SwarmOnlyPull,
+        config: SwarmConfig,
+        give_up_after: float,
+        settings: Settings | None,
+        clock: Clock,
     ) -> None:
         self.job = job
+        self.clock = clock
         self.give_up_after = give_up_after
         self.settings = settings
         self.config = config
@@ -164,7 +176,7 @@ class _SwarmOnlyRun:
         self.redundant = 0
         self.failed = 0
         self.peers = 0
-        self.t0 = time.monotonic()
+        self.t0 = self.clock.now()
 
     def run(self) -> Generator[Event, None, InstalledTorrent]:
         job = self.job
@@ -196,7 +208,7 @@ class _SwarmOnlyRun:
                 self.before,
                 self.redundant,
                 self.failed,
-                time.monotonic() - self.t0,
+                self.clock.now() - self.t0,
                 {"swarm": fetched} if fetched else {},
             )
         except BaseException:  # the consumer stopped here: the session is not handed over
@@ -309,14 +321,14 @@ class _SwarmOnlyRun:
     def _download(self) -> Iterator[Event]:
         job, h = self.job, self.handle
         give_up = self.give_up_after
-        last_news = time.monotonic()
+        last_news = self.clock.now()
         while True:  # metadata (a magnet), then libtorrent's check of what bt/ holds
             self._pump(0.1)
             yield from self._drain()
             st = h.status()
             if st.has_metadata and st.state not in _CHECKING:
                 break
-            if time.monotonic() - last_news > give_up:
+            if self.clock.now() - last_news > give_up:
                 what = "sent the torrent's metadata" if not st.has_metadata else "answered"
                 raise NoSourceError(
                     f"no peer {what} in {give_up:.0f} s",
@@ -347,12 +359,12 @@ class _SwarmOnlyRun:
             ("swarm",),
         )
         next_progress = next_resume = 0.0
-        last_news = time.monotonic()
+        last_news = self.clock.now()
         while True:
             self._pump(0.05)
             yield from self._drain()
             st = h.status()
-            now = time.monotonic()
+            now = self.clock.now()
             self.peers = int(st.num_peers)
             if st.is_seeding:
                 break
