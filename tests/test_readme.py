@@ -820,6 +820,61 @@ def verify(w: World, command: str) -> None:
     assert "ok: 3 files" in r.stdout
 
 
+def _publisher_keys(folder: Path) -> None:
+    """``publisher.pem`` and ``publisher.pub.pem`` in ``folder``: what ``openssl ecparam -genkey``
+    and ``openssl ec -pubout`` make (an EC P-256 key pair, PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem, spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    private = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (folder / "publisher.pem").write_bytes(private)
+    (folder / "publisher.pub.pem").write_bytes(key.public_key().public_bytes(pem, spki))
+
+
+@exercises("dsmirror manifest sign ./DeepSeek-R1-Distill-Qwen-7B --key publisher.pem --shards -o model.sig")
+def manifest_sign(w: World, command: str) -> None:
+    import model_signing
+
+    w.need_folder()
+    cwd = w.fresh("manifest-sign")
+    shutil.copytree(w.work / FOLDER, cwd / FOLDER)
+    _publisher_keys(cwd)
+    r = w.readme(command, cwd=cwd)
+    assert "3 files signed" in r.stdout
+    # model-signing's own verifier accepts it, told the shard size (dsmirror's 8 MiB pieces).
+    hashing = model_signing.hashing.Config().use_shard_serialization(shard_size=8 * MiB)
+    verifying = model_signing.verifying.Config().use_elliptic_key_verifier(
+        public_key=cwd / "publisher.pub.pem"
+    )
+    verifying.set_hashing_config(hashing).verify(cwd / FOLDER, cwd / "model.sig")
+
+
+@exercises(
+    "dsmirror pull model.sig --signature-key publisher.pub.pem "
+    "--mirrors my-mirrors.yaml --dest ./signed/r1-7b"
+)
+def pull_signature(w: World, command: str) -> None:
+    w.need_folder()
+    w.need_my_mirrors()
+    cwd = w.fresh("pull-signature")
+    shutil.copy(w.work / "my-mirrors.yaml", cwd)
+    _publisher_keys(cwd)
+    sign = ["manifest", "sign", str(w.work / FOLDER), "--key", str(cwd / "publisher.pem"), "--shards"]
+    w.cli([*sign, "-o", str(cwd / "model.sig")])
+    w.readme(command, cwd=cwd, env=w.machine("pull-signature-machine"))
+    same_files(cwd / "signed" / "r1-7b", w.files)
+    assert (cwd / "signed" / "r1-7b" / "model.sig").read_bytes() == (cwd / "model.sig").read_bytes()
+    # Checked against another publisher's key: refused before anything is fetched.
+    other = w.fresh("pull-signature-other-key")
+    shutil.copy(w.work / "my-mirrors.yaml", other)
+    shutil.copy(cwd / "model.sig", other)
+    _publisher_keys(other)
+    r = w.readme(command, cwd=other, env=w.machine("pull-signature-other-machine"), rc=3)
+    assert "Key mismatch" in r.stderr and not (other / "signed").exists()
+
+
 @exercises("dsmirror pull 'magnet:?xt=urn:btih:...' --peer 192.168.1.20:6881 --dest ./r1-7b", slow=True)
 def pull_magnet_from_peers(w: World, command: str) -> None:
     magnet, peer = w.need_seeder()
