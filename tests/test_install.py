@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from dsmirror import AlreadyInProgress, Settings, StorageError, UsageError
 from dsmirror._formats.hfcache import repo_folder as hf_repo_folder
-from dsmirror._formats.manifest import create_manifest
 from dsmirror._install.hf import install_hf_snapshot
 from dsmirror._install.listing import list_installed
 from dsmirror._install.records import record_dir_install
 from dsmirror._install.removal import remove_installed
+from dsmirror._verify.tree import create_manifest
 from dsmirror.cli import app
 
 C1 = "1" * 40

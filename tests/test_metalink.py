@@ -26,8 +26,9 @@ from urllib.parse import unquote
 import pytest
 
 from dsmirror._formats.catalog import Mirror, plain_url_for
-from dsmirror._formats.manifest import FileEntry, Manifest, create_manifest, load_manifest
+from dsmirror._formats.manifest import FileEntry, Manifest, load_manifest
 from dsmirror._formats.metalink import METALINK_NS, to_meta4
+from dsmirror._verify.tree import create_manifest
 from dsmirror.cli import main
 from dsmirror.testing import Faults, MirrorServer, write_random_tree
 

@@ -30,12 +30,12 @@ from dsmirror import Catalog, IntegrityError, NoSourceError, PullFinished, Setti
 from dsmirror._core.events import Event, PieceRejected, PlanNotes, SourceDropped
 from dsmirror._fetch.reuse import LocalReuse, PullDryRun
 from dsmirror._formats.catalog import load_catalog
-from dsmirror._formats.manifest import create_manifest
 from dsmirror._pull import PullOptions, pull, resolve
 from dsmirror._resolve.registries import list_hf_repo, select_files
 from dsmirror._resolve.registries.client import RepoURLs
 from dsmirror._resolve.registries.hf import HfFile
 from dsmirror._serve import STATS, HfRepo, ModelIndex, ServeFaults, ServerThread, make_app
+from dsmirror._verify.tree import create_manifest
 
 REPO_ID = "acme/tiny-r1"
 ALIAS = "tiny-r1:7b"

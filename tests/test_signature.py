@@ -32,12 +32,13 @@ from dsmirror import Catalog, PieceRejected, PullFinished, Settings, SignatureIn
 from dsmirror._core.errors import ManifestError, UsageError
 from dsmirror._fetch.swarm.config import SwarmConfig
 from dsmirror._formats.catalog import Publisher, load_catalog
-from dsmirror._formats.manifest import create_manifest, parse_manifest
+from dsmirror._formats.manifest import parse_manifest
 from dsmirror._formats.signature import bundle_statement, parse_statement, signed_manifest
 from dsmirror._pull import PullOptions, pull, resolve
 from dsmirror._resolve.plan import SignaturePolicy
 from dsmirror._serve import HfRepo, ModelIndex, ServerThread, make_app
 from dsmirror._verify.signature import sign_model, verify_signature
+from dsmirror._verify.tree import create_manifest
 from dsmirror.testing import Faults, MirrorServer, write_random_tree
 
 pytestmark = pytest.mark.timeout(180)

@@ -520,7 +520,7 @@ def test_reopen_after_install_is_a_no_op(model: Model, dest: Path, monkeypatch: 
     def no_hashing(*a: object, **k: object) -> Any:
         raise AssertionError("an unchanged installed file was hashed again")
 
-    monkeypatch.setattr("dsmirror._formats.manifest.hash_file_pieces", no_hashing)
+    monkeypatch.setattr("dsmirror._verify.digest.hash_file_pieces", no_hashing)
     with Store.open(dest, m) as s:
         assert s.complete()
         assert s.stats.reused_files == len(m.files)

@@ -65,21 +65,14 @@ if TYPE_CHECKING:
     from dsmirror._fetch.reuse import LocalReuse, PullDryRun
     from dsmirror._fetch.source import Source
     from dsmirror._formats.catalog import Catalog, Mirror, ModelAlias, load_catalog, load_default_catalog
-    from dsmirror._formats.manifest import (
-        FileEntry,
-        Manifest,
-        Piece,
-        create_manifest,
-        load_manifest,
-        parse_manifest,
-        verify_tree,
-    )
+    from dsmirror._formats.manifest import FileEntry, Manifest, Piece, load_manifest, parse_manifest
     from dsmirror._journal.store import Store
     from dsmirror._pull import pull
     from dsmirror._resolve.plan import PullOptions, PullPlan
     from dsmirror._resolve.resolve import resolve
     from dsmirror._schedule.info import SourceInfo
     from dsmirror._schedule.scheduler import Scheduler, SchedulerConfig
+    from dsmirror._verify.tree import create_manifest, verify_tree
 
 __version__ = "0.1.0"
 
@@ -212,10 +205,10 @@ _LAZY: dict[str, str] = {
     "FileEntry": "_formats.manifest",
     "Manifest": "_formats.manifest",
     "Piece": "_formats.manifest",
-    "create_manifest": "_formats.manifest",
+    "create_manifest": "_verify.tree",
     "load_manifest": "_formats.manifest",
     "parse_manifest": "_formats.manifest",
-    "verify_tree": "_formats.manifest",
+    "verify_tree": "_verify.tree",
     "PullOptions": "_resolve.plan",
     "PullPlan": "_resolve.plan",
     "pull": "_pull",

@@ -17,8 +17,8 @@ from pathlib import Path
 from dsmirror._core.events import Event
 from dsmirror._core.settings import Settings
 from dsmirror._formats.catalog import Catalog, Mirror
-from dsmirror._formats.manifest import create_manifest, verify_tree
 from dsmirror._pull import PullOptions, pull
+from dsmirror._verify.tree import create_manifest, verify_tree
 
 __all__ = ["demo"]
 

@@ -20,7 +20,8 @@ from dsmirror._bundle.format import OLLAMA_SIDECAR, ollama_manifest_in
 from dsmirror._core.errors import ManifestError, StorageError, UsageError, VerifyFailed
 from dsmirror._core.settings import Settings
 from dsmirror._fetch.reuse import recorded_models
-from dsmirror._formats.manifest import FileEntry, Manifest, hash_file_pieces, parse_manifest
+from dsmirror._formats.manifest import FileEntry, Manifest, parse_manifest
+from dsmirror._verify.digest import hash_file_pieces
 
 __all__ = ["ExportSource", "export_source"]
 

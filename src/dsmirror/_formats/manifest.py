@@ -44,19 +44,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dsmirror._core.errors import ManifestError, ManifestMismatch, UsageError
+from dsmirror._core.errors import ManifestError, ManifestMismatch
 from dsmirror._formats.paths import validate_relpath
-from dsmirror._formats.private import PRIVATE_DIR
 
 __all__ = [
     "FORMAT",
@@ -64,12 +60,8 @@ __all__ = [
     "FileEntry",
     "Manifest",
     "Piece",
-    "VerifyReport",
-    "create_manifest",
-    "hash_file_pieces",
     "load_manifest",
     "parse_manifest",
-    "verify_tree",
 ]
 
 FORMAT = "dsmirror-manifest"
@@ -331,142 +323,3 @@ def load_manifest(path: Path, *, expected_sha256: str | None = None) -> Manifest
     except PermissionError:
         raise ManifestError("permission denied", path=str(path)) from None
     return parse_manifest(data, expected_sha256=expected_sha256, origin=str(path))
-
-
-# -- hashing ---------------------------------------------------------------------------------------
-_POOL = ThreadPoolExecutor(
-    max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="dsmirror-hash"
-)
-
-
-def _hexdigest(buf: memoryview) -> str:
-    return hashlib.sha256(buf).hexdigest()
-
-
-def hash_file_pieces(
-    path: Path,
-    piece_size: int,
-    *,
-    on_bytes: Callable[[int], None] | None = None,
-) -> tuple[int, str, list[str]]:
-    """Hash one file: (size, whole-file sha256, piece sha256s), streaming with bounded memory.
-
-    The piece digest and the whole-file digest of each chunk run on two threads at once
-    (hashlib releases the GIL on large buffers), and the next read overlaps both, so a file is
-    hashed at roughly the speed of one SHA-256 stream instead of half of it.
-    """
-    whole = hashlib.sha256()
-    pieces: list[str] = []
-    bufs = [bytearray(piece_size), bytearray(piece_size)]
-    size = 0
-    with open(path, "rb", buffering=0) as fh:
-        turn = 0
-        n = fh.readinto(bufs[turn])
-        while n:
-            view = memoryview(bufs[turn])[:n]
-            fut = _POOL.submit(_hexdigest, view)
-            whole.update(view)
-            nxt = 1 - turn
-            # Read the next piece while the piece digest finishes: both release the GIL.
-            n_next = fh.readinto(bufs[nxt]) if n == piece_size else 0
-            pieces.append(fut.result())
-            size += n
-            if on_bytes:
-                on_bytes(n)
-            turn, n = nxt, n_next or 0
-    return size, whole.hexdigest(), pieces
-
-
-def _walk(root: Path) -> Iterator[str]:
-    """Regular files below root as sorted relative POSIX paths; refuse symlinks and specials."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        rel_dir = os.path.relpath(dirpath, root)
-        dirnames[:] = sorted(d for d in dirnames if not (rel_dir == "." and d == PRIVATE_DIR))
-        for d in dirnames:
-            if os.path.islink(os.path.join(dirpath, d)):
-                raise ManifestError(
-                    f"{os.path.join(rel_dir, d)} is a symlink; dsmirror does not follow links"
-                )
-        for fn in sorted(filenames):
-            full = os.path.join(dirpath, fn)
-            st = os.lstat(full)
-            if not stat.S_ISREG(st.st_mode):
-                raise ManifestError(f"{os.path.relpath(full, root)} is not a regular file")
-            yield PurePosixPath(os.path.relpath(full, root)).as_posix()
-
-
-def create_manifest(
-    root: Path,
-    *,
-    name: str | None = None,
-    piece_size: int = DEFAULT_PIECE_SIZE,
-    files: Sequence[str] | None = None,
-    meta: Mapping[str, Any] | None = None,
-    on_bytes: Callable[[int], None] | None = None,
-) -> Manifest:
-    """Hash a folder (or the listed files in it) into a manifest."""
-    if not (MIN_PIECE_SIZE <= piece_size <= MAX_PIECE_SIZE and piece_size & (piece_size - 1) == 0):
-        raise UsageError(
-            f"piece size {piece_size} is not a power of two between 16 KiB and 1 GiB",
-            hint="use e.g. --piece-size 4MiB or 8MiB",
-        )
-    if not root.is_dir():
-        raise ManifestError("is not a folder", path=str(root))
-    rels = list(files) if files is not None else list(_walk(root))
-    entries = []
-    for rel in rels:
-        validate_relpath(rel)
-        size, digest, pieces = hash_file_pieces(root / rel, piece_size, on_bytes=on_bytes)
-        entries.append(FileEntry(rel, size, digest, tuple(pieces)))
-    m = Manifest(name or root.resolve().name, piece_size, tuple(entries), None, dict(meta or {}))
-    return parse_manifest(m.canonical_bytes)  # round-trip through the validator
-
-
-# -- verification ----------------------------------------------------------------------------------
-@dataclass
-class VerifyReport:
-    bad_pieces: list[Piece] = field(default_factory=list)
-    missing_files: list[str] = field(default_factory=list)
-    wrong_size: list[str] = field(default_factory=list)
-    bad_files: list[str] = field(default_factory=list)  # whole-file digest mismatch
-    checked_bytes: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not (self.bad_pieces or self.missing_files or self.wrong_size or self.bad_files)
-
-
-def verify_tree(
-    manifest: Manifest,
-    root: Path,
-    *,
-    paths: Iterable[str] | None = None,
-    on_bytes: Callable[[int], None] | None = None,
-) -> VerifyReport:
-    """Check every piece and whole-file digest of ``manifest`` against the files under ``root``."""
-    report = VerifyReport()
-    wanted = set(paths) if paths is not None else None
-    for fi, f in enumerate(manifest.files):
-        if wanted is not None and f.path not in wanted:
-            continue
-        p = root / f.path
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            report.missing_files.append(f.path)
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            report.missing_files.append(f.path)
-            continue
-        if st.st_size != f.size:
-            report.wrong_size.append(f.path)
-            continue
-        _, digest, pieces = hash_file_pieces(p, manifest.piece_size, on_bytes=on_bytes)
-        report.checked_bytes += f.size
-        rng = manifest.file_piece_ranges[fi]
-        for k, (got, want) in enumerate(zip(pieces, f.pieces, strict=True)):
-            if got != want:
-                report.bad_pieces.append(manifest.pieces[rng[k]])
-        if f.sha256 and digest != f.sha256:
-            report.bad_files.append(f.path)
-    return report

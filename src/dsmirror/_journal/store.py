@@ -179,7 +179,7 @@ class Store:
                 self._mark_file_installed(fi)
                 continue
             # Present but not known to us: verify before trusting (a user copy, or a changed file).
-            from dsmirror._formats.manifest import hash_file_pieces
+            from dsmirror._verify.digest import hash_file_pieces
 
             _, digest, pieces = hash_file_pieces(final, self.manifest.piece_size)
             same = digest == f.sha256 or not f.sha256  # no whole-file digest: its pieces decide

@@ -1,12 +1,27 @@
-"""Content digests computed while bytes stream past: SHA-256, git blob SHA-1 and piece hashes at once."""
+"""Content digests of files: SHA-256, git blob SHA-1 and piece hashes.
+
+``ContentHasher`` / ``hash_local_file`` compute all three at once while bytes stream past (registry
+files checked against a git blob id); ``hash_file_pieces`` is the fast path for SHA-256 and pieces
+alone (two hashing threads and an overlapped read), used to make and check manifests.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ContentHasher", "Digests", "git_blob_header", "git_blob_sha1", "hash_local_file"]
+__all__ = [
+    "ContentHasher",
+    "Digests",
+    "git_blob_header",
+    "git_blob_sha1",
+    "hash_file_pieces",
+    "hash_local_file",
+]
 
 _CHUNK = 1 << 20
 
@@ -77,3 +92,47 @@ def hash_local_file(path: Path, piece_size: int, *, keep: bool = False) -> Diges
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     return h.finish()
+
+
+# -- the fast path: SHA-256 and pieces only ------------------------------------------------------
+_POOL = ThreadPoolExecutor(
+    max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="dsmirror-hash"
+)
+
+
+def _hexdigest(buf: memoryview) -> str:
+    return hashlib.sha256(buf).hexdigest()
+
+
+def hash_file_pieces(
+    path: Path,
+    piece_size: int,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[int, str, list[str]]:
+    """Hash one file: (size, whole-file sha256, piece sha256s), streaming with bounded memory.
+
+    The piece digest and the whole-file digest of each chunk run on two threads at once
+    (hashlib releases the GIL on large buffers), and the next read overlaps both, so a file is
+    hashed at roughly the speed of one SHA-256 stream instead of half of it.
+    """
+    whole = hashlib.sha256()
+    pieces: list[str] = []
+    bufs = [bytearray(piece_size), bytearray(piece_size)]
+    size = 0
+    with open(path, "rb", buffering=0) as fh:
+        turn = 0
+        n = fh.readinto(bufs[turn])
+        while n:
+            view = memoryview(bufs[turn])[:n]
+            fut = _POOL.submit(_hexdigest, view)
+            whole.update(view)
+            nxt = 1 - turn
+            # Read the next piece while the piece digest finishes: both release the GIL.
+            n_next = fh.readinto(bufs[nxt]) if n == piece_size else 0
+            pieces.append(fut.result())
+            size += n
+            if on_bytes:
+                on_bytes(n)
+            turn, n = nxt, n_next or 0
+    return size, whole.hexdigest(), pieces

@@ -12,7 +12,8 @@ from dsmirror._core.errors import UsageError
 from dsmirror._core.fsutil import atomic_write_bytes
 from dsmirror._core.units import format_bytes, parse_size
 from dsmirror._formats.catalog import Catalog, load_catalog
-from dsmirror._formats.manifest import create_manifest, load_manifest
+from dsmirror._formats.manifest import load_manifest
+from dsmirror._verify.tree import create_manifest
 from dsmirror.cli._app import app, console
 from dsmirror.cli._torrent_cmd import TorrentFormatOpt, make_torrent
 

@@ -9,7 +9,8 @@ import typer
 
 from dsmirror._core.errors import VerifyFailed
 from dsmirror._core.units import format_bytes
-from dsmirror._formats.manifest import load_manifest, verify_tree
+from dsmirror._formats.manifest import load_manifest
+from dsmirror._verify.tree import verify_tree
 from dsmirror.cli._app import app, console
 
 

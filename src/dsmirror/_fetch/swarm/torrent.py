@@ -53,7 +53,8 @@ import libtorrent as lt
 
 from dsmirror._core.errors import InputError, IntegrityError, UsageError
 from dsmirror._core.fsutil import atomic_write_bytes
-from dsmirror._formats.manifest import Manifest, verify_tree
+from dsmirror._formats.manifest import Manifest
+from dsmirror._verify.tree import verify_tree
 
 __all__ = [
     "TORRENT_FORMATS",

@@ -40,8 +40,9 @@ from pathlib import Path
 
 from dsmirror._core.events import Event
 from dsmirror._fetch.reuse import LocalIndex, LocalReuse, record_manifest, reuse_local, reuse_roots
-from dsmirror._formats.manifest import FileEntry, Manifest, create_manifest, parse_manifest
+from dsmirror._formats.manifest import FileEntry, Manifest, parse_manifest
 from dsmirror._journal.store import Store
+from dsmirror._verify.tree import create_manifest
 from dsmirror.testing.conformance._common import Broken, Checklist, ConformanceReport, KiB, content
 
 __all__ = ["ReuseFill", "check_local_reuse"]

@@ -45,9 +45,10 @@ from dsmirror._core.events import Event, PieceRejected, Progress, PullFinished, 
 from dsmirror._fetch.engine import SwarmSource, fetch
 from dsmirror._fetch.local import MemorySource, local_source_info
 from dsmirror._fetch.source import Source
-from dsmirror._formats.manifest import Manifest, create_manifest
+from dsmirror._formats.manifest import Manifest
 from dsmirror._journal.store import Store
 from dsmirror._schedule.info import SourceInfo
+from dsmirror._verify.tree import create_manifest
 from dsmirror.testing.conformance._common import Broken, Checklist, ConformanceReport, KiB, content
 
 __all__ = ["PieceSourceFactory", "check_piece_source"]
