@@ -518,11 +518,23 @@ def test_a_corrupt_mirror_is_caught_and_the_bytes_fetched_elsewhere(
 
 
 @pytest.mark.parametrize(
-    "case",
-    ["tampered", "wrong-key", "wrong-chain", "signed-with-cert", "missing-file", "other-size"],
+    ("case", "how", "shards"),
+    [
+        ("tampered", "key", True),
+        ("tampered", "cert", False),
+        ("wrong-key", "key", True),
+        ("wrong-chain", "cert", False),
+        ("signed-with-cert", "key", True),
+        ("missing-file", "key", False),
+        ("missing-file", "cert", True),
+        ("other-size", "key", True),
+        ("other-size", "cert", True),
+    ],
 )
 def test_a_bad_signature_stops_the_pull(
     case: str,
+    how: str,
+    shards: bool,
     tmp_path: Path,
     pki: Pki,
     model: Path,
@@ -530,40 +542,42 @@ def test_a_bad_signature_stops_the_pull(
     run: Callable[..., subprocess.CompletedProcess[str]],
     one_line_error: Callable[..., str],
 ) -> None:
-    how = "cert" if case in ("wrong-chain",) else "key"
+    """Each is refused with exit 3 and one line saying why, before a byte of the model is fetched."""
     trust = _trust_args(pki, how)
+    signed_from = model
+    if case in ("missing-file", "other-size"):  # signed from another folder than the mirror serves
+        signed_from = tmp_path / "other"
+        extra = {"extra.bin": 10} if case == "missing-file" else {"w.bin": SIZES["w.bin"] + 1}
+        write_random_tree(signed_from, {**SIZES, **extra}, seed=7)
+    sig = _sign(
+        signed_from, tmp_path / "model.sig", pki, "cert" if case == "signed-with-cert" else how, shards=shards
+    )
+    expect = {
+        "tampered": "does not match the signed content",
+        "wrong-key": "Key mismatch",
+        "wrong-chain": "does not chain to the certificates of --signature-cert-chain",
+        "signed-with-cert": "is signed with a certificate, not the way --signature-key signs",
+        "missing-file": "the signature lists extra.bin, which the source does not have",
+        "other-size": f"w.bin is {SIZES['w.bin']} bytes at the source, the signature says",
+    }[case]
     if case == "tampered":
-        good = _sign(model, tmp_path / "good.sig", pki, "key", shards=True)
 
-        def swap(st: dict[str, Any]) -> None:  # another digest for the first shard
+        def swap(st: dict[str, Any]) -> None:  # another digest for the first resource
             st["predicate"]["resources"][0]["digest"] = hashlib.sha256(b"evil").hexdigest()
 
-        sig, expect = _tampered(good, tmp_path / "model.sig", swap), "does not match the signed content"
+        sig = _tampered(sig, tmp_path / "tampered.sig", swap)
     elif case == "wrong-key":
-        sig = _sign(model, tmp_path / "model.sig", pki, "key", shards=True)
-        trust, expect = ["--signature-key", str(pki.other_pub)], "Key mismatch"
+        trust = ["--signature-key", str(pki.other_pub)]
     elif case == "wrong-chain":
-        sig = _sign(model, tmp_path / "model.sig", pki, "cert", shards=False)
-        trust, expect = ["--signature-cert-chain", str(pki.other_ca)], "does not chain to"
-    elif case == "signed-with-cert":
-        sig = _sign(model, tmp_path / "model.sig", pki, "cert", shards=True)
-        expect = "is signed with a certificate"
-    else:
-        other = tmp_path / "other"
-        sizes = (
-            {**SIZES, "extra.bin": 10} if case == "missing-file" else {**SIZES, "w.bin": SIZES["w.bin"] + 1}
-        )
-        write_random_tree(other, sizes, seed=7)
-        sig = _sign(other, tmp_path / "model.sig", pki, "key", shards=case == "other-size")
-        expect = (
-            "extra.bin, which the source does not have" if case == "missing-file" else "the signature says"
-        )
-    catalog = _catalog(tmp_path / "mirrors.yaml", mirrors(model))
+        trust = ["--signature-cert-chain", str(pki.other_ca)]
+    (served,) = mirrors(model)
+    catalog = _catalog(tmp_path / "mirrors.yaml", [served])
     dest = tmp_path / "dest"
     r = run("pull", sig, "--no-default-catalog", "--mirrors", catalog, "--dest", dest, *NO_P2P, *trust)
     assert r.returncode == 3, r.stderr
     one_line_error(r, expect)
-    assert not dest.exists()  # nothing fetched, nothing installed
+    assert not dest.exists()  # nothing installed
+    assert served.bytes_served == 0  # nothing fetched (the sizes are asked with HEAD)
 
 
 def test_pull_without_trust_material(

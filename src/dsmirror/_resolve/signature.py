@@ -123,11 +123,10 @@ def _note(model: SignedModel, manifest: Manifest, signer: str) -> str:
 
 
 # -- model.sig with plain mirrors ---------------------------------------------------------------
-def _head_size(url: str, timeout: float) -> int | None:
+def _head_size(client: httpx.Client, url: str) -> int | None:
     """The size a mirror gives for ``url``; None if it does not have the file. Raises SourceError."""
     try:
-        with httpx.Client(follow_redirects=True, timeout=timeout, verify=shared_ssl_context()) as c:
-            r = c.head(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+        r = client.head(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
     except httpx.HTTPError as exc:
         raise SourceError(f"cannot connect: {exc}", url=url) from exc
     if r.status_code in (404, 410):
@@ -139,28 +138,30 @@ def _head_size(url: str, timeout: float) -> int | None:
 
 
 def _offered_sizes(model: SignedModel, mirrors: Sequence[Mirror], timeout: float) -> dict[str, int]:
-    """path -> size, from the first mirror that answers for each signed file (absent: none has it).
+    """path -> size, from the first mirror that has each signed file (absent: every mirror said so).
 
-    Raises NoSourceError for a file no mirror answered for at all (down, not "not found").
+    Raises NoSourceError for a file no mirror has while some did not answer (down, not "not found").
     """
     urls = [plain_url_for(m.url) for m in mirrors]
 
-    def size_of(path: str) -> tuple[str, int | None, str | None]:
+    def size_of(client: httpx.Client, path: str) -> tuple[str, int | None, str | None]:
         problem = None
         probe = FileEntry(path, 0, "", ())
         for url_for in urls:
             try:
-                size = _head_size(url_for(probe), timeout)
+                size = _head_size(client, url_for(probe))
             except SourceError as exc:
                 problem = exc.message
                 continue
             if size is not None:
                 return path, size, None
-            problem = None  # a mirror answered: it does not have it
-        return path, None, problem
+        return path, None, problem  # absent only if every mirror answered that it has no such file
 
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dsmirror-sig-probe") as pool:
-        answers = list(pool.map(size_of, [f.path for f in model.files]))
+    with (
+        httpx.Client(follow_redirects=True, timeout=timeout, verify=shared_ssl_context()) as client,
+        ThreadPoolExecutor(max_workers=8, thread_name_prefix="dsmirror-sig-probe") as pool,
+    ):
+        answers = list(pool.map(lambda f: size_of(client, f.path), model.files))
     unreachable = [(path, why) for path, size, why in answers if size is None and why]
     if unreachable:
         path, why = unreachable[0]
@@ -191,7 +192,8 @@ def resolve_signature(ref: Ref, catalog: Catalog, settings: Settings, options: P
         )
     offered = _offered_sizes(model, mirrors, options.metadata_timeout)
     check_offered(model, offered, pulled=None, origin=location)
-    meta = {"source": "model.sig", "signed_by": signer, "signed_sha256": model.subject_sha256}
+    # Not who the user said signs it (that is how the pull was asked): the model's identity.
+    meta = {"source": "model.sig", "signed_sha256": model.subject_sha256, "signed_as": model.method}
     manifest = signed_manifest(model, sizes=offered, meta=meta, origin=location)
     dest = options.dest or Path.cwd() / manifest.folder_name
     plan = PullPlan(manifest, http_sources(catalog, options), dest, _keep_signature(dest, data, model))
@@ -275,6 +277,7 @@ def check_repo_signature(
             )
     paths = [f.path for f in pulled if model.file(f.path) is not None]
     sizes = {p: f.size for p, f in listed.items()}
-    meta = {"source": "model.sig", "signed_by": signer, "signed_sha256": model.subject_sha256}
+    # Not who the user said signs it (that is how the pull was asked): the model's identity.
+    meta = {"source": "model.sig", "signed_sha256": model.subject_sha256, "signed_as": model.method}
     manifest = signed_manifest(model, sizes=sizes, paths=paths, name=name, meta=meta, origin=origin)
     return RepoSignature(manifest, signer, _note(model, manifest, signer))
