@@ -1,6 +1,7 @@
 """Every command line README.md shows is exercised here, so the README and the code cannot drift apart.
 
-The commands are read from README.md when the tests are collected: each line of its ``bash`` blocks
+The commands are read from README.md (and docs/offline.md, the details it links to; those checks
+are marked slow) when the tests are collected: each line of their ``bash`` blocks
 (split at ``&&``, comments dropped) and each inline code span of the prose that runs a program
 (``dsmirror ...``, ``HF_ENDPOINT=... hf download ...``, ``ollama pull ...``, ...). ``CHECKS`` maps
 every one of them, verbatim, to the function that exercises it; a command README shows without an
@@ -56,6 +57,8 @@ from dsmirror.testing import MirrorServer
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+#: The documents whose command lines are exercised: README and the details it links to.
+SHOWN_IN = (README, ROOT / "docs" / "offline.md")
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -116,6 +119,15 @@ def readme_commands(text: str | None = None) -> list[str]:
         if cmd not in out:
             out.append(cmd)
     return out
+
+
+def shown_commands() -> list[tuple[str, str]]:
+    """(document, command) for every command line of ``SHOWN_IN``, each command once (first shown)."""
+    out: dict[str, str] = {}
+    for doc in SHOWN_IN:
+        for cmd in readme_commands(doc.read_text()):
+            out.setdefault(cmd, str(doc.relative_to(ROOT)))
+    return [(doc, cmd) for cmd, doc in out.items()]
 
 
 def readme_yaml_blocks() -> list[str]:
@@ -637,13 +649,13 @@ class World:
 
         return self._once("seeder", make)  # type: ignore[no-any-return]
 
-    def need_box(self, command: str) -> str:
-        """README's office box, ``dsmirror serve ... --upstream``, with empty stores of its own: its URL."""
+    def need_box(self, command: str) -> tuple[str, Background]:
+        """README's office box, ``dsmirror serve ... --upstream``, with empty stores of its own."""
 
-        def make() -> str:
+        def make() -> tuple[str, Background]:
             _, argv = self.split(command, {"0.0.0.0": "127.0.0.1", "8080": "0"})
             bg = self.start(argv[1:], env=self.machine("box-home"))
-            return bg.wait_line(r"listening on (\S+)").group(1)
+            return bg.wait_line(r"listening on (\S+)").group(1), bg
 
         return self._once("box", make)  # type: ignore[no-any-return]
 
@@ -941,7 +953,7 @@ def ls(w: World, command: str) -> None:
 
 @exercises(SERVE_LINE)
 def serve_office_box(w: World, command: str) -> None:
-    box = w.need_box(command)  # on 127.0.0.1 and a free port here
+    box, _ = w.need_box(command)  # on 127.0.0.1 and a free port here
     status = httpx.get(f"{box}/dsmirror/status", timeout=10)
     assert status.status_code == 200
 
@@ -954,7 +966,7 @@ def serve_mentioned(w: World, command: str) -> None:
 
 @exercises("HF_ENDPOINT=http://thatbox:8080 hf download deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
 def hf_client_through_the_box(w: World, command: str) -> None:
-    box = w.need_box(SERVE_LINE)
+    box, _ = w.need_box(SERVE_LINE)
     client_home = w.fresh("hf-client")
     r = w.readme(
         command, {"HF_ENDPOINT=http://thatbox:8080": f"HF_ENDPOINT={box}"}, env={"HF_HOME": str(client_home)}
@@ -970,19 +982,19 @@ def hf_client_through_the_box(w: World, command: str) -> None:
 @exercises("ollama pull thatbox:8080/library/deepseek-r1:7b", how="emulated")
 def ollama_client_through_the_box(w: World, command: str) -> None:
     """No ollama binary here: the requests ``ollama pull --insecure`` makes, in its order."""
-    box = w.need_box(SERVE_LINE)
+    box, server = w.need_box(SERVE_LINE)
     _, argv = w.split(command)
     host, _, name = argv[2].partition("/")
     assert host == "thatbox:8080"
     repo, _, tag = name.partition(":")
     with httpx.Client(base_url=box, timeout=60) as client:
         r = client.get(f"/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_V2})
-        assert r.status_code == 200, r.text
+        assert r.status_code == 200, r.text + server.output()
         assert r.content == w.ollama_manifest
         doc = r.json()
         for layer in [doc["config"], *doc["layers"]]:
             blob = client.get(f"/v2/{repo}/blobs/{layer['digest']}", follow_redirects=True)
-            assert blob.status_code == 200
+            assert blob.status_code == 200, (layer, blob.text, server.output())
             assert f"sha256:{_sha256(blob.content)}" == layer["digest"]
     # Pulled through and kept (under the host of the registry it came from).
     (kept,) = (w.tmp / "box-home" / ".ollama" / "models" / "manifests").glob("*/library/deepseek-r1/7b")
@@ -1051,13 +1063,19 @@ def import_bundle_formats(w: World, command: str) -> None:
 
 
 @exercises("export ... -o - | ssh host dsmirror import -")
+@exercises(
+    "dsmirror export ./models/r1-7b -o - | ssh gpu-box dsmirror import - --manifest-sha256 <hex>", slow=True
+)
 def export_import_stream(w: World, command: str) -> None:
     """The pipe without ssh: ``dsmirror export ./models/r1-7b -o - | dsmirror import -``."""
     left, _, right = command.partition(" | ")
-    _, export_argv = w.split(left, {"...": str(w.need_models_r1())})
-    _, import_argv = w.split(right)
-    assert export_argv[0] == "export" and import_argv[:3] == ["ssh", "host", "dsmirror"]
-    cwd = w.fresh("streamed")
+    src, sha = w.need_models_r1(), w.manifest().sha256
+    _, export_argv = w.split(left, {"...": str(src)} if "..." in left.split() else None)
+    _, import_argv = w.split(right, {"<hex>": sha} if "<hex>" in right.split() else None)
+    if export_argv[0] == "dsmirror":
+        export_argv = export_argv[1:]  # README's prose abbreviates it to "export ..."
+    assert export_argv[0] == "export" and import_argv[0] == "ssh" and import_argv[2] == "dsmirror"
+    cwd = w.fresh(f"streamed-{len(import_argv)}")
     exporter = subprocess.Popen(
         [*CLI, *export_argv], env=w.env, cwd=w.work, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -1071,13 +1089,21 @@ def export_import_stream(w: World, command: str) -> None:
     same_files(cwd / FOLDER, w.files)
 
 
+def _usb_path(command: str) -> str:
+    (path,) = [word for word in shlex.split(command) if word.startswith("/media/usb/")]
+    return path
+
+
 @exercises("dsmirror import /media/usb/ollama --model ollama://deepseek-r1:7b --format ollama")
+@exercises(
+    "dsmirror import /media/usb/ollama-models --model ollama://deepseek-r1:7b --format ollama", slow=True
+)
 def import_copied_ollama_store(w: World, command: str) -> None:
     w.need_ollama_model()
-    usb = w.fresh("media/usb")
-    shutil.copytree(w.ollama_models, usb / "ollama", ignore=shutil.ignore_patterns(".dsmirror"))
-    target = w.tmp / "other-machine-ollama"
-    w.readme(command, {"/media/usb/ollama": str(usb / "ollama")}, env={"OLLAMA_MODELS": str(target)})
+    usb = w.fresh(f"usb-{len(command)}")
+    shutil.copytree(w.ollama_models, usb / "store", ignore=shutil.ignore_patterns(".dsmirror"))
+    target = w.fresh(f"other-machine-{len(command)}") / "ollama"
+    w.readme(command, {_usb_path(command): str(usb / "store")}, env={"OLLAMA_MODELS": str(target)})
     assert (target / OLLAMA_MANIFEST).read_bytes() == w.ollama_manifest
 
 
@@ -1118,13 +1144,194 @@ def seed_swarm_folder(w: World, command: str) -> None:
     _seeds(w, command, FOLDER, cwd=cwd)
 
 
+# -- docs/offline.md: the details README links to ------------------------------------------------------
+@exercises("dsmirror export r1-7b.manifest.json --from ./DeepSeek-R1-Distill-Qwen-7B -o r1-7b.tar", slow=True)
+def export_folder_with_manifest(w: World, command: str) -> None:
+    cwd = w.fresh("export-from")
+    shutil.copy(w.need_manifest(), cwd)
+    shutil.copytree(w.need_folder(), cwd / FOLDER)
+    r = w.readme(command, cwd=cwd)
+    assert _printed_sha256(r.stdout) == w.manifest().sha256
+    assert (cwd / "r1-7b.tar").is_file()
+
+
+@exercises(
+    "dsmirror export ollama://deepseek-r1:7b -o r1-7b.tar",
+    "dsmirror export hf://deepseek-ai/DeepSeek-R1-Distill-Qwen-7B -o r1-7b.tar",
+    slow=True,
+)
+def export_installed_model(w: World, command: str) -> None:
+    model = shlex.split(command)[2]
+    if model.startswith("ollama://"):
+        w.need_ollama_model()
+    else:
+        w.need_hf_model()
+    cwd = w.fresh(f"export-{model.split(':')[0]}")
+    r = w.readme(command, cwd=cwd)
+    w.made(f"bundle {model}", (cwd / "r1-7b.tar", _printed_sha256(r.stdout)))
+
+
+@exercises(
+    "dsmirror import r1-7b.tar --manifest-sha256 <hex> --dest ./models/r1-7b",
+    "dsmirror import r1-7b.tar --manifest-sha256 <hex> --format ollama",
+    "dsmirror import r1-7b.tar --manifest-sha256 <hex> --format hf",
+    "dsmirror import r1-7b.tar --manifest-sha256 <hex> --format ollama --dest ./ollama-models",
+    slow=True,
+)
+def import_on_the_air_gapped_machine(w: World, command: str) -> None:
+    """Each ``r1-7b.tar`` is the bundle of the kind the format needs (offline.md exports all three)."""
+    words = shlex.split(command)
+    fmt = words[words.index("--format") + 1] if "--format" in words else "dir"
+    model = {"dir": str(w.need_models_r1()), "ollama": "ollama://deepseek-r1:7b", "hf": f"hf://{REPO_ID}"}[
+        fmt
+    ]
+    tar, sha = w.need_bundle(model)
+    machine = w.machine(f"air-gapped-{len(words)}-{fmt}")
+    cwd = Path(machine["HOME"])
+    shutil.copy(tar, cwd / "r1-7b.tar")
+    w.readme(command, {"<hex>": sha}, cwd=cwd, env=machine)
+    if "--dest" in words:
+        dest = cwd / words[words.index("--dest") + 1]
+    else:
+        dest = {"ollama": cwd / ".ollama" / "models", "hf": cwd / ".cache" / "huggingface" / "hub"}[fmt]
+    if fmt == "ollama":
+        assert (dest / OLLAMA_MANIFEST).read_bytes() == w.ollama_manifest
+    elif fmt == "hf":
+        same_files(dest / HF_REPO_DIR / "snapshots" / COMMIT, w.files)
+    else:
+        same_files(dest, w.files)
+
+
+@exercises(
+    "dsmirror import /media/usb/hf-cache --model hf://deepseek-ai/DeepSeek-R1-Distill-Qwen-7B --format hf",
+    slow=True,
+)
+def import_copied_hf_cache(w: World, command: str) -> None:
+    w.need_hf_model()
+    usb = w.fresh("usb-hf")
+    shutil.copytree(w.hf_cache, usb / "cache", symlinks=True, ignore=shutil.ignore_patterns(".dsmirror"))
+    machine = w.machine("other-machine-hf")
+    w.readme(command, {_usb_path(command): str(usb / "cache")}, env=machine)
+    same_files(
+        Path(machine["XDG_CACHE_HOME"]) / "huggingface" / "hub" / HF_REPO_DIR / "snapshots" / COMMIT, w.files
+    )
+
+
+@exercises(
+    "dsmirror import /media/usb/models/r1-7b --manifest r1-7b.manifest.json",
+    "dsmirror import /media/usb/models/r1-7b",
+    slow=True,
+)
+def import_copied_folder(w: World, command: str) -> None:
+    """A plain copy needs its manifest; a folder dsmirror installed into carries its own."""
+    usb = w.fresh(f"usb-folder-{len(command)}")
+    if "--manifest" in command:
+        shutil.copytree(w.nas_root / "models" / "deepseek-r1-7b", usb / "r1-7b")  # plain files only
+    else:
+        shutil.copytree(w.need_models_r1(), usb / "r1-7b")  # with its .dsmirror/
+    machine = w.machine(f"other-machine-folder-{len(command)}")
+    cwd = Path(machine["HOME"])
+    shutil.copy(w.need_manifest(), cwd)
+    w.readme(command, {_usb_path(command): str(usb / "r1-7b")}, cwd=cwd, env=machine)
+    same_files(cwd / FOLDER, w.files)
+
+
+def need_docker_folder(w: World) -> Path:
+    """offline.md's Docker recipe: ``./ollama-models``, pulled into the Ollama layout."""
+    cwd = w.tmp / "docker-build"
+    if not (cwd / "ollama-models").exists():
+        cwd.mkdir(exist_ok=True)
+        w.cli(["pull", "deepseek-r1:7b", "--format", "ollama", "--dest", "./ollama-models"], cwd=cwd)
+    return cwd
+
+
+@exercises("dsmirror pull deepseek-r1:7b --format ollama --dest ./ollama-models", slow=True)
+def pull_ollama_layout_into_folder(w: World, command: str) -> None:
+    cwd = w.fresh("docker-recipe")
+    w.readme(command, cwd=cwd)
+    assert (cwd / "ollama-models" / OLLAMA_MANIFEST).read_bytes() == w.ollama_manifest
+
+
+@exercises("echo 'ollama-models/.dsmirror' >> .dockerignore", slow=True)
+def dockerignore(w: World, command: str) -> None:
+    """The line names exactly the folder dsmirror keeps its own state in, next to the model."""
+    cwd = need_docker_folder(w)
+    assert (cwd / "ollama-models" / ".dsmirror").is_dir()
+    w.run_program(["bash", "-c", command], cwd=cwd)
+    assert "ollama-models/.dsmirror\n" in (cwd / ".dockerignore").read_text()
+
+
+@exercises("ollama run deepseek-r1:7b", how="emulated", slow=True)
+def ollama_finds_the_model(w: World, command: str) -> None:
+    """No ollama here: what ``ollama run`` reads is there, its manifest and every blob at its size."""
+    store = need_docker_folder(w) / "ollama-models"
+    assert shlex.split(command)[2] == "deepseek-r1:7b"  # library/deepseek-r1:7b on registry.ollama.ai
+    doc = json.loads((store / OLLAMA_MANIFEST).read_bytes())
+    for blob in [doc["config"], *doc["layers"]]:
+        path = store / "blobs" / blob["digest"].replace(":", "-")
+        assert path.stat().st_size == blob["size"]
+        assert _sha256(path.read_bytes()) == blob["digest"].removeprefix("sha256:")
+
+
+def need_rev2(w: World) -> tuple[Path, Path]:
+    """A new revision (config.json changed) on a mirror of its own: (its manifest, its catalog)."""
+    made = w._made.get("rev2")
+    if made is not None:
+        return made  # type: ignore[no-any-return]
+    root = w.fresh("rev2-mirror")
+    files = {**w.files, "config.json": b'{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 16}\n'}
+    for rel, data in files.items():
+        (root / rel).write_bytes(data)
+    mirror = MirrorServer(root, host="127.0.0.3")
+    mirror.start()
+    w._servers.append(mirror)
+    catalog = w.tmp / "rev2.yaml"
+    catalog.write_text(f"version: 1\nmirrors:\n  - name: rev2-nas\n    kind: http\n    url: {mirror.url}\n")
+    manifest = w.tmp / "r1-7b-rev2.manifest.json"
+    w.cli(["manifest", "create", str(root), "-o", str(manifest), "--piece-size", "8MiB"])
+    w._made["rev2"] = (manifest, catalog)
+    return manifest, catalog
+
+
+@exercises(
+    "dsmirror pull r1-7b-rev2.manifest.json --dest ./models/r1-7b --dry-run",
+    "dsmirror pull r1-7b-rev2.manifest.json --dest ./models/r1-7b",
+    slow=True,
+)
+def pull_new_revision(w: World, command: str) -> None:
+    """Over the old revision: only the changed file is fetched; a dry run says so and writes nothing."""
+    manifest, catalog = need_rev2(w)
+    cwd = w.fresh(f"update-{len(command)}")
+    shutil.copytree(w.need_models_r1(), cwd / "models" / "r1-7b")
+    shutil.copy(manifest, cwd)
+    _, argv = w.split(command)
+    r = w.cli([*argv[1:], "--no-default-catalog", "--mirrors", str(catalog)], cwd=cwd)
+    changed = len(b'{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 16}\n')
+    if "--dry-run" in argv:
+        assert f"would fetch {changed} B" in r.stdout, r.stdout
+        same_files(cwd / "models" / "r1-7b", w.files)  # nothing written
+    else:
+        assert re.search(rf"\({changed} B downloaded", r.stdout), r.stdout
+        assert json.loads((cwd / "models" / "r1-7b" / "config.json").read_bytes())["hidden_size"] == 16
+
+
+@exercises("dsmirror doctor", "dsmirror doctor --json", slow=True)
+def doctor_without_a_model(w: World, command: str) -> None:
+    r = w.readme(command)
+    if "--json" in command:
+        report = json.loads(r.stdout)
+        assert {m["name"] for m in report["mirrors"]} >= {"test-hf", "test-ollama", "office-nas"}, report
+    else:
+        assert "this machine" in r.stdout and "test-hf" in r.stdout
+
+
 # -- the tests -----------------------------------------------------------------------------------------
 def test_every_readme_command_is_checked() -> None:
-    shown = readme_commands()
+    shown = [cmd for _, cmd in shown_commands()]
     unchecked = [cmd for cmd in shown if cmd not in CHECKS]
     stale = [cmd for cmd in CHECKS if cmd not in shown]
-    assert not unchecked, f"README.md shows commands no check exercises; add them to CHECKS: {unchecked}"
-    assert not stale, f"checks of commands README.md no longer shows: {stale}"
+    assert not unchecked, f"the docs show commands no check exercises; add them to CHECKS: {unchecked}"
+    assert not stale, f"checks of commands the docs no longer show: {stale}"
 
 
 def test_extraction() -> None:
@@ -1142,14 +1349,15 @@ def test_extraction() -> None:
     ]
 
 
-def _param(cmd: str) -> Any:
+def _param(doc: str, cmd: str) -> Any:
     check = CHECKS.get(cmd)
     marks = [pytest.mark.slow] if check is not None and check.slow else []
-    return pytest.param(cmd, marks=marks, id=cmd[:60])
+    where = "" if doc == "README.md" else f"{Path(doc).name}: "
+    return pytest.param(cmd, marks=marks, id=f"{where}{cmd if len(cmd) <= 80 else cmd[:77] + '...'}")
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("command", [_param(c) for c in readme_commands()])
+@pytest.mark.parametrize("command", [_param(doc, cmd) for doc, cmd in shown_commands()])
 def test_readme_command(command: str, world: World) -> None:
     check = CHECKS.get(command)
     if check is None:
@@ -1158,8 +1366,8 @@ def test_readme_command(command: str, world: World) -> None:
 
 
 def test_readme_commands_parse() -> None:
-    """Every ``dsmirror`` command README shows parses: its subcommand and options exist."""
-    for cmd in readme_commands():
+    """Every ``dsmirror`` command the docs show parses: its subcommand and options exist."""
+    for _, cmd in shown_commands():
         words = [w for w in shlex.split(_without_optional_parts(cmd)) if not _ENV_ASSIGNMENT.fullmatch(w)]
         if words[0] == "dsmirror" and "|" not in words:  # a pipe's halves are run by its check
             _parse_cli(words[1:])
