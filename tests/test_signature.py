@@ -352,6 +352,16 @@ def test_statement_is_read_strictly(tmp_path: Path, pki: Pki, model: Path) -> No
         parse(lambda st: st["predicate"]["serialization"].update(hash_type="blake2"))
 
 
+def test_the_library_names_dsmirror_relies_on() -> None:
+    """dsmirror._verify.signature calls model-signing below its stable API: fail here, by name."""
+    from model_signing._signing import sign_certificate, sign_ec_key, sign_sigstore, sign_sigstore_pb, signing
+
+    for verifier in (sign_ec_key.Verifier, sign_certificate.Verifier, sign_sigstore.Verifier):
+        assert callable(getattr(verifier, "_verify_signed_content", None)), verifier
+    assert callable(signing.dsse_payload_to_manifest)
+    assert callable(sign_sigstore.Signature.read) and callable(sign_sigstore_pb.Signature.read)
+
+
 # -- what the library accepts --------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["key", "cert"])
 def test_library_verifies_what_manifest_sign_wrote(

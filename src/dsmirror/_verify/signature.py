@@ -34,6 +34,7 @@ when a signature is checked or made.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -61,10 +62,14 @@ from dsmirror._formats.signature import (
 
 __all__ = ["VerifiedSignature", "sign_model", "verify_signature"]
 
-_KIND_WORDS: dict[SignerKind, str] = {
-    "key": "a private key (check it with --signature-key)",
-    "certificate": "a certificate (check it with --signature-cert-chain)",
-    "sigstore": "Sigstore, keyless (check it with --signature-identity and --signature-issuer)",
+#: How a bundle was signed, and what checks it (on the command line; in a catalog's publisher).
+_KINDS: dict[SignerKind, tuple[str, str]] = {
+    "key": ("a private key", "--signature-key PEM (a publisher's key:)"),
+    "certificate": ("a certificate", "--signature-cert-chain PEM (a publisher's certificate_chain:)"),
+    "sigstore": (
+        "Sigstore, keyless",
+        "--signature-identity with --signature-issuer (a publisher's identity: and issuer:)",
+    ),
 }
 
 
@@ -139,8 +144,6 @@ def _signer(kind: SignerKind, bundle: bytes, publisher: Publisher) -> str:
     if kind == "key":
         return f"{publisher.name} (key {str(material['publicKey'].get('hint', '?'))[:16]}…)"
     if kind == "certificate":
-        import base64
-
         from cryptography import x509
 
         der = base64.b64decode(material["x509CertificateChain"]["certificates"][0]["rawBytes"])
@@ -160,10 +163,11 @@ def verify_signature(bundle: bytes, publisher: Publisher, *, origin: str) -> Ver
         raise SignatureInvalid(f"is {len(bundle)} bytes, too large to be a model signature", origin=origin)
     kind = signer_kind(bundle, origin=origin)
     if kind != publisher.method:
+        what, checked_by = _KINDS[kind]
         raise SignatureInvalid(
-            f"is signed with {_KIND_WORDS[kind].split(' (')[0]}, not the way {publisher.name} signs",
+            f"is signed with {what}, not the way {publisher.name} signs",
             origin=origin,
-            hint=_KIND_WORDS[kind].split(" (")[1].rstrip(")"),
+            hint=f"check it with {checked_by}",
         )
     verifier = _verifier(publisher)
     from model_signing._signing import signing
