@@ -26,8 +26,8 @@ from pathlib import Path
 
 from dsmirror._core.clock import Clock, SystemClock
 from dsmirror._core.errors import (
-    IntegrityError,
     Interrupted,
+    NoSourceError,
     PieceMismatch,
     SourceError,
     SourceUnavailable,
@@ -44,6 +44,7 @@ from dsmirror._core.events import (
     SourceTrouble,
 )
 from dsmirror._fetch.broker import SwarmSource
+from dsmirror._fetch.repair import Repair
 from dsmirror._fetch.source import Source
 from dsmirror._formats.manifest import Manifest, Piece
 from dsmirror._journal.store import Store
@@ -136,7 +137,7 @@ class _Engine:
         self._partials_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self._dropped: set[str] = set()
-        self.repair = Repair(self)
+        self.repair = Repair(manifest, store, self.sched, self.emit)
         for src in self.sources.values():
             for fi, f in enumerate(manifest.files):
                 if not src.has_file(f):
@@ -406,6 +407,69 @@ class _Engine:
         if self.swarms:
             self._announce(piece, bytes(buf) if buf is not None else None)
 
+    # -- driving the pull ------------------------------------------------------------------------
+    def run(self) -> Iterator[Event]:
+        """Start the connections and drive them until every piece and every file is verified."""
+        self.start()
+        try:
+            yield from self._drive()
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted; verified pieces are kept: run the same command to resume"
+            ) from None
+        finally:
+            self.shutdown()
+        if self.fatal is not None:
+            raise self.fatal
+        yield from self.drain()
+
+    def _drive(self) -> Iterator[Event]:
+        """The pull's loop: whole-file results, the scheduler's clock work, durability, progress."""
+        store, sched, cfg = self.store, self.sched, self.cfg
+        last_commit = last_progress = self.clock.now()
+        meter = _RateMeter(store.received_bytes, self.clock.now())
+        while not (sched.finished() and store.all_files_checked()):
+            if self.fatal is not None:
+                raise self.fatal
+            self._take_file_results()
+            sched.check_viable()
+            sched.tick()
+            self.stop.wait(0.05)
+            now = self.clock.now()
+            if now - last_commit >= cfg.commit_interval:
+                store.commit()
+                last_commit = now
+            yield from self.drain()
+            if now - last_progress >= cfg.progress_interval:
+                received = store.received_bytes
+                rate = meter.update(received, now)
+                left = self.m.total_size - received
+                yield self.snapshot(rate, left / rate if rate > 0 else None)
+                last_progress = now
+        self._take_file_results()
+
+    def _take_file_results(self) -> None:
+        for fi, ok in self.store.take_file_results():
+            self.repair.file_checked(fi, ok)
+
+    def finished(self, files: Sequence[str], before: int, seconds: float) -> PullFinished:
+        """The pull's last event; ``before``: bytes verified when it started."""
+        delivered = {st.info.name: st.delivered for st in self.sched.sources()}
+        return PullFinished(
+            self.m.name,
+            str(self.store.dest),
+            tuple(files),
+            self.m.total_size,
+            sum(delivered.values()),
+            before,
+            self.sched.redundant_bytes,
+            self.sched.corrupt_bytes,
+            seconds,
+            delivered,
+            self.sched.split_pieces,
+            self.sched.recycled,
+        )
+
     def shutdown(self) -> None:
         self.stop.set()
         for t in self.threads:
@@ -437,6 +501,22 @@ class _Engine:
         return Progress(
             self.store.verified_bytes, self.m.total_size, rate, eta, tuple(srcs), self.store.received_bytes
         )
+
+
+class _RateMeter:
+    """The pull's download rate: windows of at least a second, averaged (60 % old, 40 % new)."""
+
+    def __init__(self, received: int, now: float) -> None:
+        self.rate = 0.0
+        self._bytes = received
+        self._at = now
+
+    def update(self, received: int, now: float) -> float:
+        if now - self._at >= 1.0:
+            inst = (received - self._bytes) / (now - self._at)
+            self.rate = inst if not self.rate else 0.6 * self.rate + 0.4 * inst
+            self._bytes, self._at = received, now
+        return self.rate
 
 
 class _Broker:
@@ -491,133 +571,6 @@ class _Broker:
         self._eng.emit(event)
 
 
-@dataclass
-class _FileRepair:
-    tried: list[str]
-    suspect: str | None = None
-    old: dict[int, str] | None = None  # piece -> digest the suspect had sent
-    disputes: int = 0
-
-
-class Repair:
-    """Finding the source that sent bad bytes when only a whole-file digest is published.
-
-    Registries publish whole-file digests only, so a bad byte is noticed only when a whole file is
-    hashed. Instead of fetching the whole file again, the pieces of one *suspect* source (the least
-    trusted contributor first: already blamed, then unofficial, then the smallest contributor) are
-    fetched again from other sources and compared with what the suspect sent. If the file then
-    matches and the copies differed, the suspect lied: it is banned and its pieces in other
-    unverified files are fetched again too. If the file still fails, the suspect is cleared and the
-    next one is tried. Only the suspects' pieces are ever fetched twice; when every contributor has
-    been cross-checked and the file still fails, the pull stops with an IntegrityError naming it.
-    """
-
-    def __init__(self, eng: _Engine) -> None:
-        self.eng = eng
-        self.files: dict[int, _FileRepair] = {}
-        self._lock = threading.Lock()
-
-    def piece_received(self, piece: Piece, digest: str, source: str) -> None:
-        with self._lock:
-            r = self.files.get(piece.file_index)
-            if r and r.old and piece.index in r.old and r.old[piece.index] != digest:
-                r.disputes += 1
-
-    def _order(self, fi: int) -> list[str]:
-        eng = self.eng
-        count: dict[str, int] = {}
-        for i in eng.m.file_piece_ranges[fi]:
-            src = eng.store.provenance.get(i, ("?", ""))[0]
-            count[src] = count.get(src, 0) + 1
-
-        def key(name: str) -> tuple[int, int, int, int]:
-            if not eng.sched.has_source(name):
-                return (0, 0, 0, count[name])  # unknown provenance (resumed): check first
-            st = eng.sched.source(name)
-            return (1, 0 if st.banned or st.corrupt else 1, 1 if st.info.official else 0, count[name])
-
-        return sorted(count, key=key)
-
-    def file_checked(self, fi: int, ok: bool) -> None:
-        eng = self.eng
-        f = eng.m.files[fi]
-        r = self.files.get(fi)
-        if ok:
-            if r and r.suspect and r.disputes and eng.sched.has_source(r.suspect):
-                reason = (
-                    f"sent bad bytes for {f.path} (found by cross-checking its pieces with other sources)"
-                )
-                eng.sched.ban(r.suspect, reason)
-                eng.emit(SourceDropped(r.suspect, reason))
-                self._recheck_elsewhere(r.suspect)
-            self.files.pop(fi, None)
-            return
-        if not f.pieces or f.pieces[0]:
-            self._recheck_hashed_file(fi)
-            return
-        if r is None:
-            r = self.files[fi] = _FileRepair(tried=[])
-        elif r.suspect and r.disputes and eng.sched.has_source(r.suspect):
-            pass  # copies differed but the file still fails: keep looking at the others too
-        order = [s for s in self._order(fi) if s not in r.tried]
-        if not order:
-            raise IntegrityError(
-                f"{f.path} does not match its SHA-256 even after every source's pieces were cross-checked",
-                hint="every source serves the same wrong bytes: the published digest or the file is bad",
-            )
-        suspect = order[0]
-        r.tried.append(suspect)
-        rng = eng.m.file_piece_ranges[fi]
-        pieces = [i for i in rng if eng.store.provenance.get(i, ("?", ""))[0] == suspect]
-        r.suspect, r.disputes = suspect, 0
-        r.old = {i: eng.store.provenance[i][1] for i in pieces if i in eng.store.provenance}
-        eng.emit(
-            PieceRejected(
-                suspect,
-                pieces[0] if pieces else -1,
-                f.path,
-                f"{f.path} failed its SHA-256; fetching the {len(pieces)} pieces "
-                f"{suspect} sent from other sources",
-            )
-        )
-        eng.store.invalidate(pieces)
-        eng.sched.reopen(pieces, avoid=suspect if eng.sched.has_source(suspect) else None)
-
-    def _recheck_hashed_file(self, fi: int) -> None:
-        """A file with piece hashes failed its digest: the bytes on disk changed behind our back.
-
-        Re-hash its pieces from disk; keep those that verify, fetch the others again. If every
-        piece verifies, the manifest contradicts itself and no download can fix that.
-        """
-        eng = self.eng
-        f = eng.m.files[fi]
-        bad = [
-            i
-            for i in eng.m.file_piece_ranges[fi]
-            if hashlib.sha256(eng.store.read_piece(eng.m.pieces[i])).hexdigest() != eng.m.pieces[i].sha256
-        ]
-        if not bad:
-            raise IntegrityError(
-                f"{f.path}: every piece verifies but the whole-file SHA-256 does not match; "
-                "the manifest is inconsistent",
-                hint="re-create the manifest from a good copy",
-            )
-        eng.store.invalidate(bad)
-        eng.sched.reopen(bad)
-
-    def _recheck_elsewhere(self, liar: str) -> None:
-        """A banned liar's pieces in files not yet verified are fetched again from others."""
-        eng = self.eng
-        pieces = [
-            i
-            for i, (src, _) in eng.store.provenance.items()
-            if src == liar and not eng.store.file_verified(eng.m.pieces[i].file_index)
-        ]
-        if pieces:
-            eng.store.invalidate(pieces)
-            eng.sched.reopen(pieces, avoid=liar)
-
-
 def fetch(
     manifest: Manifest,
     sources: Sequence[Source | SwarmSource],
@@ -632,7 +585,6 @@ def fetch(
     The store stays open (the caller closes it); on return every piece is verified and the files
     are installed under their final names.
     """
-    cfg = config or EngineConfig()
     clk = clock or SystemClock()
     t0 = clk.now()
     before = store.verified_bytes
@@ -649,67 +601,14 @@ def fetch(
         store.stats.rejected_pieces,
         store.stats.reused_files,
     )
-    eng = _Engine(manifest, sources, store, cfg, clk)
+    eng = _Engine(manifest, sources, store, config or EngineConfig(), clk)
     if on_sources:
         on_sources(eng.sched)
     if not (store.complete() and store.wait_checked()):
         if not sources:
-            from dsmirror._core.errors import NoSourceError
-
             raise NoSourceError("no source to download from", hint="give mirrors with --mirrors FILE")
-        eng.start()
-        last_commit = last_progress = clk.now()
-        rate = 0.0
-        rate_bytes, rate_at = store.received_bytes, clk.now()
-        try:
-            while not (eng.sched.finished() and store.all_files_checked()):
-                if eng.fatal is not None:
-                    raise eng.fatal
-                for fi, ok in store.take_file_results():
-                    eng.repair.file_checked(fi, ok)
-                eng.sched.check_viable()
-                eng.sched.tick()
-                eng.stop.wait(0.05)
-                now = clk.now()
-                if now - last_commit >= cfg.commit_interval:
-                    store.commit()
-                    last_commit = now
-                yield from eng.drain()
-                if now - last_progress >= cfg.progress_interval:
-                    rb = store.received_bytes
-                    if now - rate_at >= 1.0:
-                        inst = (rb - rate_bytes) / (now - rate_at)
-                        rate = inst if not rate else 0.6 * rate + 0.4 * inst
-                        rate_bytes, rate_at = rb, now
-                    left = manifest.total_size - rb
-                    yield eng.snapshot(rate, left / rate if rate > 0 else None)
-                    last_progress = now
-            for fi, ok in store.take_file_results():
-                eng.repair.file_checked(fi, ok)
-        except KeyboardInterrupt:
-            raise Interrupted(
-                "interrupted; verified pieces are kept: run the same command to resume"
-            ) from None
-        finally:
-            eng.shutdown()
-        if eng.fatal is not None:
-            raise eng.fatal
-        yield from eng.drain()
+        yield from eng.run()
     files = store.finalize()
     elapsed = clk.now() - t0
     yield eng.snapshot((store.verified_bytes - before) / elapsed if elapsed > 0 else 0.0, 0.0)
-    delivered = {st.info.name: st.delivered for st in eng.sched.sources()}
-    yield PullFinished(
-        manifest.name,
-        str(store.dest),
-        tuple(files),
-        manifest.total_size,
-        sum(delivered.values()),
-        before,
-        eng.sched.redundant_bytes,
-        eng.sched.corrupt_bytes,
-        clk.now() - t0,
-        delivered,
-        eng.sched.split_pieces,
-        eng.sched.recycled,
-    )
+    yield eng.finished(files, before, clk.now() - t0)

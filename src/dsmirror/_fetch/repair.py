@@ -1,0 +1,149 @@
+"""Repair of a file that failed its whole-file digest: which pieces to fetch again, from whom.
+
+The engine reports to :class:`Repair` every piece that has no hash of its own (``piece_received``)
+and every whole-file result the store's hasher produces (``file_checked``); Repair invalidates
+pieces in the store, reopens them in the scheduler and bans the source found to lie.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dsmirror._core.errors import IntegrityError
+from dsmirror._core.events import Event, PieceRejected, SourceDropped
+from dsmirror._formats.manifest import Manifest, Piece
+from dsmirror._journal.store import Store
+from dsmirror._schedule.scheduler import Scheduler
+
+__all__ = ["Repair"]
+
+
+@dataclass
+class _FileRepair:
+    tried: list[str]
+    suspect: str | None = None
+    old: dict[int, str] | None = None  # piece -> digest the suspect had sent
+    disputes: int = 0
+
+
+class Repair:
+    """Finding the source that sent bad bytes when only a whole-file digest is published.
+
+    Registries publish whole-file digests only, so a bad byte is noticed only when a whole file is
+    hashed. Instead of fetching the whole file again, the pieces of one *suspect* source (the least
+    trusted contributor first: already blamed, then unofficial, then the smallest contributor) are
+    fetched again from other sources and compared with what the suspect sent. If the file then
+    matches and the copies differed, the suspect lied: it is banned and its pieces in other
+    unverified files are fetched again too. If the file still fails, the suspect is cleared and the
+    next one is tried. Only the suspects' pieces are ever fetched twice; when every contributor has
+    been cross-checked and the file still fails, the pull stops with an IntegrityError naming it.
+    """
+
+    def __init__(
+        self, manifest: Manifest, store: Store, sched: Scheduler, emit: Callable[[Event], None]
+    ) -> None:
+        self.m = manifest
+        self.store = store
+        self.sched = sched
+        self.emit = emit
+        self.files: dict[int, _FileRepair] = {}
+        self._lock = threading.Lock()
+
+    def piece_received(self, piece: Piece, digest: str, source: str) -> None:
+        with self._lock:
+            r = self.files.get(piece.file_index)
+            if r and r.old and piece.index in r.old and r.old[piece.index] != digest:
+                r.disputes += 1
+
+    def _order(self, fi: int) -> list[str]:
+        count: dict[str, int] = {}
+        for i in self.m.file_piece_ranges[fi]:
+            src = self.store.provenance.get(i, ("?", ""))[0]
+            count[src] = count.get(src, 0) + 1
+
+        def key(name: str) -> tuple[int, int, int, int]:
+            if not self.sched.has_source(name):
+                return (0, 0, 0, count[name])  # unknown provenance (resumed): check first
+            st = self.sched.source(name)
+            return (1, 0 if st.banned or st.corrupt else 1, 1 if st.info.official else 0, count[name])
+
+        return sorted(count, key=key)
+
+    def file_checked(self, fi: int, ok: bool) -> None:
+        f = self.m.files[fi]
+        r = self.files.get(fi)
+        if ok:
+            if r and r.suspect and r.disputes and self.sched.has_source(r.suspect):
+                reason = (
+                    f"sent bad bytes for {f.path} (found by cross-checking its pieces with other sources)"
+                )
+                self.sched.ban(r.suspect, reason)
+                self.emit(SourceDropped(r.suspect, reason))
+                self._recheck_elsewhere(r.suspect)
+            self.files.pop(fi, None)
+            return
+        if not f.pieces or f.pieces[0]:
+            self._recheck_hashed_file(fi)
+            return
+        if r is None:
+            r = self.files[fi] = _FileRepair(tried=[])
+        elif r.suspect and r.disputes and self.sched.has_source(r.suspect):
+            pass  # copies differed but the file still fails: keep looking at the others too
+        order = [s for s in self._order(fi) if s not in r.tried]
+        if not order:
+            raise IntegrityError(
+                f"{f.path} does not match its SHA-256 even after every source's pieces were cross-checked",
+                hint="every source serves the same wrong bytes: the published digest or the file is bad",
+            )
+        suspect = order[0]
+        r.tried.append(suspect)
+        rng = self.m.file_piece_ranges[fi]
+        pieces = [i for i in rng if self.store.provenance.get(i, ("?", ""))[0] == suspect]
+        r.suspect, r.disputes = suspect, 0
+        r.old = {i: self.store.provenance[i][1] for i in pieces if i in self.store.provenance}
+        self.emit(
+            PieceRejected(
+                suspect,
+                pieces[0] if pieces else -1,
+                f.path,
+                f"{f.path} failed its SHA-256; fetching the {len(pieces)} pieces "
+                f"{suspect} sent from other sources",
+            )
+        )
+        self.store.invalidate(pieces)
+        self.sched.reopen(pieces, avoid=suspect if self.sched.has_source(suspect) else None)
+
+    def _recheck_hashed_file(self, fi: int) -> None:
+        """A file with piece hashes failed its digest: the bytes on disk changed behind our back.
+
+        Re-hash its pieces from disk; keep those that verify, fetch the others again. If every
+        piece verifies, the manifest contradicts itself and no download can fix that.
+        """
+        f = self.m.files[fi]
+        bad = [
+            i
+            for i in self.m.file_piece_ranges[fi]
+            if hashlib.sha256(self.store.read_piece(self.m.pieces[i])).hexdigest() != self.m.pieces[i].sha256
+        ]
+        if not bad:
+            raise IntegrityError(
+                f"{f.path}: every piece verifies but the whole-file SHA-256 does not match; "
+                "the manifest is inconsistent",
+                hint="re-create the manifest from a good copy",
+            )
+        self.store.invalidate(bad)
+        self.sched.reopen(bad)
+
+    def _recheck_elsewhere(self, liar: str) -> None:
+        """A banned liar's pieces in files not yet verified are fetched again from others."""
+        pieces = [
+            i
+            for i, (src, _) in self.store.provenance.items()
+            if src == liar and not self.store.file_verified(self.m.pieces[i].file_index)
+        ]
+        if pieces:
+            self.store.invalidate(pieces)
+            self.sched.reopen(pieces, avoid=liar)
