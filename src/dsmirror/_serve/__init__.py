@@ -9,7 +9,8 @@ only modules below it)::
     _app                the aiohttp app: one dispatcher (limits, token, read-only, rescan on a miss)
       _ms_routes          ModelScope-like routes over the Hugging Face repos
       _hf_routes          the Hugging Face Hub API and resolve routes
-      _ollama_routes      the /v2 registry (OCI distribution) routes
+      _oci_routes         the /v2 registry API (the OCI distribution spec's pull side)
+        _ollama_routes    Ollama models as registry repositories (names, tags, blobs)
       _folder_routes      dsmirror's /dsmirror/ routes of served manifest folders
       _send               sending bytes: sendfile, injected faults, files still being pulled
       _ranges             Range and conditional requests against the content etag

@@ -7,9 +7,9 @@ Routes (all read-only; anything but GET/HEAD is 405)::
     GET  /api/models/{org}/{name}/tree/{rev}[/{path}]           tree, ?recursive=, paged by Link rel=next
     HEAD|GET /{org}/{name}/resolve/{rev}/{path}                 file bytes + X-Repo-Commit, etags, Range
     GET  /api/...  (anything else, e.g. /api/agent-harnesses)   404 JSON, at once
-    GET  /v2/                                                   {}
-    HEAD|GET /v2/{ns}/{name}/manifests/{tag|digest}             manifest bytes as stored
-    HEAD|GET /v2/{ns}/{name}/blobs/sha256:{hex}                 blob bytes, Range (or 307 elsewhere)
+    GET  /v2/, /v2/_catalog, /v2/{name}/tags/list               the registry API (OCI distribution,
+    HEAD|GET /v2/{name}/manifests/{tag|digest}                  pull side; see _oci_routes)
+    HEAD|GET /v2/{name}/blobs/{digest}                          blob bytes, Range (or 307 elsewhere)
     GET  /api/v1/models/{org}/{name}/repo/files?Revision=&Recursive=   ModelScope-style listing
     HEAD|GET /api/v1/models/{org}/{name}/repo?Revision=&FilePath=      ModelScope-style file, Range
     GET  /dsmirror/status                                       health: what is served, pulls running
@@ -32,7 +32,7 @@ character or backslash, is refused with 400 before routing; so is an encoded sla
 file path of a download route. After routing, paths are only ever used as keys into the
 index: no filesystem path is built from a URL.
 
-What each route answers is in its module: ``_hf_routes``, ``_ms_routes``, ``_ollama_routes``,
+What each route answers is in its module: ``_hf_routes``, ``_ms_routes``, ``_oci_routes``,
 ``_folder_routes``; how bytes are sent (Range, conditional requests, sendfile) in ``_send`` and
 ``_ranges``.
 
@@ -56,6 +56,7 @@ from dsmirror._serve._http import Miss, Reply, bad_request, json_reply
 from dsmirror._serve._index import ModelIndex
 from dsmirror._serve._library import IndexSource, StaticIndex
 from dsmirror._serve._ms_routes import ModelScopeRoutes
+from dsmirror._serve._oci_routes import RegistryRoutes, write_refused
 from dsmirror._serve._ollama_routes import OllamaRoutes
 from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._send import Sender, ServeFaults, ServeStats
@@ -114,7 +115,7 @@ class _Service:
         sender = Sender(self._servable, faults, stats)
         self.hf = HfRoutes(sender, pullthrough, tree_page_size)
         self.ms = ModelScopeRoutes(sender)
-        self.ollama = OllamaRoutes(sender, pullthrough, blob_redirect_to)
+        self.registry = RegistryRoutes(OllamaRoutes(sender, pullthrough, blob_redirect_to))
         self.folders = FolderRoutes(sender, pullthrough)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -140,6 +141,8 @@ class _Service:
         try:
             self._authorize(request)
             if request.method not in _READ_ONLY:
+                if request.raw_path.startswith("/v2/"):
+                    raise Reply(write_refused())
                 raise Reply(json_reply(405, {"error": "read-only mirror"}, {"Allow": "GET, HEAD"}))
             segments = _split_target(request.raw_path)
             try:
@@ -168,7 +171,7 @@ class _Service:
         )
 
     async def _route(self, request: web.Request, seg: list[str], index: ModelIndex) -> web.StreamResponse:
-        hf, ms, ollama, folders = self.hf, self.ms, self.ollama, self.folders
+        hf, ms, folders = self.hf, self.ms, self.folders
         match seg:
             case ["healthz"]:
                 return json_reply(200, {"status": "ok", **index.counts()})
@@ -186,19 +189,9 @@ class _Service:
                 return await ms.file(request, ms.repo(request, index, org, name))
             case ["api", *_]:
                 raise Reply(json_reply(404, {"error": "no such API route on this mirror"}))
-            # Ollama registry
-            case ["v2"] | ["v2", ""]:
-                return json_reply(200, {})
-            case ["v2", ns, name, "manifests", reference]:
-                return await ollama.manifest(index, ns, name, reference)
-            case ["v2", ns, name, "blobs", digest]:
-                return await ollama.blob(request, index, ns, name, digest)
-            case ["v2", *_]:
-                raise Reply(
-                    json_reply(
-                        404, {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known"}]}
-                    )
-                )
+            # the registry API (OCI distribution; Ollama models)
+            case ["v2", *rest]:
+                return await self.registry.route(request, index, rest)
             # dsmirror's own routes
             case ["dsmirror", "status"]:
                 return self._status(index)

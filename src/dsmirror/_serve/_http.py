@@ -17,6 +17,7 @@ from aiohttp import web
 from dsmirror._formats.paths import check_repo_path
 
 __all__ = [
+    "REGISTRY_API_VERSION",
     "TRUE",
     "Miss",
     "Reply",
@@ -24,6 +25,7 @@ __all__ = [
     "checked_path",
     "content_type",
     "json_reply",
+    "registry_error",
     "repo_path",
 ]
 
@@ -54,6 +56,27 @@ def json_reply(status: int, payload: object, headers: Mapping[str, str] | None =
 
 def bad_request(message: str) -> Reply:
     return Reply(json_reply(400, {"error": message}))
+
+
+#: Sent with every answer of the registry routes (``/v2/``): Docker-era clients look for it.
+REGISTRY_API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+#: The registry error codes a rescan of the disk might turn into a hit.
+_RESCAN_MIGHT_FIND = ("NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN")
+
+
+def registry_error(
+    status: int, code: str, message: str, detail: object = None, headers: Mapping[str, str] | None = None
+) -> Reply:
+    """An error of the registry API (OCI distribution spec): ``{"errors": [{code, message, detail}]}``.
+
+    ``code`` is one of the spec's (``NAME_UNKNOWN``, ``MANIFEST_UNKNOWN``, ``BLOB_UNKNOWN``,
+    ``NAME_INVALID``, ``DIGEST_INVALID``, ``UNSUPPORTED``, ...). An unknown name, manifest or blob is
+    a ``Miss``: a model installed since the last scan may be found by a rescan.
+    """
+    error = {"code": code, "message": message, "detail": detail}
+    response = json_reply(status, {"errors": [error]}, {**REGISTRY_API_VERSION, **(headers or {})})
+    return Miss(response) if status == 404 and code in _RESCAN_MIGHT_FIND else Reply(response)
 
 
 def repo_path(parts: list[str], *, encoded_slash_ok: bool = False) -> str:
