@@ -25,19 +25,21 @@ import httpx
 import pytest
 
 from conftest import CliProcess, addr, free_port
-from dsmirror._core.errors import BadResponse, SourceNotFound, SourceUnavailable
+from dsmirror._core.errors import BadResponse, PieceMismatch, SourceNotFound, SourceUnavailable
 from dsmirror._core.events import Event
+from dsmirror._fetch.broker import PieceBroker
 from dsmirror._fetch.http import HttpSource
 from dsmirror._fetch.local import MemorySource, local_source_info
 from dsmirror._fetch.reuse import LocalIndex, LocalReuse, reuse_local
 from dsmirror._fetch.source import Source
-from dsmirror._formats.manifest import FileEntry, Manifest
+from dsmirror._formats.manifest import FileEntry, Manifest, Piece
 from dsmirror._formats.ollama import parse_ollama_name
 from dsmirror._journal.store import Store
 from dsmirror._resolve.registries.client import RepoURLs
 from dsmirror._resolve.registries.hf import _hf_template
 from dsmirror._resolve.registries.ollama import _blob_template
 from dsmirror._schedule.info import SourceInfo
+from dsmirror._schedule.scheduler import Assignment
 from dsmirror._serve import HfRepo, ModelIndex, OllamaModel, ServeFaults, ServerThread, make_app
 from dsmirror.testing import Faults, MirrorServer
 from dsmirror.testing.conformance import (
@@ -596,28 +598,146 @@ def test_a_hanging_source_fails_within_the_timeout() -> None:
         check_source(_mem(Hangs), timeout=0.5)
 
 
-class _IdleSwarm:
-    """A piece source that takes no work at all: a pull that counts on it cannot finish."""
+class _MemorySwarm:
+    """A piece source that has every piece in memory and keeps the broker's rules.
 
-    def __init__(self) -> None:
-        self.info = SourceInfo("idle", "bittorrent", "swarm", region="p2p")
+    The suite's own test: a correct piece source without libtorrent (fast), and the base of the
+    broken ones below, each of which breaks one rule.
+    """
+
+    def __init__(self, manifest: Manifest, root: Path) -> None:
+        self.info = SourceInfo("memory-swarm", "bittorrent", "swarm", region="p2p", max_connections=2)
+        self.manifest = manifest
+        self.data = {f.path: (root / f.path).read_bytes() for f in manifest.files}
+        self.closed = threading.Event()
 
     @property
     def name(self) -> str:
         return self.info.name
 
-    def run(self, ctx: Any) -> None:
-        pass
+    def piece_bytes(self, piece: Piece) -> bytes:
+        return self.data[piece.path][piece.offset : piece.offset + piece.length]
 
-    def piece_available(self, piece: Any, data: bytes | None) -> None:
+    def running(self, broker: PieceBroker) -> bool:
+        return not broker.stopping()
+
+    def run(self, broker: PieceBroker) -> None:
+        while self.running(broker):
+            got = broker.acquire(self.name)
+            if got is None:
+                return
+            if isinstance(got, float):
+                self.closed.wait(min(got, 1.0))
+                continue
+            self.work(broker, got)
+
+    def work(self, broker: PieceBroker, a: Assignment) -> None:
+        error: BaseException | None = None
+        try:
+            while broker.wanted(a):
+                piece = self.manifest.pieces[a.next_piece]
+                if not broker.deliver(a, piece, self.piece_bytes(piece), self.name):
+                    break
+        except PieceMismatch as exc:
+            error = exc
+        finally:
+            broker.release(a, error)
+
+    def piece_available(self, piece: Piece, data: bytes | None) -> None:
         pass
 
     def close(self) -> None:
+        self.closed.set()
+
+
+def test_a_piece_source_in_memory(tmp_path: Path) -> None:
+    report = check_piece_source(_MemorySwarm, tmp_path)
+    assert "alone" in report.checks and "resumed" in report.checks
+
+
+class _IdleSwarm(_MemorySwarm):
+    """Takes no work at all: a pull that counts on it cannot finish."""
+
+    def run(self, broker: PieceBroker) -> None:
         pass
+
+
+class _NeverReleases(_MemorySwarm):
+    def work(self, broker: PieceBroker, a: Assignment) -> None:
+        while broker.wanted(a):
+            piece = self.manifest.pieces[a.next_piece]
+            if not broker.deliver(a, piece, self.piece_bytes(piece), self.name):
+                break
+
+
+class _Backwards(_MemorySwarm):
+    """Delivers the pieces of a span last first."""
+
+    def work(self, broker: PieceBroker, a: Assignment) -> None:
+        try:
+            for i in reversed(range(a.next_piece, a.end)):
+                piece = self.manifest.pieces[i]
+                broker.deliver(a, piece, self.piece_bytes(piece), self.name)
+        finally:
+            broker.release(a)
+
+
+class _Corrupt(_MemorySwarm):
+    def piece_bytes(self, piece: Piece) -> bytes:
+        data = bytearray(super().piece_bytes(piece))
+        if piece.index % 3 == 1:
+            data[0] ^= 0xFF
+        return bytes(data)
+
+
+class _DeafToStop(_MemorySwarm):
+    """Ignores stopping(): only close() ends its loop."""
+
+    def running(self, broker: PieceBroker) -> bool:
+        return not self.closed.is_set()
+
+    def run(self, broker: PieceBroker) -> None:
+        while self.running(broker):
+            got = broker.acquire(self.name)
+            if isinstance(got, Assignment):
+                self.work(broker, got)
+            else:
+                self.closed.wait(0.05)
+
+
+class _Impostor(_MemorySwarm):
+    """Reports another source's name to the broker (its own is a mirror's)."""
+
+    def run(self, broker: PieceBroker) -> None:
+        name = self.info.name
+        self.info = SourceInfo("mirror", "bittorrent", "swarm")
+        try:
+            super().run(broker)
+        finally:
+            self.info = SourceInfo(name, "bittorrent", "swarm")
+
+
+@pytest.mark.parametrize(
+    ("swarm", "broken"),
+    [
+        (_NeverReleases, "never released"),
+        (_Backwards, "not its next piece"),
+        (_Corrupt, "failed their SHA-256"),
+        (_Impostor, "not its name"),
+        (_DeafToStop, "had not returned when the pull ended"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_the_suite_catches_a_broken_piece_source(
+    tmp_path: Path, swarm: type[_MemorySwarm], broken: str
+) -> None:
+    with pytest.raises(ConformanceFailure) as caught:
+        check_piece_source(swarm, tmp_path, timeout=5)
+    assert any(broken in f for f in caught.value.failures), caught.value.failures
 
 
 def test_the_suite_catches_a_piece_source_that_does_nothing(tmp_path: Path) -> None:
     with pytest.raises(ConformanceFailure) as caught:
-        check_piece_source(lambda manifest, root: _IdleSwarm(), tmp_path, timeout=3)
+        check_piece_source(_IdleSwarm, tmp_path, timeout=2)
     names = [f.split(":")[0] for f in caught.value.failures]
     assert names == ["alone", "beside a mirror", "resumed"], caught.value.failures

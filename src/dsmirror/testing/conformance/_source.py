@@ -144,7 +144,6 @@ _EXPECTED: dict[ServerFault, type[SourceError]] = {
 # -- test data -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _File:
-    name: str
     data: bytes
     entry: FileEntry
 
@@ -463,11 +462,9 @@ def check_source(
     files = []
     for name, size in _boundary_sizes(piece_size).items():
         data = content(name, size, seed)
-        files.append(_File(name, data, _entry(name_of(name, data), data, piece_size)))
+        files.append(_File(data, _entry(name_of(name, data), data, piece_size)))
     short = content("longer.bin", piece_size + 17, seed)
-    longer = _File(
-        "longer.bin", short, _entry(name_of("longer.bin", short), short, piece_size, len(short) + 1000)
-    )
+    longer = _File(short, _entry(name_of("longer.bin", short), short, piece_size, len(short) + 1000))
     served = {f.entry.path: f.data for f in files} | {longer.entry.path: short}
     missing = content("unknown.bin", 1000, seed + 1)
     unknown = _entry(name_of("unknown.bin", missing), missing, piece_size)
