@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -741,3 +743,14 @@ def test_the_suite_catches_a_piece_source_that_does_nothing(tmp_path: Path) -> N
         check_piece_source(_IdleSwarm, tmp_path, timeout=2)
     names = [f.split(":")[0] for f in caught.value.failures]
     assert names == ["alone", "beside a mirror", "resumed"], caught.value.failures
+
+
+def test_the_suites_are_public_and_loaded_on_first_use() -> None:
+    import dsmirror.testing
+    import dsmirror.testing.conformance as conformance
+
+    for name in ("check_source", "check_piece_source", "check_local_reuse", "ServerFault"):
+        assert getattr(dsmirror.testing, name) is getattr(conformance, name)
+    code = "import sys, dsmirror.testing; print('dsmirror.testing.conformance' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # a test that wants only a MirrorServer does not load the fetch layer

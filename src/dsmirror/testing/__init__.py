@@ -4,8 +4,9 @@
   :class:`Faults` (corruption, resets, stalls, HTML pages, bad ranges, error statuses, signed
   redirects), all changeable while it serves;
 - :func:`write_random_tree`: deterministic pseudo-random files to serve, with their digests;
-- :func:`check_source` (and the other suites of :mod:`dsmirror.testing.conformance`): the
-  contract every kind of source keeps, as checks an implementation runs against itself.
+- :func:`check_source`, :func:`check_piece_source`, :func:`check_local_reuse` (the suites of
+  :mod:`dsmirror.testing.conformance`): the contract every kind of source keeps, as checks an
+  implementation runs against itself.
 
 The conformance suites are loaded on first use (PEP 562): they import the fetch layer, which a
 test that only wants a mirror does not need.
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
         ConformanceFailure,
         ConformanceReport,
         ServerFault,
+        check_local_reuse,
+        check_piece_source,
         check_source,
     )
 
@@ -32,6 +35,8 @@ __all__ = [
     "Faults",
     "MirrorServer",
     "ServerFault",
+    "check_local_reuse",
+    "check_piece_source",
     "check_source",
     "write_random_tree",
 ]
@@ -40,6 +45,8 @@ _LAZY = {
     "ConformanceFailure": "conformance",
     "ConformanceReport": "conformance",
     "ServerFault": "conformance",
+    "check_local_reuse": "conformance",
+    "check_piece_source": "conformance",
     "check_source": "conformance",
 }
 
