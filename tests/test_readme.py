@@ -442,11 +442,17 @@ class World:
         self.catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def close(self) -> None:
+        """Stop everything started, whatever fails on the way (nothing may outlive the tests)."""
         for bg in reversed(self._started):
-            with contextlib.suppress(AssertionError):  # it did not stop on SIGTERM and was killed
+            try:
                 bg.stop()
+            except Exception:  # did not stop on SIGTERM (then it was killed), or its output broke
+                with contextlib.suppress(ProcessLookupError):
+                    bg.proc.kill()
+                bg.proc.wait(10)
         for server in self._servers:
-            server.stop()
+            with contextlib.suppress(Exception):
+                server.stop()
 
     # -- running commands ----------------------------------------------------------------------------
     def loopback_options(self, argv: Sequence[str]) -> list[str]:
