@@ -288,6 +288,8 @@ def test_ollama_pull_through_with_cdn_redirects(ollama_model: OllamaModel, tmp_p
     assert sent == {layer.digest: layer.size for layer in ollama_model.layers}, sent
     (installed,) = index_ollama_store(store)
     assert installed.manifest == ollama_model.manifest
+    # Filed under the registry the name is in, as `dsmirror pull tiny --format ollama` files it.
+    assert (store / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest").is_file()
     assert (installed.namespace, installed.name, installed.tag) == ("library", "tiny", "latest")
     for layer in ollama_model.layers:
         blob = store / "blobs" / layer.digest.replace(":", "-")

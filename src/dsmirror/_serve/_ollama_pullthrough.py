@@ -6,9 +6,11 @@ registry that serves a valid one; it is believed for ``metadata_ttl`` seconds. I
 known by digest and size, and a request for one starts its pull (``job``): the engine's store is
 opened on the Ollama store with the manifest path ``blobs/sha256-<hex>``, so the verified blob is
 renamed straight into ``blobs/`` (partial bytes stay under ``.dsmirror/``: Ollama prunes
-``blobs/``). The manifest is written to ``manifests/<host>/<ns>/<name>/<tag>`` (``host``: the
-registry that served it) only once every blob it names is in place, so Ollama never sees a model
-whose blobs are not all there.
+``blobs/``). The manifest is written to ``manifests/registry.ollama.ai/<ns>/<name>/<tag>`` only
+once every blob it names is in place, so Ollama never sees a model whose blobs are not all there. Whichever upstream
+served it, it is filed under the registry its name is in — the catalog's ollama mirrors are mirrors
+of the Ollama registry — as ``dsmirror pull NAME --format ollama`` files it, so ``ollama run NAME``
+on the box finds a model that came through any upstream.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from dsmirror._core.errors import NoSourceError, UsageError
 from dsmirror._core.fsutil import atomic_write_bytes
@@ -26,7 +27,7 @@ from dsmirror._fetch.http import HttpSource
 from dsmirror._fetch.source import Source
 from dsmirror._formats.catalog import Mirror
 from dsmirror._formats.manifest import FileEntry
-from dsmirror._formats.ollama import OllamaName
+from dsmirror._formats.ollama import DEFAULT_HOST, OllamaName
 from dsmirror._resolve.plan import PullOptions, source_info
 from dsmirror._resolve.registries.ollama import fetch_ollama_manifest
 from dsmirror._serve._ollama_index import OllamaModel
@@ -44,11 +45,6 @@ class _Pending:
 
     model: OllamaModel
     manifest_path: Path
-
-
-def _registry_host(m: Mirror) -> str:
-    """The host a model of ``m`` is filed under in the store (with its port, if it has one)."""
-    return m.host if urlsplit(m.url).port is None else urlsplit(m.url).netloc
 
 
 class OllamaPullThrough:
@@ -79,7 +75,7 @@ class OllamaPullThrough:
         assert self.models is not None
         for mirror in self.upstream.ollama:
             try:
-                ref = OllamaName(_registry_host(mirror), namespace, name, tag)
+                ref = OllamaName(DEFAULT_HOST, namespace, name, tag)
                 raw, blobs, _ = fetch_ollama_manifest([mirror], ref, timeout=self.ctx.timeout)
                 paths: dict[str, Path | bytes] = {f"sha256:{b.sha256}": self.models / b.path for b in blobs}
                 model = OllamaModel(ref.host, namespace, name, tag, raw, paths)
