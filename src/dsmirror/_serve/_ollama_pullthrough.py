@@ -7,10 +7,10 @@ known by digest and size, and a request for one starts its pull (``job``): the e
 opened on the Ollama store with the manifest path ``blobs/sha256-<hex>``, so the verified blob is
 renamed straight into ``blobs/`` (partial bytes stay under ``.dsmirror/``: Ollama prunes
 ``blobs/``). The manifest is written to ``manifests/registry.ollama.ai/<ns>/<name>/<tag>`` only
-once every blob it names is in place, so Ollama never sees a model whose blobs are not all there. Whichever upstream
-served it, it is filed under the registry its name is in — the catalog's ollama mirrors are mirrors
-of the Ollama registry — as ``dsmirror pull NAME --format ollama`` files it, so ``ollama run NAME``
-on the box finds a model that came through any upstream.
+once every blob it names is in place, so Ollama never sees a model whose blobs are not all there.
+Whichever upstream served it, it is filed under the registry its name is in (the catalog's ollama
+mirrors are mirrors of the Ollama registry), as ``dsmirror pull NAME --format ollama`` files it,
+so ``ollama run NAME`` on the box finds a model that came through any upstream.
 """
 
 from __future__ import annotations
