@@ -2,6 +2,11 @@
 cache (``trees/<commit>.json``) describe it. The one owner of that shape; the resolvers, the
 install step and ``dsmirror serve`` call it.
 
+No Xet fields: the tree API of the Xet-era Hub lists a ``xetHash`` per Xet-backed file, and
+huggingface_hub, finding one in ``trees/<commit>.json``, skips its HEAD request and asks the
+endpoint for a Xet token (``/api/models/<repo>/xet-read-token/<commit>``), which a mirror without
+Xet answers 404. dsmirror fetches over plain HTTP, so it keeps none (see ``hfcache.XET_FIELDS``).
+
 Documented in docs/formats.md#the-hugging-face-cache.
 """
 
@@ -23,7 +28,6 @@ class HfFile:
     size: int
     blob_id: str  # git object id (for an LFS file: of its pointer)
     lfs_sha256: str | None = None
-    xet_hash: str | None = None
 
     @property
     def etag(self) -> str:
@@ -31,13 +35,12 @@ class HfFile:
         return self.lfs_sha256 or self.blob_id
 
     def tree_entry(self) -> dict[str, Any]:
-        """The file in huggingface_hub's tree cache format (``trees/<commit>.json``)."""
+        """The file in huggingface_hub's tree cache format (``trees/<commit>.json``): what the client
+        needs over plain HTTP, no Xet hash (see the module docstring)."""
         info: dict[str, Any] = {"size": self.size, "blob_id": self.blob_id}
         if self.lfs_sha256 is not None:
             info["lfs_sha256"] = self.lfs_sha256
             info["lfs_size"] = self.size
-        if self.xet_hash is not None:
-            info["xet_hash"] = self.xet_hash
         return info
 
 

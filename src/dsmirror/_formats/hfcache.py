@@ -22,6 +22,14 @@ As huggingface_hub writes and reads it, and dsmirror with it (``pull --format hf
     {"format_version": 1, "files": {"<path>": {"size": n, "blob_id": "<git oid>",
                                                "lfs_sha256": "<hex>", "lfs_size": n}, ...}}
 
+Never a ``xet_hash`` (``XET_FIELDS``), although huggingface_hub writes one from the Xet-era Hub's
+listing: online, with hf_xet installed, the client trusts a cached entry that has one, skips its
+HEAD request and asks the endpoint for a Xet token (``/api/models/<repo>/xet-read-token/<commit>``).
+A mirror without Xet (``dsmirror serve``, most HF mirrors) answers 404 there and the download fails.
+Without it the client HEADs the resolve URL and takes whatever the endpoint offers: plain HTTP
+from a mirror, Xet from the Hub (its HEAD names the Xet hash). A tree that names Xet hashes is
+rewritten without them when dsmirror installs into its repo (``tree_without_xet``).
+
 Everything here reads or names; nothing writes (``dsmirror._install.hf`` does, with these names).
 
 Documented in docs/formats.md#the-hugging-face-cache.
@@ -40,6 +48,7 @@ from typing import Any
 __all__ = [
     "REPO_PREFIXES",
     "TREE_FORMAT_VERSION",
+    "XET_FIELDS",
     "blob_rel",
     "is_commit",
     "is_etag",
@@ -57,12 +66,15 @@ __all__ = [
     "snapshots_dir",
     "tree_file",
     "tree_json",
+    "tree_without_xet",
 ]
 
 #: Repo folder prefixes: model repos (what dsmirror pulls and lists) and dataset repos (which can
 #: hold the same blobs, so reuse looks into them too).
 REPO_PREFIXES = ("models--", "datasets--")
 TREE_FORMAT_VERSION = 1
+#: Tree cache fields that send huggingface_hub to Xet storage without asking the endpoint first.
+XET_FIELDS = frozenset({"xet_hash"})
 _MODELS = REPO_PREFIXES[0]
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -125,9 +137,31 @@ def link_target(path: str, etag: str) -> str:
 
 
 def tree_json(tree: Mapping[str, Mapping[str, Any]]) -> bytes:
-    """The bytes of ``trees/<commit>.json`` for ``tree`` (path -> entry, see the module docstring)."""
-    doc = {"format_version": TREE_FORMAT_VERSION, "files": {p: dict(tree[p]) for p in sorted(tree)}}
-    return json.dumps(doc, indent=1).encode()
+    """The bytes of ``trees/<commit>.json`` for ``tree`` (path -> entry, see the module docstring),
+    without ``XET_FIELDS``."""
+    files = {p: {k: v for k, v in tree[p].items() if k not in XET_FIELDS} for p in sorted(tree)}
+    return json.dumps({"format_version": TREE_FORMAT_VERSION, "files": files}, indent=1).encode()
+
+
+def tree_without_xet(data: bytes) -> bytes | None:
+    """The bytes of a tree cache file with its ``XET_FIELDS`` dropped, or None if it names none.
+
+    None too for a file that is not a format-1 tree: huggingface_hub ignores such a file (and
+    re-lists online), so it is left as it is.
+    """
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("format_version") != TREE_FORMAT_VERSION:
+        return None
+    files = doc.get("files")
+    if not isinstance(files, dict):
+        return None
+    entries = [e for e in files.values() if isinstance(e, dict)]
+    if len(entries) != len(files) or not any(XET_FIELDS & e.keys() for e in entries):
+        return None
+    return tree_json(files)
 
 
 def _read_commit(path: Path) -> str | None:

@@ -7,7 +7,10 @@ a reader a snapshot whose blobs are missing:
 1. ``snapshots/<commit>/<path>`` -> ``../../blobs/<etag>`` for every file (atomic link replacement);
 2. ``refs/<revision>`` (unless the revision is the commit), written atomically;
 3. ``trees/<commit>.json`` unless present (a commit's tree never changes), so that an offline
-   ``snapshot_download`` knows which files a complete snapshot has.
+   ``snapshot_download`` knows which files a complete snapshot has. Never with Xet hashes, and a
+   present one that has them (huggingface_hub writes them from the Hub's listing) is rewritten
+   without: with one, a later online client skips its HEAD and asks the endpoint for a Xet token,
+   which a mirror without Xet does not have (``hfcache``'s docstring).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def install_hf_snapshot(
     """Link ``snapshots/<commit>/<path>`` to ``blobs/<etag>`` for ``files`` ((path, etag) pairs).
 
     Then ``refs/<revision>`` (unless the revision is the commit) and ``trees/<commit>.json`` (unless
-    present; a commit's tree never changes). Every blob must already be in place.
+    present, a commit's tree never changes; but a present one loses its Xet hashes). Every blob
+    must already be in place.
     """
     if not hfcache.is_commit(commit):
         raise StorageError(f"not a commit id: {commit!r}")
@@ -57,9 +61,20 @@ def install_hf_snapshot(
         if revision != commit:
             validate_relpath(revision, where="revision")
             atomic_write_bytes(check_parents(hfcache.refs_dir(repo_dir), revision), commit.encode())
-        trees = hfcache.tree_file(repo_dir, commit)
-        if tree is not None and not trees.exists():
-            atomic_write_bytes(trees, hfcache.tree_json(tree))
+        if tree is not None:
+            _install_tree(hfcache.tree_file(repo_dir, commit), tree)
+
+
+def _install_tree(trees: Path, tree: Mapping[str, Mapping[str, Any]]) -> None:
+    """``tree`` at ``trees`` unless a tree is there; a present one only loses its Xet hashes."""
+    try:
+        present = trees.read_bytes()
+    except FileNotFoundError:
+        atomic_write_bytes(trees, hfcache.tree_json(tree))
+        return
+    cleaned = hfcache.tree_without_xet(present)
+    if cleaned is not None:
+        atomic_write_bytes(trees, cleaned)
 
 
 def hf_after_install(

@@ -120,8 +120,7 @@ def _to_file(entry: Any) -> HfFile:
         sha256 = str(lfs.sha256).lower()
         if not _HEX64.match(sha256) or lfs.size != size:
             raise ValueError(f"malformed LFS entry for {path}")
-    xet = entry.xet_hash if isinstance(entry.xet_hash, str) else None
-    return HfFile(path, size, blob_id.lower(), sha256, xet)
+    return HfFile(path, size, blob_id.lower(), sha256)
 
 
 #: ``http_backoff`` arguments for one attempt: an error is raised at once, without the warning it
