@@ -31,7 +31,17 @@ class RangeNotSatisfiable(Exception):
     pass
 
 
-_RANGE_SPEC = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")
+_RANGE_SPEC = re.compile(r"\s*([0-9]*)\s*-\s*([0-9]*)\s*")
+#: Positions past this are refused as unsatisfiable, as nginx does past off_t (no int() of a
+#: thousand digits: Python refuses over 4300 of them with a ValueError).
+_MAX_POSITION = 2**63 - 1
+
+
+def _position(digits: str, header: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(_MAX_POSITION)) or int(digits) > _MAX_POSITION:
+        raise RangeNotSatisfiable(header)
+    return int(digits)
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
@@ -40,7 +50,8 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     ``None`` means "send everything with 200": no header, another unit, or several ranges
     (allowed to be ignored; no client of ours sends them). A malformed or unsatisfiable single
     range raises ``RangeNotSatisfiable`` (416) rather than being ignored, so a buggy resumer
-    never appends a whole file to its partial copy. An empty file satisfies no range.
+    never appends a whole file to its partial copy; so does a position past 2**63 - 1. An empty
+    file satisfies no range.
     """
     if not header:
         return None
@@ -56,12 +67,12 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if size == 0:
         raise RangeNotSatisfiable(header)
     if first == "":
-        suffix = int(last)
+        suffix = _position(last, header)
         if suffix == 0:
             raise RangeNotSatisfiable(header)
         return ByteRange(max(0, size - suffix), size)
-    start = int(first)
-    stop = size if last == "" else int(last) + 1
+    start = _position(first, header)
+    stop = size if last == "" else _position(last, header) + 1
     if start >= size or stop <= start:
         raise RangeNotSatisfiable(header)
     return ByteRange(start, min(stop, size))

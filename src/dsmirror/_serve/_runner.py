@@ -1,14 +1,25 @@
-"""Running the app: in a background thread (tests, embedding) or in the foreground (the CLI)."""
+"""Running the app: in a background thread (tests, embedding) or in the foreground (the CLI).
+
+Both run it with the bounds on connections of ``_connections`` (``ConnectionLimits``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 from aiohttp import web
 
-__all__ = ["ServerThread", "run_forever"]
+from dsmirror._serve._connections import ConnectionLimits, ServeRunner
+
+__all__ = ["ServerThread", "run_forever", "serve_until_stopped"]
+
+logger = logging.getLogger(__name__)
 
 
 class ServerThread:
@@ -21,6 +32,7 @@ class ServerThread:
 
     ``port=0`` picks a free port; ``url`` tells which. ``stop`` waits at most
     ``shutdown_timeout`` seconds for requests in flight (a stalled client cannot hang it).
+    ``limits``: the bounds on connections (``ConnectionLimits()`` by default).
     """
 
     def __init__(
@@ -30,11 +42,13 @@ class ServerThread:
         port: int = 0,
         *,
         shutdown_timeout: float = 2.0,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.app = app
         self.host = host
         self._port = port
         self._shutdown_timeout = shutdown_timeout
+        self.limits = limits or ConnectionLimits()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -91,7 +105,7 @@ class ServerThread:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        runner = web.AppRunner(self.app, shutdown_timeout=self._shutdown_timeout)
+        runner = ServeRunner(self.app, self.limits, shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.host, self._port)
@@ -103,6 +117,46 @@ class ServerThread:
             await runner.cleanup()
 
 
-def run_forever(app: web.Application, host: str, port: int) -> None:
+def run_forever(
+    app: web.Application, host: str, port: int, *, limits: ConnectionLimits | None = None
+) -> None:
     """Serve ``app`` in the foreground until interrupted (SIGINT/SIGTERM)."""
-    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=5.0)
+    asyncio.run(serve_until_stopped(app, host, port, limits or ConnectionLimits(), shutdown_timeout=5.0))
+
+
+async def serve_until_stopped(
+    app: web.Application,
+    host: str,
+    port: int,
+    limits: ConnectionLimits,
+    *,
+    shutdown_timeout: float,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM, then stop: the listening socket closes at once, requests
+    in flight get ``shutdown_timeout`` seconds. ``on_ready(url)`` once listening."""
+    runner = ServeRunner(app, limits, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        url = (
+            f"http://[{bound_host}]:{bound_port}"
+            if ":" in str(bound_host)
+            else f"http://{bound_host}:{bound_port}"
+        )
+        if on_ready is not None:
+            on_ready(url)
+        await stopping.wait()
+        logger.info("stopping")
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
