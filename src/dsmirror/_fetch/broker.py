@@ -88,6 +88,9 @@ class PieceBroker(Protocol):
         """``source`` can fetch piece *i* only while ``have[i]``; it updates ``have`` in place."""
         ...
 
+    # Optional (a swarm calls it when the broker has it): ``set_lan_share(source, rank, machines)``,
+    # this machine's place among the LAN's machines pulling the same model (``Scheduler.set_lan_share``).
+
     def ban(self, source: str, reason: str) -> None:
         """``source`` takes no more work in this pull."""
         ...

@@ -564,6 +564,9 @@ class _Broker:
     def set_peer_pieces(self, source: str, have: bytearray) -> None:
         self._eng.sched.set_peer_pieces(source, have)
 
+    def set_lan_share(self, source: str, rank: int, machines: int) -> None:
+        self._eng.sched.set_lan_share(source, rank, machines)
+
     def ban(self, source: str, reason: str) -> None:
         self._eng.sched.ban(source, reason)
 

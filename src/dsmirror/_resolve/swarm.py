@@ -1,6 +1,16 @@
 """The BitTorrent side of resolving: a model's swarm added to a plan, and magnet / .torrent REFs.
 
 Imported only when the swarm is enabled or the REF is a magnet or a .torrent (it loads libtorrent).
+
+Which swarm a manifest pull joins: the one a ``--torrent FILE``, a ``.torrent`` REF or a magnet REF
+names, as given (that torrent's metadata is at hand or comes from its peers); otherwise the
+manifest's own swarm, whose torrent every machine derives from the manifest alone
+(``derived_torrent``), so machines of a LAN that pull the same manifest find each other by LSD and
+share from the first piece, with no ``--peer``, ``--listen`` or ``--torrent``, before any of them
+has a complete copy. A model is shared that way when its manifest records info-hashes (made with
+``manifest create --torrent``; manifests made before the derived torrent existed included), when
+its catalog alias names a magnet, or with ``--prefer p2p``. A manifest without piece hashes has no
+derived torrent and keeps the swarm its info-hashes or alias name, as before.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from dsmirror._core.errors import InputError, StorageError, UsageError
 from dsmirror._core.settings import Settings
 from dsmirror._fetch.swarm.only import SwarmOnlyPull
 from dsmirror._fetch.swarm.source import SwarmSource
-from dsmirror._fetch.swarm.torrent import Torrent, load_torrent, magnet_for, parse_magnet
+from dsmirror._fetch.swarm.torrent import Torrent, derived_torrent, load_torrent, magnet_for, parse_magnet
 from dsmirror._formats.catalog import Catalog
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, Manifest
 from dsmirror._formats.private import PrivateArea
@@ -47,11 +57,15 @@ def attach_swarm(plan: PullPlan, ref: Ref, catalog: Catalog, options: PullOption
         torrent = load_torrent(ref.path)
     if torrent is None and ref.kind == "magnet":
         magnet = ref.text
-    if torrent is None and magnet is None and ref.kind == "alias":
+    alias_magnet: str | None = None
+    if ref.kind == "alias":
         alias = catalog.models.get(ref.text)
-        magnet = alias.magnet if alias is not None else None
+        alias_magnet = alias.magnet if alias is not None else None
     if torrent is None and magnet is None:
-        magnet = magnet_for(plan.manifest)
+        shared = bool(plan.manifest.torrent) or alias_magnet is not None or options.prefer == "p2p"
+        torrent = derived_torrent(plan.manifest) if shared else None
+    if torrent is None and magnet is None:
+        magnet = alias_magnet or magnet_for(plan.manifest)
     if torrent is None and magnet is None:
         return plan
     sw = SwarmSource(plan.manifest, config=cfg, torrent=torrent, magnet=magnet)

@@ -25,6 +25,7 @@ class Board:
     sources: dict[str, SourceState]
     assignments: dict[int, Assignment] = field(default_factory=dict)  # id -> connection at work
     peer_pieces: dict[str, bytearray] = field(default_factory=dict)  # swarm source -> pieces its peers have
+    lan_share: tuple[int, int] = (0, 1)  # (rank, machines) of this machine in its LAN (lan.outside_swarm)
 
     def live(self, name: str) -> list[Assignment]:
         """The connections of source ``name`` at work (not cancelled)."""

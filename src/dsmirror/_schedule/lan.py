@@ -4,7 +4,18 @@ A swarm source tells which pieces its connected peers have (``Scheduler.set_peer
 given only those. Mirrors take first the pieces no peer has, from a frontier of their own: where
 their last span ended, else a random point in the middle half of the longest run of such pieces
 (far from every other machine's frontier). A mirror span stops where peers have the next piece,
-and gives up its rest once they do. The design note ("Sharing a LAN's uplink" in ``scheduler``)
+and gives up its rest once they do.
+
+Machines that see each other also split the model between them (``Board.lan_share``, set by the
+swarm: this machine's rank among the sorted addresses of the machines still pulling): a mirror
+with no frontier starts at the first such piece of its own slice ``[rank*n/machines,
+(rank+1)*n/machines)``, so N machines started together fetch N disjoint slices from outside at once
+instead of meeting at random points. Once its slice is done it helps with the others' only where a
+run of at least ``_MIN_HELP_RUN`` pieces nobody has is left (the middle of the longest): a shorter
+run is the tail the slice's owner is fetching right now, and racing it would fetch it twice. A
+machine that leaves the swarm leaves the ranks, and its slice is shared out again.
+
+The design note ("Sharing a LAN's uplink" in ``scheduler``)
 tells why, and what ``scripts/bench_lan.py`` measured.
 """
 
@@ -14,6 +25,8 @@ import random
 
 from dsmirror._schedule.board import Board
 from dsmirror._schedule.state import Assignment, SourceState
+
+_MIN_HELP_RUN = 4  # pieces: a shorter run in another machine's slice is left to that machine
 
 __all__ = ["in_lan_pull", "leave_to_swarm", "outside_swarm", "remember_frontier", "swarm_has"]
 
@@ -42,6 +55,12 @@ def outside_swarm(board: Board, s: SourceState, rng: random.Random) -> int | Non
         k = s.resume_at.pop()
         if k < len(pieces) and ok(k):
             return k
+    rank, machines = board.lan_share
+    if machines > 1:
+        n = len(pieces)
+        for k in range(max(pieces.cursor, rank * n // machines), (rank + 1) * n // machines):
+            if ok(k):
+                return k
     best_lo, best_len, lo = -1, 0, -1
     for k in range(pieces.cursor, len(pieces) + 1):
         if k < len(pieces) and ok(k):
@@ -50,7 +69,7 @@ def outside_swarm(board: Board, s: SourceState, rng: random.Random) -> int | Non
         if lo >= 0 and k - lo > best_len:
             best_lo, best_len = lo, k - lo
         lo = -1
-    if best_len <= 0:
+    if best_len <= 0 or (machines > 1 and best_len < _MIN_HELP_RUN):
         return None
     return best_lo + best_len // 4 + rng.randrange(max(1, best_len // 2))
 

@@ -387,6 +387,12 @@ class Scheduler:
         with self._lock:
             self._board.peer_pieces[name] = have
 
+    def set_lan_share(self, name: str, rank: int, machines: int) -> None:
+        """Swarm ``name`` says this machine is ``rank`` of ``machines`` pulling the model on its LAN:
+        mirrors start in that slice of the pieces no peer has (``lan.outside_swarm``)."""
+        with self._lock:
+            self._board.lan_share = (rank, max(1, machines))
+
     def ban(self, name: str, reason: str) -> None:
         with self._lock:
             s = self._sources[name]

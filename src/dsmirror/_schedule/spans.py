@@ -57,7 +57,9 @@ def pick_span(board: Board, s: SourceState, now: float, rng: random.Random) -> S
     if picked is not None:
         i = picked
     else:
-        if preferred_can_cope(board, s, now) or (lan and board.cfg.prefer == "p2p"):
+        # What peers have (or are fetching: lan_share) is the LAN's, not the uplink's.
+        shared = lan and (board.cfg.prefer == "p2p" or board.lan_share[1] > 1)
+        if preferred_can_cope(board, s, now) or shared:
             return None
         while i < n and not (pieces.is_free(i) and board.usable_for(s, i)):
             i += 1

@@ -41,7 +41,7 @@ from dsmirror._fetch.swarm.config import (
 )
 from dsmirror._fetch.swarm.session import REDIAL, SwarmSession, endpoint_text
 from dsmirror._fetch.swarm.source import SwarmSource
-from dsmirror._fetch.swarm.torrent import Torrent, create_torrent, load_torrent
+from dsmirror._fetch.swarm.torrent import Torrent, create_torrent, derived_torrent, load_torrent
 from dsmirror._formats.manifest import FileEntry, Manifest
 from dsmirror._formats.private import PrivateArea
 from dsmirror._verify.digest import hash_file_pieces
@@ -125,7 +125,12 @@ def seed(
             )
         for t in targets:
             _check_files(t)
-        ses = ses or SwarmSession(config)
+        # The manifest's own swarm (a derived torrent) needs libtorrent's hash checks off; its
+        # peers check every piece against the manifest (dsmirror._fetch.swarm.torrent).
+        trusting = any(t.torrent.derived for t in targets)
+        ses = ses or SwarmSession(config, trust_pieces=trusting)
+        if trusting:
+            ses.trust()
         yield from _seed(ses, targets, stop, interval, clock or SystemClock())
     finally:
         if ses is not None:
@@ -305,4 +310,9 @@ def seed_after_pull(
         torrent = create_torrent(plan.manifest, plan.dest, verify=False)
         with contextlib.suppress(StorageError):
             torrent.write(PrivateArea(plan.dest).torrent(plan.manifest.sha256))
-    yield from seed([SeedTarget(torrent, plan.dest)], pulled.swarm, session=session, clock=clock)
+    targets = [SeedTarget(torrent, plan.dest)]
+    derived = derived_torrent(plan.manifest)
+    if derived is not None and derived.btih != torrent.btih:
+        # Pulls of the manifest that know no torrent meet in its own swarm: seed that one too.
+        targets.append(SeedTarget(derived, plan.dest))
+    yield from seed(targets, pulled.swarm, session=session, clock=clock)

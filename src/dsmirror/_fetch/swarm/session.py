@@ -9,6 +9,11 @@ delay of 1 s instead of 60 s, and ``--peer`` addresses re-dialled every few seco
 answer (libtorrent gives up on a refused address for a minute otherwise). An upload limit applies to
 LAN peers as well (libtorrent exempts them by default).
 
+A session of the manifest's own swarm (``trust_pieces``: the torrent derived from the manifest,
+see ``dsmirror._fetch.swarm.torrent``) runs with libtorrent's hash checks off, because that
+torrent's piece hashes are not SHA-1s of the pieces; its users check every piece against the
+manifest instead and ban the peers that sent bad ones by address (``ban``).
+
 Closing sessions
 ================
 Every call into libtorrent's Python binding releases the GIL and takes it back in a C++
@@ -83,8 +88,10 @@ class SwarmSession:
     ``close()`` waits for it before destroying the session (see "Closing sessions").
     """
 
-    def __init__(self, config: SwarmConfig) -> None:
+    def __init__(self, config: SwarmConfig, *, trust_pieces: bool = False) -> None:
         self.config = config
+        self.trust_pieces = trust_pieces
+        self._banned: set[str] = set()
         self._closed = False  # close() was called: no new work
         self._dying = False  # a thread is destroying the libtorrent session
         self._destroyed = False  # the libtorrent session is gone
@@ -113,7 +120,10 @@ class SwarmSession:
             "alert_mask": _ALERTS,
             "user_agent": "dsmirror/0.1 libtorrent/" + lt.__version__,
             "alert_queue_size": 100_000,
+            "disable_hash_checks": trust_pieces,
         }
+        if trust_pieces:  # who sent which block: a piece the manifest rejects bans its senders
+            settings["alert_mask"] = _ALERTS | lt.alert_category.block_progress
         if config.upload_rate:
             settings["upload_rate_limit"] = int(config.upload_rate)
         if config.download_rate:
@@ -168,6 +178,23 @@ class SwarmSession:
             if ep not in connected:
                 with contextlib.suppress(RuntimeError):
                     handle.connect_peer(ep)
+
+    def trust(self) -> None:
+        """Turn libtorrent's hash checks off from now on (to seed a derived torrent; see above)."""
+        if not self.trust_pieces:
+            self.trust_pieces = True
+            self.ses.apply_settings({"disable_hash_checks": True})
+
+    def ban(self, address: str) -> bool:
+        """Refuse every peer at ``address`` from now on (disconnects it); False if it already was."""
+        if address in self._banned:
+            return False
+        self._banned.add(address)
+        f = lt.ip_filter()
+        for a in self._banned:
+            f.add_rule(a, a, 1)
+        self.ses.set_ip_filter(f)
+        return True
 
     def alerts(self, timeout: float) -> list[Any]:
         if self.ses.wait_for_alert(int(timeout * 1000)) is None:

@@ -41,6 +41,21 @@ plugin); the swarm reports ``PieceRejected`` and ``SourceTrouble`` and the piece
 Bytes libtorrent accepted but the manifest's SHA-256 rejects (a torrent that is not the manifest's)
 blame the swarm source itself, which the scheduler bans after ``ban_after_corrupt`` such pieces.
 
+The manifest's own swarm (a torrent derived from the manifest, ``Torrent.derived``; why in
+``dsmirror._fetch.swarm.torrent``) runs with libtorrent's hash checks off, so the checks are done
+here, before anything else sees the piece: every piece libtorrent finishes from peers is read back
+at once (``_check``, at most ``_MAX_CHECKING`` at a time) and its SHA-256 compared with the
+manifest's. A bad one is never delivered: the peers that sent its blocks (``block_finished_alert``)
+get a strike, a peer that sent a bad piece alone, or two bad pieces, is banned by address
+(``SwarmSession.ban``), and the piece is "tainted": the scheduler is told no peer has it, a mirror
+fetches it, and the verified bytes then overwrite libtorrent's copy (``add_piece`` with
+``overwrite_existing``). What the engine is handed is checked against the manifest once more.
+
+Sharing the uplink: each machine of a LAN pulling the same model tells the scheduler its place
+among the machines still pulling (``set_lan_share``: its rank among the sorted addresses of itself
+and the connected peers that are not seeds), so that their mirrors start in different slices of
+the model (``dsmirror._schedule.lan``).
+
 Time: the stall limit, the peer scans and the resume saves follow the broker's (injected) clock;
 only the waits for libtorrent's alerts are real time.
 
@@ -51,6 +66,8 @@ the session it runs in: ``dsmirror._fetch.swarm.session``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import ipaddress
 import queue
 import shutil
 import threading
@@ -79,6 +96,17 @@ _MAX_INJECTING = 16  # pieces handed to libtorrent with add_piece and not yet ch
 _TARGET_BYTES = 64 << 20  # pieces held in slots: enough to keep a LAN link busy between loop turns
 _STALL = 5.0  # a slot whose head no peer has for this long is given back (when mirrors exist)
 _PEER_SCAN = 0.25  # seconds between refreshes of which pieces the connected peers have
+_MAX_CHECKING = 16  # pieces of the manifest's own swarm being read back to be checked
+_BAN_STRIKES = 2  # bad pieces with a peer's blocks in them that ban it (one if it sent all blocks)
+
+
+def _address_key(address: str) -> tuple[int, int, str]:
+    """Sort key of peer addresses: every machine sorts them the same way."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return (9, 0, address)
+    return (ip.version, int(ip), address)
 
 
 @dataclass
@@ -128,7 +156,8 @@ class SwarmSource:
             raise UsageError("no torrent or magnet link for the swarm", hint="give --torrent FILE")
         self.map: PieceMap | None = check_torrent(manifest, torrent) if torrent else None
         self.info = SourceInfo(name, "bittorrent", "swarm", region="p2p", max_connections=max_slots)
-        self.session = session or SwarmSession(config)
+        self.trusting = bool(torrent is not None and torrent.derived)  # libtorrent checks nothing
+        self.session = session or SwarmSession(config, trust_pieces=self.trusting)
         self.handle: Any = None
         self.completed = False  # every piece of the pull verified (set when the pull's run ends)
         self.stats = SwarmStats()
@@ -158,6 +187,15 @@ class SwarmSource:
         self._bait_piece = -1  # manifest piece kept at priority 1 while no slot wants one
         self._inject_failures = 0
         self._bait_from = 0
+        # the manifest's own swarm (self.trusting): pieces libtorrent finished that we check
+        self._unchecked: set[int] = set()  # torrent pieces finished from peers, not checked yet
+        self._to_check: list[int] = []  # of those, not being read yet
+        self._checking: set[int] = set()
+        self._tainted: set[int] = set()  # torrent pieces libtorrent holds with bytes the manifest rejects
+        self._senders: dict[int, set[str]] = {}  # torrent piece -> addresses that sent its blocks
+        self._strikes: dict[str, int] = {}
+        self._share: tuple[int, int] = (0, 1)
+        self._broker: PieceBroker | None = None
 
     @property
     def name(self) -> str:
@@ -262,6 +300,7 @@ class SwarmSource:
                 self._dial(now)
                 continue
             self._scan_peers(now)
+            self._check(broker)
             self._review(broker, now)
             self._feed(broker)
             if not self._acquire(broker, now):
@@ -305,12 +344,18 @@ class SwarmSource:
         self._prio = bytearray(n)
         self._have = bytearray(1 if h.have_piece(t) else 0 for t in range(n))
         h.prioritize_pieces([0] * n)
+        if self.trusting:  # libtorrent's copy from an earlier run: check it before it is used
+            for i, t in enumerate(self.map.to_torrent):
+                if t >= 0 and self._have[t] and not broker.is_verified(i):
+                    self._unchecked.add(t)
+                    self._to_check.append(t)
         # Pieces the store verified (earlier runs, other sources) that libtorrent lacks: serve them.
         for i in range(self.manifest.num_pieces):
             t = self.map.to_torrent[i]
             if t >= 0 and not self._have[t] and broker.is_verified(i):
                 self._pending.put((i, None))
         self._peer_have = bytearray(self.manifest.num_pieces)
+        self._broker = broker
         broker.set_peer_pieces(self.name, self._peer_have)
         self._peer_view = True
         self._ready = True
@@ -326,12 +371,36 @@ class SwarmSource:
         avail = self.handle.piece_availability()
         if len(avail) < len(self._have):
             return  # no piece picker: libtorrent has every piece (or none yet)
-        have, mine = self._peer_have, self._have
+        have, mine, tainted = self._peer_have, self._have, self._tainted
         for i, t in enumerate(self.map.to_torrent):
             # libtorrent's own copy counts too (a bait piece, a piece finished after a cut).
-            v = 1 if t >= 0 and (avail[t] > 0 or mine[t]) else 0
+            v = 1 if t >= 0 and (avail[t] > 0 or mine[t]) and t not in tainted else 0
             if have[i] != v:
                 have[i] = v
+        self._update_share()
+
+    def _update_share(self) -> None:
+        """Tell the scheduler this machine's slice of the uplink work (see the module docstring)."""
+        setter = getattr(self._broker, "set_lan_share", None)
+        if setter is None:
+            return
+        me: str | None = None
+        hosts: set[str] = set()
+        for p in self.handle.get_peer_info():
+            if p.flags & lt.peer_info.connecting or p.flags & lt.peer_info.handshake:
+                continue
+            me = me or str(p.local_endpoint()[0])
+            if not p.seed:
+                hosts.add(str(p.ip[0]))
+        if me is None:
+            share = (0, 1)
+        else:
+            hosts.discard(me)
+            ranked = sorted([me, *hosts], key=_address_key)
+            share = (ranked.index(me), len(ranked))
+        if share != self._share:
+            self._share = share
+            setter(self.name, *share)
 
     def _retire(self, broker: PieceBroker, reason: str) -> None:
         self._dropped = True
@@ -342,11 +411,20 @@ class SwarmSource:
 
     # -- alerts --------------------------------------------------------------------------------
     def _on_alert(self, broker: PieceBroker, a: Any) -> None:
-        if isinstance(a, lt.piece_finished_alert):
+        if isinstance(a, lt.block_finished_alert):
+            if self.trusting:
+                self._senders.setdefault(int(a.piece_index), set()).add(str(a.ip[0]))
+        elif isinstance(a, lt.piece_finished_alert):
             t = int(a.piece_index)
             if t < len(self._have):
                 self._have[t] = 1
-            self._injecting.discard(t)
+            if t in self._injecting:
+                self._injecting.discard(t)
+                self._tainted.discard(t)
+                self._senders.pop(t, None)
+            elif self.trusting and t not in self._unchecked:
+                self._unchecked.add(t)  # from peers, and libtorrent checked nothing: we do
+                self._to_check.append(t)
         elif isinstance(a, lt.read_piece_alert):
             self._on_read(broker, a)
         elif isinstance(a, lt.hash_failed_alert):
@@ -381,12 +459,52 @@ class SwarmSource:
         elif isinstance(a, lt.save_resume_data_alert) and self._area is not None:
             write_resume(self._area, a)
 
+    def _check(self, broker: PieceBroker) -> None:
+        """Read back pieces libtorrent finished from peers (the manifest's own swarm) to check them."""
+        while self._to_check and len(self._checking) < _MAX_CHECKING:
+            t = self._to_check.pop(0)
+            if t in self._unchecked and t not in self._checking:
+                self._checking.add(t)
+                self.handle.read_piece(t)
+
+    def _checked(self, broker: PieceBroker, t: int, i: int, buf: bytes) -> bool:
+        """Whether torrent piece ``t`` (manifest piece ``i``) may be used; handles a bad one."""
+        self._checking.discard(t)
+        if t not in self._unchecked:
+            return t not in self._tainted
+        self._unchecked.discard(t)
+        piece = self.manifest.pieces[i]
+        if hashlib.sha256(buf[: piece.length]).hexdigest() == piece.sha256:
+            self._senders.pop(t, None)
+            return True
+        senders = self._senders.pop(t, set())
+        self._tainted.add(t)
+        self._have[t] = 0
+        self._peer_have[i] = 0
+        who = ", ".join(sorted(senders)) or "an unknown peer"
+        why = f"piece {i} from {who} does not match the manifest"
+        broker.emit(PieceRejected(self.name, i, piece.path, why))
+        for addr in senders:
+            self._strikes[addr] = self._strikes.get(addr, 0) + (_BAN_STRIKES if len(senders) == 1 else 1)
+            if self._strikes[addr] >= _BAN_STRIKES and self.session.ban(addr):
+                self.stats.banned_peers += 1
+                why = f"banned peer {addr}: it sent data that does not match the manifest"
+                broker.emit(SourceTrouble(self.name, why, None))
+        slot = self._owner.get(i)
+        if slot is not None:
+            self._drop(broker, slot)  # the rest of its span goes back; this piece to a mirror
+        return False
+
     def _on_read(self, broker: PieceBroker, a: Any) -> None:
         assert self.map is not None
         i = self.map.from_torrent.get(int(a.piece))
         if i is None:
             return
         self._reading.discard(i)
+        if a.error.value():
+            self._checking.discard(int(a.piece))
+        elif self.trusting and not self._checked(broker, int(a.piece), i, a.buffer):
+            return
         if a.error.value():
             broker.emit(
                 SourceTrouble(
@@ -566,7 +684,7 @@ class SwarmSource:
             except queue.Empty:
                 return
             t = self.map.to_torrent[i]
-            if t < 0 or self._have[t] or t in self._injecting:
+            if t < 0 or (self._have[t] and t not in self._tainted) or t in self._injecting:
                 continue
             piece = self.manifest.pieces[i]
             if data is None:
@@ -577,4 +695,6 @@ class SwarmSource:
             pad = self.map.padded[i] - len(data)
             self._injecting.add(t)
             self.stats.injected += 1
-            self.handle.add_piece(t, data + bytes(pad) if pad else data, 0)
+            # A tainted piece (bad bytes from a peer in libtorrent's copy) is overwritten.
+            flags = lt.torrent_handle.overwrite_existing if t in self._tainted else 0
+            self.handle.add_piece(t, data + bytes(pad) if pad else data, flags)

@@ -30,6 +30,28 @@ a v2 file's ``pieces root`` is the root of a SHA-256 Merkle tree over 16 KiB blo
 SHA-256 of the file a registry (Hugging Face LFS oid, Ollama digest) publishes. So the manifest's
 SHA-256 checks stay separate and are still made on every piece a swarm delivers.
 
+The manifest's own swarm: a torrent derived from the manifest alone
+=================================================================
+A pull has to join a swarm before any peer holds a complete copy, and before anybody who holds the
+real torrent above is around: the manifest names that torrent by its info-hashes only, and its
+info dict (SHA-1 per piece, SHA-256 Merkle roots per file) can be computed only from all the bytes.
+So the machines of a LAN pulling a manifest meet in a second swarm whose torrent needs no bytes:
+:func:`derived_torrent` builds a v1 torrent from the manifest alone, laid out like ``v1`` above
+(file-aligned, BEP 47 pad files, no creation date) with the manifest's piece size, whose "SHA-1"
+of piece *t* is the first 20 bytes of the manifest's SHA-256 of that piece, and whose info dict
+carries ``x-dsmirror-manifest`` (the manifest's SHA-256), so two manifests never share a swarm.
+Every machine that has the manifest computes the same info-hash (:func:`derived_info_hash`), so
+they find each other by LSD (or a tracker) with no configuration, at once, with no metadata to
+exchange.
+
+Those piece "hashes" are not what a BitTorrent client checks (SHA-1 of the padded piece), so the
+session of such a torrent runs with libtorrent's hash checks off (``SwarmSession(trust_pieces=
+True)``) and the checks are dsmirror's: every piece libtorrent finishes is read back and checked
+against the manifest's SHA-256 before it is used or kept, and the peers that sent a bad one are
+banned (``dsmirror._fetch.swarm.source``). Plain BitTorrent clients cannot use this torrent; they
+use the real one. Manifests made before it existed work the same: the derived torrent needs only
+pieces and sizes, which every manifest with piece hashes has.
+
 Torrents made elsewhere need not be file-aligned (a plain v1 torrent's pieces run across file
 boundaries): :func:`file_aligned` tells the two apart, and only an aligned torrent's pieces can be a
 manifest's pieces.
@@ -63,6 +85,8 @@ __all__ = [
     "TorrentFileEntry",
     "check_torrent",
     "create_torrent",
+    "derived_info_hash",
+    "derived_torrent",
     "file_aligned",
     "load_torrent",
     "magnet_for",
@@ -73,6 +97,7 @@ __all__ = [
 ]
 
 TORRENT_FORMATS = ("hybrid", "v1")
+DERIVED_KEY = b"x-dsmirror-manifest"  # in the info dict of a torrent derived from a manifest
 CREATOR = "dsmirror/0.1"
 MAX_TORRENT_BYTES = 64 << 20  # a torrent of 20 M pieces is ~400 MiB of v1 hashes; refuse worse
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -113,6 +138,13 @@ class Torrent:
         if self.btih and self.btmh:
             return "hybrid"
         return "v1" if self.btih else "v2"
+
+    @cached_property
+    def derived(self) -> str | None:
+        """The manifest SHA-256 a torrent derived from a manifest names (:func:`derived_torrent`)."""
+        info: Any = lt.bdecode(self.info().info_section())
+        value = info.get(DERIVED_KEY) if isinstance(info, dict) else None
+        return value.decode("ascii", "replace") if isinstance(value, bytes) else None
 
     @property
     def content_files(self) -> tuple[TorrentFileEntry, ...]:
@@ -316,6 +348,49 @@ def create_torrent(
     return load_torrent(data, origin=f"torrent of {manifest.name}")
 
 
+def derived_torrent(manifest: Manifest) -> Torrent | None:
+    """The torrent of the manifest's own swarm, from the manifest alone (see the module docstring).
+
+    None when the manifest cannot have one: a file without piece hashes, or nothing but empty files.
+    The same manifest gives the same bytes on every machine.
+    """
+    if manifest.total_size == 0 or any(not p.sha256 for p in manifest.pieces):
+        return None
+    root = torrent_root_name(manifest.name)
+    entries = [lt.create_file_entry(f"{root}/{f.path}", f.size) for f in manifest.files]
+    flags = (
+        lt.create_torrent.canonical_files_no_tail_padding
+        | lt.create_torrent.v1_only
+        | lt.create_torrent.canonical_files
+    )
+    ct = lt.create_torrent(entries, manifest.piece_size, flags)
+    if ct.piece_length() != manifest.piece_size:  # pragma: no cover - libtorrent honours a valid size
+        return None
+    # canonical_files sorts the files by path; map each torrent piece to its manifest piece.
+    layout = ct.files()
+    by_path = {f.path: k for k, f in enumerate(manifest.files)}
+    ps = manifest.piece_size
+    for k in range(layout.num_files()):
+        if layout.file_flags(k) & lt.file_storage.flag_pad_file or not layout.file_size(k):
+            continue
+        path = str(layout.file_path(k)).replace(os.sep, "/")[len(root) + 1 :]
+        fi = by_path[path]
+        first = int(layout.file_offset(k)) // ps
+        for j, mi in enumerate(manifest.file_piece_ranges[fi]):
+            ct.set_hash(first + j, bytes.fromhex(manifest.pieces[mi].sha256)[:20])
+    ct.set_creator(CREATOR)
+    d = ct.generate()
+    d.pop(b"creation date", None)
+    d[b"info"][DERIVED_KEY] = manifest.sha256.encode("ascii")
+    return load_torrent(bytes(lt.bencode(d)), origin=f"derived torrent of {manifest.name}")
+
+
+def derived_info_hash(manifest: Manifest) -> str | None:
+    """The v1 info-hash of :func:`derived_torrent` (what LSD announces), or None."""
+    t = derived_torrent(manifest)
+    return t.btih if t is not None else None
+
+
 def with_torrent_hashes(manifest: Manifest, torrents: Iterable[Torrent]) -> Manifest:
     """``manifest`` recording the info-hashes of ``torrents`` (merged with what it records already)."""
     fields: dict[str, str] = dict(manifest.torrent or {})
@@ -350,6 +425,8 @@ class PieceMap:
 
 def _pinned(manifest: Manifest, torrent: Torrent) -> bool | None:
     """True/False if the manifest records info-hashes (matching or not), None if it records none."""
+    if torrent.derived is not None:
+        return torrent.derived == manifest.sha256  # the manifest's own swarm names the manifest
     rec = manifest.torrent or {}
     if not rec:
         return None
