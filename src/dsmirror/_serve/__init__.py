@@ -5,9 +5,12 @@ unmodified ``huggingface_hub`` and Ollama clients can use). The modules, top dow
 only modules below it)::
 
     _server             ``dsmirror serve`` as a library call: wires the parts, runs, seeds
-    _runner             an app in a thread of its own (tests, embedding), or in the foreground
-    _connections        which connections are kept: timeouts, bounds, slow readers, rejects logged
+    _runner             an app in a thread of its own (tests, embedding)
     _app                the aiohttp app: one dispatcher (limits, token, read-only, rescan on a miss)
+      _status_routes      the status page (``static/``: HTML, script, style), its JSON, /metrics
+      _status             the status document: models held, traffic, pulls, seeding, errors, history
+      _metrics            the status document in the Prometheus text format
+      _errors             recent errors, each with one line of advice (a logging handler)
       _ms_routes          ModelScope-like routes over the Hugging Face repos
       _hf_routes          the Hugging Face Hub API and resolve routes
       _oci_routes         the /v2 registry API (the OCI distribution spec's pull side)
@@ -29,8 +32,7 @@ only modules below it)::
       _digests            every file hashed once (DigestCache)
 """
 
-from dsmirror._serve._app import STATS, make_app
-from dsmirror._serve._connections import ConnectionLimits
+from dsmirror._serve._app import STATS, STATUS, make_app
 from dsmirror._serve._digests import DigestCache
 from dsmirror._serve._folder_index import ManifestFolder, index_manifest_folder
 from dsmirror._serve._hf_index import LFS_MIN_SIZE, HfRepo, ServedFile, index_hf_cache
@@ -48,8 +50,8 @@ from dsmirror._serve._upstream import Upstream
 __all__ = [
     "LFS_MIN_SIZE",
     "STATS",
+    "STATUS",
     "ByteRange",
-    "ConnectionLimits",
     "DigestCache",
     "HfRepo",
     "IndexSource",

@@ -68,6 +68,15 @@ class DigestCache:
             self._known[key] = (sha256, sha1)
         return size, sha256, sha1
 
+    def known(self, path: Path) -> tuple[str, str | None] | None:
+        """The (sha256, git blob sha1 or None) recorded for ``path`` as it is now; None: never hashed."""
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        with self._lock:
+            return self._known.get(self._key(path, st))
+
     def prime(self, path: Path, sha256: str, git_sha1: str | None = None) -> None:
         st = path.stat()
         with self._lock:

@@ -184,6 +184,7 @@ class HfPullThrough:
                 errors.append(f"{m.name}: HTTP {r.status_code}")
                 continue
             data = r.content
+            self.ctx.board.count_fetched(m.name, len(data))
             git = git_blob_sha1(data)
             if len(data) != f.size or git != f.git_sha1:
                 errors.append(f"{m.name}: sent bytes that do not match the git blob id {f.git_sha1}")

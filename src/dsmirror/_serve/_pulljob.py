@@ -5,11 +5,17 @@ bytes, through any repo, commit or tag that names them, joins the one job, so th
 them once. A job runs the fetch engine in a worker thread (``run_engine``) and leaves a verified
 file at its final path, or fails; a failed job is replaced by the next request for it. Requests
 wait on the event loop, woken by the job thread on every engine event.
+
+Each job keeps the engine's last progress for the status page, with each source's rate over the
+last ``RATE_WINDOW`` seconds (from the bytes it delivered, as the engine's events tell), and the
+board counts what the upstream sent, by source (``JobBoard.fetched``: the verified bytes each
+source delivered, from the engine's events) and how many pulls ended how (``JobBoard.finished``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dsmirror._core.errors import AlreadyInProgress, DsmirrorError, IntegrityError, NoSourceError, SourceError
+from dsmirror._core.events import Event, PieceRejected, Progress, PullFinished, SourceDropped
 from dsmirror._fetch.engine import EngineConfig, fetch
 from dsmirror._fetch.source import Source
 from dsmirror._formats.manifest import FileEntry, Manifest, Piece
@@ -42,6 +49,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Seconds over which a pull's per-source rates are measured (from what each source delivered).
+RATE_WINDOW = 3.0
+
 
 class PullJob:
     """One verified pull of one file into its final path; shared by every request for it.
@@ -59,6 +69,8 @@ class PullJob:
         *,
         label: str,
         manifest: Manifest | None = None,
+        on_fetched: Callable[[str, int], None] | None = None,
+        on_finished: Callable[[str], None] | None = None,
     ) -> None:
         self.final_path = final_path
         self.size = size
@@ -75,6 +87,13 @@ class PullJob:
         self.on_done: list[Callable[[], None]] = []
         self.then_keys: set[str] = set()
         self._callbacks_lock = threading.Lock()
+        #: The engine's last progress event (rates, sources); None before the first.
+        self.progress: Progress | None = None
+        self._on_fetched = on_fetched
+        self._on_finished = on_finished
+        self._delivered: dict[str, int] = {}
+        self._seen: collections.deque[tuple[float, dict[str, int]]] = collections.deque()
+        self._seen_lock = threading.Lock()
 
     # -- running (worker thread) ------------------------------------------------------------
 
@@ -91,7 +110,8 @@ class PullJob:
         try:
             self._work(self)
         except BaseException as exc:  # reported to every waiting request
-            logger.warning("pull-through of %s failed: %s", self.label, exc)
+            hint = exc.hint if isinstance(exc, DsmirrorError) else None
+            logger.warning("pull-through of %s failed: %s", self.label, exc, extra={"hint": hint})
             self._finish(exc)
             return
         self._finish(None)
@@ -104,7 +124,7 @@ class PullJob:
                 with self._callbacks_lock:
                     callbacks, self.on_done = self.on_done, []
                     if not callbacks:
-                        self.state = "done"
+                        self._ended("done")
                         break
                 for cb in callbacks:
                     try:
@@ -114,9 +134,15 @@ class PullJob:
         else:
             with self._callbacks_lock:
                 self.error = error
-                self.state = "failed"
+                self._ended("failed")
                 self.on_done = []
         self.notify()
+
+    def _ended(self, state: str) -> None:
+        # Counted before the state changes: whoever sees the job ended sees it counted.
+        if self._on_finished is not None:
+            self._on_finished(state)
+        self.state = state
 
     def when_done(self, cb: Callable[[], None]) -> None:
         """Run ``cb`` once the file is in place (now, if it already is)."""
@@ -126,6 +152,45 @@ class PullJob:
                 return
         if self.state == "done":
             cb()
+
+    def observe(self, event: Event) -> None:
+        """(job thread) Keep the engine's progress and count what each source delivered."""
+        if isinstance(event, Progress):
+            self.progress = event
+            delivered = {s.name: s.delivered for s in event.sources}
+            self._count_delivered(delivered)
+            now = time.monotonic()
+            with self._seen_lock:
+                self._seen.append((now, delivered))
+                while self._seen and self._seen[0][0] < now - RATE_WINDOW:
+                    self._seen.popleft()
+        elif isinstance(event, PullFinished):
+            self._count_delivered(event.delivered_by_source)
+        elif isinstance(event, PieceRejected):
+            logger.warning(
+                "pull-through of %s: %s sent a bad piece: %s", self.label, event.source, event.reason
+            )
+        elif isinstance(event, SourceDropped):
+            logger.warning("pull-through of %s: dropped %s: %s", self.label, event.source, event.reason)
+
+    def source_rates(self) -> dict[str, float]:
+        """Bytes/s each source delivered over the last ``RATE_WINDOW`` seconds (0 once it stalls)."""
+        now = time.monotonic()
+        with self._seen_lock:
+            seen = [(t, d) for t, d in self._seen if t >= now - RATE_WINDOW]
+        if len(seen) < 2 or self.state != "running":
+            return {}
+        (t0, first), (_, last) = seen[0], seen[-1]
+        span = max(now - t0, 0.5)
+        return {name: max(0, n - first.get(name, 0)) / span for name, n in last.items()}
+
+    def _count_delivered(self, delivered: dict[str, int]) -> None:
+        for source, total in delivered.items():
+            more = total - self._delivered.get(source, 0)
+            if more > 0:
+                self._delivered[source] = total
+                if self._on_fetched is not None:
+                    self._on_fetched(source, more)
 
     def notify(self) -> None:
         """Wake the requests waiting on this job (callable from any thread)."""
@@ -200,6 +265,9 @@ class PullJob:
         return open(self.final_path, "rb", buffering=0)
 
     def status(self) -> dict[str, Any]:
+        p = self.progress
+        running = self.state == "running" and p is not None
+        rates = self.source_rates()
         return {
             "file": self.label,
             "state": self.state,
@@ -208,6 +276,20 @@ class PullJob:
             "streams_pieces": self.streams_pieces,
             "started_at": self.started_at,
             "error": str(self.error) if self.error is not None else None,
+            "hint": self.error.hint if isinstance(self.error, DsmirrorError) else None,
+            "received_bytes": p.received_bytes if p is not None else 0,
+            "rate": sum(rates.values()),
+            "sources": [
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "rate": rates.get(s.name, 0.0),
+                    "delivered": s.delivered,
+                    "connections": s.connections if running else 0,
+                    "status": s.status,
+                }
+                for s in (p.sources if p is not None else ())
+            ],
         }
 
 
@@ -224,6 +306,8 @@ class JobBoard:
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="dsmirror-pt")
         self._on_installed = on_installed
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fetched: dict[str, int] = {}
+        self._finished = {"done": 0, "failed": 0}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop the waiting requests run on (the server's)."""
@@ -237,6 +321,21 @@ class JobBoard:
     def jobs(self) -> list[PullJob]:
         with self._lock:
             return list(self._jobs.values())
+
+    def count_fetched(self, source: str, n: int) -> None:
+        """(any thread) ``n`` more bytes came from upstream source ``source``."""
+        with self._lock:
+            self._fetched[source] = self._fetched.get(source, 0) + n
+
+    def fetched(self) -> dict[str, int]:
+        """Bytes received from upstream since the server started, by source name."""
+        with self._lock:
+            return dict(self._fetched)
+
+    def finished(self) -> dict[str, int]:
+        """How many pulls ended since the server started: ``{"done": n, "failed": n}``."""
+        with self._lock:
+            return dict(self._finished)
 
     def job(
         self,
@@ -258,7 +357,15 @@ class JobBoard:
             job = self._jobs.get(final_path)
             new = job is None or job.state == "failed"
             if job is None or new:
-                job = PullJob(final_path, size, work, label=label, manifest=manifest)
+                job = PullJob(
+                    final_path,
+                    size,
+                    work,
+                    label=label,
+                    manifest=manifest,
+                    on_fetched=self.count_fetched,
+                    on_finished=self._count_finished,
+                )
                 job.bind(self._loop)
                 self._jobs[final_path] = job
             fresh_key = then is not None and then[0] not in job.then_keys
@@ -273,8 +380,17 @@ class JobBoard:
 
             job.when_done(finished)
         if new:
-            self._pool.submit(job.run)
+            self._pool.submit(self._run, job)
         return job
+
+    def _count_finished(self, state: str) -> None:
+        with self._lock:
+            self._finished[state] += 1
+
+    def _run(self, job: PullJob) -> None:
+        job.run()
+        if job.state == "done":
+            logger.info("pulled %s (%d bytes) in %.1f s", job.label, job.size, time.time() - job.started_at)
 
     def _mark_installed(self, path: Path) -> None:
         with self._lock:
@@ -321,7 +437,8 @@ def run_engine(
             job.store = store
             events = fetch(manifest, sources, store, config=config)
             try:
-                for _ in events:
+                for event in events:
+                    job.observe(event)
                     job.notify()
                     if job.cancel.is_set():
                         raise DsmirrorError("the server is stopping; verified pieces are kept")

@@ -142,6 +142,14 @@ class PullThrough:
     def jobs(self) -> list[PullJob]:
         return self._board.jobs()
 
+    def fetched(self) -> dict[str, int]:
+        """Bytes received from upstream since the server started, by source name."""
+        return self._board.fetched()
+
+    def finished(self) -> dict[str, int]:
+        """How many pulls ended since the server started: ``{"done": n, "failed": n}``."""
+        return self._board.finished()
+
     def status(self) -> dict[str, Any]:
         return {
             "upstream": {

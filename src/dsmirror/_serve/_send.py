@@ -30,11 +30,32 @@ from dsmirror._serve._http import Reply, json_reply
 from dsmirror._serve._pulljob import PullJob, iter_pieces, pull_error_status
 from dsmirror._serve._ranges import ByteRange, plan_response
 
-__all__ = ["Content", "Sender", "ServeFaults", "ServeStats"]
+__all__ = ["ROUTE_KIND", "ROUTE_KINDS", "Content", "Sender", "ServeFaults", "ServeStats", "route_kind"]
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 256 * 1024
+
+#: What a request is, for the counters: set on each request by the dispatcher.
+ROUTE_KIND = web.RequestKey("dsmirror_route_kind", str)
+#: The kinds of routes that send model bytes, and "status" (the page, status, metrics), "other".
+ROUTE_KINDS = ("hf", "modelscope", "ollama", "folder", "status", "other")
+
+
+def route_kind(segments: list[str]) -> str:
+    """Which protocol a request's decoded path segments speak (one of ``ROUTE_KINDS``)."""
+    match segments:
+        case ["api", "v1", *_]:
+            return "modelscope"
+        case ["api", *_] | [_, _, "resolve", *_]:
+            return "hf"
+        case ["v2", *_]:
+            return "ollama"
+        case ["dsmirror", "files" | "manifests", *_]:
+            return "folder"
+        case [""] | ["metrics"] | ["healthz"] | ["dsmirror", *_]:
+            return "status"
+    return "other"
 
 
 @dataclass(frozen=True)
@@ -56,22 +77,30 @@ class ServeFaults:
 
 @dataclass
 class ServeStats:
-    """Counters a test can read while the server runs (``app[STATS]``).
+    """Counters a test (and the status page) can read while the server runs (``app[STATS]``).
 
     ``bytes_by_file`` is keyed like fault keys' long form: ``"org/name/path"`` for
-    HF/ModelScope files, ``"sha256:<hex>"`` for Ollama blobs. ``requests`` keeps the last
-    1000 ``(method, raw path, status)`` triples.
+    HF/ModelScope files, ``"sha256:<hex>"`` for Ollama blobs; ``bytes_by_kind`` by route kind
+    (``ROUTE_KINDS``). ``requests`` keeps the last 1000 ``(method, raw path, status)`` triples;
+    ``responses`` counts every response by ``(route kind, status)``.
     """
 
     bytes_total: int = 0
     bytes_by_file: dict[str, int] = field(default_factory=dict)
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)
     requests: collections.deque[tuple[str, str, int]] = field(
         default_factory=lambda: collections.deque(maxlen=1000)
     )
+    responses: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def count(self, name: str, sent: int) -> None:
+    def count(self, name: str, sent: int, kind: str = "other") -> None:
         self.bytes_total += sent
         self.bytes_by_file[name] = self.bytes_by_file.get(name, 0) + sent
+        self.bytes_by_kind[kind] = self.bytes_by_kind.get(kind, 0) + sent
+
+    def answered(self, method: str, raw_path: str, kind: str, status: int) -> None:
+        self.requests.append((method, raw_path, status))
+        self.responses[kind, status] = self.responses.get((kind, status), 0) + 1
 
 
 @dataclass(frozen=True)
@@ -126,7 +155,7 @@ class Sender:
             if request.method == "GET" and span.stop > span.start:
                 body = _flip(content.source[span.start : span.stop], span.start, self._corrupt_at(content))
                 await resp.write(body)
-                self.stats.count(content.name, len(body))
+                self.stats.count(content.name, len(body), request.get(ROUTE_KIND, "other"))
             await resp.write_eof()
             return resp
 
@@ -140,7 +169,7 @@ class Sender:
                     sent = await _sendfile(request, resp, fobj, span)
                 else:
                     sent = await _stream(resp, fobj, span, flip_at)
-                self.stats.count(content.name, sent)
+                self.stats.count(content.name, sent, request.get(ROUTE_KIND, "other"))
             await resp.write_eof()
         except ConnectionError:
             pass
@@ -200,7 +229,7 @@ class Sender:
             pass
         finally:
             fobj.close()
-            self.stats.count(content.name, sent)
+            self.stats.count(content.name, sent, request.get(ROUTE_KIND, "other"))
         return resp
 
     def _open(self, content: Content) -> BinaryIO:

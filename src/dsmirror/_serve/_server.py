@@ -2,10 +2,9 @@
 
 ``build_app`` wires the parts — a ``Library`` rescanning the stores, an optional ``PullThrough``
 whose completed pulls trigger a rescan, the HTTP app — and ``serve`` runs it in the foreground
-(with the bounds on connections of ``_connections``) until SIGINT/SIGTERM, then stops cleanly: the
-listening socket closes at once, requests in flight get ``shutdown_timeout`` seconds, pulls in
-progress stop with their verified pieces kept on disk (the next request for the same file resumes
-them).
+until SIGINT/SIGTERM, then stops cleanly: the listening socket closes at once, requests in flight
+get ``shutdown_timeout`` seconds, pulls in progress stop with their verified pieces kept on disk
+(the next request for the same file resumes them).
 
 Seeding (``seed``): the same process seeds, over BitTorrent, what it serves that has a torrent —
 the torrents dsmirror pulls saved (``<dest>/.dsmirror/torrents/*.torrent``: a served folder, an HF
@@ -19,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,15 +29,14 @@ from aiohttp import web
 from dsmirror._fetch.engine import EngineConfig
 from dsmirror._formats import hfcache
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE
-from dsmirror._serve._app import make_app
-from dsmirror._serve._connections import ConnectionLimits
+from dsmirror._serve._app import STATUS, make_app
 from dsmirror._serve._library import Library, ServeRoots
 from dsmirror._serve._pullthrough import PullThrough
-from dsmirror._serve._runner import serve_until_stopped
 from dsmirror._serve._upstream import Upstream
 
 if TYPE_CHECKING:
     from dsmirror._fetch.swarm.config import SwarmConfig
+    from dsmirror._serve._status import Seeding
     from dsmirror._share.seed import SeedTarget
 
 __all__ = ["ServeConfig", "build_app", "serve"]
@@ -68,14 +67,11 @@ class ServeConfig:
     pull_piece_size: int = DEFAULT_PIECE_SIZE
     #: Seed what is served over BitTorrent too (None: no seeding).
     seed: SwarmConfig | None = None
-    #: Bounds on connections: header and keep-alive timeouts, slow readers, how many at once.
-    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def build_app(config: ServeConfig) -> tuple[web.Application, Library]:
     """The app serving ``config`` and its library (already scanned once)."""
     library = Library(config.roots)
-    library.scan()
     pullthrough: PullThrough | None = None
     if config.upstream is not None:
         pullthrough = PullThrough(
@@ -95,6 +91,8 @@ def build_app(config: ServeConfig) -> tuple[web.Application, Library]:
         max_requests_per_client=config.max_requests_per_client,
         client_max_size=config.client_max_size,
     )
+    with app[STATUS].errors.installed():  # what the first scan refuses is on the status page too
+        library.scan()
     timer: list[asyncio.Task[None]] = []
 
     async def start(_app: web.Application) -> None:
@@ -119,7 +117,10 @@ def build_app(config: ServeConfig) -> tuple[web.Application, Library]:
             return
         stop_seeding = threading.Event()
         thread = threading.Thread(
-            target=_run_seeder, args=(targets, config.seed, stop_seeding), name="dsmirror-seed", daemon=True
+            target=_run_seeder,
+            args=(targets, config.seed, stop_seeding, app[STATUS].seeding),
+            name="dsmirror-seed",
+            daemon=True,
         )
         thread.start()
         seeding.append((thread, stop_seeding))
@@ -170,30 +171,48 @@ def _seed_targets(library: Library) -> list[SeedTarget]:
     return targets
 
 
-def _run_seeder(targets: list[SeedTarget], config: SwarmConfig, stop: threading.Event) -> None:
+def _run_seeder(
+    targets: list[SeedTarget], config: SwarmConfig, stop: threading.Event, seeding: Seeding
+) -> None:
     from dsmirror._fetch.swarm.config import SeedingStarted
     from dsmirror._share.seed import seed
 
     try:
         for event in seed(targets, config, stop=stop):
+            seeding.observe(event)
             if isinstance(event, SeedingStarted):
                 logger.info("seeding %d torrents on port %d", len(event.torrents), event.listen_port)
                 for magnet in event.magnets:
                     logger.info("  %s", magnet)
     except Exception:
         logger.exception("seeding stopped")
+    finally:
+        seeding.clear()
 
 
 async def _serve(config: ServeConfig, on_ready: Callable[[str], None] | None) -> None:
     app, _ = build_app(config)
-    await serve_until_stopped(
-        app,
-        config.host,
-        config.port,
-        config.limits,
-        shutdown_timeout=config.shutdown_timeout,
-        on_ready=on_ready,
-    )
+    runner = web.AppRunner(app, shutdown_timeout=config.shutdown_timeout, access_log=None)
+    await runner.setup()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        url = f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+        if on_ready is not None:
+            on_ready(url)
+        await stopping.wait()
+        logger.info("stopping")
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
 
 
 def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
