@@ -27,6 +27,8 @@ in ``_total`` and only grow while the server runs (the BitTorrent upload restart
 
 Label values (mirror names come from catalogs) are escaped as the format says: backslash, double
 quote and line feed.
+
+Documented in docs/formats.md#the-status-document-and-metrics.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The status page (``/``), ``/metrics`` and scripts all read this one document; every figure in it
 is a real counter of the running server, none is estimated. Fields (documented in
-docs/formats.md#dsmirror-serve-http-routes, the status document)::
+docs/formats.md#the-status-document-and-metrics)::
 
     status              "ok"
     version             dsmirror's version
