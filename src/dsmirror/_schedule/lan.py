@@ -10,10 +10,10 @@ Machines that see each other also split the model between them (``Board.lan_shar
 swarm: this machine's rank among the sorted addresses of the machines still pulling): a mirror
 with no frontier starts at the first such piece of its own slice ``[rank*n/machines,
 (rank+1)*n/machines)``, so N machines started together fetch N disjoint slices from outside at once
-instead of meeting at random points. Once its slice is done it helps with the others' only where a
-run of at least ``_MIN_HELP_RUN`` pieces nobody has is left (the middle of the longest): a shorter
-run is the tail the slice's owner is fetching right now, and racing it would fetch it twice. A
-machine that leaves the swarm leaves the ranks, and its slice is shared out again.
+instead of meeting at random points. Once its slice is done it helps with the others' (the middle
+of the longest run nobody has, as before). A machine that leaves the swarm leaves the ranks, and
+its slice is shared out again. (Refusing short runs in another's slice, to leave a tail to its
+owner, starved pulls whose swarm had given up: not done.)
 
 The design note ("Sharing a LAN's uplink" in ``scheduler``)
 tells why, and what ``scripts/bench_lan.py`` measured.
@@ -25,8 +25,6 @@ import random
 
 from dsmirror._schedule.board import Board
 from dsmirror._schedule.state import Assignment, SourceState
-
-_MIN_HELP_RUN = 4  # pieces: a shorter run in another machine's slice is left to that machine
 
 __all__ = ["in_lan_pull", "leave_to_swarm", "outside_swarm", "remember_frontier", "swarm_has"]
 
@@ -69,7 +67,7 @@ def outside_swarm(board: Board, s: SourceState, rng: random.Random) -> int | Non
         if lo >= 0 and k - lo > best_len:
             best_lo, best_len = lo, k - lo
         lo = -1
-    if best_len <= 0 or (machines > 1 and best_len < _MIN_HELP_RUN):
+    if best_len <= 0:
         return None
     return best_lo + best_len // 4 + rng.randrange(max(1, best_len // 2))
 

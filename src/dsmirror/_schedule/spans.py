@@ -57,9 +57,7 @@ def pick_span(board: Board, s: SourceState, now: float, rng: random.Random) -> S
     if picked is not None:
         i = picked
     else:
-        # What peers have (or are fetching: lan_share) is the LAN's, not the uplink's.
-        shared = lan and (board.cfg.prefer == "p2p" or board.lan_share[1] > 1)
-        if preferred_can_cope(board, s, now) or shared:
+        if preferred_can_cope(board, s, now) or (lan and board.cfg.prefer == "p2p"):
             return None
         while i < n and not (pieces.is_free(i) and board.usable_for(s, i)):
             i += 1

@@ -390,7 +390,7 @@ class SwarmSource:
             if p.flags & lt.peer_info.connecting or p.flags & lt.peer_info.handshake:
                 continue
             me = me or str(p.local_endpoint()[0])
-            if not p.seed:
+            if not p.flags & lt.peer_info.seed:
                 hosts.add(str(p.ip[0]))
         if me is None:
             share = (0, 1)
