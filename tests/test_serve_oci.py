@@ -356,3 +356,19 @@ def test_oras_pulls_the_ollama_model(
     files = client.pull(target=f"{registry}/library/tiny:latest", outdir=str(tmp_path / "pulled"))
     got = {Path(f).name: Path(f).read_bytes() for f in files}
     assert got == {_digest(b): b for b in (world["weights"], world["template"])}  # type: ignore[arg-type]
+
+
+def test_a_token_protected_registry(world: dict[str, object], tmp_path: Path) -> None:
+    """With ``--token``: the spec's UNAUTHORIZED without it; skopeo sends it as ``--registry-token``."""
+    models = index_ollama_store(world["store"])  # type: ignore[arg-type]
+    with ServerThread(make_app(ModelIndex(ollama_models=models), token="s3cret")) as srv:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            r = c.get("/v2/library/tiny/tags/list")
+            assert _error(r) == (401, "UNAUTHORIZED") and r.headers["WWW-Authenticate"].startswith("Bearer")
+            ok = c.get("/v2/library/tiny/tags/list", headers={"Authorization": "Bearer s3cret"})
+            assert ok.json()["tags"] == TINY_TAGS
+        ref = f"docker://127.0.0.1:{srv.port}/library/tiny:oci"
+        done = _skopeo(tmp_path, "inspect", "--tls-verify=false", "--registry-token", "s3cret", ref)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["Digest"] == _digest(world["oci_manifest"])  # type: ignore[arg-type]
+        assert _skopeo(tmp_path, "inspect", "--tls-verify=false", ref).returncode != 0
