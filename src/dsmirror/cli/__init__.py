@@ -47,7 +47,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        app(standalone_mode=True)
+        # The name usage lines show, however the program was started (``python -m``, ``-c``).
+        app(standalone_mode=True, prog_name="dsmirror")
     except DsmirrorError as exc:
         err_console.print(Text.assemble(("dsmirror: error: ", "bold red"), exc.message))
         if exc.hint:

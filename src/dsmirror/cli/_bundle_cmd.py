@@ -26,11 +26,10 @@ from dsmirror.cli._app import (
     load_catalog_from_options,
 )
 from dsmirror.cli._console import styled
+from dsmirror.cli._progress import ByteProgress
 from dsmirror.cli._render import render_json
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
-
     from dsmirror._core.settings import Settings
     from dsmirror._formats.catalog import Catalog
 
@@ -42,20 +41,6 @@ ManifestShaOpt = Annotated[
         "--manifest-sha256", help="The manifest's SHA-256, from a source you trust; refuse any other."
     ),
 ]
-
-
-def _bar(total: int, *, enabled: bool) -> Progress:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        console=err_console,
-        transient=True,
-        disable=not enabled,
-    )
 
 
 @app.command("export")
@@ -85,17 +70,13 @@ def export_cmd(
     to_stdout = output == "-"
     if to_stdout and sys.stdout.isatty():
         raise UsageError("refusing to write a bundle to a terminal", hint="redirect it: -o - > model.tar")
-    with _bar(m.total_size, enabled=err_console.is_terminal) as bar:
-        task = bar.add_task(f"export {m.name}", total=m.total_size)
-
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-
+    # Progress on stderr: a bar on a terminal, else a line every few seconds (_progress).
+    with ByteProgress(err_console, f"export {m.name}", m.total_size) as progress:
         if to_stdout:
-            write_bundle(src, sys.stdout.buffer, on_bytes=advance)
+            write_bundle(src, sys.stdout.buffer, on_bytes=progress.advance)
             sys.stdout.buffer.flush()
         else:
-            write_bundle_file(src, Path(output), on_bytes=advance)
+            write_bundle_file(src, Path(output), on_bytes=progress.advance)
     where = "stdout" if to_stdout else output
     (err_console if to_stdout else console).print(
         f"{where}: bundle of {m.name}, {len(m.files)} files, {format_bytes(m.total_size)}, every piece "
@@ -248,10 +229,9 @@ def _run(events: Iterable[Event], json_out: bool) -> None:
     if json_out:
         render_json(events)
         return
-    bar: Progress | None = None
-    task = None
+    progress: ByteProgress | None = None
     finished: PullFinished | None = None
-    try:
+    with contextlib.ExitStack() as stack:
         for ev in events:
             if isinstance(ev, BundleOpened):
                 console.print(
@@ -271,16 +251,11 @@ def _run(events: Iterable[Event], json_out: bool) -> None:
                         "sha256 above with one from a trusted source, or pass --manifest-sha256.",
                         highlight=False,
                     )
-                bar = _bar(ev.total_bytes, enabled=err_console.is_terminal)
-                bar.start()
-                task = bar.add_task("verify", total=ev.total_bytes)
-            elif isinstance(ev, ProgressEvent) and bar is not None and task is not None:
-                bar.update(task, completed=ev.verified_bytes)
+                progress = stack.enter_context(ByteProgress(err_console, f"import {ev.name}", ev.total_bytes))
+            elif isinstance(ev, ProgressEvent) and progress is not None:
+                progress.update(ev.verified_bytes)
             elif isinstance(ev, PullFinished):
                 finished = ev
-    finally:
-        if bar is not None:
-            bar.stop()
     if finished is not None:
         kept = finished.total_bytes - finished.downloaded_bytes
         console.print(

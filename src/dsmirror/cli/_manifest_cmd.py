@@ -14,7 +14,8 @@ from dsmirror._core.units import format_bytes, parse_size
 from dsmirror._formats.catalog import Catalog, load_catalog
 from dsmirror._formats.manifest import load_manifest
 from dsmirror._verify.tree import create_manifest
-from dsmirror.cli._app import app, console
+from dsmirror.cli._app import app, console, err_console
+from dsmirror.cli._progress import ByteProgress
 from dsmirror.cli._torrent_cmd import TorrentFormatOpt, make_torrent
 
 manifest_app = typer.Typer(help="Create, inspect, export and sign piece manifests.", no_args_is_help=True)
@@ -34,7 +35,9 @@ def create(
     torrent_format: TorrentFormatOpt = "hybrid",
 ) -> None:
     """Hash a folder into a manifest (SHA-256 of every file and every piece)."""
-    m = create_manifest(folder, name=name, piece_size=parse_size(piece_size))
+    size = parse_size(piece_size)
+    with ByteProgress(err_console, f"hash {folder}", None) as progress:
+        m = create_manifest(folder, name=name, piece_size=size, on_bytes=progress.advance)
     if torrent is not None:  # the manifest records the torrent's info-hashes
         m, _ = make_torrent(m, folder, torrent, torrent_format, verify=False, trackers=[])
     m.write(output)

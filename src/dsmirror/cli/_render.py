@@ -52,7 +52,8 @@ def print_notes(events: Iterable[Event], console: Console) -> Iterator[Event]:
         yield ev
 
 
-def _eta(s: float | None) -> str:
+def eta_text(s: float | None) -> str:
+    """Seconds left as ``MM:SS`` or ``H:MM:SS`` (``--:--`` when not known)."""
     if s is None:
         return "--:--"
     s = int(s)
@@ -65,7 +66,7 @@ def _view(p: Progress, name: str) -> Group:
         (f"{safe_text(name)}  ", "bold"),  # a Text in a Live view: not sanitized by print
         f"{format_bytes(p.verified_bytes)} / {format_bytes(p.total_bytes)} verified  ",
         (f"{frac * 100:5.1f}%  ", "bold green"),
-        f"{format_rate(p.rate)}  ETA {_eta(p.eta)}",
+        f"{format_rate(p.rate)}  ETA {eta_text(p.eta)}",
     )
     t = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
     for col in ("source", "kind", "region", "rate", "delivered", "conns", "status"):
@@ -116,7 +117,7 @@ def render_human(events: Iterable[Event], console: Console) -> PullFinished | No
                     plain_at = time.monotonic()
                     console.print(
                         f"{format_bytes(ev.verified_bytes)} / {format_bytes(ev.total_bytes)} verified, "
-                        f"{format_rate(ev.rate)}, ETA {_eta(ev.eta)}; "
+                        f"{format_rate(ev.rate)}, ETA {eta_text(ev.eta)}; "
                         + ", ".join(f"{s.name} {format_rate(s.rate)} {s.status}" for s in ev.sources),
                         highlight=False,
                     )

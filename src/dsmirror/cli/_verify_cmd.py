@@ -11,7 +11,8 @@ from dsmirror._core.errors import VerifyFailed
 from dsmirror._core.units import format_bytes
 from dsmirror._formats.manifest import load_manifest
 from dsmirror._verify.tree import verify_tree
-from dsmirror.cli._app import app, console
+from dsmirror.cli._app import app, console, err_console
+from dsmirror.cli._progress import ByteProgress
 
 
 @app.command("verify")
@@ -21,7 +22,8 @@ def verify(
 ) -> None:
     """Check every piece and file of a folder against a manifest; exit 3 on any mismatch."""
     m = load_manifest(manifest)
-    r = verify_tree(m, folder)
+    with ByteProgress(err_console, f"verify {m.name}", m.total_size) as progress:
+        r = verify_tree(m, folder, on_bytes=progress.advance)
     for p in r.missing_files:
         console.print(f"missing     {p}", highlight=False)
     for p in r.wrong_size:
