@@ -253,6 +253,10 @@ def test_status_page_in_chromium(browser: WebDriver, tmp_path: Path) -> None:
             args += ["--folder", f"{tmp_path / name}.json:{folder}"]
         args += ["--seed", "--listen", "127.0.0.1:0"]
         with ServeProcess(args, tmp_path / "serve-home") as srv:
+            deadline = time.monotonic() + 10  # the start-up lines after the URL name the page
+            while not any(f"status page:  {srv.url}/ " in line for line in srv.stderr):
+                assert time.monotonic() < deadline, srv.stderr
+                time.sleep(0.05)
             # Two real Hugging Face clients through the pull-through, a plain download.
             for client in ("alice", "bob"):
                 snap = hf_snapshot(tmp_path / client, srv.url, REPO_ID)

@@ -120,5 +120,7 @@ def serve_cmd(
                 ]
                 err_console.print(f"  upstream:     {', '.join(names) or '(no mirrors)'}", highlight=False)
             err_console.print(f"  use it with:  HF_ENDPOINT={url} hf download ORG/NAME", highlight=False)
+            status = f"{url}/  (JSON: {url}/dsmirror/status, Prometheus: {url}/metrics)"
+            err_console.print(f"  status page:  {status}", highlight=False)
 
     serve(config, on_ready=ready)
