@@ -12,7 +12,10 @@ Routes (all read-only; anything but GET/HEAD is 405)::
     HEAD|GET /v2/{name}/blobs/{digest}                          blob bytes, Range (or 307 elsewhere)
     GET  /api/v1/models/{org}/{name}/repo/files?Revision=&Recursive=   ModelScope-style listing
     HEAD|GET /api/v1/models/{org}/{name}/repo?Revision=&FilePath=      ModelScope-style file, Range
-    GET  /dsmirror/status                                       health: what is served, pulls running
+    GET  /                                                      the status page (HTML, live)
+    GET  /dsmirror/static/{status.js|status.css|favicon.svg}    its script, style sheet, icon
+    GET  /dsmirror/status                                       the status document (JSON, _status)
+    GET  /metrics                                               Prometheus text (_metrics)
     GET  /dsmirror/manifests/{sha256}.json                      a served folder's dsmirror manifest
     HEAD|GET /dsmirror/files/{manifest name or sha256}/{path}   its files: a mirror of kind http
 
@@ -33,17 +36,18 @@ file path of a download route. After routing, paths are only ever used as keys i
 index: no filesystem path is built from a URL.
 
 What each route answers is in its module: ``_hf_routes``, ``_ms_routes``, ``_oci_routes``,
-``_folder_routes``; how bytes are sent (Range, conditional requests, sendfile) in ``_send`` and
-``_ranges``.
+``_folder_routes``, ``_status_routes`` (the page, the status, metrics); how bytes are sent
+(Range, conditional requests, sendfile) in ``_send`` and ``_ranges``.
 
 Documented in docs/formats.md#dsmirror-serve-http-routes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
-import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -54,18 +58,22 @@ from dsmirror._serve._folder_routes import FolderRoutes
 from dsmirror._serve._hf_routes import HfRoutes
 from dsmirror._serve._http import Miss, Reply, bad_request, json_reply, registry_error
 from dsmirror._serve._index import ModelIndex
-from dsmirror._serve._library import IndexSource, StaticIndex
+from dsmirror._serve._library import IndexSource, Library, StaticIndex
 from dsmirror._serve._ms_routes import ModelScopeRoutes
 from dsmirror._serve._oci_routes import RegistryRoutes, write_refused
 from dsmirror._serve._ollama_routes import OllamaRoutes
 from dsmirror._serve._pullthrough import PullThrough
-from dsmirror._serve._send import Sender, ServeFaults, ServeStats
+from dsmirror._serve._send import ROUTE_KIND, Sender, ServeFaults, ServeStats, route_kind
+from dsmirror._serve._status import Status
+from dsmirror._serve._status_routes import PUBLIC_PATHS, StatusRoutes
 
-__all__ = ["STATS", "make_app"]
+__all__ = ["STATS", "STATUS", "make_app"]
 
 _READ_ONLY = ("GET", "HEAD")
 
 STATS = web.AppKey("stats", ServeStats)
+#: What the status page shows; ``build_app`` feeds its ``seeding`` from the seeder.
+STATUS = web.AppKey("status", Status)
 
 
 def _split_target(raw_target: str) -> list[str]:
@@ -111,7 +119,11 @@ class _Service:
         self.max_requests_per_client = max_requests_per_client
         self.in_flight = 0
         self._by_client: dict[str, int] = {}
-        self.started = time.time()
+        digests = source.digests if isinstance(source, Library) else None
+        self.status = Status(
+            stats, pullthrough=pullthrough, digests=digests, in_flight=lambda: self.in_flight
+        )
+        self.status_routes = StatusRoutes(self.status)
         sender = Sender(self._servable, faults, stats)
         self.hf = HfRoutes(sender, pullthrough, tree_page_size)
         self.ms = ModelScopeRoutes(sender)
@@ -145,6 +157,7 @@ class _Service:
                     raise Reply(write_refused())
                 raise Reply(json_reply(405, {"error": "read-only mirror"}, {"Allow": "GET, HEAD"}))
             segments = _split_target(request.raw_path)
+            request[ROUTE_KIND] = route_kind(segments)
             try:
                 return await self._route(request, segments, self.source.index)
             except Miss:
@@ -159,7 +172,7 @@ class _Service:
         return self.source.index.serves_path(path) or (self.pt is not None and self.pt.installed(path))
 
     def _authorize(self, request: web.Request) -> None:
-        if self.token is None:
+        if self.token is None or request.raw_path.split("?", 1)[0] in PUBLIC_PATHS:
             return
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode()):
@@ -191,9 +204,16 @@ class _Service:
             # the registry API (OCI distribution; Ollama models)
             case ["v2", *rest]:
                 return await self.registry.route(request, index, rest)
-            # dsmirror's own routes
+            # what the box is doing
+            case [""]:
+                return self.status_routes.page()
+            case ["dsmirror", "static", name]:
+                return self.status_routes.asset(name)
             case ["dsmirror", "status"]:
-                return self._status(index)
+                return await self.status_routes.json(index)
+            case ["metrics"]:
+                return await self.status_routes.metrics(index)
+            # dsmirror's own routes
             case ["dsmirror", "manifests", name]:
                 return folders.manifest(index, name)
             case ["dsmirror", "files", key, *path] if path:
@@ -205,30 +225,6 @@ class _Service:
                 return await hf.resolve(request, await hf.repo(index, org, name, rev), path)
             case _:
                 raise Reply(json_reply(404, {"error": "not found"}))
-
-    def _status(self, index: ModelIndex) -> web.Response:
-        folders = [
-            {
-                "name": f.name,
-                "manifest_sha256": f.sha256,
-                "files": len(f.files),
-                "of_files": len(f.manifest.files),
-                "hf_repo": f.repo_id,
-            }
-            for f in index.folders
-        ]
-        return json_reply(
-            200,
-            {
-                "status": "ok",
-                "uptime": round(time.time() - self.started, 1),
-                **index.counts(),
-                "folders": folders,
-                "requests_in_flight": self.in_flight,
-                "bytes_served": self.stats.bytes_total,
-                "pull_through": self.pt.status() if self.pt is not None else None,
-            },
-        )
 
 
 def make_app(
@@ -269,8 +265,10 @@ def make_app(
     )
     app = web.Application(client_max_size=client_max_size)
     app[STATS] = stats
+    app[STATUS] = service.status
     app.router.add_route("*", "/{tail:.*}", service.dispatch)
     app.on_response_prepare.append(_recorder(stats))
+    app.cleanup_ctx.append(_status_ticker(service.status))
     if pullthrough is not None:
         pt = pullthrough
 
@@ -287,6 +285,28 @@ def make_app(
 
 def _recorder(stats: ServeStats) -> Callable[[web.Request, web.StreamResponse], Any]:
     async def record(request: web.Request, response: web.StreamResponse) -> None:
-        stats.requests.append((request.method, request.raw_path, response.status))
+        stats.answered(request.method, request.raw_path, request.get(ROUTE_KIND, "other"), response.status)
 
     return record
+
+
+def _status_ticker(status: Status) -> Callable[[web.Application], AsyncIterator[None]]:
+    """While the app runs: recent errors are collected, the history sampled, pulls logged."""
+
+    async def ticker(_app: web.Application) -> AsyncIterator[None]:
+        async def tick_forever() -> None:
+            while True:
+                status.tick()
+                await asyncio.sleep(status.history.interval)
+
+        status.errors.install()
+        task = asyncio.ensure_future(tick_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            status.errors.uninstall()
+
+    return ticker

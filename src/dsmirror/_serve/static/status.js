@@ -165,14 +165,13 @@ function showPulls(doc) {
     rows.push(el(
       "tr",
       { class: "pull", "data-state": p.state },
-      el("td", { class: "wrap" }, p.file),
+      el("td", { class: "wrap" }, p.file, ...sources),
       el("td", { class: `state-${p.state}` }, p.state),
       el("td", { class: "progress" }, progress, ` ${formatBytes(done)} / ${formatBytes(p.size)}`),
       el("td", { class: "num" }, running ? formatRate(p.rate) : ""),
-      el("td", { class: "wrap" }, ...sources),
     ));
     if (p.error) {
-      rows.push(el("tr", {}, el("td", { colspan: 5, class: "wrap error" }, p.error, p.hint ? ` — ${p.hint}` : "")));
+      rows.push(el("tr", {}, el("td", { colspan: 4, class: "wrap error" }, p.error, p.hint ? ` — ${p.hint}` : "")));
     }
   }
   fill($("pulls").tBodies[0], rows);
