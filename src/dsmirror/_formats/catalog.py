@@ -64,6 +64,13 @@ naming the file, the line and the field, e.g.
 To know the line of every value the file is *composed* into YAML nodes, which carry their marks,
 and only scalars are turned into Python values, one at a time.
 
+Whatever the file holds, reading it raises `CatalogError` and nothing else: nesting too deep for
+the YAML composer, numbers too long for Python's ``int``, dates that do not exist, lone surrogates
+(``"\ud800"``) in strings. Merge keys are resolved here, not by PyYAML's ``flatten_mapping``,
+which copies every merged entry as often as it is merged: a few hundred bytes of ``<<: [*a, *a,
+...]`` nested a few levels deep would take minutes and gigabytes. Here each mapping's merged
+entries are worked out once, each key kept once.
+
 Documented in docs/formats.md#the-catalog.
 """
 
@@ -86,6 +93,7 @@ import yaml
 from dsmirror._core.errors import CatalogError, UsageError
 from dsmirror._formats.manifest import FileEntry
 from dsmirror._formats.ollama import parse_ollama_name
+from dsmirror._formats.paths import has_surrogates
 
 __all__ = [
     "CATALOG_VERSION",
@@ -313,6 +321,8 @@ def parse_catalog(
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
+    except RecursionError:
+        raise CatalogError("invalid YAML: nested too deeply", file=file) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise CatalogError(
@@ -325,7 +335,10 @@ def parse_catalog(
         raise CatalogError(f"invalid YAML: {exc}", file=file) from exc
     finally:
         loader.dispose()
-    return _Parser(file, loader, base or Catalog(), relative_to).catalog(root)
+    try:
+        return _Parser(file, loader, base or Catalog(), relative_to).catalog(root)
+    except RecursionError:  # merge keys merging merges, thousands deep
+        raise CatalogError("invalid YAML: merge keys nested too deeply", file=file) from None
 
 
 _T = TypeVar("_T")
@@ -353,6 +366,8 @@ _QUOTE_HINT: Final = (
 
 # A mapping's entries by key: (key node, value node), so errors can point at either.
 _Entries = dict[str, tuple[yaml.Node, yaml.Node]]
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+_INT_TAG: Final = "tag:yaml.org,2002:int"
 
 
 def _join(parent: str, key: str) -> str:
@@ -405,6 +420,9 @@ class _Parser:
         self.relative_to = relative_to
         #: This file's publishers, once read (aliases may name them).
         self.publishers: dict[str, Publisher] = {}
+        #: Every entry of a mapping, merged ones included, by id of its node (see ``merged``).
+        self._all_entries: dict[int, _Entries] = {}
+        self._merging: set[int] = set()
 
     def error(self, node: yaml.Node, field: str, message: str, hint: str | None = None) -> CatalogError:
         return CatalogError(message, file=self.file, line=_line(node), field=field or None, hint=hint)
@@ -628,7 +646,7 @@ class _Parser:
             raise self.error(node, where, f"expected a mapping, got {self.describe(node)}")
         entries: _Entries = {}
         for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
+            if key_node.tag == _MERGE_TAG:
                 continue
             key = self.scalar(key_node, where)
             if not isinstance(key, str):
@@ -650,21 +668,54 @@ class _Parser:
                     hint=f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}",
                 )
             entries[key] = (key_node, value_node)
-        # YAML merge keys ('<<: *anchor') supply the keys the mapping does not give itself;
-        # flatten_mapping puts the merged entries first, ordered so that the last one wins.
-        own = set(entries)
-        try:
-            self.loader.flatten_mapping(node)
-        except yaml.YAMLError as exc:
-            raise self.error(node, where, f"invalid merge: {getattr(exc, 'problem', None) or exc}") from exc
-        for key_node, value_node in node.value:
-            key = self.scalar(key_node, where)
-            if not isinstance(key, str) or key in own:
+        # YAML merge keys ('<<: *anchor') supply the keys the mapping does not give itself.
+        for key, entry in self.merged(node, where).items():
+            if key in entries:
                 continue
             if allowed is not None and key not in allowed:
-                raise self.error(key_node, _join(where, key), f"unknown key {key!r} (merged with '<<')")
-            entries[key] = (key_node, value_node)
+                raise self.error(entry[0], _join(where, key), f"unknown key {key!r} (merged with '<<')")
+            entries[key] = entry
         return entries
+
+    def merged(self, node: yaml.MappingNode, where: str) -> _Entries:
+        """The entries the merge keys of ``node`` bring (as PyYAML's ``flatten_mapping`` orders them:
+        of ``<<: [a, b]`` a's win over b's, and a later ``<<`` over an earlier one)."""
+        out: _Entries = {}
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                continue
+            if isinstance(value_node, yaml.MappingNode):
+                subs = [value_node]
+            elif isinstance(value_node, yaml.SequenceNode) and all(
+                isinstance(sub, yaml.MappingNode) for sub in value_node.value
+            ):
+                subs = value_node.value
+            else:
+                raise self.error(
+                    value_node, where, "invalid merge: expected a mapping or list of mappings for merging"
+                )
+            for sub in reversed(subs):
+                out.update(self.all_entries(sub, where))
+        return out
+
+    def all_entries(self, node: yaml.MappingNode, where: str) -> _Entries:
+        """Every string-keyed entry of ``node``, merged ones included (later ones win); worked out
+        once per node, however often it is merged."""
+        done = self._all_entries.get(id(node))
+        if done is not None:
+            return done
+        if id(node) in self._merging:
+            raise self.error(node, where, "invalid merge: a mapping merges itself")
+        self._merging.add(id(node))
+        out = self.merged(node, where)
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                key = self.scalar(key_node, where)
+                if isinstance(key, str):
+                    out[key] = (key_node, value_node)
+        self._merging.discard(id(node))
+        self._all_entries[id(node)] = out
+        return out
 
     def scalar(self, node: yaml.Node, field: str) -> object:
         if not isinstance(node, yaml.ScalarNode):
@@ -673,6 +724,9 @@ class _Parser:
             return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
             raise self.error(node, field, f"invalid value: {getattr(exc, 'problem', None) or exc}") from exc
+        except ValueError as exc:  # a date that does not exist; an int longer than Python reads
+            why = f"a number of {len(node.value)} characters is too long" if node.tag == _INT_TAG else exc
+            raise self.error(node, field, f"invalid value: {why}") from None
 
     def describe(self, node: yaml.Node) -> str:
         if isinstance(node, yaml.MappingNode):
@@ -710,6 +764,8 @@ class _Parser:
             raise self.mistyped(node, field, "a string")
         if not value.strip():
             raise self.error(node, field, "must not be empty")
+        if has_surrogates(value):
+            raise self.error(node, field, f"{value!r} is not valid Unicode (a lone surrogate)")
         return value
 
     def matching(self, node: yaml.Node, field: str, regex: re.Pattern[str], expected: str) -> str:

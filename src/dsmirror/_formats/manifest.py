@@ -37,29 +37,42 @@ Pieces never span files: file *i* starts on a fresh piece, so every piece is exa
 range of one file (and one piece of a file-aligned BitTorrent v2/hybrid torrent). Piece *k* of a file
 covers bytes ``[k * piece_size, min((k + 1) * piece_size, size))``.
 
+Memory follows the manifest's bytes, not what it declares: a few hundred bytes may declare 20 M
+pieces (``"pieces": null`` with 16 KiB pieces over large files). So the pieces of a file without
+piece hashes are not stored (``NoPieceHashes``: ``n`` empty strings in O(1)), and
+``Manifest.pieces`` makes each ``Piece`` when it is asked for (``PieceList``). Only piece hashes the
+document lists take memory, in proportion to its size.
+
+Parsing refuses, with ``ManifestError``, everything else a document can do to a parser: JSON nested
+too deep, numbers too long for Python's ``int``, lone surrogates (no UTF-8 for them), and paths that
+collide on a case- or normalisation-insensitive filesystem (``dsmirror._formats.paths``).
+
 Documented in docs/formats.md#the-manifest.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
+from typing import Any, overload
 
 from dsmirror._core.errors import ManifestError, ManifestMismatch
-from dsmirror._formats.paths import validate_relpath
+from dsmirror._formats.paths import PathCollisions, has_surrogates, validate_relpath
 
 __all__ = [
     "FORMAT",
     "VERSION",
     "FileEntry",
     "Manifest",
+    "NoPieceHashes",
     "Piece",
+    "PieceList",
     "load_manifest",
     "parse_manifest",
 ]
@@ -72,6 +85,7 @@ DEFAULT_PIECE_SIZE = 8 << 20
 MAX_FILE_SIZE = 1 << 50  # 1 PiB: anything larger is a forged or broken manifest
 MAX_FILES = 1_000_000
 MAX_PIECES = 20_000_000
+MAX_META_DEPTH = 32  # meta is provenance (revision, source): flat in practice
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
@@ -88,12 +102,109 @@ class Piece:
     sha256: str
 
 
+class NoPieceHashes(Sequence[str]):
+    """The piece hashes of a file that has none published: ``n`` empty strings, stored as ``n``.
+
+    Equal (and hashing equal) to ``("",) * n``, which callers may use instead for small files.
+    """
+
+    __slots__ = ("_n",)
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return NoPieceHashes(len(range(*i.indices(self._n))))
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return ""
+
+    def __iter__(self) -> Iterator[str]:
+        for _ in range(self._n):
+            yield ""
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, NoPieceHashes):
+            return other._n == self._n
+        if isinstance(other, tuple | list):
+            return len(other) == self._n and all(p == "" for p in other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))  # as ("",) * n's; nothing hashes these in practice
+
+    def __repr__(self) -> str:
+        return f"NoPieceHashes({self._n})"
+
+
 @dataclass(frozen=True, slots=True)
 class FileEntry:
     path: str
     size: int
     sha256: str
-    pieces: tuple[str, ...]
+    #: One SHA-256 hex per piece, or (no piece hashes published) as many empty strings.
+    pieces: Sequence[str]
+
+
+class PieceList(Sequence[Piece]):
+    """``Manifest.pieces``: every piece in global order, each ``Piece`` made when asked for."""
+
+    __slots__ = ("_files", "_piece_size", "_starts", "_total")
+
+    def __init__(self, files: Sequence[FileEntry], piece_size: int) -> None:
+        self._files = files
+        self._piece_size = piece_size
+        self._starts: list[int] = []  # global index of each file's first piece
+        total = 0
+        for f in files:
+            self._starts.append(total)
+            total += len(f.pieces)
+        self._total = total
+
+    def __len__(self) -> int:
+        return self._total
+
+    def _make(self, fi: int, k: int) -> Piece:
+        f, off = self._files[fi], k * self._piece_size
+        return Piece(self._starts[fi] + k, fi, f.path, off, min(self._piece_size, f.size - off), f.pieces[k])
+
+    @overload
+    def __getitem__(self, i: int) -> Piece: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Piece]: ...
+    def __getitem__(self, i: int | slice) -> Piece | Sequence[Piece]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self._total))]
+        if i < 0:
+            i += self._total
+        if not 0 <= i < self._total:
+            raise IndexError(i)
+        # The last file starting at or before i: an empty file shares its start with the next one.
+        fi = bisect.bisect_right(self._starts, i) - 1
+        return self._make(fi, i - self._starts[fi])
+
+    def __iter__(self) -> Iterator[Piece]:
+        for fi, f in enumerate(self._files):
+            for k in range(len(f.pieces)):
+                yield self._make(fi, k)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return len(other) == self._total and all(a == b for a, b in zip(self, other, strict=False))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{self._total} pieces>"
 
 
 @dataclass(frozen=True)
@@ -144,13 +255,9 @@ class Manifest:
 
     # -- pieces ----------------------------------------------------------------------------------
     @cached_property
-    def pieces(self) -> tuple[Piece, ...]:
-        out: list[Piece] = []
-        for fi, f in enumerate(self.files):
-            for k, digest in enumerate(f.pieces):
-                off = k * self.piece_size
-                out.append(Piece(len(out), fi, f.path, off, min(self.piece_size, f.size - off), digest))
-        return tuple(out)
+    def pieces(self) -> PieceList:
+        """Every piece in global order (made on demand: see the module docstring)."""
+        return PieceList(self.files, self.piece_size)
 
     @cached_property
     def file_piece_ranges(self) -> tuple[range, ...]:
@@ -210,10 +317,15 @@ def _expect(cond: bool, message: str) -> None:
 
 
 def parse_manifest(data: bytes, *, expected_sha256: str | None = None, origin: str | None = None) -> Manifest:
-    """Parse and strictly validate manifest bytes; check the pin when given."""
+    """Parse and strictly validate manifest bytes; check the pin when given.
+
+    Anything wrong with ``data`` raises ``ManifestError`` (naming ``origin``), never another error.
+    """
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise ManifestError("not valid JSON (nested too deeply)", path=origin) from None
+    except ValueError as exc:  # also UnicodeDecodeError, JSONDecodeError, and ints too long for int()
         raise ManifestError(f"not valid JSON ({exc})", path=origin) from exc
     try:
         m = _from_obj(obj)
@@ -226,6 +338,21 @@ def parse_manifest(data: bytes, *, expected_sha256: str | None = None, origin: s
     return m
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(obj: Any) -> int:
+    """How deeply ``obj`` (parsed JSON) nests lists and objects (without recursing)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, d)
+            stack.extend((child, d + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def _from_obj(obj: Any) -> Manifest:
     _expect(isinstance(obj, dict), "a manifest must be a JSON object")
     _expect(obj.get("format") == FORMAT, f"not a dsmirror manifest (format must be {FORMAT!r})")
@@ -235,6 +362,7 @@ def _from_obj(obj: Any) -> Manifest:
     name = obj.get("name")
     _expect(isinstance(name, str) and 0 < len(name) <= 200, "name must be a string of 1..200 characters")
     _expect("\x00" not in name, "name must not contain NUL")
+    _expect(not has_surrogates(name), f"name {name!r} is not valid Unicode (a lone surrogate)")
     ps = obj.get("piece_size")
     _expect(
         isinstance(ps, int)
@@ -247,8 +375,8 @@ def _from_obj(obj: Any) -> Manifest:
     _expect(isinstance(files_obj, list), "files must be a list")
     _expect(len(files_obj) <= MAX_FILES, f"too many files ({len(files_obj)})")
     files: list[FileEntry] = []
-    seen: set[str] = set()
-    seen_folded: set[str] = set()
+    # Duplicates, a file that is also a folder, and names one filesystem or another takes as equal.
+    collisions = PathCollisions()
     total_pieces = 0
     for i, fo in enumerate(files_obj):
         where = f"files[{i}]"
@@ -258,12 +386,8 @@ def _from_obj(obj: Any) -> Manifest:
             f"{where} needs exactly path, size, sha256, pieces",
         )
         path = validate_relpath(fo["path"], where=f"{where}.path")
-        _expect(path not in seen, f"{where}.path {path!r} appears twice")
-        _expect(
-            path.casefold() not in seen_folded, f"{where}.path {path!r} differs from another only by case"
-        )
-        seen.add(path)
-        seen_folded.add(path.casefold())
+        collision = collisions.add(path)
+        _expect(collision is None, f"{where}.path {collision}")
         size = fo["size"]
         _expect(
             isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_FILE_SIZE,
@@ -276,10 +400,13 @@ def _from_obj(obj: Any) -> Manifest:
             hex_digest or (digest is None and pieces is not None),
             f"{where}.sha256 is not 64 lowercase hex (null only when every piece hash is listed)",
         )
+        # Limits first: nothing per piece is made for what a document merely declares.
         want = -(-size // ps)
         _expect(total_pieces + want <= MAX_PIECES, f"too many pieces (> {MAX_PIECES})")
+        total_pieces += want
         if pieces is None:
-            pieces = [""] * want  # unknown: the whole-file digest is the only check
+            files.append(FileEntry(path, size, digest, NoPieceHashes(want)))
+            continue  # unknown: the whole-file digest is the only check
         _expect(isinstance(pieces, list), f"{where}.pieces must be a list or null")
         _expect(
             len(pieces) == want, f"{where}: {len(pieces)} piece hashes for {size} bytes (expected {want})"
@@ -288,16 +415,9 @@ def _from_obj(obj: Any) -> Manifest:
             all(isinstance(p, str) and _HEX64.match(p) for p in pieces) or all(p == "" for p in pieces),
             f"{where}.pieces: bad digest",
         )
-        total_pieces += want
-        _expect(total_pieces <= MAX_PIECES, f"too many pieces (> {MAX_PIECES})")
         _expect(digest is not None or all(pieces), f"{where}: sha256 null needs every piece hash")
-        files.append(FileEntry(path, size, digest or "", tuple(pieces)))
-    # A file may not also be a folder of another file ("a" and "a/b").
-    for p in seen:
-        parent = PurePosixPath(p).parent
-        while str(parent) != ".":
-            _expect(str(parent) not in seen, f"{str(parent)!r} is both a file and a folder")
-            parent = parent.parent
+        listed = NoPieceHashes(want) if want and not pieces[0] else tuple(pieces)
+        files.append(FileEntry(path, size, digest or "", listed))
     torrent = obj.get("torrent")
     if torrent is not None:
         _expect(isinstance(torrent, dict), "torrent must be an object")
@@ -307,7 +427,14 @@ def _from_obj(obj: Any) -> Manifest:
             _expect(ok, f"torrent.{k} is not a hex info-hash")
     meta = obj.get("meta", {})
     _expect(isinstance(meta, dict), "meta must be an object")
-    return Manifest(name, ps, tuple(files), torrent, meta)
+    _expect(_depth(meta) <= MAX_META_DEPTH, f"meta nests deeper than {MAX_META_DEPTH} levels")
+    m = Manifest(name, ps, tuple(files), torrent, meta)
+    try:
+        m.canonical_bytes  # noqa: B018 - made now (and kept): text UTF-8 cannot carry fails here
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        raise ManifestError(f"not valid Unicode: {exc.reason} ({bad!r})") from None
+    return m
 
 
 def load_manifest(path: Path, *, expected_sha256: str | None = None) -> Manifest:

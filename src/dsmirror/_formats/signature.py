@@ -81,9 +81,10 @@ from dsmirror._formats.manifest import (
     MIN_PIECE_SIZE,
     FileEntry,
     Manifest,
+    NoPieceHashes,
     parse_manifest,
 )
-from dsmirror._formats.paths import path_problem
+from dsmirror._formats.paths import has_surrogates, path_problem
 
 __all__ = [
     "PAYLOAD_TYPE",
@@ -108,6 +109,7 @@ PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 #: A signature larger than this is refused unread (50 000 shards take about 8 MB).
 MAX_SIGNATURE_SIZE = 256 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_OFFSET = re.compile(r"[0-9]{1,19}")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 SignerKind = Literal["key", "certificate", "sigstore"]
@@ -159,7 +161,8 @@ def signer_kind(bundle: bytes, *, origin: str) -> SignerKind:
     try:
         obj = json.loads(bundle)
         material = obj["verificationMaterial"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    # ValueError: also undecodable bytes, bad JSON, and ints too long for Python (RecursionError: too deep)
+    except (ValueError, RecursionError, KeyError, TypeError) as exc:
         raise _invalid(origin, "not a Sigstore bundle (model.sig JSON)") from exc
     if not isinstance(material, dict):
         raise _invalid(origin, "not a Sigstore bundle: verificationMaterial is not an object")
@@ -177,7 +180,7 @@ def bundle_statement(bundle: bytes, *, origin: str) -> bytes:
     try:
         payload = json.loads(bundle)["dsseEnvelope"]["payload"]
         return base64.b64decode(payload, validate=True)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, RecursionError, KeyError, TypeError, binascii.Error) as exc:
         raise _invalid(origin, "not a Sigstore bundle with a DSSE envelope") from exc
 
 
@@ -194,7 +197,9 @@ def parse_statement(payload: bytes, *, origin: str) -> SignedModel:
     """Read and strictly check the in-toto statement of a verified signature."""
     try:
         st = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise _invalid(origin, "the signed statement is not JSON (nested too deeply)") from None
+    except ValueError as exc:  # also undecodable bytes, and ints too long for Python
         raise _invalid(origin, f"the signed statement is not JSON ({exc})") from exc
 
     def expect(cond: bool, message: str) -> None:
@@ -251,7 +256,9 @@ def parse_statement(payload: bytes, *, origin: str) -> SignedModel:
         if method == "shards":
             expect(algorithm == f"sha256-sharded-{shard_size}", f"{where}: algorithm {algorithm!r}")
             parts = rname.split(":")
-            expect(len(parts) == 3 and all(p.isdigit() for p in parts[1:]), f"{where}: bad shard {rname!r}")
+            # ASCII digits, at most 19 (str.isdigit also takes "²", and int() refuses 4,300 digits)
+            offsets_ok = len(parts) == 3 and all(_OFFSET.fullmatch(p) for p in parts[1:])
+            expect(offsets_ok, f"{where}: bad shard {rname!r}")
             path, start, end = parts[0], int(parts[1]), int(parts[2])
         else:
             expect(algorithm == "sha256", f"{where}: algorithm {algorithm!r} is not sha256")
@@ -281,7 +288,10 @@ def parse_statement(payload: bytes, *, origin: str) -> SignedModel:
         files.append(SignedFile(path, at, digests[0] if len(digests) == 1 else None, digests))
     for f in files:  # a file may not also be a folder of another file ("a" and "a/b")
         expect(not any(g.path.startswith(f.path + "/") for g in files), f"{f.path!r} is a file and a folder")
-    clean_name = name if isinstance(name, str) and 0 < len(name) <= 200 and "\x00" not in name else "model"
+    usable = (
+        isinstance(name, str) and 0 < len(name) <= 200 and "\x00" not in name and not has_surrogates(name)
+    )
+    clean_name = name if usable else "model"
     return SignedModel(clean_name, method, shard_size, tuple(ignore), tuple(files), subject_sha256)
 
 
@@ -357,7 +367,9 @@ def signed_manifest(
         if size is None:
             raise _invalid(origin, f"the size of {f.path} is not known (the signature gives none)")
         n = -(-size // piece_size)
-        pieces = f.shards if per_piece else ("",) * n
-        entries.append(FileEntry(f.path, size, f.sha256 or "", tuple(pieces)))
+        # No piece hashes: n empty strings, not stored (the sizes offered may be a registry's lie).
+        entries.append(
+            FileEntry(f.path, size, f.sha256 or "", tuple(f.shards) if per_piece else NoPieceHashes(n))
+        )
     m = Manifest((name or model.name)[:200], piece_size, tuple(entries), None, dict(meta or {}))
     return parse_manifest(m.canonical_bytes, origin=origin)  # the manifest's own checks, too
