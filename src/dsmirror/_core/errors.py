@@ -1,6 +1,7 @@
 """The one error hierarchy of dsmirror.
 
-This module imports nothing else from the package, so every module can raise these errors.
+This module imports nothing else from the package but ``sizes`` (which imports nothing), so every
+module can raise these errors.
 Errors carry data (source, url, piece, digests) and a ``retryable`` flag; only the CLI turns
 them into a one-line message, a hint and an exit code (``exit_code``).
 
@@ -23,8 +24,10 @@ them into a one-line message, a hint and an exit code (``exit_code``).
     │   ├── SourceUnavailable                   connect/reset/5xx
     │   ├── RateLimited                         429/503, carries retry_after
     │   ├── BadResponse                         HTML page, wrong range, 200 for a Range request
+    │   │   └── TooLarge                        a metadata answer past its bound (limit), not read on
     │   ├── Stalled                             no bytes for too long / slower than the floor
     │   ├── SourceNotFound                      the source does not have this file (404)
+    │   │   └── AccessDenied                    401/403: credentials missing or refused
     │   └── URLExpired                          signed redirect expired: re-resolve
     ├── NoSourceError                  exit 4   no usable source is left
     ├── StorageError                   exit 5   local disk: full, permission, read-only
@@ -35,7 +38,10 @@ them into a one-line message, a hint and an exit code (``exit_code``).
 
 from __future__ import annotations
 
+from dsmirror._core.sizes import format_bytes
+
 __all__ = [
+    "AccessDenied",
     "AlreadyInProgress",
     "BadResponse",
     "CatalogError",
@@ -56,6 +62,7 @@ __all__ = [
     "SourceUnavailable",
     "Stalled",
     "StorageError",
+    "TooLarge",
     "URLExpired",
     "UsageError",
     "VerifyFailed",
@@ -223,12 +230,25 @@ class BadResponse(SourceError):
     pass
 
 
+class TooLarge(BadResponse):
+    """A metadata answer (manifest, listing) larger than ``limit`` bytes: refused before more is read."""
+
+    def __init__(self, limit: int, *, source: str | None = None, url: str | None = None) -> None:
+        super().__init__(f"answer larger than {limit} bytes", source=source, url=url)
+        self.limit = limit
+
+
 class Stalled(SourceError):
     pass
 
 
 class SourceNotFound(SourceError):
     retryable = False
+
+
+class AccessDenied(SourceNotFound):
+    """HTTP 401/403 from the source itself: it is not asked for the file again (a signed redirect
+    target's 403 is ``URLExpired``); when no source is left for a file, authentication failed."""
 
 
 class URLExpired(SourceError):
@@ -248,9 +268,13 @@ class StorageError(DsmirrorError):
 
 
 class DiskFull(StorageError):
-    def __init__(self, *, path: str, needed: int = 0, available: int = 0) -> None:
+    """Not enough space: ``needed`` bytes (and ``margin`` kept free besides), ``available`` free."""
+
+    def __init__(self, *, path: str, needed: int = 0, available: int = 0, margin: int = 0) -> None:
+        kept = f" (and {format_bytes(margin)} kept free)" if margin else ""
         what = (
-            f"not enough free space in {path}: need {needed} bytes, {available} available"
+            f"not enough free space in {path}: need {format_bytes(needed)}{kept}, "
+            f"{format_bytes(available)} available"
             if needed
             else f"disk full while writing {path}"
         )
@@ -261,6 +285,7 @@ class DiskFull(StorageError):
         )
         self.needed = needed
         self.available = available
+        self.margin = margin
 
 
 class AlreadyInProgress(StorageError):

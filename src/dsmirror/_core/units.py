@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from dsmirror._core.errors import UsageError
+from dsmirror._core.sizes import format_bytes
 
 __all__ = ["format_bytes", "format_rate", "parse_size"]
 
@@ -33,14 +34,6 @@ def parse_size(text: str) -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise UsageError(f"cannot read size {text!r}", hint="write it like 8MiB, 500KB or 1048576")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def format_rate(bps: float) -> str:

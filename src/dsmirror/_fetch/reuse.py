@@ -299,7 +299,7 @@ class LocalIndex:
         """
         idx = cls(manifest, dest, list(roots), same_path=list(same_path or [dest]))
         idx.exclude.append(os.path.realpath(PrivateArea(dest).partial(manifest.sha256)) + os.sep)
-        want_pieces = {p.sha256 for p in manifest.pieces if p.sha256}
+        want_pieces = {d for f in manifest.files if f.pieces and f.pieces[0] for d in f.pieces}
         want_files = {f.sha256 for f in manifest.files if f.size and f.sha256}
         for root in roots:
             for im in recorded_models(root):
@@ -506,8 +506,7 @@ def reuse_local(store: Store, index: LocalIndex) -> Iterator[Event]:
     try:
         for fi, f in enumerate(m.files):
             rng = m.file_piece_ranges[fi]
-            missing = [i for i in rng if not store.is_done(i)]
-            if not missing:
+            if all(store.is_done(i) for i in rng):  # no list of what is missing: there may be millions
                 continue
             same = index.same_file_candidates(f)
             if f.pieces and not f.pieces[0]:
@@ -522,7 +521,9 @@ def reuse_local(store: Store, index: LocalIndex) -> Iterator[Event]:
                     whole_files.append(fi)
                     break
                 continue
-            for i in missing:
+            for i in rng:
+                if store.is_done(i):
+                    continue
                 piece = m.pieces[i]
                 loc = index.find(piece, same, reader)
                 if loc is not None:

@@ -34,9 +34,17 @@ or corrupt record (a torn write can only be at the end) ends trust: W records af
 verified. Pieces with a W record no commit covers (written, but the process or the machine died
 before a commit) are *re-verified* by hashing: after ``kill -9`` their bytes are in the page cache
 and they verify, so nothing is lost; after a power loss they may not, and are fetched again. A
-damaged header, a data file of the wrong size, or a missing data file means the journal cannot be
-trusted for that file: its pieces are re-verified from the bytes on disk, and every piece that still
-verifies is kept.
+missing, empty or damaged journal, one without a commit record (dsmirror always writes one), or a
+data file of the wrong size means the journal cannot be trusted for those files: their pieces are
+re-verified from the bytes on disk, and every piece that still verifies is kept.
+
+Opening refuses, before any piece is hashed or anything per piece is allocated, a pull that cannot
+fit (the files still missing plus ``SPACE_MARGIN``, 64 MiB), and, before any byte is fetched, a
+final name that cannot take its file (a folder in its place, or a file where one of its folders
+must go; a symlink on the way is refused when the file is installed). Nothing in the partial area
+may be a symlink (its writes must land in ``DEST``): the area's folders are checked and its files
+opened with ``O_NOFOLLOW``. Per-piece state is one byte per piece (``bytearray``): memory follows
+the pull's piece count, never ``Piece`` objects.
 
 Documented in docs/formats.md#the-store-partial-files-journal-provenance.
 """
@@ -50,11 +58,12 @@ import json
 import os
 import queue
 import shutil
+import stat
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +80,9 @@ _RECORD = struct.Struct("<B3xII")
 _W = ord("W")
 _C = ord("C")
 _X = ord("X")
-#: Keep this much space free beyond what the pull needs.
+#: Keep this much space free beyond what the pull needs (the README's "Layout on disk" says so).
 SPACE_MARGIN = 64 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 @dataclass
@@ -93,8 +103,7 @@ class Store:
         self.data_dir = self.area / "data"
         self.installed_record = PrivateArea(dest).install_record(manifest.sha256)
         self.stats = StoreStats()
-        n = manifest.num_pieces
-        self._done = bytearray(n)
+        self._done = bytearray()  # one byte per piece, made once the pull is known to fit
         self._file_done = [False] * len(manifest.files)  # installed under the final name
         self._fds: dict[int, int] = {}
         self._dirty: set[int] = set()
@@ -145,11 +154,16 @@ class Store:
                     path=str(self.dest),
                     hint="choose a --dest you can write to",
                 )
+            # Through no symlink: the partial area's writes must land inside DEST.
+            safe_join(self.dest, self.data_dir.relative_to(self.dest).as_posix())
             self.area.mkdir(parents=True, exist_ok=True)
             self._acquire_lock()
+            self._check_space(self._space_needed(optimistic=True))
+            self._done = bytearray(self.manifest.num_pieces)
             self._check_installed()
             if all(self._file_done):
                 return
+            self._check_final_paths()
             if not (self.area / "manifest.json").exists():
                 atomic_write_bytes(self.area / "manifest.json", self.manifest.canonical_bytes)
             suspect = self._recover_journal()
@@ -171,7 +185,7 @@ class Store:
             final = self.dest / f.path
             try:
                 st = final.lstat()
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # a file where its folder must go: below
                 continue
             if not final.is_file() or final.is_symlink() or st.st_size != f.size:
                 continue
@@ -189,25 +203,96 @@ class Store:
     def _mark_file_installed(self, fi: int) -> None:
         self._file_done[fi] = True
         self.stats.reused_files += 1
-        for i in self.manifest.file_piece_ranges[fi]:
-            self._done[i] = 1
+        r = self.manifest.file_piece_ranges[fi]
+        self._done[r.start : r.stop] = b"\x01" * len(r)
+
+    def _space_needed(self, *, optimistic: bool) -> int:
+        """Bytes the files not in place yet still need on disk (beyond their partial files' blocks).
+
+        ``optimistic``: before anything is hashed, a file of the right size at its final name counts
+        as in place (it may be reused); that bound refuses at once a pull that cannot fit anyway.
+        """
+        need = 0
+        for fi, f in enumerate(self.manifest.files):
+            if self._file_done[fi]:
+                continue
+            if optimistic:
+                with contextlib.suppress(OSError):
+                    st = (self.dest / f.path).lstat()
+                    if stat.S_ISREG(st.st_mode) and st.st_size == f.size:
+                        continue
+            try:
+                have = (self.data_dir / f.path).stat().st_blocks * 512
+            except OSError:
+                have = 0
+            need += max(0, f.size - have)
+        return need
+
+    def _check_space(self, need: int) -> int:
+        """Refuse (DiskFull) when ``need`` bytes and the margin do not fit; the free bytes."""
+        free = shutil.disk_usage(self.area).free
+        if need + SPACE_MARGIN > free and need > 0:
+            raise DiskFull(path=str(self.dest), needed=need, available=free, margin=SPACE_MARGIN)
+        return free
+
+    def _check_final_paths(self) -> None:
+        """Refuse now, not after the download, a final name that cannot take its file.
+
+        A folder where the file must go, or a file where one of its folders must go. (A symlink on
+        the way is refused when the file is installed, by ``install_file``.)
+        """
+        folders: set[Path] = set()  # checked already: files share their folders
+        for fi, f in enumerate(self.manifest.files):
+            if self._file_done[fi]:
+                continue
+            at = self.dest
+            parts = f.path.split("/")
+            for k, part in enumerate(parts):
+                at = at / part
+                last = k == len(parts) - 1
+                if not last and at in folders:
+                    continue
+                try:
+                    mode = at.lstat().st_mode
+                except FileNotFoundError:
+                    break  # nor anything below it
+                if stat.S_ISLNK(mode):
+                    break
+                if last and stat.S_ISDIR(mode):
+                    raise StorageError(
+                        f"{at} is a folder, where the file {f.path} must go",
+                        path=str(at),
+                        hint="move or remove it, or choose another --dest",
+                    )
+                if not last and not stat.S_ISDIR(mode):
+                    raise StorageError(
+                        f"{at} is a file, where a folder of {f.path} must go",
+                        path=str(at),
+                        hint="move or remove it, or choose another --dest",
+                    )
+                if not last:
+                    folders.add(at)
 
     def _journal_header(self) -> bytes:
         head = _HEADER.pack(_MAGIC, bytes.fromhex(self.manifest.sha256), 0)
         return head[:40] + struct.pack("<I", zlib.crc32(head[:40]))
 
-    def _recover_journal(self) -> set[int]:
-        """Read the journal; mark trusted pieces done; return the pieces to re-verify."""
+    def _recover_journal(self) -> bytearray:
+        """Read the journal; mark trusted pieces done; return the pieces to re-verify (1 each)."""
         path = self.area / "journal"
-        suspect: set[int] = set()
+        n = self.manifest.num_pieces
+        suspect = bytearray(n)
         header = self._journal_header()
         data = b""
         with contextlib.suppress(FileNotFoundError):
             data = path.read_bytes()
+        # Missing, empty, foreign or damaged, or never committed (dsmirror's journal always holds a
+        # commit): trust none of it, re-verify every partial file from its bytes.
+        distrust = True
         if len(data) >= _HEADER.size and data[: _HEADER.size] == header:
-            n = self.manifest.num_pieces
             pending: dict[int, int] = {}  # piece -> offset of its W record
             damaged = False
+            committed = False
             for off in range(_HEADER.size, len(data) - _RECORD.size + 1, _RECORD.size):
                 kind, index, crc = _RECORD.unpack_from(data, off)
                 if (
@@ -223,11 +308,12 @@ class Store:
                     pending[index] = off
                 elif kind == _X:
                     pending.pop(index, None)
-                    suspect.discard(index)
+                    suspect[index] = 0
                     if self._done[index]:
                         self._done[index] = 0
                         self.stats.trusted_pieces -= 1
                 elif not damaged:
+                    committed = True
                     # C covers the W records written before offset ``index`` (their data was synced).
                     for i, woff in list(pending.items()):
                         if woff < index:
@@ -235,27 +321,29 @@ class Store:
                             if not self._done[i]:
                                 self._done[i] = 1
                                 self.stats.trusted_pieces += 1
-            suspect |= set(pending)
-            if damaged:
-                # A damaged record may have been any piece's: re-verify every piece not trusted.
-                for fi, f in enumerate(self.manifest.files):
-                    if not self._file_done[fi] and (self.data_dir / f.path).exists():
-                        suspect.update(self.manifest.file_piece_ranges[fi])
-        elif data:
-            # Damaged or foreign journal: trust nothing it says; re-verify every partial file.
+            for i in pending:
+                suspect[i] = 1
+            # A damaged record may have been any piece's: re-verify every piece not trusted.
+            distrust = damaged or not committed
+        if distrust:
             for fi, f in enumerate(self.manifest.files):
                 if not self._file_done[fi] and (self.data_dir / f.path).exists():
-                    suspect.update(self.manifest.file_piece_ranges[fi])
-        return {i for i in suspect if not self._done[i]}
+                    r = self.manifest.file_piece_ranges[fi]
+                    suspect[r.start : r.stop] = b"\x01" * len(r)
+        for i in _ones(suspect):
+            if self._done[i]:
+                suspect[i] = 0
+        return suspect
 
     def _rewrite_journal(self) -> None:
         """Compact the journal to what is trusted now (after data was synced), then append to it."""
         for fd in self._fds.values():
             os.fdatasync(fd)
         body = bytearray(self._journal_header())
-        for i in range(self.manifest.num_pieces):
-            if self._done[i] and not self._file_done[self.manifest.pieces[i].file_index]:
-                body += _record(_W, i)
+        for fi, r in enumerate(self.manifest.file_piece_ranges):
+            if not self._file_done[fi]:
+                for i in _ones(self._done, r.start, r.stop):
+                    body += _record(_W, i)
         body += _record(_C, len(body))
         atomic_write_bytes(self.area / "journal", bytes(body))
         self._journal_fd = os.open(self.area / "journal", os.O_WRONLY | os.O_APPEND)
@@ -268,44 +356,37 @@ class Store:
                 parts = line.split(" ")
                 if len(parts) == 3 and parts[0].isdigit() and int(parts[0]) < self.manifest.num_pieces:
                     self.provenance[int(parts[0])] = (parts[1], parts[2])
-        self._prov_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._prov_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
 
-    def _prepare_files(self, suspect: set[int]) -> None:
+    def _prepare_files(self, suspect: bytearray) -> None:
         """Open (create, preallocate) every partial file after checking free space."""
         m = self.manifest
-        need = 0
         for fi, f in enumerate(m.files):
             if self._file_done[fi]:
                 continue
-            p = self.data_dir / f.path
+            r = m.file_piece_ranges[fi]
             try:
-                st = p.stat()
-                have = st.st_blocks * 512
-                if st.st_size != f.size:
-                    # Truncated or grown behind our back: the journal cannot vouch for this file.
-                    for i in m.file_piece_ranges[fi]:
-                        if self._done[i]:
-                            self._done[i] = 0
-                            self.stats.trusted_pieces -= 1
-                            suspect.add(i)
+                st = (self.data_dir / f.path).stat()
             except FileNotFoundError:
-                have = 0
-                for i in m.file_piece_ranges[fi]:
-                    if self._done[i]:
-                        self._done[i] = 0
-                        self.stats.trusted_pieces -= 1
-                        self.stats.rejected_pieces += 1
-                    suspect.discard(i)
-            need += max(0, f.size - have)
-        free = shutil.disk_usage(self.area).free
-        if need + SPACE_MARGIN > free and need > 0:
-            raise DiskFull(path=str(self.dest), needed=need + SPACE_MARGIN, available=free)
+                for i in _ones(self._done, r.start, r.stop):
+                    self._done[i] = 0
+                    self.stats.trusted_pieces -= 1
+                    self.stats.rejected_pieces += 1
+                suspect[r.start : r.stop] = bytes(len(r))
+                continue
+            if st.st_size != f.size:
+                # Truncated or grown behind our back: the journal cannot vouch for this file.
+                for i in _ones(self._done, r.start, r.stop):
+                    self._done[i] = 0
+                    self.stats.trusted_pieces -= 1
+                    suspect[i] = 1
+        free = self._check_space(self._space_needed(optimistic=False))
         for fi, f in enumerate(m.files):
             if self._file_done[fi]:
                 continue
-            p = safe_join(self.data_dir, f.path)
+            p = safe_join(self.area, f"data/{f.path}")  # no symlink on the way, nor at the end
             p.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(p, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
             self._fds[fi] = fd
             if os.fstat(fd).st_size != f.size:
                 os.ftruncate(fd, f.size)
@@ -317,8 +398,8 @@ class Store:
                         raise DiskFull(path=str(self.dest), needed=f.size, available=free) from exc
                     # EOPNOTSUPP and friends: the filesystem cannot reserve; go on without.
 
-    def _reverify(self, suspect: set[int], on_reverify: Callable[[int], None] | None) -> None:
-        for i in sorted(suspect):
+    def _reverify(self, suspect: bytearray, on_reverify: Callable[[int], None] | None) -> None:
+        for i in _ones(suspect):
             piece = self.manifest.pieces[i]
             data = os.pread(self._fds[piece.file_index], piece.length, piece.offset)
             if piece.sha256 and hashlib.sha256(data).hexdigest() == piece.sha256:
@@ -396,15 +477,24 @@ class Store:
         """
         ok = self._file_ok
         return sum(
-            p.length
-            for p in self.manifest.pieces
-            if self._done[p.index] and (p.sha256 or ok[p.file_index] or self._file_done[p.file_index])
+            self._stored_bytes(fi)
+            for fi, f in enumerate(self.manifest.files)
+            if not f.pieces or f.pieces[0] or ok[fi] or self._file_done[fi]
         )
 
     @property
     def received_bytes(self) -> int:
         """Bytes stored, verified or waiting for their file's digest (for rates and ETAs)."""
-        return sum(p.length for p in self.manifest.pieces if self._done[p.index])
+        return sum(self._stored_bytes(fi) for fi in range(len(self.manifest.files)))
+
+    def _stored_bytes(self, fi: int) -> int:
+        """Bytes of file ``fi`` in pieces marked done (counted, not walked piece by piece)."""
+        r = self.manifest.file_piece_ranges[fi]
+        if not r:
+            return 0
+        ps = self.manifest.piece_size
+        last = self.manifest.files[fi].size - (len(r) - 1) * ps  # the last piece may be short
+        return self._done.count(1, r.start, r.stop) * ps - (ps - last if self._done[r.stop - 1] else 0)
 
     def write(self, piece: Piece, offset_in_piece: int, data: bytes | bytearray | memoryview) -> None:
         """pwrite bytes of a piece that is being fetched (not yet verified)."""
@@ -646,7 +736,8 @@ def lock_area(area: Path, dest: Path) -> int:
 
     The lock is released when the fd is closed (or the process dies).
     """
-    fd = os.open(area / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    with storage_errors(area / "lock"):  # ELOOP: a symlink there, which is never followed
+        fd = os.open(area / "lock", os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -666,6 +757,15 @@ class _FileHasher:
     def __init__(self) -> None:
         self.sha = hashlib.sha256()
         self.next_piece = 0
+
+
+def _ones(flags: bytearray, start: int = 0, stop: int | None = None) -> Iterator[int]:
+    """The indices in ``[start, stop)`` whose byte in ``flags`` is 1, ascending (found in C)."""
+    end = len(flags) if stop is None else stop
+    i = flags.find(1, start, end)
+    while i >= 0:
+        yield i
+        i = flags.find(1, i + 1, end)
 
 
 def _record(kind: int, index: int) -> bytes:

@@ -1,6 +1,7 @@
 """The pieces of a pull: which are free, which a connection has taken, which are done.
 
-Like libtorrent's piece picker, one byte per piece records its state::
+Like libtorrent's piece picker, one byte per piece records its state (a ``bytearray``, searched and
+counted in C per file: no ``Piece`` objects are made for it, so memory is one byte per piece)::
 
     FREE  --take-->  TAKEN  --finish-->  DONE
       ^                |                   |
@@ -22,6 +23,7 @@ from dsmirror._formats.manifest import Manifest
 __all__ = ["DONE", "FREE", "TAKEN", "PieceMap"]
 
 FREE, TAKEN, DONE = 0, 1, 2
+_FROM_DONE = bytes([FREE] + [DONE] * 255)  # translate table: 0 (not done) -> FREE, else DONE
 
 
 class PieceMap:
@@ -29,8 +31,8 @@ class PieceMap:
 
     def __init__(self, m: Manifest, done: Sequence[bool] | bytes | bytearray) -> None:
         self.m = m
-        self._state = bytearray(DONE if d else FREE for d in done)
-        self.left = sum(1 for d in done if not d)
+        self._state = bytearray(done).translate(_FROM_DONE)
+        self.left = self._state.count(FREE)
         self._cursor = 0
         self._spoilers: dict[int, set[str]] = {}
 
@@ -45,12 +47,9 @@ class PieceMap:
 
     def first_free(self) -> int:
         """The first free piece (``len(self)`` if none); the cursor moves up to it."""
-        n = len(self._state)
-        i = self._cursor
-        while i < n and self._state[i] != FREE:
-            i += 1
-        self._cursor = i
-        return i
+        i = self._state.find(FREE, self._cursor)
+        self._cursor = len(self._state) if i < 0 else i
+        return self._cursor
 
     @property
     def cursor(self) -> int:
@@ -58,17 +57,27 @@ class PieceMap:
         return self._cursor
 
     def free_count(self) -> int:
-        return sum(1 for st in self._state if st == FREE)
+        return self._state.count(FREE)
 
     def free_bytes(self) -> int:
-        return sum(p.length for p in self.m.pieces if self._state[p.index] == FREE)
+        total, ps = 0, self.m.piece_size
+        for f, r in zip(self.m.files, self.m.file_piece_ranges, strict=True):
+            if r:
+                short = ps - (f.size - (len(r) - 1) * ps) if self._state[r.stop - 1] == FREE else 0
+                total += self._state.count(FREE, r.start, r.stop) * ps - short
+        return total
 
     def free_files(self) -> set[int]:
         """The files that have a free piece."""
-        return {self.m.pieces[i].file_index for i, st in enumerate(self._state) if st == FREE}
+        return {
+            fi
+            for fi, r in enumerate(self.m.file_piece_ranges)
+            if self._state.find(FREE, r.start, r.stop) >= 0
+        }
 
     def file_done(self, fi: int) -> bool:
-        return all(self._state[k] == DONE for k in self.m.file_piece_ranges[fi])
+        r = self.m.file_piece_ranges[fi]
+        return self._state.count(DONE, r.start, r.stop) == len(r)
 
     def take(self, start: int, end: int) -> None:
         """Pieces ``[start, end)`` (free) are a connection's now."""
