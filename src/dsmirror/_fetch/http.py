@@ -7,7 +7,14 @@ the scheduler's and the engine's business, so a new kind of source is a new ``ur
 ``open_range``) and nothing more. A BitTorrent swarm is a *swarm source*: it is handed whole pieces
 through the same scheduler and reports them back (see ``dsmirror._fetch.swarm.source``).
 
-Network errors are translated here, at the call site, into the most specific ``SourceError``.
+Errors are translated here, at the call site, into the most specific ``SourceError``: httpx's, and
+whatever else a server can make a library raise (an unusable redirect target fails in idna, a
+broken handshake in ssl, a malformed head in h11): one source's failure, never the pull's.
+
+Bounded: a response head must be complete within ``connect_timeout + stall_timeout`` (a server
+that trickles its head a byte at a time is a stalled source), a body is read for exactly the bytes
+asked, and ``close()`` shuts the source's open connections down, so a thread blocked on a server
+that never answers returns at once (``dsmirror._fetch.transport``).
 """
 
 from __future__ import annotations
@@ -28,18 +35,21 @@ import httpcore._sync.http11 as _h11
 import httpx
 
 from dsmirror._core.errors import (
+    AccessDenied,
     BadResponse,
     RateLimited,
+    SourceError,
     SourceNotFound,
     SourceUnavailable,
     Stalled,
     URLExpired,
 )
 from dsmirror._fetch.source import Source
+from dsmirror._fetch.transport import Deadline, Sockets, bounded
 from dsmirror._formats.manifest import FileEntry
 from dsmirror._schedule.info import SourceInfo
 
-__all__ = ["HttpSource", "shared_ssl_context"]
+__all__ = ["USER_AGENT", "HttpSource", "redact", "shared_ssl_context"]
 
 # httpcore reads the socket 64 KiB at a time; every read costs a trip through h11 in Python.
 # 512 KiB reads cut that per-byte overhead ~8x (measured on 1 GiB over loopback: 6.1 CPU s and
@@ -71,7 +81,8 @@ def shared_ssl_context() -> ssl.SSLContext:
         return ctx
 
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+# At most 19 digits (int64): int() of a header with 5,000 digits would raise, not just mismatch.
+_CONTENT_RANGE = re.compile(r"^bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)$")
 _REDIRECTS = {301, 302, 303, 307, 308}
 _RESOLVED_TTL = 600.0
 
@@ -101,27 +112,32 @@ class HttpSource(Source):
     files: Mapping[str, Any] | None = None  # when set, only these paths are available here
     transport: httpx.BaseTransport | None = None
     _client: httpx.Client = field(init=False, repr=False)
+    _sockets: Sockets = field(init=False, repr=False, default_factory=Sockets)
     _resolved: dict[str, _Resolved] = field(init=False, repr=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         n = max(1, self.info.max_connections) + 2
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(self.stall_timeout, connect=self.connect_timeout),
-            limits=httpx.Limits(max_connections=n * 2, max_keepalive_connections=n),
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            transport=self.transport,
-            trust_env=True,
-            # The shared context only when the client makes its own transport (an injected one
-            # needs none): one context per process instead of one per source.
-            verify=shared_ssl_context() if self.transport is None else True,
+        self._client = self._sockets.arm(
+            httpx.Client(
+                timeout=httpx.Timeout(self.stall_timeout, connect=self.connect_timeout),
+                limits=httpx.Limits(max_connections=n * 2, max_keepalive_connections=n),
+                follow_redirects=False,
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+                transport=self.transport,
+                trust_env=True,
+                # The shared context only when the client makes its own transport (an injected one
+                # needs none): one context per process instead of one per source.
+                verify=shared_ssl_context() if self.transport is None else True,
+            )
         )
 
     def has_file(self, file: FileEntry) -> bool:
         return self.files is None or file.path in self.files
 
     def close(self) -> None:
+        """Release connections; a request still in flight in another thread fails at once."""
+        self._sockets.abort()
         self._client.close()
 
     @contextlib.contextmanager
@@ -157,19 +173,13 @@ class HttpSource(Source):
             headers = {"Range": f"bytes={start}-{end}"}
             if same_host:
                 headers.update(self.headers)
-            try:
-                req = self._client.build_request("GET", url, headers=headers)
-                resp = self._client.send(req, stream=True)
-            except httpx.TimeoutException as exc:
-                raise Stalled(f"timed out: {exc}", source=self.name, url=_redact(url)) from exc
-            except httpx.HTTPError as exc:
-                raise SourceUnavailable(f"cannot connect: {exc}", source=self.name, url=_redact(url)) from exc
+            resp = self._send(url, headers)
             try:
                 if resp.status_code in _REDIRECTS:
                     loc = resp.headers.get("location")
                     if not loc:
-                        raise BadResponse("redirect without Location", source=self.name, url=_redact(url))
-                    url = urljoin(url, loc)
+                        raise BadResponse("redirect without Location", source=self.name, url=redact(url))
+                    url = self._redirect_target(url, loc)
                     continue
                 self._check(resp, url, url != origin, file, start, end)
                 if url != origin:
@@ -179,7 +189,40 @@ class HttpSource(Source):
                 return
             finally:
                 resp.close()
-        raise BadResponse("too many redirects", source=self.name, url=_redact(origin))
+        raise BadResponse("too many redirects", source=self.name, url=redact(origin))
+
+    def _send(self, url: str, headers: Mapping[str, str]) -> httpx.Response:
+        """The response head of a GET of ``url``, complete within the head deadline, or SourceError."""
+        where = {"source": self.name, "url": redact(url)}
+        try:
+            req = self._client.build_request("GET", url, headers=headers)
+        except Exception as exc:  # httpx.InvalidURL, idna.IDNAError, ...
+            raise BadResponse(f"unusable URL: {type(exc).__name__}: {exc}", **where) from exc
+        head = Deadline(self.connect_timeout + self.stall_timeout)
+        try:
+            with bounded(head):
+                return self._client.send(req, stream=True)
+        except httpx.TimeoutException as exc:
+            if head.left() <= 0:
+                raise Stalled(f"no complete response head within {head.seconds:g} s", **where) from exc
+            raise Stalled(f"timed out: {exc}", **where) from exc
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(f"cannot connect: {exc}", **where) from exc
+        except Exception as exc:  # ssl, h11, idna, ...: whatever the server made a library raise
+            raise SourceUnavailable(f"{type(exc).__name__}: {exc}", **where) from exc
+
+    def _redirect_target(self, url: str, location: str) -> str:
+        try:
+            target = urljoin(url, location)
+            parts = urlsplit(target)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # e.g. an unbalanced [ in the host
+            ok = False
+        if not ok:
+            raise BadResponse(
+                f"redirect to an unusable URL {location[:200]!r}", source=self.name, url=redact(url)
+            )
+        return target
 
     def _iter(self, resp: httpx.Response, url: str, length: int) -> Iterator[bytes]:
         """The body, exactly ``length`` bytes: a body without Content-Length (chunked) is counted."""
@@ -189,30 +232,38 @@ class HttpSource(Source):
                 if len(chunk) > left:
                     yield chunk[:left]
                     raise BadResponse(
-                        f"sent more than the {length} bytes asked for", source=self.name, url=_redact(url)
+                        f"sent more than the {length} bytes asked for", source=self.name, url=redact(url)
                     )
                 left -= len(chunk)
                 yield chunk
         except httpx.TimeoutException as exc:
-            raise Stalled("no bytes received for too long", source=self.name, url=_redact(url)) from exc
+            raise Stalled("no bytes received for too long", source=self.name, url=redact(url)) from exc
         except httpx.HTTPError as exc:
-            raise SourceUnavailable(f"connection broke: {exc}", source=self.name, url=_redact(url)) from exc
+            raise SourceUnavailable(f"connection broke: {exc}", source=self.name, url=redact(url)) from exc
+        except SourceError:
+            raise
+        except Exception as exc:  # ssl, h11, ...: the connection broke in a way httpx did not map
+            raise SourceUnavailable(
+                f"connection broke: {type(exc).__name__}: {exc}", source=self.name, url=redact(url)
+            ) from exc
         if left:
             raise SourceUnavailable(
-                f"the response ended {left} of {length} bytes early", source=self.name, url=_redact(url)
+                f"the response ended {left} of {length} bytes early", source=self.name, url=redact(url)
             )
 
     def _check(
         self, resp: httpx.Response, url: str, redirected: bool, file: FileEntry, start: int, end: int
     ) -> None:
         st = resp.status_code
-        where = {"source": self.name, "url": _redact(url)}
+        where = {"source": self.name, "url": redact(url)}
         if st in (429, 503):
             raise RateLimited(
                 f"HTTP {st}", retry_after=_retry_after(resp.headers.get("retry-after")), **where
             )
         if redirected and st in (401, 403, 410):
             raise URLExpired(f"HTTP {st} from redirect target (signed URL expired?)", **where)
+        if st in (401, 403):
+            raise AccessDenied(f"HTTP {st}: credentials missing or refused", **where)
         if st in (404, 410):
             raise SourceNotFound(f"HTTP {st}: {file.path} is not on this source", **where)
         if st >= 500:
@@ -241,7 +292,7 @@ class HttpSource(Source):
                     f"file is {m.group(3)} bytes at this source, the manifest says {file.size}", **where
                 )
         cl = resp.headers.get("content-length")
-        if cl is not None and cl.isdigit() and int(cl) != length:
+        if cl is not None and cl.isascii() and cl.isdigit() and (cl.lstrip("0") or "0") != str(length):
             raise BadResponse(f"Content-Length {cl} does not match the {length} bytes asked for", **where)
 
 
@@ -257,7 +308,10 @@ def _retry_after(value: str | None) -> float | None:
     return None
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """Drop the query (signatures, tokens) from URLs that end up in messages and logs."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0]
     return parts._replace(query="", fragment="").geturl()

@@ -4,36 +4,56 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
-
-from dsmirror._core.errors import ManifestError, NoSourceError, SourceError
+from dsmirror._core.errors import ManifestError, NoSourceError, SourceError, Stalled, TooLarge
 from dsmirror._core.settings import Settings
-from dsmirror._fetch.http import shared_ssl_context
+from dsmirror._fetch.metadata import METADATA_LIMIT, MetadataSession
 from dsmirror._formats.catalog import Catalog
 from dsmirror._formats.manifest import Manifest, load_manifest, parse_manifest
 from dsmirror._resolve.plan import PullOptions, PullPlan, http_sources
 from dsmirror._resolve.ref import Ref
 
-__all__ = ["load_manifest_ref", "resolve_manifest"]
+__all__ = ["MANIFEST_URL_LIMIT", "load_manifest_ref", "resolve_manifest"]
+
+#: A manifest fetched from a URL larger than this is refused before more of it is read (a file
+#: on disk may be larger: ``load_manifest``). 64 MiB is about a million piece hashes: 8 TiB in
+#: the default 8 MiB pieces.
+MANIFEST_URL_LIMIT = METADATA_LIMIT
 
 
-def load_manifest_ref(ref: Ref, pin: str | None) -> Manifest:
+def load_manifest_ref(ref: Ref, pin: str | None, *, timeout: float = 15.0) -> Manifest:
+    """The manifest at a path or an http(s) URL (checked against ``pin``, its SHA-256, if given).
+
+    A URL is read through a ``MetadataSession``: at most ``MANIFEST_URL_LIMIT`` bytes (decoded),
+    within ``timeout`` seconds in all (``PullOptions.metadata_timeout``), redirects included.
+    """
     if ref.kind == "manifest-file":
         assert ref.path is not None
         return load_manifest(ref.path, expected_sha256=pin)
+    url = ref.text
     try:
-        with httpx.Client(follow_redirects=True, timeout=30, verify=shared_ssl_context()) as c:
-            r = c.get(ref.text)
-            r.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise SourceError(f"cannot fetch the manifest {ref.text}: {exc}", url=ref.text) from exc
-    if len(r.content) > 1 << 30:
-        raise ManifestError("manifest is too large", path=ref.text)
-    return parse_manifest(r.content, expected_sha256=pin, origin=ref.text)
+        with MetadataSession(source=url, timeout=timeout) as session:
+            doc = session.get(url, limit=MANIFEST_URL_LIMIT)
+    except TooLarge as exc:
+        raise ManifestError(
+            f"the manifest is larger than {MANIFEST_URL_LIMIT >> 20} MiB",
+            path=url,
+            hint="download it and pull the file (a manifest on disk may be larger)",
+        ) from exc
+    except Stalled as exc:
+        raise SourceError(
+            f"cannot fetch the manifest {url}: {exc}",
+            url=url,
+            hint="a large manifest on a slow link needs a longer --metadata-timeout",
+        ) from exc
+    except SourceError as exc:
+        raise SourceError(f"cannot fetch the manifest {url}: {exc}", url=url) from exc
+    if doc.status != 200:
+        raise SourceError(f"cannot fetch the manifest {url}: HTTP {doc.status}", url=url)
+    return parse_manifest(doc.body, expected_sha256=pin, origin=url)
 
 
 def resolve_manifest(ref: Ref, catalog: Catalog, settings: Settings, options: PullOptions) -> PullPlan:
-    manifest = load_manifest_ref(ref, options.manifest_sha256)
+    manifest = load_manifest_ref(ref, options.manifest_sha256, timeout=options.metadata_timeout)
     sources = http_sources(catalog, options)
     if not sources and not (options.swarm.enabled and (options.swarm.torrent or manifest.torrent)):
         raise NoSourceError(

@@ -106,7 +106,7 @@ def resolve_swarm_ref(ref: Ref, catalog: Catalog, settings: Settings, options: P
             continue
         pin = options.manifest_sha256 or alias.manifest_sha256
         if alias_hashes & hashes:
-            manifest = load_manifest_ref(parse_ref(alias.manifest), pin)
+            manifest = load_manifest_ref(parse_ref(alias.manifest), pin, timeout=options.metadata_timeout)
         else:
             continue
         dest = options.dest or Path.cwd() / manifest.folder_name

@@ -47,7 +47,7 @@ def _published(alias: ModelAlias, options: PullOptions) -> Manifest | None:
         return None
     pin = options.manifest_sha256 or alias.manifest_sha256
     # The manifest loader of `dsmirror pull MANIFEST`: same checks, same errors.
-    return load_manifest_ref(parse_ref(alias.manifest), pin)
+    return load_manifest_ref(parse_ref(alias.manifest), pin, timeout=options.metadata_timeout)
 
 
 def _globs(alias: ModelAlias | None, options: PullOptions) -> tuple[tuple[str, ...], tuple[str, ...]]:

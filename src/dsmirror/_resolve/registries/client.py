@@ -1,29 +1,16 @@
-"""Small pieces shared by the registry resolvers: metadata GETs and repo-style ``url_for``."""
+"""Small pieces shared by the registry resolvers: bounded metadata GETs and repo-style ``url_for``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import httpx
-
-from dsmirror._core.errors import BadResponse, SourceError, SourceNotFound, SourceUnavailable, Stalled
-from dsmirror._fetch.http import USER_AGENT, shared_ssl_context
+from dsmirror._core.clock import Clock
+from dsmirror._core.errors import SourceError, SourceNotFound, SourceUnavailable
+from dsmirror._fetch.metadata import METADATA_LIMIT, Metadata, MetadataSession
 from dsmirror._formats.manifest import FileEntry
 
-__all__ = ["Metadata", "RepoURLs", "describe", "get_metadata"]
-
-#: Metadata documents (listings, manifests) larger than this are refused as implausible.
-METADATA_LIMIT = 64 << 20
-
-
-@dataclass(frozen=True)
-class Metadata:
-    """A metadata document as received."""
-
-    url: str
-    body: bytes
-    headers: httpx.Headers
+__all__ = ["METADATA_LIMIT", "Metadata", "RepoURLs", "describe", "get_metadata"]
 
 
 def get_metadata(
@@ -32,40 +19,24 @@ def get_metadata(
     source: str,
     accept: str | None = None,
     timeout: float = 30.0,
-    transport: httpx.BaseTransport | None = None,
+    limit: int = METADATA_LIMIT,
+    clock: Clock | None = None,
 ) -> Metadata:
     """GET a small metadata document; raise the most specific SourceError unless it is a 200.
 
-    No credentials are ever sent: the registries' metadata routes used here are public.
+    Bounded: at most ``limit`` bytes (decoded), and ``timeout`` seconds for the whole exchange,
+    redirects included (``dsmirror._fetch.metadata``). No credentials are ever sent: the
+    registries' metadata routes used here are public.
     """
-    headers = {"User-Agent": USER_AGENT}
-    if accept:
-        headers["Accept"] = accept
-    body = bytearray()
-    try:
-        with (
-            httpx.Client(
-                timeout=timeout,
-                follow_redirects=True,
-                trust_env=True,
-                transport=transport,
-                verify=shared_ssl_context() if transport is None else True,
-            ) as client,
-            client.stream("GET", url, headers=headers) as resp,
-        ):
-            if resp.status_code == 404:
-                raise SourceNotFound("HTTP 404: not found", source=source, url=url)
-            if resp.status_code != 200:
-                raise SourceUnavailable(f"HTTP {resp.status_code}", source=source, url=url)
-            for chunk in resp.iter_bytes():
-                body += chunk
-                if len(body) > METADATA_LIMIT:
-                    raise BadResponse(f"answer larger than {METADATA_LIMIT} bytes", source=source, url=url)
-    except httpx.TimeoutException as exc:
-        raise Stalled(f"no answer within {timeout:g} s", source=source, url=url) from exc
-    except httpx.HTTPError as exc:
-        raise SourceUnavailable(f"cannot connect: {exc}", source=source, url=url) from exc
-    return Metadata(str(resp.url), bytes(body), resp.headers)
+    with MetadataSession(
+        source=source, timeout=timeout, headers={"Accept": accept} if accept else None, clock=clock
+    ) as session:
+        doc = session.get(url, limit=limit)
+    if doc.status == 404:
+        raise SourceNotFound("HTTP 404: not found", source=source, url=url)
+    if doc.status != 200:
+        raise SourceUnavailable(f"HTTP {doc.status}", source=source, url=url)
+    return doc
 
 
 @dataclass

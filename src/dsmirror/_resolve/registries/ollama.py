@@ -61,6 +61,7 @@ __all__ = [
     "plan_ollama",
 ]
 
+#: An Ollama manifest lists a handful of blobs: a few KiB. Larger answers are refused.
 MANIFEST_LIMIT = 4 << 20
 
 
@@ -90,16 +91,15 @@ def fetch_ollama_manifest(
 ) -> tuple[bytes, tuple[OllamaBlob, ...], str]:
     """(manifest bytes as received, its blobs, the mirror that served it).
 
-    ``timeout`` bounds each request. ``skipped``, if given, receives ``"<mirror>: <why>"`` for each
+    ``timeout`` bounds each mirror's exchange (redirects included), ``MANIFEST_LIMIT`` its size.
+    ``skipped``, if given, receives ``"<mirror>: <why>"`` for each
     mirror asked before the one that served it.
     """
     problems: list[str] = [] if skipped is None else skipped
     for m in mirrors:
         url = f"{m.url.rstrip('/')}/v2/{name.namespace}/{name.name}/manifests/{name.tag}"
         try:
-            doc = get_metadata(url, source=m.name, accept=MANIFEST_V2, timeout=timeout)
-            if len(doc.body) > MANIFEST_LIMIT:
-                raise BadResponse("manifest too large", source=m.name, url=url)
+            doc = get_metadata(url, source=m.name, accept=MANIFEST_V2, timeout=timeout, limit=MANIFEST_LIMIT)
             claimed = doc.headers.get("docker-content-digest")
             actual = "sha256:" + hashlib.sha256(doc.body).hexdigest()
             if claimed and claimed.strip().lower() != actual:

@@ -1,0 +1,200 @@
+"""The sockets under dsmirror's HTTP clients: bounded by a deadline, and abortable from any thread.
+
+httpx bounds each socket operation (``timeout``), never an exchange: a server that sends one byte
+every two seconds, of its response head or of its body, keeps a request alive for ever under a
+15 s timeout. And a thread blocked in ``recv`` cannot be stopped from another thread: closing the
+httpx client does not wake it (``close(2)`` of a socket another thread reads does not, on Linux).
+So every connection of a client armed here (``Sockets.arm``) goes through a network stream that
+
+- clamps the timeout of each connect, read and write to what is left of the *deadlines* active
+  in the calling thread (``bounded``; the earliest wins, so a probe's deadline also bounds the
+  response head a source is waiting for), and fails with httpcore's own timeout errors (which
+  httpx maps to ``httpx.TimeoutException``) once one has passed; each deadline counts the bytes
+  read while it is active, so a caller can tell "no answer" from "an answer that never ended";
+- is registered with its ``Sockets``, whose ``abort()`` shuts every open socket down
+  (``shutdown(2)``, which does wake a blocked reader: its ``recv`` returns end-of-file) and
+  refuses new connections, so a stuck request ends at once and no thread is left waiting on a
+  server that will never answer.
+
+The deadlines follow the injected clock (``dsmirror._core.clock``): a deadline is ``clock.now()``
+plus its seconds, and the time left becomes the socket timeout.
+
+httpx does not take a network backend, so ``arm`` replaces the backend of each of the client's
+connection pools (its own transport and the proxy transports it made from the environment), the
+one private attribute this module relies on; ``tests/test_hostile_servers.py`` fails if an httpx
+upgrade moves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpcore
+import httpx
+
+from dsmirror._core.clock import Clock, SystemClock
+
+__all__ = ["Deadline", "Sockets", "bounded"]
+
+
+@dataclass
+class Deadline:
+    """A moment on ``clock``: ``seconds`` after it was made."""
+
+    seconds: float
+    clock: Clock = field(default_factory=SystemClock)
+    at: float = field(init=False)
+    received: int = field(init=False, default=0)  # bytes read while it was active
+
+    def __post_init__(self) -> None:
+        self.at = self.clock.now() + self.seconds
+
+    def left(self) -> float:
+        return self.at - self.clock.now()
+
+
+_active: ContextVar[tuple[Deadline, ...]] = ContextVar("dsmirror_deadlines", default=())
+
+
+@contextlib.contextmanager
+def bounded(deadline: Deadline) -> Iterator[Deadline]:
+    """Within this block, the calling thread's sockets (of armed clients) end by ``deadline``."""
+    token = _active.set((*_active.get(), deadline))
+    try:
+        yield deadline
+    finally:
+        _active.reset(token)
+
+
+def _clamp(timeout: float | None, expired: type[Exception]) -> float | None:
+    active = _active.get()
+    if not active:
+        return timeout
+    left = min(d.left() for d in active)
+    if left <= 0:
+        raise expired("the deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _Stream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, owner: Sockets) -> None:
+        self._inner = inner
+        self._owner = owner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = self._inner.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
+        for d in _active.get():
+            d.received += len(data)
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._owner._forget(self)
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        self._inner = self._inner.start_tls(
+            ssl_context, server_hostname, _clamp(timeout, httpcore.ConnectTimeout)
+        )
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+    def shutdown(self) -> None:
+        sock = self._inner.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            # socket.socket's own shutdown, also for a TLS socket: SSLSocket.shutdown would drop
+            # its SSL object under the feet of the thread reading it.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Backend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend, owner: Sockets) -> None:
+        self._inner = inner
+        self._owner = owner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        self._owner._check_open()
+        inner = self._inner.connect_tcp(
+            host, port, _clamp(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        )
+        return self._owner._track(_Stream(inner, self._owner))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        self._owner._check_open()
+        inner = self._inner.connect_unix_socket(
+            path, _clamp(timeout, httpcore.ConnectTimeout), socket_options
+        )
+        return self._owner._track(_Stream(inner, self._owner))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class Sockets:
+    """The open connections of the clients armed with it; ``abort()`` ends them all at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[_Stream] = set()
+        self._aborted = False
+
+    def arm(self, client: httpx.Client) -> httpx.Client:
+        """Route ``client``'s connections through here (see the module docstring); returns it.
+
+        A client built with an injected transport (a test's ``httpx.MockTransport``) has no
+        sockets to bound: it is returned as it is.
+        """
+        for transport in (client._transport, *client._mounts.values()):
+            if isinstance(transport, httpx.HTTPTransport):
+                pool = transport._pool
+                pool._network_backend = _Backend(pool._network_backend, self)
+        return client
+
+    def abort(self) -> None:
+        """Shut every open connection down and refuse new ones: blocked reads end at once."""
+        with self._lock:
+            self._aborted = True
+            streams = list(self._open)
+        for s in streams:
+            s.shutdown()
+
+    def _check_open(self) -> None:
+        if self._aborted:
+            raise httpcore.ConnectError("the client was closed")
+
+    def _track(self, stream: _Stream) -> _Stream:
+        with self._lock:
+            aborted = self._aborted
+            if not aborted:
+                self._open.add(stream)
+        if aborted:  # aborted while connecting
+            stream.close()
+            raise httpcore.ConnectError("the client was closed")
+        return stream
+
+    def _forget(self, stream: _Stream) -> None:
+        with self._lock:
+            self._open.discard(stream)
