@@ -14,7 +14,14 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from dsmirror._core.errors import NoSourceError, PieceMismatch, RateLimited, SourceError, SourceNotFound
+from dsmirror._core.errors import (
+    AccessDenied,
+    NoSourceError,
+    PieceMismatch,
+    RateLimited,
+    SourceError,
+    SourceNotFound,
+)
 from dsmirror._schedule.board import Board
 from dsmirror._schedule.state import Assignment, SchedulerConfig, SourceState
 
@@ -58,6 +65,8 @@ def record_failure(
     s.last_error = str(error)
     if isinstance(error, SourceNotFound):
         s.missing_files.add(a.file_index)
+        if isinstance(error, AccessDenied):
+            s.denied_files.add(a.file_index)
         return
     if not isinstance(error, SourceError):
         s.failures_in_row += 1
@@ -109,6 +118,13 @@ def check_viable(board: Board, now: float, last_progress: float) -> None:
         raise NoSourceError(f"every source was dropped ({why})", hint="add or fix mirrors (--mirrors)")
     for fi, f in enumerate(board.m.files):
         if not board.pieces.file_done(fi) and all(fi in s.missing_files for s in live):
+            if all(fi in s.denied_files for s in live):
+                why = "; ".join(f"{s.info.name}: {s.last_error}" for s in live)
+                raise NoSourceError(
+                    f"authentication failed: every source refused {f.path} ({why})",
+                    hint="a Hugging Face repo that is private or gated needs HF_TOKEN (a token that may "
+                    "read it; accept a gated repo's terms first), which only official endpoints get",
+                )
             raise NoSourceError(
                 f"no usable source has {f.path}", hint="check the mirrors list and the manifest"
             )

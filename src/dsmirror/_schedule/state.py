@@ -83,6 +83,7 @@ class SourceState:
     corrupt: int = 0
     banned: str | None = None
     missing_files: set[int] = field(default_factory=set)
+    denied_files: set[int] = field(default_factory=set)  # of missing_files: refused with 401/403
     resume_at: list[int] = field(default_factory=list)  # where this source's last spans ended
     active: int = 0
     last_error: str | None = None
