@@ -10,6 +10,17 @@ two streams (measured: ~300 MB/s over loopback with 1 MiB reads).
 Time is the injected ``Clock``'s (the scheduler's, the rate limiter's, the commit and progress
 intervals, the reported seconds); only the waits for other threads (``stop.wait``) are real time.
 
+Shutdown: a source that never answers must not decide when the pull ends. ``shutdown`` closes the
+stream sources first (an HTTP source shuts its sockets down, which wakes a thread blocked on a
+server that accepted and never answered), gives the worker threads ``SHUTDOWN_GRACE`` seconds
+together, and abandons one still running then (a connect that hangs): the store gate
+(``_StoreGate``) lets no worker write after shutdown, so an abandoned one finds it closed.
+
+Containment: whatever a source raises ends that source's request (``_source_range``): a
+``SourceError`` goes to the scheduler as it is, anything else (a library error the source did
+not translate, a bug of its own) as that source's ``SourceUnavailable``. Only the engine's own
+errors (storage, a bug) stop the pull.
+
 Why racers buffer: two copies of a piece may be in flight in the tail race. The owner streams to
 disk; a racer keeps its copy in memory and writes it only after it verified, under the piece's lock,
 and the owner checks under the same lock before each write that the piece is not done yet. So a
@@ -18,8 +29,10 @@ losing or corrupt copy can never overwrite good bytes on disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +59,7 @@ from dsmirror._core.events import (
 from dsmirror._fetch.broker import SwarmSource
 from dsmirror._fetch.repair import Repair
 from dsmirror._fetch.source import Source
-from dsmirror._formats.manifest import Manifest, Piece
+from dsmirror._formats.manifest import FileEntry, Manifest, Piece
 from dsmirror._journal.store import Store
 from dsmirror._schedule.info import SourceInfo
 from dsmirror._schedule.scheduler import Assignment, Scheduler, SchedulerConfig
@@ -87,6 +100,80 @@ class RateLimiter:
 
 class _Stop(Exception):
     pass
+
+
+#: Seconds the worker threads get, together, to end once their sources are closed (see Shutdown).
+SHUTDOWN_GRACE = 0.5
+
+
+class _StoreGate:
+    """Worker threads write into the store inside ``open()`` until ``close()``; after it, none can."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._writers = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[None]:
+        with self._cond:
+            if self._closed:
+                raise _Stop
+            self._writers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writers -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wait for the writes in progress (a pwrite each), then refuse every later one."""
+        with self._cond:
+            self._closed = True
+            self._cond.wait_for(lambda: self._writers == 0)
+
+
+@contextlib.contextmanager
+def _blamed(src: Source, own: BaseException | None = None) -> Iterator[None]:
+    """What ``src`` raises here, unless a SourceError (or ``own``), becomes its SourceUnavailable."""
+    try:
+        yield
+    except SourceError:
+        raise
+    except Exception as exc:
+        if exc is own:
+            raise
+        raise SourceUnavailable(f"{type(exc).__name__}: {exc}", source=src.name) from exc
+
+
+def _guarded(src: Source, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    it = iter(chunks)
+    while True:
+        with _blamed(src):
+            chunk = next(it, None)
+        if chunk is None:
+            return
+        yield chunk
+
+
+@contextlib.contextmanager
+def _source_range(src: Source, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+    """``src.open_range`` contained (see Containment): what the body of the ``with`` raises (the
+    engine's hashing and writing) passes through untouched."""
+    with _blamed(src):
+        cm = src.open_range(file, start, end)
+        chunks = cm.__enter__()
+    try:
+        yield _guarded(src, chunks)
+    except BaseException as exc:
+        with _blamed(src, exc):
+            if cm.__exit__(type(exc), exc, exc.__traceback__):
+                return
+        raise
+    else:
+        with _blamed(src):
+            cm.__exit__(None, None, None)
 
 
 def plan_connections(infos: Sequence[SourceInfo], limit: int) -> list[str]:
@@ -136,6 +223,8 @@ class _Engine:
         self._partials: dict[int, tuple[int, hashlib._Hash, frozenset[str]]] = {}
         self._partials_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
+        self._workers: list[threading.Thread] = []  # of stream sources (self.threads also has swarms')
+        self._gate = _StoreGate()
         self._dropped: set[str] = set()
         self.repair = Repair(manifest, store, self.sched, self.emit)
         for src in self.sources.values():
@@ -159,6 +248,7 @@ class _Engine:
             s = self.sources[name]
             t = threading.Thread(target=self._worker, args=(s,), name=f"dsmirror-{name}-{k}", daemon=True)
             self.threads.append(t)
+            self._workers.append(t)
         for sw in self.swarms.values():
             self.threads.append(
                 threading.Thread(target=self._swarm_main, args=(sw,), name=f"dsmirror-{sw.name}", daemon=True)
@@ -212,7 +302,7 @@ class _Engine:
             self.sched.release(a, exc)
         except SourceError as exc:
             self.sched.release(a, exc)
-            if not a.cancelled:
+            if not a.cancelled and not self.stop.is_set():  # not the sockets shutdown closed
                 st = self.sched.source(src.name)
                 self.emit(SourceTrouble(src.name, str(exc), max(0.0, st.paused_until - self.clock.now())))
         except _Stop:
@@ -252,7 +342,7 @@ class _Engine:
             sources |= earlier
             self.sched.resumed(a, pos)
         try:
-            with src.open_range(f, piece.offset + pos, end) as chunks:
+            with _source_range(src, f, piece.offset + pos, end) as chunks:
                 for chunk in chunks:
                     if self.stop.is_set():
                         raise _Stop
@@ -336,7 +426,7 @@ class _Engine:
         need = piece.length - a.split_at
         buf = bytearray()
         start = piece.offset + a.split_at
-        with src.open_range(self.m.files[a.file_index], start, piece.offset + piece.length - 1) as chunks:
+        with _source_range(src, self.m.files[a.file_index], start, piece.offset + piece.length - 1) as chunks:
             for chunk in chunks:
                 if self.stop.is_set():
                     raise _Stop
@@ -372,12 +462,16 @@ class _Engine:
         return True
 
     def _write_owned(self, piece: Piece, pos: int, part: memoryview) -> None:
-        with self._piece_locks[piece.index % 64]:
+        with self._gate.open(), self._piece_locks[piece.index % 64]:
             if self.store.is_done(piece.index):
                 return
             self.store.write(piece, pos, part)
 
     def _complete(self, a: Assignment, piece: Piece, digest: str, buf: bytearray | None, source: str) -> None:
+        with self._gate.open():
+            self._record(a, piece, digest, buf, source)
+
+    def _record(self, a: Assignment, piece: Piece, digest: str, buf: bytearray | None, source: str) -> None:
         if not piece.sha256:
             # No published piece hash: keep provenance; the whole-file digest decides (see Repair).
             self.repair.piece_received(piece, digest, source)
@@ -471,11 +565,18 @@ class _Engine:
         )
 
     def shutdown(self) -> None:
+        """Stop every connection, within SHUTDOWN_GRACE for the stream sources' (see Shutdown)."""
         self.stop.set()
-        for t in self.threads:
-            t.join(timeout=3)
         for s in self.sources.values():
-            s.close()
+            with contextlib.suppress(Exception):  # all is verified or lost by now: a close error is not news
+                s.close()
+        end = time.monotonic() + SHUTDOWN_GRACE
+        for t in self._workers:
+            t.join(timeout=max(0.0, end - time.monotonic()))
+        for t in self.threads:
+            if t not in self._workers:
+                t.join(timeout=3)
+        self._gate.close()
         for sw in self.swarms.values():
             sw.close()
 
