@@ -35,9 +35,32 @@ class Board:
         """What source ``name`` delivers now (see ``rates.source_rate``)."""
         return source_rate(self.sources[name], self.live(name), now)
 
+    def next_usable(self, s: SourceState, i: int) -> int:
+        """The first free piece at or after ``i`` that ``s`` may fetch (``len(self.pieces)`` if none).
+
+        Found in leaps, not piece by piece: past pieces that are not free and past pieces the
+        peers of swarm ``s`` lack (``bytearray.find``), past a whole file ``s`` lacks.
+        """
+        pieces, n = self.pieces, len(self.pieces)
+        have = self.peer_pieces.get(s.info.name)
+        while True:
+            i = pieces.next_free(i)
+            if i >= n:
+                return n
+            fi = self.pieces.file_of(i)
+            if fi in s.missing_files:
+                i = self.m.file_piece_ranges[fi].stop
+            elif have is not None and not have[i]:
+                k = have.find(1, i)
+                i = n if k < 0 else k
+            elif self.usable_for(s, i):
+                return i
+            else:
+                i += 1
+
     def usable_for(self, s: SourceState, i: int) -> bool:
         """May source ``s`` fetch piece ``i``?"""
-        fi = self.m.pieces[i].file_index
+        fi = self.pieces.file_of(i)
         if fi in s.missing_files:
             return False
         have = self.peer_pieces.get(s.info.name)

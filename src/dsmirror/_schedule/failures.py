@@ -116,18 +116,21 @@ def check_viable(board: Board, now: float, last_progress: float) -> None:
     if not live:
         why = "; ".join(f"{s.info.name}: {s.banned}" for s in board.sources.values())
         raise NoSourceError(f"every source was dropped ({why})", hint="add or fix mirrors (--mirrors)")
-    for fi, f in enumerate(board.m.files):
-        if not board.pieces.file_done(fi) and all(fi in s.missing_files for s in live):
-            if all(fi in s.denied_files for s in live):
-                why = "; ".join(f"{s.info.name}: {s.last_error}" for s in live)
-                raise NoSourceError(
-                    f"authentication failed: every source refused {f.path} ({why})",
-                    hint="a Hugging Face repo that is private or gated needs HF_TOKEN (a token that may "
-                    "read it; accept a gated repo's terms first), which only official endpoints get",
-                )
+    # A file no live source has: only those every live source lacks (usually none) are looked at.
+    fewest = min((s.missing_files for s in live), key=len)
+    lacking = [fi for fi in fewest if all(fi in s.missing_files for s in live)]
+    unfinished = [fi for fi in lacking if not board.pieces.file_done(fi)]
+    if unfinished:
+        fi = min(unfinished)
+        path = board.m.files[fi].path
+        if all(fi in s.denied_files for s in live):
+            why = "; ".join(f"{s.info.name}: {s.last_error}" for s in live)
             raise NoSourceError(
-                f"no usable source has {f.path}", hint="check the mirrors list and the manifest"
+                f"authentication failed: every source refused {path} ({why})",
+                hint="a Hugging Face repo that is private or gated needs HF_TOKEN (a token that may "
+                "read it; accept a gated repo's terms first), which only official endpoints get",
             )
+        raise NoSourceError(f"no usable source has {path}", hint="check the mirrors list and the manifest")
     never = all(s.requests_ok == 0 and s.delivered == 0 for s in live)
     if never and all(s.failures_total >= board.cfg.fail_fast_attempts for s in live):
         why = "; ".join(f"{s.info.name}: {s.last_error}" for s in live)

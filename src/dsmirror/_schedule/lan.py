@@ -22,11 +22,13 @@ tells why, and what ``scripts/bench_lan.py`` measured.
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
+from collections.abc import Iterator
 
 from dsmirror._schedule.board import Board
 from dsmirror._schedule.state import Assignment, SourceState
 
-__all__ = ["in_lan_pull", "leave_to_swarm", "outside_swarm", "remember_frontier", "swarm_has"]
+__all__ = ["in_lan_pull", "leave_to_swarm", "outside_runs", "outside_swarm", "remember_frontier", "swarm_has"]
 
 
 def swarm_has(board: Board, i: int) -> bool:
@@ -56,20 +58,59 @@ def outside_swarm(board: Board, s: SourceState, rng: random.Random) -> int | Non
     rank, machines = board.lan_share
     if machines > 1:
         n = len(pieces)
-        for k in range(max(pieces.cursor, rank * n // machines), (rank + 1) * n // machines):
-            if ok(k):
-                return k
-    best_lo, best_len, lo = -1, 0, -1
-    for k in range(pieces.cursor, len(pieces) + 1):
-        if k < len(pieces) and ok(k):
-            lo = k if lo < 0 else lo
-            continue
-        if lo >= 0 and k - lo > best_len:
-            best_lo, best_len = lo, k - lo
-        lo = -1
+        lo, hi = max(pieces.cursor, rank * n // machines), (rank + 1) * n // machines
+        first = next(outside_runs(board, s, lo), None)
+        if first is not None and first[0] < hi:
+            return first[0]
+    best_lo, best_len = -1, 0
+    for lo, hi in outside_runs(board, s, pieces.cursor):
+        if hi - lo > best_len:
+            best_lo, best_len = lo, hi - lo
     if best_len <= 0:
         return None
     return best_lo + best_len // 4 + rng.randrange(max(1, best_len // 2))
+
+
+def outside_runs(board: Board, s: SourceState, start: int) -> Iterator[tuple[int, int]]:
+    """The runs ``[lo, hi)`` of pieces from ``start`` on that mirror ``s`` may take from outside:
+    free, had by no peer of a live swarm, and fetchable by ``s``.
+
+    Found in leaps (``bytearray.find`` over the free flags and the peers' maps, a whole file ``s``
+    lacks at once), so the cost follows the number of runs, not of pieces.
+    """
+    m, pieces, n = board.m, board.pieces, len(board.pieces)
+    haves = [have for name, have in board.peer_pieces.items() if not board.sources[name].banned]
+    ranges = m.file_piece_ranges
+    lacking = sorted(ranges[fi].start for fi in s.missing_files if ranges[fi])
+    spoiled = {i for i, who in pieces.spoiled().items() if s.info.name in who and not board.usable_for(s, i)}
+    blocked = sorted(spoiled)
+    lo = start
+    while True:
+        lo = pieces.next_free(lo)
+        if lo >= n:
+            return
+        fi = pieces.file_of(lo)
+        if fi in s.missing_files:
+            lo = ranges[fi].stop
+            continue
+        had = next((have for have in haves if have[lo]), None)
+        if had is not None:
+            k = had.find(0, lo)
+            lo = n if k < 0 else k
+            continue
+        if lo in spoiled:
+            lo += 1
+            continue
+        hi = pieces.next_not_free(lo)
+        for have in haves:
+            k = have.find(1, lo, hi)
+            hi = k if k >= 0 else hi
+        for cut in (lacking, blocked):
+            j = bisect_right(cut, lo)
+            if j < len(cut) and cut[j] < hi:
+                hi = cut[j]
+        yield lo, hi
+        lo = hi
 
 
 def leave_to_swarm(board: Board, a: Assignment) -> None:

@@ -17,6 +17,7 @@ from dsmirror._formats.manifest import Manifest
 from dsmirror._schedule.state import Assignment, SourceState
 
 __all__ = [
+    "PROBE_BYTES",
     "conn_rate",
     "expected_rate",
     "first_time_measure",
@@ -27,7 +28,12 @@ __all__ = [
     "record_bytes",
     "remaining_time",
     "source_rate",
+    "span_bytes",
 ]
+
+#: A probe measures its source's rate once it delivered this much: less says more about latency
+#: than about throughput.
+PROBE_BYTES = 256 << 10
 
 
 def record_bytes(a: Assignment, s: SourceState, nbytes: int, now: float, window: float) -> bool:
@@ -54,10 +60,26 @@ def record_bytes(a: Assignment, s: SourceState, nbytes: int, now: float, window:
     return True
 
 
-def first_time_measure(a: Assignment, s: SourceState, now: float) -> bool:
-    """A probe piece is done: seed the source's rate from it if no window closed yet."""
-    if s.ewma_rate or a.first_byte_at is None or a.bytes_received < 256 << 10:
-        return False  # a tiny piece says more about latency than about throughput
+def first_time_measure(a: Assignment, s: SourceState, now: float, piece_size: int) -> bool:
+    """A probe piece is done: seed the source's rate from it if no window closed yet.
+
+    Pieces smaller than ``PROBE_BYTES`` (``piece_size``) are measured together: the source's
+    finished one-piece probes add up, and once they hold ``PROBE_BYTES`` their bytes over their
+    request times (latency included) seed its rate. Otherwise such a source would get one piece
+    per request for the whole pull: its connections' rate windows never close on a tiny span.
+    """
+    if s.ewma_rate or a.first_byte_at is None:
+        return False
+    if a.bytes_received < PROBE_BYTES:
+        # A tiny piece alone says more about latency than about throughput.
+        if piece_size >= PROBE_BYTES or a.next_piece < a.end or a.race:
+            return False
+        s.probe_bytes += a.bytes_received
+        s.probe_seconds += now - a.started_at
+        if s.probe_bytes < PROBE_BYTES or s.probe_seconds <= 0:
+            return False
+        s.ewma_rate = s.probe_bytes / s.probe_seconds
+        return True
     dt = now - a.first_byte_at
     if dt > 0:
         s.ewma_rate = a.bytes_received / dt
@@ -118,9 +140,17 @@ def judged_rate(a: Assignment, now: float, after: float) -> float | None:
     return (a.bytes_received - b0) / (now - t0)
 
 
+def span_bytes(m: Manifest, start: int, end: int) -> int:
+    """The bytes of pieces ``[start, end)`` of one file (they are contiguous: no walk)."""
+    if end <= start:
+        return 0
+    first, last = m.pieces[start], m.pieces[end - 1]
+    return last.offset + last.length - first.offset
+
+
 def left_bytes(m: Manifest, a: Assignment) -> int:
     """Bytes ``a`` still has to fetch itself."""
-    remaining = sum(m.pieces[k].length for k in range(a.next_piece, a.end)) - a.piece_bytes
+    remaining = span_bytes(m, a.next_piece, a.end) - a.piece_bytes
     if a.cut is not None and a.cut > a.piece_bytes:
         remaining -= m.pieces[a.next_piece].length - a.cut  # a helper fetches the back part
     return max(0, remaining)

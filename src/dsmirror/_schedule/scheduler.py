@@ -15,6 +15,9 @@ How work is handed out
     automatically asks for less. A span is also capped at a fair share of what is left divided by the
     number of connections, so that no connection can sit on a large part of the tail.
     An unmeasured source first gets a single piece: its probe is a real piece, so no byte is wasted.
+    A piece under 256 KiB measures latency more than throughput, so such probes of a source add up
+    until they hold 256 KiB (``rates.first_time_measure``); before, a pull of small pieces went one
+    piece per request to the end (2.5x the ideal time in simulation, 1.3x now).
 
 Work stealing (what aria2 does not do: aria2 #897/#2111 rank mirrors only from finished downloads)
     When no piece is free, an idle connection looks at the span whose owner will finish last (its
@@ -340,7 +343,7 @@ class Scheduler:
             a.next_piece = max(a.next_piece, index + 1)
             lan.leave_to_swarm(self._board, a)
             a.piece_bytes = 0
-            rates.first_time_measure(a, s, now)
+            rates.first_time_measure(a, s, now, self.m.piece_size)
             return not a.cancelled and a.next_piece < a.end
 
     def piece_failed(self, a: Assignment, index: int, error: PieceMismatch) -> None:

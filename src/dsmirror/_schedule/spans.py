@@ -59,8 +59,7 @@ def pick_span(board: Board, s: SourceState, now: float, rng: random.Random) -> S
     else:
         if preferred_can_cope(board, s, now) or (lan and board.cfg.prefer == "p2p"):
             return None
-        while i < n and not (pieces.is_free(i) and board.usable_for(s, i)):
-            i += 1
+        i = board.next_usable(s, i)
         if i >= n:
             return None
     fi = m.pieces[i].file_index

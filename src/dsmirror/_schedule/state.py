@@ -92,6 +92,8 @@ class SourceState:
     aggregate: float = 0.0  # what all its live connections delivered together, last measured
     last_recycle_at: float = -1e9
     honour_until: float = 0.0  # a Retry-After: not even the speed floor retries it sooner
+    probe_bytes: int = 0  # finished probes of pieces under rates.PROBE_BYTES, added up ...
+    probe_seconds: float = 0.0  # ... and their request times (rates.first_time_measure)
 
     @property
     def status(self) -> str:

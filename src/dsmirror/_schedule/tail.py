@@ -25,7 +25,14 @@ from typing import NamedTuple
 from dsmirror._formats.manifest import Piece
 from dsmirror._schedule.board import Board
 from dsmirror._schedule.pieces import PieceMap
-from dsmirror._schedule.rates import conn_rate, expected_rate, helper_rate, left_bytes, remaining_time
+from dsmirror._schedule.rates import (
+    conn_rate,
+    expected_rate,
+    helper_rate,
+    left_bytes,
+    remaining_time,
+    span_bytes,
+)
 from dsmirror._schedule.state import Assignment, SourceState
 
 __all__ = ["Help", "Tail", "balance", "pick_steal", "too_slow_for_tail"]
@@ -65,12 +72,12 @@ def pick_steal(board: Board, s: SourceState, now: float) -> tuple[Assignment, in
         split = v.next_piece + 1 + (v.end - v.next_piece - 1) // 2
     else:
         ps = m.piece_size
-        total = sum(m.pieces[k].length for k in range(v.next_piece, v.end)) - v.piece_bytes
+        total = span_bytes(m, v.next_piece, v.end) - v.piece_bytes
         keep = balance(v_rate, my_rate, s.ttfb, total)
         split = v.next_piece + 1 + max(0, int((keep - (ps - v.piece_bytes)) // ps))
         if split >= v.end:
             return None
-        mine = sum(m.pieces[k].length for k in range(split, v.end))
+        mine = span_bytes(m, split, v.end)
         if s.ttfb + mine / my_rate >= t_victim:
             return None
     if split <= v.next_piece or split >= v.end:
