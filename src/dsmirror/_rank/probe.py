@@ -10,7 +10,10 @@ Ranking
     Ties go to the catalog's ``priority``.
 
 Probes
-    Each probe is one real piece fetched with one Range request (bounded in bytes and seconds):
+    Each probe is one real piece fetched with one Range request (bounded in bytes, at most
+    ``max_bytes``, and in seconds: the answer must begin within ``max_wait`` and the sample stops
+    after ``max_seconds``; a server that drips or never answers is cut at their sum, sockets and
+    all, see ``dsmirror._fetch.transport``):
     it measures connect time, time to first byte and throughput, checks the file is there with the
     manifest's size, and — when the piece hash is published — that the bytes are right. Probes run
     concurrently. In a pull the scheduler's first assignment to an unmeasured source is exactly such
@@ -45,6 +48,7 @@ from dsmirror._core.errors import BadResponse, DsmirrorError, SourceNotFound
 from dsmirror._core.fsutil import atomic_write_bytes
 from dsmirror._fetch.http import HttpSource
 from dsmirror._fetch.source import Source
+from dsmirror._fetch.transport import Deadline, bounded
 from dsmirror._formats.manifest import Manifest
 
 __all__ = ["Experience", "Probe", "probe_sources", "rank"]
@@ -122,9 +126,14 @@ def _connect_time(url: str, timeout: float) -> float | None:
 
 
 def probe_source(
-    source: Source, manifest: Manifest, *, max_bytes: int = 8 << 20, max_seconds: float = 4.0
+    source: Source,
+    manifest: Manifest,
+    *,
+    max_bytes: int = 8 << 20,
+    max_seconds: float = 4.0,
+    max_wait: float = 5.0,
 ) -> Probe:
-    """Fetch one real piece (bounded) from ``source`` and measure it."""
+    """Fetch one real piece (bounded, see Probes above) from ``source`` and measure it."""
     info = source.info
     base = Probe(info.name, info.kind, info.region, info.official, info.priority, "failing")
     files = [f for f in manifest.files if f.size and source.has_file(f)]
@@ -140,7 +149,10 @@ def probe_source(
     got = 0
     h = hashlib.sha256()
     try:
-        with source.open_range(f, piece.offset, piece.offset + length - 1) as chunks:
+        with (
+            bounded(Deadline(max_wait + max_seconds)),
+            source.open_range(f, piece.offset, piece.offset + length - 1) as chunks,
+        ):
             for chunk in chunks:
                 if ttfb is None:
                     ttfb = time.monotonic() - t0
@@ -165,7 +177,7 @@ def probe_source(
 
 
 def probe_sources(sources: Sequence[Source], manifest: Manifest, **kw: float) -> list[Probe]:
-    """Probe all sources concurrently."""
+    """Probe all sources concurrently; a probe not done within 30 s in all is left out."""
     results: dict[str, Probe] = {}
 
     def run(s: Source) -> None:
@@ -174,8 +186,9 @@ def probe_sources(sources: Sequence[Source], manifest: Manifest, **kw: float) ->
     threads = [threading.Thread(target=run, args=(s,), daemon=True) for s in sources]
     for t in threads:
         t.start()
+    end = time.monotonic() + 30
     for t in threads:
-        t.join(30)
+        t.join(max(0.0, end - time.monotonic()))
     return [results[s.name] for s in sources if s.name in results]
 
 
