@@ -57,12 +57,14 @@ import hashlib
 import json
 import os
 import queue
+import resource
 import shutil
 import stat
 import struct
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +107,7 @@ class Store:
         self.stats = StoreStats()
         self._done = bytearray()  # one byte per piece, made once the pull is known to fit
         self._file_done = [False] * len(manifest.files)  # installed under the final name
-        self._fds: dict[int, int] = {}
+        self._files = _OpenFiles(self._reopen, _fd_budget())
         self._dirty: set[int] = set()
         self._lock = threading.Lock()
         self._commit_lock = threading.Lock()
@@ -126,6 +128,13 @@ class Store:
         self.provenance: dict[int, tuple[str, str]] = {}
         self._prov_fd = -1
         self.closed = False
+        # Bytes of the pieces marked done, kept up to date (progress asks several times a second):
+        # per file, and in all, received and verified. A file's pieces all have a published hash or
+        # none has (the manifest format).
+        self._hashed_file = [bool(f.pieces and f.pieces[0]) for f in manifest.files]
+        self._file_stored = [0] * len(manifest.files)
+        self._stored = 0
+        self._verified = 0
 
     # -- opening -----------------------------------------------------------------------------------
     @classmethod
@@ -162,6 +171,7 @@ class Store:
             self._done = bytearray(self.manifest.num_pieces)
             self._check_installed()
             if all(self._file_done):
+                self._count_bytes()
                 return
             self._check_final_paths()
             if not (self.area / "manifest.json").exists():
@@ -171,6 +181,7 @@ class Store:
             self._prepare_files(suspect)
             self._reverify(suspect, on_reverify)
             self._rewrite_journal()
+        self._count_bytes()
         self._start_hasher()
 
     def _acquire_lock(self) -> None:
@@ -337,8 +348,12 @@ class Store:
 
     def _rewrite_journal(self) -> None:
         """Compact the journal to what is trusted now (after data was synced), then append to it."""
-        for fd in self._fds.values():
-            os.fdatasync(fd)
+        for fi, r in enumerate(self.manifest.file_piece_ranges):
+            # The journal below vouches for the pieces marked done: their files' bytes must be
+            # durable first (re-verified pieces were written by an earlier process).
+            if not self._file_done[fi] and self._done.find(1, r.start, r.stop) >= 0:
+                with self._files.use(fi) as fd:
+                    os.fdatasync(fd)
         body = bytearray(self._journal_header())
         for fi, r in enumerate(self.manifest.file_piece_ranges):
             if not self._file_done[fi]:
@@ -387,7 +402,7 @@ class Store:
             p = safe_join(self.area, f"data/{f.path}")  # no symlink on the way, nor at the end
             p.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(p, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
-            self._fds[fi] = fd
+            self._files.add(fi, fd)
             if os.fstat(fd).st_size != f.size:
                 os.ftruncate(fd, f.size)
             if f.size:
@@ -401,7 +416,8 @@ class Store:
     def _reverify(self, suspect: bytearray, on_reverify: Callable[[int], None] | None) -> None:
         for i in _ones(suspect):
             piece = self.manifest.pieces[i]
-            data = os.pread(self._fds[piece.file_index], piece.length, piece.offset)
+            with self._files.use(piece.file_index) as fd:
+                data = os.pread(fd, piece.length, piece.offset)
             if piece.sha256 and hashlib.sha256(data).hexdigest() == piece.sha256:
                 self._done[i] = 1  # made durable by _rewrite_journal, which syncs the data first
                 self.stats.reverified_pieces += 1
@@ -441,13 +457,17 @@ class Store:
                             # No whole-file digest published: every piece matched its own hash.
                             ok = digest == want if want else True
                             self._learned_sha256[fi] = digest
-                            self._file_ok[fi] = ok
+                            with self._lock:
+                                before = self._verified_share(fi)
+                                self._file_ok[fi] = ok
+                                self._verified += self._verified_share(fi) - before
                             self._file_results.append((fi, ok))
                             break
                         if not self._done[rng[h.next_piece]]:
                             break
                         piece = self.manifest.pieces[rng[h.next_piece]]
-                        data = os.pread(self._fds[fi], piece.length, piece.offset)
+                        with self._files.use(fi) as fd:
+                            data = os.pread(fd, piece.length, piece.offset)
                         h.sha.update(data)
                         h.next_piece += 1
         except BaseException as exc:  # reported by finalize()
@@ -475,17 +495,12 @@ class Store:
         Pieces of a file without piece hashes count only once the file matched its digest, so a
         repair (which un-trusts such pieces) never moves verified progress backwards.
         """
-        ok = self._file_ok
-        return sum(
-            self._stored_bytes(fi)
-            for fi, f in enumerate(self.manifest.files)
-            if not f.pieces or f.pieces[0] or ok[fi] or self._file_done[fi]
-        )
+        return self._verified
 
     @property
     def received_bytes(self) -> int:
         """Bytes stored, verified or waiting for their file's digest (for rates and ETAs)."""
-        return sum(self._stored_bytes(fi) for fi in range(len(self.manifest.files)))
+        return self._stored
 
     def _stored_bytes(self, fi: int) -> int:
         """Bytes of file ``fi`` in pieces marked done (counted, not walked piece by piece)."""
@@ -496,10 +511,30 @@ class Store:
         last = self.manifest.files[fi].size - (len(r) - 1) * ps  # the last piece may be short
         return self._done.count(1, r.start, r.stop) * ps - (ps - last if self._done[r.stop - 1] else 0)
 
+    def _verified_share(self, fi: int) -> int:
+        """What file ``fi`` adds to ``verified_bytes``: all its stored bytes once it matched its
+        digest (or is installed), else those of pieces with a published hash."""
+        if self._hashed_file[fi] or self._file_ok[fi] or self._file_done[fi]:
+            return self._file_stored[fi]
+        return 0
+
+    def _count_bytes(self) -> None:
+        """Count the bytes of the pieces marked done (once opened; kept up to date from then on)."""
+        self._file_stored = [self._stored_bytes(fi) for fi in range(len(self.manifest.files))]
+        self._stored = sum(self._file_stored)
+        self._verified = sum(self._verified_share(fi) for fi in range(len(self.manifest.files)))
+
+    def _count_piece(self, piece: Piece, sign: int) -> None:
+        """Piece ``piece`` was marked done (``sign`` 1) or no longer is (-1); caller holds ``_lock``."""
+        fi, n = piece.file_index, sign * piece.length
+        before = self._verified_share(fi)
+        self._file_stored[fi] += n
+        self._stored += n
+        self._verified += self._verified_share(fi) - before
+
     def write(self, piece: Piece, offset_in_piece: int, data: bytes | bytearray | memoryview) -> None:
         """pwrite bytes of a piece that is being fetched (not yet verified)."""
-        fd = self._fds[piece.file_index]
-        with storage_errors(self.data_dir / piece.path):
+        with storage_errors(self.data_dir / piece.path), self._files.use(piece.file_index, write=True) as fd:
             os.pwrite(fd, data, piece.offset + offset_in_piece)
         self._dirty.add(piece.file_index)
 
@@ -509,7 +544,8 @@ class Store:
             with open(self.dest / piece.path, "rb") as fh:
                 fh.seek(piece.offset)
                 return fh.read(piece.length)
-        return os.pread(self._fds[piece.file_index], piece.length, piece.offset)
+        with self._files.use(piece.file_index) as fd:
+            return os.pread(fd, piece.length, piece.offset)
 
     def mark_verified(self, piece: Piece, *, source: str | None = None, digest: str | None = None) -> bool:
         """Record that ``piece`` is verified (or, without a piece hash, received) and fully written.
@@ -521,6 +557,7 @@ class Store:
             if self._done[piece.index]:
                 return False
             self._done[piece.index] = 1
+            self._count_piece(piece, 1)
             with storage_errors(self.area / "journal"):
                 if not piece.sha256 and source and digest:
                     self.provenance[piece.index] = (source, digest)
@@ -534,15 +571,18 @@ class Store:
         touched: set[int] = set()
         with self._hash_lock, self._lock:
             for i in indices:
+                piece = self.manifest.pieces[i]
                 if self._done[i]:
                     self._done[i] = 0
+                    self._count_piece(piece, -1)
                     with storage_errors(self.area / "journal"):
                         self._append(_X, i)
-                fi = self.manifest.pieces[i].file_index
-                touched.add(fi)
+                touched.add(piece.file_index)
             for fi in touched:
                 self._hashers[fi] = _FileHasher()
+                before = self._verified_share(fi)
                 self._file_ok[fi] = None
+                self._verified += self._verified_share(fi) - before
 
     def take_file_results(self) -> list[tuple[int, bool]]:
         """Whole-file digest results since the last call: (file index, matched)."""
@@ -570,14 +610,25 @@ class Store:
     def learned_manifest(self) -> Manifest:
         """The manifest completed from verified files: piece hashes or whole-file digests not published."""
         m = self.manifest
+        files = list(m.files)
+        learned = False
         for fi, f in enumerate(m.files):
-            if not f.sha256 and self._file_ok[fi] and fi in self._learned_sha256:
-                m = m.with_file_sha256(f.path, self._learned_sha256[fi])
-            if f.pieces and not f.pieces[0] and self._file_ok[fi]:
+            if not self._file_ok[fi]:
+                continue
+            sha256, pieces = f.sha256, f.pieces
+            if not f.sha256 and fi in self._learned_sha256:
+                sha256 = self._learned_sha256[fi]
+            if f.pieces and not f.pieces[0]:
                 rng = m.file_piece_ranges[fi]
                 if all(i in self.provenance for i in rng):
-                    m = m.with_piece_hashes(f.path, [self.provenance[i][1] for i in rng])
-        return m
+                    pieces = tuple(self.provenance[i][1] for i in rng)
+            if sha256 != f.sha256 or pieces is not f.pieces:
+                files[fi] = FileEntry(f.path, f.size, sha256, pieces)
+                learned = True
+        if not learned:
+            return m
+        # One new manifest, not one per file (each would index every piece again: quadratic).
+        return Manifest(m.name, m.piece_size, tuple(files), m.torrent, m.meta)
 
     def _append(self, kind: int, index: int) -> None:
         """Append one record (caller holds ``_lock``)."""
@@ -602,8 +653,7 @@ class Store:
             try:
                 with storage_errors(self.data_dir):
                     for fi in dirty:
-                        if fi in self._fds:
-                            os.fdatasync(self._fds[fi])
+                        self._files.sync(fi)  # a file closed since was synced before it was closed
                     with self._lock:
                         os.write(self._journal_fd, _record(_C, cover))
                         self._journal_end += _RECORD.size
@@ -650,7 +700,7 @@ class Store:
             for fi, f in enumerate(self.manifest.files):
                 if self._file_done[fi]:
                     continue
-                os.close(self._fds.pop(fi))
+                self._files.close(fi)
                 record[f.path] = install_file(self.data_dir / f.path, self.dest, f.path)
                 self._file_done[fi] = True
                 installed.append(f.path)
@@ -670,10 +720,7 @@ class Store:
                 (self.area / name).unlink()
 
     def _close_fds(self) -> None:
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
+        self._files.close_all()
         for fd in (self._journal_fd, self._prov_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -699,6 +746,11 @@ class Store:
                     self.area.rmdir()
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+    def _reopen(self, fi: int) -> int:
+        """A descriptor of partial file ``fi`` again (``_OpenFiles`` closed the one it had)."""
+        path = safe_join(self.area, f"data/{self.manifest.files[fi].path}")
+        return os.open(path, os.O_RDWR | _NOFOLLOW | os.O_CLOEXEC)
 
     def __enter__(self) -> Store:
         return self
@@ -749,6 +801,140 @@ def lock_area(area: Path, dest: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+#: How far from the least recently used end ``_OpenFiles`` looks for a synced descriptor to close.
+_EVICT_LOOKAHEAD = 8
+
+
+def _fd_budget() -> int:
+    """How many partial files a store keeps open: a quarter of the soft descriptor limit (the
+    connections, the journal, reuse's candidate files and Python need the rest), 16 to 256."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 16
+    return max(16, min(256, soft // 4))
+
+
+class _OpenFiles:
+    """The partial files' descriptors: at most ``limit`` open, the least recently used closed first.
+
+    A model may have more files than the process may open (a soft limit of 1024 descriptors is
+    common, macOS's default is 256): a file's descriptor is opened when it is read or written and
+    kept while it is in use recently. Durability is as with one descriptor per file: a file written
+    since its last fdatasync is synced before its descriptor is closed, so the commit that covers
+    its pieces (``Store.commit``) finds its bytes on disk, and no write error goes unreported with
+    the descriptor. A descriptor in use by a thread is never closed under it (``use`` pins it).
+    """
+
+    def __init__(self, reopen: Callable[[int], int], limit: int) -> None:
+        self._reopen = reopen
+        self.limit = limit
+        self.reopened = 0  # descriptors opened again after they were closed: the churn
+        self._lock = threading.Lock()
+        self._fds: OrderedDict[int, int] = OrderedDict()  # file index -> fd, least recent first
+        self._pins: dict[int, int] = {}  # file index -> threads using its fd now
+        self._writes: dict[int, int] = {}  # file index -> writes through its fd
+        self._synced: dict[int, int] = {}  # file index -> writes its last fdatasync covered
+
+    def add(self, fi: int, fd: int) -> None:
+        """Keep ``fd``, just opened for file ``fi``."""
+        with self._lock:
+            self._make_room()
+            self._fds[fi] = fd
+
+    @contextlib.contextmanager
+    def use(self, fi: int, *, write: bool = False) -> Iterator[int]:
+        """File ``fi``'s descriptor, open until the block ends; ``write``: the block writes to it."""
+        with self._lock:
+            fd = self._fds.get(fi)
+            if fd is None:
+                self._make_room()
+                fd = self._fds[fi] = self._reopen(fi)
+                self.reopened += 1
+            else:
+                self._fds.move_to_end(fi)
+            self._pins[fi] = self._pins.get(fi, 0) + 1
+        try:
+            yield fd
+        finally:
+            with self._lock:
+                self._unpin(fi)
+                if write:
+                    self._writes[fi] = self._writes.get(fi, 0) + 1
+
+    def sync(self, fi: int) -> None:
+        """fdatasync file ``fi`` if its descriptor is open (one closed since was synced first)."""
+        with self._lock:
+            fd = self._fds.get(fi)
+            if fd is None:
+                return
+            covers = self._writes.get(fi, 0)
+            self._pins[fi] = self._pins.get(fi, 0) + 1
+        synced = False
+        try:
+            os.fdatasync(fd)
+            synced = True
+        finally:
+            with self._lock:
+                self._unpin(fi)
+                if synced:
+                    self._synced[fi] = max(self._synced.get(fi, 0), covers)
+
+    def close(self, fi: int) -> None:
+        """Close file ``fi``'s descriptor (it is being installed: synced by the caller)."""
+        with self._lock:
+            fd = self._fds.pop(fi, None)
+            self._forget(fi)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        with self._lock:
+            fds = list(self._fds.values())
+            self._fds.clear()
+            self._writes.clear()
+            self._synced.clear()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _unpin(self, fi: int) -> None:
+        left = self._pins[fi] - 1
+        if left:
+            self._pins[fi] = left
+        else:
+            del self._pins[fi]
+
+    def _forget(self, fi: int) -> None:
+        self._writes.pop(fi, None)
+        self._synced.pop(fi, None)
+
+    def _make_room(self) -> None:
+        """Below ``limit`` descriptors, if any is idle (caller holds the lock): of the least
+        recently used few, a synced one, else the least recently used idle one, synced first.
+
+        Every one in use right now (more threads than ``limit``): one more stays open, briefly.
+        """
+        while len(self._fds) >= self.limit:
+            victim = dirty = None
+            for k, fi in enumerate(self._fds):
+                if fi in self._pins:
+                    continue
+                if self._synced.get(fi, 0) >= self._writes.get(fi, 0):
+                    victim = fi
+                    break
+                dirty = fi if dirty is None else dirty
+                if k >= _EVICT_LOOKAHEAD:
+                    break
+            if victim is None:
+                if dirty is None:
+                    return
+                victim = dirty
+                os.fdatasync(self._fds[victim])  # written since its last sync: synced before closing
+            fd = self._fds.pop(victim)
+            self._forget(victim)
+            os.close(fd)
 
 
 class _FileHasher:
