@@ -49,6 +49,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -88,7 +89,7 @@ _BUFFER_LIMIT = 64 << 20
 _MAX_SIBLINGS = 512
 #: A same-name file that missed this many pieces in a row, without a hit, is not read further.
 _GIVE_UP = 8
-#: Candidate files kept open at once while reading.
+#: Candidate files kept open at once while reading (fewer under a low descriptor limit).
 _MAX_OPEN = 128
 _MID = re.compile(r"^([0-9a-f]{64})\.(manifest|pieces)\.json$")
 
@@ -252,6 +253,17 @@ class _Loc:
     path: Path
     offset: int
     origin: str
+    #: ``os.path.realpath(path)``, resolved once per file: per piece it was most of a dry run's
+    #: time (an lstat per path component, several times per piece)
+    real: str
+
+    @classmethod
+    def of(cls, path: Path, offset: int, origin: str) -> _Loc:
+        return cls(path, offset, origin, os.path.realpath(path))
+
+    def at(self, offset: int) -> _Loc:
+        """The same file at another offset."""
+        return _Loc(self.path, offset, self.origin, self.real)
 
 
 def _regular_size(path: Path) -> int | None:
@@ -309,13 +321,14 @@ class LocalIndex:
                     path = root / f.path
                     if not f.size or _regular_size(path) != f.size:
                         continue
+                    real = os.path.realpath(path)
                     if f.sha256 in want_files:
-                        idx.files.setdefault(f.sha256, []).append(_Loc(path, 0, origin))
+                        idx.files.setdefault(f.sha256, []).append(_Loc(path, 0, origin, real))
                     if f.pieces and f.pieces[0]:
-                        idx.described.add(os.path.realpath(path))
+                        idx.described.add(real)
                         for k, d in enumerate(f.pieces):
                             if d in want_pieces:
-                                idx.pieces.setdefault(d, []).append(_Loc(path, k * ps, origin))
+                                idx.pieces.setdefault(d, []).append(_Loc(path, k * ps, origin, real))
         stores: list[tuple[Path, str]] = [(r, _describe(r, dest)) for r in roots]
         if settings is not None:
             stores += [(settings.ollama_models, "the Ollama store"), (settings.hf_cache, "the HF cache")]
@@ -327,28 +340,27 @@ class LocalIndex:
                 # Ollama names a blob sha256-<hex>; the HF cache names an LFS blob by its sha256.
                 for c in (folder / f"sha256-{f.sha256}", folder / f.sha256):
                     if _regular_size(c) == f.size:
-                        idx.files.setdefault(f.sha256, []).append(_Loc(c, 0, origin))
+                        idx.files.setdefault(f.sha256, []).append(_Loc.of(c, 0, origin))
         return idx
 
-    def _usable(self, path: Path) -> bool:
-        real = os.path.realpath(path)
+    def _usable(self, real: str) -> bool:
+        """May the file whose realpath is ``real`` be read?"""
         return not any(real.startswith(x) for x in self.exclude)
 
     def same_file_candidates(self, f: FileEntry) -> list[_Loc]:
         """Files that may hold ``f`` at the same offsets: same content first, then same path."""
-        out = [loc for loc in self.files.get(f.sha256, []) if self._usable(loc.path)]
+        out = [loc for loc in self.files.get(f.sha256, []) if self._usable(loc.real)]
         for root in self.same_path:
             for path in same_path_candidates(root, f.path):
                 real = os.path.realpath(path)
-                if real in self.described or not self._usable(path) or _regular_size(path) is None:
+                if real in self.described or not self._usable(real) or _regular_size(path) is None:
                     continue
-                out.append(_Loc(path, 0, _describe(root, self.dest)))
+                out.append(_Loc(path, 0, _describe(root, self.dest), real))
         seen: set[str] = set()
         unique = []
         for loc in out:
-            real = os.path.realpath(loc.path)
-            if real not in seen:
-                seen.add(real)
+            if loc.real not in seen:
+                seen.add(loc.real)
                 unique.append(loc)
         return unique
 
@@ -359,7 +371,7 @@ class LocalIndex:
         read again: it is a different file that happens to have the same name.
         """
         for loc in self.piece_candidates(piece, same_file):
-            tally = self._tally.setdefault(os.path.realpath(loc.path), [0, 0])  # hits, misses
+            tally = self._tally.setdefault(loc.real, [0, 0])  # hits, misses
             if tally[0] == 0 and tally[1] >= _GIVE_UP:
                 continue
             if reader.piece(piece, loc):
@@ -371,15 +383,21 @@ class LocalIndex:
     def piece_candidates(self, piece: Piece, same_file: Sequence[_Loc]) -> Iterator[_Loc]:
         seen: set[tuple[str, int]] = set()
         for loc in self.pieces.get(piece.sha256, []):
-            key = (os.path.realpath(loc.path), loc.offset)
-            if key not in seen and self._usable(loc.path):
+            key = (loc.real, loc.offset)
+            if key not in seen and self._usable(loc.real):
                 seen.add(key)
                 yield loc
         for loc in same_file:
-            key = (os.path.realpath(loc.path), piece.offset)
+            key = (loc.real, piece.offset)
             if key not in seen:
                 seen.add(key)
-                yield _Loc(loc.path, piece.offset, loc.origin)
+                yield loc.at(piece.offset)
+
+
+def _max_open() -> int:
+    """Candidate files a reader keeps open: ``_MAX_OPEN``, or an eighth of a lower soft limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return _MAX_OPEN if soft == resource.RLIM_INFINITY else max(8, min(_MAX_OPEN, soft // 8))
 
 
 def blob_dirs(base: Path, *, repos_only: bool = False) -> list[Path]:
@@ -418,10 +436,10 @@ class _Reader:
                     os.close(fd)
         self._fds.clear()
 
-    def _fd(self, path: Path) -> int | None:
-        key = os.path.realpath(path)
+    def _fd(self, loc: _Loc) -> int | None:
+        key = loc.real
         if key not in self._fds:
-            if len(self._fds) >= _MAX_OPEN:
+            if len(self._fds) >= _max_open():
                 self.close()
             fd: int | None = None
             with contextlib.suppress(OSError):
@@ -442,7 +460,7 @@ class _Reader:
 
     def piece(self, piece: Piece, loc: _Loc) -> bool:
         """Whether ``loc`` holds ``piece``; if so and there is a store, its bytes are now written there."""
-        fd = self._fd(loc.path)
+        fd = self._fd(loc)
         if fd is None:
             return False
         if piece.length <= _BUFFER_LIMIT:
@@ -467,7 +485,7 @@ class _Reader:
     def whole_file(self, m: Manifest, fi: int, loc: _Loc) -> list[str] | None:
         """Piece digests if ``loc`` holds file ``fi`` (whole-file SHA-256); its pieces are then written."""
         f = m.files[fi]
-        fd = self._fd(loc.path)
+        fd = self._fd(loc)
         if fd is None or os.fstat(fd).st_size != f.size:
             return None
         whole = hashlib.sha256()
@@ -566,7 +584,7 @@ def plan_dry_run(
             if f.path in present_paths or not f.size or _intact(reader, manifest, fi, dest):
                 rows.append(FileDryRun(f.path, f.size, f.size, 0, 0, {}, fetch_from))
                 continue
-            resume = _Loc(partial / f.path, 0, "resume")
+            resume = _Loc.of(partial / f.path, 0, "resume")
             same = [resume, *(index.same_file_candidates(f) if index else [])]
             reuse: dict[str, int] = {}
             if f.pieces and not f.pieces[0]:
@@ -580,7 +598,7 @@ def plan_dry_run(
                     if index is not None:
                         found = index.find(piece, same, reader)
                     else:
-                        loc = _Loc(resume.path, piece.offset, resume.origin)
+                        loc = resume.at(piece.offset)
                         found = loc if reader.piece(piece, loc) else None
                     if found is not None:
                         reuse[found.origin] = reuse.get(found.origin, 0) + piece.length
@@ -611,7 +629,7 @@ def _intact(reader: _Reader, m: Manifest, fi: int, dest: Path) -> bool:
     path = dest / f.path
     if path.is_symlink() or _regular_size(path) != f.size:
         return False
-    digests = reader.whole_file(m, fi, _Loc(path, 0, ""))
+    digests = reader.whole_file(m, fi, _Loc.of(path, 0, ""))
     return digests is not None and (not f.pieces or not f.pieces[0] or tuple(digests) == f.pieces)
 
 
