@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import resource
 import select
 import socket
@@ -94,9 +95,10 @@ def _count_closed(socks: list[socket.socket]) -> int:
     return closed
 
 
-def _get(port: int, target: bytes, headers: bytes = b"") -> tuple[int, bytes]:
+def _get(port: int, target: bytes, headers: bytes = b"", method: bytes = b"GET") -> tuple[int, bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as so:
-        so.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n")
+        so.sendall(method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+        so.sendall(headers + b"\r\n")
         data = b""
         while chunk := so.recv(65536):
             data += chunk
@@ -412,4 +414,46 @@ def test_rejected_requests_log_one_line_each(server: ServerThread, caplog: pytes
     ]
     assert len(lines) == 3, lines
     assert "405 POST '/healthz'" in lines[0] and " 400 GET " in lines[1] and "405 DELETE" in lines[2]
+    _no_traceback(caplog)
+
+
+_TARGETS = [
+    "/healthz",
+    "/v2/",
+    "/v2/_catalog",
+    "/v2/library/tiny/tags/list",
+    "/v2/library/tiny/manifests/latest",
+    "/v2/library/tiny/blobs/{blob}",
+    f"/api/models/{REPO_ID}",
+    f"/api/models/{REPO_ID}/tree/main",
+    f"/{REPO_ID}/resolve/main/config.json",
+    f"/api/v1/models/{REPO_ID}/repo?FilePath=config.json",
+    f"/api/v1/models/{REPO_ID}/repo/files",
+    "/dsmirror/files/x/y",
+]
+_JUNK = ["%", "%zz", "%00", "%ff%fe", "\u00e9", "?n=-1", "?n=1e9", "?last=%ff", "?cursor=-5", "/..", "//"]
+_JUNK += ["?cursor=" + "9" * 5000, "?n=" + "9" * 5000, "?recursive=true&cursor=x", "?FilePath=../../x"]
+_JUNK += ["/%2e%2e", "?Revision=%00"]
+_HEADERS = ["Range: bytes=0-" + "9" * 5000, "Range: bytes=5-1", "Range: bytes=,", "Range: x"]
+_HEADERS += ["Range: bytes=-0", 'If-Range: "x"', "If-None-Match: *", 'If-Match: W/"x"', "Cookie: x"]
+
+
+def test_hostile_requests_get_no_5xx_and_one_line_each(
+    server: ServerThread, index: ModelIndex, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Generated hostile requests over every route: never a 5xx or a traceback; a log line per rejection."""
+    caplog.set_level(logging.INFO, LOGGER)
+    blob = index.ollama_models[0].layers[1].digest
+    rng, statuses = random.Random(12), []
+    for _ in range(300):
+        target = rng.choice(_TARGETS).format(blob=blob) + (rng.choice(_JUNK) if rng.random() < 0.6 else "")
+        method = rng.choice(["GET", "GET", "HEAD", "POST", "DELETE"])
+        headers = "".join(h + "\r\n" for h in rng.sample(_HEADERS, rng.randint(0, 3)))
+        status, data = _get(server.port, target.encode(), headers.encode(), method=method.encode())
+        assert status < 500, (method, target[:100], headers[:200], data[:200])
+        statuses.append(status)
+    time.sleep(0.2)
+    rejected = [s for s in statuses if s >= 400 and s != 404]
+    lines = [r for r in caplog.records if r.name == LOGGER and r.getMessage().startswith("rejected")]
+    assert len(lines) == len(rejected) and len(rejected) > 50
     _no_traceback(caplog)
