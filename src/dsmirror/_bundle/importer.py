@@ -74,10 +74,15 @@ def import_bundle(
             yield from ingest.finish(before)
 
 
+# ValueError: tarfile lets some malformed headers through as one (a pax GNU.sparse.size that is not
+# a number, for instance).
+_TAR_ERRORS = (tarfile.TarError, EOFError, ValueError)
+
+
 def _open_tar(stream: IO[bytes], origin: str) -> tarfile.TarFile:
     try:
         return tarfile.open(fileobj=stream, mode="r|")
-    except (tarfile.TarError, EOFError) as exc:
+    except _TAR_ERRORS as exc:
         raise ImportRejected(f"not a dsmirror bundle (not a tar file: {exc})", origin=origin) from exc
 
 
@@ -135,7 +140,7 @@ def _file_member(member: tarfile.TarInfo | None, manifest: Manifest, fi: int, or
 def _next(tar: tarfile.TarFile, origin: str, what: str) -> tarfile.TarInfo | None:
     try:
         return tar.next()
-    except (tarfile.TarError, EOFError) as exc:
+    except _TAR_ERRORS as exc:
         raise ImportRejected(
             f"unreadable before {what} ({exc}): the bundle is truncated or damaged", origin=origin
         ) from exc
@@ -146,7 +151,7 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, origin: str) -> 
     assert fh is not None
     try:
         data = fh.read()
-    except (tarfile.TarError, EOFError) as exc:
+    except _TAR_ERRORS as exc:
         raise ImportRejected(f"{member.name} is truncated ({exc})", origin=origin) from exc
     if len(data) != member.size:
         raise ImportRejected(f"{member.name} is truncated", origin=origin)

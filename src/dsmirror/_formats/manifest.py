@@ -56,6 +56,7 @@ import bisect
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -326,7 +327,10 @@ def parse_manifest(data: bytes, *, expected_sha256: str | None = None, origin: s
     except RecursionError:
         raise ManifestError("not valid JSON (nested too deeply)", path=origin) from None
     except ValueError as exc:  # also UnicodeDecodeError, JSONDecodeError, and ints too long for int()
-        raise ManifestError(f"not valid JSON ({exc})", path=origin) from exc
+        why = str(exc)
+        if "integer string conversion" in why:
+            why = f"a number of more than {sys.get_int_max_str_digits()} digits"
+        raise ManifestError(f"not valid JSON ({why})", path=origin) from exc
     try:
         m = _from_obj(obj)
     except ManifestError as exc:

@@ -108,9 +108,12 @@ class PathCollisions:
             if child is None:
                 child = node.children[key] = _Node(part, last)
             elif child.name != part:
-                other = "/".join([*parts[:depth], child.name])
+                mine, other = "/".join(parts[: depth + 1]), "/".join([*parts[:depth], child.name])
+                of = f"{path!r}: " if mine != path else ""
+                if unicodedata.normalize("NFC", mine) == unicodedata.normalize("NFC", other):
+                    return f"{of}{mine!a} and {other!a} are one name in two Unicode normalisations"
                 return (
-                    f"{path!r} and {other!r} are one name on case- or normalisation-insensitive "
+                    f"{of}{mine!r} and {other!r} are one name on case- or normalisation-insensitive "
                     "filesystems (macOS, Windows)"
                 )
             elif last and child.is_file:
