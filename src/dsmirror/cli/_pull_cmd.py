@@ -92,8 +92,8 @@ def pull_cmd(
         typer.Option(
             "--metadata-timeout",
             min=0.1,
-            help="Seconds to wait for a registry's answer (revision, file list, manifest) before "
-            "asking the catalog's next endpoint.",
+            help="Seconds a registry endpoint (revision, file list, manifest) or a manifest URL may "
+            "take to answer, in all, before the catalog's next endpoint is asked.",
         ),
     ] = 15.0,
     dry_run: Annotated[

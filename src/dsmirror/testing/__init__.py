@@ -4,6 +4,8 @@
   :class:`Faults` (corruption, resets, stalls, HTML pages, bad ranges, error statuses, signed
   redirects), all changeable while it serves;
 - :func:`write_random_tree`: deterministic pseudo-random files to serve, with their digests;
+- :mod:`dsmirror.testing.hostile`: servers that try to take their client down (endless bodies,
+  gzip bombs, answers dripped a byte at a time, black holes, unusable redirects);
 - :func:`check_source`, :func:`check_piece_source`, :func:`check_local_reuse` (the suites of
   :mod:`dsmirror.testing.conformance`): the contract every kind of source keeps, as checks an
   implementation runs against itself.
