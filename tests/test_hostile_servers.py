@@ -210,6 +210,7 @@ def test_a_drip_fed_answer_ends_at_the_metadata_timeout(
     routes = {HF_INFO_ROUTE: HF_INFO} if reader == "hf-tree" else None
     with hostile(drip, routes) as srv:
         run = pull_from(srv, reader, tmp_path, env, "--metadata-timeout", str(TIMEOUT))
+        srv.wait_closed()
         held = srv.busy_seconds
     assert f"the answer did not end within {TIMEOUT:g} s" in run.one_line_error()
     assert run.code == 4
@@ -222,9 +223,26 @@ def test_a_drip_fed_answer_ends_at_the_metadata_timeout(
 def test_a_silent_server_is_no_answer(tmp_path: Path, env: dict[str, str]) -> None:
     with hostile(BlackHole()) as srv:
         run = pull_from(srv, "manifest-url", tmp_path, env, "--metadata-timeout", str(TIMEOUT))
+        srv.wait_closed()
         held = srv.busy_seconds
     assert f"no answer within {TIMEOUT:g} s" in run.one_line_error()
     assert run.code == 4 and held < TIMEOUT + 1.0
+
+
+def test_the_doctor_ends_a_drip_fed_check_at_its_deadline() -> None:
+    from dsmirror._doctor.mirrors import check_mirrors
+    from dsmirror._doctor.report import DoctorConfig
+
+    cfg = DoctorConfig(connect_timeout=0.5, http_timeout=1.0, deadline=10.0)
+    with hostile(DripFeed(interval=0.2, head=True)) as srv:
+        t0 = time.monotonic()
+        (check,) = check_mirrors([Mirror("bad", "http", srv.url)], config=cfg, env={})
+        took = time.monotonic() - t0
+        srv.wait_closed()
+        held = srv.busy_seconds
+    assert check.status == "timeout", check
+    # Its own deadline (connect + http timeout), not the doctor's 10 s; the socket was closed.
+    assert took < 3.0 and held < 3.0, (took, held)
 
 
 # -- 3. one mirror's failure is that mirror's ----------------------------------------------------------

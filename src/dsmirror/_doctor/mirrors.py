@@ -2,7 +2,10 @@
 
 DNS -> TCP -> TLS -> one small HTTP request, all mirrors at once, each step bounded by its own
 timeout and all of them by ``deadline``; then one throughput sample per mirror, one after the
-other. The package docstring (``dsmirror._doctor``) tells what each step measures and why.
+other. The HTTP steps end by a deadline of their own, however a server drips its answer
+(``dsmirror._fetch.transport``), and read bounded bodies only (redirects are followed by hand:
+httpx would read a redirect's body whole). The package docstring (``dsmirror._doctor``) tells
+what each step measures and why.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import httpx
 
 from dsmirror._doctor.proxies import proxy_for
 from dsmirror._doctor.report import DoctorConfig, MirrorCheck
+from dsmirror._fetch.transport import Deadline, Sockets, bounded
 from dsmirror._formats.catalog import Mirror
 
 __all__ = ["USER_AGENT", "check_mirrors", "in_thread"]
@@ -179,17 +183,22 @@ def _http_check(p: _Probe, cfg: DoctorConfig, env: Mapping[str, str]) -> None:
     def trace(name: str, info: Mapping[str, Any]) -> None:
         marks.setdefault(name, time.monotonic())
 
-    p.client = httpx.Client(
-        timeout=httpx.Timeout(cfg.http_timeout, connect=cfg.connect_timeout),
-        follow_redirects=False,
-        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        trust_env=True,
+    p.client = Sockets().arm(
+        httpx.Client(
+            timeout=httpx.Timeout(cfg.http_timeout, connect=cfg.connect_timeout),
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            trust_env=True,
+        )
     )
     p.set(via_proxy=proxy_for(c.url, env))
     t0 = time.monotonic()
     try:
         ask = {"Range": "bytes=0-0"}
-        with p.client.stream("GET", c.url, headers=ask, extensions={"trace": trace}) as resp:
+        with (
+            bounded(Deadline(cfg.connect_timeout + cfg.http_timeout)),
+            p.client.stream("GET", c.url, headers=ask, extensions={"trace": trace}) as resp,
+        ):
             sent = marks.get("http11.send_request_headers.started", t0)
             got = marks.get("http11.receive_response_headers.complete", time.monotonic())
             p.set(http_status=resp.status_code, ttfb=max(0.0, got - sent))
@@ -235,15 +244,25 @@ def _sample(p: _Probe, cfg: DoctorConfig) -> None:
     headers = {"Range": f"bytes=0-{cfg.sample_bytes - 1}"}
     n = 0
     try:
-        with p.client.stream("GET", c.url, headers=headers, follow_redirects=True) as resp:
-            if resp.status_code not in (200, 206):
-                return
-            t0 = time.monotonic()
-            for chunk in resp.iter_raw():
-                n += len(chunk)
-                if n >= cfg.sample_bytes or time.monotonic() - t0 >= cfg.sample_seconds:
+        with bounded(Deadline(cfg.connect_timeout + cfg.http_timeout + cfg.sample_seconds)):
+            request = p.client.build_request("GET", c.url, headers=headers)
+            for _ in range(5):
+                resp = p.client.send(request, stream=True)
+                if resp.next_request is None:
                     break
-            elapsed = time.monotonic() - t0
+                resp.close()
+                request = resp.next_request
+            try:
+                if resp.status_code not in (200, 206):
+                    return
+                t0 = time.monotonic()
+                for chunk in resp.iter_raw():
+                    n += len(chunk)
+                    if n >= cfg.sample_bytes or time.monotonic() - t0 >= cfg.sample_seconds:
+                        break
+                elapsed = time.monotonic() - t0
+            finally:
+                resp.close()
     except httpx.HTTPError as exc:
         p.set(error=f"throughput sample failed: {exc}")
         return

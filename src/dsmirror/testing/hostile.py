@@ -26,9 +26,10 @@ The behaviours:
 
 Every answer ends with ``Connection: close``. The server counts ``requests`` and ``bytes_sent``
 and keeps when each connection opened and ended (``connections``, monotonic seconds: a client
-that gives up closes its end, and the handler ends at its next send or wait); ``busy_seconds`` is
-how long the client was held, first connection to last. :meth:`HostileServer.stop` shuts every
-open connection down, so no handler outlives it. It logs nothing.
+that gives up closes its end, and the handler sees it at its next send or wait, so
+``wait_closed`` first); ``busy_seconds`` is how long the client was held, first connection to
+last. :meth:`HostileServer.stop` shuts every open connection down, so no handler outlives it.
+It logs nothing.
 """
 
 from __future__ import annotations
@@ -270,6 +271,16 @@ class HostileServer:
         with self._lock:
             spans = [list(c) for c in self.connections]
         return max(e for _, e in spans) - min(o for o, _ in spans) if spans else 0.0
+
+    def wait_closed(self, timeout: float = 2.0) -> bool:
+        """Wait until no connection is open (a handler notices a client's close at its next step)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                if not self._conns:
+                    return True
+            time.sleep(0.01)
+        return False
 
     def start(self) -> None:
         self._listener = socket.create_server((self._host, 0))
