@@ -168,7 +168,7 @@ class MetadataSession:
             raise BadResponse(f"{type(exc).__name__}: {exc}", source=self.source, url=where) from exc
 
     def _read(self, resp: httpx.Response, limit: int, *, strict: bool, where: str) -> bytes:
-        """The decoded body; past ``limit`` bytes: BadResponse if ``strict``, else cut there."""
+        """The decoded body; past ``limit`` bytes: TooLarge if ``strict``, else cut there."""
         encoding = resp.headers.get("content-encoding", "identity").strip().lower()
         if encoding in ("gzip", "x-gzip", "deflate"):
             decoder: _Inflate | _Identity = _Inflate()
