@@ -29,6 +29,7 @@ of acknowledged bytes (``TCP_INFO``, Linux); where that is not available, slow r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import socket
@@ -117,9 +118,11 @@ def _sent_state(sock: Any, transport: asyncio.Transport) -> tuple[bool, int] | N
 class _Connection(RequestHandler):
     """aiohttp's connection handler, with the timers and the cut of ``ConnectionLimits``."""
 
-    def __init__(self, manager: _GuardedServer, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
+    def __init__(self, manager: _GuardedServer, *, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
         self.guard = manager
+        #: The server's loop (its clock and timers; also usable once it stopped, as a handler unwinds).
+        self.event_loop = loop
         self.client = "?"
         self.busy = False
         self.cut_reason: str | None = None
@@ -136,9 +139,8 @@ class _Connection(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        loop = asyncio.get_running_loop()
         self.client = _peer(transport)
-        self.idle_since = loop.time()
+        self.idle_since = self.event_loop.time()
         self._arm_head_timer()
         self.guard.admit(self)
 
@@ -180,12 +182,12 @@ class _Connection(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        self._acked_mark, self._mark_time = 0, asyncio.get_running_loop().time()
+        self._acked_mark, self._mark_time = 0, self.event_loop.time()
         self._schedule_send_check()
 
     def end(self) -> None:
         self.busy = False
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self.event_loop.time()
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
@@ -199,11 +201,12 @@ class _Connection(RequestHandler):
         self.cut_reason = why
         self._cancel_timers()
         sock = self.transport.get_extra_info("socket")
-        try:
+        # The peer may have reset it already (ENOTCONN): then the loop sees that as it sees the cut.
+        # Never close the transport here: a sendfile in progress would be left waiting on a closed
+        # socket (and CPython 3.11's transport raises InvalidStateError on its sendfile waiter).
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            self.force_close()  # already gone: nothing is waiting on it
 
     def refuse(self) -> None:
         """Answer 503 before reading anything and close (the bounds are full of busy connections)."""
@@ -214,8 +217,7 @@ class _Connection(RequestHandler):
         self.force_close()
 
     def _arm_head_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._head_timer = loop.call_later(self.guard.limits.header_timeout, self._head_timed_out)
+        self._head_timer = self.event_loop.call_later(self.guard.limits.header_timeout, self._head_timed_out)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -230,7 +232,7 @@ class _Connection(RequestHandler):
 
     def _schedule_send_check(self) -> None:
         tick = min(1.0, self.guard.limits.send_timeout / 4)
-        self._send_timer = asyncio.get_running_loop().call_later(tick, self._check_send)
+        self._send_timer = self.event_loop.call_later(tick, self._check_send)
 
     def _check_send(self) -> None:
         self._send_timer = None
@@ -241,7 +243,7 @@ class _Connection(RequestHandler):
         if state is None:
             return  # nothing to measure progress with here: no slow-reader bound
         waiting, acked = state
-        now = asyncio.get_running_loop().time()
+        now = self.event_loop.time()
         if not waiting or acked - self._acked_mark >= MIN_PROGRESS:
             self._acked_mark, self._mark_time = acked, now
         elif now - self._mark_time >= self.guard.limits.send_timeout:
