@@ -144,7 +144,9 @@ class Faults:
 
     def _applies(self, *, is_get: bool, has_range: bool) -> bool:
         whole = self.status is not None or self.redirect_to is not None or self.html_instead
-        ranged = has_range and (self.ignore_range or self.wrong_content_range or self.content_range is not None)
+        ranged = has_range and (
+            self.ignore_range or self.wrong_content_range or self.content_range is not None
+        )
         body = is_get and (
             self.corrupt
             or self.reset_after is not None
