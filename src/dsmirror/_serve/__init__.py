@@ -5,7 +5,8 @@ unmodified ``huggingface_hub`` and Ollama clients can use). The modules, top dow
 only modules below it)::
 
     _server             ``dsmirror serve`` as a library call: wires the parts, runs, seeds
-    _runner             an app in a thread of its own (tests, embedding)
+    _runner             an app in a thread of its own (tests, embedding), or in the foreground
+    _connections        which connections are kept: timeouts, bounds, slow readers, rejects logged
     _app                the aiohttp app: one dispatcher (limits, token, read-only, rescan on a miss)
       _status_routes      the status page (``static/``: HTML, script, style), its JSON, /metrics
       _status             the status document: models held, traffic, pulls, seeding, errors, history
@@ -33,6 +34,7 @@ only modules below it)::
 """
 
 from dsmirror._serve._app import STATS, STATUS, make_app
+from dsmirror._serve._connections import ConnectionLimits
 from dsmirror._serve._digests import DigestCache
 from dsmirror._serve._folder_index import ManifestFolder, index_manifest_folder
 from dsmirror._serve._hf_index import LFS_MIN_SIZE, HfRepo, ServedFile, index_hf_cache
@@ -52,6 +54,7 @@ __all__ = [
     "STATS",
     "STATUS",
     "ByteRange",
+    "ConnectionLimits",
     "DigestCache",
     "HfRepo",
     "IndexSource",

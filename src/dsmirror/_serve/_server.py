@@ -2,9 +2,10 @@
 
 ``build_app`` wires the parts — a ``Library`` rescanning the stores, an optional ``PullThrough``
 whose completed pulls trigger a rescan, the HTTP app — and ``serve`` runs it in the foreground
-until SIGINT/SIGTERM, then stops cleanly: the listening socket closes at once, requests in flight
-get ``shutdown_timeout`` seconds, pulls in progress stop with their verified pieces kept on disk
-(the next request for the same file resumes them).
+(with the bounds on connections of ``_connections``) until SIGINT/SIGTERM, then stops cleanly: the
+listening socket closes at once, requests in flight get ``shutdown_timeout`` seconds, pulls in
+progress stop with their verified pieces kept on disk (the next request for the same file resumes
+them).
 
 Seeding (``seed``): the same process seeds, over BitTorrent, what it serves that has a torrent —
 the torrents dsmirror pulls saved (``<dest>/.dsmirror/torrents/*.torrent``: a served folder, an HF
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +30,10 @@ from dsmirror._fetch.engine import EngineConfig
 from dsmirror._formats import hfcache
 from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE
 from dsmirror._serve._app import STATUS, make_app
+from dsmirror._serve._connections import ConnectionLimits
 from dsmirror._serve._library import Library, ServeRoots
 from dsmirror._serve._pullthrough import PullThrough
+from dsmirror._serve._runner import serve_until_stopped
 from dsmirror._serve._upstream import Upstream
 
 if TYPE_CHECKING:
@@ -67,6 +69,8 @@ class ServeConfig:
     pull_piece_size: int = DEFAULT_PIECE_SIZE
     #: Seed what is served over BitTorrent too (None: no seeding).
     seed: SwarmConfig | None = None
+    #: Bounds on connections: header and keep-alive timeouts, slow readers, how many at once.
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def build_app(config: ServeConfig) -> tuple[web.Application, Library]:
@@ -192,27 +196,14 @@ def _run_seeder(
 
 async def _serve(config: ServeConfig, on_ready: Callable[[str], None] | None) -> None:
     app, _ = build_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=config.shutdown_timeout, access_log=None)
-    await runner.setup()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopping.set)
-    try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        url = f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
-        if on_ready is not None:
-            on_ready(url)
-        await stopping.wait()
-        logger.info("stopping")
-    finally:
-        await runner.cleanup()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+    await serve_until_stopped(
+        app,
+        config.host,
+        config.port,
+        config.limits,
+        shutdown_timeout=config.shutdown_timeout,
+        on_ready=on_ready,
+    )
 
 
 def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
