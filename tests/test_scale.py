@@ -289,7 +289,7 @@ def content(k: int) -> bytes:
 def test_store_keeps_few_descriptors_and_syncs_before_closing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fd_spy: dict[str, Any]
 ) -> None:
-    monkeypatch.setattr(store_module, "_fd_budget", lambda: 16)
+    monkeypatch.setattr(store_module, "fd_budget", lambda: 16)
     m = filled(300)
     dest = tmp_path / "dest"
     with Store.open(dest, m) as store:

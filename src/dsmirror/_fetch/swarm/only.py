@@ -59,7 +59,8 @@ from dsmirror._formats.manifest import (
 )
 from dsmirror._formats.private import PrivateArea
 from dsmirror._install.records import record_dir_install, vouched
-from dsmirror._journal.store import SPACE_MARGIN, install_file, lock_area, write_install_record
+from dsmirror._journal.files import install_file, lock_area, write_install_record
+from dsmirror._journal.store import SPACE_MARGIN
 from dsmirror._verify.digest import hash_file_pieces
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class SwarmOnlyPull:
     info-hash. On-disk layout while it runs (the store's partial area, keyed by the info-hash)::
 
         DEST/.dsmirror/partial/bt-<btih or btmh>/
-          lock        flock(2)-ed by the running pull (see ``dsmirror._journal.store.lock_area``)
+          lock        flock(2)-ed by the running pull (see ``dsmirror._journal.files.lock_area``)
           torrent     the torrent's metadata once known (a resumed magnet needs no peer for it)
           bt/<name>/<path>...   libtorrent's files, as the torrent names them (pad files never written)
           bt.resume   as for a swarm source: libtorrent's resume data + size/mtime of every bt/ file
