@@ -1,7 +1,7 @@
 """One hostile server must never crash, hang or exhaust a pull (issue 12).
 
 Each case runs the real thing against ``dsmirror.testing.hostile`` servers on loopback: the CLI in
-a subprocess whose peak RSS is measured (``os.wait4``) while the server would send gigabytes, or
+a subprocess whose peak RSS is measured (its VmHWM at exit) while the server would send gigabytes, or
 the library with a good mirror beside the hostile one. Every metadata body is bounded in bytes
 (endless bodies, gzip bombs) and every metadata exchange in time (answers dripped a byte at a time,
 head or body); a mirror's unusable redirect or any exception a source raises ends that source, not
@@ -58,7 +58,21 @@ MiB = 1 << 20
 #: interpreter is ~50 MB; the largest metadata document kept is 64 MiB).
 RSS_BOUND = 200 * MiB
 DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port
-CLI = [sys.executable, "-c", "from dsmirror.cli import main; main()"]
+# The CLI, reporting its own peak RSS at exit: VmHWM (this address space's peak), not wait4's
+# ru_maxrss, which Linux keeps from the process that exec'd the child (the test runner itself,
+# hundreds of MB late in a suite).
+_REPORT_PEAK = (
+    "import atexit, os, sys\n"
+    "def _peak():\n"
+    "    with open('/proc/self/status') as s:\n"
+    "        kb = next(int(line.split()[1]) for line in s if line.startswith('VmHWM:'))\n"
+    "    with open(os.environ['DSMIRROR_TEST_PEAK'], 'w') as out:\n"
+    "        out.write(str(kb * 1024))\n"
+    "atexit.register(_peak)\n"
+    "from dsmirror.cli import main\n"
+    "main()\n"
+)
+CLI = [sys.executable, "-c", _REPORT_PEAK]
 REPO = "acme/hostile"
 COMMIT = "c0ffee" + "0" * 34
 HF_INFO = Respond(200, json.dumps({"id": REPO, "sha": COMMIT}).encode(), content_type="application/json")
@@ -82,10 +96,21 @@ class Run:
 
 
 def run_measured(args: Sequence[str | Path], env: Mapping[str, str], cwd: Path, timeout: float = 90) -> Run:
-    """Run ``dsmirror ARGS``; its exit code, output, wall time and peak RSS (from ``wait4``)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run ``dsmirror ARGS``; its exit code, output, wall time and peak RSS (its own VmHWM)."""
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        peak_file = Path(tmp) / "peak"
         t0 = time.monotonic()
-        proc = subprocess.Popen([*CLI, *map(str, args)], env=dict(env), cwd=cwd, stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [*CLI, *map(str, args)],
+            env={**env, "DSMIRROR_TEST_PEAK": str(peak_file)},
+            cwd=cwd,
+            stdout=out,
+            stderr=err,
+        )
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -104,7 +129,7 @@ def run_measured(args: Sequence[str | Path], env: Mapping[str, str], cwd: Path, 
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
             seconds,
-            usage.ru_maxrss * KiB,  # KiB on Linux
+            int(peak_file.read_text()) if peak_file.is_file() else usage.ru_maxrss * KiB,
         )
 
 
