@@ -35,6 +35,7 @@ from dsmirror._fetch.engine import EngineConfig, fetch
 from dsmirror._fetch.local import MemorySource, local_source_info
 from dsmirror._fetch.metadata import MetadataSession
 from dsmirror._formats.catalog import Mirror
+from dsmirror._formats.signature import MAX_SIGNATURE_SIZE
 from dsmirror._journal.store import Store
 from dsmirror._resolve.registries.modelscope import list_modelscope
 from dsmirror._schedule.scheduler import SchedulerConfig
@@ -156,6 +157,7 @@ def hostile(behaviour: Behaviour, routes: Mapping[str, Behaviour] | None = None)
 # (ref, catalog kind) for each metadata reader; "{url}" is the hostile server's.
 READERS: dict[str, tuple[str, str]] = {
     "manifest-url": ("{url}model.manifest.json", "http"),
+    "signature-url": ("{url}model.sig", "http"),
     "hf-model-info": (f"hf://{REPO}", "hf"),
     "hf-tree": (f"hf://{REPO}", "hf"),
     "ollama-manifest": ("ollama://library/hostile:latest", "ollama"),
@@ -172,12 +174,27 @@ def pull_from(srv: HostileServer, reader: str, tmp_path: Path, env: Mapping[str,
     return run_measured([*_pull_args(ref.format(url=srv.url), cat, tmp_path / "out"), *args], env, tmp_path)
 
 
+def _public_key(tmp_path: Path) -> Path:
+    """A publisher's key for a signature pull (the signature is never read far enough to use it)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key()
+    path = tmp_path / "pub.pem"
+    path.write_bytes(
+        pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return path
+
+
 # -- 1. every byte read is bounded before it is buffered ---------------------------------------------
 @pytest.mark.parametrize(
     ("reader", "body", "code", "message"),
     [
         ("manifest-url", EndlessBody(), 7, "the manifest is larger than 64 MiB"),
         ("manifest-url", GzipBomb(), 7, "the manifest is larger than 64 MiB"),
+        ("signature-url", EndlessBody(), 3, "too large to be a model signature"),
+        ("signature-url", GzipBomb(), 3, "too large to be a model signature"),
         ("hf-model-info", EndlessBody(prefix=b'{"id": "x", "siblings": ['), 4, "bad: answer larger than"),
         ("hf-model-info", GzipBomb(), 4, "bad: answer larger than"),
         ("hf-tree", EndlessBody(), 4, "bad: answer larger than"),
@@ -191,12 +208,15 @@ def test_endless_and_compressed_bodies_are_cut_off(
     reader: str, body: Behaviour, code: int, message: str, tmp_path: Path, env: dict[str, str]
 ) -> None:
     routes = {HF_INFO_ROUTE: HF_INFO} if reader == "hf-tree" else None
+    args = ("--signature-key", str(_public_key(tmp_path))) if reader == "signature-url" else ()
     with hostile(body, routes) as srv:
-        run = pull_from(srv, reader, tmp_path, env)
+        run = pull_from(srv, reader, tmp_path, env, *args)
     assert message in run.one_line_error()
     assert run.code == code
     # Before: 1.5-2 GB within 3-7 s, growing for as long as the server sent (killed at 2 GB).
-    assert run.peak_rss < RSS_BOUND, f"peak RSS {run.peak_rss / MiB:.0f} MB"
+    # A sharded model.sig of a 700 GB model is ~100 MB: its bound is MAX_SIGNATURE_SIZE (256 MiB).
+    bound = RSS_BOUND + (MAX_SIGNATURE_SIZE if reader == "signature-url" else 0)
+    assert run.peak_rss < bound, f"peak RSS {run.peak_rss / MiB:.0f} MB"
     assert run.seconds < 30
 
 

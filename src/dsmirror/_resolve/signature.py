@@ -36,12 +36,14 @@ from dsmirror._core.errors import (
     NoSourceError,
     SignatureInvalid,
     SourceError,
+    TooLarge,
     UsageError,
 )
 from dsmirror._core.fsutil import atomic_write_bytes, safe_join
 from dsmirror._core.settings import Settings
 from dsmirror._core.units import format_bytes
 from dsmirror._fetch.http import USER_AGENT, shared_ssl_context
+from dsmirror._fetch.metadata import MetadataSession
 from dsmirror._fetch.source import Source
 from dsmirror._formats.catalog import Catalog, Mirror, Publisher, plain_url_for
 from dsmirror._formats.hf import HfFile, HfListing
@@ -67,7 +69,7 @@ _PUBLISHER_HINT = (
 
 
 def load_signature(location: str, *, timeout: float = 30.0) -> bytes:
-    """The bytes of a ``model.sig`` at a path or an http(s) URL (bounded in size)."""
+    """The bytes of a ``model.sig`` at a path or an http(s) URL (bounded in size, and a URL in time)."""
     if not location.startswith(("http://", "https://")):
         try:
             with open(location, "rb") as fh:
@@ -77,24 +79,19 @@ def load_signature(location: str, *, timeout: float = 30.0) -> bytes:
         except OSError as exc:
             raise SignatureInvalid(f"cannot read it: {exc.strerror}", origin=location) from exc
     else:
+        # Bounded like every metadata read: decoded bytes and the whole exchange (``MetadataSession``).
         try:
-            with (
-                httpx.Client(follow_redirects=True, timeout=timeout, verify=shared_ssl_context()) as c,
-                c.stream("GET", location, headers={"User-Agent": USER_AGENT}) as r,
-            ):
-                if r.status_code in (404, 410):
-                    raise SignatureInvalid(
-                        f"HTTP {r.status_code}: there is no signature there", origin=location
-                    )
-                r.raise_for_status()
-                buf = bytearray()
-                for chunk in r.iter_bytes():
-                    buf += chunk
-                    if len(buf) > MAX_SIGNATURE_SIZE:
-                        break
-                data = bytes(buf)
-        except httpx.HTTPError as exc:
+            with MetadataSession(source=location, timeout=timeout) as session:
+                doc = session.get(location, limit=MAX_SIGNATURE_SIZE)
+        except TooLarge:
+            raise SignatureInvalid("too large to be a model signature", origin=location) from None
+        except SourceError as exc:
             raise SourceError(f"cannot fetch the signature {location}: {exc}", url=location) from exc
+        if doc.status in (404, 410):
+            raise SignatureInvalid(f"HTTP {doc.status}: there is no signature there", origin=location)
+        if doc.status != 200:
+            raise SourceError(f"cannot fetch the signature {location}: HTTP {doc.status}", url=location)
+        data = doc.body
     if len(data) > MAX_SIGNATURE_SIZE:
         raise SignatureInvalid("too large to be a model signature", origin=location)
     return data
