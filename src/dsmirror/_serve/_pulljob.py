@@ -31,7 +31,7 @@ from dsmirror._core.errors import AlreadyInProgress, DsmirrorError, IntegrityErr
 from dsmirror._core.events import Event, PieceRejected, Progress, PullFinished, SourceDropped
 from dsmirror._fetch.engine import EngineConfig, fetch
 from dsmirror._fetch.source import Source
-from dsmirror._formats.manifest import FileEntry, Manifest, Piece
+from dsmirror._formats.manifest import FileEntry, Manifest, NoPieceHashes, Piece
 from dsmirror._journal.store import Store
 from dsmirror._serve._digests import DigestCache
 from dsmirror._serve._upstream import UpstreamMetadata
@@ -425,7 +425,7 @@ class PullContext:
 def one_file_manifest(name: str, path: str, size: int, sha256: str, piece_size: int) -> Manifest:
     """A manifest of one file known by its whole-file SHA-256 only (no piece hashes)."""
     count = -(-size // piece_size)
-    return Manifest(name[:200], piece_size, (FileEntry(path, size, sha256, ("",) * count),))
+    return Manifest(name[:200], piece_size, (FileEntry(path, size, sha256, NoPieceHashes(count)),))
 
 
 def run_engine(

@@ -42,7 +42,7 @@ from dsmirror._fetch.swarm.config import (
 from dsmirror._fetch.swarm.session import REDIAL, SwarmSession, endpoint_text
 from dsmirror._fetch.swarm.source import SwarmSource
 from dsmirror._fetch.swarm.torrent import Torrent, create_torrent, derived_torrent, load_torrent
-from dsmirror._formats.manifest import FileEntry, Manifest
+from dsmirror._formats.manifest import FileEntry, Manifest, NoPieceHashes
 from dsmirror._formats.private import PrivateArea
 from dsmirror._verify.digest import hash_file_pieces
 
@@ -257,7 +257,7 @@ def store_seed_target(
             sha = d.sha256
             if f.digest and d.git_sha1 != f.digest:
                 raise IntegrityError(f"{model.root / f.disk} does not match its name: not seeding it")
-        entries.append(FileEntry(f.path, f.size, sha, ("",) * -(-f.size // ps)))
+        entries.append(FileEntry(f.path, f.size, sha, NoPieceHashes(-(-f.size // ps))))
     manifest = Manifest(model.name, ps, tuple(entries), meta={"ref": model.ref})
     cached = cache / f"{manifest.sha256}-{format}.torrent" if cache is not None else None
     disk = tuple((f.path, f.disk) for f in model.files)

@@ -55,7 +55,7 @@ from dsmirror._fetch.source import Source
 from dsmirror._formats.catalog import Catalog, Mirror
 from dsmirror._formats.hf import HfFile, HfListing, select_files
 from dsmirror._formats.hfcache import blob_rel, repo_folder, repo_folders
-from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, parse_manifest
+from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, NoPieceHashes, parse_manifest
 from dsmirror._formats.private import PrivateArea
 from dsmirror._install.hf import hf_after_install
 from dsmirror._install.records import record_after_install
@@ -189,7 +189,7 @@ def _manifest(name: str, piece_size: int, entries: Sequence[_Entry], meta: dict[
     files = []
     for e in entries:
         n = -(-e.file.size // piece_size)
-        pieces = e.pieces if e.pieces is not None else ("",) * n
+        pieces = e.pieces if e.pieces is not None else NoPieceHashes(n)
         files.append(FileEntry(e.manifest_path, e.file.size, e.sha256, pieces))
     m = Manifest(name[:200], piece_size, tuple(files), None, meta)
     return parse_manifest(m.canonical_bytes, origin=f"the listing of {name}")  # validates every path

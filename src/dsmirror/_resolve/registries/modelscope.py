@@ -28,7 +28,7 @@ from dsmirror._fetch.http import HttpSource
 from dsmirror._fetch.source import Source
 from dsmirror._formats.catalog import Catalog, Mirror
 from dsmirror._formats.hf import HfFile, select_files
-from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, parse_manifest
+from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, NoPieceHashes, parse_manifest
 from dsmirror._install.records import record_after_install
 from dsmirror._resolve.plan import PullOptions, PullPlan, select_mirrors, source_info
 from dsmirror._resolve.registries.client import RepoURLs, describe, get_metadata
@@ -184,7 +184,7 @@ def plan_modelscope(
     if not chosen:
         raise UsageError(f"no file of {model_id} matches the include/exclude globs")
     ps = DEFAULT_PIECE_SIZE
-    files = tuple(FileEntry(f.path, f.size, f.sha256 or "", ("",) * -(-f.size // ps)) for f in chosen)
+    files = tuple(FileEntry(f.path, f.size, f.sha256 or "", NoPieceHashes(-(-f.size // ps))) for f in chosen)
     meta = {"source": "modelscope", "repo": model_id, "revision": revision}
     manifest = parse_manifest(Manifest(name[:200], ps, files, None, meta).canonical_bytes, origin=model_id)
     dest = options.dest or Path.cwd() / model_id.split("/")[-1]

@@ -37,7 +37,7 @@ from dsmirror._core.settings import Settings
 from dsmirror._fetch.http import HttpSource
 from dsmirror._fetch.source import Source
 from dsmirror._formats.catalog import Catalog, Mirror
-from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, parse_manifest
+from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE, FileEntry, Manifest, NoPieceHashes, parse_manifest
 from dsmirror._formats.ollama import (
     DEFAULT_HOST,
     MANIFEST_V2,
@@ -157,7 +157,7 @@ def plan_ollama(
         mirrors, name, timeout=options.metadata_timeout, skipped=skipped
     )
     ps = DEFAULT_PIECE_SIZE
-    files = tuple(FileEntry(b.path, b.size, b.sha256, ("",) * -(-b.size // ps)) for b in blobs)
+    files = tuple(FileEntry(b.path, b.size, b.sha256, NoPieceHashes(-(-b.size // ps))) for b in blobs)
     meta = {
         "source": "ollama",
         "model": f"{name.host}/{name.namespace}/{name.name}:{name.tag}",
