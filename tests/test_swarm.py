@@ -27,6 +27,7 @@ from conftest import SWARM_PIECE, SWARM_SIZES, CliProcess, Swarmed, addr, free_p
 from dsmirror import Event, PieceRejected, PullFinished, PullOptions, SourceTrouble
 from dsmirror._fetch.swarm.config import SwarmConfig
 from dsmirror._fetch.swarm.source import SwarmSource
+from dsmirror._formats.private import PrivateArea
 from dsmirror._pull import resolve, run_plan
 from dsmirror._share.seed import seed_after_pull
 from dsmirror.testing import MirrorServer
@@ -518,6 +519,35 @@ def test_interrupted_swarm_pull_resumes(
     swarmed.model.assert_identical(dest)
     assert done.reused_bytes > 0 and done.downloaded_bytes < swarmed.model.total_size
     assert sw.stats.downloaded < swarmed.model.total_size
+
+
+def test_a_pull_whose_libtorrent_copy_is_complete_takes_it_with_no_peer_and_no_mirror(
+    swarmed: Swarmed, tmp_path: Path
+) -> None:
+    """libtorrent holds every piece (its bt/ copy) while the store holds none: the pull takes them.
+
+    A torrent with every piece is a seed, and a seed has no piece picker, so libtorrent reports no
+    availability. Its own copy must still reach the scheduler's view of what the swarm can get;
+    otherwise a pull with no mirror never hands the swarm a piece and gives up. The same stall hit
+    a pull whose last piece made libtorrent a seed between two peer scans, now and then: B in
+    test_pieces_fetched_over_http_reach_peers_during_the_pull.
+    """
+    dest = tmp_path / "out"
+    bt = PrivateArea(dest).partial(swarmed.manifest.sha256) / "bt"  # no bt.resume: libtorrent checks it
+    for rel in swarmed.model.sizes:
+        (bt / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(swarmed.model.root / rel, bt / rel)
+    events, (sw,) = pull(
+        tmp_path,
+        swarmed.manifest_path,
+        dest,
+        swarm=swarm_cfg(free_port(), torrent=swarmed.torrent_path),
+        give_up_after=15,
+    )
+    done = finished(events)
+    swarmed.model.assert_identical(dest)
+    assert done.delivered_by_source == {"swarm": swarmed.model.total_size}
+    assert sw.stats.downloaded == 0  # from its own copy: there was no peer
 
 
 # -- the scheduler's view of the swarm (Scheduler.set_peer_pieces) ---------------------

@@ -369,12 +369,16 @@ class SwarmSource:
         self._next_peer_scan = now + _PEER_SCAN
         assert self.map is not None
         avail = self.handle.piece_availability()
-        if len(avail) < len(self._have):
-            return  # no piece picker: libtorrent has every piece (or none yet)
+        if len(avail) < len(self._have) and not self.handle.status().is_seeding:
+            return  # no piece picker yet
+        # A seeding torrent has no piece picker (and no availability): libtorrent's own copy is
+        # the whole view then. Skipping it would hide the pieces it finished since the last scan
+        # (the last one it downloads makes it a seed) from the scheduler for good, and a pull
+        # with no mirror would wait for them until it gives up.
         have, mine, tainted = self._peer_have, self._have, self._tainted
         for i, t in enumerate(self.map.to_torrent):
             # libtorrent's own copy counts too (a bait piece, a piece finished after a cut).
-            v = 1 if t >= 0 and (avail[t] > 0 or mine[t]) and t not in tainted else 0
+            v = 1 if t >= 0 and ((t < len(avail) and avail[t] > 0) or mine[t]) and t not in tainted else 0
             if have[i] != v:
                 have[i] = v
         self._update_share()
