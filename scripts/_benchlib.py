@@ -163,10 +163,249 @@ def mirrors_serving(root: Path, specs: Sequence[MirrorSpec]) -> Iterator[list[Mi
         yield servers
 
 
+class SendfileServer:
+    """A plain asyncio HTTP/1.1 server of the files under ``root``: Range requests answered with
+    ``loop.sendfile`` (``sendfile(2)``), keep-alive, nothing else (no throttle, no faults).
+
+    It runs in a thread of the benchmark process (the client is another process, so none of its
+    work is charged to the client) and does as little per byte as a server can in Python: the
+    kernel copies the file to the socket. Same surface as :class:`MirrorServer` for the benches:
+    ``url``, ``bytes_served``, ``reset_counters()``, a context manager.
+    """
+
+    def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
+        require_loopback(host)
+        self._root = Path(root).resolve()
+        self._host = host
+        self._port = 0
+        self._loop: Any = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop: Any = None
+        self.bytes_served = 0
+        self.requests = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self._port}/"
+
+    def reset_counters(self) -> None:
+        self.bytes_served = 0
+        self.requests = 0
+
+    def __enter__(self) -> SendfileServer:
+        self._thread = threading.Thread(target=self._main, name="sendfile-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the sendfile server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _main(self) -> None:
+        import asyncio
+
+        async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            server = await asyncio.start_server(self._handle, self._host, 0, backlog=256)
+            self._port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            async with server:
+                await self._stop.wait()
+
+        asyncio.run(serve())
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        loop = self._loop
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                path = (self._root / target.split("?", 1)[0].lstrip("/")).resolve()
+                if method not in ("GET", "HEAD") or not path.is_file() or self._root not in path.parents:
+                    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                size = path.stat().st_size
+                start, end, status = 0, size - 1, "200 OK"
+                extra = ""
+                rng = headers.get("range", "")
+                if rng.startswith("bytes=") and "," not in rng:
+                    a, _, b = rng[6:].partition("-")
+                    if a:
+                        start, end = int(a), min(int(b), size - 1) if b else size - 1
+                    else:
+                        start, end = max(0, size - int(b)), size - 1
+                    if start > end:
+                        writer.write(
+                            f"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{size}\r\n"
+                            "Content-Length: 0\r\n\r\n".encode()
+                        )
+                        await writer.drain()
+                        continue
+                    status, extra = "206 Partial Content", f"Content-Range: bytes {start}-{end}/{size}\r\n"
+                n = end - start + 1
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\n"
+                    f"Accept-Ranges: bytes\r\n{extra}Content-Length: {n}\r\n\r\n".encode()
+                )
+                self.requests += 1
+                if method == "GET":
+                    with open(path, "rb") as fh:
+                        await loop.sendfile(writer.transport, fh, start, n)
+                    self.bytes_served += n
+                else:
+                    await writer.drain()
+        except (OSError, ValueError, EOFError, Exception):  # client gone, junk: end the connection
+            pass
+        finally:
+            writer.close()
+
+
+class NginxServer:
+    """Debian's nginx (``/usr/sbin/nginx``) serving ``root`` on ``host``, from a temporary prefix.
+
+    Started as a child process with its own configuration (no system config, pid file, logs or
+    temp folders; ``daemon off``, one worker, ``sendfile on``); bytes served are read from its
+    access log (``$body_bytes_sent`` of each request). Stopped with SIGQUIT (graceful), then
+    killed if it lingers.
+    """
+
+    BINARY = "/usr/sbin/nginx"
+
+    def __init__(self, root: Path, host: str = "127.0.0.1", *, workers: int = 1) -> None:
+        require_loopback(host)
+        self._root = Path(root).resolve()
+        self._host = host
+        self._workers = workers
+        self._prefix = CACHE / f"nginx-{host}"
+        self._port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_from = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self._port}/"
+
+    @property
+    def _log(self) -> Path:
+        return self._prefix / "access.log"
+
+    @property
+    def bytes_served(self) -> int:
+        with open(self._log, "rb") as fh:
+            fh.seek(self._log_from)
+            return sum(int(x) for x in fh.read().split() if x.isdigit())
+
+    def reset_counters(self) -> None:
+        self._log_from = self._log.stat().st_size if self._log.exists() else 0
+
+    def __enter__(self) -> NginxServer:
+        import socket
+
+        clear(self._prefix)
+        with socket.socket() as s:  # a free port (nginx cannot report the one it picked)
+            s.bind((self._host, 0))
+            self._port = s.getsockname()[1]
+        p = self._prefix
+        user = "user root root;\n" if os.geteuid() == 0 else ""  # workers can read the cache as root
+        conf = f"""{user}worker_processes {self._workers};
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    types {{ application/octet-stream safetensors; application/json json; }}
+    default_type application/octet-stream;
+    log_format bytes '$body_bytes_sent';
+    access_log {p}/access.log bytes;
+    client_body_temp_path {p}/tmp-body;
+    proxy_temp_path {p}/tmp-proxy;
+    fastcgi_temp_path {p}/tmp-fastcgi;
+    uwsgi_temp_path {p}/tmp-uwsgi;
+    scgi_temp_path {p}/tmp-scgi;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    keepalive_timeout 60s;
+    server {{
+        listen {self._host}:{self._port};
+        root {self._root};
+        location / {{ }}
+    }}
+}}
+"""
+        (p / "nginx.conf").write_text(conf)
+        self._log.touch()
+        self._proc = subprocess.Popen(
+            [self.BINARY, "-p", str(p), "-c", str(p / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(p / "stderr.log", "wb"),  # the child keeps it
+        )
+        import socket as _socket
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                _socket.create_connection((self._host, self._port), timeout=1).close()
+                break
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    err = (
+                        (p / "stderr.log").read_text(errors="replace")
+                        + (p / "error.log").read_text(errors="replace")
+                        if (p / "error.log").exists()
+                        else ""
+                    )
+                    self.__exit__()
+                    raise RuntimeError(f"nginx did not start: {err.strip()[-500:]}") from None
+                time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGQUIT)
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+SERVERS = ("dsmirror", "sendfile", "nginx")
+
+
+@contextlib.contextmanager
+def servers_serving(kind: str, root: Path, specs: Sequence[MirrorSpec]) -> Iterator[list[Any]]:
+    """``mirrors_serving`` for ``kind`` ``dsmirror`` (MirrorServer, which can throttle), or the
+    unthrottled ``sendfile`` (SendfileServer) and ``nginx`` (NginxServer) mirrors, one per spec."""
+    if kind == "dsmirror":
+        with mirrors_serving(root, specs) as servers:
+            yield servers
+        return
+    if any(s.rate is not None or s.latency for s in specs):
+        raise SystemExit(f"--server {kind} cannot throttle or add latency: use --server dsmirror")
+    cls = {"sendfile": SendfileServer, "nginx": NginxServer}[kind]
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(cls(root, host=s.host)) for s in specs]
+
+
 def write_catalog(
     path: Path,
     specs: Sequence[MirrorSpec],
-    servers: Sequence[MirrorServer],
+    servers: Sequence[Any],
     max_connections: int | None = None,
 ) -> None:
     lines = ["version: 1", "mirrors:"]

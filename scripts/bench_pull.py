@@ -6,9 +6,14 @@ One command::
     python scripts/bench_pull.py                     # 1 GiB, one unthrottled mirror, 3 runs each
     python scripts/bench_pull.py --size 256MiB --runs 1
     python scripts/bench_pull.py --mirrors 3 --cap 40MB/s
+    python scripts/bench_pull.py --server all        # the same against each of three servers
 
 It generates a model (three shards and two JSON files, cached under /tmp/dsmirror-bench), hashes it
-into a manifest (8 MiB pieces), serves it from ``--mirrors`` loopback mirrors (127.0.0.1, .2, ...),
+into a manifest (8 MiB pieces), serves it from ``--mirrors`` loopback mirrors (127.0.0.1, .2, ...) of the
+``--server`` kind: ``dsmirror`` (``dsmirror.testing.MirrorServer``, the only one that can throttle
+or add latency), ``sendfile`` (a plain asyncio server answering with ``sendfile(2)``) or ``nginx``
+(Debian's, from a temporary configuration); a fast server is where the client's own cost shows,
+since the mirror's CPU comes out of the same two cores. It
 exports the manifest as a Metalink with ``dsmirror manifest export --meta4``, then alternates
 
 - ``dsmirror pull MANIFEST --no-default-catalog --mirrors CATALOG --dest DIR --json`` (verifies
@@ -17,14 +22,17 @@ exports the manifest as a Metalink with ``dsmirror manifest export --meta4``, th
   every piece against the Metalink's piece hashes: --realtime-chunk-checksum is on by default),
   followed by ``sync -f DIR``, whose time is counted, so both write the data durably;
 
-into fresh folders, and prints wall time, throughput, CPU seconds (user + system) and peak RSS of
-each client process (measured with wait4), medians over the runs and the ratio dsmirror/aria2c.
+into fresh folders (``--no-reuse``: nothing is copied from an earlier run), and prints wall time,
+throughput, CPU seconds (user + system) and peak RSS of each client process (measured with wait4)
+and the machine's load with each run, medians over the runs and the ratios dsmirror/aria2c, per
+server.
 Every output is checked byte for byte against the manifest's SHA-256. Nothing leaves 127.0.0.0/8.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -37,8 +45,11 @@ from _benchlib import (
     GIB,
     MB,
     MIB,
+    SERVERS,
     Measurement,
     MirrorSpec,
+    Model,
+    NginxServer,
     bad_outputs,
     clear,
     client_env,
@@ -47,11 +58,11 @@ from _benchlib import (
     export_meta4,
     machine_note,
     median,
-    mirrors_serving,
     parse_size,
     prepare_model,
     read_json_lines,
     run_measured,
+    servers_serving,
     table,
     write_catalog,
 )
@@ -70,6 +81,11 @@ def main() -> int:
         type=int,
         default=None,
         help="max_connections of each mirror in dsmirror's catalog (default: dsmirror's own)",
+    )
+    ap.add_argument(
+        "--server",
+        default="dsmirror",
+        help=f"mirror server: {'|'.join(SERVERS)}|all, or a comma-separated list (default dsmirror)",
     )
     ap.add_argument("--tools", default="dsmirror,aria2c", help="comma-separated subset of dsmirror,aria2c")
     ap.add_argument(
@@ -94,7 +110,41 @@ def main() -> int:
     clear(work)
     specs = [MirrorSpec(f"m{i + 1}", f"127.0.0.{i + 1}", cap, args.latency) for i in range(args.mirrors)]
 
-    with mirrors_serving(model.root, specs) as servers:
+    kinds = list(SERVERS) if args.server == "all" else [k.strip() for k in args.server.split(",") if k]
+    for k in kinds:
+        if k not in SERVERS:
+            ap.error(f"--server: {k!r} is not one of {', '.join(SERVERS)}, all")
+    if "nginx" in kinds and not Path(NginxServer.BINARY).exists():
+        print(f"{NginxServer.BINARY} is missing (apt-get install -y nginx): skipping nginx", file=sys.stderr)
+        kinds.remove("nginx")
+    print(f"machine at the start: {machine_note()}")
+    failures = 0
+    summaries = []
+    for kind in kinds:
+        print(f"\n== server: {kind}")
+        results, bad = bench_one(args, kind, model, specs, cap, tools, work)
+        failures += bad
+        summaries.append((kind, results))
+    print(f"\nmachine at the end: {machine_note()}")
+    print(f"medians over {args.runs} run(s), {size / MB:,.0f} MB, files verified by SHA-256 after each run")
+    for kind, results in summaries:
+        print(f"\nserver {kind}:")
+        summarize(results, tools, size, args.runs)
+    return 1 if failures else 0
+
+
+def bench_one(
+    args: argparse.Namespace,
+    kind: str,
+    model: Model,
+    specs: list[MirrorSpec],
+    cap: int | None,
+    tools: list[str],
+    work: Path,
+) -> tuple[dict[str, list[Measurement]], int]:
+    """Interleaved runs of each tool against mirrors of ``kind``: the good measurements, failures."""
+    size = model.size
+    with servers_serving(kind, model.root, specs) as servers:
         catalog = work / "mirrors.yaml"
         write_catalog(catalog, specs, servers, args.connections)
         meta4 = work / "model.meta4"
@@ -118,7 +168,7 @@ def main() -> int:
         print(
             f"model: {size / GIB:.3f} GiB in {len(model.manifest.files)} files, "
             f"{model.manifest.num_pieces} pieces of {model.manifest.piece_size // MIB} MiB; "
-            f"mirrors: {', '.join(s.url for s in servers)} "
+            f"{kind} mirrors: {', '.join(s.url for s in servers)} "
             f"({'unthrottled' if cap is None else f'{cap / MB:g} MB/s each'}, "
             f"latency {args.latency * 1000:g} ms)"
         )
@@ -127,7 +177,6 @@ def main() -> int:
         print("  aria2c is followed by `sync -f DEST`, counted in its time; dsmirror fsyncs by itself.")
         if not args.drop_caches:
             warm(model.root)
-        print(f"machine: {machine_note()}")
 
         results: dict[str, list[Measurement]] = {t: [] for t in tools}
         failures = 0
@@ -171,19 +220,23 @@ def main() -> int:
                     f"run {run + 1} {tool:8s} {m.wall:7.2f} s  {size / m.wall / MB:7.1f} MB/s  "
                     f"cpu {m.cpu:6.2f} s  rss {m.maxrss / MIB:6.1f} MiB  served {served / size:5.3f}x  "
                     + ("ok" if ok else f"FAILED rc={m.returncode} bad={bad} (logs: {log}.*)")
-                    + note,
+                    + note
+                    + f"  load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
                 if ok:
                     results[tool].append(m)
                 shutil.rmtree(dest, ignore_errors=True)
 
-    print()
+    return results, failures
+
+
+def summarize(results: dict[str, list[Measurement]], tools: list[str], size: int, runs: int) -> None:
     rows = []
     for tool in tools:
         ms = results[tool]
         if not ms:
-            rows.append([tool, "-", "-", "-", "-", "-", "-", f"0/{args.runs}"])
+            rows.append([tool, "-", "-", "-", "-", "-", "-", f"0/{runs}"])
             continue
         wall = median([m.wall for m in ms])
         rows.append(
@@ -195,19 +248,22 @@ def main() -> int:
                 f"{median([m.user for m in ms]):.2f}",
                 f"{median([m.sys for m in ms]):.2f}",
                 f"{median([m.maxrss for m in ms]) / MIB:.1f}",
-                f"{len(ms)}/{args.runs}",
+                f"{len(ms)}/{runs}",
             ]
         )
-    print(f"machine at the end: {machine_note()}")
-    print(f"medians over {args.runs} run(s), {size / MB:,.0f} MB, files verified by SHA-256 after each run")
     print(table(["client", "wall s", "MB/s", "cpu s", "user s", "sys s", "peak RSS MiB", "ok"], rows))
     if len(tools) == 2 and all(results[t] for t in tools):
         d = median([m.wall for m in results["dsmirror"]])
         a = median([m.wall for m in results["aria2c"]])
         dc = median([m.cpu for m in results["dsmirror"]])
         ac = median([m.cpu for m in results["aria2c"]])
-        print(f"ratio dsmirror/aria2c: time {d / a:.2f}x (throughput {a / d:.2f}x), cpu {dc / ac:.2f}x")
-    return 1 if failures else 0
+        rs = median([m.maxrss for m in results["dsmirror"]]) / MIB
+        print(
+            f"ratio dsmirror/aria2c: time {d / a:.2f}x (throughput {a / d:.2f}x), cpu {dc / ac:.2f}x; "
+            f"floors (issue 14): throughput >= 1.5x {'met' if a / d >= 1.5 else 'NOT met'}, "
+            f"cpu <= 1.0x {'met' if dc <= ac else 'NOT met'}, "
+            f"peak RSS < 100 MiB {'met' if rs < 100 else 'NOT met'}"
+        )
 
 
 def warm(root: Path) -> None:
