@@ -12,15 +12,17 @@ manifest's own swarm (the v1 torrent derived from the manifest). Every host runs
 
 from __future__ import annotations
 
+import sys
 import urllib.parse
 from pathlib import Path
+from subprocess import PIPE
 
 import libtorrent as lt
 import pytest
 
 from _lan_hosts import Host, MiB, catalog, make_model, pull_argv, same_files, wait_all
 from dsmirror._fetch.swarm.torrent import derived_info_hash
-from dsmirror.testing.netns import NetnsSites, leftovers, tracker_unavailable
+from dsmirror.testing.netns import NetnsSites, Topology, leftovers, tracker_unavailable
 
 pytestmark = [
     pytest.mark.slow,
@@ -84,3 +86,65 @@ def test_two_sites_find_each_other_through_a_tracker(tmp_path: Path) -> None:
     assert all(b.get("swarm", 0) > 0 for b in by), by
     if ratio > FLOOR:  # issue 13's floor, not met yet (item 2; docs/design/swarm.md)
         pytest.xfail(f"origin served {ratio:.3f}x the model over two sites (floor {FLOOR}x)")
+
+
+# LSD's multicast group and port (libtorrent); a datagram sent there from a host of site 0.
+_SEND = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 8)
+for _ in range(20):
+    s.sendto(b"BT-SEARCH dsmirror-test", ("239.192.152.143", 6771)); time.sleep(0.1)
+"""
+_RECV = """
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", 6771))
+mreq = struct.pack("4s4s", socket.inet_aton("239.192.152.143"), socket.inet_aton(sys.argv[1]))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+s.settimeout(4)
+try:
+    print(s.recvfrom(100)[0].decode())
+except socket.timeout:
+    print("nothing")
+"""
+
+
+def test_multicast_stays_in_its_site_and_unicast_crosses(tmp_path: Path) -> None:
+    """What the tracker test rests on: LSD's multicast reaches the hosts of its own site only,
+    while unicast crosses the inter-site link (and is counted)."""
+    (tmp_path / "blob").write_bytes(b"x" * 300_000)
+    with NetnsSites([2, 1], inter_site="40mbit") as sites:
+        tag = sites.tag
+        recv = [  # site 0's second host, site 1's host
+            sites.popen(k, [sys.executable, "-c", _RECV, sites.addresses[k]], stdout=PIPE, text=True)
+            for k in (1, 2)
+        ]
+        sites.run(sites.namespaces[0], sys.executable, "-c", _SEND)
+        same_site, other_site = (p.communicate(timeout=10)[0].strip() for p in recv)
+        sites.serve(sites.namespaces[0], sites.addresses[0], tmp_path, stats=tmp_path / "stats.json")
+        before = sites.inter_site_bytes()
+        got = sites.fetch(sites.namespaces[2], f"http://{sites.addresses[0]}:8080/blob")
+        crossed = sites.inter_site_bytes() - before
+    assert leftovers(tag) == []
+    assert same_site == "BT-SEARCH dsmirror-test"
+    assert other_site == "nothing"
+    assert got == b"x" * 300_000
+    assert 300_000 < crossed < 400_000, crossed
+
+
+class _Broken(Topology):
+    def _make(self) -> None:
+        br = self.add_bridge("br")
+        self.attach(self.add_namespace("a"), br, "10.81.0.1")
+        self.wire(self.add_namespace("b"), self.add_namespace("c"), "10.81.1.1", "10.81.1.2")
+        raise RuntimeError("a step of the build failed")
+
+
+def test_a_failed_build_leaves_no_namespace_veth_or_bridge() -> None:
+    t = _Broken()
+    with pytest.raises(RuntimeError, match="step of the build"):
+        t.build()
+    assert leftovers(t.tag) == []
+    t.close()  # idempotent
