@@ -6,6 +6,7 @@ One command (as root: it builds the LAN with ``ip netns``, veth, a bridge and ``
     python scripts/bench_lan.py                           # 3 hosts, 96 MiB, 1 MiB pieces, 12 MB/s
     python scripts/bench_lan.py --hosts 3 4 8 --stagger 0 5 --runs 3
     python scripts/bench_lan.py --size 32MiB --upstream-rate 4MB/s      # quicker
+    python scripts/bench_lan.py --sites 2 2 --inter-site 100mbit         # two offices and a tracker
 
 The office is :class:`dsmirror.testing.netns.NetnsLan`: N hosts, each a network namespace with its
 own address on one bridge (real multicast, so LSD works between them), and the upstream mirror
@@ -22,6 +23,12 @@ namespaces. Three scenarios run side by side, interleaved run by run, the same h
            this script's ``--lt-client`` mode, LSD on, DHT off, TCP only like dsmirror) given a v1
            torrent of the model whose url-list (BEP 19) is the upstream: the web seed.
 
+``--sites 2 2`` runs them on :class:`dsmirror.testing.netns.NetnsSites` instead (or as well, with
+``--hosts``): two sites of two hosts, each behind a router, joined by a shaped inter-site link, the
+origin and Debian's ``opentracker`` on a WAN. LSD stays inside a site; the tracker (the catalog's
+``bittorrent`` mirror for dsmirror, announced in the anchor's torrent) joins the sites. The bytes
+that crossed the inter-site links are printed too.
+
 For each it prints the bytes the upstream served divided by the model size (issue 13's floor:
 1.05 for ``zero``) and each host's time from its own start to a complete model, against the time
 one copy takes over the uplink (floor: the last host within 1.25x of it). ``--stagger S`` starts
@@ -37,6 +44,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,8 +69,8 @@ from _benchlib import (
     table,
 )
 from dsmirror import load_manifest
-from dsmirror._fetch.swarm.torrent import create_torrent, with_torrent_hashes
-from dsmirror.testing.netns import NetnsLan, Upstream, unavailable
+from dsmirror._fetch.swarm.torrent import create_torrent, derived_info_hash, with_torrent_hashes
+from dsmirror.testing.netns import NetnsLan, NetnsSites, Upstream, tracker_unavailable, unavailable
 
 SCENARIOS = {
     "zero": "dsmirror zero-config",
@@ -150,7 +158,7 @@ class Client:
 @dataclasses.dataclass
 class Run:
     scenario: str
-    hosts: int
+    office: str  # "3": three hosts on one LAN; "2+2": two sites of two
     stagger: float
     ratio: float
     times: list[float]
@@ -158,6 +166,7 @@ class Run:
     load: float
     errors: list[str]
     wall: float  # from the first host's start to the last one's finish
+    inter_site: float | None  # bytes over the inter-site links / model size (sites only)
 
 
 @dataclasses.dataclass
@@ -170,8 +179,9 @@ class Setup:
     connections: int | None
 
 
-def prepare(model: Model, up_url: str, work: Path) -> tuple[Path, Path]:
-    """The shared manifest (recording its torrent's info-hashes) and the anchor's web-seeded torrent."""
+def prepare(model: Model, up_url: str, work: Path, tracker: str | None) -> tuple[Path, Path]:
+    """The shared manifest (recording its torrent's info-hashes) and the anchor's web-seeded torrent
+    (announcing to ``tracker`` too, if given)."""
     import libtorrent as lt
 
     folder = model.manifest_path.parent
@@ -184,10 +194,18 @@ def prepare(model: Model, up_url: str, work: Path) -> tuple[Path, Path]:
     files = lt.list_files(str(model.root))  # name: the folder's name, which the upstream serves
     ct = lt.create_torrent(files, model.manifest.piece_size, lt.create_torrent.v1_only)
     ct.add_url_seed(up_url)  # multi-file: the client asks for up_url + name/path
+    if tracker:
+        ct.add_tracker(tracker, 0)
     lt.set_piece_hashes(ct, str(model.root.parent))
     lt_torrent.write_bytes(bytes(lt.bencode(ct.generate())))
     load_manifest(manifest_path)
     return manifest_path, lt_torrent
+
+
+def lt_info_hash(torrent: Path) -> str:
+    import libtorrent as lt
+
+    return str(lt.torrent_info(str(torrent)).info_hashes().v1)
 
 
 def argv_of(scenario: str, s: Setup, catalog: Path, dest: Path) -> list[str]:
@@ -201,12 +219,20 @@ def argv_of(scenario: str, s: Setup, catalog: Path, dest: Path) -> list[str]:
 
 
 def run_scenario(
-    lan: NetnsLan, up: Upstream, catalog: Path, scenario: str, stagger: float, s: Setup, k_run: int
+    net: NetnsLan | NetnsSites,
+    up: Upstream,
+    catalog: Path,
+    scenario: str,
+    stagger: float,
+    s: Setup,
+    k_run: int,
 ) -> Run:
-    n = lan.n
-    base = s.work / f"{scenario}-n{n}-s{stagger:g}-r{k_run}"
+    n = len(net.namespaces)
+    office = str(n) if isinstance(net, NetnsLan) else "+".join(map(str, net.sites))
+    base = s.work / f"{scenario}-{office}-s{stagger:g}-r{k_run}"
     clear(base)
     served0 = up.bytes_served
+    inter0 = net.inter_site_bytes() if isinstance(net, NetnsSites) else 0
     load = os.getloadavg()[0]
     clients: list[Client] = []
     t0 = time.monotonic()
@@ -216,7 +242,7 @@ def run_scenario(
             i = len(clients)
             dest = base / f"dest{i}"
             with open(base / f"stderr{i}.txt", "w") as err:
-                proc = lan.popen(
+                proc = net.popen(
                     i,
                     argv_of(scenario, s, catalog, dest),
                     stdout=subprocess.PIPE,
@@ -238,6 +264,7 @@ def run_scenario(
             break
         time.sleep(0.05)
     served = up.bytes_served - served0
+    inter = (net.inter_site_bytes() - inter0) / s.model.size if isinstance(net, NetnsSites) else None
     for c in clients:
         if c.proc.poll() is None:
             c.proc.send_signal(signal.SIGTERM)
@@ -259,8 +286,8 @@ def run_scenario(
     errors = [f"{c.name}: {c.error}" for c in clients if c.error]
     errors += [f"host{i + 1}: not started" for i in range(len(clients), n)]
     return Run(
-        scenario, n, stagger, served / s.model.size, [c.seconds for c in clients],
-        [c.from_swarm() for c in clients], load, errors, wall,
+        scenario, office, stagger, served / s.model.size, [c.seconds for c in clients],
+        [c.from_swarm() for c in clients], load, errors, wall, inter,
     )  # fmt: skip
 
 
@@ -269,7 +296,12 @@ def main() -> None:
         lt_client(*sys.argv[2:4])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hosts", type=int, nargs="+", default=[3], help="N hosts (several: 3 4 8)")
+    ap.add_argument("--hosts", type=int, nargs="+", default=None, help="N hosts (several: 3 4 8; default 3)")
+    ap.add_argument(
+        "--sites", type=int, nargs="+", default=None,
+        help="also two or more sites of these many hosts (2 2) joined by --inter-site links, with a tracker",
+    )  # fmt: skip
+    ap.add_argument("--inter-site", default="100mbit", help="each inter-site link's rate (tc units)")
     ap.add_argument("--stagger", type=float, nargs="+", default=[0.0], help="seconds between starts (0 5)")
     ap.add_argument("--runs", type=int, default=1, help="runs of each scenario (medians printed)")
     ap.add_argument("--size", default="96MiB", help="model size (default 96MiB)")
@@ -281,41 +313,59 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per scenario run")
     ap.add_argument("--fresh", action="store_true", help="regenerate the cached model")
     args = ap.parse_args()
-    why = unavailable()
+    why = tracker_unavailable() if args.sites else unavailable()
     if why:
         sys.exit(f"bench_lan: {why}")
     size, piece = parse_size(args.size), parse_size(args.piece_size)
     rate = parse_size(args.upstream_rate)
     scenarios = args.scenario or list(SCENARIOS)
     model = prepare_model(size, piece, fresh=args.fresh)
-    work = CACHE / "lan-netns"
+    work = CACHE / "lan-netns" / str(os.getpid())  # two benches at once must not share it
     clear(work)
     one_copy = model.size / rate
     # The link is a little faster than the mirror's own bucket, which is what limits it.
     uplink = f"{max(1, round(rate * 8 * 1.1 / 1e6))}mbit"
     runs: list[Run] = []
-    for n in args.hosts:
-        with NetnsLan(n, uplink=uplink, delay_ms=args.delay_ms) as lan:
+    offices: list[NetnsLan | NetnsSites] = []
+    for n in args.hosts or ([] if args.sites else [3]):
+        offices.append(NetnsLan(n, uplink=uplink, delay_ms=args.delay_ms))
+    if args.sites:
+        offices.append(NetnsSites(args.sites, inter_site=args.inter_site, origin_uplink=uplink))
+    labels: list[str] = []
+    for net in offices:
+        with net:
+            label = str(net.n) if isinstance(net, NetnsLan) else "+".join(map(str, net.sites))
+            labels.append(label)
             # The upstream serves the model's parent folder: dsmirror's mirror is its files/ folder,
             # the web seed asks for <torrent name>/<path> = files/<path>.
-            up = lan.upstream(model.root.parent, rate=rate, stats=work / f"stats-{n}.json")
-            setup = Setup(model, *prepare(model, up.url, work), work, args.timeout, args.connections)
+            up = net.upstream(model.root.parent, rate=rate, stats=work / f"stats-{label}.json")
+            announce = None
+            if isinstance(net, NetnsSites):
+                announce = f"http://{net.tracker_address}:6969/announce"
+            setup = Setup(
+                model, *prepare(model, up.url, work, announce), work, args.timeout, args.connections
+            )
             catalog = work / "upstream.yaml"
             url = f"{up.url}{model.root.name}/"
-            catalog.write_text(
-                f'version: 1\nmirrors:\n  - name: upstream\n    kind: http\n    url: "{url}"\n'
-            )
+            text = f'version: 1\nmirrors:\n  - name: upstream\n    kind: http\n    url: "{url}"\n'
+            if isinstance(net, NetnsSites):  # the swarm's tracker: the manifest's own and the anchor's
+                derived = derived_info_hash(load_manifest(setup.manifest_path))
+                assert derived is not None
+                net.start_tracker([derived, str(lt_info_hash(setup.lt_torrent))])
+                text += f'  - name: tracker\n    kind: bittorrent\n    url: "{announce}"\n'
+            catalog.write_text(text)
             for stagger in args.stagger:
                 for k in range(args.runs):
                     order = scenarios[k % len(scenarios) :] + scenarios[: k % len(scenarios)]
                     for sc in order:  # interleaved, and rotated run by run
-                        r = run_scenario(lan, up, catalog, sc, stagger, setup, k)
+                        r = run_scenario(net, up, catalog, sc, stagger, setup, k)
                         runs.append(r)
                         times = " ".join(f"{t:.1f}" for t in r.times)
+                        inter = f", inter-site {r.inter_site:.3f}x" if r.inter_site is not None else ""
                         print(
-                            f"N={n} stagger {stagger:g} s run {k + 1}: {SCENARIOS[sc]:<22} upstream "
-                            f"{r.ratio:.3f}x, hosts {times} s, all done {r.wall:.1f} s, load {r.load:.2f}"
-                            + (f"  ERRORS {r.errors}" if r.errors else ""),
+                            f"{label} stagger {stagger:g} s run {k + 1}: {SCENARIOS[sc]:<22} upstream "
+                            f"{r.ratio:.3f}x{inter}, hosts {times} s, all done {r.wall:.1f} s, "
+                            f"load {r.load:.2f}" + (f"  ERRORS {r.errors}" if r.errors else ""),
                             flush=True,
                         )
     print()
@@ -325,17 +375,20 @@ def main() -> None:
         f"{one_copy:.1f} s; {args.runs} run(s) each, medians; {machine_note()}"
     )
     rows = []
-    for n in args.hosts:
+    for label in labels:
+        n = sum(int(x) for x in label.split("+"))
         for stagger in args.stagger:
             for sc in scenarios:
-                rs = [r for r in runs if (r.scenario, r.hosts, r.stagger) == (sc, n, stagger)]
+                rs = [r for r in runs if (r.scenario, r.office, r.stagger) == (sc, label, stagger)]
+                inters = [r.inter_site for r in rs if r.inter_site is not None]
                 per_host = [median([r.times[i] for r in rs if i < len(r.times)]) for i in range(n)]
                 swarm = [median([float(r.swarm[i] or 0) for r in rs if i < len(r.swarm)]) for i in range(n)]
                 last = median([max(r.times) for r in rs]) if rs else float("nan")
                 errs = sorted({e for r in rs for e in r.errors})
                 rows.append(
                     [
-                        SCENARIOS[sc], str(n), f"{stagger:g} s", f"{median([r.ratio for r in rs]):.3f}",
+                        SCENARIOS[sc], label, f"{stagger:g} s", f"{median([r.ratio for r in rs]):.3f}",
+                        f"{median(inters):.3f}" if inters else "-",
                         " ".join(f"{t:.1f}" for t in per_host), f"{last / one_copy:.2f}",
                         f"{median([r.wall for r in rs]):.1f} s",
                         " ".join(f"{b / MIB:.0f}" for b in swarm) if sc != "lt" else "-",
@@ -344,17 +397,21 @@ def main() -> None:
                 )  # fmt: skip
     print(
         table(
-            ["scenario", "N", "stagger", "upstream/model", "host times (s)", "slowest/one copy",
+            ["scenario", "hosts", "stagger", "upstream/model", "inter-site/model", "host times (s)",
+             "slowest/one copy",
              "all done", "from peers (MiB)", "load", "status"],
             rows,
         )
     )  # fmt: skip
     print(
-        "host times: each from its own start; all done: from the first start to the last finish.\n"
+        "host times: each from its own start; all done: from the first start to the last finish;\n"
+        "inter-site: bytes over the links between sites (both ways, headers included) / model size.\n"
         "floors (issue 13): dsmirror zero-config upstream/model <= 1.05, slowest/one copy <= 1.25"
     )
     if any(r.errors for r in runs):
+        print(f"outputs and logs kept in {work}")
         sys.exit(1)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
