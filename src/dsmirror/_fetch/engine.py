@@ -160,9 +160,14 @@ def _guarded(src: Source, chunks: Iterator[bytes]) -> Iterator[bytes]:
 @contextlib.contextmanager
 def _source_range(src: Source, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
     """``src.open_range`` contained (see Containment): what the body of the ``with`` raises (the
-    engine's hashing and writing) passes through untouched."""
+    engine's hashing and writing) passes through untouched.
+
+    A source that offers ``open_range_views`` (HTTP) is read through it: the engine hashes and
+    writes each chunk (or copies it into a racer's buffer) before it asks for the next, so a chunk
+    may be a view of the connection's own buffer (one copy from the kernel, no allocation)."""
+    opener = getattr(src, "open_range_views", None) or src.open_range
     with _blamed(src):
-        cm = src.open_range(file, start, end)
+        cm = opener(file, start, end)
         chunks = cm.__enter__()
     try:
         yield _guarded(src, chunks)

@@ -11,6 +11,10 @@ Errors are translated here, at the call site, into the most specific ``SourceErr
 whatever else a server can make a library raise (an unusable redirect target fails in idna, a
 broken handshake in ssl, a malformed head in h11): one source's failure, never the pull's.
 
+Plain http goes through ``dsmirror._fetch.wire`` (a lean HTTP/1.1 client reading into one buffer per
+connection), unless a proxy from the environment applies or a transport was injected; https and
+proxied requests through httpx. Both answer through the same checks (``_check``, ``_iter``).
+
 Bounded: a response head must be complete within ``connect_timeout + stall_timeout`` (a server
 that trickles its head a byte at a time is a stalled source), a body is read for exactly the bytes
 asked, and ``close()`` shuts the source's open connections down, so a thread blocked on a server
@@ -44,6 +48,7 @@ from dsmirror._core.errors import (
     Stalled,
     URLExpired,
 )
+from dsmirror._fetch import wire
 from dsmirror._fetch.source import Source
 from dsmirror._fetch.transport import Deadline, Sockets, bounded
 from dsmirror._formats.manifest import FileEntry
@@ -115,9 +120,18 @@ class HttpSource(Source):
     _sockets: Sockets = field(init=False, repr=False, default_factory=Sockets)
     _resolved: dict[str, _Resolved] = field(init=False, repr=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _wire: wire.Pool | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         n = max(1, self.info.max_connections) + 2
+        if self.transport is None:
+            self._wire = wire.Pool(
+                self._sockets,
+                connect_timeout=self.connect_timeout,
+                stall_timeout=self.stall_timeout,
+                max_idle=n,
+                user_agent=USER_AGENT,
+            )
         self._client = self._sockets.arm(
             httpx.Client(
                 timeout=httpx.Timeout(self.stall_timeout, connect=self.connect_timeout),
@@ -138,15 +152,36 @@ class HttpSource(Source):
     def close(self) -> None:
         """Release connections; a request still in flight in another thread fails at once."""
         self._sockets.abort()
+        if self._wire is not None:
+            self._wire.close()
         self._client.close()
 
+    def open_range(
+        self, file: FileEntry, start: int, end: int
+    ) -> contextlib.AbstractContextManager[Iterator[bytes]]:
+        return self._range(file, start, end, borrowed=False)  # type: ignore[return-value]
+
+    def open_range_views(
+        self, file: FileEntry, start: int, end: int
+    ) -> contextlib.AbstractContextManager[Iterator[bytes | memoryview]]:
+        """``open_range``, for a caller that is done with each chunk before it asks for the next
+        (the fetch engine): chunks may be views of a connection's buffer, valid until then.
+
+        A subclass that overrides ``open_range`` gets its own ``open_range`` used here.
+        """
+        if type(self).open_range is not HttpSource.open_range:
+            return self.open_range(file, start, end)
+        return self._range(file, start, end, borrowed=True)
+
     @contextlib.contextmanager
-    def open_range(self, file: FileEntry, start: int, end: int) -> Iterator[Iterator[bytes]]:
+    def _range(
+        self, file: FileEntry, start: int, end: int, *, borrowed: bool
+    ) -> Iterator[Iterator[bytes | memoryview]]:
         origin = self.url_for(file)
         for attempt in range(2):
             url = self._cached_url(origin)
             try:
-                with self._open(origin, url, file, start, end) as chunks:
+                with self._open(origin, url, file, start, end, borrowed) as chunks:
                     yield chunks
                 return
             except URLExpired:
@@ -165,8 +200,8 @@ class HttpSource(Source):
 
     @contextlib.contextmanager
     def _open(
-        self, origin: str, url: str, file: FileEntry, start: int, end: int
-    ) -> Iterator[Iterator[bytes]]:
+        self, origin: str, url: str, file: FileEntry, start: int, end: int, borrowed: bool
+    ) -> Iterator[Iterator[bytes | memoryview]]:
         origin_host = urlsplit(origin).netloc
         for _ in range(10):
             same_host = urlsplit(url).netloc == origin_host
@@ -185,15 +220,21 @@ class HttpSource(Source):
                 if url != origin:
                     with self._lock:
                         self._resolved[origin] = _Resolved(url, time.monotonic(), not same_host)
-                yield self._iter(resp, url, end - start + 1)
+                if isinstance(resp, wire.Response):
+                    yield self._iter_wire(resp, url, end - start + 1, borrowed)
+                else:
+                    yield self._iter(resp, url, end - start + 1)
                 return
             finally:
                 resp.close()
         raise BadResponse("too many redirects", source=self.name, url=redact(origin))
 
-    def _send(self, url: str, headers: Mapping[str, str]) -> httpx.Response:
+    def _send(self, url: str, headers: Mapping[str, str]) -> httpx.Response | wire.Response:
         """The response head of a GET of ``url``, complete within the head deadline, or SourceError."""
         where = {"source": self.name, "url": redact(url)}
+        target = self._wire_target(url, headers)
+        if target is not None:
+            return self._send_wire(*target, headers, where)
         try:
             req = self._client.build_request("GET", url, headers=headers)
         except Exception as exc:  # httpx.InvalidURL, idna.IDNAError, ...
@@ -210,6 +251,67 @@ class HttpSource(Source):
             raise SourceUnavailable(f"cannot connect: {exc}", **where) from exc
         except Exception as exc:  # ssl, h11, idna, ...: whatever the server made a library raise
             raise SourceUnavailable(f"{type(exc).__name__}: {exc}", **where) from exc
+
+    def _wire_target(self, url: str, headers: Mapping[str, str]) -> tuple[str, int, str] | None:
+        """(host, port, request target) when ``url`` goes through ``wire``: plain http, no user
+        info, no proxy from the environment for it, a target and fields that need no encoding."""
+        if self._wire is None or not url.startswith("http://"):
+            return None
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port or 80
+            if not host or parts.username is not None or parts.password is not None:
+                return None
+            # httpx's own choice of transport for the URL: its transport unless a proxy applies.
+            if self._client._transport_for_url(httpx.URL(url)) is not self._client._transport:
+                return None
+        except Exception:  # an unusable URL: httpx says why (see _send)
+            return None
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if not wire.usable_target(target, headers):
+            return None
+        return host, port, target
+
+    def _send_wire(
+        self, host: str, port: int, target: str, headers: Mapping[str, str], where: Mapping[str, str]
+    ) -> wire.Response:
+        assert self._wire is not None
+        head = Deadline(self.connect_timeout + self.stall_timeout)
+        try:
+            with bounded(head):
+                return self._wire.get(host, port, target, headers)
+        except TimeoutError as exc:
+            if head.left() <= 0:
+                raise Stalled(f"no complete response head within {head.seconds:g} s", **where) from exc
+            raise Stalled(f"timed out: {exc or type(exc).__name__}", **where) from exc
+        except OSError as exc:
+            raise SourceUnavailable(f"cannot connect: {exc or type(exc).__name__}", **where) from exc
+        except wire.WireError as exc:
+            raise SourceUnavailable(f"RemoteProtocolError: {exc}", **where) from exc
+        except Exception as exc:  # idna (a host name), ...: whatever the server made a library raise
+            raise SourceUnavailable(f"{type(exc).__name__}: {exc}", **where) from exc
+
+    def _iter_wire(
+        self, resp: wire.Response, url: str, length: int, borrowed: bool
+    ) -> Iterator[bytes | memoryview]:
+        """``_iter`` for an answer read by ``wire``."""
+        left = length
+        where = {"source": self.name, "url": redact(url)}
+        try:
+            for chunk in resp.iter_body(borrowed=borrowed):
+                if len(chunk) > left:
+                    yield chunk[:left]
+                    raise BadResponse(f"sent more than the {length} bytes asked for", **where)
+                left -= len(chunk)
+                yield chunk
+        except TimeoutError as exc:
+            raise Stalled("no bytes received for too long", **where) from exc
+        except OSError as exc:
+            raise SourceUnavailable(f"connection broke: {exc or type(exc).__name__}", **where) from exc
+        except wire.WireError as exc:
+            raise SourceUnavailable(f"connection broke: {exc}", **where) from exc
+        if left:
+            raise SourceUnavailable(f"the response ended {left} of {length} bytes early", **where)
 
     def _redirect_target(self, url: str, location: str) -> str:
         try:
@@ -252,7 +354,13 @@ class HttpSource(Source):
             )
 
     def _check(
-        self, resp: httpx.Response, url: str, redirected: bool, file: FileEntry, start: int, end: int
+        self,
+        resp: httpx.Response | wire.Response,
+        url: str,
+        redirected: bool,
+        file: FileEntry,
+        start: int,
+        end: int,
     ) -> None:
         st = resp.status_code
         where = {"source": self.name, "url": redact(url)}

@@ -11,7 +11,8 @@ So every connection of a client armed here (``Sockets.arm``) goes through a netw
   response head a source is waiting for), and fails with httpcore's own timeout errors (which
   httpx maps to ``httpx.TimeoutException``) once one has passed; each deadline counts the bytes
   read while it is active, so a caller can tell "no answer" from "an answer that never ended";
-- is registered with its ``Sockets``, whose ``abort()`` shuts every open socket down
+- is registered with its ``Sockets`` (as are the raw connections of ``dsmirror._fetch.wire``,
+  which bound themselves with ``clamp``), whose ``abort()`` shuts every open socket down
   (``shutdown(2)``, which does wake a blocked reader: its ``recv`` returns end-of-file) and
   refuses new connections, so a stuck request ends at once and no thread is left waiting on a
   server that will never answer.
@@ -34,14 +35,14 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpcore
 import httpx
 
 from dsmirror._core.clock import Clock, SystemClock
 
-__all__ = ["Deadline", "Sockets", "bounded"]
+__all__ = ["Deadline", "Sockets", "bounded", "clamp", "count_received"]
 
 
 @dataclass
@@ -81,6 +82,21 @@ def _clamp(timeout: float | None, expired: type[Exception]) -> float | None:
     if left <= 0:
         raise expired("the deadline passed")
     return left if timeout is None else min(timeout, left)
+
+
+def clamp(timeout: float | None) -> float | None:
+    """``timeout`` clamped to the calling thread's active deadlines; TimeoutError once one passed.
+
+    For sockets dsmirror drives itself (``dsmirror._fetch.wire``): call it before each blocking
+    operation and use the result as the socket's timeout.
+    """
+    return _clamp(timeout, TimeoutError)
+
+
+def count_received(n: int) -> None:
+    """``n`` bytes were read by the calling thread: counted in each of its active deadlines."""
+    for d in _active.get():
+        d.received += n
 
 
 class _Stream(httpcore.NetworkStream):
@@ -153,12 +169,16 @@ class _Backend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+class _Shuttable(Protocol):
+    def shutdown(self) -> None: ...
+
+
 class Sockets:
     """The open connections of the clients armed with it; ``abort()`` ends them all at once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: set[_Stream] = set()
+        self._open: set[_Stream | _Shuttable] = set()
         self._aborted = False
 
     def arm(self, client: httpx.Client) -> httpx.Client:
@@ -180,6 +200,25 @@ class Sockets:
             streams = list(self._open)
         for s in streams:
             s.shutdown()
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
+
+    def track(self, conn: _Shuttable) -> bool:
+        """Register a connection dsmirror drives itself (``shutdown()`` on abort); False if aborted.
+
+        The caller closes ``conn`` when False, and calls ``forget`` when it closes it.
+        """
+        with self._lock:
+            if self._aborted:
+                return False
+            self._open.add(conn)
+            return True
+
+    def forget(self, conn: _Shuttable) -> None:
+        with self._lock:
+            self._open.discard(conn)
 
     def _check_open(self) -> None:
         if self._aborted:
