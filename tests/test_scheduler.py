@@ -167,11 +167,17 @@ class Simulation:
         self.fetched = {s.name: 0 for s in sources}
         self.by_name = {s.name: s for s in sources}
         self.tokens = {s.name: 0.0 for s in sources}
+        self.partials: dict[int, int] = {}  # piece -> bytes a stopped connection left of it
         self.grants = random.Random(seed)
 
     def _end(self, c: _Conn, error: BaseException | None = None) -> None:
-        assert c.a is not None
-        self.sched.release(c.a, error)
+        a = c.a
+        assert a is not None
+        if not a.race and a.next_piece < a.end and 0 < a.piece_bytes < self.m.pieces[a.next_piece].length:
+            # The engine keeps what a connection fetched of the piece it stops in (its
+            # _stash_partial); the next connection to fetch that piece continues there.
+            self.partials[a.next_piece] = a.piece_bytes
+        self.sched.release(a, error)
         c.a = None
 
     def run(self, limit: float = 600.0) -> SimResult:
@@ -192,6 +198,9 @@ class Simulation:
                         c.wake = now + min(got, 1.0)
                     else:
                         c.a, c.started, c.last_byte = got, now, now
+                        pos = self.partials.pop(got.next_piece, 0) if not got.race else 0
+                        if pos and self.sched.may_mix(got.next_piece):
+                            self.sched.resumed(got, pos)
             for src in self.sources:
                 active = [c for c in self.conns if c.src is src and c.a is not None]
                 if not active:
@@ -961,22 +970,23 @@ def test_bench_degrade_follows_the_drop() -> None:
     assert sum(r.fetched.values()) <= 1.01 * m.total_size
 
 
-@pytest.mark.parametrize("seed", [1, 4, 5])
+@pytest.mark.parametrize("seed", [3, 9, 12, 13])
 def test_bench_degrade_through_token_buckets(seed: int) -> None:
     # The degrade case with the mirrors' bandwidth handed out in chunks to random connections, as
     # dsmirror.testing's mirrors do: one connection's rate over a second is then noisy. Before
-    # (the owner's own rate for the cut, one split per piece) the degraded near mirror's last
-    # fronts ended 1-2 s after everything else: 1.061x, 1.065x, 1.059x the ideal time for these
-    # seeds (seeds 1-8: median 1.060x; the real bench: 1.05-1.09x). With the cut planned at the
-    # source's share and a second split of a piece whose front or first helper lags: 1.035x,
-    # 1.039x, 1.023x (seeds 1-8: median 1.032x, at most 1.044x; fetched at most 1.018x the model).
+    # (the owner's own rate for the cut, one split per piece), with these seeds the degraded near
+    # mirror's last fronts ended 1-2 s after everything else: 1.059x, 1.067x, 1.057x, 1.076x the
+    # ideal time (seeds 1-16: median 1.027x, 4 of 16 above 1.05x; the real bench: 1.05-1.09x).
+    # With the cut planned at the source's share and a second split of a piece whose front or
+    # first helper lags: 1.031x, 1.025x, 1.027x, 1.023x (seeds 1-16: median 1.020x, at most
+    # 1.031x; fetched at most 1.013x the model).
     m = bench_model()
     at = m.total_size / 2 / 68e6
     near = bench_sources(near=lambda t: 40e6 if t < at else 0.8e6, bucket=True)
     r = Simulation(m, near, seed=seed).run()
     ideal_s = at + m.total_size / 2 / (68e6 - 0.98 * 40e6)
-    assert r.seconds <= 1.045 * ideal_s, (r.seconds, ideal_s)
-    assert sum(r.fetched.values()) <= 1.025 * m.total_size
+    assert r.seconds <= 1.04 * ideal_s, (r.seconds, ideal_s)
+    assert sum(r.fetched.values()) <= 1.015 * m.total_size
 
 
 def test_bench_static_through_token_buckets() -> None:
