@@ -84,7 +84,9 @@ def scheduler(m: Manifest, *, lan: bytearray | None = None) -> Scheduler:
     for info in infos:
         sched.set_prior(info.name, 1e6)
     if lan is not None:
-        sched.set_peer_pieces("lan", lan)
+        sched.set_lan_hosts("lan", "me", [], 1)  # met a peer: mirrors may start (dsmirror._schedule.lan)
+        assert isinstance(sched.clock, FakeClock)
+        sched.clock.advance(1.0)
     a = sched.acquire("m2")
     assert isinstance(a, Assignment)
     sched.release(a, SourceNotFound("404", source="m2"))
@@ -95,14 +97,23 @@ def scheduler(m: Manifest, *, lan: bytearray | None = None) -> Scheduler:
             got = sched.acquire(f"m{j}")
             assert isinstance(got, Assignment)
             sched.progress(got, m.pieces[got.next_piece].length // 2)
+    if lan is not None:
+        sched.set_peer_pieces("lan", lan)  # after the mirrors took work: they have some still
     return sched
 
 
-def acquire_release(sched: Scheduler, name: str, *, fresh: bool = False) -> Callable[[], None]:
+def acquire_release(
+    sched: Scheduler, name: str, *, fresh: bool = False, idle: bool = False
+) -> Callable[[], None]:
+    """``idle``: the source is to get no work (a mirror when the LAN has everything)."""
+
     def run() -> None:
         if fresh:
             sched.source(name).resume_at.clear()  # a new connection: no frontier yet
         got = sched.acquire(name)
+        if idle:
+            assert isinstance(got, float), got
+            return
         assert isinstance(got, Assignment), got
         sched.release(got)
 
@@ -146,7 +157,9 @@ def costs(n: int) -> dict[str, int]:
     out["acquire, no piece hashes"] = lines(acquire_release(nohash, "m0"))
     n_ = model(n).num_pieces
     everything = scheduler(model(n), lan=bytearray(b"\x01" * n_))
-    out["mirror acquire, LAN has everything"] = lines(acquire_release(everything, "m0", fresh=True))
+    out["mirror acquire, LAN has everything"] = lines(
+        acquire_release(everything, "m0", fresh=True, idle=True)
+    )
     half = bytearray(n_)
     half[: n_ * 3 // 4] = b"\x01" * (n_ * 3 // 4)
     lan = scheduler(model(n), lan=half)

@@ -582,62 +582,6 @@ class Store:
                 self._file_ok[fi] = None
                 self._verified += self._verified_share(fi) - before
 
-    def _is_copy(self, piece: Piece, provenance: tuple[str, str]) -> bool:
-        """Whether ``piece`` is received, not installed, and the copy ``provenance`` names (caller
-        holds ``_lock``)."""
-        return (
-            bool(self._done[piece.index])
-            and not self._file_done[piece.file_index]
-            and self.provenance.get(piece.index) == provenance
-        )
-
-    def read_stored(
-        self, piece: Piece, offset: int, length: int, provenance: tuple[str, str]
-    ) -> bytes | None:
-        """``length`` bytes at ``offset`` of a received piece without a piece hash, or None if the
-        piece is no longer the copy ``provenance`` (source, digest) names (invalidated, fetched
-        again, patched, installed). Under the lock that invalidation and ``patch`` take, so the
-        bytes returned are that copy's."""
-        fi = piece.file_index
-        with self._lock:
-            if not self._is_copy(piece, provenance):
-                return None
-            with storage_errors(self.data_dir / piece.path), self._files.use(fi) as fd:
-                return os.pread(fd, length, piece.offset + offset)
-
-    def patch(self, piece: Piece, offset: int, data: bytes, provenance: tuple[str, str]) -> str | None:
-        """Replace bytes of a received piece without a piece hash that other sources proved wrong.
-
-        The piece stays received (same source in its provenance, the digest of its new bytes); its
-        file is hashed again from the start. Returns the new digest, or None if the piece is no
-        longer the copy ``provenance`` names. The journal gets an X record for the piece: after a
-        crash it is fetched again (the journal does not say which bytes were patched), and no
-        hasher state saved before the patch is restored.
-        """
-        fi = piece.file_index
-        with self._hash_lock, self._lock:
-            if not self._is_copy(piece, provenance):
-                return None
-            with storage_errors(self.data_dir / piece.path), self._files.use(fi, write=True) as fd:
-                os.pwrite(fd, data, piece.offset + offset)
-                digest = hashlib.sha256(os.pread(fd, piece.length, piece.offset)).hexdigest()
-            self._dirty.add(fi)
-            with storage_errors(self.area / "journal"):
-                self._append(_X, piece.index)
-                self.provenance[piece.index] = (provenance[0], digest)
-                os.write(self._prov_fd, f"{piece.index} {provenance[0]} {digest}\n".encode())
-            self._hashers[fi] = _FileHasher()
-            before = self._verified_share(fi)
-            self._file_ok[fi] = None
-            self._verified += self._verified_share(fi) - before
-        self._hash_queue.put(fi)
-        return digest
-
-    def file_result(self, file_index: int) -> bool | None:
-        """The whole-file digest result now: True, False, or None (not hashed yet, or again)."""
-        with self._hash_lock:
-            return self._file_ok[file_index]
-
     def take_file_results(self) -> list[tuple[int, bool]]:
         """Whole-file digest results since the last call: (file index, matched)."""
         with self._hash_lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dsmirror._formats.manifest import Manifest
+from dsmirror._schedule.owners import LanView
 from dsmirror._schedule.pieces import PieceMap
 from dsmirror._schedule.rates import source_rate
 from dsmirror._schedule.state import Assignment, SchedulerConfig, SourceState
@@ -25,7 +26,8 @@ class Board:
     sources: dict[str, SourceState]
     assignments: dict[int, Assignment] = field(default_factory=dict)  # id -> connection at work
     peer_pieces: dict[str, bytearray] = field(default_factory=dict)  # swarm source -> pieces its peers have
-    lan_share: tuple[int, int] = (0, 1)  # (rank, machines) of this machine in its LAN (lan.outside_swarm)
+    lan: LanView | None = None  # a pull with a swarm: this machine among its LAN's (see ``lan``)
+    last_progress: float = 0.0  # when a piece was last verified
 
     def live(self, name: str) -> list[Assignment]:
         """The connections of source ``name`` at work (not cancelled)."""
@@ -58,6 +60,10 @@ class Board:
             else:
                 i += 1
 
+    def peers_have(self, i: int) -> bool:
+        """Does a peer of a (not banned) swarm source have piece ``i``?"""
+        return any(have[i] for name, have in self.peer_pieces.items() if not self.sources[name].banned)
+
     def usable_for(self, s: SourceState, i: int) -> bool:
         """May source ``s`` fetch piece ``i``?"""
         fi = self.pieces.file_of(i)
@@ -66,6 +72,8 @@ class Board:
         have = self.peer_pieces.get(s.info.name)
         if have is not None and not have[i]:
             return False  # a swarm fetches only what its peers have
+        if have is None and self.lan is not None and not self.lan.swarm_slow and self.peers_have(i):
+            return False  # a mirror leaves what peers have to the LAN (see ``lan``)
         avoid = self.pieces.spoilers(i)
         if avoid and s.info.name in avoid:
             # Give a spoiled piece back to its spoiler only if nobody else can fetch it.

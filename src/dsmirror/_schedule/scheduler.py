@@ -127,6 +127,7 @@ from dsmirror._formats.manifest import Manifest
 from dsmirror._schedule import failures, floor, lan, rates, spans
 from dsmirror._schedule.board import Board
 from dsmirror._schedule.info import SourceInfo
+from dsmirror._schedule.owners import LanView, block_pieces
 from dsmirror._schedule.pieces import PieceMap
 from dsmirror._schedule.state import Assignment, SchedulerConfig, SourceState
 from dsmirror._schedule.tail import Tail, pick_steal
@@ -158,6 +159,10 @@ class Scheduler:
         self._tail = Tail()
         self._next_id = 1
         self._last_progress = clock.now()
+        self._board.last_progress = self._last_progress
+        self._swarm_delivered_at = self._last_progress
+        if any(x.info.kind == "bittorrent" for x in self._sources.values()):
+            self._watch_lan()
         self._floor = floor.SpeedFloor(clock.now())
         self.redundant_bytes = 0  # bytes fetched for pieces another source finished first
         self.corrupt_bytes = 0
@@ -180,6 +185,18 @@ class Scheduler:
     def add_source(self, info: SourceInfo) -> None:
         with self._lock:
             self._sources.setdefault(info.name, SourceState(info))
+            if info.kind == "bittorrent":
+                self._watch_lan()
+
+    def _watch_lan(self) -> None:
+        """A swarm takes part: mirrors follow the LAN's rules (``lan``), from the start of the pull.
+
+        Not with ``--prefer mirror`` or ``official``: mirrors come first then, and the swarm helps
+        when they alone would finish much later (``spans.preferred_can_cope``).
+        """
+        if self._board.lan is None and self.cfg.prefer in ("auto", "p2p"):
+            m = self.m
+            self._board.lan = LanView(self._last_progress, block_pieces(m.num_pieces, m.piece_size))
 
     def set_prior(self, name: str, rate: float) -> None:
         with self._lock:
@@ -335,7 +352,9 @@ class Scheduler:
                     self.split_pieces += 1
                 else:
                     s.delivered += length
-                self._last_progress = now
+                self._last_progress = self._board.last_progress = now
+                if s.info.kind == "bittorrent":
+                    self._swarm_delivered_at = now
             else:
                 self.redundant_bytes += length
             s.failures_in_row = 0
@@ -390,11 +409,14 @@ class Scheduler:
         with self._lock:
             self._board.peer_pieces[name] = have
 
-    def set_lan_share(self, name: str, rank: int, machines: int) -> None:
-        """Swarm ``name`` says this machine is ``rank`` of ``machines`` pulling the model on its LAN:
-        mirrors start in that slice of the pieces no peer has (``lan.outside_swarm``)."""
+    def set_lan_hosts(self, name: str, me: str, hosts: Sequence[str], peers: int) -> None:
+        """Swarm ``name`` says who pulls the model on its LAN: this machine is ``me``, ``hosts`` are
+        the other machines that fetch from mirrors and are not done, ``peers`` counts every
+        connected peer. Mirrors fetch from outside only this machine's blocks (``lan``)."""
         with self._lock:
-            self._board.lan_share = (rank, max(1, machines))
+            self._watch_lan()
+            if self._board.lan is not None and self._board.lan.update(me, hosts, peers, self.clock.now()):
+                lan.cut_to_owner(self._board)
 
     def ban(self, name: str, reason: str) -> None:
         with self._lock:
@@ -413,6 +435,15 @@ class Scheduler:
             if self._floor.below(self._board, now):
                 self.floor_hits += 1
                 self.recycled += floor.hold_floor(self._board, now)
+            view = self._board.lan
+            if view is not None:
+                # The swarm cannot cope: it held work and delivered nothing for lan_stall s.
+                since = max(self._swarm_delivered_at, self._last_progress - self.cfg.lan_stall)
+                view.swarm_slow = any(
+                    now - max(a.started_at, since) >= self.cfg.lan_stall
+                    for a in self._board.assignments.values()
+                    if self._sources[a.source].info.kind == "bittorrent" and not a.cancelled
+                )
 
     # -- giving up -------------------------------------------------------------------------------
     def check_viable(self) -> None:

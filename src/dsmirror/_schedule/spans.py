@@ -15,7 +15,7 @@ import random
 from typing import NamedTuple
 
 from dsmirror._schedule.board import Board
-from dsmirror._schedule.lan import in_lan_pull, outside_swarm, swarm_has
+from dsmirror._schedule.lan import extends, in_lan_pull, outside_swarm, waiting
 from dsmirror._schedule.rates import expected_rate
 from dsmirror._schedule.state import SchedulerConfig, SourceState
 from dsmirror._schedule.tail import too_slow_for_tail
@@ -52,12 +52,14 @@ def pick_span(board: Board, s: SourceState, now: float, rng: random.Random) -> S
     m, pieces = board.m, board.pieces
     n = len(pieces)
     i = pieces.first_free()
+    if waiting(board, s, now):
+        return None  # a LAN pull: first meet the peers (``lan``)
     lan = in_lan_pull(board, s)
-    picked = outside_swarm(board, s, rng) if lan else None
+    picked = outside_swarm(board, s, now, rng) if lan else None
     if picked is not None:
         i = picked
     else:
-        if preferred_can_cope(board, s, now) or (lan and board.cfg.prefer == "p2p"):
+        if preferred_can_cope(board, s, now) or (lan and board.lan is not None and not board.lan.swarm_slow):
             return None
         i = board.next_usable(s, i)
         if i >= n:
@@ -71,8 +73,8 @@ def pick_span(board: Board, s: SourceState, now: float, rng: random.Random) -> S
     want = span_pieces(expected_rate(s), pieces.free_count(), conns, m.piece_size, board.cfg)
     end = i
     while end < file_end and end - i < want and pieces.is_free(end) and board.usable_for(s, end):
-        if picked is not None and end > i and swarm_has(board, end):
-            break  # a mirror span stops where peers can take over
+        if picked is not None and end > i and not extends(board, end):
+            break  # a mirror span stops where peers can take over, or another machine's block begins
         end += 1
     return Span(fi, i, end, picked is not None)
 

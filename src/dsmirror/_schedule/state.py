@@ -38,6 +38,12 @@ class SchedulerConfig:
     prefer: str = "auto"  # auto | mirror | official | p2p
     region: str | None = None  # --region: sources of this region are preferred
     prefer_slack: float = 1.5
+    # A pull with a LAN swarm (see ``lan``): mirrors wait for the peers to be met (at most
+    # lan_grace s after the start, or lan_settle s after the set of machines last changed), and
+    # take what peers have, or other machines' pieces, after lan_stall s without progress.
+    lan_grace: float = 2.0
+    lan_settle: float = 0.4
+    lan_stall: float = 8.0
 
 
 @dataclass

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import secrets
+import string
 import threading
 import time
 import weakref
@@ -63,6 +65,18 @@ _ALERTS = (
 _EXIT_WAIT = 10.0  # seconds the atexit hook waits for threads still inside a session
 _EXITING = threading.Event()  # Python is exiting: every session is stopping
 _SESSIONS: weakref.WeakSet[SwarmSession] = weakref.WeakSet()  # not closed yet
+
+
+#: Peer ids of dsmirror sessions: this prefix, a role letter, 11 random characters. The role tells
+#: the other machines of a LAN whether this one fetches from mirrors and so owns a share of the
+#: uplink work (``dsmirror._schedule.lan``): UPLINK for a pull with mirrors, OTHER for the rest.
+PEER_ID_PREFIX = "-DS0200-"
+UPLINK, OTHER = "M", "S"
+
+
+def new_peer_id(role: str) -> str:
+    alphabet = string.ascii_letters + string.digits
+    return PEER_ID_PREFIX + role + "".join(secrets.choice(alphabet) for _ in range(11))
 
 
 def _close_sessions_at_exit() -> None:
@@ -99,6 +113,7 @@ class SwarmSession:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._users: list[int] = []  # thread ids inside using()
+        self.peer_id = new_peer_id(OTHER)
         listen = config.listen or DEFAULT_LISTEN
         if config.listen:
             host, port = parse_endpoint(config.listen)
@@ -120,6 +135,8 @@ class SwarmSession:
             "alert_mask": _ALERTS,
             "user_agent": "dsmirror/0.1 libtorrent/" + lt.__version__,
             "alert_queue_size": 100_000,
+            # 20 characters: libtorrent uses them as the whole peer id (see PEER_ID_PREFIX).
+            "peer_fingerprint": self.peer_id,
             "disable_hash_checks": trust_pieces,
         }
         if trust_pieces:  # who sent which block: a piece the manifest rejects bans its senders
@@ -178,6 +195,13 @@ class SwarmSession:
             if ep not in connected:
                 with contextlib.suppress(RuntimeError):
                     handle.connect_peer(ep)
+
+    def take_uplink_share(self) -> None:
+        """Tell peers (by the peer id of torrents added from now on) that this machine fetches a
+        share of the model from mirrors."""
+        if self.peer_id[len(PEER_ID_PREFIX)] != UPLINK:
+            self.peer_id = new_peer_id(UPLINK)
+            self.ses.apply_settings({"peer_fingerprint": self.peer_id})
 
     def trust(self) -> None:
         """Turn libtorrent's hash checks off from now on (to seed a derived torrent; see above)."""

@@ -51,10 +51,11 @@ get a strike, a peer that sent a bad piece alone, or two bad pieces, is banned b
 fetches it, and the verified bytes then overwrite libtorrent's copy (``add_piece`` with
 ``overwrite_existing``). What the engine is handed is checked against the manifest once more.
 
-Sharing the uplink: each machine of a LAN pulling the same model tells the scheduler its place
-among the machines still pulling (``set_lan_share``: its rank among the sorted addresses of itself
-and the connected peers that are not seeds), so that their mirrors start in different slices of
-the model (``dsmirror._schedule.lan``).
+Sharing the uplink: each machine of a LAN pulling the same model tells the scheduler which
+machines pull it now (``set_lan_hosts``: the peer ids of the connected dsmirror peers that fetch
+from mirrors and are not seeds, and its own; the role is in the peer id, see
+``session.PEER_ID_PREFIX``), so that each fetches its own blocks from outside
+(``dsmirror._schedule.lan``).
 
 Time: the stall limit, the peer scans and the resume saves follow the broker's (injected) clock;
 only the waits for libtorrent's alerts are real time.
@@ -67,7 +68,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import queue
 import shutil
 import threading
@@ -81,7 +81,7 @@ from dsmirror._core.errors import DsmirrorError, NoSourceError, PieceMismatch, S
 from dsmirror._core.events import PieceRejected, SourceDropped, SourceTrouble
 from dsmirror._fetch.swarm.config import SwarmConfig
 from dsmirror._fetch.swarm.resume import RESUME_EVERY, read_resume, save_resume, write_resume
-from dsmirror._fetch.swarm.session import REDIAL, SwarmSession, endpoint_text
+from dsmirror._fetch.swarm.session import PEER_ID_PREFIX, REDIAL, UPLINK, SwarmSession, endpoint_text
 from dsmirror._fetch.swarm.torrent import PieceMap, Torrent, check_torrent, magnet_for, torrent_from_info
 from dsmirror._formats.manifest import Manifest, Piece
 from dsmirror._schedule.info import SourceInfo
@@ -97,16 +97,8 @@ _TARGET_BYTES = 64 << 20  # pieces held in slots: enough to keep a LAN link busy
 _STALL = 5.0  # a slot whose head no peer has for this long is given back (when mirrors exist)
 _PEER_SCAN = 0.25  # seconds between refreshes of which pieces the connected peers have
 _MAX_CHECKING = 16  # pieces of the manifest's own swarm being read back to be checked
+_UPLINK_ID = PEER_ID_PREFIX + UPLINK  # peer ids of machines that fetch a share from mirrors
 _BAN_STRIKES = 2  # bad pieces with a peer's blocks in them that ban it (one if it sent all blocks)
-
-
-def _address_key(address: str) -> tuple[int, int, str]:
-    """Sort key of peer addresses: every machine sorts them the same way."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return (9, 0, address)
-    return (ip.version, int(ip), address)
 
 
 @dataclass
@@ -194,7 +186,7 @@ class SwarmSource:
         self._tainted: set[int] = set()  # torrent pieces libtorrent holds with bytes the manifest rejects
         self._senders: dict[int, set[str]] = {}  # torrent piece -> addresses that sent its blocks
         self._strikes: dict[str, int] = {}
-        self._share: tuple[int, int] = (0, 1)
+        self._share: tuple[tuple[str, ...], int] = ((), -1)  # (machines pulling, peers) last told
         self._broker: PieceBroker | None = None
 
     @property
@@ -213,6 +205,8 @@ class SwarmSource:
         try:
             with self.session.using():
                 self._area = broker.partial_area
+                if broker.has_mirrors:
+                    self.session.take_uplink_share()  # before the torrent is added: its peer id
                 self.handle = self._add(self._area)
                 try:
                     self._loop(broker)
@@ -384,27 +378,23 @@ class SwarmSource:
         self._update_share()
 
     def _update_share(self) -> None:
-        """Tell the scheduler this machine's slice of the uplink work (see the module docstring)."""
-        setter = getattr(self._broker, "set_lan_share", None)
+        """Tell the scheduler who pulls this model on the LAN (see the module docstring)."""
+        setter = getattr(self._broker, "set_lan_hosts", None)
         if setter is None:
             return
-        me: str | None = None
-        hosts: set[str] = set()
+        hosts: list[str] = []
+        peers = 0
         for p in self.handle.get_peer_info():
             if p.flags & lt.peer_info.connecting or p.flags & lt.peer_info.handshake:
                 continue
-            me = me or str(p.local_endpoint()[0])
-            if not p.flags & lt.peer_info.seed:
-                hosts.add(str(p.ip[0]))
-        if me is None:
-            share = (0, 1)
-        else:
-            hosts.discard(me)
-            ranked = sorted([me, *hosts], key=_address_key)
-            share = (ranked.index(me), len(ranked))
+            peers += 1
+            pid = bytes(p.pid.to_bytes()).decode("latin-1")
+            if pid.startswith(_UPLINK_ID) and not p.flags & lt.peer_info.seed:
+                hosts.append(pid)
+        share = (tuple(sorted(hosts)), peers)
         if share != self._share:
             self._share = share
-            setter(self.name, *share)
+            setter(self.name, self.session.peer_id, share[0], peers)
 
     def _retire(self, broker: PieceBroker, reason: str) -> None:
         self._dropped = True
