@@ -682,4 +682,3 @@ def test_a_mirror_span_stops_where_peers_got_the_pieces() -> None:
     s.release(m2)
     sw = s.acquire("swarm")
     assert isinstance(sw, Assignment) and sw.start == m2.start + 1
-
