@@ -13,8 +13,9 @@ On-disk layout, for a pull of manifest ``M`` (identity ``<mid>`` = its SHA-256) 
           journal                    append-only progress journal (below)
           data/<path>...             partial files, preallocated to their full size
 
-Journal format: a 44-byte header ``b"DSMJRNL1" + sha256(M) (32 bytes) + crc32(first 40 bytes) (u32 LE)``
-followed by 12-byte records ``struct("<B3xII")``: kind, piece index, crc32 of the first 8 bytes.
+Journal format (version 2): a 44-byte header ``b"DSMJRNL2" + sha256(M) (32 bytes) + crc32(first 40
+bytes) (u32 LE)`` followed by records, all little-endian: 12-byte ones ``struct("<B3xII")`` (kind,
+piece index, crc32 of the first 8 bytes) and 48-byte ``H`` records ``struct("<B3xII32sI")``.
 
     kind b"W"  piece *i* was verified against the manifest and all its bytes were handed to pwrite(2);
                nothing was fsync-ed yet.
@@ -23,13 +24,27 @@ followed by 12-byte records ``struct("<B3xII")``: kind, piece index, crc32 of th
                that offset describes bytes that are durably on disk.
     kind b"X"  piece *i* is no longer trusted (its file failed its whole-file digest and the piece is
                being fetched again from another source).
+    kind b"H"  where file *f*'s whole-file hasher stands: ``kind, f, n, h, crc32(first 44 bytes)``:
+               the first *n* pieces of file *f* (n x piece_size bytes, a multiple of 64, or the whole
+               file when that is one) hash to the SHA-256 state words ``h`` (eight u32,
+               ``dsmirror._verify.sha256``). Written by ``commit`` before it takes the offset its C
+               covers, and only for pieces whose W records precede it.
+
+A version-1 journal (``DSMJRNL1``, no H records) is read as before: its whole-file digests are
+hashed from the first piece again.
 
 For files without published piece hashes, ``provenance`` (text, one line per piece:
 ``<index> <source name> <sha256 of the bytes received>``, appended, advisory) remembers which source
 sent which piece, so that a whole-file mismatch can be traced to the source that sent bad bytes, also
 after a resume.
 
-Reading it back: pieces whose W record lies before the offset a later C covers are trusted. A torn
+Reading it back: pieces whose W record lies before the offset a later C covers are trusted. An H
+record is trusted when a C covers it, no X for a piece of its file follows it, its file's data was
+not found damaged (wrong size, missing) and every piece it counts is trusted: a restored hasher never
+claims bytes that are not durably stored and verified (the C that covers it synced them, and its
+pieces' W records precede it). The hasher continues from the last such record of each file, so a
+resume reads back only the pieces after it (the last half second's, at the commit interval), not the
+file. A torn
 or corrupt record (a torn write can only be at the end) ends trust: W records after it are re-
 verified. Pieces with a W record no commit covers (written, but the process or the machine died
 before a commit) are *re-verified* by hashing: after ``kill -9`` their bytes are in the page cache
@@ -45,6 +60,20 @@ must go; a symlink on the way is refused when the file is installed). Nothing in
 may be a symlink (its writes must land in ``DEST``): the area's folders are checked and its files
 opened with ``O_NOFOLLOW``. Per-piece state is one byte per piece (``bytearray``): memory follows
 the pull's piece count, never ``Piece`` objects.
+
+Which files get a whole-file pass at all (``whole_file_pass``): every byte is hashed once where the
+manifest's piece hashes already bind the file. A file whose every piece has a published SHA-256 in
+the (trusted) manifest is exactly the bytes those hashes name: once each piece verified as it
+streamed in, reading the file back to hash it whole could only find the manifest inconsistent with
+itself, never a bad byte. So such a file gets no second pass when its whole-file SHA-256 comes from
+the same document as its piece hashes (a dsmirror manifest, a signed shard manifest that lists
+both): that digest is implied. A whole-file pass (in piece order, reading back the pieces as they
+verify, while they are likely still in the page cache) remains where it says something the pieces
+do not: a file without piece hashes (the digest is its only check); a file with piece hashes and no
+published digest (the digest is learned, for serving and ``installed/<mid>.pieces.json``); and a
+manifest assembled from a registry's listing (``meta.source`` in ``ASSEMBLED_SOURCES``: the Hugging
+Face resolver joins the registry's LFS SHA-256, which names the blob in the HF cache, to piece
+hashes from a published or signed piece manifest, two authorities that may disagree).
 
 Documented in docs/formats.md#the-store-partial-files-journal-provenance.
 """
@@ -71,15 +100,36 @@ from dsmirror._core.fsutil import atomic_write_bytes, safe_join, storage_errors
 from dsmirror._formats.manifest import FileEntry, Manifest, Piece
 from dsmirror._formats.private import PrivateArea
 from dsmirror._journal.files import OpenFiles, fd_budget, install_file, lock_area, write_install_record
+from dsmirror._verify.sha256 import ResumableSha256
 
-__all__ = ["SPACE_MARGIN", "Store", "StoreStats"]
+__all__ = ["ASSEMBLED_SOURCES", "SPACE_MARGIN", "Store", "StoreStats", "whole_file_pass"]
 
-_MAGIC = b"DSMJRNL1"
+_MAGIC = b"DSMJRNL2"
+_MAGIC_V1 = b"DSMJRNL1"  # no H records: still read, its whole-file digests hashed from the start
 _HEADER = struct.Struct("<8s32sI")
 _RECORD = struct.Struct("<B3xII")
+_STATE = struct.Struct("<B3xII32sI")  # H: file index, pieces hashed, SHA-256 state words, crc32
 _W = ord("W")
 _C = ord("C")
 _X = ord("X")
+_H = ord("H")
+#: How much of a piece the whole-file hasher reads back at once (pieces may be up to 1 GiB).
+_READ_CHUNK = 4 << 20
+#: ``meta.source`` of manifests a resolver assembles from a registry's listing, whose whole-file
+#: digests come from another authority than their piece hashes (see the module docstring).
+ASSEMBLED_SOURCES = frozenset({"hf"})
+
+
+def whole_file_pass(manifest: Manifest, fi: int) -> bool:
+    """Whether file ``fi`` is hashed whole (read back in order) besides its piece checks."""
+    f = manifest.files[fi]
+    if not (f.pieces and f.pieces[0]):
+        return True  # no piece hashes: the whole-file digest is the only check
+    if not f.sha256:
+        return True  # the pieces bind it; its digest is learned (serving, the learned manifest)
+    return manifest.meta.get("source") in ASSEMBLED_SOURCES
+
+
 #: Keep this much space free beyond what the pull needs (the README's "Layout on disk" says so).
 SPACE_MARGIN = 64 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -130,6 +180,13 @@ class Store:
         # per file, and in all, received and verified. A file's pieces all have a published hash or
         # none has (the manifest format).
         self._hashed_file = [bool(f.pieces and f.pieces[0]) for f in manifest.files]
+        self._needs_pass = [whole_file_pass(manifest, fi) for fi in range(len(manifest.files))]
+        #: files whose hasher advanced since the last commit (an H record is due)
+        self._advanced: set[int] = set()
+        #: whole-file hasher states the journal vouches for: file -> (pieces hashed, state words)
+        self._restored: dict[int, tuple[int, bytes]] = {}
+        #: files whose data the journal cannot vouch for (missing, wrong size): no state restored
+        self._distrusted_files: set[int] = set()
         self._file_stored = [0] * len(manifest.files)
         self._stored = 0
         self._verified = 0
@@ -174,10 +231,11 @@ class Store:
             self._check_final_paths()
             if not (self.area / "manifest.json").exists():
                 atomic_write_bytes(self.area / "manifest.json", self.manifest.canonical_bytes)
-            suspect = self._recover_journal()
+            suspect, states = self._recover_journal()
             self._load_provenance()
             self._prepare_files(suspect)
             self._reverify(suspect, on_reverify)
+            self._restore_states(states)
             self._rewrite_journal()
         self._count_bytes()
         self._start_hasher()
@@ -282,30 +340,48 @@ class Store:
                 if not last:
                     folders.add(at)
 
-    def _journal_header(self) -> bytes:
-        head = _HEADER.pack(_MAGIC, bytes.fromhex(self.manifest.sha256), 0)
+    def _journal_header(self, magic: bytes = _MAGIC) -> bytes:
+        head = _HEADER.pack(magic, bytes.fromhex(self.manifest.sha256), 0)
         return head[:40] + struct.pack("<I", zlib.crc32(head[:40]))
 
-    def _recover_journal(self) -> bytearray:
-        """Read the journal; mark trusted pieces done; return the pieces to re-verify (1 each)."""
+    def _recover_journal(self) -> tuple[bytearray, dict[int, tuple[int, bytes]]]:
+        """Read the journal; mark trusted pieces done. Returns the pieces to re-verify (1 each) and
+        the whole-file hasher states commits cover (file -> (pieces hashed, state words))."""
         path = self.area / "journal"
         n = self.manifest.num_pieces
+        ranges = self.manifest.file_piece_ranges
         suspect = bytearray(n)
-        header = self._journal_header()
+        states: dict[int, tuple[int, bytes]] = {}
         data = b""
         with contextlib.suppress(FileNotFoundError):
             data = path.read_bytes()
         # Missing, empty, foreign or damaged, or never committed (dsmirror's journal always holds a
         # commit): trust none of it, re-verify every partial file from its bytes.
         distrust = True
-        if len(data) >= _HEADER.size and data[: _HEADER.size] == header:
+        if len(data) >= _HEADER.size and data[: _HEADER.size] in (
+            self._journal_header(),
+            self._journal_header(_MAGIC_V1),
+        ):
             pending: dict[int, int] = {}  # piece -> offset of its W record
+            pending_h: list[tuple[int, int, int, bytes]] = []  # (offset, file, pieces, words)
             damaged = False
             committed = False
-            for off in range(_HEADER.size, len(data) - _RECORD.size + 1, _RECORD.size):
+            off = _HEADER.size
+            while off + _RECORD.size <= len(data):
+                if data[off] == _H and off + _STATE.size <= len(data):
+                    _, fi, count, words, crc = _STATE.unpack_from(data, off)
+                    if (
+                        crc == zlib.crc32(data[off : off + _STATE.size - 4])
+                        and fi < len(ranges)
+                        and count <= len(ranges[fi])
+                    ):
+                        pending_h.append((off, fi, count, words))
+                        off += _STATE.size
+                        continue
                 kind, index, crc = _RECORD.unpack_from(data, off)
+                at, off = off, off + _RECORD.size
                 if (
-                    crc != zlib.crc32(data[off : off + 8])
+                    crc != zlib.crc32(data[at : at + 8])
                     or kind not in (_W, _C, _X)
                     or (kind != _C and index >= n)
                 ):
@@ -314,13 +390,17 @@ class Store:
                     damaged = True
                     continue
                 if kind == _W:
-                    pending[index] = off
+                    pending[index] = at
                 elif kind == _X:
                     pending.pop(index, None)
                     suspect[index] = 0
                     if self._done[index]:
                         self._done[index] = 0
                         self.stats.trusted_pieces -= 1
+                    # Its file is hashed again from the start: no earlier state of it holds.
+                    fx = self.manifest.pieces[index].file_index
+                    states.pop(fx, None)
+                    pending_h = [h for h in pending_h if h[1] != fx]
                 elif not damaged:
                     committed = True
                     # C covers the W records written before offset ``index`` (their data was synced).
@@ -330,6 +410,11 @@ class Store:
                             if not self._done[i]:
                                 self._done[i] = 1
                                 self.stats.trusted_pieces += 1
+                    # ... and the H records before it, which count only pieces of such W records.
+                    for hoff, fi, count, words in pending_h:
+                        if hoff < index:
+                            states[fi] = (count, words)
+                    pending_h = [h for h in pending_h if h[0] >= index]
             for i in pending:
                 suspect[i] = 1
             # A damaged record may have been any piece's: re-verify every piece not trusted.
@@ -342,7 +427,20 @@ class Store:
         for i in _ones(suspect):
             if self._done[i]:
                 suspect[i] = 0
-        return suspect
+        return suspect, states
+
+    def _restore_states(self, states: dict[int, tuple[int, bytes]]) -> None:
+        """Keep the hasher states whose every counted piece is trusted now, in a trusted file."""
+        for fi, (count, words) in states.items():
+            r = self.manifest.file_piece_ranges[fi]
+            if (
+                self._needs_pass[fi]
+                and not self._file_done[fi]
+                and fi not in self._distrusted_files
+                and count
+                and self._done.find(0, r.start, r.start + count) < 0
+            ):
+                self._restored[fi] = (count, words)
 
     def _rewrite_journal(self) -> None:
         """Compact the journal to what is trusted now (after data was synced), then append to it."""
@@ -357,6 +455,8 @@ class Store:
             if not self._file_done[fi]:
                 for i in _ones(self._done, r.start, r.stop):
                     body += _record(_W, i)
+        for fi, (count, words) in sorted(self._restored.items()):
+            body += _state_record(fi, count, words)  # after the W records of the pieces it counts
         body += _record(_C, len(body))
         atomic_write_bytes(self.area / "journal", bytes(body))
         self._journal_fd = os.open(self.area / "journal", os.O_WRONLY | os.O_APPEND)
@@ -381,6 +481,7 @@ class Store:
             try:
                 st = (self.data_dir / f.path).stat()
             except FileNotFoundError:
+                self._distrusted_files.add(fi)
                 for i in _ones(self._done, r.start, r.stop):
                     self._done[i] = 0
                     self.stats.trusted_pieces -= 1
@@ -389,6 +490,7 @@ class Store:
                 continue
             if st.st_size != f.size:
                 # Truncated or grown behind our back: the journal cannot vouch for this file.
+                self._distrusted_files.add(fi)
                 for i in _ones(self._done, r.start, r.stop):
                     self._done[i] = 0
                     self.stats.trusted_pieces -= 1
@@ -433,13 +535,32 @@ class Store:
 
     # -- the whole-file digests, computed in order, in the background --------------------------
     def _start_hasher(self) -> None:
-        self._hashers = [_FileHasher() for _ in self.manifest.files]
+        ps, files = self.manifest.piece_size, self.manifest.files
+        self._hashers = [_FileHasher() for _ in files]
+        for fi, (count, words) in self._restored.items():
+            sha = ResumableSha256.restore(words, min(count * ps, files[fi].size))
+            if sha is not None:  # else (no libcrypto here): hashed from the first piece again
+                self._hashers[fi] = _FileHasher(sha, count)
+        with self._lock:
+            for fi, f in enumerate(files):
+                # Bound by its piece hashes, all verified already: nothing left to check.
+                if not self._needs_pass[fi] and not self._file_done[fi] and self._file_stored[fi] == f.size:
+                    self._set_file_ok(fi, True)
         self._hash_thread = threading.Thread(target=self._hash_loop, name="dsmirror-filehash", daemon=True)
         self._hash_thread.start()
-        for fi in range(len(self.manifest.files)):
-            self._hash_queue.put(fi)
+        for fi in range(len(files)):
+            if self._needs_pass[fi]:
+                self._hash_queue.put(fi)
+
+    def _set_file_ok(self, fi: int, ok: bool) -> None:
+        """File ``fi`` matched (or not) its whole-file check; caller holds ``_lock``."""
+        before = self._verified_share(fi)
+        self._file_ok[fi] = ok
+        self._verified += self._verified_share(fi) - before
+        self._file_results.append((fi, ok))
 
     def _hash_loop(self) -> None:
+        buf = bytearray(min(_READ_CHUNK, self.manifest.piece_size))
         try:
             while (fi := self._hash_queue.get()) is not None:
                 if self._file_done[fi]:
@@ -456,20 +577,32 @@ class Store:
                             ok = digest == want if want else True
                             self._learned_sha256[fi] = digest
                             with self._lock:
-                                before = self._verified_share(fi)
-                                self._file_ok[fi] = ok
-                                self._verified += self._verified_share(fi) - before
-                            self._file_results.append((fi, ok))
+                                self._set_file_ok(fi, ok)
                             break
                         if not self._done[rng[h.next_piece]]:
                             break
-                        piece = self.manifest.pieces[rng[h.next_piece]]
-                        with self._files.use(fi) as fd:
-                            data = os.pread(fd, piece.length, piece.offset)
-                        h.sha.update(data)
+                        self._hash_piece(self.manifest.pieces[rng[h.next_piece]], h.sha, buf)
                         h.next_piece += 1
+                        state = h.sha.state()
+                        if state is not None:
+                            with self._lock:  # for commit: an H record of it is due
+                                h.published = (h.next_piece, state)
+                                self._advanced.add(fi)
         except BaseException as exc:  # reported by finalize()
             self._hash_error = exc
+
+    def _hash_piece(self, piece: Piece, sha: ResumableSha256, buf: bytearray) -> None:
+        """Feed the stored bytes of ``piece`` to ``sha``, read back a chunk at a time."""
+        view = memoryview(buf)
+        pos, left = piece.offset, piece.length
+        with self._files.use(piece.file_index) as fd:
+            while left:
+                got = os.preadv(fd, [view[: min(left, len(buf))]], pos)
+                if got <= 0:
+                    raise StorageError(f"{piece.path}: the partial file ends before piece {piece.index}")
+                sha.update(view[:got])
+                pos += got
+                left -= got
 
     # -- writing -------------------------------------------------------------------------------
     def is_done(self, index: int) -> bool:
@@ -534,7 +667,6 @@ class Store:
         """pwrite bytes of a piece that is being fetched (not yet verified)."""
         with storage_errors(self.data_dir / piece.path), self._files.use(piece.file_index, write=True) as fd:
             os.pwrite(fd, data, piece.offset + offset_in_piece)
-        self._dirty.add(piece.file_index)
 
     def read_piece(self, piece: Piece) -> bytes:
         """The bytes of a piece as stored (verified or not: check ``is_done``)."""
@@ -554,14 +686,22 @@ class Store:
         with self._lock:
             if self._done[piece.index]:
                 return False
+            fi = piece.file_index
             self._done[piece.index] = 1
             self._count_piece(piece, 1)
+            # Under the lock, with its W record: the commit that covers the W syncs this file (a
+            # set swapped by a commit between a write and this point would lose the mark).
+            self._dirty.add(fi)
             with storage_errors(self.area / "journal"):
                 if not piece.sha256 and source and digest:
                     self.provenance[piece.index] = (source, digest)
                     os.write(self._prov_fd, f"{piece.index} {source} {digest}\n".encode())
                 self._append(_W, piece.index)
-        self._hash_queue.put(piece.file_index)
+            if not self._needs_pass[fi]:
+                if self._file_ok[fi] is None and self._file_stored[fi] == self.manifest.files[fi].size:
+                    self._set_file_ok(fi, True)  # its last piece: the pieces bind the file
+                return True
+        self._hash_queue.put(fi)
         return True
 
     def invalidate(self, indices: Iterable[int]) -> None:
@@ -582,9 +722,65 @@ class Store:
                 self._file_ok[fi] = None
                 self._verified += self._verified_share(fi) - before
 
+    def _is_copy(self, piece: Piece, provenance: tuple[str, str]) -> bool:
+        """Whether ``piece`` is received, not installed, and the copy ``provenance`` names (caller
+        holds ``_lock``)."""
+        return (
+            bool(self._done[piece.index])
+            and not self._file_done[piece.file_index]
+            and self.provenance.get(piece.index) == provenance
+        )
+
+    def read_stored(
+        self, piece: Piece, offset: int, length: int, provenance: tuple[str, str]
+    ) -> bytes | None:
+        """``length`` bytes at ``offset`` of a received piece without a piece hash, or None if the
+        piece is no longer the copy ``provenance`` (source, digest) names (invalidated, fetched
+        again, patched, installed). Under the lock that invalidation and ``patch`` take, so the
+        bytes returned are that copy's."""
+        fi = piece.file_index
+        with self._lock:
+            if not self._is_copy(piece, provenance):
+                return None
+            with storage_errors(self.data_dir / piece.path), self._files.use(fi) as fd:
+                return os.pread(fd, length, piece.offset + offset)
+
+    def patch(self, piece: Piece, offset: int, data: bytes, provenance: tuple[str, str]) -> str | None:
+        """Replace bytes of a received piece without a piece hash that other sources proved wrong.
+
+        The piece stays received (same source in its provenance, the digest of its new bytes); its
+        file is hashed again from the start. Returns the new digest, or None if the piece is no
+        longer the copy ``provenance`` names. The journal gets an X record for the piece: after a
+        crash it is fetched again (the journal does not say which bytes were patched), and no
+        hasher state saved before the patch is restored.
+        """
+        fi = piece.file_index
+        with self._hash_lock, self._lock:
+            if not self._is_copy(piece, provenance):
+                return None
+            with storage_errors(self.data_dir / piece.path), self._files.use(fi, write=True) as fd:
+                os.pwrite(fd, data, piece.offset + offset)
+                digest = hashlib.sha256(os.pread(fd, piece.length, piece.offset)).hexdigest()
+            self._dirty.add(fi)
+            with storage_errors(self.area / "journal"):
+                self._append(_X, piece.index)
+                self.provenance[piece.index] = (provenance[0], digest)
+                os.write(self._prov_fd, f"{piece.index} {provenance[0]} {digest}\n".encode())
+            self._hashers[fi] = _FileHasher()
+            before = self._verified_share(fi)
+            self._file_ok[fi] = None
+            self._verified += self._verified_share(fi) - before
+        self._hash_queue.put(fi)
+        return digest
+
+    def file_result(self, file_index: int) -> bool | None:
+        """The whole-file digest result now: True, False, or None (not hashed yet, or again)."""
+        with self._hash_lock:
+            return self._file_ok[file_index]
+
     def take_file_results(self) -> list[tuple[int, bool]]:
         """Whole-file digest results since the last call: (file index, matched)."""
-        with self._hash_lock:
+        with self._lock:
             out, self._file_results = self._file_results, []
         return out
 
@@ -634,6 +830,24 @@ class Store:
         self._journal_end += _RECORD.size
         self._pending_w += 1
 
+    def _append_states(self) -> None:
+        """H records for the hashers that advanced since the last commit (caller holds ``_lock``).
+
+        Appended before the commit takes its offset, so its C covers them: each counts only pieces
+        whose W records precede it (the hasher reads only pieces marked done, and ``mark_verified``
+        marks and appends under this lock), and those pieces' files are synced by this commit or
+        were by an earlier one.
+        """
+        advanced, self._advanced = self._advanced, set()
+        for fi in sorted(advanced):
+            h = self._hashers[fi]  # ``invalidate`` replaces it, under this lock too
+            if h.published is not None and h.published[0] > h.saved and not self._file_done[fi]:
+                count, words = h.published
+                os.write(self._journal_fd, _state_record(fi, count, words))
+                self._journal_end += _STATE.size
+                self._pending_w += 1
+                h.saved = count
+
     def commit(self) -> None:
         """Durability point: fdatasync data, then append and fsync a commit record.
 
@@ -643,7 +857,11 @@ class Store:
         """
         with self._commit_lock:
             with self._lock:
-                if not self._pending_w or self._journal_fd < 0:
+                if self._journal_fd < 0:
+                    return
+                with storage_errors(self.area / "journal"):
+                    self._append_states()
+                if not self._pending_w:
                     return
                 dirty, self._dirty = self._dirty, set()
                 pending, self._pending_w = self._pending_w, 0
@@ -758,11 +976,16 @@ class Store:
 
 
 class _FileHasher:
-    __slots__ = ("next_piece", "sha")
+    """One file's whole-file SHA-256, fed its pieces in order."""
 
-    def __init__(self) -> None:
-        self.sha = hashlib.sha256()
-        self.next_piece = 0
+    __slots__ = ("next_piece", "published", "saved", "sha")
+
+    def __init__(self, sha: ResumableSha256 | None = None, next_piece: int = 0) -> None:
+        self.sha = sha or ResumableSha256()
+        self.next_piece = next_piece  # pieces fed so far
+        #: (pieces fed, state words) after the last piece, for the next commit's H record
+        self.published: tuple[int, bytes] | None = None
+        self.saved = next_piece  # pieces the last H record in the journal counts
 
 
 def _ones(flags: bytearray, start: int = 0, stop: int | None = None) -> Iterator[int]:
@@ -772,6 +995,11 @@ def _ones(flags: bytearray, start: int = 0, stop: int | None = None) -> Iterator
     while i >= 0:
         yield i
         i = flags.find(1, i + 1, end)
+
+
+def _state_record(fi: int, count: int, words: bytes) -> bytes:
+    head = struct.pack("<B3xII32s", _H, fi, count, words)
+    return head + struct.pack("<I", zlib.crc32(head))
 
 
 def _record(kind: int, index: int) -> bytes:
