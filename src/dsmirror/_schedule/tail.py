@@ -30,6 +30,7 @@ from dsmirror._schedule.rates import (
     expected_rate,
     helper_rate,
     left_bytes,
+    owner_rate,
     remaining_time,
     span_bytes,
 )
@@ -141,6 +142,18 @@ class Help(NamedTuple):
 
     owner: Assignment
     cut: int | None
+    replaces: Assignment | None = None  # a second split: the first helper, cancelled (too slow)
+
+
+#: A second split of a piece (``Tail.pick_help``) must finish it at least this many seconds sooner:
+#: it fetches the first helper's part again, bandwidth its source's other connections lose ...
+RESPLIT_GAIN = 0.5
+#: ... unless that source has nothing else to do: then the bytes cost nothing. The usual case at
+#: the very end: a helper planned at its per-connection share finished early (its siblings went
+#: idle, so it got its source's whole bandwidth) and the owner's front is the last work of the
+#: pull (bench degrade: the near mirror's last fronts ended 0.56 s and 0.74 s after the others,
+#: mid and far with no connection at work).
+RESPLIT_GAIN_IDLE = 0.15
 
 
 @dataclass
@@ -148,17 +161,20 @@ class Tail:
     """Helpers and racers at work, and what they left for the owners of their pieces."""
 
     racing: dict[int, Assignment] = field(default_factory=dict)  # piece -> racer or split helper
-    #: piece -> (cut, bytes, helper source): a helper's back part, waiting for its owner's cut
-    split_data: dict[int, tuple[int, bytes, str]] = field(default_factory=dict)
+    second: dict[int, Assignment] = field(default_factory=dict)  # piece -> its second split helper
+    #: piece -> {cut: (bytes, helper source)}: helpers' parts ``[cut, end of piece)``, waiting for
+    #: their owner's cut
+    split_data: dict[int, dict[int, tuple[bytes, str]]] = field(default_factory=dict)
     whole_only: set[int] = field(default_factory=set)  # pieces whose mixed copy failed: fetched whole
+    unused: int = 0  # bytes of helpers' parts nobody used (another part or the owner was first)
 
     def can_split(self, board: Board, s: SourceState, a: Assignment) -> bool:
         """May an idle connection of ``s`` fetch the back part of ``a``'s current piece?
 
         Only between two streaming sources (a swarm hands over whole pieces), on the last piece
-        of the owner's span (its stream is cut after that piece), once per piece, and never for a
-        piece without its own hash (a mixed copy could not be blamed on either source) or one a
-        split copy already failed.
+        of the owner's span (its stream is cut after that piece), at most twice per piece (a
+        second split: ``pick_help``), and never for a piece without its own hash (a mixed copy
+        could not be blamed on either source) or one a split copy already failed.
         """
         i = a.next_piece
         return (
@@ -166,39 +182,92 @@ class Tail:
             and s.info.kind != "bittorrent"
             and board.sources[a.source].info.kind != "bittorrent"
             and a.next_piece == a.end - 1
-            and a.cut is None
+            and (a.cut is None or (a.cut > a.piece_bytes and i not in self.second))
             and i not in self.whole_only
             and bool(board.m.pieces[i].sha256)
         )
 
+    def _helper_time(self, board: Board, a: Assignment, now: float) -> float:
+        """Seconds until the split helper of ``a``'s current piece has its part (0: it has)."""
+        k = a.next_piece
+        h = self.racing.get(k)
+        if h is None or h.owner is not a or h.split_at in self.split_data.get(k, {}):
+            return 0.0
+        left = board.m.pieces[k].length - h.split_at - h.piece_bytes
+        rate = conn_rate(h, now) or expected_rate(board.sources[h.source])
+        return left / rate if rate > 0 else float("inf")
+
+    def _piece_time(self, board: Board, a: Assignment, now: float) -> float:
+        """Seconds until ``a``'s current piece is whole, it having a split helper: its front, at
+        the owner's planning rate, or the helper's part if that comes later."""
+        v_rate = owner_rate(a, board.sources[a.source], len(board.live(a.source)), now)
+        t = left_bytes(board.m, a) / v_rate if v_rate > 0 else float("inf")
+        return max(t, self._helper_time(board, a, now))
+
     def pick_help(self, board: Board, s: SourceState, now: float) -> Help | None:
-        """Tail work for an idle connection of ``s``: help the owner that will finish last."""
+        """Tail work for an idle connection of ``s``: help the owner that will finish last.
+
+        A piece that has a split helper may be split a second time (``RESPLIT_GAIN``): its owner
+        crawls through its front, or its first helper came from a slow source, and an idle
+        connection would bring the rest much sooner. The second helper fetches from a lower cut
+        to the end of the piece (so the first helper's part may be fetched twice); the owner
+        takes whichever part it reaches first; a first helper that would bring its part later
+        than the second is cancelled, and a second helper no faster than a lagging first one is
+        not started (it would fetch the same bytes). Without it the pull waited for the slowest
+        front. Simulated degrade case with the mirrors' bandwidth handed out in chunks like
+        ``dsmirror.testing``'s token bucket (``test_bench_degrade_through_token_buckets``, seeds
+        1-16): median 1.027x -> 1.020x the ideal time, worst 1.076x -> 1.031x (with
+        ``rates.owner_rate`` for the cut), at most 1.3% of the model fetched twice.
+        """
         cfg = board.cfg
-        if len(self.racing) >= cfg.max_racers:
-            return None
         my_rate = helper_rate(s)
         if my_rate <= 0:
             return None
+        first_ok = len(self.racing) < cfg.max_racers
+        second_ok = len(self.second) < cfg.max_racers
         best: tuple[float, Assignment] | None = None
         for a in board.assignments.values():
             if a.race or a.cancelled or a.source == s.info.name or a.next_piece >= a.end:
                 continue
             k = a.next_piece
-            if k in self.racing or k in self.split_data:
-                continue
             if board.pieces.is_done(k) or not board.usable_for(s, k):
                 continue
-            t = remaining_time(board.m, a, now)
+            if k in self.racing or k in self.second or k in self.split_data:
+                if not (second_ok and a.cut is not None and self.can_split(board, s, a)):
+                    continue
+                t = self._piece_time(board, a, now)
+            elif first_ok:
+                t = remaining_time(board.m, a, now)
+            else:
+                continue
             if best is None or t > best[0]:
                 best = (t, a)
         if best is None:
             return None
         t_owner, v = best
         piece = board.m.pieces[v.next_piece]
-        v_rate = conn_rate(v, now)
+        v_rate = owner_rate(v, board.sources[v.source], len(board.live(v.source)), now)
+        if v.cut is not None:
+            # A second split: from a lower cut, where the owner and this connection finish together.
+            if v_rate <= 0:
+                return None
+            x = balance(v_rate, my_rate, s.ttfb, piece.length - v.piece_bytes)
+            cut = v.piece_bytes + int(x)
+            t_split = x / v_rate
+            if cut + cfg.min_split_bytes > v.cut or t_split >= t_owner * cfg.split_gain:
+                return None
+            first = self.racing.get(v.next_piece)
+            lagging = first is not None and first.split_at not in self.split_data.get(v.next_piece, {})
+            if lagging and first is not None and my_rate < 1.5 * conn_rate(first, now):
+                return None  # no faster than the first helper: it would fetch the same bytes again
+            replace = first is not None and self._helper_time(board, v, now) > t_split
+            if t_owner - t_split < (RESPLIT_GAIN_IDLE if s.active == 0 else RESPLIT_GAIN):
+                return None
+            return Help(v, cut, first if replace else None)
         if v_rate > 0 and self.can_split(board, s, v):
             # Split: the owner keeps the front, this connection fetches the back; the cut is
-            # where both finish together.
+            # where both finish together. Its time without help, planned at the same rate.
+            t_owner = max(t_owner, left_bytes(board.m, v) / v_rate)
             left = piece.length - v.piece_bytes
             x = balance(v_rate, my_rate, s.ttfb, left)
             cut = v.piece_bytes + int(x)
@@ -217,10 +286,18 @@ class Tail:
 
     def begin(self, helper: Assignment, job: Help) -> None:
         """``helper`` (a race assignment of the owner's current piece) starts ``job``."""
-        if job.cut is not None:
-            helper.split_at, helper.owner = job.cut, job.owner
-            job.owner.cut = job.cut
-        self.racing[helper.start] = helper
+        if job.cut is None:
+            self.racing[helper.start] = helper
+            return
+        helper.split_at, helper.owner = job.cut, job.owner
+        if job.replaces is not None:
+            job.replaces.cancelled = True
+            del self.racing[helper.start]
+        if job.owner.cut is None:
+            self.racing[helper.start] = helper
+        else:
+            self.second[helper.start] = helper  # a second split, from a lower cut
+        job.owner.cut = job.cut
 
     def helper_finished(self, helper: Assignment, data: bytes, pieces: PieceMap) -> bool:
         """A split helper has the back part of its piece: keep it for the owner's cut.
@@ -234,44 +311,72 @@ class Tail:
             or pieces.is_done(i)
             or owner is None
             or owner.cancelled
-            or owner.cut != helper.split_at
+            or owner.cut is None
+            or owner.next_piece != i
+            or helper.split_at < owner.cut
         ):
             return False
-        self.split_data[i] = (helper.split_at, data, helper.source)
+        self.split_data.setdefault(i, {})[helper.split_at] = (data, helper.source)
         return True
 
     def part(self, a: Assignment, index: int) -> tuple[int, bytes, str] | None:
-        """For an owner past its cut: ``(cut, bytes, helper source)`` once the helper has them all."""
-        got = self.split_data.get(index)
-        if got is None or a.cut != got[0]:
+        """For an owner past its cut: ``(cut, bytes, helper source)`` once a helper has all the
+        bytes from a cut at or before where the owner stands to the end of the piece."""
+        parts = self.split_data.get(index)
+        if not parts or a.cut is None:
             return None
-        return got
+        cuts = [c for c in parts if c <= a.piece_bytes]
+        if not cuts:
+            return None
+        c = max(cuts)
+        data, source = parts[c]
+        return c, data, source
 
     def piece_done(self, a: Assignment, index: int) -> tuple[int, bytes, str] | None:
-        """Piece ``index`` of ``a`` verified: the losing racer stops. Returns the helper's part
-        that the piece was made with, if any."""
-        split = self.split_data.pop(index, None)
+        """Piece ``index`` of ``a`` verified: the losing racer or helpers stop. Returns the
+        helper's part the piece was made with, if any (the one ``part`` gave where ``a``
+        stands); the bytes of the other parts are counted in ``unused``."""
+        parts = self.split_data.pop(index, {})
+        used = None
         if a.cut is not None and a.next_piece == index:
+            cuts = [c for c, (d, _) in parts.items() if c <= a.piece_bytes < c + len(d)]
+            if cuts:
+                c = max(cuts)
+                data, source = parts.pop(c)
+                used = (c, data, source)
             a.cut = None
-        racer = self.racing.pop(index, None)
-        if racer is not None and racer is not a:
-            racer.cancelled = True
+        self.unused += sum(len(d) for d, _ in parts.values())
+        for helpers in (self.racing, self.second):
+            other = helpers.pop(index, None)
+            if other is not None and other is not a:
+                other.cancelled = True
         # If a racer won, the owner of this piece sees wanted() == False and gives its span back.
-        return split
+        return used
 
     def helper_stopped(self, a: Assignment) -> None:
         """Racer or split helper ``a`` ended."""
-        if self.racing.get(a.start) is a:
-            del self.racing[a.start]
-        if a.owner is not None and a.start not in self.split_data and a.owner.cut == a.split_at:
-            a.owner.cut = None  # the helper gave up: its owner fetches the whole piece
+        for helpers in (self.racing, self.second):
+            if helpers.get(a.start) is a:
+                del helpers[a.start]
+        owner = a.owner
+        if owner is not None and owner.cut is not None and owner.next_piece == a.start:
+            # The owner's cut is the lowest one a helper still works from or left its part at;
+            # none: the helper gave up and its owner fetches the whole piece.
+            cuts = list(self.split_data.get(a.start, {}))
+            cuts += [
+                h.split_at
+                for h in (self.racing.get(a.start), self.second.get(a.start))
+                if h is not None and h.owner is owner and not h.cancelled
+            ]
+            owner.cut = min(cuts) if cuts else None
 
     def owner_stopped(self, a: Assignment, pieces: PieceMap) -> None:
         """Span ``a`` ended: if it stopped before the piece it had a helper for, that work is void."""
         if a.cut is not None and a.next_piece < a.end and not pieces.is_done(a.next_piece):
-            helper = self.racing.pop(a.next_piece, None)
-            if helper is not None:
-                helper.cancelled = True
+            for helpers in (self.racing, self.second):
+                helper = helpers.pop(a.next_piece, None)
+                if helper is not None:
+                    helper.cancelled = True
             self.split_data.pop(a.next_piece, None)
             a.cut = None
 
