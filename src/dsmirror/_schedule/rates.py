@@ -25,6 +25,7 @@ __all__ = [
     "judged_rate",
     "left_bytes",
     "live_rate",
+    "owner_rate",
     "record_bytes",
     "remaining_time",
     "source_rate",
@@ -122,6 +123,25 @@ def helper_rate(s: SourceState) -> float:
     a per-host cap is shared by the connections that are actually open.
     """
     return max(expected_rate(s), s.aggregate / (s.active + 1))
+
+
+def owner_rate(a: Assignment, s: SourceState, live: int, now: float) -> float:
+    """The rate to expect from ``a`` (of source ``s``, which has ``live`` connections at work)
+    for the rest of its piece when a helper takes the back of it: the lower of its own rate and
+    its share of what its source delivered (``aggregate``).
+
+    A connection's own rate is noisy where its source's bandwidth is shared by several
+    connections: a token bucket hands its chunks to whichever sender is ready, so one second
+    of one connection can show twice its share or half of it. Planning a split with the high
+    reading gives the owner a front it finishes seconds after its helper, and nobody can
+    help with a front (simulated degrade case with such a bucket: the degraded mirror's last
+    front ended 1.9 s after everything else). Planning low costs little: an owner that
+    reaches its cut first reads on until the helper's bytes are there.
+    """
+    rate = conn_rate(a, now)
+    if s.aggregate > 0 and live > 0:
+        rate = min(rate, s.aggregate / live) if rate > 0 else s.aggregate / live
+    return rate
 
 
 def live_rate(a: Assignment, now: float, window: float) -> float:
