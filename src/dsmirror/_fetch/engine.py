@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,10 +60,12 @@ from dsmirror._core.events import (
 from dsmirror._fetch.broker import SwarmSource
 from dsmirror._fetch.repair import Repair
 from dsmirror._fetch.source import Source
+from dsmirror._fetch.witness import Witnesses
 from dsmirror._formats.manifest import FileEntry, Manifest, Piece
 from dsmirror._journal.store import Store
 from dsmirror._schedule.info import SourceInfo
 from dsmirror._schedule.scheduler import Assignment, Scheduler, SchedulerConfig
+from dsmirror._schedule.witness import WitnessConfig, WitnessPolicy
 
 __all__ = ["EngineConfig", "RateLimiter", "SwarmSource", "fetch", "plan_connections"]
 
@@ -74,6 +77,8 @@ class EngineConfig:
     progress_interval: float = 0.25
     max_rate: float | None = None  # bytes/s, --max-rate
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    #: cross-checks of files without piece hashes (None: off; ``dsmirror._schedule.witness``)
+    witness: WitnessConfig | None = field(default_factory=WitnessConfig)
 
 
 class RateLimiter:
@@ -231,11 +236,33 @@ class _Engine:
         self._workers: list[threading.Thread] = []  # of stream sources (self.threads also has swarms')
         self._gate = _StoreGate()
         self._dropped: set[str] = set()
-        self.repair = Repair(manifest, store, self.sched, self.emit)
+        self.witness = self._witnesses()
+        self.repair = Repair(manifest, store, self.sched, self.emit, self.witness, self.drop)
         for src in self.sources.values():
             for fi, f in enumerate(manifest.files):
                 if not src.has_file(f):
                     self.sched.source(src.name).missing_files.add(fi)
+
+    def _witnesses(self) -> Witnesses | None:
+        """Cross-checks, when a file has no piece hashes and two stream sources could compare it."""
+        cfg = self.cfg.witness
+        unhashed = any(f.pieces and not f.pieces[0] for f in self.m.files)
+        if cfg is None or not unhashed or len(self.sources) < 2:
+            return None
+        policy = WitnessPolicy(cfg, self.clock, random.Random())
+        take = self.limiter.take if self.limiter else None
+        return Witnesses(
+            self.m, self.store, self.sched, self.sources, policy, self.drop, self.emit, take, self._gate.open
+        )
+
+    def drop(self, name: str, reason: str) -> None:
+        """Ban ``name`` for the rest of the pull and say so once."""
+        self.sched.ban(name, reason)
+        with self._events_lock:
+            if name in self._dropped:
+                return
+            self._dropped.add(name)
+        self.emit(SourceDropped(name, reason))
 
     def emit(self, ev: Event) -> None:
         with self._events_lock:
@@ -260,6 +287,8 @@ class _Engine:
             )
         for t in self.threads:
             t.start()
+        if self.witness:
+            self.witness.start()
 
     def _swarm_main(self, sw: SwarmSource) -> None:
         try:
@@ -478,16 +507,19 @@ class _Engine:
 
     def _record(self, a: Assignment, piece: Piece, digest: str, buf: bytearray | None, source: str) -> None:
         if not piece.sha256:
-            # No published piece hash: keep provenance; the whole-file digest decides (see Repair).
+            # No published piece hash: keep provenance; witnesses compare blocks of it with other
+            # sources, and the whole-file digest decides (see Repair).
             self.repair.piece_received(piece, digest, source)
             if buf is not None:
                 with self._piece_locks[piece.index % 64]:
                     if self.store.is_done(piece.index):
                         return
                     self.store.write(piece, 0, buf)
-                    self.store.mark_verified(piece, source=source, digest=digest)
+                    new = self.store.mark_verified(piece, source=source, digest=digest)
             else:
-                self.store.mark_verified(piece, source=source, digest=digest)
+                new = self.store.mark_verified(piece, source=source, digest=digest)
+            if new and self.witness:
+                self.witness.piece_received(piece, digest, source)
             return
         if digest != piece.sha256:
             err = PieceMismatch(
@@ -550,6 +582,7 @@ class _Engine:
     def _take_file_results(self) -> None:
         for fi, ok in self.store.take_file_results():
             self.repair.file_checked(fi, ok)
+        self.repair.poll()
 
     def finished(self, files: Sequence[str], before: int, seconds: float) -> PullFinished:
         """The pull's last event; ``before``: bytes verified when it started."""
@@ -581,6 +614,8 @@ class _Engine:
         for t in self.threads:
             if t not in self._workers:
                 t.join(timeout=3)
+        if self.witness:
+            self.witness.close(max(0.0, end - time.monotonic()))
         self._gate.close()
         for sw in self.swarms.values():
             sw.close()

@@ -1,8 +1,20 @@
-"""Repair of a file that failed its whole-file digest: which pieces to fetch again, from whom.
+"""Repair of a file that failed its whole-file digest: which bytes to compare or fetch again.
 
 The engine reports to :class:`Repair` every piece that has no hash of its own (``piece_received``)
-and every whole-file result the store's hasher produces (``file_checked``); Repair invalidates
-pieces in the store, reopens them in the scheduler and bans the source found to lie.
+and every whole-file result the store's hasher produces (``file_checked``), and calls ``poll`` on
+every turn of its loop.
+
+With witnesses (``dsmirror._fetch.witness``: two or more stream sources), a failed file is first
+repaired from evidence, cheaply: while checks of the file are still queued or running the result
+waits (a check may be about to patch the damage); then evidence rounds compare a growing share of
+the file's blocks with other sources, the most suspect sources' pieces first
+(``dsmirror._schedule.witness.final_shares``: 1/64, 1/32, ... 1/4 of the file). A round that
+patches something has the file hashed again; a round that finds nothing leads to the next. Only
+when the last round found nothing (sparse damage: a flipped byte or two) does the repair fall back
+to the expensive step below, its suspects ordered by evidence.
+
+The fallback, and the repair without witnesses: invalidate the pieces of one suspect source in the
+store, reopen them in the scheduler elsewhere, and ban the suspect found to lie (see ``Repair``).
 """
 
 from __future__ import annotations
@@ -14,9 +26,11 @@ from dataclasses import dataclass
 
 from dsmirror._core.errors import IntegrityError
 from dsmirror._core.events import Event, PieceRejected, SourceDropped
+from dsmirror._fetch.witness import Witnesses
 from dsmirror._formats.manifest import Manifest, Piece
 from dsmirror._journal.store import Store
 from dsmirror._schedule.scheduler import Scheduler
+from dsmirror._schedule.witness import final_shares
 
 __all__ = ["Repair"]
 
@@ -43,14 +57,24 @@ class Repair:
     """
 
     def __init__(
-        self, manifest: Manifest, store: Store, sched: Scheduler, emit: Callable[[Event], None]
+        self,
+        manifest: Manifest,
+        store: Store,
+        sched: Scheduler,
+        emit: Callable[[Event], None],
+        witness: Witnesses | None = None,
+        drop: Callable[[str, str], None] | None = None,
     ) -> None:
         self.m = manifest
         self.store = store
         self.sched = sched
         self.emit = emit
+        self.witness = witness
+        self._drop = drop  # bans a source and says so once (the engine's); else ban and emit here
         self.files: dict[int, _FileRepair] = {}
         self._lock = threading.Lock()
+        self._rounds: dict[int, tuple[int, int]] = {}  # file -> (evidence round, patches at its start)
+        self._waiting: dict[int, int] = {}  # file -> patches it had when it began to wait
 
     def piece_received(self, piece: Piece, digest: str, source: str) -> None:
         with self._lock:
@@ -64,11 +88,13 @@ class Repair:
             src = self.store.provenance.get(i, ("?", ""))[0]
             count[src] = count.get(src, 0) + 1
 
-        def key(name: str) -> tuple[int, int, int, int]:
+        def key(name: str) -> tuple[int, int, int, int, int]:
             if not self.sched.has_source(name):
-                return (0, 0, 0, count[name])  # unknown provenance (resumed): check first
+                return (0, 0, 0, 0, count[name])  # unknown provenance (resumed): check first
             st = self.sched.source(name)
-            return (1, 0 if st.banned or st.corrupt else 1, 1 if st.info.official else 0, count[name])
+            vouched = self.witness.vouched(name) if self.witness else 0
+            banned = 0 if st.banned or st.corrupt else 1
+            return (1, banned, vouched, 1 if st.info.official else 0, count[name])
 
         return sorted(count, key=key)
 
@@ -76,17 +102,26 @@ class Repair:
         f = self.m.files[fi]
         r = self.files.get(fi)
         if ok:
+            self._rounds.pop(fi, None)
+            self._waiting.pop(fi, None)
             if r and r.suspect and r.disputes and self.sched.has_source(r.suspect):
                 reason = (
                     f"sent bad bytes for {f.path} (found by cross-checking its pieces with other sources)"
                 )
-                self.sched.ban(r.suspect, reason)
-                self.emit(SourceDropped(r.suspect, reason))
+                if self._drop is not None:
+                    self._drop(r.suspect, reason)
+                else:
+                    self.sched.ban(r.suspect, reason)
+                    self.emit(SourceDropped(r.suspect, reason))
                 self._recheck_elsewhere(r.suspect)
             self.files.pop(fi, None)
             return
         if not f.pieces or f.pieces[0]:
             self._recheck_hashed_file(fi)
+            return
+        if self.store.file_result(fi) is None:
+            return  # a stale result: a witness patched the file since, and it is being hashed again
+        if self.witness is not None and self._evidence_round(fi):
             return
         if r is None:
             r = self.files[fi] = _FileRepair(tried=[])
@@ -115,6 +150,49 @@ class Repair:
         )
         self.store.invalidate(pieces)
         self.sched.reopen(pieces, avoid=suspect if self.sched.has_source(suspect) else None)
+
+    def poll(self) -> None:
+        """A failed file that waited for its checks: go on once they are done (see the docstring)."""
+        if self.witness is None:
+            return
+        for fi, mark in list(self._waiting.items()):
+            if self.witness.busy(fi):
+                continue
+            del self._waiting[fi]
+            if self.witness.patched(fi) == mark:
+                self.file_checked(fi, False)  # nothing patched: the next round
+            # else: patched, so the store hashes the file again and reports it
+
+    def _evidence_round(self, fi: int) -> bool:
+        """Start (or wait for) the next evidence round of failed file ``fi``; False when the rounds
+        are exhausted and the whole-piece repair must run."""
+        assert self.witness is not None
+        if self.witness.busy(fi):
+            self._waiting[fi] = self.witness.patched(fi)
+            return True
+        # A round that patched something is repeated at the same share (more damage of the same
+        # kind is likely); only one that found nothing moves on to a larger share.
+        k, mark = self._rounds.get(fi, (0, -1))
+        patched = self.witness.patched(fi)
+        if mark >= 0 and patched == mark:
+            k += 1
+        shares = list(final_shares(self.witness.policy.config))
+        if k >= len(shares):
+            return False
+        self._rounds[fi] = (k, patched)
+        self._waiting[fi] = patched
+        blocks = self.witness.audit_file(fi, shares[k])
+        f = self.m.files[fi]
+        self.emit(
+            PieceRejected(
+                "",
+                -1,
+                f.path,
+                f"{f.path} failed its SHA-256; comparing {shares[k]:.1%} of it ({blocks} blocks) "
+                "with other sources, the least trusted first",
+            )
+        )
+        return True
 
     def _recheck_hashed_file(self, fi: int) -> None:
         """A file with piece hashes failed its digest: the bytes on disk changed behind our back.

@@ -95,6 +95,9 @@ class Faults:
     Body faults count body bytes, i.e. from the start of the (range) body:
 
     - ``corrupt``: flip (XOR 0xFF) the byte in the middle of the body;
+    - ``corrupt_region``: a damaged copy: flip the byte at every ``corrupt_stride``-th file offset
+      of ``[start, end)`` that the body carries, the same bytes in every response (a lying mirror
+      whose copy has a bad region; :attr:`MirrorServer.corrupted_bytes` counts the bytes sent);
     - ``reset_after``: after that many bytes, close the connection with a TCP RST (bytes still in
       the server's send buffer may be dropped by the reset, as on a real network);
     - ``stall_after``: after that many bytes send nothing for ``stall_seconds``, then close;
@@ -107,6 +110,8 @@ class Faults:
     """
 
     corrupt: bool = False
+    corrupt_region: tuple[int, int] | None = None
+    corrupt_stride: int = 16 * 1024
     reset_after: int | None = None
     stall_after: int | None = None
     stall_seconds: float = 30.0
@@ -137,6 +142,8 @@ class Faults:
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"probability must be within [0, 1], got {self.probability}")
+        if self.corrupt_stride < 1:
+            raise ValueError(f"corrupt_stride must be >= 1, got {self.corrupt_stride}")
         for name in ("reset_after", "stall_after", "count"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -149,6 +156,7 @@ class Faults:
         )
         body = is_get and (
             self.corrupt
+            or self.corrupt_region is not None
             or self.reset_after is not None
             or self.stall_after is not None
             or self.short_body
@@ -285,6 +293,16 @@ def _shifted(start: int, end: int, size: int) -> tuple[int, int]:
     if start > 0:
         return start - 1, end - 1
     return start + 1, end  # the whole file was asked for: drop its first byte
+
+
+def _region_flips(region: tuple[int, int], stride: int, start: int, length: int) -> range:
+    """Body positions of a response of ``length`` bytes from file offset ``start`` whose bytes a
+    ``corrupt_region`` fault flips: file offsets ``region[0] + k * stride`` inside the region."""
+    lo, hi = max(region[0], start), min(region[1], start + length)
+    if lo >= hi:
+        return range(0)
+    first = region[0] + -(-(lo - region[0]) // stride) * stride
+    return range(first - start, hi - start, stride)
 
 
 def _signature(key: bytes, path: str, expires: str) -> str:
@@ -444,7 +462,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         cut = faults._cut(length)
         stop = length if cut is None else cut[0]
-        self._send_body(mirror, path, fd, start, stop, faults.corrupt, length, faults.crawl)
+        flips = [length // 2] if faults.corrupt else []
+        if faults.corrupt_region is not None:
+            region = _region_flips(faults.corrupt_region, faults.corrupt_stride, start, length)
+            flips = sorted({*flips, *region})
+        self._send_body(mirror, path, fd, start, stop, flips, faults.crawl)
         if cut is not None:
             kind = cut[1]
             if kind == "stall" and self._aborted.wait(faults.stall_seconds):
@@ -459,13 +481,13 @@ class _Handler(BaseHTTPRequestHandler):
         fd: int,
         start: int,
         stop: int,
-        corrupt: bool,
-        length: int,
+        flips: list[int],
         crawl: float | None = None,
     ) -> None:
         """Send body bytes ``[0, stop)`` (file bytes from ``start``) through the token bucket
-        (and at most ``crawl`` bytes/s)."""
-        flip_at = length // 2 if corrupt else -1
+        (and at most ``crawl`` bytes/s), the bytes at body positions ``flips`` (sorted) flipped."""
+        pending = iter(flips)
+        flip_at = next(pending, -1)
         sent = 0
         while sent < stop:
             n = min(mirror._bucket.chunk_size(), stop - sent)
@@ -488,6 +510,8 @@ class _Handler(BaseHTTPRequestHandler):
                 except OSError:
                     mirror._count_bytes(path, -1)
                     raise
+                mirror._count_corrupted()
+                flip_at = next(pending, -1)
             else:
                 self._sendfile(mirror, path, fd, start + sent, n)
             sent += n
@@ -557,6 +581,7 @@ class MirrorServer:
         self._bytes_by_path: dict[str, int] = {}
         self._requests = 0
         self._faults_applied = 0
+        self._corrupted = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -700,9 +725,15 @@ class MirrorServer:
         with self._lock:
             return self._faults_applied
 
+    @property
+    def corrupted_bytes(self) -> int:
+        """Flipped bytes sent (``corrupt`` and ``corrupt_region`` faults)."""
+        with self._lock:
+            return self._corrupted
+
     def reset_counters(self) -> None:
         with self._lock:
-            self._bytes_served = self._requests = self._faults_applied = 0
+            self._bytes_served = self._requests = self._faults_applied = self._corrupted = 0
             self._bytes_by_path.clear()
 
     # -- called by handler threads -----------------------------------------------------------
@@ -717,6 +748,10 @@ class MirrorServer:
     def _unregister(self, handler: _Handler) -> None:
         with self._lock:
             self._connections.discard(handler)
+
+    def _count_corrupted(self) -> None:
+        with self._lock:
+            self._corrupted += 1
 
     def _count_request(self) -> None:
         with self._lock:
