@@ -14,6 +14,14 @@ Both clients get the same pieces: aria2c the Metalink written by ``dsmirror mani
 --meta4`` and run as ``aria2c -x16 -s16 -k8M --uri-selector=adaptive`` (then ``sync -f DEST``,
 counted), dsmirror as ``dsmirror pull MANIFEST --no-default-catalog --mirrors CATALOG``.
 
+``--baseline-src OTHER/src`` adds a third client, the dsmirror of another source tree (say the
+last commit, from ``git archive``), interleaved with the others in the same run: a change's
+before and after, side by side with aria2c, on the same mirrors and the same machine load.
+
+Start-up counts: every run prints when each mirror served its first and its last byte, from
+the client's exec (``first byte``: interpreter, imports, resolve and the first request), and
+the summary its median (``start s``).
+
 Scenarios (``--scenarios``):
 
 - ``static``: nothing changes. The physical limit is the sum of the caps; the bench prints the
@@ -85,6 +93,9 @@ class Outcome:
     pull_seconds: float | None = None  # dsmirror's own PullFinished.seconds (no process start-up)
     event_at: float | None = None  # seconds after start when the scenario's change happened
     after_recovery: int | None = None  # flap: bytes the flapping mirror served after it came back
+    first_byte: float | None = None  # seconds from exec to the first byte any mirror served
+    #: per mirror: seconds from exec to its first and to its last byte served (None: served nothing)
+    edges: list[tuple[float, float] | None] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -107,6 +118,10 @@ class Scenario:
         self.recovered_at_bytes: int | None = None
         self.samples: list[list[int]] = []  # bytes served by each mirror, sampled every second
         self._sampler: threading.Thread | None = None
+        self._edger: threading.Thread | None = None
+        self.t_exec = 0.0  # perf_counter just before the client was started
+        self.first: list[float | None] = []  # per mirror: perf_counter of its first byte served
+        self.last: list[float | None] = []  # ... and of the last change of its counter seen
 
     def ideal(self) -> float:
         """Seconds a perfect client needs (start-up and latency aside)."""
@@ -130,18 +145,23 @@ class Scenario:
     def start(self) -> None:
         self._stop.clear()
         self.samples = []
+        self.first = [None] * len(self.servers)
+        self.last = [None] * len(self.servers)
+        self.t_exec = time.perf_counter()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
+        self._edger = threading.Thread(target=self._edges, daemon=True)
+        self._edger.start()
         if self.name != "static":
             self._thread = threading.Thread(target=self._watch, args=(time.perf_counter(),), daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in (self._thread, self._sampler):
+        for thread in (self._thread, self._sampler, self._edger):
             if thread is not None:
                 thread.join()
-        self._thread = self._sampler = None
+        self._thread = self._sampler = self._edger = None
         self.servers[self.victim].set_down(False)
 
     def _sample(self) -> None:
@@ -150,6 +170,29 @@ class Scenario:
             self.samples.append([s.bytes_served for s in self.servers])
             if self._stop.wait(max(0.0, t0 + len(self.samples) - time.perf_counter())):
                 return
+
+    def _edges(self) -> None:
+        """When each mirror served its first byte (polled every 2 ms until all did, then every
+        20 ms) and when its counter last moved: start-up, and when each mirror's part ended."""
+        seen = [s.bytes_served for s in self.servers]
+        while True:
+            now = time.perf_counter()
+            for i, server in enumerate(self.servers):
+                b = server.bytes_served
+                if b != seen[i]:
+                    seen[i] = b
+                    if self.first[i] is None:
+                        self.first[i] = now
+                    self.last[i] = now
+            if self._stop.wait(0.002 if None in self.first else 0.02):
+                return
+
+    def edges(self) -> list[tuple[float, float] | None]:
+        """Per mirror: (first byte, last byte) in seconds after the client's exec, or None."""
+        return [
+            None if f is None or last is None else (f - self.t_exec, last - self.t_exec)
+            for f, last in zip(self.first, self.last, strict=True)
+        ]
 
     def timeline(self) -> list[list[float]]:
         """MB/s each mirror served in each second of the last run."""
@@ -189,6 +232,12 @@ def main() -> int:
     ap.add_argument("--flap-seconds", type=float, default=5.0, help="how long it stays down")
     ap.add_argument("--tools", default="dsmirror,aria2c", help="comma-separated subset of dsmirror,aria2c")
     ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also run the dsmirror of this source tree (its src/ folder), as client 'baseline', "
+        "interleaved with the others in the same run: before/after figures of one change",
+    )
+    ap.add_argument(
         "--timeline", action="store_true", help="print MB/s served by each mirror, second by second"
     )
     ap.add_argument(
@@ -211,6 +260,14 @@ def main() -> int:
     if "aria2c" in tools and shutil.which("aria2c") is None:
         print("aria2c is not installed (apt-get install -y aria2): running dsmirror only", file=sys.stderr)
         tools.remove("aria2c")
+    if args.baseline_src is not None:
+        if not (args.baseline_src / "dsmirror" / "__init__.py").is_file():
+            ap.error(f"--baseline-src {args.baseline_src}: no dsmirror package there")
+        tools.append("baseline")
+        # Byte-compiled like the client under test (``compile_client``): start-up is measured.
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(args.baseline_src / "dsmirror")], check=True
+        )
 
     model = prepare_model(parse_size(args.size), parse_size(args.piece_size), fresh=args.fresh)
     size = model.size
@@ -246,6 +303,7 @@ def main() -> int:
                 "--json",
                 *pull_flags,
             ],
+            "baseline": lambda dest: commands["dsmirror"](dest),
             "aria2c": lambda dest: [
                 "aria2c",
                 *ARIA2C_BASE,
@@ -271,7 +329,9 @@ def main() -> int:
             outcomes: dict[str, list[Outcome]] = {t: [] for t in tools}
             for run in range(args.runs):
                 for tool in tools if run % 2 == 0 else tools[::-1]:
-                    out = run_once(tool, commands[tool], scenario, model, work, run, timeout)
+                    out = run_once(
+                        tool, commands[tool], scenario, model, work, run, timeout, args.baseline_src
+                    )
                     outcomes[tool].append(out)
                     failures += not out.ok
                     print_run(run, tool, out, scenario, size, sum(caps), ideal, specs)
@@ -290,15 +350,17 @@ def main() -> int:
             served = [median([o.served[i] for o in outcomes[tool]]) for i in range(len(specs))]
             w = walls[tool]
             ratio = (
-                f"{walls['dsmirror'] / walls['aria2c']:.2f}" if tool == "dsmirror" and len(tools) == 2 else ""
+                f"{w / walls['aria2c']:.2f}" if tool in ("dsmirror", "baseline") and "aria2c" in walls else ""
             )
             pulls = [o.pull_seconds for o in good if o.pull_seconds is not None]
+            starts = [o.first_byte for o in good if o.first_byte is not None]
             rows.append(
                 [
                     name,
                     tool,
                     f"{w:.2f}",
                     f"{median(pulls):.2f}" if pulls else "-",
+                    f"{median(starts):.2f}" if starts else "-",
                     f"{size / w / sum(caps):.1%}",
                     f"{ideal:.2f}",
                     f"{w / ideal:.2f}",
@@ -314,6 +376,7 @@ def main() -> int:
                 "client",
                 "wall s",
                 "pull s",
+                "start s",
                 "of caps",
                 "ideal s",
                 "x ideal",
@@ -331,7 +394,8 @@ def main() -> int:
         )
     print(
         "wall s: the client process, start-up and (aria2c) final sync included; pull s: dsmirror's own\n"
-        "PullFinished.seconds, without interpreter start-up; of caps: size / wall / sum of caps."
+        "PullFinished.seconds, without interpreter start-up; start s: exec to the first byte any mirror\n"
+        "served (start-up: interpreter, imports, resolve, first request); of caps: size / wall / sum of caps."
     )
     return 1 if failures else 0
 
@@ -344,11 +408,14 @@ def run_once(
     work: Path,
     run: int,
     timeout: float,
+    baseline_src: Path | None = None,
 ) -> Outcome:
     dest = work / f"{tool}-out"
     clear(dest)
     scenario.reset()
     env = client_env(work / f"{tool}-{scenario.name}-home-{run}")
+    if tool == "baseline" and baseline_src is not None:
+        env["PYTHONPATH"] = str(baseline_src)
     log = work / f"{tool}-{scenario.name}-{run}"
     scenario.start()
     try:
@@ -374,13 +441,16 @@ def run_once(
     served = [s.bytes_served for s in scenario.servers]
     bad = bad_outputs(model.manifest, dest)
     out = Outcome(m, m.returncode == 0 and not bad, served, event_at=scenario.event_at)
+    out.edges = scenario.edges()
+    firsts = [e[0] for e in out.edges if e is not None]
+    out.first_byte = min(firsts) if firsts else None
     if scenario.recovered_at_bytes is not None:
         out.after_recovery = served[scenario.victim] - scenario.recovered_at_bytes
     if bad:
         out.notes.append(f"bad files: {bad}")
     if m.returncode:
         out.notes.append(f"exit {m.returncode} (logs {log}.*)")
-    if tool == "dsmirror":
+    if tool in ("dsmirror", "baseline"):
         events = read_json_lines(log.with_suffix(".out"))
         finished = [e for e in events if e.get("event") == "PullFinished"]
         if finished:
@@ -415,6 +485,11 @@ def print_run(
         )
     if out.pull_seconds is not None:
         extra.append(f"pull {out.pull_seconds:.2f} s")
+    if out.first_byte is not None:
+        extra.append(f"first byte {out.first_byte:.2f} s")
+    ends = [f"{s.name} {e[0]:.2f}-{e[1]:.2f}" for s, e in zip(specs, out.edges, strict=True) if e is not None]
+    if ends:
+        extra.append("served " + ", ".join(ends))
     print(
         f"run {run + 1} {tool:8s} {out.m.wall:7.2f} s  {size / out.m.wall / caps:6.1%} of caps  "
         f"{out.m.wall / ideal:5.2f}x ideal  cpu {out.m.cpu:5.2f} s  MB served: {served}  "
@@ -460,6 +535,9 @@ def calibrate(servers: Sequence[MirrorServer], specs: Sequence[MirrorSpec], mode
         for proc in procs:
             proc.kill()
             proc.wait()
+        # The mirrors' sender threads notice the closed connections at their next chunk: let them,
+        # so the first run's start-up is not measured from their last bytes.
+        time.sleep(1.0)
     rates = [(b - a) / (t1 - t0) for a, b in zip(before, after, strict=True)]
     shown = ", ".join(
         f"{spec.name} {r / MB:.1f}/{(spec.rate or 0) / MB:g}" for spec, r in zip(specs, rates, strict=True)
