@@ -17,6 +17,7 @@ only modules below it)::
       _oci_routes         the /v2 registry API (the OCI distribution spec's pull side)
         _ollama_routes    Ollama models as registry repositories (names, tags, blobs)
       _folder_routes      dsmirror's /dsmirror/ routes of served manifest folders
+      _proof_routes       the box's proof: piece manifests of served models, and their headers
       _send               sending bytes: sendfile, injected faults, files still being pulled
       _ranges             Range and conditional requests against the content etag
       _http               error replies carried as exceptions, JSON, repo paths from URLs
@@ -25,6 +26,7 @@ only modules below it)::
       _ollama_pullthrough the Ollama side (pull's manifest client; into the Ollama store)
       _pulljob            PullJob, one file's pull shared by every request, and the JobBoard
       _upstream           the upstream mirrors and the cache of what they said
+    _proofs             every served file hashed once in pieces: the piece manifests it proves
     _library            the index kept in step with the disk (rescans)
     _index              ModelIndex: what is served, as the routes look it up
       _folder_index       plain folders described by a dsmirror manifest
@@ -41,6 +43,7 @@ from dsmirror._serve._hf_index import LFS_MIN_SIZE, HfRepo, ServedFile, index_hf
 from dsmirror._serve._index import ModelIndex
 from dsmirror._serve._library import IndexSource, Library, ServeRoots, StaticIndex
 from dsmirror._serve._ollama_index import OllamaLayer, OllamaModel, index_ollama_store
+from dsmirror._serve._proofs import FileProof, ProofBook
 from dsmirror._serve._pulljob import PullJob
 from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._ranges import ByteRange, RangeNotSatisfiable, parse_range
@@ -56,6 +59,7 @@ __all__ = [
     "ByteRange",
     "ConnectionLimits",
     "DigestCache",
+    "FileProof",
     "HfRepo",
     "IndexSource",
     "Library",
@@ -63,6 +67,7 @@ __all__ = [
     "ModelIndex",
     "OllamaLayer",
     "OllamaModel",
+    "ProofBook",
     "PullJob",
     "PullThrough",
     "RangeNotSatisfiable",
