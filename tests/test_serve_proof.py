@@ -30,11 +30,27 @@ import pytest
 import yaml
 
 from dsmirror import create_manifest
+from dsmirror._formats.catalog import Mirror
 from dsmirror._formats.manifest import parse_manifest
-from dsmirror._resolve.registries.proof import PROOF_HEADER, hf_proof_path, ollama_proof_path
+from dsmirror._resolve.registries.proof import (
+    PROOF_HEADER,
+    PROOF_TIMEOUT,
+    fetch_proofs,
+    hf_proof_path,
+    ollama_proof_path,
+)
 from dsmirror._serve import HfRepo, ModelIndex, OllamaModel, ServerThread, index_hf_cache, make_app
 from dsmirror._serve._proofs import ProofBook
 from dsmirror.testing import Faults, MirrorServer
+from dsmirror.testing.hostile import (
+    Behaviour,
+    BlackHole,
+    DripFeed,
+    EndlessBody,
+    GzipBomb,
+    HostileServer,
+    Respond,
+)
 
 REPO_ID = "acme/proven"
 BIG = "model.safetensors"
@@ -400,6 +416,30 @@ def test_a_file_pulled_through_is_proven_and_a_restart_hashes_nothing(
         assert book.wait_idle(60)
         assert httpx.get(again.url + hf_proof_path(REPO_ID, repo.commit)).json() == doc
     assert book.bytes_hashed == 0
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [BlackHole(), DripFeed(interval=0.2, head=True), EndlessBody(), GzipBomb()],
+    ids=["black-hole", "head-trickle", "endless", "gzip-bomb"],
+)
+def test_a_hostile_mirror_costs_a_pull_a_bounded_proof_request(behaviour: Behaviour) -> None:
+    """Every non-official mirror is asked for a proof: one that never answers, drips or floods is
+    cut within PROOF_TIMEOUT and PROOF_LIMIT, with a note, and the pull goes on without it."""
+    with HostileServer(behaviour) as srv:
+        mirrors = [Mirror("hostile", "hf", srv.url.rstrip("/")), Mirror("hub", "hf", DEAD, official=True)]
+        proofs, notes = fetch_proofs(mirrors, hf_proof_path(REPO_ID, "a" * 40), timeout=60)
+        assert srv.wait_closed(5)
+        held = srv.busy_seconds
+    assert proofs == [] and len(notes) == 1 and notes[0].startswith("hostile: no piece manifest"), notes
+    assert srv.requests == 1 and held <= PROOF_TIMEOUT + 1  # the official one is not asked at all
+
+
+def test_a_proof_that_is_no_manifest_is_noted_and_ignored() -> None:
+    bad = Respond(200, b'{"format": "dsmirror-manifest", "version": 1}', content_type="application/json")
+    with HostileServer(bad) as srv:
+        proofs, notes = fetch_proofs([Mirror("odd", "hf", srv.url.rstrip("/"))], "/x.json", timeout=10)
+    assert proofs == [] and len(notes) == 1 and notes[0].startswith("odd: its piece manifest is unusable")
 
 
 # -- Ollama ------------------------------------------------------------------------------------------
