@@ -291,6 +291,8 @@ class SendfileServer:
                         await self._sendfile(writer.get_extra_info("socket").fileno(), fh.fileno(), start, n)
         except (OSError, ValueError, EOFError, Exception):  # client gone, junk: end the connection
             pass
+        except BaseException:  # cancelled as the server stops: end quietly
+            pass
         finally:
             writer.close()
 

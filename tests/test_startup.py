@@ -147,6 +147,9 @@ def test_http_sources_share_one_verifying_ssl_context(monkeypatch: pytest.Monkey
     sources = [HttpSource(_info(f"m{i}"), plain_url_for(f"http://m{i}.example/")) for i in range(3)]
     sources.append(HttpSource(_info("tls"), plain_url_for("https://tls.example/")))
     try:
+        assert not made  # made on first use: a pull from plain-http mirrors needs none
+        for s in sources:
+            assert s._client is s._client  # each source's httpx client, made once
         assert len(made) == 1  # httpx alone makes one per client
         ctx = shared_ssl_context()
         assert ctx is made[0]

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
+from urllib.request import getproxies
 
 import httpcore._sync.http11 as _h11
 import httpx
@@ -116,7 +117,7 @@ class HttpSource(Source):
     stall_timeout: float = 20.0
     files: Mapping[str, Any] | None = None  # when set, only these paths are available here
     transport: httpx.BaseTransport | None = None
-    _client: httpx.Client = field(init=False, repr=False)
+    _httpx: httpx.Client | None = field(init=False, repr=False, default=None)
     _sockets: Sockets = field(init=False, repr=False, default_factory=Sockets)
     _resolved: dict[str, _Resolved] = field(init=False, repr=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
@@ -132,7 +133,22 @@ class HttpSource(Source):
                 max_idle=n,
                 user_agent=USER_AGENT,
             )
-        self._client = self._sockets.arm(
+
+    @property
+    def _client(self) -> httpx.Client:
+        """The httpx client, made on first use: a pull from plain-http mirrors needs none (the TLS
+        context alone costs ~30 ms of CPU to load)."""
+        client = self._httpx
+        if client is None:
+            with self._lock:
+                if self._httpx is None:
+                    self._httpx = self._make_client()
+                client = self._httpx
+        return client
+
+    def _make_client(self) -> httpx.Client:
+        n = max(1, self.info.max_connections) + 2
+        return self._sockets.arm(
             httpx.Client(
                 timeout=httpx.Timeout(self.stall_timeout, connect=self.connect_timeout),
                 limits=httpx.Limits(max_connections=n * 2, max_keepalive_connections=n),
@@ -154,7 +170,10 @@ class HttpSource(Source):
         self._sockets.abort()
         if self._wire is not None:
             self._wire.close()
-        self._client.close()
+        with self._lock:
+            client = self._httpx
+        if client is not None:
+            client.close()
 
     def open_range(
         self, file: FileEntry, start: int, end: int
@@ -262,8 +281,12 @@ class HttpSource(Source):
             host, port = parts.hostname, parts.port or 80
             if not host or parts.username is not None or parts.password is not None:
                 return None
-            # httpx's own choice of transport for the URL: its transport unless a proxy applies.
-            if self._client._transport_for_url(httpx.URL(url)) is not self._client._transport:
+            # No proxy from the environment for http, or httpx's own choice of transport for the
+            # URL is its own (a proxy does not apply to it, e.g. by NO_PROXY).
+            proxies = getproxies()
+            if ("http" in proxies or "all" in proxies) and (
+                self._client._transport_for_url(httpx.URL(url)) is not self._client._transport
+            ):
                 return None
         except Exception:  # an unusable URL: httpx says why (see _send)
             return None
