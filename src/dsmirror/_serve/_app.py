@@ -18,6 +18,8 @@ Routes (all read-only; anything but GET/HEAD is 405)::
     GET  /metrics                                               Prometheus text (_metrics)
     GET  /dsmirror/manifests/{sha256}.json                      a served folder's dsmirror manifest
     HEAD|GET /dsmirror/files/{manifest name or sha256}/{path}   its files: a mirror of kind http
+    GET  /dsmirror/proof/hf/{org}/{name}/{commit}.json          piece manifest of a repo's proven files
+    GET  /dsmirror/proof/ollama/sha256:{hex}.json               ... of an Ollama model (_proof_routes)
 
 What is served comes from an ``IndexSource``: a fixed ``ModelIndex``, or a ``Library`` that
 rescans the disk; a lookup that misses (``Miss``) may trigger one rescan and one retry. With a
@@ -62,6 +64,8 @@ from dsmirror._serve._library import IndexSource, Library, StaticIndex
 from dsmirror._serve._ms_routes import ModelScopeRoutes
 from dsmirror._serve._oci_routes import RegistryRoutes, write_refused
 from dsmirror._serve._ollama_routes import OllamaRoutes
+from dsmirror._serve._proof_routes import ProofRoutes
+from dsmirror._serve._proofs import ProofBook
 from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._send import ROUTE_KIND, Sender, ServeFaults, ServeStats, route_kind
 from dsmirror._serve._status import Status
@@ -110,8 +114,10 @@ class _Service:
         pullthrough: PullThrough | None,
         max_requests: int,
         max_requests_per_client: int,
+        proofs: ProofBook | None,
     ) -> None:
         self.source = source
+        self.proofs = proofs
         self.token = token
         self.stats = stats
         self.pt = pullthrough
@@ -125,9 +131,10 @@ class _Service:
         )
         self.status_routes = StatusRoutes(self.status)
         sender = Sender(self._servable, faults, stats)
-        self.hf = HfRoutes(sender, pullthrough, tree_page_size)
+        self.proof = ProofRoutes(proofs)
+        self.hf = HfRoutes(sender, pullthrough, tree_page_size, self.proof)
         self.ms = ModelScopeRoutes(sender)
-        self.registry = RegistryRoutes(OllamaRoutes(sender, pullthrough, blob_redirect_to))
+        self.registry = RegistryRoutes(OllamaRoutes(sender, pullthrough, blob_redirect_to, self.proof))
         self.folders = FolderRoutes(sender, pullthrough)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -184,6 +191,8 @@ class _Service:
 
     async def _route(self, request: web.Request, seg: list[str], index: ModelIndex) -> web.StreamResponse:
         hf, ms, folders = self.hf, self.ms, self.folders
+        if self.proofs is not None:
+            self.proofs.watch(index)  # what a rescan brought is proven next
         match seg:
             case ["healthz"]:
                 return json_reply(200, {"status": "ok", **index.counts()})
@@ -218,11 +227,15 @@ class _Service:
                 return folders.manifest(index, name)
             case ["dsmirror", "files", key, *path] if path:
                 return await folders.file(request, index, key, path)
-            case ["dsmirror", *_]:
-                raise Reply(json_reply(404, {"error": "not found"}))
-            # Hugging Face file download
+            case ["dsmirror", "proof", "hf", org, name, commit]:
+                return self.proof.hf(await hf.repo(index, org, name, self.proof.hf_commit(commit)))
+            case ["dsmirror", "proof", "ollama", digest]:
+                return self.proof.ollama(index, digest)
+            # Hugging Face file download (before the catch-all below: served folders are dsmirror/<name>)
             case [org, name, "resolve", rev, *path] if path:
                 return await hf.resolve(request, await hf.repo(index, org, name, rev), path)
+            case ["dsmirror", *_]:
+                raise Reply(json_reply(404, {"error": "not found"}))
             case _:
                 raise Reply(json_reply(404, {"error": "not found"}))
 
@@ -238,6 +251,7 @@ def make_app(
     pullthrough: PullThrough | None = None,
     max_requests: int = 1024,
     max_requests_per_client: int = 128,
+    proofs: ProofBook | None = None,
 ) -> web.Application:
     """The aiohttp application serving ``index`` (or what an ``IndexSource`` serves now) read-only.
 
@@ -248,6 +262,8 @@ def make_app(
     ``pullthrough``: pull what is missing from upstream (started and closed with the app).
     ``max_requests`` / ``max_requests_per_client``: requests handled at once, in all and per
     client address; beyond them the answer is 503 with Retry-After.
+    ``proofs``: publish piece manifests of what is served (its worker runs with the app; see
+    ``_proofs``); None: no proof routes (404) and no proof headers.
     """
     if tree_page_size < 1:
         raise ValueError("tree_page_size must be positive")
@@ -262,6 +278,7 @@ def make_app(
         pullthrough=pullthrough,
         max_requests=max_requests,
         max_requests_per_client=max_requests_per_client,
+        proofs=proofs,
     )
     app = web.Application(client_max_size=client_max_size)
     app[STATS] = stats
@@ -269,6 +286,18 @@ def make_app(
     app.router.add_route("*", "/{tail:.*}", service.dispatch)
     app.on_response_prepare.append(_recorder(stats))
     app.cleanup_ctx.append(_status_ticker(service.status))
+    if proofs is not None:
+        book, served = proofs, service.source
+
+        async def start_proving(_app: web.Application) -> None:
+            book.start()
+            book.watch(served.index)
+
+        async def stop_proving(_app: web.Application) -> None:
+            await asyncio.get_running_loop().run_in_executor(None, book.stop)
+
+        app.on_startup.append(start_proving)
+        app.on_cleanup.append(stop_proving)
     if pullthrough is not None:
         pt = pullthrough
 

@@ -4,7 +4,9 @@ A file is served only once it is known to match the manifest: by the install rec
 wrote when it put the file there (``.dsmirror/installed/<manifest sha256>.json``, path ->
 ``[size, mtime_ns, inode]``; ``dsmirror._formats.private``), or else by hashing it once.
 Missing or mismatching files are not served. A served folder also appears on the Hugging Face
-routes, as the repo ``dsmirror/<manifest name>``.
+routes, as the repo ``dsmirror/<manifest name>``; a ``model.sig`` kept next to its files (``dsmirror
+pull model.sig`` writes one there) appears in that repo as a file too, so a client that knows the
+publisher checks it as the repo's own signature.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from dsmirror._core.errors import InputError
 from dsmirror._formats.manifest import Manifest
 from dsmirror._formats.private import PrivateArea
+from dsmirror._formats.signature import MAX_SIGNATURE_SIZE, SIGNATURE_NAME
 from dsmirror._serve._digests import DigestCache
 from dsmirror._serve._hf_index import HfRepo, ServedFile
 
@@ -39,6 +42,8 @@ class ManifestFolder:
     manifest: Manifest
     root: Path
     files: dict[str, ServedFile]
+    #: The ``model.sig`` beside the files, when there is one and the manifest does not list it.
+    signature: ServedFile | None = None
 
     @property
     def name(self) -> str:
@@ -56,7 +61,10 @@ class ManifestFolder:
     def as_hf_repo(self) -> HfRepo:
         """The folder as a Hugging Face repo at a commit derived from the manifest's identity."""
         commit = self.sha256[:40]
-        return HfRepo(repo_id=self.repo_id, commit=commit, refs={"main": commit}, files=dict(self.files))
+        files = dict(self.files)
+        if self.signature is not None:
+            files[self.signature.path] = self.signature
+        return HfRepo(repo_id=self.repo_id, commit=commit, refs={"main": commit}, files=files)
 
 
 def _install_record(root: Path, manifest: Manifest) -> dict[str, Any]:
@@ -96,4 +104,18 @@ def index_manifest_folder(
                 logger.warning("not serving %s: its SHA-256 does not match the manifest", disk)
                 continue
         files[entry.path] = ServedFile(entry.path, disk, entry.size, entry.sha256, None, lfs=True)
-    return ManifestFolder(manifest, root, files)
+    return ManifestFolder(manifest, root, files, _signature_beside(manifest, root, digests))
+
+
+def _signature_beside(manifest: Manifest, root: Path, digests: DigestCache) -> ServedFile | None:
+    if any(f.path == SIGNATURE_NAME for f in manifest.files):
+        return None  # a file of the model: served as one
+    disk = root / SIGNATURE_NAME
+    try:
+        st = disk.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIGNATURE_SIZE:
+            return None
+        size, sha256, git_sha1 = digests.digests(disk, git=True)
+    except (OSError, InputError):
+        return None
+    return ServedFile(SIGNATURE_NAME, disk, size, sha256, git_sha1, lfs=False)

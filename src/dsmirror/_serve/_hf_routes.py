@@ -30,6 +30,7 @@ from dsmirror._serve._http import (
     repo_path,
 )
 from dsmirror._serve._index import ModelIndex
+from dsmirror._serve._proof_routes import ProofRoutes
 from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._send import Content, Sender
 
@@ -56,10 +57,13 @@ def repo_file_content(repo: HfRepo, f: ServedFile) -> Content:
 
 
 class HfRoutes:
-    def __init__(self, sender: Sender, pullthrough: PullThrough | None, tree_page_size: int) -> None:
+    def __init__(
+        self, sender: Sender, pullthrough: PullThrough | None, tree_page_size: int, proof: ProofRoutes
+    ) -> None:
         self.sender = sender
         self.pt = pullthrough
         self.tree_page_size = tree_page_size
+        self.proof = proof
 
     async def repo(self, index: ModelIndex, org: str, name: str, rev: str | None) -> HfRepo:
         repo_id = f"{org}/{name}"
@@ -104,6 +108,7 @@ class HfRoutes:
                 "siblings": siblings,
                 "usedStorage": sum(f.size for f in repo.files.values()),
             },
+            self.proof.hf_headers(request, repo),
         )
 
     def tree(self, request: web.Request, repo: HfRepo, path: list[str]) -> web.Response:
@@ -119,7 +124,7 @@ class HfRoutes:
         if cursor < 0:
             raise bad_request("bad cursor")
         page = entries[cursor : cursor + self.tree_page_size]
-        headers: dict[str, str] = {}
+        headers = self.proof.hf_headers(request, repo)
         if cursor + self.tree_page_size < len(entries):
             query = [(k, v) for k, v in request.query.items() if k != "cursor"]
             query.append(("cursor", str(cursor + self.tree_page_size)))
@@ -132,7 +137,7 @@ class HfRoutes:
         f = repo.files.get(rel)
         if f is None:
             raise hf_error(404, "EntryNotFound", f"{rel} does not exist", **{"X-Repo-Commit": repo.commit})
-        headers = {"X-Repo-Commit": repo.commit}
+        headers = {"X-Repo-Commit": repo.commit, **self.proof.hf_headers(request, repo)}
         if f.lfs:
             headers["X-Linked-Etag"] = f'"{f.etag}"'
             headers["X-Linked-Size"] = str(f.size)

@@ -108,7 +108,7 @@ class RegistryRoutes:
                 path = "/v2/" + "/".join(quote(part, safe="") for part in name) + "/tags/list"
                 return _listing(request, path, "tags", tags, {"name": "/".join(name)})
             case [*name, "manifests", reference] if name:
-                return await ollama.manifest(index, OllamaRepository.parse(name), reference)
+                return await ollama.manifest(request, index, OllamaRepository.parse(name), reference)
             case [*name, "blobs", digest] if name:
                 return await ollama.blob(request, index, OllamaRepository.parse(name), digest)
             case [*name, "referrers", _digest] if name:

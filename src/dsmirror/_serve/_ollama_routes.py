@@ -25,6 +25,7 @@ from dsmirror._formats.ollama import DEFAULT_HOST, OllamaName
 from dsmirror._serve._http import REGISTRY_API_VERSION, Reply, registry_error
 from dsmirror._serve._index import ModelIndex
 from dsmirror._serve._ollama_index import OllamaModel
+from dsmirror._serve._proof_routes import ProofRoutes
 from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._send import Content, Sender
 
@@ -86,8 +87,15 @@ class OllamaRepository:
 
 
 class OllamaRoutes:
-    def __init__(self, sender: Sender, pullthrough: PullThrough | None, blob_redirect_to: str | None) -> None:
+    def __init__(
+        self,
+        sender: Sender,
+        pullthrough: PullThrough | None,
+        blob_redirect_to: str | None,
+        proof: ProofRoutes,
+    ) -> None:
         self.sender = sender
+        self.proof = proof
         self.pt = pullthrough
         self.blob_redirect_to = blob_redirect_to.rstrip("/") if blob_redirect_to else None
 
@@ -115,7 +123,9 @@ class OllamaRoutes:
             raise registry_error(404, "MANIFEST_UNKNOWN", "manifest unknown", detail)
         return model
 
-    async def manifest(self, index: ModelIndex, repo: OllamaRepository, reference: str) -> web.Response:
+    async def manifest(
+        self, request: web.Request, index: ModelIndex, repo: OllamaRepository, reference: str
+    ) -> web.Response:
         """The manifest bytes as stored, with their media type and digest (HEAD: the same headers)."""
         model = await self.model(index, repo, reference)
         return web.Response(
@@ -125,6 +135,7 @@ class OllamaRoutes:
                 "Content-Type": model.media_type,
                 "Docker-Content-Digest": model.digest,
                 "ETag": f'"{model.digest}"',
+                **self.proof.ollama_headers(request, model),
             },
         )
 

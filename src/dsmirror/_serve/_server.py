@@ -12,6 +12,10 @@ the torrents dsmirror pulls saved (``<dest>/.dsmirror/torrents/*.torrent``: a se
 repo folder, the Ollama store) and, for a served folder that is complete and has none, a torrent
 made from its manifest (the folder's files were verified against it when indexed). libtorrent
 runs in its own thread (``dsmirror._share.seed.seed``); it is stopped with the server.
+
+Proofs: every file served is hashed once, in pieces, in the background, and each model's piece
+manifest is published for dsmirror clients (``_proofs``, ``_proof_routes``); what was proven is
+kept under ``state_dir`` (the CLI's: ``$XDG_STATE_HOME/dsmirror/serve``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -32,6 +37,7 @@ from dsmirror._formats.manifest import DEFAULT_PIECE_SIZE
 from dsmirror._serve._app import STATUS, make_app
 from dsmirror._serve._connections import ConnectionLimits
 from dsmirror._serve._library import Library, ServeRoots
+from dsmirror._serve._proofs import ProofBook
 from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._runner import serve_until_stopped
 from dsmirror._serve._upstream import Upstream
@@ -71,11 +77,15 @@ class ServeConfig:
     seed: SwarmConfig | None = None
     #: Bounds on connections: header and keep-alive timeouts, slow readers, how many at once.
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: Where what the box proved is kept across restarts (``_proofs``); None: in memory only.
+    state_dir: Path | None = None
 
 
 def build_app(config: ServeConfig) -> tuple[web.Application, Library]:
     """The app serving ``config`` and its library (already scanned once)."""
     library = Library(config.roots)
+    # Piece manifests of what is served, for LAN clients (every file hashed once, in the background).
+    proofs = ProofBook(piece_size=config.pull_piece_size, state_dir=config.state_dir)
     pullthrough: PullThrough | None = None
     if config.upstream is not None:
         pullthrough = PullThrough(
@@ -94,6 +104,7 @@ def build_app(config: ServeConfig) -> tuple[web.Application, Library]:
         max_requests=config.max_requests,
         max_requests_per_client=config.max_requests_per_client,
         client_max_size=config.client_max_size,
+        proofs=proofs,
     )
     with app[STATUS].errors.installed():  # what the first scan refuses is on the status page too
         library.scan()

@@ -101,6 +101,7 @@ def serve_cmd(
         upstream=Upstream.from_catalog(catalog, hf_token=settings.hf_token) if upstream else None,
         rescan_interval=rescan,
         seed=_swarm_config(listen) if seed else None,
+        state_dir=settings.state_dir / "serve",
     )
     if host not in ("127.0.0.1", "::1", "localhost") and token is None:
         err_console.print(f"dsmirror: serving on {host} without --token: anyone who can reach it can read")

@@ -64,6 +64,7 @@ from dsmirror._resolve.plan import PullOptions, PullPlan, select_mirrors, source
 from dsmirror._resolve.registries.client import RepoURLs, describe
 from dsmirror._resolve.registries.hub import list_hf_repo
 from dsmirror._resolve.registries.modelscope import modelscope_sources, restrict_to_listing
+from dsmirror._resolve.registries.proof import BoxProof, FileFacts, Proofs, fetch_proofs, hf_proof_path
 from dsmirror._verify.digest import ContentHasher, Digests, git_blob_sha1, hash_local_file
 
 __all__ = ["HfFile", "HfListing", "plan_hf", "select_files"]
@@ -183,6 +184,58 @@ def _check_published(entries: Sequence[_Entry], published: Manifest, where: str)
             if e.pieces is not None and tuple(pf.pieces) != e.pieces:
                 raise IntegrityError(f"{where}: piece hashes of {pf.path} disagree with its content")
             e.pieces = tuple(pf.pieces)
+
+
+def _ask_boxes(
+    mirrors: Sequence[Mirror], listing: HfListing, options: PullOptions
+) -> tuple[list[BoxProof], list[str]]:
+    """The proofs of the ``dsmirror serve`` boxes among ``mirrors`` (``proof``): those asked before
+    the endpoint that listed the repo failed just now, and are not asked again."""
+    names = [m.name for m in mirrors]
+    before = names[: names.index(listing.endpoint)] if listing.endpoint in names else []
+    path = hf_proof_path(listing.repo_id, listing.commit)
+    return fetch_proofs(mirrors, path, timeout=options.metadata_timeout, skip=before)
+
+
+def _piece_size(published: Manifest | None, boxes: Sequence[BoxProof]) -> int:
+    """A published manifest's (or signature's) piece size, else the first box's, else the default."""
+    if published is not None:
+        return published.piece_size
+    return boxes[0].manifest.piece_size if boxes else DEFAULT_PIECE_SIZE
+
+
+def _adopt_proofs(
+    boxes: Sequence[BoxProof],
+    entries: Sequence[_Entry],
+    listing: HfListing,
+    sources: Sequence[Source],
+    piece_size: int,
+) -> Proofs:
+    """The boxes' piece hashes for the entries that have none, once each box agrees with the registry.
+
+    A box is not asked for the files its proof contradicts (``dsmirror._resolve.registries.proof``).
+    """
+    proofs = Proofs(piece_size)
+    if not boxes:
+        return proofs
+    pulled = {e.file.etag: e for e in entries}
+    facts: dict[str, FileFacts] = {}
+    for f in listing.files:  # a pulled file: what the pull learned of it, by every path naming it
+        e = pulled.get(f.etag)
+        sha = f.lfs_sha256 if e is None or e.sha256 in ("", UNKNOWN_SHA256) else e.sha256
+        facts[f.path] = FileFacts(f.size, sha, None if e is None else e.pieces)
+    for box in boxes:
+        proofs.adopt(box, facts)
+    for e in entries:
+        if e.pieces is None and e.file.path in proofs.pieces:
+            e.pieces = proofs.pieces[e.file.path]
+    repo_path = {e.manifest_path: e.file.path for e in entries}
+    for src in sources:
+        bad = proofs.contradicted.get(src.name)
+        if bad and isinstance(src, HttpSource):
+            have = dict.fromkeys(repo_path, True) if src.files is None else dict(src.files)
+            src.files = {p: v for p, v in have.items() if repo_path.get(p, p) not in bad}
+    return proofs
 
 
 def _manifest(name: str, piece_size: int, entries: Sequence[_Entry], meta: dict[str, Any]) -> Manifest:
@@ -420,7 +473,8 @@ def plan_hf(
                 listing, chosen, first, options, name=name or repo_id.split("/")[-1]
             )
             published = signed.manifest if signed and signed.manifest else published
-        piece_size = published.piece_size if published else DEFAULT_PIECE_SIZE
+        boxes, box_notes = _ask_boxes(hf_mirrors, listing, options)
+        piece_size = _piece_size(published, boxes)
         ms = modelscope_sources(catalog, modelscope, repo_paths, options) if modelscope else []
         sources += [s for s, _ in ms]
         todo, git_ids = _listed_digests(entries)
@@ -439,9 +493,11 @@ def plan_hf(
             src.close()
         if published is not None:
             _check_published(entries, published, where=ref_text)
+        proofs = _adopt_proofs(boxes, entries, listing, sources, piece_size)
         meta = {"source": "hf", "repo": repo_id, "commit": listing.commit, "git_blob_ids": git_ids}
         manifest = _manifest(name or repo_id.split("/")[-1], piece_size, entries, meta)
         notes = _notes(repo_id, revision, listing, learned) + ([signed.note] if signed else [])
+        notes += box_notes + proofs.notes
         wanted = _wanted(entries)
         notes += [restrict_to_listing(s, ms_listing, wanted) for s, ms_listing in ms if s in sources]
         if learned.kept.data:

@@ -49,6 +49,7 @@ from dsmirror._formats.ollama import (
 from dsmirror._install.ollama import ollama_after_install
 from dsmirror._resolve.plan import PullOptions, PullPlan, select_mirrors, source_info
 from dsmirror._resolve.registries.client import RepoURLs, describe, get_metadata
+from dsmirror._resolve.registries.proof import FileFacts, Proofs, fetch_proofs, ollama_proof_path
 
 __all__ = [
     "DEFAULT_HOST",
@@ -129,6 +130,32 @@ def _blob_template(base: str, name: OllamaName) -> Callable[[str], str]:
     return url
 
 
+def _proofs(
+    mirrors: Sequence[Mirror],
+    served_by: str,
+    manifest_sha256: str,
+    blobs: Sequence[OllamaBlob],
+    options: PullOptions,
+) -> Proofs:
+    """Piece hashes from the ``dsmirror serve`` boxes among ``mirrors`` that agree with the manifest's
+    digests (``dsmirror._resolve.registries.proof``); those that failed to serve it are not asked."""
+    names = [m.name for m in mirrors]
+    before = names[: names.index(served_by)] if served_by in names else []
+    path = ollama_proof_path(manifest_sha256)
+    boxes, notes = fetch_proofs(mirrors, path, timeout=options.metadata_timeout, skip=before)
+    proofs = Proofs(boxes[0].manifest.piece_size if boxes else DEFAULT_PIECE_SIZE, notes=notes)
+    facts = {b.path: FileFacts(b.size, b.sha256) for b in blobs}
+    for box in boxes:
+        proofs.adopt(box, facts)
+    return proofs
+
+
+def _served_by(mirror: str, files: Sequence[FileEntry], proofs: Proofs) -> dict[str, bool] | None:
+    """What a mirror may be asked for: not the blobs its proof contradicts (None: any)."""
+    bad = proofs.contradicted.get(mirror)
+    return None if not bad else {f.path: True for f in files if f.path not in bad}
+
+
 def plan_ollama(
     name: OllamaName,
     *,
@@ -156,12 +183,17 @@ def plan_ollama(
     raw, blobs, served_by = fetch_ollama_manifest(
         mirrors, name, timeout=options.metadata_timeout, skipped=skipped
     )
-    ps = DEFAULT_PIECE_SIZE
-    files = tuple(FileEntry(b.path, b.size, b.sha256, NoPieceHashes(-(-b.size // ps))) for b in blobs)
+    manifest_sha256 = hashlib.sha256(raw).hexdigest()
+    proofs = _proofs(mirrors, served_by, manifest_sha256, blobs, options)
+    ps = proofs.piece_size
+    files = tuple(
+        FileEntry(b.path, b.size, b.sha256, proofs.pieces.get(b.path) or NoPieceHashes(-(-b.size // ps)))
+        for b in blobs
+    )
     meta = {
         "source": "ollama",
         "model": f"{name.host}/{name.namespace}/{name.name}:{name.tag}",
-        "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+        "manifest_sha256": manifest_sha256,
     }
     label = display_name or name.short
     manifest = parse_manifest(Manifest(label[:200], ps, files, None, meta).canonical_bytes, origin=label)
@@ -174,11 +206,13 @@ def plan_ollama(
             source_info(m, options),
             RepoURLs(m.name, _blob_template(m.url, name), {}),
             stall_timeout=options.stall_timeout,
+            files=_served_by(m.name, files, proofs),
         )
         for m in mirrors
     ]
     notes = [f"{name.short}: manifest sha256:{meta['manifest_sha256']} from {served_by}, {len(files)} blobs"]
     notes += [f"{why} (did not serve the manifest)" for why in skipped]
+    notes += proofs.notes
     after = ollama_after_install(
         settings, dest, name.manifest_path, raw, ref_text, manifest, fmt=options.format
     )
