@@ -324,3 +324,30 @@ def test_a_late_liar_in_a_file_over_1gib_is_caught_before_the_files_end(
     assert seen["fetched_at_ban"] < size, seen["fetched_at_ban"] / size
     assert fetched <= 1.15 * size, (fetched / size, why)
     os.remove(dest / "model.gguf")
+
+
+def test_two_sources_the_disputed_piece_is_fetched_from_the_other_side(
+    tmp_path: Path,
+    start_mirrors: Callable[..., list[MirrorServer]],
+    catalog_file: Callable[..., Path],
+    lib_pull: Callable[..., list[Any]],
+    witnesses: list[Witnesses],
+) -> None:
+    """With two sources a block they disagree on convicts nobody; the digest decides, and the
+    repair fetches the disputed pieces from the other source first, not a suspect's whole share."""
+    size = 24 * MiB + 12345
+    mpath, digest = _registry_file(tmp_path / "srv", tmp_path, size, sparse=False, seed=5)
+    region = Faults(corrupt_region=(9 * MiB, 15 * MiB), corrupt_stride=16 * KiB)  # most of piece 1
+    good, liar = start_mirrors(tmp_path / "srv", [{}, {"faults": region}], rate=8 * MiB)
+    dest = tmp_path / "dest"
+    events = _pull([good, liar], mpath, dest, catalog_file, lib_pull)
+    assert _sha256(dest / "model.gguf") == digest
+    fetched = good.bytes_served + liar.bytes_served
+    dropped = [e for e in events if isinstance(e, SourceDropped)]
+    if liar.corrupted_bytes:
+        assert [e.source for e in dropped] == ["m2"], dropped
+        (w,) = witnesses
+        # The disputed piece again (8 MiB of 24) and the checks, not the liar's whole share twice.
+        assert fetched <= size + 2 * PS, (fetched / size, w.check_bytes)
+    else:
+        assert not dropped

@@ -134,9 +134,13 @@ class Repair:
                 hint="every source serves the same wrong bytes: the published digest or the file is bad",
             )
         suspect = order[0]
-        r.tried.append(suspect)
         rng = self.m.file_piece_ranges[fi]
         pieces = [i for i in rng if self.store.provenance.get(i, ("?", ""))[0] == suspect]
+        evidence = self._disputed_pieces(fi, order)
+        if evidence is not None:
+            suspect, pieces = evidence  # what a witness disagreed on, fetched from the other side
+        else:
+            r.tried.append(suspect)
         r.suspect, r.disputes = suspect, 0
         r.old = {i: self.store.provenance[i][1] for i in pieces if i in self.store.provenance}
         self.emit(
@@ -170,6 +174,8 @@ class Repair:
         if self.witness.busy(fi):
             self._waiting[fi] = self.witness.patched(fi)
             return True
+        if self.witness.disputed(fi):
+            return False  # two sources disagree and nobody can arbitrate: the digest will (below)
         # A round that patched something is repeated at the same share (more damage of the same
         # kind is likely); only one that found nothing moves on to a larger share.
         k, mark = self._rounds.get(fi, (0, -1))
@@ -193,6 +199,21 @@ class Repair:
             )
         )
         return True
+
+    def _disputed_pieces(self, fi: int, order: list[str]) -> tuple[str, list[int]] | None:
+        """The most suspect source with undecided disputes in file ``fi`` and those of its pieces
+        (forgotten as disputes: the digest decides them now), or None."""
+        if self.witness is None:
+            return None
+        disputed = self.witness.disputed(fi)
+        for name in order:
+            if name in disputed:
+                self.witness.forget_disputes(disputed[name])
+                prov = self.store.provenance
+                pieces = sorted(i for i in disputed[name] if prov.get(i, ("?", ""))[0] == name)
+                if pieces:
+                    return name, pieces
+        return None
 
     def _recheck_hashed_file(self, fi: int) -> None:
         """A file with piece hashes failed its digest: the bytes on disk changed behind our back.

@@ -150,10 +150,24 @@ class Witnesses:
         with self._lock:
             return self._patched.get(fi, 0)
 
+    def disputed(self, fi: int) -> dict[str, set[int]]:
+        """Pieces of file ``fi`` whose blocks two sources disagreed on with nobody to arbitrate, by
+        the source of the stored copy (see ``Undecided``)."""
+        with self._lock:
+            out: dict[str, set[int]] = {}
+            for u in self.undecided:
+                if self.m.pieces[u.piece].file_index == fi:
+                    out.setdefault(u.source, set()).add(u.piece)
+            return out
+
+    def forget_disputes(self, pieces: set[int]) -> None:
+        with self._lock:
+            self.undecided = [u for u in self.undecided if u.piece not in pieces]
+
     def audit_file(self, fi: int, share: float) -> int:
         """Queue the comparison of ``share`` of every received piece of file ``fi`` (the repair's
         evidence round), the most suspect sources' pieces first. Returns the blocks queued."""
-        prov = dict(self.store.provenance)
+        prov = self._provenance()
         owners = {prov[i][0] for i in self.m.file_piece_ranges[fi] if i in prov}
         with self._lock:
             order = self.policy.suspicion(owners, banned=self.convicted)
@@ -174,6 +188,15 @@ class Witnesses:
         with self._lock:
             t = self.policy.trust.get(name)
             return t.passed if t is not None else 0
+
+    def _provenance(self) -> dict[int, tuple[str, str]]:
+        """A copy of the store's provenance (pieces keep landing while it is taken: retried)."""
+        for _ in range(8):
+            try:
+                return dict(self.store.provenance)
+            except RuntimeError:  # changed size during the copy
+                continue
+        return {}
 
     # -- queue ---------------------------------------------------------------------------------
     def _put(
@@ -330,7 +353,7 @@ class Witnesses:
             self.convicted[name] = reason
             self.policy.convicted(name)
         self._drop(name, reason)
-        prov = dict(self.store.provenance)
+        prov = self._provenance()
         with self._lock:
             for i, (src, digest) in prov.items():
                 if src != name or self.store.file_verified(self.m.pieces[i].file_index):

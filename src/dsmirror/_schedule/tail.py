@@ -118,10 +118,16 @@ def too_slow_for_tail(board: Board, s: SourceState, now: float, piece: Piece, fr
         # connections (a per-host cap), not the share it had while all of them were busy.
         mine = s.aggregate
     free_files = board.pieces.free_files()
+    # Not a source that may not fetch this piece (it spoiled it): stepping aside for it would leave
+    # the piece to nobody (two sources, one of which sent a file's bad bytes: a repair stalled).
     capable = [
         o
         for o in board.sources.values()
-        if o is not s and not o.banned and o.paused_until <= now and not free_files <= o.missing_files
+        if o is not s
+        and not o.banned
+        and o.paused_until <= now
+        and not free_files <= o.missing_files
+        and board.usable_for(o, piece.index)
     ]
     if not capable or mine >= max(expected_rate(o) for o in capable):
         return False
