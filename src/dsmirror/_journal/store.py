@@ -73,7 +73,9 @@ do not: a file without piece hashes (the digest is its only check); a file with 
 published digest (the digest is learned, for serving and ``installed/<mid>.pieces.json``); and a
 manifest assembled from a registry's listing (``meta.source`` in ``ASSEMBLED_SOURCES``: the Hugging
 Face resolver joins the registry's LFS SHA-256, which names the blob in the HF cache, to piece
-hashes from a published or signed piece manifest, two authorities that may disagree).
+hashes from a published or signed piece manifest, two authorities that may disagree; the Hugging
+Face and Ollama resolvers join a registry's digests to a ``dsmirror serve`` box's piece hashes,
+``dsmirror._resolve.registries.proof``, and the registry's digest stays the authority).
 
 Documented in docs/formats.md#the-store-partial-files-journal-provenance.
 """
@@ -100,6 +102,7 @@ from dsmirror._core.fsutil import atomic_write_bytes, safe_join, storage_errors
 from dsmirror._formats.manifest import FileEntry, Manifest, Piece
 from dsmirror._formats.private import PrivateArea
 from dsmirror._journal.files import OpenFiles, fd_budget, install_file, lock_area, write_install_record
+from dsmirror._journal.provenance import Provenance
 from dsmirror._verify.sha256 import ResumableSha256
 
 __all__ = ["ASSEMBLED_SOURCES", "SPACE_MARGIN", "Store", "StoreStats", "whole_file_pass"]
@@ -117,7 +120,7 @@ _H = ord("H")
 _READ_CHUNK = 4 << 20
 #: ``meta.source`` of manifests a resolver assembles from a registry's listing, whose whole-file
 #: digests come from another authority than their piece hashes (see the module docstring).
-ASSEMBLED_SOURCES = frozenset({"hf"})
+ASSEMBLED_SOURCES = frozenset({"hf", "ollama"})
 
 
 def whole_file_pass(manifest: Manifest, fi: int) -> bool:
@@ -173,7 +176,7 @@ class Store:
         #: the whole-file digest of each file once its pieces were read back (for learned_manifest)
         self._learned_sha256: dict[int, str] = {}
         self._file_results: list[tuple[int, bool]] = []
-        self.provenance: dict[int, tuple[str, str]] = {}
+        self.provenance = Provenance()  # compact: 34 bytes per piece recorded
         self._prov_fd = -1
         self.closed = False
         # Bytes of the pieces marked done, kept up to date (progress asks several times a second):
