@@ -40,7 +40,7 @@ from dsmirror._resolve.registries.proof import (
     ollama_proof_path,
 )
 from dsmirror._serve import HfRepo, ModelIndex, OllamaModel, ServerThread, index_hf_cache, make_app
-from dsmirror._serve._proofs import ProofBook
+from dsmirror._serve._proofs import FileProof, ProofBook, _stat_key
 from dsmirror.testing import Faults, MirrorServer
 from dsmirror.testing.hostile import (
     Behaviour,
@@ -482,6 +482,36 @@ def test_an_ollama_model_through_the_box_is_checked_piece_by_piece(tmp_path: Pat
     # Banned at its second bad piece (a third may be in flight on its other connection).
     assert 2 <= sources.count("liar") <= 3 and set(sources) <= {"liar", "box+liar"}, sources
     assert any(e["event"] == "SourceDropped" and e["source"] == "liar" for e in events)
+
+
+def test_a_box_that_lies_consistently_cannot_get_other_bytes_installed(tmp_path: Path) -> None:
+    """A box (not dsmirror's: its proof is forged here) serves other bytes under an Ollama blob's
+    digest, with piece hashes of those bytes and the registry's digest. Every piece then matches
+    the box's hashes; the blob's digest, the registry's, still decides: nothing is installed."""
+    real = hashlib.shake_256(b"real").digest((3 << 20) + 5)
+    forged = tmp_path / "forged.gguf"
+    forged.write_bytes(hashlib.shake_256(b"forged").digest(len(real)))
+    (tmp_path / "real.gguf").write_bytes(real)
+    honest = OllamaModel.from_files(
+        "library", "tiny", "1b", [("application/vnd.ollama.image.model", tmp_path / "real.gguf")], b"{}"
+    )
+    digest = next(d for d, b in honest.blobs.items() if isinstance(b, Path))
+    lying = OllamaModel(
+        honest.host, "library", "tiny", "1b", honest.manifest, {**honest.blobs, digest: forged.resolve()}
+    )
+    book = ProofBook(piece_size=1 << 20)
+    data = forged.read_bytes()
+    pieces = tuple(hashlib.sha256(data[o : o + (1 << 20)]).hexdigest() for o in range(0, len(data), 1 << 20))
+    book._vouch(forged.resolve(), _stat_key(forged.resolve()), FileProof(digest[7:], 1 << 20, pieces))
+    with ServerThread(make_app(ModelIndex(ollama_models=[lying]), proofs=book)) as box:
+        book.wait_idle(30)
+        cat = _catalog(tmp_path / "m.yaml", ("box", "ollama", box.url))
+        out = tmp_path / "out"
+        proc = _pull(tmp_path, "ollama://library/tiny:1b", cat, "--format", "dir", "--dest", str(out))
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "piece hashes for" in proc.stdout + proc.stderr  # the forged proof was taken: it agreed
+    assert not (out / "blobs" / f"sha256-{digest[7:]}").exists()
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
 
 
 # -- signatures ----------------------------------------------------------------------------------------
