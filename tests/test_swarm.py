@@ -611,16 +611,28 @@ def test_machines_of_a_lan_fetch_disjoint_blocks_from_outside(prefer: str) -> No
 
 def test_mirrors_of_a_lan_pull_wait_to_meet_the_peers() -> None:
     s, _ = _sched(64)
-    assert isinstance(s.acquire("upstream"), float)  # the swarm has not met anyone yet
     _advance(s, 1.0)
+    s.set_lan_hosts("swarm", IDS[0], [], 0)  # the swarm is ready (its copy checked), no peer yet
     assert isinstance(s.acquire("upstream"), float)
-    _advance(s, 1.5)  # lan_grace: alone on its LAN, it goes ahead
+    _advance(s, 1.5)
+    assert isinstance(s.acquire("upstream"), float)
+    _advance(s, 0.6)  # lan_grace after it was ready: alone on its LAN, it goes ahead
     assert isinstance(s.acquire("upstream"), Assignment)
     s2, _ = _sched(64)
     s2.set_lan_hosts("swarm", IDS[0], IDS[1:2], 1)
     assert isinstance(s2.acquire("upstream"), float)  # met, but not settled yet
     _advance(s2, 0.5)
     assert isinstance(s2.acquire("upstream"), Assignment)
+
+
+def test_mirrors_wait_for_a_swarm_that_checks_its_copy_but_not_forever() -> None:
+    """A resumed pull's swarm checks libtorrent's copy before it is ready; mirrors that started
+    meanwhile would fetch what seeders of the LAN have. A swarm never ready is not waited for."""
+    s, _ = _sched(64)
+    _advance(s, 9.0)
+    assert isinstance(s.acquire("upstream"), float)
+    _advance(s, 1.5)  # lan_ready_wait
+    assert isinstance(s.acquire("upstream"), Assignment)
 
 
 def test_a_mirror_leaves_what_peers_have_to_the_swarm_until_the_swarm_stalls() -> None:
@@ -682,3 +694,18 @@ def test_a_mirror_span_stops_where_peers_got_the_pieces() -> None:
     s.release(m2)
     sw = s.acquire("swarm")
     assert isinstance(sw, Assignment) and sw.start == m2.start + 1
+
+
+def test_mirrors_take_what_peers_have_when_the_swarm_stops_asking() -> None:
+    """A swarm whose loop ended (it neither holds work nor asks for any) must not leave the
+    pieces its peers have to nobody: after lan_stall s the mirrors take them."""
+    s, have = _sched(16)
+    have[:] = b"\x01" * 16
+    _met(s, IDS[0], [], peers=1)
+    assert isinstance(s.acquire("upstream"), float)
+    _advance(s, 5.0)
+    s.tick()
+    assert isinstance(s.acquire("upstream"), float)  # not yet
+    _advance(s, 4.0)
+    s.tick()
+    assert isinstance(s.acquire("upstream"), Assignment)

@@ -33,6 +33,10 @@ The start: discovery before the first byte
     with a swarm, mirrors wait until the swarm has met peers and the set of machines held still
     for ``lan_settle`` seconds, or until ``lan_grace`` seconds after the pull started (a machine
     alone on its LAN pays that much once). LSD finds the peers of one LAN in well under a second.
+    The grace counts from when the swarm is ready: a resumed pull's swarm first checks its own
+    copy, and mirrors that started meanwhile would fetch what the seeders of the LAN have. A swarm
+    not ready after ``lan_ready_wait`` seconds (a magnet whose metadata no peer sends) is not
+    waited for.
 
 When an owner goes quiet
     A machine that pulls but whose uplink broke still counts as an owner. When this machine has
@@ -86,7 +90,7 @@ def waiting(board: Board, s: SourceState, now: float) -> bool:
     if view is None or s.info.kind == "bittorrent" or not _live_swarm(board):
         return False
     cfg = board.cfg
-    return not view.settled(now, cfg.lan_settle, cfg.lan_grace)
+    return not view.settled(now, cfg.lan_settle, cfg.lan_grace, cfg.lan_ready_wait)
 
 
 def extends(board: Board, i: int) -> bool:

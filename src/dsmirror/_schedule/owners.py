@@ -45,6 +45,7 @@ class LanView:
     hosts: tuple[str, ...] = ()  # the other machines pulling and fetching from outside
     peers: int = 0  # connected peers of any kind (seeds too)
     changed_at: float | None = None  # when the swarm last reported a different set of peers
+    ready_at: float | None = None  # when the swarm first reported (it is ready: torrent checked)
     swarm_slow: bool = False  # mirrors may take pieces peers have (set by the scheduler's tick)
     _keys: tuple[int, ...] = ()  # hashed ids: this machine's first
     _owned: dict[int, bool] = field(default_factory=dict)  # block -> this machine owns it
@@ -52,6 +53,8 @@ class LanView:
     def update(self, me: str, hosts: Sequence[str], peers: int, now: float) -> bool:
         """The swarm's latest report; True if the owners changed."""
         others = tuple(sorted(h for h in set(hosts) if h != me))
+        if self.ready_at is None:
+            self.ready_at = now
         if (me, others, peers > 0) != (self.me, self.hosts, self.peers > 0) or self.changed_at is None:
             self.changed_at = now
         self.peers = peers
@@ -86,8 +89,10 @@ class LanView:
             b += 1
         return None
 
-    def settled(self, now: float, settle: float, grace: float) -> bool:
+    def settled(self, now: float, settle: float, grace: float, ready_wait: float) -> bool:
         """May mirrors start? (see "The start" in ``lan``)."""
-        if now - self.started >= grace:
+        if self.ready_at is None:  # the swarm is not ready yet (metadata, checking its own copy)
+            return now - self.started >= ready_wait
+        if now - max(self.started, self.ready_at) >= grace:
             return True
         return self.peers > 0 and self.changed_at is not None and now - self.changed_at >= settle

@@ -161,6 +161,7 @@ class Scheduler:
         self._last_progress = clock.now()
         self._board.last_progress = self._last_progress
         self._swarm_delivered_at = self._last_progress
+        self._swarm_asked_at = self._last_progress  # a swarm asks for work while it has room
         if any(x.info.kind == "bittorrent" for x in self._sources.values()):
             self._watch_lan()
         self._floor = floor.SpeedFloor(clock.now())
@@ -233,6 +234,8 @@ class Scheduler:
             s = self._sources[name]
             if s.banned:
                 return None
+            if s.info.kind == "bittorrent":
+                self._swarm_asked_at = now
             if self._pieces.left == 0:
                 return 0.2  # stay ready: a failed whole-file check may reopen pieces
             wait = failures.wait_for(s, now, self.cfg)
@@ -437,13 +440,17 @@ class Scheduler:
                 self.recycled += floor.hold_floor(self._board, now)
             view = self._board.lan
             if view is not None:
-                # The swarm cannot cope: it held work and delivered nothing for lan_stall s.
-                since = max(self._swarm_delivered_at, self._last_progress - self.cfg.lan_stall)
-                view.swarm_slow = any(
-                    now - max(a.started_at, since) >= self.cfg.lan_stall
+                # The swarm cannot cope: it held work and delivered nothing for lan_stall s, or
+                # it neither holds work nor asks for any (its loop ended): mirrors may take what
+                # peers have, rather than wait for a swarm that will not fetch it.
+                held = [
+                    a
                     for a in self._board.assignments.values()
                     if self._sources[a.source].info.kind == "bittorrent" and not a.cancelled
-                )
+                ]
+                view.swarm_slow = any(
+                    now - max(a.started_at, self._swarm_delivered_at) >= self.cfg.lan_stall for a in held
+                ) or (not held and now - self._swarm_asked_at >= self.cfg.lan_stall)
 
     # -- giving up -------------------------------------------------------------------------------
     def check_viable(self) -> None:

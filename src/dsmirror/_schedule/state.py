@@ -44,6 +44,7 @@ class SchedulerConfig:
     lan_grace: float = 2.0
     lan_settle: float = 0.4
     lan_stall: float = 8.0
+    lan_ready_wait: float = 10.0  # ... and wait at most this long for the swarm to be ready
 
 
 @dataclass
