@@ -709,3 +709,22 @@ def test_mirrors_take_what_peers_have_when_the_swarm_stops_asking() -> None:
     _advance(s, 4.0)
     s.tick()
     assert isinstance(s.acquire("upstream"), Assignment)
+
+
+def test_a_slow_looking_swarm_still_gets_the_last_pieces_its_peers_have() -> None:
+    """The tail rule refuses a piece to a source that would decide the finishing time; in a LAN
+    pull nobody else takes a piece peers have, so refusing it to the swarm stalled the pull."""
+    s, have = _sched(8)
+    _met(s, IDS[0], [], peers=1)
+    m = s.acquire("upstream")  # the mirror measures 10 MiB/s on a piece of its own
+    assert isinstance(m, Assignment)
+    s.progress(m, 1)
+    _advance(s, 1.1)
+    s.progress(m, 10 * MiB)
+    s.piece_verified(m, m.start)
+    s.release(m)
+    s.set_prior("swarm", 100e3)  # a swarm that looked slow (pieces trickled in from its peers)
+    have[:] = b"\x01" * 8
+    assert isinstance(s.acquire("upstream"), float)  # what peers have is the LAN's
+    got = s.acquire("swarm")
+    assert isinstance(got, Assignment), got
