@@ -139,5 +139,4 @@ def test_three_hosts_share_with_no_configuration(
         assert _outputs_ok(files, tmp_path / f"d{k}")
     by = [h.result.get("delivered_by_source") if h.result else None for h in hosts]
     assert any(isinstance(b, dict) and b.get("swarm") for b in by), by  # they did share
-    if served > 1.05 * size:  # issue 13's floor; not met yet (docs/design/swarm.md)
-        pytest.xfail(f"upstream served {served / size:.3f}x the model (floor 1.05x)")
+    assert served <= 1.05 * size, f"upstream served {served / size:.3f}x the model (floor 1.05x)"
