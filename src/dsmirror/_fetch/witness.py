@@ -102,6 +102,9 @@ class Witnesses:
         self._spots = 0  # spot-check jobs queued
         self._patched: dict[int, int] = {}  # file -> patches applied
         self._stop = threading.Event()
+        # One damaged region grown at a time: two threads patching the same piece would each find
+        # the other's patch under them (a changed provenance) and leave blocks unpatched.
+        self._grow_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.check_bytes = 0  # bytes witnesses and arbiters sent
         self.checked_blocks = 0
@@ -377,6 +380,10 @@ class Witnesses:
 
     def _grow(self, piece: Piece, off: int, data: bytes, liar: str, witness: str) -> None:
         """Replace the bad block, then compare outwards until the damage ends (``next_windows``)."""
+        with self._grow_lock:
+            self._grow_locked(piece, off, data, liar)
+
+    def _grow_locked(self, piece: Piece, off: int, data: bytes, liar: str) -> None:
         fi = piece.file_index
         start = piece.offset + off
         bad = self._apply(fi, start, data, liar)
@@ -421,7 +428,10 @@ class Witnesses:
             if stored is not None and stored != ours:
                 for b in range(0, n, block):
                     if stored[b : b + block] != ours[b : b + block]:
-                        prov = self._patch(piece, in_piece + b, ours[b : b + block], prov) or prov
+                        got = self._patch(piece, in_piece + b, ours[b : b + block], prov)
+                        if got is None:
+                            return None if lo_diff < 0 else (lo_diff, hi_diff)  # fetched again since
+                        prov = got
                         lo = piece.offset + in_piece + b
                         hi = lo + len(ours[b : b + block])
                         lo_diff = lo if lo_diff < 0 else min(lo_diff, lo)
