@@ -260,6 +260,9 @@ def test_the_box_publishes_a_piece_manifest_of_what_it_verified(
     # Kept in the state folder: one record per proven file, read again after a restart.
     records = list((box_home / "state" / "dsmirror" / "serve" / "proofs").glob("*.json"))
     assert len(records) == len(repo.files)
+    status = httpx.get(box.url + "/dsmirror/status").json()["proofs"]
+    assert status["files"] == len(repo.files) and status["queued"] == status["refused"] == 0
+    assert status["hashed_bytes"] == sum(f.size for f in repo.files.values())
 
 
 def test_the_real_hf_client_still_downloads_from_the_box(
@@ -379,6 +382,7 @@ def test_a_box_file_whose_bytes_rotted_gets_no_proof(model_dir: Path, tmp_path: 
     with ServerThread(make_app(ModelIndex([repo]), proofs=book)) as srv:
         assert book.wait_idle(60)
         doc = httpx.get(srv.url + hf_proof_path(REPO_ID, repo.commit)).json()
+    assert book.summary()["refused"] == 1
     assert BIG not in {f["path"] for f in doc["files"]} and "config.json" in {f["path"] for f in doc["files"]}
 
 

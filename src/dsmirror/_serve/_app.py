@@ -127,7 +127,11 @@ class _Service:
         self._by_client: dict[str, int] = {}
         digests = source.digests if isinstance(source, Library) else None
         self.status = Status(
-            stats, pullthrough=pullthrough, digests=digests, in_flight=lambda: self.in_flight
+            stats,
+            pullthrough=pullthrough,
+            digests=digests,
+            in_flight=lambda: self.in_flight,
+            proofs=proofs,
         )
         self.status_routes = StatusRoutes(self.status)
         sender = Sender(self._servable, faults, stats)

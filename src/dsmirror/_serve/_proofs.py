@@ -309,6 +309,17 @@ class ProofBook:
             self._save(path, key, proof)
         self._vouch(path, key, proof)
 
+    def summary(self) -> dict[str, int]:
+        """For the status document: files proven, queued, refused (bytes not what they are served
+        as), and the bytes read to prove files since the server started."""
+        with self._cond:
+            return {
+                "files": len(self._proofs),
+                "queued": len(self._queue) + (1 if self._busy else 0),
+                "refused": len(self._refused),
+                "hashed_bytes": self.bytes_hashed,
+            }
+
     # -- what is published -------------------------------------------------------------------------
     def proof(self, key: Path | str) -> FileProof | None:
         with self._cond:

@@ -66,6 +66,7 @@ from dsmirror._install.records import store_records, vouched
 from dsmirror._serve._digests import DigestCache
 from dsmirror._serve._errors import RecentErrors
 from dsmirror._serve._index import ModelIndex
+from dsmirror._serve._proofs import ProofBook
 from dsmirror._serve._pullthrough import PullThrough
 from dsmirror._serve._send import ROUTE_KINDS, ServeStats
 
@@ -266,8 +267,10 @@ class Status:
         digests: DigestCache | None,
         in_flight: Callable[[], int],
         interval: float = 5.0,
+        proofs: ProofBook | None = None,
     ) -> None:
         self.stats = stats
+        self.proofs = proofs
         self.pt = pullthrough
         self.digests = digests
         self.in_flight = in_flight
@@ -320,6 +323,7 @@ class Status:
             "requests_in_flight": self.in_flight(),
             "bytes_served": served,
             "pull_through": self.pt.status() if self.pt is not None else None,
+            "proofs": self.proofs.summary() if self.proofs is not None else None,
             "models": models,
             "served": {
                 "bytes": served,
