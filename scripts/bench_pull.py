@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -93,6 +94,13 @@ def main() -> int:
         action="store_true",
         help="drop the page cache before each run (root only): the mirrors read from disk",
     )
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also run, interleaved, the dsmirror of another source tree (its src/ folder, e.g. "
+        "from `git archive OLD | tar -x -C DIR`) as client 'baseline': before/after in one run",
+    )
     ap.add_argument("--fresh", action="store_true", help="regenerate the cached model")
     ap.add_argument("--timeout", type=float, default=600.0, help="kill a client after this many seconds")
     args = ap.parse_args()
@@ -101,6 +109,12 @@ def main() -> int:
     if "aria2c" in tools and shutil.which("aria2c") is None:
         print("aria2c is not installed (apt-get install -y aria2): running dsmirror only", file=sys.stderr)
         tools.remove("aria2c")
+    if args.baseline_src is not None:
+        if not (args.baseline_src / "dsmirror" / "__init__.py").is_file():
+            ap.error(f"--baseline-src {args.baseline_src}: no dsmirror package there")
+        tools.insert(1, "baseline")
+        pkg = str(args.baseline_src / "dsmirror")
+        subprocess.run([sys.executable, "-m", "compileall", "-q", pkg], check=True)  # as prepare_model
     if not 1 <= args.mirrors <= 250:
         ap.error("--mirrors must be 1..250")
     cap = parse_size(args.cap) if args.cap else None
@@ -151,6 +165,7 @@ def bench_one(
         export_meta4(model.manifest_path, catalog, meta4)
         pull_flags = dsmirror_pull_flags()
         commands = {
+            "baseline": lambda dest: commands["dsmirror"](dest),
             "dsmirror": lambda dest: [
                 *DSMIRROR,
                 "pull",
@@ -191,7 +206,9 @@ def bench_one(
                 for s in servers:
                     s.reset_counters()
                 env = client_env(work / f"{tool}-home-{run}")
-                log = work / f"{tool}-{run}"
+                if tool == "baseline":
+                    env["PYTHONPATH"] = str(args.baseline_src.resolve())
+                log = work / f"{kind}-{tool}-{run}"
                 m = run_measured(
                     commands[tool](dest),
                     env=env,
@@ -212,7 +229,7 @@ def bench_one(
                 bad = bad_outputs(model.manifest, dest)
                 served = sum(s.bytes_served for s in servers)
                 note = ""
-                if tool == "dsmirror":
+                if tool in ("dsmirror", "baseline"):
                     note = dsmirror_note(log.with_suffix(".out"))
                 ok = m.returncode == 0 and not bad
                 failures += not ok
@@ -252,14 +269,16 @@ def summarize(results: dict[str, list[Measurement]], tools: list[str], size: int
             ]
         )
     print(table(["client", "wall s", "MB/s", "cpu s", "user s", "sys s", "peak RSS MiB", "ok"], rows))
-    if len(tools) == 2 and all(results[t] for t in tools):
-        d = median([m.wall for m in results["dsmirror"]])
+    for tool in ("dsmirror", "baseline"):
+        if tool not in tools or "aria2c" not in tools or not results[tool] or not results["aria2c"]:
+            continue
+        d = median([m.wall for m in results[tool]])
         a = median([m.wall for m in results["aria2c"]])
-        dc = median([m.cpu for m in results["dsmirror"]])
+        dc = median([m.cpu for m in results[tool]])
         ac = median([m.cpu for m in results["aria2c"]])
-        rs = median([m.maxrss for m in results["dsmirror"]]) / MIB
+        rs = median([m.maxrss for m in results[tool]]) / MIB
         print(
-            f"ratio dsmirror/aria2c: time {d / a:.2f}x (throughput {a / d:.2f}x), cpu {dc / ac:.2f}x; "
+            f"ratio {tool}/aria2c: time {d / a:.2f}x (throughput {a / d:.2f}x), cpu {dc / ac:.2f}x; "
             f"floors (issue 14): throughput >= 1.5x {'met' if a / d >= 1.5 else 'NOT met'}, "
             f"cpu <= 1.0x {'met' if dc <= ac else 'NOT met'}, "
             f"peak RSS < 100 MiB {'met' if rs < 100 else 'NOT met'}"

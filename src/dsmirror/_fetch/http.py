@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import os
 import re
 import ssl
@@ -36,7 +37,6 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 from urllib.request import getproxies
 
-import httpcore._sync.http11 as _h11
 import httpx
 
 from dsmirror._core.errors import (
@@ -56,12 +56,6 @@ from dsmirror._formats.manifest import FileEntry
 from dsmirror._schedule.info import SourceInfo
 
 __all__ = ["USER_AGENT", "HttpSource", "redact", "shared_ssl_context"]
-
-# httpcore reads the socket 64 KiB at a time; every read costs a trip through h11 in Python.
-# 512 KiB reads cut that per-byte overhead ~8x (measured on 1 GiB over loopback: 6.1 CPU s and
-# 190 MB/s with 64 KiB reads; 2.4 CPU s and 370 MB/s with 512 KiB; 1 MiB was no faster and
-# used more memory), and memory stays bounded by connections x 512 KiB.
-_h11.HTTP11Connection.READ_NUM_BYTES = 512 << 10
 
 USER_AGENT = "dsmirror/0.1 (+https://github.com/dsmirror)"
 
@@ -147,6 +141,7 @@ class HttpSource(Source):
         return client
 
     def _make_client(self) -> httpx.Client:
+        _larger_httpcore_reads()
         n = max(1, self.info.max_connections) + 2
         return self._sockets.arm(
             httpx.Client(
@@ -425,6 +420,18 @@ class HttpSource(Source):
         cl = resp.headers.get("content-length")
         if cl is not None and cl.isascii() and cl.isdigit() and (cl.lstrip("0") or "0") != str(length):
             raise BadResponse(f"Content-Length {cl} does not match the {length} bytes asked for", **where)
+
+
+@functools.cache
+def _larger_httpcore_reads() -> None:
+    """httpcore reads the socket 64 KiB at a time; every read costs a trip through h11 in Python.
+    512 KiB reads cut that per-byte overhead ~8x (measured on 1 GiB over loopback: 6.1 CPU s and
+    190 MB/s with 64 KiB reads; 2.4 CPU s and 370 MB/s with 512 KiB; 1 MiB was no faster and
+    used more memory), and memory stays bounded by connections x 512 KiB. Set when the first
+    httpx client is made (importing httpcore costs ~0.1-0.3 s of CPU: see ``transport``)."""
+    import httpcore._sync.http11 as h11
+
+    h11.HTTP11Connection.READ_NUM_BYTES = 512 << 10
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -29,6 +29,7 @@ upgrade moves it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import ssl
 import threading
@@ -37,7 +38,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpcore
 import httpx
 
 from dsmirror._core.clock import Clock, SystemClock
@@ -99,74 +99,95 @@ def count_received(n: int) -> None:
         d.received += n
 
 
-class _Stream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream, owner: Sockets) -> None:
-        self._inner = inner
-        self._owner = owner
+@functools.cache
+def _backend_class() -> type[Any]:
+    """The httpcore network backend of armed clients, defined on first use: importing httpcore
+    costs ~0.1-0.3 s of CPU at start (it imports trio when installed), and a pull from plain-http
+    mirrors never makes an httpx client (``dsmirror._fetch.wire``)."""
+    import httpcore
 
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data = self._inner.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
-        for d in _active.get():
-            d.received += len(data)
-        return data
+    class _Stream(httpcore.NetworkStream):
+        def __init__(self, inner: httpcore.NetworkStream, owner: Sockets) -> None:
+            self._inner = inner
+            self._owner = owner
 
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            data = self._inner.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
+            for d in _active.get():
+                d.received += len(data)
+            return data
 
-    def close(self) -> None:
-        self._owner._forget(self)
-        self._inner.close()
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            self._inner.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
 
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        self._inner = self._inner.start_tls(
-            ssl_context, server_hostname, _clamp(timeout, httpcore.ConnectTimeout)
-        )
-        return self
+        def close(self) -> None:
+            self._owner.forget(self)
+            self._inner.close()
 
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
+        def start_tls(
+            self,
+            ssl_context: ssl.SSLContext,
+            server_hostname: str | None = None,
+            timeout: float | None = None,
+        ) -> httpcore.NetworkStream:
+            self._inner = self._inner.start_tls(
+                ssl_context, server_hostname, _clamp(timeout, httpcore.ConnectTimeout)
+            )
+            return self
 
-    def shutdown(self) -> None:
-        sock = self._inner.get_extra_info("socket")
-        if isinstance(sock, socket.socket):
-            # socket.socket's own shutdown, also for a TLS socket: SSLSocket.shutdown would drop
-            # its SSL object under the feet of the thread reading it.
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        def get_extra_info(self, info: str) -> Any:
+            return self._inner.get_extra_info(info)
 
+        def shutdown(self) -> None:
+            sock = self._inner.get_extra_info("socket")
+            if isinstance(sock, socket.socket):
+                # socket.socket's own shutdown, also for a TLS socket: SSLSocket.shutdown would drop
+                # its SSL object under the feet of the thread reading it.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
-class _Backend(httpcore.NetworkBackend):
-    def __init__(self, inner: httpcore.NetworkBackend, owner: Sockets) -> None:
-        self._inner = inner
-        self._owner = owner
+    class _Backend(httpcore.NetworkBackend):
+        def __init__(self, inner: httpcore.NetworkBackend, owner: Sockets) -> None:
+            self._inner = inner
+            self._owner = owner
 
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        self._owner._check_open()
-        inner = self._inner.connect_tcp(
-            host, port, _clamp(timeout, httpcore.ConnectTimeout), local_address, socket_options
-        )
-        return self._owner._track(_Stream(inner, self._owner))
+        def connect_tcp(
+            self,
+            host: str,
+            port: int,
+            timeout: float | None = None,
+            local_address: str | None = None,
+            socket_options: Iterable[Any] | None = None,
+        ) -> httpcore.NetworkStream:
+            _check_open(self._owner)
+            inner = self._inner.connect_tcp(
+                host, port, _clamp(timeout, httpcore.ConnectTimeout), local_address, socket_options
+            )
+            return _track(self._owner, _Stream(inner, self._owner))
 
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        self._owner._check_open()
-        inner = self._inner.connect_unix_socket(
-            path, _clamp(timeout, httpcore.ConnectTimeout), socket_options
-        )
-        return self._owner._track(_Stream(inner, self._owner))
+        def connect_unix_socket(
+            self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+        ) -> httpcore.NetworkStream:
+            _check_open(self._owner)
+            inner = self._inner.connect_unix_socket(
+                path, _clamp(timeout, httpcore.ConnectTimeout), socket_options
+            )
+            return _track(self._owner, _Stream(inner, self._owner))
 
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
+        def sleep(self, seconds: float) -> None:
+            self._inner.sleep(seconds)
+
+    def _check_open(owner: Sockets) -> None:
+        if owner.aborted:
+            raise httpcore.ConnectError("the client was closed")
+
+    def _track(owner: Sockets, stream: _Stream) -> _Stream:
+        if not owner.track(stream):  # aborted while connecting
+            stream.close()
+            raise httpcore.ConnectError("the client was closed")
+        return stream
+
+    return _Backend
 
 
 class _Shuttable(Protocol):
@@ -178,7 +199,7 @@ class Sockets:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: set[_Stream | _Shuttable] = set()
+        self._open: set[_Shuttable] = set()
         self._aborted = False
 
     def arm(self, client: httpx.Client) -> httpx.Client:
@@ -190,7 +211,7 @@ class Sockets:
         for transport in (client._transport, *client._mounts.values()):
             if isinstance(transport, httpx.HTTPTransport):
                 pool = transport._pool
-                pool._network_backend = _Backend(pool._network_backend, self)
+                pool._network_backend = _backend_class()(pool._network_backend, self)
         return client
 
     def abort(self) -> None:
@@ -219,21 +240,3 @@ class Sockets:
     def forget(self, conn: _Shuttable) -> None:
         with self._lock:
             self._open.discard(conn)
-
-    def _check_open(self) -> None:
-        if self._aborted:
-            raise httpcore.ConnectError("the client was closed")
-
-    def _track(self, stream: _Stream) -> _Stream:
-        with self._lock:
-            aborted = self._aborted
-            if not aborted:
-                self._open.add(stream)
-        if aborted:  # aborted while connecting
-            stream.close()
-            raise httpcore.ConnectError("the client was closed")
-        return stream
-
-    def _forget(self, stream: _Stream) -> None:
-        with self._lock:
-            self._open.discard(stream)
