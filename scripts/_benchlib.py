@@ -307,7 +307,8 @@ class NginxServer:
 
     Started as a child process with its own configuration (no system config, pid file, logs or
     temp folders; ``daemon off``, one worker, ``sendfile on``); bytes served are read from its
-    access log (``$body_bytes_sent`` of each request). Stopped with SIGQUIT (graceful), then
+    access log (``$body_bytes_sent`` of each request, then its status, connection number,
+    seconds and Range). Stopped with SIGQUIT (graceful), then
     killed if it lingers.
     """
 
@@ -335,7 +336,8 @@ class NginxServer:
     def bytes_served(self) -> int:
         with open(self._log, "rb") as fh:
             fh.seek(self._log_from)
-            return sum(int(x) for x in fh.read().split() if x.isdigit())
+            lines = fh.read().splitlines()
+        return sum(int(line.split()[0]) for line in lines if line.split() and line.split()[0].isdigit())
 
     def reset_counters(self) -> None:
         self._log_from = self._log.stat().st_size if self._log.exists() else 0
@@ -356,7 +358,7 @@ events {{ worker_connections 1024; }}
 http {{
     types {{ application/octet-stream safetensors; application/json json; }}
     default_type application/octet-stream;
-    log_format bytes '$body_bytes_sent';
+    log_format bytes '$body_bytes_sent $status $connection $request_time "$http_range"';
     access_log {p}/access.log bytes;
     client_body_temp_path {p}/tmp-body;
     proxy_temp_path {p}/tmp-proxy;
