@@ -426,22 +426,25 @@ class Witnesses:
             stored = self.store.read_stored(piece, in_piece, n, prov)
             ours = data[at - start : at - start + n]
             if stored is not None and stored != ours:
-                for b in range(0, n, block):
-                    if stored[b : b + block] != ours[b : b + block]:
-                        got = self._patch(piece, in_piece + b, ours[b : b + block], prov)
-                        if got is None:
-                            return None if lo_diff < 0 else (lo_diff, hi_diff)  # fetched again since
-                        prov = got
-                        lo = piece.offset + in_piece + b
-                        hi = lo + len(ours[b : b + block])
-                        lo_diff = lo if lo_diff < 0 else min(lo_diff, lo)
-                        hi_diff = max(hi_diff, hi)
+                edits = [
+                    (in_piece + b, ours[b : b + block])
+                    for b in range(0, n, block)
+                    if stored[b : b + block] != ours[b : b + block]
+                ]
+                if self._patch(piece, edits, prov) is None:
+                    return None if lo_diff < 0 else (lo_diff, hi_diff)  # fetched again since
+                lo = piece.offset + edits[0][0]
+                hi = piece.offset + edits[-1][0] + len(edits[-1][1])
+                lo_diff = lo if lo_diff < 0 else min(lo_diff, lo)
+                hi_diff = max(hi_diff, hi)
             at += n
         return None if lo_diff < 0 else (lo_diff, hi_diff)
 
-    def _patch(self, piece: Piece, offset: int, data: bytes, prov: tuple[str, str]) -> tuple[str, str] | None:
+    def _patch(
+        self, piece: Piece, edits: list[tuple[int, bytes]], prov: tuple[str, str]
+    ) -> tuple[str, str] | None:
         with self._gate():
-            digest = self.store.patch(piece, offset, data, prov)
+            digest = self.store.patch(piece, edits, prov)
         if digest is None:
             return None
         fi = piece.file_index
@@ -454,7 +457,7 @@ class Witnesses:
                     prov[0],
                     piece.index,
                     piece.path,
-                    f"{piece.path}: bytes from {piece.offset + offset} differ from what other sources "
+                    f"{piece.path}: bytes from {piece.offset + edits[0][0]} differ from what other sources "
                     "send; replacing the damaged region with theirs",
                 )
             )

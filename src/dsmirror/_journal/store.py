@@ -93,7 +93,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -748,8 +748,11 @@ class Store:
             with storage_errors(self.data_dir / piece.path), self._files.use(fi) as fd:
                 return os.pread(fd, length, piece.offset + offset)
 
-    def patch(self, piece: Piece, offset: int, data: bytes, provenance: tuple[str, str]) -> str | None:
-        """Replace bytes of a received piece without a piece hash that other sources proved wrong.
+    def patch(
+        self, piece: Piece, edits: Sequence[tuple[int, bytes]], provenance: tuple[str, str]
+    ) -> str | None:
+        """Replace bytes of a received piece without a piece hash that other sources proved wrong:
+        each ``(offset in the piece, bytes)`` of ``edits`` (one pass over the piece for its digest).
 
         The piece stays received (same source in its provenance, the digest of its new bytes); its
         file is hashed again from the start if its hasher read the piece already. Returns the new
@@ -762,7 +765,8 @@ class Store:
             if not self._is_copy(piece, provenance):
                 return None
             with storage_errors(self.data_dir / piece.path), self._files.use(fi, write=True) as fd:
-                os.pwrite(fd, data, piece.offset + offset)
+                for offset, data in edits:
+                    os.pwrite(fd, data, piece.offset + offset)
                 digest = hashlib.sha256(os.pread(fd, piece.length, piece.offset)).hexdigest()
             self._dirty.add(fi)
             with storage_errors(self.area / "journal"):
