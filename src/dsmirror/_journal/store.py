@@ -23,7 +23,7 @@ piece index, crc32 of the first 8 bytes) and 48-byte ``H`` records ``struct("<B3
                that offset was taken and before this record was written, so every W record before
                that offset describes bytes that are durably on disk.
     kind b"X"  piece *i* is no longer trusted (its file failed its whole-file digest and the piece is
-               being fetched again from another source).
+               being fetched again from another source, or a witness patched bytes of it: ``patch``).
     kind b"H"  where file *f*'s whole-file hasher stands: ``kind, f, n, h, crc32(first 44 bytes)``:
                the first *n* pieces of file *f* (n x piece_size bytes, a multiple of 64, or the whole
                file when that is one) hash to the SHA-256 state words ``h`` (eight u32,
