@@ -351,3 +351,34 @@ def test_two_sources_the_disputed_piece_is_fetched_from_the_other_side(
         assert fetched <= size + 2 * PS, (fetched / size, w.check_bytes)
     else:
         assert not dropped
+
+
+# -- the store's side: reading and patching a received copy ----------------------------------------
+def test_store_patch_replaces_bytes_of_the_named_copy_only(tmp_path: Path) -> None:
+    from dsmirror._journal.store import Store
+
+    ps = 64 * KiB
+    data = random.Random(9).randbytes(3 * ps)
+    digest = hashlib.sha256(data).hexdigest()
+    m = Manifest("patch", ps, (FileEntry("f.bin", len(data), digest, NoPieceHashes(3)),))
+    bad = bytearray(data)
+    bad[ps + 100] ^= 0xFF  # piece 1 arrives with one bad byte
+    with Store.open(tmp_path / "dest", m) as store:
+        for p in m.pieces:
+            chunk = bytes(bad[p.offset : p.offset + p.length])
+            store.write(p, 0, chunk)
+            store.mark_verified(
+                p, source="liar" if p.index == 1 else "good", digest=hashlib.sha256(chunk).hexdigest()
+            )
+        assert store.wait_checked(30) is False  # the whole-file digest fails
+        piece = m.pieces[1]
+        prov = store.provenance[1]
+        assert store.read_stored(piece, 96, 8, prov) == bytes(bad[ps + 96 : ps + 104])
+        assert store.read_stored(piece, 96, 8, ("liar", "0" * 64)) is None  # not that copy
+        assert store.patch(piece, [(96, data[ps + 96 : ps + 104])], ("good", prov[1])) is None
+        new = store.patch(piece, [(96, data[ps + 96 : ps + 104])], prov)
+        assert new == hashlib.sha256(data[ps : 2 * ps]).hexdigest()
+        assert store.provenance[1] == ("liar", new)  # still the liar's copy, with its new digest
+        assert store.read_stored(piece, 96, 8, prov) is None  # the old copy is gone
+        assert store.wait_checked(30) is True  # hashed again: the file matches now
+        assert store.file_result(0) is True
