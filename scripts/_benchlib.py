@@ -224,20 +224,12 @@ class SendfileServer:
     async def _sendfile(self, sock: int, fd: int, offset: int, count: int) -> None:
         """``sendfile(2)`` of ``count`` bytes, waiting while the socket is full (what
         ``loop.sendfile`` does on a transport with nothing buffered), counting every byte sent."""
-        import asyncio
 
-        loop = self._loop
         while count:
             try:
                 sent = os.sendfile(sock, fd, offset, min(count, 1 << 20))
             except BlockingIOError:
-                ready = loop.create_future()
-                # The private pair loop.sendfile uses itself: add_writer refuses a transport's fd.
-                loop._add_writer(sock, _wake, ready)
-                try:
-                    await asyncio.wait_for(ready, 60)
-                finally:
-                    loop._remove_writer(sock)
+                await self._writable(sock)
                 continue
             if not sent:
                 raise ConnectionError("the file ended early")
@@ -245,7 +237,30 @@ class SendfileServer:
             count -= sent
             self.bytes_served += sent
 
+    async def _writable(self, sock: int) -> None:
+        import asyncio
+
+        loop = self._loop
+        ready = loop.create_future()
+        # The private pair loop.sendfile uses itself: add_writer refuses a transport's fd.
+        loop._add_writer(sock, _wake, ready)
+        try:
+            await asyncio.wait_for(ready, 60)
+        finally:
+            loop._remove_writer(sock)
+
+    async def _send(self, sock: int, data: bytes) -> None:
+        """All of ``data`` on the socket, in order with the bodies sent by ``_sendfile`` (never
+        through the transport: bytes it buffered would go out after a body sent around it)."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(sock, view) :]
+            except BlockingIOError:
+                await self._writable(sock)
+
     async def _handle(self, reader: Any, writer: Any) -> None:
+        sock = writer.get_extra_info("socket").fileno()
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -258,8 +273,7 @@ class SendfileServer:
                         headers[k.strip().lower()] = v.strip()
                 path = (self._root / target.split("?", 1)[0].lstrip("/")).resolve()
                 if method not in ("GET", "HEAD") or not path.is_file() or self._root not in path.parents:
-                    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-                    await writer.drain()
+                    await self._send(sock, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                     continue
                 size = path.stat().st_size
                 start, end, status = 0, size - 1, "200 OK"
@@ -272,23 +286,23 @@ class SendfileServer:
                     else:
                         start, end = max(0, size - int(b)), size - 1
                     if start > end:
-                        writer.write(
+                        await self._send(
+                            sock,
                             f"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{size}\r\n"
-                            "Content-Length: 0\r\n\r\n".encode()
+                            "Content-Length: 0\r\n\r\n".encode(),
                         )
-                        await writer.drain()
                         continue
                     status, extra = "206 Partial Content", f"Content-Range: bytes {start}-{end}/{size}\r\n"
                 n = end - start + 1
-                writer.write(
+                await self._send(
+                    sock,
                     f"HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\n"
-                    f"Accept-Ranges: bytes\r\n{extra}Content-Length: {n}\r\n\r\n".encode()
+                    f"Accept-Ranges: bytes\r\n{extra}Content-Length: {n}\r\n\r\n".encode(),
                 )
                 self.requests += 1
-                await writer.drain()
                 if method == "GET":
                     with open(path, "rb") as fh:
-                        await self._sendfile(writer.get_extra_info("socket").fileno(), fh.fileno(), start, n)
+                        await self._sendfile(sock, fh.fileno(), start, n)
         except (OSError, ValueError, EOFError, Exception):  # client gone, junk: end the connection
             pass
         except BaseException:  # cancelled as the server stops: end quietly
