@@ -123,10 +123,12 @@ def test_a_killed_host_restarts_and_resumes(kill_run: KillRun) -> None:
         f"the upstream served {late / MiB:.1f} MiB of it (the others were seeding)"
     )
     dropped = [e["reason"] for e in again.of("SourceDropped") if e["source"] == "swarm"]
-    if dropped:  # seen: "libtorrent cannot use its storage: ... partfile_read (.../bt/...) error: ..."
-        pytest.xfail(f"the resumed pull's swarm was dropped: {dropped[0]}")
-    if late > 0:  # issue 13 item 2: a host that joins while the others seed takes 0 from the upstream
-        pytest.xfail(f"the restarted host took {late / MiB:.1f} MiB from the upstream; the others seeded")
+    assert not dropped, dropped  # was: "libtorrent cannot use its storage: ... partfile_read ..."
+    # Issue 13 item 2: a host that joins while the others seed takes nothing from the upstream.
+    # (The upstream's counters are rewritten every 0.1 s: what it served just before the others
+    # finished may be counted late, hence the slack on its figure, not on the host's own.)
+    assert again.result["delivered_by_source"].get("upstream", 0) == 0, again.result["delivered_by_source"]
+    assert late <= 1 * MiB, late
 
 
 def _free_port() -> int:

@@ -258,7 +258,17 @@ class SwarmSource:
     def _add(self, area: Path) -> Any:
         """Add the torrent over ``area/bt`` (resumed from ``area/bt.resume`` if it still holds)."""
         bt = area / "bt"
+        if self.trusting:
+            # The manifest's own swarm: libtorrent checked nothing it holds, and after a kill its
+            # part file may not match its resume data ("partfile_read ... No such file" dropped
+            # the swarm of a restarted pull, which then took from the upstream what its peers
+            # seeded). The store is the authority: start libtorrent's copy afresh; the pieces
+            # the store verified are handed to it again (``_become_ready``).
+            shutil.rmtree(bt, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (area / "bt.resume").unlink()
         atp = read_resume(area)
+        resumed = atp is not None
         if atp is None:
             if self.torrent is not None:
                 atp = lt.add_torrent_params()
@@ -274,7 +284,12 @@ class SwarmSource:
         if self.torrent is not None:
             atp.renamed_files = self.torrent.renamed_files()
             atp.piece_priorities = [0] * self.torrent.num_pieces
-            atp.file_priorities = []
+            if not resumed:
+                atp.file_priorities = []
+            # else: keep the resume data's file priorities. Every piece of a pull's torrent is at
+            # priority 0 until the scheduler gives it to the swarm, so libtorrent keeps what it
+            # holds in its part file (``bt/.<hash>.parts``); files at priority 4 again would make
+            # it look for those pieces in the files themselves ("partfile_read ... No such file").
         return self.session.add_torrent(atp)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -448,7 +463,7 @@ class SwarmSource:
             broker.emit(SourceTrouble(self.name, why, None))
         elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
             broker.emit(SourceTrouble(self.name, f"libtorrent: {a.message()}", None))
-            if isinstance(a, lt.file_error_alert):
+            if isinstance(a, lt.file_error_alert) and not self._dropped:
                 self._retire(broker, f"libtorrent cannot use its storage: {a.message()}")
         elif isinstance(a, lt.save_resume_data_alert) and self._area is not None:
             write_resume(self._area, a)
