@@ -57,6 +57,7 @@ class _Job:
     source: str = field(compare=False)
     digest: str = field(compare=False)
     blocks: list[tuple[int, int]] = field(compare=False)
+    round: int = field(default=0, compare=False)  # the repair's evidence round (audit_file), or 0
 
 
 @dataclass
@@ -101,6 +102,8 @@ class Witnesses:
         self._busy: dict[int, int] = {}  # file -> jobs queued or running
         self._spots = 0  # spot-check jobs queued
         self._patched: dict[int, int] = {}  # file -> patches applied
+        self._rounds: dict[int, int] = {}  # file -> its latest evidence round
+        self._found: dict[int, int] = {}  # file -> the last evidence round that convicted someone
         self._stop = threading.Event()
         # One damaged region grown at a time: two threads patching the same piece would each find
         # the other's patch under them (a changed provenance) and leave blocks unpatched.
@@ -169,12 +172,16 @@ class Witnesses:
 
     def audit_file(self, fi: int, share: float) -> int:
         """Queue the comparison of ``share`` of every received piece of file ``fi`` (the repair's
-        evidence round), the most suspect sources' pieces first. Returns the blocks queued."""
+        evidence round), the most suspect sources' pieces first and each source's in random order.
+        The round ends at its first conviction (its other jobs are skipped): the repair patches
+        and hashes the file again, and a file still failing gets the same share once more.
+        Returns the blocks queued."""
         prov = self._provenance()
         owners = {prov[i][0] for i in self.m.file_piece_ranges[fi] if i in prov}
         with self._lock:
             order = self.policy.suspicion(owners, banned=self.convicted)
             rank = {name: k for k, name in enumerate(order)}
+            rnd = self._rounds[fi] = self._rounds.get(fi, 0) + 1
             n = 0
             for i in self.m.file_piece_ranges[fi]:
                 if i not in prov:
@@ -182,7 +189,9 @@ class Witnesses:
                 src, digest = prov[i]
                 blocks = self.policy.blocks(self.m.pieces[i].length, share)
                 if blocks:
-                    self._put(1, rank[src], i, src, digest, blocks)
+                    self.policy.rng.shuffle(blocks)
+                    key = rank[src] * (1 << 32) + self.policy.rng.randrange(1 << 32)
+                    self._put(1, key, i, src, digest, blocks, rnd)
                     n += len(blocks)
             return n
 
@@ -203,7 +212,14 @@ class Witnesses:
 
     # -- queue ---------------------------------------------------------------------------------
     def _put(
-        self, priority: int, rank: int, index: int, source: str, digest: str, blocks: list[tuple[int, int]]
+        self,
+        priority: int,
+        rank: int,
+        index: int,
+        source: str,
+        digest: str,
+        blocks: list[tuple[int, int]],
+        round_: int = 0,
     ) -> None:
         """Queue a job (caller holds ``_lock``)."""
         fi = self.m.pieces[index].file_index
@@ -211,7 +227,7 @@ class Witnesses:
         self._busy[fi] = self._busy.get(fi, 0) + 1
         if priority == 2:
             self._spots += 1
-        self._q.put(_Job(priority, rank, self._seq, index, source, digest, blocks))
+        self._q.put(_Job(priority, rank, self._seq, index, source, digest, blocks, round_))
 
     def _main(self) -> None:
         while not self._stop.is_set():
@@ -301,6 +317,10 @@ class Witnesses:
         for off, n in job.blocks:
             if self._stop.is_set():
                 return
+            if job.round:
+                with self._lock:
+                    if self._found.get(fi) == job.round:
+                        return  # this evidence round convicted someone already
             stored = self.store.read_stored(piece, off, n, (job.source, digest))
             if stored is None:
                 return  # fetched again, patched or installed since
@@ -317,6 +337,9 @@ class Witnesses:
                     self.policy.agreed(job.source, witness)
                 continue
             verdict = self._arbitrate(job.source, witness, fi, piece, off, stored, data)
+            if job.round and verdict in (Verdict.SOURCE_LIED, Verdict.WITNESS_LIED):
+                with self._lock:
+                    self._found[fi] = job.round
             if verdict is Verdict.SOURCE_LIED:
                 self._grow(piece, off, data, job.source, witness)
                 return
