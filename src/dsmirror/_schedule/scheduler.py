@@ -341,7 +341,9 @@ class Scheduler:
             now = self.clock.now()
             s = self._sources[a.source]
             length = self.m.pieces[index].length
+            unused = self._tail.unused
             split = self._tail.piece_done(a, index)
+            self.redundant_bytes += self._tail.unused - unused  # helpers' parts nobody used
             if self._pieces.finish(index):
                 if helped and split is not None:
                     s.delivered += length - helped
