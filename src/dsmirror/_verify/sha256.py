@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import struct
+from collections.abc import Iterator
 
 __all__ = ["RESUMABLE", "ResumableSha256"]
 
@@ -44,10 +45,29 @@ class _Ctx(ctypes.Structure):
     ]
 
 
+def _candidates() -> Iterator[str]:
+    """Where libcrypto may be: first the one Python's own hashlib loaded (read from this process's
+    memory map, so nothing is forked: ``find_library`` runs ``ldconfig -p`` at every start), then
+    the usual sonames, then ``find_library``."""
+    try:
+        import _hashlib  # noqa: F401  (loads libcrypto into this process)
+
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.rsplit(None, 1)[-1]
+                if "/libcrypto" in path:
+                    yield path
+                    break
+    except (ImportError, OSError):
+        pass
+    yield from ("libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.dylib")
+    found = ctypes.util.find_library("crypto")
+    if found:
+        yield found
+
+
 def _load() -> ctypes.CDLL | None:
-    for name in (ctypes.util.find_library("crypto"), "libcrypto.so.3", "libcrypto.so.1.1"):
-        if not name:
-            continue
+    for name in _candidates():
         try:
             lib = ctypes.CDLL(name)
             init, update, final = lib.SHA256_Init, lib.SHA256_Update, lib.SHA256_Final
