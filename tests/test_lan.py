@@ -103,7 +103,7 @@ def lan3(tmp_path: Path) -> Iterator[NetnsLan]:
         assert leftovers(lan.tag) == []  # no namespace, veth or bridge left behind
 
 
-def _pull_argv(mpath: Path, catalog: Path, dest: Path, *extra: str) -> list[str]:
+def _pull_argv(mpath: Path | str, catalog: Path, dest: Path, *extra: str) -> list[str]:
     return [*PYTHON_CLI, "pull", str(mpath), "--mirrors", str(catalog), "--no-default-catalog",
             "--no-reuse", "--dest", str(dest), "--json", "--seed", *extra]  # fmt: skip
 
@@ -114,16 +114,22 @@ def _run(hosts: list[Host], timeout: float) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("prefer", ["auto", "p2p"])
+@pytest.mark.parametrize(("prefer", "ref"), [("auto", "manifest"), ("p2p", "manifest"), ("auto", "alias")])
 def test_three_hosts_share_with_no_configuration(
-    lan3: NetnsLan, model: tuple[Path, Path, int], tmp_path: Path, prefer: str
+    lan3: NetnsLan, model: tuple[Path, Path, int], tmp_path: Path, prefer: str, ref: str
 ) -> None:
+    """``dsmirror pull MANIFEST`` and ``dsmirror pull ALIAS`` (a catalog entry with a published
+    manifest and an HTTP mirror), with the default ``--prefer auto`` and with ``p2p``."""
     files, mpath, size = model
     up = lan3.upstream(files, rate=RATE, stats=tmp_path / "stats.json")
     catalog = tmp_path / "cat.yaml"
-    catalog.write_text(f'version: 1\nmirrors:\n  - name: upstream\n    kind: http\n    url: "{up.url}"\n')
+    text = f'version: 1\nmirrors:\n  - name: upstream\n    kind: http\n    url: "{up.url}"\n'
+    if ref == "alias":
+        text += f'models:\n  "lan-model:1b":\n    manifest: "{mpath}"\n'
+    catalog.write_text(text)
+    what: Path | str = mpath if ref == "manifest" else "lan-model:1b"
     hosts = [
-        Host(lan3, k, tmp_path, _pull_argv(mpath, catalog, tmp_path / f"d{k}", "--prefer", prefer))
+        Host(lan3, k, tmp_path, _pull_argv(what, catalog, tmp_path / f"d{k}", "--prefer", prefer))
         for k in range(3)
     ]
     try:
