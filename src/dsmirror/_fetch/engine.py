@@ -237,7 +237,7 @@ class _Engine:
         self._gate = _StoreGate()
         self._dropped: set[str] = set()
         self.witness = self._witnesses()
-        self.repair = Repair(manifest, store, self.sched, self.emit, self.witness, self.drop)
+        self.repair = Repair(manifest, store, self.sched, self.emit, self.witness, self.drop, self._blame)
         for src in self.sources.values():
             for fi, f in enumerate(manifest.files):
                 if not src.has_file(f):
@@ -254,6 +254,12 @@ class _Engine:
         return Witnesses(
             self.m, self.store, self.sched, self.sources, policy, self.drop, self.emit, take, self._gate.open
         )
+
+    def _blame(self, name: str, pieces: list[int]) -> list[int] | None:
+        """[registry pulls, H5] A swarm answers for the peers that sent ``pieces`` (proven bad):
+        it bans them and names their other pieces; None when ``name`` is no swarm."""
+        blame = getattr(self.swarms.get(name), "blame", None)
+        return blame(pieces) if blame is not None else None
 
     def drop(self, name: str, reason: str) -> None:
         """Ban ``name`` for the rest of the pull and say so once."""
@@ -520,6 +526,8 @@ class _Engine:
                 new = self.store.mark_verified(piece, source=source, digest=digest)
             if new and self.witness:
                 self.witness.piece_received(piece, digest, source)
+            if new and self.swarms:  # [registry pulls, H5] LAN peers get it too; their digest decides
+                self._announce(piece, bytes(buf) if buf is not None else None)
             return
         if digest != piece.sha256:
             err = PieceMismatch(

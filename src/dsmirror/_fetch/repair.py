@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dsmirror._core.errors import IntegrityError
 from dsmirror._core.events import Event, PieceRejected, SourceDropped
@@ -41,6 +41,7 @@ class _FileRepair:
     suspect: str | None = None
     old: dict[int, str] | None = None  # piece -> digest the suspect had sent
     disputes: int = 0
+    differ: list[int] = field(default_factory=list)  # the pieces of those disputes
 
 
 class Repair:
@@ -64,6 +65,7 @@ class Repair:
         emit: Callable[[Event], None],
         witness: Witnesses | None = None,
         drop: Callable[[str, str], None] | None = None,
+        blame: Callable[[str, list[int]], list[int] | None] | None = None,
     ) -> None:
         self.m = manifest
         self.store = store
@@ -71,6 +73,9 @@ class Repair:
         self.emit = emit
         self.witness = witness
         self._drop = drop  # bans a source and says so once (the engine's); else ban and emit here
+        # [registry pulls, H5] a source that answers for others (a swarm: bans the LAN peers that
+        # sent the pieces found bad, names their other pieces) instead of being banned; None: no
+        self._blame = blame
         self.files: dict[int, _FileRepair] = {}
         self._lock = threading.Lock()
         self._rounds: dict[int, tuple[int, int]] = {}  # file -> (evidence round, patches at its start)
@@ -81,6 +86,7 @@ class Repair:
             r = self.files.get(piece.file_index)
             if r and r.old and piece.index in r.old and r.old[piece.index] != digest:
                 r.disputes += 1
+                r.differ.append(piece.index)
 
     def _order(self, fi: int) -> list[str]:
         count: dict[str, int] = {}
@@ -104,7 +110,13 @@ class Repair:
         if ok:
             self._rounds.pop(fi, None)
             self._waiting.pop(fi, None)
-            if r and r.suspect and r.disputes and self.sched.has_source(r.suspect):
+            again = None
+            if r and r.suspect and r.disputes and self._blame is not None:
+                again = self._blame(r.suspect, r.differ)  # [registry pulls, H5]
+            if again is not None:
+                assert r is not None and r.suspect is not None
+                self._refetch(again, r.suspect)
+            elif r and r.suspect and r.disputes and self.sched.has_source(r.suspect):
                 reason = (
                     f"sent bad bytes for {f.path} (found by cross-checking its pieces with other sources)"
                 )
@@ -141,7 +153,7 @@ class Repair:
             suspect, pieces = evidence  # what a witness disagreed on, fetched from the other side
         else:
             r.tried.append(suspect)
-        r.suspect, r.disputes = suspect, 0
+        r.suspect, r.disputes, r.differ = suspect, 0, []
         r.old = {i: self.store.provenance[i][1] for i in pieces if i in self.store.provenance}
         self.emit(
             PieceRejected(
@@ -235,6 +247,19 @@ class Repair:
             )
         self.store.invalidate(bad)
         self.sched.reopen(bad)
+
+    def _refetch(self, pieces: list[int], source: str) -> None:
+        """[registry pulls, H5] Of ``pieces``, those ``source`` sent in files not yet verified are
+        fetched again from other sources (a swarm's banned peers' pieces)."""
+        prov, store = self.store.provenance, self.store
+        again = [
+            i
+            for i in pieces
+            if prov.get(i, ("?", ""))[0] == source and not store.file_verified(self.m.pieces[i].file_index)
+        ]
+        if again:
+            self.store.invalidate(again)
+            self.sched.reopen(again, avoid=source if self.sched.has_source(source) else None)
 
     def _recheck_elsewhere(self, liar: str) -> None:
         """A banned liar's pieces in files not yet verified are fetched again from others."""

@@ -186,6 +186,10 @@ class SwarmSource:
         self._tainted: set[int] = set()  # torrent pieces libtorrent holds with bytes the manifest rejects
         self._senders: dict[int, set[str]] = {}  # torrent piece -> addresses that sent its blocks
         self._strikes: dict[str, int] = {}
+        # [registry pulls, H5] pieces without piece hashes: who sent them (``blame``)
+        self._blame_lock = threading.Lock()
+        self._sent_by: dict[int, frozenset[str]] = {}  # manifest piece -> addresses that sent it
+        self._blamed: queue.SimpleQueue[tuple[list[int], list[str]]] = queue.SimpleQueue()
         self._share: tuple[tuple[str, ...], int] = ((), -1)  # (machines pulling, peers) last told
         self._broker: PieceBroker | None = None
 
@@ -309,6 +313,7 @@ class SwarmSource:
                 self._dial(now)
                 continue
             self._scan_peers(now)
+            self._take_blame(broker)
             self._check(broker)
             self._review(broker, now)
             self._feed(broker)
@@ -483,6 +488,12 @@ class SwarmSource:
             return t not in self._tainted
         self._unchecked.discard(t)
         piece = self.manifest.pieces[i]
+        if not piece.sha256:
+            # [registry pulls, H5] No piece hash to check it by (a file with a whole-file SHA-256
+            # only): accepted, its file's digest decides, and who sent it is kept for ``blame``.
+            with self._blame_lock:
+                self._sent_by[i] = frozenset(self._senders.pop(t, ()))
+            return True
         if hashlib.sha256(buf[: piece.length]).hexdigest() == piece.sha256:
             self._senders.pop(t, None)
             return True
@@ -503,6 +514,53 @@ class SwarmSource:
         if slot is not None:
             self._drop(broker, slot)  # the rest of its span goes back; this piece to a mirror
         return False
+
+    # -- [registry pulls, H5] pieces without piece hashes: blamed after their file failed -----
+    def blame(self, bad: list[int]) -> list[int]:
+        """Pieces ``bad`` (no piece hashes) came from this swarm and were proven wrong (their file
+        failed its digest; fetched again elsewhere they differ and the file then matched). Ban the
+        addresses that sent them (one that sent a bad piece alone at once, one among several
+        senders at its second strike) and return every piece the banned addresses sent, to be
+        fetched again. Thread-safe (the engine's repair calls it); the bans and the overwriting of
+        libtorrent's bad copies happen in the run thread."""
+        banned: set[str] = set()
+        with self._blame_lock:
+            for i in bad:
+                senders = self._sent_by.get(i, frozenset())
+                for addr in senders:
+                    self._strikes[addr] = self._strikes.get(addr, 0) + (
+                        _BAN_STRIKES if len(senders) == 1 else 1
+                    )
+                    if self._strikes[addr] >= _BAN_STRIKES:
+                        banned.add(addr)
+            again = sorted(i for i, who in self._sent_by.items() if who & banned and i not in bad)
+        self._blamed.put((list(bad) + again, sorted(banned)))
+        return again
+
+    def _take_blame(self, broker: PieceBroker) -> None:
+        assert self.map is not None
+        while True:
+            try:
+                pieces, banned = self._blamed.get_nowait()
+            except queue.Empty:
+                return
+            for addr in banned:
+                if self.session.ban(addr):
+                    self.stats.banned_peers += 1
+                    why = f"banned peer {addr}: it sent pieces that failed their file's SHA-256"
+                    broker.emit(SourceTrouble(self.name, why, None))
+            for i in pieces:
+                t = self.map.to_torrent[i]
+                if t < 0:
+                    continue
+                # libtorrent's copy is bad: nobody gets it from us, and the good bytes (fetched
+                # again) overwrite it (``_feed``), also when they were verified before this.
+                self._tainted.add(t)
+                self._have[t] = 0
+                if i < len(self._peer_have):
+                    self._peer_have[i] = 0
+                if broker.is_verified(i):
+                    self._pending.put((i, None))
 
     def _on_read(self, broker: PieceBroker, a: Any) -> None:
         assert self.map is not None

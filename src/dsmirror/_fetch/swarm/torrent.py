@@ -61,6 +61,7 @@ Documented in docs/formats.md#the-swarm-bt-btresume-and-torrents.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -91,6 +92,7 @@ __all__ = [
     "load_torrent",
     "magnet_for",
     "parse_magnet",
+    "placeholder_hash",
     "torrent_from_info",
     "torrent_root_name",
     "with_torrent_hashes",
@@ -101,6 +103,7 @@ DERIVED_KEY = b"x-dsmirror-manifest"  # in the info dict of a torrent derived fr
 CREATOR = "dsmirror/0.1"
 MAX_TORRENT_BYTES = 64 << 20  # a torrent of 20 M pieces is ~400 MiB of v1 hashes; refuse worse
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def torrent_root_name(manifest_name: str) -> str:
@@ -351,10 +354,14 @@ def create_torrent(
 def derived_torrent(manifest: Manifest) -> Torrent | None:
     """The torrent of the manifest's own swarm, from the manifest alone (see the module docstring).
 
-    None when the manifest cannot have one: a file without piece hashes, or nothing but empty files.
-    The same manifest gives the same bytes on every machine.
+    None when the manifest cannot have one: a file with neither piece hashes nor a whole-file
+    SHA-256, or nothing but empty files. A file with a whole-file SHA-256 only (a registry pull:
+    ``hf://``, ``ollama://``) gets :func:`placeholder_hash` pieces. The same manifest gives the same
+    bytes on every machine.
     """
-    if manifest.total_size == 0 or any(not p.sha256 for p in manifest.pieces):
+    if manifest.total_size == 0 or any(
+        not _HEX64.fullmatch(f.sha256) for f in manifest.files if f.size and not (f.pieces and f.pieces[0])
+    ):
         return None
     root = torrent_root_name(manifest.name)
     entries = [lt.create_file_entry(f"{root}/{f.path}", f.size) for f in manifest.files]
@@ -376,13 +383,27 @@ def derived_torrent(manifest: Manifest) -> Torrent | None:
         path = str(layout.file_path(k)).replace(os.sep, "/")[len(root) + 1 :]
         fi = by_path[path]
         first = int(layout.file_offset(k)) // ps
+        f = manifest.files[fi]
         for j, mi in enumerate(manifest.file_piece_ranges[fi]):
-            ct.set_hash(first + j, bytes.fromhex(manifest.pieces[mi].sha256)[:20])
+            sha = manifest.pieces[mi].sha256
+            ct.set_hash(first + j, bytes.fromhex(sha)[:20] if sha else placeholder_hash(f.sha256, j))
     ct.set_creator(CREATOR)
     d = ct.generate()
     d.pop(b"creation date", None)
     d[b"info"][DERIVED_KEY] = manifest.sha256.encode("ascii")
     return load_torrent(bytes(lt.bencode(d)), origin=f"derived torrent of {manifest.name}")
+
+
+def placeholder_hash(file_sha256: str, index: int) -> bytes:
+    """The 20-byte piece "hash" of piece ``index`` of a file without piece hashes in a derived
+    torrent: SHA-256 of a label, the file's SHA-256 and the index, cut to 20 bytes.
+
+    It checks nothing (nobody can compute a piece's real hash from a whole-file digest, and the
+    session runs with libtorrent's checks off); it only makes every machine compute the same
+    info-hash, and one that differs per file and per piece, from the manifest alone.
+    """
+    raw = b"dsmirror-unhashed-piece\0" + bytes.fromhex(file_sha256) + index.to_bytes(8, "big")
+    return hashlib.sha256(raw).digest()[:20]
 
 
 def derived_info_hash(manifest: Manifest) -> str | None:
