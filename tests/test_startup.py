@@ -1,13 +1,15 @@
 """Start-up cost of ``dsmirror pull``: what a plain HTTP pull imports, and one TLS context per process.
 
-``import dsmirror`` loads its public names on first use, the command modules import the code of
-other commands (doctor, bundles, seeding, the registries' clients, libtorrent) inside those
-commands, and every HTTP client shares one verifying SSL context instead of loading the trust
-store for each source.
+``import dsmirror`` loads its public names on first use; ``dsmirror.cli`` loads no library layer
+(every command imports the library inside the command); a manifest pull imports libtorrent only
+when it joins a swarm, and typer's pydantic coercion not at all (``cli._app._PlainCoercion``,
+checked here against typer's own); every HTTP client shares one verifying SSL context instead of
+loading the trust store for each source. Times are in scripts/bench_startup.py, not here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import ssl
@@ -55,11 +57,23 @@ OPTIONAL = (
     "dsmirror.testing",
     "huggingface_hub",
     "aiohttp",
+    # typer converts option values with pydantic TypeAdapters unless dsmirror.cli does it itself
+    "pydantic",
+    "pydantic_core",
+    "typer._adapters",
 )
+# Nor, until it shows help (typer's rich help uses pygments), httpx's own command line: httpx
+# imports it (click, rich.syntax, pygments) unless dsmirror.cli tells it it is absent.
+OPTIONAL_UNTIL_HELP = ("pygments", "click", "rich.syntax")
+
+# What ``from dsmirror.cli import main`` may load of dsmirror: no library layer beyond _core.
+CLI_IMPORT_ALLOWED = ("dsmirror", "dsmirror._core", "dsmirror.cli")
+# Third-party parts of the pull that ``dsmirror --help`` and the other commands do not need.
+NOT_AT_CLI_IMPORT = ("httpx", "httpcore", "h11", "yaml", "rich.live", "rich.table", "ssl")
 
 
-def _optional(loaded: set[str]) -> set[str]:
-    return {m for m in loaded if any(m == o or m.startswith(o + ".") for o in OPTIONAL)}
+def _optional(loaded: set[str], optional: tuple[str, ...] = OPTIONAL) -> set[str]:
+    return {m for m in loaded if any(m == o or m.startswith(o + ".") for o in optional)}
 
 
 def _loaded_after(
@@ -101,6 +115,29 @@ def test_import_dsmirror_loads_no_submodule() -> None:
     assert r.stdout.strip() == "[]"
 
 
+def test_cli_import_loads_no_library_layer() -> None:
+    code = (
+        "import json, sys; from dsmirror.cli import main; "
+        "print(json.dumps(sorted(m for m, v in sys.modules.items() if v is not None)))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(json.loads(r.stdout))
+    ours = {m for m in loaded if m == "dsmirror" or m.startswith("dsmirror.")}
+    assert not {m for m in ours if not any(m == a or m.startswith(a + ".") for a in CLI_IMPORT_ALLOWED)}
+    assert not _optional(loaded, OPTIONAL + OPTIONAL_UNTIL_HELP + NOT_AT_CLI_IMPORT)
+
+
+def test_help_lists_every_command(cli_env: dict[str, str], tmp_path: Path) -> None:
+    r, loaded = _loaded_after(["--help"], cli_env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    for command in ("pull", "sources", "seed", "serve", "doctor", "verify", "manifest", "torrent"):
+        assert f" {command} " in r.stdout, command
+    for command in ("export", "import", "demo", "ls", "rm"):
+        assert f" {command} " in r.stdout, command
+    # The commands' help comes from their modules, which import the library inside the commands.
+    assert not {m for m in loaded if m.startswith("dsmirror.") and not m.startswith(CLI_IMPORT_ALLOWED[1:])}
+
+
 def test_pull_help_loads_no_optional_module(cli_env: dict[str, str], tmp_path: Path) -> None:
     r, loaded = _loaded_after(["pull", "--help"], cli_env, tmp_path)
     assert r.returncode == 0, r.stderr
@@ -124,7 +161,137 @@ def test_http_pull_without_p2p_loads_no_optional_module(
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["event"] == "PullFinished"
     model.assert_identical(dest)
-    assert not _optional(loaded)
+    assert not _optional(loaded, OPTIONAL + OPTIONAL_UNTIL_HELP)
+
+
+def test_manifest_pull_with_p2p_on_loads_no_optional_module(
+    make_model: Callable[..., Any],
+    start_mirrors: Callable[..., list[MirrorServer]],
+    catalog_file: Callable[..., Path],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """``pull MANIFEST`` as typed (p2p on, LSD on): no swarm is named, so no libtorrent."""
+    model = make_model({"weights.bin": 150 * KiB + 7, "config.json": 42}, piece_size=64 * KiB)
+    catalog = catalog_file(start_mirrors(model.root, 1))
+    dest = tmp_path / "dest"
+    args = ["pull", str(model.manifest_path), "--no-default-catalog", "--mirrors", str(catalog)]
+    args += ["--dest", str(dest), "--json", "--no-reuse", "-x", "2", "--give-up-after", "30"]
+    r, loaded = _loaded_after(args, cli_env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["event"] == "PullFinished"
+    model.assert_identical(dest)
+    assert not _optional(loaded, OPTIONAL + OPTIONAL_UNTIL_HELP)
+
+
+def test_may_join_swarm_agrees_with_attach_swarm(make_model: Callable[..., Any], tmp_path: Path) -> None:
+    """Whenever ``attach_swarm`` adds a swarm, ``may_join_swarm`` (which spares libtorrent) said so."""
+    from dsmirror._fetch.swarm.config import SwarmConfig
+    from dsmirror._fetch.swarm.torrent import create_torrent, with_torrent_hashes
+    from dsmirror._formats.catalog import parse_catalog
+    from dsmirror._resolve.plan import PullOptions, PullPlan
+    from dsmirror._resolve.ref import parse_ref
+    from dsmirror._resolve.resolve import may_join_swarm
+    from dsmirror._resolve.swarm import attach_swarm
+
+    model = make_model({"weights.bin": 130 * KiB + 5}, piece_size=64 * KiB)
+    torrent = create_torrent(model.manifest, model.root)
+    torrent_path = tmp_path / "m.torrent"
+    torrent.write(torrent_path)
+    recorded = with_torrent_hashes(model.manifest, [torrent])
+    assert recorded.torrent and not model.manifest.torrent
+    magnet = f"magnet:?xt=urn:btih:{torrent.btih}"
+    catalog = parse_catalog(
+        "version: 1\nmirrors:\nmodels:\n"
+        f"  with-magnet: {{manifest: {json.dumps(str(model.manifest_path))}, magnet: {json.dumps(magnet)}}}\n"
+        f"  plain: {{manifest: {json.dumps(str(model.manifest_path))}}}\n",
+        "test",
+    )
+    refs = [parse_ref(str(model.manifest_path), aliases=set(catalog.models))]
+    refs += [parse_ref(a, aliases=set(catalog.models)) for a in ("with-magnet", "plain")]
+    assert [r.kind for r in refs] == ["manifest-file", "alias", "alias"]
+    seen: dict[bool, int] = {True: 0, False: 0}
+    for manifest in (model.manifest, recorded):
+        for ref in refs:
+            for prefer in ("auto", "p2p"):
+                for given in (None, torrent_path):
+                    for enabled in (True, False):
+                        swarm = SwarmConfig(enabled=enabled, listen="127.0.0.1:0", lsd=False, torrent=given)
+                        opts = PullOptions(dest=tmp_path / "dest", prefer=prefer, swarm=swarm)
+                        plan = PullPlan(manifest, [], tmp_path / "dest")
+                        may = may_join_swarm(plan, ref, catalog, opts)
+                        joined = attach_swarm(dataclasses.replace(plan, swarms=[]), ref, catalog, opts)
+                        for sw in joined.swarms:
+                            sw.close()
+                        case = (bool(manifest.torrent), ref.text, prefer, given, enabled)
+                        assert may or not joined.swarms, case
+                        seen[bool(joined.swarms)] += 1
+    assert seen[True] and seen[False]
+    # The common case, a manifest as ``manifest create`` writes it pulled as typed: no swarm.
+    plan = PullPlan(model.manifest, [], tmp_path / "dest")
+    assert not may_join_swarm(plan, refs[0], catalog, PullOptions(swarm=SwarmConfig()))
+
+
+_SAMPLES: dict[Any, tuple[Any, ...]] = {
+    str: ("x", "", "hf://org/repo", " spaced ", 7),
+    int: ("0", "1", "64", "65", "-1", "007", "+5", " 5", "abc", "1e3", "9" * 25, 5, 0, True, 2.0),
+    float: ("0", "0.1", "0.05", "1.5", "-0", "1e3", "inf", "nan", "abc", "300", "300.01", 120.0, 15, False),
+    bool: (True, False, "yes"),
+}
+
+
+def _outcome(coercion: Any, value: Any, param: Any, ctx: Any) -> tuple[Any, ...]:
+    from typer._click.exceptions import BadParameter
+
+    try:
+        v = coercion.coerce(value, param=param, ctx=ctx)
+    except BadParameter as exc:
+        return ("error", exc.message)
+    return ("ok", repr(v), type(v), tuple(type(x) for x in v) if isinstance(v, (list, tuple)) else None)
+
+
+def test_plain_coercion_gives_what_typer_gives(tmp_path: Path) -> None:
+    """Every option of every command, well-formed and malformed values: the same value (and type)
+    or the same error as typer's pydantic coercion."""
+    import typer.main
+    from typer._click import Context
+    from typer._click.exceptions import BadParameter
+    from typer._coercion import build_runtime_param
+
+    from dsmirror.cli import app
+    from dsmirror.cli._app import _PlainCoercion
+
+    (tmp_path / "file").write_text("x")
+    paths = (str(tmp_path), str(tmp_path / "file"), str(tmp_path / "missing"), "rel/x", "", "-", tmp_path)
+    samples = _SAMPLES | {Path: paths}
+    commands = [typer.main.get_group(app)]
+    checked: dict[Any, int] = {}
+    while commands:
+        command = commands.pop()
+        commands += getattr(command, "commands", {}).values()
+        ctx = Context(command)
+        for param in [*command.params, command.get_help_option(ctx)]:
+            if not _PlainCoercion.applies(param):
+                continue
+            desc = param.type_descriptor
+            plain, typer_own = _PlainCoercion(param), build_runtime_param(desc)
+            element = desc.annotation.__args__[0] if desc.is_list else desc.annotation
+            values: list[Any] = [None, *samples[element]]
+            if desc.is_list:
+                values = [
+                    None,
+                    (),
+                    tuple(samples[element][:2]),
+                    [samples[element][0]],
+                    tuple(samples[element]),
+                ]
+            for value in values:
+                mine, theirs = _outcome(plain, value, param, ctx), _outcome(typer_own, value, param, ctx)
+                assert mine == theirs, (command.name, param.name, value)
+            checked[element] = checked.get(element, 0) + 1
+    assert set(checked) == {str, int, float, bool, Path}, checked
+    assert sum(checked.values()) > 40, checked
+    assert BadParameter  # the errors compared above are typer's own
 
 
 def _info(name: str) -> SourceInfo:

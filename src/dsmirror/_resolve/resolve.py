@@ -26,7 +26,7 @@ from dsmirror._formats.catalog import Catalog
 from dsmirror._resolve.plan import PREFER, PullOptions, PullPlan, Resolver, SignaturePolicy
 from dsmirror._resolve.ref import Ref, parse_ref
 
-__all__ = ["RESOLVERS", "resolve"]
+__all__ = ["RESOLVERS", "may_join_swarm", "resolve"]
 
 #: REF kind -> "module:function" of its resolver.
 RESOLVERS: dict[str, str] = {
@@ -83,9 +83,26 @@ def _require_signed(plan: PullPlan, ref: Ref, policy: SignaturePolicy) -> None:
     )
 
 
+def may_join_swarm(plan: PullPlan, ref: Ref, catalog: Catalog, options: PullOptions) -> bool:
+    """False when ``attach_swarm`` would add no swarm to ``plan``: known without libtorrent.
+
+    Its conditions, the other way round: p2p on, no swarm yet, and a torrent, a magnet, the
+    manifest's recorded info-hashes, the alias's magnet or ``--prefer p2p`` naming one
+    (tests/test_startup.py checks the two agree).
+    """
+    if not options.swarm.enabled or plan.swarms or plan.swarm_only is not None:
+        return False
+    if options.swarm.torrent or ref.kind in ("torrent-file", "magnet") or options.prefer == "p2p":
+        return True
+    if plan.manifest.torrent:
+        return True
+    alias = catalog.models.get(ref.text) if ref.kind == "alias" else None
+    return alias is not None and alias.magnet is not None
+
+
 def _attach_swarm(plan: PullPlan, ref: Ref, catalog: Catalog, options: PullOptions) -> PullPlan:
-    if not options.swarm.enabled:
-        return plan  # what attach_swarm does then, without loading libtorrent (--no-p2p)
+    if not may_join_swarm(plan, ref, catalog, options):
+        return plan  # what attach_swarm does then, without loading libtorrent (--no-p2p, no swarm)
     from dsmirror._resolve.swarm import attach_swarm
 
     return attach_swarm(plan, ref, catalog, options)

@@ -16,6 +16,12 @@ from types import FrameType
 
 from rich.text import Text
 
+# httpx's package imports its own command line (httpx._main: click, rich.syntax, pygments; a tenth
+# of what a pull loads before its first request) whenever click is installed, and falls back to a
+# stub when that import fails. dsmirror's process never runs httpx's command line: take the stub.
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
 from dsmirror._core.errors import DsmirrorError, Interrupted
 from dsmirror.cli._app import app, err_console
 

@@ -12,10 +12,7 @@ from typing import IO, TYPE_CHECKING, Annotated
 import typer
 
 from dsmirror._core.errors import ManifestMismatch, UsageError
-from dsmirror._core.events import Event, PullFinished
-from dsmirror._core.events import Progress as ProgressEvent
 from dsmirror._core.units import format_bytes
-from dsmirror._formats.manifest import load_manifest
 from dsmirror.cli._app import (
     JsonOpt,
     MirrorsOpt,
@@ -26,10 +23,9 @@ from dsmirror.cli._app import (
     load_catalog_from_options,
 )
 from dsmirror.cli._console import styled
-from dsmirror.cli._progress import ByteProgress
-from dsmirror.cli._render import render_json
 
 if TYPE_CHECKING:
+    from dsmirror._core.events import Event
     from dsmirror._core.settings import Settings
     from dsmirror._formats.catalog import Catalog
 
@@ -63,6 +59,7 @@ def export_cmd(
 ) -> None:
     """Write one plain tar bundle (manifest first, then the files) for an offline machine."""
     from dsmirror._bundle import export_source, write_bundle, write_bundle_file
+    from dsmirror.cli._progress import ByteProgress
 
     settings, _ = load_catalog_from_options(None, True)
     src = export_source(ref, from_dir=from_dir, manifest_sha256=manifest_sha256, settings=settings)
@@ -182,6 +179,7 @@ def _folder_events(
     """The import of folder ``path``: a model of a copied store (``--model``), or the model the
     manifest (``--manifest``, else the one recorded in the folder) describes."""
     from dsmirror._bundle import export_source, folder_manifest, import_folder
+    from dsmirror._formats.manifest import load_manifest
 
     if model is not None:
         # Another machine's store: read the model as export would (blobs checked against
@@ -225,6 +223,10 @@ def _bundle_stream(source: str) -> Iterator[tuple[IO[bytes], str]]:
 
 def _run(events: Iterable[Event], json_out: bool) -> None:
     from dsmirror._bundle import BundleOpened
+    from dsmirror._core.events import Progress as ProgressEvent
+    from dsmirror._core.events import PullFinished
+    from dsmirror.cli._progress import ByteProgress
+    from dsmirror.cli._render import render_json
 
     if json_out:
         render_json(events)

@@ -10,7 +10,6 @@ import typer
 from dsmirror._core.units import parse_size
 from dsmirror.cli._app import JsonOpt, app, console
 from dsmirror.cli._console import styled
-from dsmirror.cli._render import render_human, render_json
 
 
 @app.command("demo")
@@ -21,6 +20,7 @@ def demo_cmd(
 ) -> None:
     """Pull a generated model from local mirrors (fast, slow, corrupting) on 127.0.0.x, end to end."""
     from dsmirror._demo import demo
+    from dsmirror.cli._render import render_human, render_json
 
     console.print(
         styled("dsmirror demo", "bold"),

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from dsmirror._core.units import format_bytes, format_rate, parse_size
@@ -82,6 +81,8 @@ def _row(c: MirrorCheck) -> list[str | Text]:
 
 
 def render_report(r: DoctorReport) -> None:
+    from rich.table import Table
+
     title = "mirrors" + (f" for {r.ref}" if r.ref else "")
     t = Table(title=title, title_justify="left")
     cols = ("mirror", "kind/region", "address", "DNS", "connect", "TLS", "HTTP", "first byte", "speed")

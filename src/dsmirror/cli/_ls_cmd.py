@@ -7,7 +7,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from dsmirror._core.settings import Settings
@@ -26,6 +25,8 @@ def ls_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False,
 ) -> None:
     """List installed models: where they are, their size, and whether they are verified."""
+    from rich.table import Table
+
     from dsmirror._install.listing import list_installed
 
     models = list_installed(Settings.from_env(), check=check)

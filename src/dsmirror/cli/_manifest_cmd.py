@@ -11,11 +11,7 @@ import typer
 from dsmirror._core.errors import UsageError
 from dsmirror._core.fsutil import atomic_write_bytes
 from dsmirror._core.units import format_bytes, parse_size
-from dsmirror._formats.catalog import Catalog, load_catalog
-from dsmirror._formats.manifest import load_manifest
-from dsmirror._verify.tree import create_manifest
 from dsmirror.cli._app import app, console, err_console
-from dsmirror.cli._progress import ByteProgress
 from dsmirror.cli._torrent_cmd import TorrentFormatOpt, make_torrent
 
 manifest_app = typer.Typer(help="Create, inspect, export and sign piece manifests.", no_args_is_help=True)
@@ -35,6 +31,9 @@ def create(
     torrent_format: TorrentFormatOpt = "hybrid",
 ) -> None:
     """Hash a folder into a manifest (SHA-256 of every file and every piece)."""
+    from dsmirror._verify.tree import create_manifest
+    from dsmirror.cli._progress import ByteProgress
+
     size = parse_size(piece_size)
     with ByteProgress(err_console, f"hash {folder}", None) as progress:
         m = create_manifest(folder, name=name, piece_size=size, on_bytes=progress.advance)
@@ -54,6 +53,8 @@ def show(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Print a manifest's identity and files."""
+    from dsmirror._formats.manifest import load_manifest
+
     m = load_manifest(manifest)
     if json_out:
         console.print_json(json.dumps(m.to_dict() | {"manifest_sha256": m.sha256}))
@@ -83,6 +84,8 @@ def export(
     ] = False,
 ) -> None:
     """Export a manifest for other clients: its pieces, digests and mirror URLs."""
+    from dsmirror._formats.catalog import Catalog, load_catalog
+    from dsmirror._formats.manifest import load_manifest
     from dsmirror._formats.metalink import to_meta4
 
     if not meta4:

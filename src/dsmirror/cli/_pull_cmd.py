@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dsmirror._core.errors import UsageError
-from dsmirror._core.units import parse_size
-from dsmirror._formats.catalog import Publisher
-from dsmirror._pull import PullOptions, pull
-from dsmirror._resolve.plan import SignaturePolicy
 from dsmirror.cli._app import (
     JsonOpt,
     MirrorsOpt,
@@ -20,9 +15,13 @@ from dsmirror.cli._app import (
     console,
     load_catalog_from_options,
 )
-from dsmirror.cli._dry_run import render_dry_run
-from dsmirror.cli._render import print_notes, render_human, render_json
-from dsmirror.cli._seed_cmd import DhtOpt, ListenOpt, LsdOpt, PeerOpt, SeedSplit, render_seed, swarm_config
+from dsmirror.cli._seed_cmd import DhtOpt, ListenOpt, LsdOpt, PeerOpt
+
+if TYPE_CHECKING:
+    from dsmirror._resolve.plan import SignaturePolicy
+
+# The library (dsmirror._pull: httpx, the engine, the store) is imported by the command, not by
+# this module: ``dsmirror --help`` and the other commands do not load it.
 
 
 @app.command("pull")
@@ -157,6 +156,11 @@ def pull_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Download a model from every good source at once, verifying every piece; resumable."""
+    from dsmirror._core.units import parse_size
+    from dsmirror._pull import PullOptions, pull
+    from dsmirror.cli._render import print_notes, render_human, render_json
+    from dsmirror.cli._seed_cmd import SeedSplit, render_seed, swarm_config
+
     settings, catalog = load_catalog_from_options(mirrors, no_default_catalog)
     opts = PullOptions(
         dest=dest,
@@ -194,6 +198,8 @@ def pull_cmd(
     if json_out:
         render_json(events)
     elif dry_run:
+        from dsmirror.cli._dry_run import render_dry_run  # rich.table: only for the dry run
+
         render_dry_run(print_notes(events, console), console)
     else:
         render_human(events, console)
@@ -208,6 +214,10 @@ def _signature(
     trust_config: Path | None,
 ) -> SignaturePolicy | None:
     """--signature-*: the publisher whose model.sig the pull requires."""
+    from dsmirror._core.errors import UsageError
+    from dsmirror._formats.catalog import Publisher
+    from dsmirror._resolve.plan import SignaturePolicy
+
     if not (key or chain or identity or issuer or trust_config):
         return None
     publisher = Publisher(

@@ -8,9 +8,6 @@ import time
 from collections.abc import Iterable, Iterator
 
 from rich.console import Console, Group
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
 from dsmirror._core.events import (
@@ -61,6 +58,9 @@ def eta_text(s: float | None) -> str:
 
 
 def _view(p: Progress, name: str) -> Group:
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
     frac = p.verified_bytes / p.total_bytes if p.total_bytes else 1.0
     head = Text.assemble(
         (f"{safe_text(name)}  ", "bold"),  # a Text in a Live view: not sanitized by print
@@ -86,6 +86,8 @@ def _view(p: Progress, name: str) -> Group:
 
 
 def render_human(events: Iterable[Event], console: Console) -> PullFinished | None:
+    from rich.live import Live
+
     last: PullFinished | None = None
     name = ""
     live: Live | None = None

@@ -11,20 +11,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from dsmirror._core.errors import Interrupted, UsageError
-from dsmirror._core.events import Event, event_to_dict
 from dsmirror._core.units import format_bytes, format_rate, parse_size
-from dsmirror._fetch.swarm.config import SeedingStarted, SeedingStopped, SeedStatus, SwarmConfig
-from dsmirror._formats.manifest import load_manifest
 from dsmirror.cli._app import JsonOpt, app, console, err_console
 from dsmirror.cli._console import styled
 from dsmirror.cli._torrent_cmd import TorrentFormatOpt
 
 if TYPE_CHECKING:
+    from dsmirror._core.events import Event
+    from dsmirror._fetch.swarm.config import SeedingStarted, SeedStatus, SwarmConfig
     from dsmirror._share.seed import SeedTarget
 
 # ``.._swarm`` and ``.._torrent`` load libtorrent: imported by the code that seeds, so that ``pull``
@@ -56,6 +53,8 @@ def swarm_config(
     seed_after: bool = False,
     enabled: bool = True,
 ) -> SwarmConfig:
+    from dsmirror._fetch.swarm.config import SwarmConfig
+
     return SwarmConfig(
         enabled=enabled,
         listen=listen,
@@ -79,6 +78,7 @@ def _is_store_ref(item: str) -> bool:
 def _targets(items: list[str], source: Path | None, torrent: Path | None, fmt: str) -> list[SeedTarget]:
     from dsmirror._core.settings import Settings
     from dsmirror._fetch.swarm.torrent import TORRENT_FORMATS, check_torrent, create_torrent, load_torrent
+    from dsmirror._formats.manifest import load_manifest
     from dsmirror._formats.private import PrivateArea
     from dsmirror._install.store_model import find_store_model
     from dsmirror._share.seed import SeedTarget, seed_targets_in, store_seed_target
@@ -187,6 +187,8 @@ class SeedSplit:
         self._first: Event | None = None
 
     def pull_events(self) -> Iterator[Event]:
+        from dsmirror._fetch.swarm.config import SeedingStarted
+
         for ev in self._it:
             if isinstance(ev, SeedingStarted):
                 self._first = ev
@@ -201,6 +203,8 @@ class SeedSplit:
 
 
 def _view(ev: SeedStatus, started: SeedingStarted | None, t0: float) -> Group:
+    from rich.table import Table
+
     head = Text.assemble(
         ("seeding ", "bold"),
         f"{len(ev.torrents)} model(s)",
@@ -234,6 +238,11 @@ def _view(ev: SeedStatus, started: SeedingStarted | None, t0: float) -> Group:
 
 def render_seed(events: Iterable[Event], console: Console, *, json_out: bool = False) -> None:
     """Show seeding events until they end or the user interrupts; an interrupt is a clean stop."""
+    from rich.live import Live
+
+    from dsmirror._core.events import event_to_dict
+    from dsmirror._fetch.swarm.config import SeedingStarted, SeedingStopped, SeedStatus
+
     it = iter(events)
     started: SeedingStarted | None = None
     live: Live | None = None

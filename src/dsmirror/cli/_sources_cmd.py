@@ -7,13 +7,8 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from dsmirror._core.units import format_rate
-from dsmirror._fetch.source import Source
-from dsmirror._rank.probe import Experience, probe_sources, rank
-from dsmirror._resolve.plan import PullOptions
-from dsmirror._resolve.resolve import resolve
 from dsmirror.cli._app import (
     JsonOpt,
     MirrorsOpt,
@@ -37,6 +32,13 @@ def sources_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Probe every candidate source of REF and show latency, throughput, status and rank."""
+    from rich.table import Table
+
+    from dsmirror._fetch.source import Source
+    from dsmirror._rank.probe import Experience, probe_sources, rank
+    from dsmirror._resolve.plan import PullOptions
+    from dsmirror._resolve.resolve import resolve
+
     settings, catalog = load_catalog_from_options(mirrors, no_default_catalog)
     opts = PullOptions(region=region, prefer=prefer, only=tuple(only or ()), exclude=tuple(exclude or ()))
     plan = resolve(ref, catalog, settings, opts)

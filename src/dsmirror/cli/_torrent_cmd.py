@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsmirror._core.units import format_bytes
-from dsmirror._formats.manifest import Manifest, load_manifest
 from dsmirror.cli._app import app, console
 
 if TYPE_CHECKING:
     from dsmirror._fetch.swarm.torrent import Torrent
+    from dsmirror._formats.manifest import Manifest
 
 # ``.._torrent`` loads libtorrent: it is imported by the commands that use it, not at start-up.
 
@@ -66,6 +66,7 @@ def create(
 ) -> None:
     """Make a torrent whose pieces are exactly the manifest's pieces, and print its magnet link."""
     from dsmirror._fetch.swarm.torrent import TORRENT_FORMATS
+    from dsmirror._formats.manifest import load_manifest
 
     if torrent_format not in TORRENT_FORMATS:
         from dsmirror._core.errors import UsageError
@@ -107,6 +108,7 @@ def check(
 ) -> None:
     """Check that a torrent carries a manifest's pieces (same piece size, file-aligned; pinned hashes)."""
     from dsmirror._fetch.swarm.torrent import check_torrent, load_torrent
+    from dsmirror._formats.manifest import load_manifest
 
     t = load_torrent(torrent)
     m = load_manifest(manifest)

@@ -9,10 +9,7 @@ import typer
 
 from dsmirror._core.errors import VerifyFailed
 from dsmirror._core.units import format_bytes
-from dsmirror._formats.manifest import load_manifest
-from dsmirror._verify.tree import verify_tree
 from dsmirror.cli._app import app, console, err_console
-from dsmirror.cli._progress import ByteProgress
 
 
 @app.command("verify")
@@ -21,6 +18,10 @@ def verify(
     folder: Annotated[Path, typer.Argument(help="Folder with the model files.")],
 ) -> None:
     """Check every piece and file of a folder against a manifest; exit 3 on any mismatch."""
+    from dsmirror._formats.manifest import load_manifest
+    from dsmirror._verify.tree import verify_tree
+    from dsmirror.cli._progress import ByteProgress
+
     m = load_manifest(manifest)
     with ByteProgress(err_console, f"verify {m.name}", m.total_size) as progress:
         r = verify_tree(m, folder, on_bytes=progress.advance)
