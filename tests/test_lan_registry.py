@@ -12,10 +12,12 @@ the endpoint and its address is banned. Root only (CI); slow.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +34,7 @@ RATE = 6_000_000
 _SERVE = """
 import json, os, signal, sys, time
 from pathlib import Path
+from typing import Any
 from dsmirror._serve import STATS, HfRepo, ModelIndex, ServerThread, make_app
 repo_id, folder, host, port, stats = sys.argv[1:6]
 stop = []
@@ -145,3 +148,64 @@ def test_three_hosts_share_an_hf_pull(lan3: NetnsLan, model: tuple[Path, int], t
         assert _same(folder, tmp_path / f"d{k}"), f"host {k} holds other bytes"
     assert all(b.get("swarm", 0) > 0 for b in by), by  # every host took pieces from the LAN
     assert served <= 1.2 * size, f"upstream served {served / size:.3f}x the model (floor 1.2x)"
+
+
+def test_a_host_that_sends_bad_bytes_is_banned_and_nothing_wrong_is_delivered(
+    lan3: NetnsLan, model: tuple[Path, int], tmp_path: Path
+) -> None:
+    """Host 2 pulled the model, then a byte of its copy rotted on disk, and it seeds it (libtorrent
+    checks nothing of the manifest's own swarm): hosts 0 and 1 take pieces from it, the file fails
+    its SHA-256, the repair fetches the swarm's pieces again, finds the one that differed, and the
+    host that sent it is banned by address. Both end with the registry's bytes."""
+    folder, size = model
+    up = _endpoint(lan3, folder, tmp_path / "stats.json")
+    cat = _catalog(tmp_path / "cat.yaml", up.url)
+    first = Host(lan3, 2, tmp_path, "liar-pull", _pull(cat, tmp_path / "d2", "--prefer", "p2p"))
+    try:
+        wait_all([first], 60)
+    finally:
+        first.stop()
+    assert first.finished is not None, first.stderr_tail()
+    rotted = tmp_path / "d2" / "model.safetensors"
+    with open(rotted, "r+b") as f:  # the middle of piece 2: only a whole-file digest can tell
+        f.seek(2 * 8 * MiB + 12345)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    before = up.bytes_served
+    liar = Host(lan3, 2, tmp_path, "liar-seed", [*PYTHON_CLI, "seed", str(tmp_path / "d2"), "--json"])
+
+    def seeding(e: dict[str, Any]) -> bool:
+        return e.get("event") == "SeedStatus" and any(t.get("state") == "seeding" for t in e["torrents"])
+
+    liar.wait_for(seeding, 30)  # so that the others take the model from it
+    hosts = [
+        Host(lan3, k, tmp_path, f"h{k}", _pull(cat, tmp_path / f"d{k}", "--prefer", "p2p")) for k in (0, 1)
+    ]
+    try:
+        wait_all(hosts, 90)
+        served = up.bytes_served - before
+    finally:
+        for h in [*hosts, liar]:
+            h.stop()
+    for h in [*hosts, liar]:  # kept for a failure's post-mortem
+        (tmp_path / f"events-{h.name}.json").write_text(json.dumps(h.events))
+    assert all(h.finished is not None for h in hosts), [h.stderr_path.read_text()[-800:] for h in hosts]
+    by = [h.result.get("delivered_by_source", {}) if h.result else {} for h in hosts]
+    liar_addr = lan3.addresses[2]
+    bans = [
+        [e for e in h.of("SourceTrouble") if f"banned peer {liar_addr}" in str(e.get("message", ""))]
+        for h in hosts
+    ]
+    print(
+        f"liar on the LAN: upstream {served / size:.3f}x the model for 2 hosts; delivered {by}; "
+        f"bans {[len(b) for b in bans]}; rejected {[len(h.of('PieceRejected')) for h in hosts]}"
+    )
+    for k in (0, 1):
+        assert _same(folder, tmp_path / f"d{k}"), f"host {k} holds other bytes"
+    # Both took the model from the liar (it seeded before they started), so its rotten piece
+    # failed their file; a host may have had that piece from the other (who relayed it, and is
+    # then the one it bans), but the liar is banned by someone, by address.
+    assert all(b.get("swarm", 0) > 0 for b in by), by
+    assert all(any("failed its SHA-256" in str(e["reason"]) for e in h.of("PieceRejected")) for h in hosts)
+    assert any(bans), [h.of("SourceTrouble") for h in hosts]

@@ -255,11 +255,19 @@ class _Engine:
             self.m, self.store, self.sched, self.sources, policy, self.drop, self.emit, take, self._gate.open
         )
 
-    def _blame(self, name: str, pieces: list[int]) -> list[int] | None:
-        """[registry pulls, H5] A swarm answers for the peers that sent ``pieces`` (proven bad):
-        it bans them and names their other pieces; None when ``name`` is no swarm."""
-        blame = getattr(self.swarms.get(name), "blame", None)
-        return blame(pieces) if blame is not None else None
+    def _blame(self, name: str, pieces: list[int], proven: bool) -> list[int] | None:
+        """[registry pulls, H5] A swarm answers for the peers that sent ``pieces``: suspected
+        (``proven`` False: fetched again elsewhere to compare) it stops offering them; proven bad
+        it bans the peers that sent them and names their other pieces. None: ``name`` is no swarm."""
+        sw = self.swarms.get(name)
+        blame, suspect = getattr(sw, "blame", None), getattr(sw, "suspect", None)
+        if blame is None or suspect is None:
+            return None
+        if not proven:
+            suspect(pieces)
+            return []
+        again: list[int] = blame(pieces)
+        return again
 
     def drop(self, name: str, reason: str) -> None:
         """Ban ``name`` for the rest of the pull and say so once."""

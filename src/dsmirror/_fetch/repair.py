@@ -65,7 +65,7 @@ class Repair:
         emit: Callable[[Event], None],
         witness: Witnesses | None = None,
         drop: Callable[[str, str], None] | None = None,
-        blame: Callable[[str, list[int]], list[int] | None] | None = None,
+        blame: Callable[[str, list[int], bool], list[int] | None] | None = None,
     ) -> None:
         self.m = manifest
         self.store = store
@@ -73,8 +73,9 @@ class Repair:
         self.emit = emit
         self.witness = witness
         self._drop = drop  # bans a source and says so once (the engine's); else ban and emit here
-        # [registry pulls, H5] a source that answers for others (a swarm: bans the LAN peers that
-        # sent the pieces found bad, names their other pieces) instead of being banned; None: no
+        # [registry pulls, H5] a source that answers for others (a swarm: stops offering pieces
+        # suspected, bans the LAN peers that sent pieces proven bad and names their other
+        # pieces) instead of being banned; returns None for a source that does not
         self._blame = blame
         self.files: dict[int, _FileRepair] = {}
         self._lock = threading.Lock()
@@ -112,7 +113,7 @@ class Repair:
             self._waiting.pop(fi, None)
             again = None
             if r and r.suspect and r.disputes and self._blame is not None:
-                again = self._blame(r.suspect, r.differ)  # [registry pulls, H5]
+                again = self._blame(r.suspect, r.differ, True)  # [registry pulls, H5]
             if again is not None:
                 assert r is not None and r.suspect is not None
                 self._refetch(again, r.suspect)
@@ -165,6 +166,8 @@ class Repair:
             )
         )
         self.store.invalidate(pieces)
+        if self._blame is not None:  # [registry pulls, H5] a swarm no longer offers them
+            self._blame(suspect, pieces, False)
         self.sched.reopen(pieces, avoid=suspect if self.sched.has_source(suspect) else None)
 
     def poll(self) -> None:

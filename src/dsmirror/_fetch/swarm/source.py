@@ -215,6 +215,8 @@ class SwarmSource:
                 try:
                     self._loop(broker)
                 finally:
+                    if self.map is not None:  # [registry pulls, H5] blame of the last file verified
+                        self._take_blame(broker)
                     for slot in list(self._slots.values()):
                         self._drop(broker, slot)
                     self.completed = broker.finished()
@@ -427,7 +429,15 @@ class SwarmSource:
     def _on_alert(self, broker: PieceBroker, a: Any) -> None:
         if isinstance(a, lt.block_finished_alert):
             if self.trusting:
-                self._senders.setdefault(int(a.piece_index), set()).add(str(a.ip[0]))
+                t, addr = int(a.piece_index), str(a.ip[0])
+                i = self.map.from_torrent.get(t) if self.map else None
+                if i is not None and not self.manifest.pieces[i].sha256:
+                    # [registry pulls, H5] kept for ``blame``; some blocks' alerts come after the
+                    # piece's (libtorrent checks nothing: the piece is done when its last block is)
+                    with self._blame_lock:
+                        self._sent_by[i] = self._sent_by.get(i, frozenset()) | {addr}
+                else:
+                    self._senders.setdefault(t, set()).add(addr)
         elif isinstance(a, lt.piece_finished_alert):
             t = int(a.piece_index)
             if t < len(self._have):
@@ -490,9 +500,7 @@ class SwarmSource:
         piece = self.manifest.pieces[i]
         if not piece.sha256:
             # [registry pulls, H5] No piece hash to check it by (a file with a whole-file SHA-256
-            # only): accepted, its file's digest decides, and who sent it is kept for ``blame``.
-            with self._blame_lock:
-                self._sent_by[i] = frozenset(self._senders.pop(t, ()))
+            # only): accepted, its file's digest decides; who sent it is kept for ``blame``.
             return True
         if hashlib.sha256(buf[: piece.length]).hexdigest() == piece.sha256:
             self._senders.pop(t, None)
@@ -536,6 +544,12 @@ class SwarmSource:
             again = sorted(i for i, who in self._sent_by.items() if who & banned and i not in bad)
         self._blamed.put((list(bad) + again, sorted(banned)))
         return again
+
+    def suspect(self, pieces: list[int]) -> None:
+        """Pieces ``pieces`` (no piece hashes) this swarm delivered are fetched again elsewhere
+        to be compared (their file failed its digest): nobody gets them from us meanwhile, and
+        the scheduler does not count on our peers having them (a mirror must take them)."""
+        self._blamed.put((list(pieces), []))
 
     def _take_blame(self, broker: PieceBroker) -> None:
         assert self.map is not None
