@@ -138,6 +138,20 @@ def test_help_lists_every_command(cli_env: dict[str, str], tmp_path: Path) -> No
     assert not {m for m in loaded if m.startswith("dsmirror.") and not m.startswith(CLI_IMPORT_ALLOWED[1:])}
 
 
+def test_main_builds_only_the_command_it_runs() -> None:
+    import typer.main
+
+    from dsmirror.cli import _app_for, app
+
+    every = set(typer.main.get_group(app).commands)
+    assert {"pull", "seed", "manifest", "torrent", "serve"} <= every
+    assert set(typer.main.get_group(_app_for(["dsmirror", "pull", "x"])).commands) == {"pull"}
+    assert set(typer.main.get_group(_app_for(["dsmirror", "manifest", "show"])).commands) == {"manifest"}
+    for argv in (["dsmirror"], ["dsmirror", "--help"], ["dsmirror", "--version"], ["dsmirror", "pul"]):
+        assert _app_for(argv) is app, argv
+    assert set(typer.main.get_group(app).commands) == every  # app itself is left whole
+
+
 def test_pull_help_loads_no_optional_module(cli_env: dict[str, str], tmp_path: Path) -> None:
     r, loaded = _loaded_after(["pull", "--help"], cli_env, tmp_path)
     assert r.returncode == 0, r.stderr
