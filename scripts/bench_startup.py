@@ -22,6 +22,7 @@ event.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import shutil
@@ -123,8 +124,9 @@ def _run_once(
     events: bool,
     extra_env: dict[str, str],
     timeout: float = 30,
-) -> tuple[float, float | None]:
-    """Exec ``cmd``; return (seconds to its first request, seconds to its first stdout line or None).
+) -> tuple[float, float | None, float]:
+    """Exec ``cmd``; return seconds to its first request, to its first stdout line (or None), and
+    the CPU seconds (user+sys) it used until it was killed right after both.
 
     ``events``: wait for the first line too (aria2c writes none before its first progress line).
     """
@@ -162,9 +164,13 @@ def _run_once(
             raise SystemExit(f"{' '.join(cmd)}: no request within {timeout} s")
     finally:
         p.kill()
+        cpu = 0.0
+        with contextlib.suppress(ChildProcessError):
+            _, _, usage = os.wait4(p.pid, 0)
+            cpu = usage.ru_utime + usage.ru_stime
         p.communicate()
     assert listener.requested is not None
-    return listener.requested - t0, None if first_line is None else first_line - t0
+    return listener.requested - t0, None if first_line is None else first_line - t0, cpu
 
 
 def _interpreter_floor(runs: int) -> float:
@@ -196,6 +202,12 @@ def main() -> None:
         metavar="SRC",
         help="also run the dsmirror whose package is in SRC (e.g. an older checkout's src/), interleaved",
     )
+    ap.add_argument(
+        "--swarm",
+        action="store_true",
+        help="also pull with the manifest's own swarm (--prefer p2p, no peers, --no-lsd): its "
+        "mirrors wait for the swarm to meet peers (lan_grace) before their first request",
+    )
     args = ap.parse_args()
     print(f"load before: {os.getloadavg()}")
 
@@ -218,14 +230,17 @@ def main() -> None:
             trees[f" [{args.compare}]"] = {"PYTHONPATH": str(args.compare.resolve())}
         # name -> (command, extra environment, whether it writes events)
         cases: dict[str, tuple[list[str], dict[str, str], bool]] = {}
+        swarm = [*pull, "--prefer", "p2p", "--listen", "127.0.0.1:0", "--no-lsd"]
         for tag, env in trees.items():
             cases[f"pull{tag}"] = (pull, env, True)
             cases[f"pull --no-p2p{tag}"] = ([*pull, "--no-p2p"], env, True)
+            if args.swarm:
+                cases[f"pull --prefer p2p{tag}"] = (swarm, env, True)
         aria2c = shutil.which("aria2c")
         if aria2c:
             aria = [aria2c, "--no-conf=true", "-d", "dest", "--console-log-level=warn", url + "weights.bin"]
             cases["aria2c"] = (aria, {}, False)
-        results: dict[str, list[tuple[float, float | None]]] = {k: [] for k in cases}
+        results: dict[str, list[tuple[float, float | None, float]]] = {k: [] for k in cases}
         imports: dict[str, list[float]] = {tag: [] for tag in trees}
         nmods: dict[str, str] = {}
         floors: list[float] = []
@@ -244,10 +259,11 @@ def main() -> None:
                 seconds, nmods[tag] = out.stdout.split()
                 imports[tag].append(float(seconds))
         print(f"load after:  {os.getloadavg()}   runs: {args.runs}, interleaved (median (min-max))")
-        print(f"{'case':<36} {'exec->first request':>24} {'exec->first event':>24}")
+        print(f"{'case':<36} {'exec->first request':>24} {'exec->first event':>24} {'CPU user+sys':>24}")
         for name, rs in results.items():
-            ev = [e for _, e in rs if e is not None]
-            print(f"{name:<36} {_ms([r for r, _ in rs]):>24} {_ms(ev) if ev else '-':>24}")
+            ev = [e for _, e, _ in rs if e is not None]
+            req, cpu = [r for r, _, _ in rs], [c for _, _, c in rs]
+            print(f"{name:<36} {_ms(req):>24} {_ms(ev) if ev else '-':>24} {_ms(cpu):>24}")
         print(f"{'python -c pass':<36} {_ms(floors):>24}")
         for tag in trees:
             print(f"{'import dsmirror.cli' + tag:<36} {_ms(imports[tag]):>24}   {nmods[tag]} modules loaded")
