@@ -9,8 +9,19 @@ manifest's own swarm, whose torrent every machine derives from the manifest alon
 share from the first piece, with no ``--peer``, ``--listen`` or ``--torrent``, before any of them
 has a complete copy. A model is shared that way when its manifest records info-hashes (made with
 ``manifest create --torrent``; manifests made before the derived torrent existed included), when
-its catalog alias names a magnet, or with ``--prefer p2p``. A manifest without piece hashes has no
-derived torrent and keeps the swarm its info-hashes or alias name, as before.
+its catalog alias names a magnet, or with ``--prefer p2p``.
+
+Registry pulls (``hf://``, ``ollama://``, and aliases of them) follow the same rule: their
+manifests have whole-file SHA-256s only, and their derived torrent has placeholder piece hashes
+(see ``dsmirror._fetch.swarm.torrent``), so machines of a LAN pulling the same revision meet in
+one swarm; a piece from a peer is checked by its file's digest, and a peer that sent bad bytes is
+found by the repair and banned by address. With the default ``--prefer auto`` such a pull shares
+when its alias names a magnet (the catalog says the model is published for sharing), not
+otherwise: LSD announces what a machine pulls to its whole LAN, which a pull of a private repo
+should not do unasked, and pieces that cannot be checked on arrival are taken from peers only
+when the user or the catalog asked for it. ``--prefer p2p`` always shares. Only a manifest with
+neither piece hashes nor whole-file SHA-256s (nothing to check it by) has no derived torrent and
+keeps the swarm its info-hashes or alias name, as before.
 """
 
 from __future__ import annotations

@@ -52,6 +52,16 @@ banned (``dsmirror._fetch.swarm.source``). Plain BitTorrent clients cannot use t
 use the real one. Manifests made before it existed work the same: the derived torrent needs only
 pieces and sizes, which every manifest with piece hashes has.
 
+Registry manifests (``hf://``, ``ollama://``: a whole-file SHA-256 per file, no piece hashes) get
+one too, laid out the same way from the piece size and file sizes; a piece of a file without piece
+hashes gets a placeholder "hash" (:func:`placeholder_hash`: SHA-256 of a label, the file's SHA-256
+and the piece's index in the file, cut to 20 bytes), so every machine that resolved the same
+revision computes the same info-hash. Nothing can check such a piece on arrival: it is accepted,
+who sent its blocks is recorded, and the file's digest decides; when the file fails, the repair
+fetches the swarm's pieces again from mirrors, and the peers that sent the ones that differed are
+banned by address (``SwarmSource.blame``, ``dsmirror._fetch.repair``). A file with neither piece
+hashes nor a SHA-256 gives no derived torrent (there is nothing to check it by).
+
 Torrents made elsewhere need not be file-aligned (a plain v1 torrent's pieces run across file
 boundaries): :func:`file_aligned` tells the two apart, and only an aligned torrent's pieces can be a
 manifest's pieces.
