@@ -16,7 +16,6 @@ import sys
 from types import FrameType
 
 import typer
-from rich.text import Text
 
 # httpx's package imports its own command line (httpx._main: click, rich.syntax, pygments; a tenth
 # of what a pull loads before its first request) whenever click is installed, and falls back to a
@@ -75,6 +74,8 @@ def main() -> None:
         # The name usage lines show, however the program was started (``python -m``, ``-c``).
         _app_for(sys.argv)(standalone_mode=True, prog_name="dsmirror")
     except DsmirrorError as exc:
+        from rich.text import Text
+
         err_console.print(Text.assemble(("dsmirror: error: ", "bold red"), exc.message))
         if exc.hint:
             err_console.print(f"  hint: {exc.hint}", highlight=False, markup=False)

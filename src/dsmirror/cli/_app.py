@@ -18,15 +18,15 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from typer.core import TyperGroup, TyperOption
 
-from dsmirror.cli._console import TextConsole
-
 if TYPE_CHECKING:
     from typer._click import Command, Context, HelpFormatter
+
+    from dsmirror.cli._textconsole import TextConsole
 
 _LIST_TYPE = re.compile(r"<list\[(\w+)\]>")
 _INT = re.compile(r"-?(0|[1-9][0-9]{0,17})")
@@ -155,6 +155,30 @@ class _HelpGroup(TyperGroup):
         super().format_help(ctx, formatter)
 
 
+class _LazyConsole:
+    """A ``TextConsole`` made when first used (rich is about 40 modules: a ``--json`` pull or a
+    ``seed --json`` never shows anything through it). Attributes are the console's, read and set."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        object.__setattr__(self, "_kwargs", kwargs)
+        object.__setattr__(self, "_made", None)
+
+    def _console(self) -> TextConsole:
+        made: TextConsole | None = object.__getattribute__(self, "_made")
+        if made is None:
+            from dsmirror.cli._textconsole import TextConsole
+
+            made = TextConsole(**object.__getattribute__(self, "_kwargs"))
+            object.__setattr__(self, "_made", made)
+        return made
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._console(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._console(), name, value)
+
+
 app = typer.Typer(
     name="dsmirror",
     cls=_HelpGroup,
@@ -165,8 +189,8 @@ app = typer.Typer(
 )
 # soft_wrap: a message is one line, whatever the terminal width (and in pipes and logs). Text
 # consoles: what manifests, catalogs, servers and paths say is shown as text (see _console).
-console = TextConsole(soft_wrap=True)
-err_console = TextConsole(stderr=True, soft_wrap=True)
+console = cast("TextConsole", _LazyConsole(soft_wrap=True))
+err_console = cast("TextConsole", _LazyConsole(stderr=True, soft_wrap=True))
 
 
 def _print_version(value: bool) -> None:

@@ -9,14 +9,19 @@ BEL -> ␇, CR -> ␍; other C1 controls -> U+FFFD). The replacement is one char
 styles of a ``Text`` keep their spans. Line feeds and tabs stay: messages may be several lines.
 
 Our own styling is done with ``Text`` objects (``styled``), never with markup strings.
+
+rich is imported when a console or a style is first used, not with this module: a ``--json``
+pull shows nothing through rich (``TextConsole`` is in ``_textconsole``, and named here).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.text import Text
+
+    from dsmirror.cli._textconsole import TextConsole
 
 __all__ = ["TextConsole", "safe_text", "styled"]
 
@@ -32,29 +37,14 @@ def safe_text(text: str) -> str:
 
 def styled(text: str, style: str) -> Text:
     """``text`` in ``style`` (for our own labels: ``styled("done", "bold green")``)."""
+    from rich.text import Text
+
     return Text(text, style=style)
 
 
-class TextConsole(Console):
-    """A rich ``Console`` that renders every string as plain text (see the module docstring)."""
+def __getattr__(name: str) -> Any:
+    if name == "TextConsole":
+        from dsmirror.cli._textconsole import TextConsole
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(markup=False, emoji=False, **kwargs)
-
-    def render_str(self, text: str, **kwargs: Any) -> Text:
-        kwargs["markup"] = False
-        kwargs["emoji"] = False
-        return super().render_str(safe_text(text), **kwargs)
-
-    def print(self, *objects: Any, **kwargs: Any) -> None:
-        kwargs.pop("markup", None)
-        super().print(*(_safe(o) for o in objects), markup=False, **kwargs)
-
-
-def _safe(obj: Any) -> Any:
-    if isinstance(obj, Text):
-        clean = safe_text(obj.plain)
-        if clean != obj.plain:
-            obj = obj.copy()
-            obj.plain = clean
-    return obj
+        return TextConsole
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

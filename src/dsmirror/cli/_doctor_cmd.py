@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.text import Text
 
 from dsmirror._core.units import format_bytes, format_rate, parse_size
 from dsmirror.cli._app import MirrorsOpt, NoDefaultCatalogOpt, app, console, load_catalog_from_options
 from dsmirror.cli._console import safe_text, styled
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from dsmirror._doctor import DoctorReport, MirrorCheck
 
 
@@ -82,6 +83,7 @@ def _row(c: MirrorCheck) -> list[str | Text]:
 
 def render_report(r: DoctorReport) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     title = "mirrors" + (f" for {r.ref}" if r.ref else "")
     t = Table(title=title, title_justify="left")

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from dsmirror._core.events import Event
 from dsmirror._core.units import format_bytes
 from dsmirror._fetch.reuse import PullDryRun
 from dsmirror.cli._console import styled
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 
 def render_dry_run(events: Iterable[Event], console: Console) -> None:
+    from rich.table import Table
+
     for ev in events:
         if not isinstance(ev, PullDryRun):
             continue

@@ -7,7 +7,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from dsmirror._core.settings import Settings
 from dsmirror._core.units import format_bytes
@@ -26,6 +25,7 @@ def ls_cmd(
 ) -> None:
     """List installed models: where they are, their size, and whether they are verified."""
     from rich.table import Table
+    from rich.text import Text
 
     from dsmirror._install.listing import list_installed
 

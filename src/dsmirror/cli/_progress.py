@@ -20,13 +20,12 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
 from dsmirror._core.units import format_bytes, format_rate
 from dsmirror.cli._console import safe_text
 from dsmirror.cli._render import eta_text
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
 
 __all__ = ["PLAIN_INTERVAL", "ByteProgress"]

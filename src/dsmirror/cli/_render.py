@@ -6,9 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
-
-from rich.console import Console, Group
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from dsmirror._core.events import (
     Event,
@@ -24,6 +22,11 @@ from dsmirror._core.events import (
 from dsmirror._core.units import format_bytes, format_rate
 from dsmirror.cli._console import safe_text, styled
 
+if TYPE_CHECKING:
+    from rich.console import Console, Group
+
+# rich is imported by the functions that show something: a --json pull does not load it.
+
 
 def render_json(events: Iterable[Event]) -> PullFinished | None:
     last = None
@@ -36,6 +39,8 @@ def render_json(events: Iterable[Event]) -> PullFinished | None:
 
 
 def _print_notes(ev: PlanNotes, console: Console) -> None:
+    from rich.text import Text
+
     for note in ev.notes:
         # soft_wrap: one line each, also when rich would wrap a pipe's output at 80 columns.
         console.print(Text.assemble(("note ", "dim"), note), soft_wrap=True)
@@ -58,8 +63,10 @@ def eta_text(s: float | None) -> str:
 
 
 def _view(p: Progress, name: str) -> Group:
+    from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
+    from rich.text import Text
 
     frac = p.verified_bytes / p.total_bytes if p.total_bytes else 1.0
     head = Text.assemble(
@@ -87,6 +94,7 @@ def _view(p: Progress, name: str) -> Group:
 
 def render_human(events: Iterable[Event], console: Console) -> PullFinished | None:
     from rich.live import Live
+    from rich.text import Text
 
     last: PullFinished | None = None
     name = ""

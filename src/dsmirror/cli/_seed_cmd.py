@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console, Group
-from rich.text import Text
 
 from dsmirror._core.errors import Interrupted, UsageError
 from dsmirror._core.units import format_bytes, format_rate, parse_size
@@ -20,6 +18,9 @@ from dsmirror.cli._console import styled
 from dsmirror.cli._torrent_cmd import TorrentFormatOpt
 
 if TYPE_CHECKING:
+    from rich.console import Console, Group
+    from rich.live import Live
+
     from dsmirror._core.events import Event
     from dsmirror._fetch.swarm.config import SeedingStarted, SeedStatus, SwarmConfig
     from dsmirror._share.seed import SeedTarget
@@ -203,7 +204,9 @@ class SeedSplit:
 
 
 def _view(ev: SeedStatus, started: SeedingStarted | None, t0: float) -> Group:
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     head = Text.assemble(
         ("seeding ", "bold"),
@@ -238,8 +241,6 @@ def _view(ev: SeedStatus, started: SeedingStarted | None, t0: float) -> Group:
 
 def render_seed(events: Iterable[Event], console: Console, *, json_out: bool = False) -> None:
     """Show seeding events until they end or the user interrupts; an interrupt is a clean stop."""
-    from rich.live import Live
-
     from dsmirror._core.events import event_to_dict
     from dsmirror._fetch.swarm.config import SeedingStarted, SeedingStopped, SeedStatus
 
@@ -266,6 +267,8 @@ def render_seed(events: Iterable[Event], console: Console, *, json_out: bool = F
                     for m in ev.magnets:
                         console.print(f"  {m}", highlight=False, soft_wrap=True)
                     if console.is_terminal:
+                        from rich.live import Live
+
                         live = Live(console=console, refresh_per_second=2, transient=False)
                         live.start()
             elif isinstance(ev, SeedStatus):
