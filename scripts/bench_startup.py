@@ -233,6 +233,7 @@ def main() -> None:
         swarm = [*pull, "--prefer", "p2p", "--listen", "127.0.0.1:0", "--no-lsd"]
         for tag, env in trees.items():
             cases[f"pull{tag}"] = (pull, env, True)
+            cases[f"pull, display (no --json){tag}"] = ([a for a in pull if a != "--json"], env, False)
             cases[f"pull --no-p2p{tag}"] = ([*pull, "--no-p2p"], env, True)
             if args.swarm:
                 cases[f"pull --prefer p2p{tag}"] = (swarm, env, True)
