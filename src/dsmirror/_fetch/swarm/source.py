@@ -570,7 +570,8 @@ class SwarmSource:
                 # libtorrent's copy is bad: nobody gets it from us, and the good bytes (fetched
                 # again) overwrite it (``_feed``), also when they were verified before this.
                 self._tainted.add(t)
-                self._have[t] = 0
+                if t < len(self._have):  # (empty until the swarm is ready)
+                    self._have[t] = 0
                 if i < len(self._peer_have):
                     self._peer_have[i] = 0
                 if broker.is_verified(i):
