@@ -62,7 +62,7 @@ def catalog(path: Path, upstream_url: str, trackers: Sequence[str] = ()) -> Path
     return path
 
 
-def pull_argv(mpath: Path, cat: Path, dest: Path, *extra: str) -> list[str]:
+def pull_argv(mpath: Path | str, cat: Path, dest: Path, *extra: str) -> list[str]:
     return [*PYTHON_CLI, "pull", str(mpath), "--mirrors", str(cat), "--no-default-catalog",
             "--no-reuse", "--dest", str(dest), "--json", *extra]  # fmt: skip
 
