@@ -28,8 +28,8 @@ from dsmirror import Event, PieceRejected, PullFinished, PullOptions, SourceTrou
 from dsmirror._fetch.swarm.config import SwarmConfig
 from dsmirror._fetch.swarm.source import SwarmSource
 from dsmirror._formats.private import PrivateArea
-from dsmirror._schedule.state import Assignment
 from dsmirror._pull import resolve, run_plan
+from dsmirror._schedule.state import Assignment
 from dsmirror._share.seed import seed_after_pull
 from dsmirror.testing import MirrorServer
 
@@ -127,7 +127,7 @@ def test_a_seeder_on_the_lan_leaves_the_mirror_idle(
     seeder(swarmed.torrent_path, swarmed.model.root, ports[0])
     (mirror,) = start_mirrors(swarmed.model.root, 1)
     dest = tmp_path / "out"
-    events, (sw,) = pull(
+    events, _ = pull(
         tmp_path,
         swarmed.manifest_path,
         dest,

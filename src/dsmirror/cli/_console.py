@@ -23,16 +23,9 @@ if TYPE_CHECKING:
 
     from dsmirror.cli._textconsole import TextConsole
 
+from dsmirror.cli._safetext import safe_text
+
 __all__ = ["TextConsole", "safe_text", "styled"]
-
-_PICTURES = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)}
-_PICTURES[0x7F] = 0x2421
-_PICTURES.update({c: 0xFFFD for c in range(0x80, 0xA0)})
-
-
-def safe_text(text: str) -> str:
-    """``text`` with its control characters (but line feeds and tabs) made visible."""
-    return text.translate(_PICTURES)
 
 
 def styled(text: str, style: str) -> Text:

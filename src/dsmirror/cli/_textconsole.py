@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from dsmirror.cli._console import safe_text
+from dsmirror.cli._safetext import safe_text
 
 __all__ = ["TextConsole"]
 
