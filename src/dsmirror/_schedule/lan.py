@@ -48,7 +48,6 @@ Measured in ``tests/test_lan.py`` and ``scripts/bench_lan.py`` on a namespaced L
 
 from __future__ import annotations
 
-import random
 from bisect import bisect_right
 from collections.abc import Iterator
 
@@ -100,7 +99,7 @@ def extends(board: Board, i: int) -> bool:
     return board.lan is None or board.lan.mine(i)
 
 
-def outside_swarm(board: Board, s: SourceState, now: float, rng: random.Random) -> int | None:
+def outside_swarm(board: Board, s: SourceState, now: float) -> int | None:
     """A free piece no peer has, for mirror ``s`` of a LAN pull: of this machine's blocks, where
     this source's last span ended, else the first one; or, once the others went quiet, the
     last piece left of another machine's. None: nothing from outside for ``s`` now."""

@@ -255,7 +255,7 @@ class Scheduler:
         return a
 
     def _take_free(self, s: SourceState, now: float) -> Assignment | None:
-        span = spans.pick_span(self._board, s, now, self.rng)
+        span = spans.pick_span(self._board, s, now)
         if span is None:
             return None
         self._pieces.take(span.start, span.end)

@@ -11,7 +11,6 @@ handed out" and "Preference" in ``scheduler``.
 
 from __future__ import annotations
 
-import random
 from typing import NamedTuple
 
 from dsmirror._schedule.board import Board
@@ -44,7 +43,7 @@ def span_pieces(rate: float, free_pieces: int, conns: int, piece_size: int, cfg:
     return max(1, int(want_bytes // piece_size))
 
 
-def pick_span(board: Board, s: SourceState, now: float, rng: random.Random) -> Span | None:
+def pick_span(board: Board, s: SourceState, now: float) -> Span | None:
     """Free work for an idle connection of ``s``, or None (nothing free it should take).
 
     Moves the piece map's cursor and pops the frontier ``s`` resumes at; takes no piece.
@@ -55,7 +54,7 @@ def pick_span(board: Board, s: SourceState, now: float, rng: random.Random) -> S
     if waiting(board, s, now):
         return None  # a LAN pull: first meet the peers (``lan``)
     lan = in_lan_pull(board, s)
-    picked = outside_swarm(board, s, now, rng) if lan else None
+    picked = outside_swarm(board, s, now) if lan else None
     if picked is not None:
         i = picked
     else:
