@@ -10,6 +10,8 @@ manifest's identity, the value a pull pins with ``--manifest-sha256``::
          "pieces": ["<sha256 hex>", ...],         # ceil(size / piece_size) entries; [] when size == 0;
                                                   # or null: no piece hashes published (a registry
                                                   # gives whole-file digests only, see below)
+         "sha1": ["<sha1 hex>", ...],             # optional: the BitTorrent v1 hash of each piece
+                                                  # (see below); on every file or on none
          "sha256": "<sha256 hex of the whole file>",  # or null: no whole-file digest published;
                                                   # then "pieces" must list every piece's hash
          "size": 1234},
@@ -32,6 +34,15 @@ A file whose ``sha256`` is null (``FileEntry.sha256 == ""``) is checked by its p
 which cover every byte: a signed shard manifest (``dsmirror._formats.signature``) publishes those
 and no whole-file digest. Once such a file is in place, ``Manifest.with_file_sha256`` records the
 digest its verified bytes have, for the same uses.
+
+``sha1`` (optional, ``FileEntry.sha1``: the raw 20-byte digests, concatenated) is what piece *k*
+of the file hashes to in the v1 torrent dsmirror makes of the manifest (``torrent create
+--torrent-format v1``): SHA-1 of the piece followed by zero bytes up to ``piece_size`` (its BEP 47
+pad file), except the last piece of the last non-empty file in the torrent's order (paths sorted
+as UTF-8 bytes), which has no padding. It needs ``pieces`` listed, and is on every file or none.
+With it, the manifest's own swarm is a real torrent that libtorrent checks before it shares a
+piece (``dsmirror._fetch.swarm.torrent``); it adds no trust (SHA-256 is still checked on every
+piece), and a manifest without it works as before.
 
 Pieces never span files: file *i* starts on a fresh piece, so every piece is exactly one HTTP byte
 range of one file (and one piece of a file-aligned BitTorrent v2/hybrid torrent). Piece *k* of a file
@@ -153,6 +164,8 @@ class FileEntry:
     sha256: str
     #: One SHA-256 hex per piece, or (no piece hashes published) as many empty strings.
     pieces: Sequence[str]
+    #: The v1 BitTorrent piece hashes (20 bytes each, concatenated), or None (see the module doc).
+    sha1: bytes | None = None
 
 
 class PieceList(Sequence[Piece]):
@@ -218,20 +231,23 @@ class Manifest:
 
     # -- identity --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        files: list[dict[str, Any]] = []
+        for f in self.files:
+            fd: dict[str, Any] = {
+                "path": f.path,
+                "size": f.size,
+                "sha256": f.sha256 or None,
+                "pieces": list(f.pieces) if not f.pieces or f.pieces[0] else None,
+            }
+            if f.sha1 is not None:
+                fd["sha1"] = [f.sha1[k : k + 20].hex() for k in range(0, len(f.sha1), 20)]
+            files.append(fd)
         d: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
             "name": self.name,
             "piece_size": self.piece_size,
-            "files": [
-                {
-                    "path": f.path,
-                    "size": f.size,
-                    "sha256": f.sha256 or None,
-                    "pieces": list(f.pieces) if not f.pieces or f.pieces[0] else None,
-                }
-                for f in self.files
-            ],
+            "files": files,
         }
         if self.torrent:
             d["torrent"] = dict(self.torrent)
@@ -288,6 +304,11 @@ class Manifest:
     def has_piece_hashes(self) -> bool:
         return all(not f.pieces or f.pieces[0] for f in self.files)
 
+    @property
+    def has_sha1(self) -> bool:
+        """Every file has its v1 piece hashes (``FileEntry.sha1``; the parser allows all or none)."""
+        return bool(self.files) and all(f.sha1 is not None for f in self.files)
+
     def with_piece_hashes(self, path: str, pieces: Sequence[str]) -> Manifest:
         files = tuple(
             FileEntry(f.path, f.size, f.sha256, tuple(pieces)) if f.path == path else f for f in self.files
@@ -297,7 +318,7 @@ class Manifest:
     def with_file_sha256(self, path: str, sha256: str) -> Manifest:
         """The whole-file digest of a file that had none published (learned from its verified bytes)."""
         files = tuple(
-            FileEntry(f.path, f.size, sha256, f.pieces) if f.path == path else f for f in self.files
+            FileEntry(f.path, f.size, sha256, f.pieces, f.sha1) if f.path == path else f for f in self.files
         )
         return Manifest(self.name, self.piece_size, files, self.torrent, self.meta)
 
@@ -386,8 +407,8 @@ def _from_obj(obj: Any) -> Manifest:
         where = f"files[{i}]"
         _expect(isinstance(fo, dict), f"{where} must be an object")
         _expect(
-            set(fo) == {"path", "size", "sha256", "pieces"},
-            f"{where} needs exactly path, size, sha256, pieces",
+            set(fo) - {"sha1"} == {"path", "size", "sha256", "pieces"},
+            f"{where} needs exactly path, size, sha256, pieces (and optionally sha1)",
         )
         path = validate_relpath(fo["path"], where=f"{where}.path")
         collision = collisions.add(path)
@@ -409,6 +430,7 @@ def _from_obj(obj: Any) -> Manifest:
         _expect(total_pieces + want <= MAX_PIECES, f"too many pieces (> {MAX_PIECES})")
         total_pieces += want
         if pieces is None:
+            _expect("sha1" not in fo, f"{where}.sha1 needs the piece hashes (pieces) listed")
             files.append(FileEntry(path, size, digest, NoPieceHashes(want)))
             continue  # unknown: the whole-file digest is the only check
         _expect(isinstance(pieces, list), f"{where}.pieces must be a list or null")
@@ -421,7 +443,11 @@ def _from_obj(obj: Any) -> Manifest:
         )
         _expect(digest is not None or all(pieces), f"{where}: sha256 null needs every piece hash")
         listed = NoPieceHashes(want) if want and not pieces[0] else tuple(pieces)
-        files.append(FileEntry(path, size, digest or "", listed))
+        files.append(
+            FileEntry(path, size, digest or "", listed, _sha1(fo, where, want, bool(pieces[:1] == [""])))
+        )
+    with_sha1 = sum(f.sha1 is not None for f in files)
+    _expect(with_sha1 in (0, len(files)), "sha1 must be given for every file or for none")
     torrent = obj.get("torrent")
     if torrent is not None:
         _expect(isinstance(torrent, dict), "torrent must be an object")
@@ -439,6 +465,20 @@ def _from_obj(obj: Any) -> Manifest:
         bad = exc.object[exc.start : exc.end]
         raise ManifestError(f"not valid Unicode: {exc.reason} ({bad!r})") from None
     return m
+
+
+def _sha1(fo: Mapping[str, Any], where: str, want: int, unhashed: bool) -> bytes | None:
+    """A file's ``sha1`` list (validated) as concatenated raw digests, or None when absent."""
+    if "sha1" not in fo:
+        return None
+    sha1 = fo["sha1"]
+    _expect(not unhashed, f"{where}.sha1 needs the piece hashes (pieces) listed")
+    _expect(isinstance(sha1, list), f"{where}.sha1 must be a list")
+    _expect(len(sha1) == want, f"{where}: {len(sha1)} sha1 piece hashes for {want} pieces")
+    _expect(
+        all(isinstance(h, str) and _HEX40.fullmatch(h) for h in sha1), f"{where}.sha1: not 40 lowercase hex"
+    )
+    return bytes.fromhex("".join(sha1))
 
 
 def load_manifest(path: Path, *, expected_sha256: str | None = None) -> Manifest:
