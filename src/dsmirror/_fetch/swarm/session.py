@@ -14,6 +14,18 @@ see ``dsmirror._fetch.swarm.torrent``) runs with libtorrent's hash checks off, b
 torrent's piece hashes are not SHA-1s of the pieces; its users check every piece against the
 manifest instead and ban the peers that sent bad ones by address (``ban``).
 
+Such a session also keeps each torrent's piece picker once it has every piece
+(``suggest_mode = suggest_read_cache``, as libtorrent's own ``high_performance_seed`` preset
+sets). Without it libtorrent 2.1 crashes: with hash checks off, ``add_piece`` passes a piece
+synchronously once every block of it is queued or done, and in the last piece of a file padded
+to a piece boundary (BEP 47) the pad blocks count as done from the start, so that happens at its
+last block of data, with the pad blocks still to loop over. If that piece was the last one
+missing while the torrent wanted some piece, the torrent becomes a seed there and frees its
+piece picker, and ``add_piece`` goes on with a null picker (a segfault in libtorrent's network
+thread, in ``piece_picker::is_finished``; ``tests/test_swarm_trust.py``). The suggestion
+messages the setting adds only reorder what peers pick among the pieces they want: a piece at
+priority 0 is never picked for being suggested.
+
 Closing sessions
 ================
 Every call into libtorrent's Python binding releases the GIL and takes it back in a C++
@@ -61,6 +73,12 @@ _ALERTS = (
     | lt.alert_category.piece_progress
 )
 
+#: Settings of a session that trusts its torrents' pieces (see "Session settings": the picker is
+#: kept, or ``add_piece`` of the last piece of a padded file can read it after it was freed).
+_TRUSTING: lt.settings_pack = {
+    "disable_hash_checks": True,
+    "suggest_mode": int(lt.suggest_mode_t.suggest_read_cache),
+}
 
 _EXIT_WAIT = 10.0  # seconds the atexit hook waits for threads still inside a session
 _EXITING = threading.Event()  # Python is exiting: every session is stopping
@@ -139,7 +157,9 @@ class SwarmSession:
             "peer_fingerprint": self.peer_id,
             "disable_hash_checks": trust_pieces,
         }
-        if trust_pieces:  # who sent which block: a piece the manifest rejects bans its senders
+        if trust_pieces:
+            settings.update(_TRUSTING)
+            # who sent which block: a piece the manifest rejects bans its senders
             settings["alert_mask"] = _ALERTS | lt.alert_category.block_progress
         if config.upload_rate:
             settings["upload_rate_limit"] = int(config.upload_rate)
@@ -207,7 +227,7 @@ class SwarmSession:
         """Turn libtorrent's hash checks off from now on (to seed a derived torrent; see above)."""
         if not self.trust_pieces:
             self.trust_pieces = True
-            self.ses.apply_settings({"disable_hash_checks": True})
+            self.ses.apply_settings(_TRUSTING.copy())
 
     def ban(self, address: str) -> bool:
         """Refuse every peer at ``address`` from now on (disconnects it); False if it already was."""
