@@ -22,47 +22,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dsmirror._core.units import parse_size
 from dsmirror._serve import HfRepo, ModelIndex, ProofBook, ServerThread, make_app
-from dsmirror.testing import Faults, MirrorServer
+from dsmirror.testing.cli import DSMIRROR_CLI, cli_env, hf_liar, json_events, mirror_catalog
 
 REPO_ID = "acme/big"
-DSMIRROR = [
-    sys.executable,
-    "-c",
-    "import sys; sys.argv[0] = 'dsmirror'; from dsmirror.cli import main; main()",
-]
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HF_", "HUGGING", "OLLAMA", "XDG_")) and "proxy" not in k.lower()
-    }
-    env.update(
-        HOME=str(home),
-        NO_PROXY="*",
-        XDG_STATE_HOME=str(home / "state"),
-        XDG_CONFIG_HOME=str(home / "config"),
-        HF_HOME=str(home / "hf-home"),
-        HF_ENDPOINT="http://127.0.0.1:9",
-        HF_HUB_DISABLE_TELEMETRY="1",
-    )
-    return env
 
 
 def _write(path: Path, size: int) -> str:
@@ -78,31 +51,19 @@ def _write(path: Path, size: int) -> str:
 
 
 def _pull(base: Path, box: str, liar: str, want: str) -> dict[str, Any]:
-    cat = base / "mirrors.yaml"
-    mirrors = [("box", box), ("liar", liar)]
-    cat.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "mirrors": [
-                    {"name": n, "kind": "hf", "url": u, "priority": i, "max_connections": 4}
-                    for i, (n, u) in enumerate(mirrors, 1)
-                ],
-            }
-        )
-    )
+    cat = mirror_catalog(base / "mirrors.yaml", [("box", "hf", box), ("liar", "hf", liar)], max_connections=4)
     home, out = base / "home", base / "out"
     for d in (home, out):
         shutil.rmtree(d, ignore_errors=True)
     home.mkdir()
-    argv = [*DSMIRROR, "pull", f"hf://{REPO_ID}", "--no-default-catalog", "--mirrors", str(cat)]
+    argv = [*DSMIRROR_CLI, "pull", f"hf://{REPO_ID}", "--no-default-catalog", "--mirrors", str(cat)]
     argv += ["--dest", str(out), "--json", "--no-reuse", "--give-up-after", "60"]
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env=_env(home), capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv, env=cli_env(home), capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"pull failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    events = json_events(proc.stdout)
     done = next(e for e in events if e["event"] == "PullFinished")
     got = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     if got != want:
@@ -131,18 +92,17 @@ def main() -> None:
         want = _write(model / "model.safetensors", size)
         (model / "config.json").write_text("{}\n")
         repo = HfRepo.from_folder(REPO_ID, model)
-        rel = f"{REPO_ID}/resolve/{repo.commit}/model.safetensors"
-        (base / "liar" / rel).parent.mkdir(parents=True)
-        os.link(model / "model.safetensors", base / "liar" / rel)
         print(f"{size} bytes, pieces of {piece}; load {os.getloadavg()}")
         results: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
         for run in range(args.runs):
             for proof in (True, False):
                 book = ProofBook(piece_size=piece) if proof else None
-                faults = Faults(corrupt=True, paths={rel})
+                shutil.rmtree(base / "liar", ignore_errors=True)
                 with (
                     ServerThread(make_app(ModelIndex([repo]), proofs=book)) as box,
-                    MirrorServer(base / "liar", host="127.0.0.3", faults=faults) as liar,
+                    hf_liar(
+                        base / "liar", REPO_ID, repo.commit, "model.safetensors", model / "model.safetensors"
+                    ) as liar,
                 ):
                     if book is not None:
                         t0 = time.perf_counter()

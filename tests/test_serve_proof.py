@@ -13,7 +13,6 @@ and the real ``huggingface_hub`` client.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -27,7 +26,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from dsmirror import create_manifest
 from dsmirror._formats.catalog import Mirror
@@ -42,6 +40,8 @@ from dsmirror._resolve.registries.proof import (
 from dsmirror._serve import HfRepo, ModelIndex, OllamaModel, ServerThread, index_hf_cache, make_app
 from dsmirror._serve._proofs import FileProof, ProofBook, _stat_key
 from dsmirror.testing import Faults, MirrorServer
+from dsmirror.testing.cli import DEAD_ENDPOINT as DEAD
+from dsmirror.testing.cli import DSMIRROR_CLI, cli_env, hf_liar, json_events, mirror_catalog
 from dsmirror.testing.hostile import (
     Behaviour,
     BlackHole,
@@ -56,59 +56,22 @@ REPO_ID = "acme/proven"
 BIG = "model.safetensors"
 BIG_SIZE = (64 << 20) + 12345  # nine 8 MiB pieces, the last one short
 PIECE = 8 << 20
-DEAD = "http://127.0.0.1:9"
 #: A pull slow enough for several progress reports (one every 0.25 s) over the big file.
 SLOW = ("--json", "--max-rate", "24MB/s")
-DSMIRROR = [
-    sys.executable,
-    "-c",
-    "import sys; sys.argv[0] = 'dsmirror'; from dsmirror.cli import main; main()",
-]
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HF_", "HUGGING", "OLLAMA", "XDG_")) and "proxy" not in k.lower()
-    }
-    env.update(
-        HOME=str(home),
-        NO_PROXY="*",
-        XDG_CONFIG_HOME=str(home / "config"),
-        XDG_STATE_HOME=str(home / "state"),
-        HF_HOME=str(home / "hf-home"),
-        HF_HUB_CACHE=str(home / "hf-cache"),
-        OLLAMA_MODELS=str(home / "ollama"),
-        HF_ENDPOINT=DEAD,
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_XET="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-    )
-    env.update(extra)
-    return env
-
-
 def _catalog(path: Path, *mirrors: tuple[str, str, str]) -> Path:
     """A catalog of these mirrors, in this order, 2 connections each (so a liar gets its share of the
     pieces, however fast the others are, and has at most 2 in flight when it is banned)."""
-    doc = {
-        "version": 1,
-        "mirrors": [
-            {"name": n, "kind": k, "url": u, "priority": i, "max_connections": 2}
-            for i, (n, k, u) in enumerate(mirrors, 1)
-        ],
-    }
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return mirror_catalog(path, mirrors, max_connections=2)
 
 
 def _pull(
     home: Path, ref: str, catalog: Path, *args: str, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
     argv = [
-        *DSMIRROR,
+        *DSMIRROR_CLI,
         "pull",
         ref,
         "--no-default-catalog",
@@ -118,13 +81,13 @@ def _pull(
         "30",
     ]
     return subprocess.run(
-        [*argv, *args], env=_env(home), capture_output=True, text=True, timeout=timeout, check=False
+        [*argv, *args], env=cli_env(home), capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
 def _events(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return json_events(proc.stdout)
 
 
 def _notes(events: list[dict[str, Any]]) -> list[str]:
@@ -154,8 +117,8 @@ class ServeProcess:
     def __init__(self, home: Path, *args: str) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [*DSMIRROR, "serve", "--port", "0", "--rescan", "1", *args],
-            env=_env(home),
+            [*DSMIRROR_CLI, "serve", "--port", "0", "--rescan", "1", *args],
+            env=cli_env(home),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -194,11 +157,8 @@ def _wait_for_proof(url: str, covers: set[str], timeout: float = 120) -> dict[st
 
 
 def _liar(root: Path, commit: str, origin: Path, *, count: int | None = None) -> MirrorServer:
-    """An HF endpoint that serves the model's files at ``commit``, flipping a byte of every body."""
-    rel = f"{REPO_ID}/resolve/{commit}/{BIG}"
-    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    os.link(origin / BIG, root / rel)
-    return MirrorServer(root, host="127.0.0.3", faults=Faults(corrupt=True, paths={rel}, count=count))
+    """An HF endpoint that serves the model's big file at ``commit``, flipping a byte of every body."""
+    return hf_liar(root, REPO_ID, commit, BIG, origin / BIG, count=count)
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -275,7 +235,7 @@ def test_the_real_hf_client_still_downloads_from_the_box(
         print(snapshot_download(sys.argv[1]))
         """
     )
-    env = _env(tmp_path, HF_ENDPOINT=box.url)
+    env = cli_env(tmp_path, HF_ENDPOINT=box.url)
     proc = subprocess.run(
         [sys.executable, "-c", script, REPO_ID], env=env, capture_output=True, text=True, timeout=120
     )
@@ -544,7 +504,7 @@ def test_a_signature_next_to_a_served_folder_is_passed_on(model_dir: Path, tmp_p
     shutil.copytree(model_dir, folder)
     priv, pub = _keys(tmp_path)
     sign = [
-        *DSMIRROR,
+        *DSMIRROR_CLI,
         "manifest",
         "sign",
         str(folder),
@@ -555,7 +515,7 @@ def test_a_signature_next_to_a_served_folder_is_passed_on(model_dir: Path, tmp_p
         "1MiB",
     ]
     subprocess.run(
-        [*sign, "-o", str(folder / "model.sig")], env=_env(tmp_path), check=True, capture_output=True
+        [*sign, "-o", str(folder / "model.sig")], env=cli_env(tmp_path), check=True, capture_output=True
     )
     listed = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     files = [f for f in listed if f != "model.sig"]
