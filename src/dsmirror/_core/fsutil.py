@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dsmirror._core.errors import DiskFull, StorageError
@@ -28,14 +28,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to a temporary name beside ``path``, fsync it, rename it over ``path``."""
+def atomic_write_bytes(path: Path, data: bytes | Iterable[bytes], *, mode: int = 0o644) -> None:
+    """Write ``data`` (bytes, or chunks of them) to a temporary name beside ``path``, fsync it,
+    rename it over ``path``."""
     with storage_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                if isinstance(data, bytes | bytearray | memoryview):
+                    fh.write(data)
+                else:
+                    for chunk in data:
+                        fh.write(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, mode)

@@ -59,7 +59,6 @@ from typing import Any
 
 from dsmirror._core.errors import DsmirrorError
 from dsmirror._core.events import Event
-from dsmirror._core.fsutil import atomic_write_bytes
 from dsmirror._core.settings import Settings
 from dsmirror._formats import hfcache
 from dsmirror._formats.installs import read_records
@@ -206,7 +205,7 @@ def record_manifest(dest: Path, manifest: Manifest) -> None:
     path = PrivateArea(dest).installed_manifest(manifest.sha256)
     if not path.exists():
         with contextlib.suppress(DsmirrorError):  # only an optimisation for later pulls
-            atomic_write_bytes(path, manifest.canonical_bytes)
+            manifest.write(path)
 
 
 def reuse_roots(dest: Path, extra: Iterable[Path] = (), settings: Settings | None = None) -> list[Path]:

@@ -52,7 +52,13 @@ Memory follows the manifest's bytes, not what it declares: a few hundred bytes m
 pieces (``"pieces": null`` with 16 KiB pieces over large files). So the pieces of a file without
 piece hashes are not stored (``NoPieceHashes``: ``n`` empty strings in O(1)), and
 ``Manifest.pieces`` makes each ``Piece`` when it is asked for (``PieceList``). Only piece hashes the
-document lists take memory, in proportion to its size.
+document lists take memory, 32 bytes each (``PieceHashes``: raw digests, hex made when read), and
+parsing never holds them as strings: the "pieces" and "sha1" lists are read from the bytes into raw
+digests and ``json.loads`` sees the rest (``_parse_listed``; anything not exactly such a list is
+parsed the plain way, to the same result or error). The canonical bytes are not kept either;
+``sha256`` and ``write`` take them in chunks (``iter_canonical``). At 700k pieces (45 MB of JSON)
+parsing raises RSS by 67 MiB at the peak and keeps 21 MiB; with ``json.loads`` of the whole text
+and a str per hash it was 239 MiB and 144 MiB.
 
 Parsing refuses, with ``ManifestError``, everything else a document can do to a parser: JSON nested
 too deep, numbers too long for Python's ``int``, lone surrogates (no UTF-8 for them), and paths that
@@ -63,6 +69,7 @@ Documented in docs/formats.md#the-manifest.
 
 from __future__ import annotations
 
+import binascii
 import bisect
 import hashlib
 import json
@@ -84,6 +91,7 @@ __all__ = [
     "Manifest",
     "NoPieceHashes",
     "Piece",
+    "PieceHashes",
     "PieceList",
     "load_manifest",
     "parse_manifest",
@@ -100,6 +108,7 @@ MAX_PIECES = 20_000_000
 MAX_META_DEPTH = 32  # meta is provenance (revision, source): flat in practice
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_SHA256_LEN = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,15 +166,116 @@ class NoPieceHashes(Sequence[str]):
         return f"NoPieceHashes({self._n})"
 
 
+class PieceHashes(Sequence[str]):
+    """A file's published piece hashes, stored as their raw SHA-256 digests: 32 bytes a piece.
+
+    Reads as the tuple of lowercase hex strings it replaces (``[k]``, slices, iteration, ``in``,
+    ``==`` with a tuple or list of the same strings, and its hash), each string made when asked
+    for; ``raw`` is the digests concatenated and ``digest(k)`` one of them. A tuple of 700k hex
+    strings costs about 80 MB; this, 22 MB.
+    """
+
+    __slots__ = ("raw",)
+
+    raw: bytes
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) % _SHA256_LEN:
+            raise ValueError(f"{len(raw)} bytes are not whole SHA-256 digests")
+        self.raw = bytes(raw)
+
+    @staticmethod
+    def from_hex(pieces: Sequence[str]) -> PieceHashes | None:
+        """``pieces`` as ``PieceHashes`` when every one is 64 lowercase hex digits, else None."""
+        if not pieces:
+            return None
+        try:
+            if set(map(len, pieces)) != {2 * _SHA256_LEN}:
+                return None
+            joined = "".join(pieces)
+            raw = bytes.fromhex(joined)
+        except (TypeError, ValueError):
+            return None
+        # fromhex also takes upper case and skips white space: only what hex() gives back is kept.
+        return PieceHashes(raw) if raw.hex() == joined else None
+
+    def __len__(self) -> int:
+        return len(self.raw) // _SHA256_LEN
+
+    def digest(self, k: int) -> bytes:
+        """The raw SHA-256 of piece ``k`` of the file."""
+        n = len(self)
+        if not -n <= k < n:
+            raise IndexError(k)
+        k %= n
+        return self.raw[k * _SHA256_LEN : (k + 1) * _SHA256_LEN]
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step == 1:
+                return PieceHashes(self.raw[start * _SHA256_LEN : max(start, stop) * _SHA256_LEN])
+            return tuple(self[k] for k in range(start, stop, step))
+        return self.digest(i).hex()
+
+    def __iter__(self) -> Iterator[str]:
+        step = _SHA256_LEN * 4096  # a few thousand strings at a time, not all of them at once
+        for at in range(0, len(self.raw), step):
+            yield from self.raw[at : at + step].hex(" ", _SHA256_LEN).split(" ")
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, str) or len(value) != 2 * _SHA256_LEN:
+            return False
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            return False
+        if raw.hex() != value:
+            return False
+        at = self.raw.find(raw)
+        while at >= 0 and at % _SHA256_LEN:
+            at = self.raw.find(raw, at + 1)
+        return at >= 0
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PieceHashes):
+            return other.raw == self.raw
+        if isinstance(other, tuple | list):
+            if len(other) != len(self):
+                return False
+            if not other:
+                return True
+            same = PieceHashes.from_hex(other)
+            return same is not None and same.raw == self.raw
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))  # as the tuple of hex strings'; nothing hashes these in practice
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} piece hashes>"
+
+
 @dataclass(frozen=True, slots=True)
 class FileEntry:
     path: str
     size: int
     sha256: str
-    #: One SHA-256 hex per piece, or (no piece hashes published) as many empty strings.
+    #: One SHA-256 hex per piece, or (no piece hashes published) as many empty strings. A tuple or
+    #: list of 64-lowercase-hex strings given here is stored as ``PieceHashes`` (32 bytes a piece).
     pieces: Sequence[str]
     #: The v1 BitTorrent piece hashes (20 bytes each, concatenated), or None (see the module doc).
     sha1: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pieces, tuple | list) and self.pieces and self.pieces[0]:
+            compact = PieceHashes.from_hex(self.pieces)
+            if compact is not None:
+                object.__setattr__(self, "pieces", compact)
 
 
 class PieceList(Sequence[Piece]):
@@ -255,20 +365,60 @@ class Manifest:
             d["meta"] = dict(self.meta)
         return d
 
-    @cached_property
+    def iter_canonical(self) -> Iterator[bytes]:
+        """The canonical bytes, in chunks of at most a few hundred KB.
+
+        The same bytes as ``json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"),
+        ensure_ascii=False).encode()``, written out without the dict: piece hashes go from their
+        raw digests to text a few thousand at a time, so a 45 MB manifest is never one string
+        (nor 700k of them). Raises ``UnicodeEncodeError`` for text UTF-8 cannot carry.
+        """
+        top: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "piece_size": self.piece_size,
+        }
+        if self.torrent:
+            top["torrent"] = dict(self.torrent)
+        if self.meta:
+            top["meta"] = dict(self.meta)
+        # "files" sorts before every other key; in a file, path < pieces < sha1 < sha256 < size.
+        yield b'{"files":['
+        for i, f in enumerate(self.files):
+            yield b'{"path":' if i == 0 else b',{"path":'
+            yield _canonical(f.path)
+            yield b',"pieces":'
+            if f.pieces and not f.pieces[0]:
+                yield b"null"
+            elif isinstance(f.pieces, PieceHashes):
+                yield from _hex_list(f.pieces.raw, _SHA256_LEN)
+            else:
+                yield _canonical(list(f.pieces))
+            if f.sha1 is not None:
+                yield b',"sha1":'
+                yield from _hex_list(f.sha1, 20)
+            yield b',"sha256":' + _canonical(f.sha256 or None) + b',"size":' + _canonical(f.size) + b"}"
+        yield b"]," + _canonical(top)[1:]
+
+    @property
     def canonical_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        """The canonical bytes, made on each call: ``write`` and ``sha256`` take them in chunks."""
+        return b"".join(self.iter_canonical())
 
     @cached_property
     def sha256(self) -> str:
         """The manifest's identity: SHA-256 of its canonical bytes."""
-        return hashlib.sha256(self.canonical_bytes).hexdigest()
+        h = hashlib.sha256()
+        for chunk in self.iter_canonical():
+            h.update(chunk)
+        return h.hexdigest()
 
     def write(self, path: Path) -> None:
-        """Write the canonical bytes atomically (temp name, fsync, rename)."""
+        """Write the canonical bytes atomically (temp name, fsync, rename), in chunks."""
         from dsmirror._core.fsutil import atomic_write_bytes
 
-        atomic_write_bytes(path, self.canonical_bytes)
+        atomic_write_bytes(path, self.iter_canonical())
 
     # -- pieces ----------------------------------------------------------------------------------
     @cached_property
@@ -332,6 +482,22 @@ class Manifest:
         return Manifest(self.name, self.piece_size, self.files, torrent, self.meta)
 
 
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _hex_list(raw: bytes, width: int) -> Iterator[bytes]:
+    """``raw`` (digests of ``width`` bytes, concatenated) as a JSON list of hex strings, in chunks."""
+    if not raw:
+        yield b"[]"
+        return
+    step = width * 4096
+    for at in range(0, len(raw), step):
+        yield b'["' if at == 0 else b'","'
+        yield raw[at : at + step].hex(",", width).replace(",", '","').encode()
+    yield b'"]'
+
+
 # -- validation ------------------------------------------------------------------------------------
 def _expect(cond: bool, message: str) -> None:
     if not cond:
@@ -343,6 +509,15 @@ def parse_manifest(data: bytes, *, expected_sha256: str | None = None, origin: s
 
     Anything wrong with ``data`` raises ``ManifestError`` (naming ``origin``), never another error.
     """
+    m = _parse_listed(data)
+    if m is None:
+        m = _parse_plain(data, origin)
+    if expected_sha256 is not None and m.sha256 != expected_sha256.lower():
+        raise ManifestMismatch(expected_sha256.lower(), m.sha256, where=origin or "manifest")
+    return m
+
+
+def _parse_plain(data: bytes, origin: str | None) -> Manifest:
     try:
         obj = json.loads(data, parse_constant=_no_constant)
     except RecursionError:
@@ -353,14 +528,131 @@ def parse_manifest(data: bytes, *, expected_sha256: str | None = None, origin: s
             why = f"a number of more than {sys.get_int_max_str_digits()} digits"
         raise ManifestError(f"not valid JSON ({why})", path=origin) from exc
     try:
-        m = _from_obj(obj)
+        return _from_obj(obj)
     except ManifestError as exc:
         if origin:
             raise ManifestError(exc.message, path=origin, hint=exc.hint) from None
         raise
-    if expected_sha256 is not None and m.sha256 != expected_sha256.lower():
-        raise ManifestMismatch(expected_sha256.lower(), m.sha256, where=origin or "manifest")
-    return m
+
+
+# -- the lists of piece hashes, read without json.loads ------------------------------------------
+# A 700k-piece manifest is 45 MB of JSON, nearly all of it "pieces" lists. json.loads would make
+# the whole text one str and each hash its own (about 240 MB at the peak, 80 MB kept); these lists
+# are read straight from the bytes into raw digests instead, and json.loads sees the rest of the
+# document with each of them replaced by NaN (which the document itself may not contain).
+_WS = b" \t\n\r"  # JSON's white space, and nothing else
+_KEYS = {b'"pieces"': _SHA256_LEN, b'"sha1"': 20}  # the lists read so, and their digests' sizes
+_OPEN = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*\[")
+_SPACED = {
+    w: re.compile(
+        rb'\[[ \t\n\r]*"[0-9a-f]{%d}"(?:[ \t\n\r]*,[ \t\n\r]*"[0-9a-f]{%d}")*[ \t\n\r]*\]' % (2 * w, 2 * w)
+    )
+    for w in _KEYS.values()
+}
+
+
+class _Listed:
+    """One "pieces" or "sha1" list of the document, read as raw digests (NaN in the text parsed)."""
+
+    __slots__ = ("key", "raw", "used")
+
+    def __init__(self, key: str, raw: bytes) -> None:
+        self.key, self.raw, self.used = key, raw, False
+
+
+def _parse_listed(data: bytes) -> Manifest | None:
+    """``parse_manifest`` for a document with lists of hex piece hashes, without a str per hash.
+
+    None when there are none, or when anything is not exactly as expected (a list that is not where
+    a file's pieces go, a NaN in the document, anything invalid): the plain parse then decides, and
+    names what is wrong.
+    """
+    if not isinstance(data, bytes) or b"NaN" in data:
+        return None
+    parts: list[bytes] = []
+    listed: list[_Listed] = []
+    at = 0
+    for key, start, end in _lists(data):
+        raw = None if start < at else _digests(data, start, end, _KEYS[key])
+        if raw is None:
+            continue
+        parts += (data[at:start], b"NaN")
+        listed.append(_Listed(key.strip(b'"').decode(), raw))
+        at = end
+    if not listed:
+        return None
+    parts.append(data[at:])
+    slots = iter(listed)
+
+    def slot(name: str) -> _Listed:
+        got = next(slots, None)
+        if name != "NaN" or got is None:
+            raise ValueError(f"{name} is not a JSON number")
+        return got
+
+    try:
+        m = _from_obj(json.loads(b"".join(parts), parse_constant=slot))
+    except (ValueError, TypeError, RecursionError, ManifestError):  # TypeError: a list in meta
+        return None
+    # Each list was a file's pieces or sha1, once: the document is the one parsed, lists put back.
+    return m if all(x.used for x in listed) else None
+
+
+def _lists(data: bytes) -> list[tuple[bytes, int, int]]:
+    """Where a list follows a "pieces" or "sha1" key: (key, start, end), by start; up to its first "]"."""
+    found: list[tuple[bytes, int, int]] = []
+    for key in _KEYS:
+        pos = data.find(key)
+        while pos >= 0:
+            opened = _OPEN.match(data, pos + len(key))
+            if opened:
+                start = opened.end() - 1
+                end = data.find(b"]", start) + 1
+                if not end:
+                    break
+                found.append((key, start, end))
+            pos = data.find(key, pos + len(key))
+    return sorted(found, key=lambda f: f[1])
+
+
+def _digests(data: bytes, start: int, end: int, width: int) -> bytes | None:
+    """``data[start:end]``, a JSON list of hex strings of ``width`` bytes each, as the raw bytes.
+
+    None when it is anything else (empty, other strings, white space inside a string...).
+    """
+    text: bytes | memoryview = memoryview(data)[start:end]
+    if any(data.find(c, start, end) >= 0 for c in _WS):
+        if not _SPACED[width].fullmatch(data, start, end):
+            return None
+        text = data[start:end].translate(None, _WS)  # white space only between the strings
+    # Now it must be ["h","h",...,"h"]: each string at a stride of 2 * width + 3.
+    stride = 2 * width + 3
+    n, extra = divmod(len(text) - 1, stride)
+    if extra or n < 1:
+        return None
+    quotes = b'"' * n
+    if text[1::stride] != quotes or text[stride - 1 :: stride] != quotes:
+        return None
+    if text[stride::stride] != b"," * (n - 1) + b"]":
+        return None
+    # The strings hold the rest: 2 * width lowercase hex digits each (any '"' or ',' among them
+    # would leave fewer once those are taken out). A chunk of them at a time:
+    out: list[bytes] = []
+    per = 8192
+    for first in range(0, n, per):
+        k = min(per, n - first)
+        digits = bytes(text[1 + first * stride : min(1 + (first + k) * stride, len(text) - 1)])
+        digits = digits.translate(None, b'",')
+        if len(digits) != 2 * width * k or any(c in digits for c in _UPPER):
+            return None
+        try:
+            out.append(binascii.unhexlify(digits))
+        except ValueError:  # binascii.Error: not a hex digit
+            return None
+    return b"".join(out)
+
+
+_UPPER = [bytes([c]) for c in b"ABCDEF"]
 
 
 def _no_constant(name: str) -> Any:
@@ -429,6 +721,14 @@ def _from_obj(obj: Any) -> Manifest:
         want = -(-size // ps)
         _expect(total_pieces + want <= MAX_PIECES, f"too many pieces (> {MAX_PIECES})")
         total_pieces += want
+        if isinstance(pieces, _Listed):  # read by _parse_listed: 64 lowercase hex digits each
+            n = len(pieces.raw) // _SHA256_LEN
+            _expect(pieces.key == "pieces" and n == want, f"{where}: {n} piece hashes for {size} bytes")
+            pieces.used = True
+            files.append(
+                FileEntry(path, size, digest or "", PieceHashes(pieces.raw), _sha1(fo, where, want, False))
+            )
+            continue
         if pieces is None:
             _expect("sha1" not in fo, f"{where}.sha1 needs the piece hashes (pieces) listed")
             files.append(FileEntry(path, size, digest, NoPieceHashes(want)))
@@ -460,7 +760,7 @@ def _from_obj(obj: Any) -> Manifest:
     _expect(_depth(meta) <= MAX_META_DEPTH, f"meta nests deeper than {MAX_META_DEPTH} levels")
     m = Manifest(name, ps, tuple(files), torrent, meta)
     try:
-        m.canonical_bytes  # noqa: B018 - made now (and kept): text UTF-8 cannot carry fails here
+        m.sha256  # noqa: B018 - made now (and kept): text UTF-8 cannot carry fails here
     except UnicodeEncodeError as exc:
         bad = exc.object[exc.start : exc.end]
         raise ManifestError(f"not valid Unicode: {exc.reason} ({bad!r})") from None
@@ -473,6 +773,12 @@ def _sha1(fo: Mapping[str, Any], where: str, want: int, unhashed: bool) -> bytes
         return None
     sha1 = fo["sha1"]
     _expect(not unhashed, f"{where}.sha1 needs the piece hashes (pieces) listed")
+    if isinstance(sha1, _Listed):  # read by _parse_listed: 40 lowercase hex digits each
+        _expect(
+            sha1.key == "sha1" and len(sha1.raw) == 20 * want, f"{where}: sha1 piece hashes for {want} pieces"
+        )
+        sha1.used = True
+        return sha1.raw
     _expect(isinstance(sha1, list), f"{where}.sha1 must be a list")
     _expect(len(sha1) == want, f"{where}: {len(sha1)} sha1 piece hashes for {want} pieces")
     _expect(

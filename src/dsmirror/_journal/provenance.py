@@ -101,3 +101,20 @@ class Provenance(MutableMapping[int, tuple[str, str]]):
 
     def __len__(self) -> int:
         return self._count
+
+    def digests(self, start: int, stop: int) -> bytes | None:
+        """The raw digests of pieces ``start`` to ``stop - 1``, concatenated, when each is recorded
+        (with a 64-hex digest), else None: a learned file's ``PieceHashes`` without a string each."""
+        if any(start <= i < stop for i in self._odd):
+            return None
+        out = bytearray()
+        i = start
+        while i < stop:
+            block, at = divmod(i, _BLOCK)
+            got = self._blocks.get(block)
+            upto = min(stop, (block + 1) * _BLOCK) - block * _BLOCK
+            if got is None or not all(got[0][at:upto]):
+                return None
+            out += got[1][at * _DIGEST : upto * _DIGEST]
+            i = (block + 1) * _BLOCK
+        return bytes(out)

@@ -99,7 +99,7 @@ from pathlib import Path
 
 from dsmirror._core.errors import DiskFull, IntegrityError, StorageError
 from dsmirror._core.fsutil import atomic_write_bytes, safe_join, storage_errors
-from dsmirror._formats.manifest import FileEntry, Manifest, Piece
+from dsmirror._formats.manifest import FileEntry, Manifest, Piece, PieceHashes
 from dsmirror._formats.private import PrivateArea
 from dsmirror._journal.files import OpenFiles, fd_budget, install_file, lock_area, write_install_record
 from dsmirror._journal.provenance import Provenance
@@ -233,7 +233,7 @@ class Store:
                 return
             self._check_final_paths()
             if not (self.area / "manifest.json").exists():
-                atomic_write_bytes(self.area / "manifest.json", self.manifest.canonical_bytes)
+                self.manifest.write(self.area / "manifest.json")  # in chunks: 45 MB at 700k pieces
             suspect, states = self._recover_journal()
             self._load_provenance()
             self._prepare_files(suspect)
@@ -824,7 +824,10 @@ class Store:
                 sha256 = self._learned_sha256[fi]
             if f.pieces and not f.pieces[0]:
                 rng = m.file_piece_ranges[fi]
-                if all(i in self.provenance for i in rng):
+                raw = self.provenance.digests(rng.start, rng.stop)  # 32 bytes a piece, no str each
+                if raw is not None:
+                    pieces = PieceHashes(raw)
+                elif all(i in self.provenance for i in rng):
                     pieces = tuple(self.provenance[i][1] for i in rng)
             if sha256 != f.sha256 or pieces is not f.pieces:
                 files[fi] = FileEntry(f.path, f.size, sha256, pieces)
