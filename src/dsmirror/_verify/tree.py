@@ -24,9 +24,9 @@ from dsmirror._formats.manifest import (
 )
 from dsmirror._formats.paths import validate_relpath
 from dsmirror._formats.private import PRIVATE_DIR
-from dsmirror._verify.digest import hash_file_pieces
+from dsmirror._verify.digest import hash_file_pieces, hash_file_pieces_v1
 
-__all__ = ["VerifyReport", "create_manifest", "verify_tree"]
+__all__ = ["VerifyReport", "create_manifest", "v1_last_file", "verify_tree"]
 
 
 def _walk(root: Path) -> Iterator[str]:
@@ -55,8 +55,16 @@ def create_manifest(
     files: Sequence[str] | None = None,
     meta: Mapping[str, Any] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    sha1: bool = False,
 ) -> Manifest:
-    """Hash a folder (or the listed files in it) into a manifest."""
+    """Hash a folder (or the listed files in it) into a manifest.
+
+    With ``sha1`` the manifest also records each piece's BitTorrent v1 hash (``FileEntry.sha1``),
+    from the same read pass: its own swarm is then a torrent libtorrent checks
+    (``dsmirror._fetch.swarm.torrent``). ``dsmirror manifest create`` asks for it (``--no-sha1``
+    not to); the library's default stays off for now, so that callers (and tests) that build on
+    the four keys of a file entry see the manifests they did.
+    """
     if not (MIN_PIECE_SIZE <= piece_size <= MAX_PIECE_SIZE and piece_size & (piece_size - 1) == 0):
         raise UsageError(
             f"piece size {piece_size} is not a power of two between 16 KiB and 1 GiB",
@@ -66,12 +74,37 @@ def create_manifest(
         raise ManifestError("is not a folder", path=str(root))
     rels = list(files) if files is not None else list(_walk(root))
     entries = []
+    unpadded: dict[str, bytes] = {}
     for rel in rels:
         validate_relpath(rel)
+        if sha1:
+            h = hash_file_pieces_v1(root / rel, piece_size, on_bytes=on_bytes)
+            entries.append(FileEntry(rel, h.size, h.sha256, tuple(h.pieces), h.sha1))
+            unpadded[rel] = h.sha1_last_unpadded
+            continue
         size, digest, pieces = hash_file_pieces(root / rel, piece_size, on_bytes=on_bytes)
         entries.append(FileEntry(rel, size, digest, tuple(pieces)))
+    last = v1_last_file(entries) if sha1 else None
+    if last is not None:  # no pad file follows the torrent's last file: its last piece as it is
+        f = entries[last]
+        assert f.sha1 is not None
+        entries[last] = FileEntry(f.path, f.size, f.sha256, f.pieces, f.sha1[:-20] + unpadded[f.path])
     m = Manifest(name or root.resolve().name, piece_size, tuple(entries), None, dict(meta or {}))
     return parse_manifest(m.canonical_bytes)  # round-trip through the validator
+
+
+def v1_last_file(files: Sequence[FileEntry]) -> int | None:
+    """Index of the file that comes last in a v1 torrent of these files (no pad file after it).
+
+    dsmirror's torrents (libtorrent's ``canonical_files``) order files by path as UTF-8 bytes and
+    pad every non-empty file to a piece boundary except the last non-empty one; None if all are
+    empty. (tests/test_torrent_sha1.py checks this order against libtorrent's.)
+    """
+    best: int | None = None
+    for k, f in enumerate(files):
+        if f.size and (best is None or f.path.encode() > files[best].path.encode()):
+            best = k
+    return best
 
 
 # -- verification ----------------------------------------------------------------------------------

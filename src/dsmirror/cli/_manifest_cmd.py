@@ -29,14 +29,23 @@ def create(
         typer.Option("--torrent", help="Also write the torrent of these pieces (see `torrent create`)."),
     ] = None,
     torrent_format: TorrentFormatOpt = "hybrid",
+    no_sha1: Annotated[
+        bool,
+        typer.Option(
+            "--no-sha1",
+            help="Leave out each piece's BitTorrent SHA-1 (for dsmirror releases older than it; "
+            "their LAN swarm cannot check pieces before sharing them).",
+        ),
+    ] = False,
 ) -> None:
-    """Hash a folder into a manifest (SHA-256 of every file and every piece)."""
+    """Hash a folder into a manifest (SHA-256 of every file and every piece, and each piece's
+    BitTorrent v1 SHA-1, so that the machines of a LAN check pieces before they share them)."""
     from dsmirror._verify.tree import create_manifest
     from dsmirror.cli._progress import ByteProgress
 
     size = parse_size(piece_size)
     with ByteProgress(err_console, f"hash {folder}", None) as progress:
-        m = create_manifest(folder, name=name, piece_size=size, on_bytes=progress.advance)
+        m = create_manifest(folder, name=name, piece_size=size, on_bytes=progress.advance, sha1=not no_sha1)
     if torrent is not None:  # the manifest records the torrent's info-hashes
         m, _ = make_torrent(m, folder, torrent, torrent_format, verify=False, trackers=[])
     m.write(output)

@@ -82,7 +82,14 @@ from dsmirror._core.events import PieceRejected, SourceDropped, SourceTrouble
 from dsmirror._fetch.swarm.config import SwarmConfig
 from dsmirror._fetch.swarm.resume import RESUME_EVERY, read_resume, save_resume, write_resume
 from dsmirror._fetch.swarm.session import PEER_ID_PREFIX, REDIAL, UPLINK, SwarmSession, endpoint_text
-from dsmirror._fetch.swarm.torrent import PieceMap, Torrent, check_torrent, magnet_for, torrent_from_info
+from dsmirror._fetch.swarm.torrent import (
+    PieceMap,
+    Torrent,
+    check_torrent,
+    magnet_for,
+    own_swarm,
+    torrent_from_info,
+)
 from dsmirror._formats.manifest import Manifest, Piece
 from dsmirror._schedule.info import SourceInfo
 
@@ -149,6 +156,8 @@ class SwarmSource:
         self.map: PieceMap | None = check_torrent(manifest, torrent) if torrent else None
         self.info = SourceInfo(name, "bittorrent", "swarm", region="p2p", max_connections=max_slots)
         self.trusting = bool(torrent is not None and torrent.derived)  # libtorrent checks nothing
+        # The manifest's own swarm, with placeholder piece hashes (trusting) or the real ones.
+        self.own = torrent is not None and own_swarm(manifest, torrent)
         self.session = session or SwarmSession(config, trust_pieces=self.trusting)
         self.handle: Any = None
         self.completed = False  # every piece of the pull verified (set when the pull's run ends)
@@ -264,9 +273,9 @@ class SwarmSource:
     def _add(self, area: Path) -> Any:
         """Add the torrent over ``area/bt`` (resumed from ``area/bt.resume`` if it still holds)."""
         bt = area / "bt"
-        if self.trusting:
-            # The manifest's own swarm: libtorrent checked nothing it holds, and after a kill its
-            # part file may not match its resume data ("partfile_read ... No such file" dropped
+        if self.own:
+            # The manifest's own swarm: libtorrent may have checked nothing it holds, and after a
+            # kill its part file may not match its resume data ("partfile_read ... No such file" dropped
             # the swarm of a restarted pull, which then took from the upstream what its peers
             # seeded). The store is the authority: start libtorrent's copy afresh; the pieces
             # the store verified are handed to it again (``_become_ready``).
@@ -459,7 +468,10 @@ class SwarmSource:
                 self._injecting.discard(t)
                 self._inject_failures += 1
                 if self._inject_failures >= 2:
-                    self._retire(broker, f"torrent piece {t} does not match the manifest's verified bytes")
+                    why = f"torrent piece {t} does not match the manifest's verified bytes"
+                    if self.own and not self.trusting:  # made from the manifest's sha1: they are wrong
+                        why += " (the manifest's sha1 piece hashes are wrong; its SHA-256s are not)"
+                    self._retire(broker, why)
                 return
             i = self.map.from_torrent.get(t) if self.map else None
             piece = self.manifest.pieces[i] if i is not None else None
@@ -606,6 +618,15 @@ class SwarmSource:
             go_on = broker.deliver(slot.a, piece, bytes(buf[: piece.length]), self.name)
         except PieceMismatch as exc:
             broker.emit(PieceRejected(self.name, exc.piece, exc.path, str(exc)))
+            # libtorrent's copy passed the torrent's hash, not the manifest's (a torrent, or a
+            # manifest's sha1, that names other bytes): as a tainted piece, nobody gets it from us,
+            # the scheduler counts no peer on it (a mirror fetches it; else the swarm would be
+            # given it again and again), and the verified bytes overwrite it.
+            assert self.map is not None
+            t = self.map.to_torrent[i]
+            self._tainted.add(t)
+            self._have[t] = 0
+            self._peer_have[i] = 0
             self._drop(broker, slot, exc)
             return
         self._unown(slot, i)

@@ -35,22 +35,37 @@ The manifest's own swarm: a torrent derived from the manifest alone
 A pull has to join a swarm before any peer holds a complete copy, and before anybody who holds the
 real torrent above is around: the manifest names that torrent by its info-hashes only, and its
 info dict (SHA-1 per piece, SHA-256 Merkle roots per file) can be computed only from all the bytes.
-So the machines of a LAN pulling a manifest meet in a second swarm whose torrent needs no bytes:
+So the machines of a LAN pulling a manifest meet in a swarm whose torrent needs no bytes:
 :func:`derived_torrent` builds a v1 torrent from the manifest alone, laid out like ``v1`` above
-(file-aligned, BEP 47 pad files, no creation date) with the manifest's piece size, whose "SHA-1"
-of piece *t* is the first 20 bytes of the manifest's SHA-256 of that piece, and whose info dict
-carries ``x-dsmirror-manifest`` (the manifest's SHA-256), so two manifests never share a swarm.
-Every machine that has the manifest computes the same info-hash (:func:`derived_info_hash`), so
-they find each other by LSD (or a tracker) with no configuration, at once, with no metadata to
-exchange.
+(file-aligned, BEP 47 pad files, no creation date) with the manifest's piece size. Every machine
+that has the manifest computes the same info-hash (:func:`derived_info_hash`), so they find each
+other by LSD (or a tracker) with no configuration, at once, with no metadata to exchange. Its piece
+hashes are of two kinds.
 
-Those piece "hashes" are not what a BitTorrent client checks (SHA-1 of the padded piece), so the
-session of such a torrent runs with libtorrent's hash checks off (``SwarmSession(trust_pieces=
-True)``) and the checks are dsmirror's: every piece libtorrent finishes is read back and checked
-against the manifest's SHA-256 before it is used or kept, and the peers that sent a bad one are
-banned (``dsmirror._fetch.swarm.source``). Plain BitTorrent clients cannot use this torrent; they
-use the real one. Manifests made before it existed work the same: the derived torrent needs only
-pieces and sizes, which every manifest with piece hashes has.
+*Real ones,* when the manifest has ``sha1`` (each piece's v1 hash; ``dsmirror manifest create``
+writes them from the same read pass as the SHA-256s). The torrent then carries nothing else: it is
+exactly the v1 torrent ``torrent create --torrent-format v1`` makes of the manifest and its files
+(the same info dict and info-hash), so a plain BitTorrent client given that torrent joins the same
+swarm, and a machine seeds one torrent, not two. libtorrent checks every piece against it before
+it keeps, announces or serves it, and bans the sender of a bad one itself (a sole sender at once,
+the senders of a mixed piece through its smart-ban plugin): a machine never passes a bad piece on.
+(With unchecked pieces an honest machine could relay a bad one in the moment before its own check,
+and be banned for it by the others: issue 13 item 5.) The session runs with checks on, and dsmirror
+still checks every piece it is handed against the manifest's SHA-256 (``broker.deliver``). A wrong
+``sha1`` (another tool's manifest, a bug) lets no bad byte in either: libtorrent then rejects the
+good pieces of peers and of the store alike, and after two of the store's verified pieces the
+swarm is dropped ("does not match the manifest's verified bytes") and mirrors fetch the rest.
+
+*Placeholders,* for manifests without ``sha1`` (made before the field, or by ``--no-sha1``): the
+"SHA-1" of piece *t* is the first 20 bytes of the manifest's SHA-256 of that piece, and the info
+dict carries ``x-dsmirror-manifest`` (the manifest's SHA-256), so two manifests never share such a
+swarm. These are not what a BitTorrent client checks (SHA-1 of the padded piece), so the session
+of such a torrent runs with libtorrent's hash checks off (``SwarmSession(trust_pieces=True)``) and
+the checks are dsmirror's: every piece libtorrent finishes is read back and checked against the
+manifest's SHA-256 before it is used or kept, and the peers that sent a bad one are banned
+(``dsmirror._fetch.swarm.source``). Plain BitTorrent clients cannot use this torrent; they use the
+real one. Manifests made before the derived torrent existed work the same: it needs only pieces
+and sizes, which every manifest with piece hashes has.
 
 Registry manifests (``hf://``, ``ollama://``: a whole-file SHA-256 per file, no piece hashes) get
 one too, laid out the same way from the piece size and file sizes; a piece of a file without piece
@@ -75,6 +90,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -101,6 +117,7 @@ __all__ = [
     "file_aligned",
     "load_torrent",
     "magnet_for",
+    "own_swarm",
     "parse_magnet",
     "placeholder_hash",
     "torrent_from_info",
@@ -369,10 +386,28 @@ def derived_torrent(manifest: Manifest) -> Torrent | None:
     ``hf://``, ``ollama://``) gets :func:`placeholder_hash` pieces. The same manifest gives the same
     bytes on every machine.
     """
+    key = manifest.sha256
+    with _DERIVED_LOCK:
+        if key in _DERIVED:
+            return _DERIVED[key]
+    t = _derive(manifest)
+    with _DERIVED_LOCK:
+        if len(_DERIVED) >= 8:
+            _DERIVED.pop(next(iter(_DERIVED)))
+        _DERIVED[key] = t
+    return t
+
+
+_DERIVED: dict[str, Torrent | None] = {}  # the last few manifests' derived torrents, by manifest SHA-256
+_DERIVED_LOCK = threading.Lock()
+
+
+def _derive(manifest: Manifest) -> Torrent | None:
     if manifest.total_size == 0 or any(
         not _HEX64.fullmatch(f.sha256) for f in manifest.files if f.size and not (f.pieces and f.pieces[0])
     ):
         return None
+    real = manifest.has_sha1  # the v1 piece hashes: a real torrent (see the module docstring)
     root = torrent_root_name(manifest.name)
     entries = [lt.create_file_entry(f"{root}/{f.path}", f.size) for f in manifest.files]
     flags = (
@@ -394,14 +429,30 @@ def derived_torrent(manifest: Manifest) -> Torrent | None:
         fi = by_path[path]
         first = int(layout.file_offset(k)) // ps
         f = manifest.files[fi]
+        if real:
+            assert f.sha1 is not None
+            for j in range(len(f.pieces)):
+                ct.set_hash(first + j, f.sha1[20 * j : 20 * j + 20])
+            continue
         for j, mi in enumerate(manifest.file_piece_ranges[fi]):
             sha = manifest.pieces[mi].sha256
             ct.set_hash(first + j, bytes.fromhex(sha)[:20] if sha else placeholder_hash(f.sha256, j))
     ct.set_creator(CREATOR)
     d = ct.generate()
     d.pop(b"creation date", None)
-    d[b"info"][DERIVED_KEY] = manifest.sha256.encode("ascii")
+    if not real:
+        d[b"info"][DERIVED_KEY] = manifest.sha256.encode("ascii")
     return load_torrent(bytes(lt.bencode(d)), origin=f"derived torrent of {manifest.name}")
+
+
+def own_swarm(manifest: Manifest, torrent: Torrent) -> bool:
+    """Whether ``torrent`` is the manifest's own swarm's (:func:`derived_torrent`): with placeholder
+    piece hashes (it names the manifest), or the real one of a manifest with ``sha1``."""
+    if torrent.derived is not None:
+        return torrent.derived == manifest.sha256
+    if not manifest.has_sha1 or torrent.btih is None or torrent.btmh is not None:
+        return False
+    return torrent.btih == derived_info_hash(manifest)
 
 
 def placeholder_hash(file_sha256: str, index: int) -> bytes:
@@ -458,6 +509,8 @@ def _pinned(manifest: Manifest, torrent: Torrent) -> bool | None:
     """True/False if the manifest records info-hashes (matching or not), None if it records none."""
     if torrent.derived is not None:
         return torrent.derived == manifest.sha256  # the manifest's own swarm names the manifest
+    if own_swarm(manifest, torrent):
+        return True  # made from the manifest's own piece hashes
     rec = manifest.torrent or {}
     if not rec:
         return None
