@@ -44,6 +44,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -71,6 +72,8 @@ from _benchlib import (
 from dsmirror import load_manifest
 from dsmirror._fetch.swarm.torrent import create_torrent, derived_info_hash, with_torrent_hashes
 from dsmirror.testing.netns import NetnsLan, NetnsSites, Upstream, tracker_unavailable, unavailable
+
+TRACER = Path(__file__).resolve().parent / "_lantrace"  # the hosts' sitecustomize with --trace
 
 SCENARIOS = {
     "zero": "dsmirror zero-config",
@@ -123,6 +126,62 @@ def lt_client(torrent: str, dest: str) -> None:
 # -- the bench --------------------------------------------------------------------------------------
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this bench's waited-for children (the hosts' processes: ``ip netns exec`` execs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all the machine's CPUs (/proc/stat), every process counted."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + f[4]
+    return sum(f) - idle, sum(f)
+
+
+def trace_report(base: Path, n: int, piece: int) -> str:
+    """What the hosts' traces (``--trace``) say about the upstream bytes: pieces fetched by more
+    than one host (and when, against when the set of machines changed), and bytes received by
+    mirror spans that no verified piece used (pieces in flight when a span was cut or dropped)."""
+    events: list[list[dict[str, Any]]] = []
+    for i in range(n):
+        path = base / f"trace{i}.jsonl"
+        events.append([json.loads(x) for x in path.read_text().splitlines()] if path.exists() else [])
+    by_piece: dict[int, list[tuple[float, int]]] = {}
+    unused = 0
+    changes: list[tuple[float, int, int]] = []
+    for h, evs in enumerate(events):
+        mirror_ids: set[int] = set()
+        got: dict[int, int] = {}
+        last = -1
+        for e in evs:
+            if e["ev"] == "take" and e["src"] != "swarm":
+                mirror_ids.add(e["id"])
+            elif e["ev"] == "piece" and e["id"] in mirror_ids:
+                by_piece.setdefault(e["i"], []).append((e["t"], h))
+                got[e["id"]] = got.get(e["id"], 0) + 1
+            elif e["ev"] == "end" and e["id"] in mirror_ids:
+                unused += max(0, e["bytes"] - got.get(e["id"], 0) * piece)
+            elif e["ev"] == "hosts" and len(e["hosts"]) != last:
+                last = len(e["hosts"])
+                changes.append((e["t"], h, last))
+    t0 = min((e["t"] for evs in events for e in evs), default=0.0)
+    dups = {i: v for i, v in by_piece.items() if len(v) > 1}
+    verified, twice = sum(len(v) for v in by_piece.values()), sum(len(v) - 1 for v in dups.values())
+    lines = [
+        f"  mirror pieces: {verified} verified, {len(by_piece)} distinct, {twice} fetched again; "
+        f"{unused / MIB:.1f} MiB received by mirror spans and not used (in flight when cut or dropped)"
+    ]
+    for i, v in sorted(dups.items())[:40]:
+        who = ", ".join(f"host{h + 1} at {t - t0:.2f}" for t, h in sorted(v))
+        lines.append(f"    piece {i}: {who}")
+    if changes:
+        lines.append(
+            "  machines seen: " + ", ".join(f"host{h + 1} {k} others at {t - t0:.2f}" for t, h, k in changes)
+        )
+    return "\n".join(lines)
+
+
 @dataclasses.dataclass
 class Client:
     name: str
@@ -167,6 +226,9 @@ class Run:
     errors: list[str]
     wall: float  # from the first host's start to the last one's finish
     inter_site: float | None  # bytes over the inter-site links / model size (sites only)
+    cpu: float  # CPU seconds (user + system) of the hosts' processes
+    busy: float  # the machine's CPUs busy meanwhile (0..1, /proc/stat, every process of it)
+    base: Path  # its logs (and traces)
 
 
 @dataclasses.dataclass
@@ -177,6 +239,7 @@ class Setup:
     work: Path
     timeout: float
     connections: int | None
+    trace: bool = False  # record each host's scheduler decisions (scripts/_lantrace)
 
 
 def prepare(model: Model, up_url: str, work: Path, tracker: str | None) -> tuple[Path, Path]:
@@ -234,6 +297,7 @@ def run_scenario(
     served0 = up.bytes_served
     inter0 = net.inter_site_bytes() if isinstance(net, NetnsSites) else 0
     load = os.getloadavg()[0]
+    cpu0, busy0 = _children_cpu(), _machine_busy()
     clients: list[Client] = []
     t0 = time.monotonic()
     deadline = t0 + s.timeout + n * stagger
@@ -241,6 +305,10 @@ def run_scenario(
         while len(clients) < n and time.monotonic() >= t0 + len(clients) * stagger:
             i = len(clients)
             dest = base / f"dest{i}"
+            env = client_env(base / f"home{i}")
+            if s.trace and scenario != "lt":
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TRACER), env.get("PYTHONPATH")]))
+                env["DSM_LAN_TRACE"] = str(base / f"trace{i}.jsonl")
             with open(base / f"stderr{i}.txt", "w") as err:
                 proc = net.popen(
                     i,
@@ -248,7 +316,7 @@ def run_scenario(
                     stdout=subprocess.PIPE,
                     stderr=err,
                     text=True,
-                    env=client_env(base / f"home{i}"),
+                    env=env,
                 )
             c = Client(f"host{i + 1}", proc, time.monotonic(), dest)
             threading.Thread(target=c.watch, args=(base / f"events{i}.jsonl",), daemon=True).start()
@@ -283,11 +351,14 @@ def run_scenario(
                 c.error = f"{len(bad)} files differ"
     ends = [c.finished_at for c in clients if c.finished_at is not None]
     wall = max(ends) - t0 if len(ends) == n else float("nan")
+    cpu = _children_cpu() - cpu0
+    busy = [b - a for a, b in zip(busy0, _machine_busy(), strict=True)]
     errors = [f"{c.name}: {c.error}" for c in clients if c.error]
     errors += [f"host{i + 1}: not started" for i in range(len(clients), n)]
     return Run(
         scenario, office, stagger, served / s.model.size, [c.seconds for c in clients],
-        [c.from_swarm() for c in clients], load, errors, wall, inter,
+        [c.from_swarm() for c in clients], load, errors, wall, inter, cpu,
+        busy[0] / max(1, busy[1]), base,
     )  # fmt: skip
 
 
@@ -312,6 +383,10 @@ def main() -> None:
     ap.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="only these (repeatable)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per scenario run")
     ap.add_argument("--fresh", action="store_true", help="regenerate the cached model")
+    ap.add_argument(
+        "--trace", action="store_true",
+        help="record the dsmirror hosts' scheduler decisions, print what was fetched twice (keeps the logs)",
+    )  # fmt: skip
     args = ap.parse_args()
     why = tracker_unavailable() if args.sites else unavailable()
     if why:
@@ -343,7 +418,12 @@ def main() -> None:
             if isinstance(net, NetnsSites):
                 announce = f"http://{net.tracker_address}:6969/announce"
             setup = Setup(
-                model, *prepare(model, up.url, work, announce), work, args.timeout, args.connections
+                model,
+                *prepare(model, up.url, work, announce),
+                work,
+                args.timeout,
+                args.connections,
+                args.trace,
             )
             catalog = work / "upstream.yaml"
             url = f"{up.url}{model.root.name}/"
@@ -365,9 +445,12 @@ def main() -> None:
                         print(
                             f"{label} stagger {stagger:g} s run {k + 1}: {SCENARIOS[sc]:<22} upstream "
                             f"{r.ratio:.3f}x{inter}, hosts {times} s, all done {r.wall:.1f} s, "
-                            f"load {r.load:.2f}" + (f"  ERRORS {r.errors}" if r.errors else ""),
+                            f"load {r.load:.2f}, hosts' CPU {r.cpu:.1f} s, machine busy {r.busy:.0%}"
+                            + (f"  ERRORS {r.errors}" if r.errors else ""),
                             flush=True,
                         )
+                        if args.trace and sc != "lt":
+                            print(trace_report(r.base, len(r.times), piece), flush=True)
     print()
     print(
         f"model {model.size / MIB:.0f} MiB in {model.manifest.num_pieces} pieces of {piece / MIB:g} MiB; "
@@ -408,9 +491,12 @@ def main() -> None:
         "inter-site: bytes over the links between sites (both ways, headers included) / model size.\n"
         "floors (issue 13): dsmirror zero-config upstream/model <= 1.05, slowest/one copy <= 1.25"
     )
-    if any(r.errors for r in runs):
+    if any(r.errors for r in runs) or args.trace:
         print(f"outputs and logs kept in {work}")
+    if any(r.errors for r in runs):
         sys.exit(1)
+    if args.trace:
+        return
     shutil.rmtree(work, ignore_errors=True)
 
 

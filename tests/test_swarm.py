@@ -610,7 +610,7 @@ def test_machines_of_a_lan_fetch_disjoint_blocks_from_outside(prefer: str) -> No
 
 
 def test_mirrors_of_a_lan_pull_wait_to_meet_the_peers() -> None:
-    s, _ = _sched(64)
+    s, _ = _sched(32)  # 32 blocks: a machine alone waits lan_grace
     _advance(s, 1.0)
     s.set_lan_hosts("swarm", IDS[0], [], 0)  # the swarm is ready (its copy checked), no peer yet
     assert isinstance(s.acquire("upstream"), float)
@@ -618,6 +618,21 @@ def test_mirrors_of_a_lan_pull_wait_to_meet_the_peers() -> None:
     assert isinstance(s.acquire("upstream"), float)
     _advance(s, 0.6)  # lan_grace after it was ready: alone on its LAN, it goes ahead
     assert isinstance(s.acquire("upstream"), Assignment)
+    # 64 blocks or more: alone, one connection starts at once, in the machine's best block
+    s1, _ = _sched(64)
+    s1.set_lan_hosts("swarm", IDS[0], [], 0)
+    assert isinstance(s1.acquire("upstream"), float)  # LSD takes about half a second
+    _advance(s1, 0.8)
+    first = s1.acquire("upstream")
+    assert isinstance(first, Assignment) and first.end - first.start == 1
+    assert isinstance(s1.acquire("upstream"), float)  # the others wait for lan_grace
+    _advance(s1, 1.3)
+    assert isinstance(s1.acquire("upstream"), Assignment)
+    other = _sched(64)[0]
+    other.set_lan_hosts("swarm", IDS[1], [], 0)
+    _advance(other, 0.8)
+    second = other.acquire("upstream")
+    assert isinstance(second, Assignment) and second.start != first.start  # another machine, elsewhere
     s2, _ = _sched(64)
     s2.set_lan_hosts("swarm", IDS[0], IDS[1:2], 1)
     assert isinstance(s2.acquire("upstream"), float)  # met, but not settled yet
@@ -653,7 +668,9 @@ def test_a_machine_that_leaves_hands_its_blocks_to_the_others() -> None:
     s, _ = _sched(192)
     _met(s, IDS[0], IDS[1:])
     first = _take_all(s, "upstream")
-    s.set_lan_hosts("swarm", IDS[0], IDS[1:2], 1)  # c is gone (killed)
+    s.set_lan_hosts("swarm", IDS[0], IDS[1:2], 1)  # c is gone (killed, or turning into a seed)
+    assert not _take_all(s, "upstream")  # its blocks stay its own for lan_handover s
+    _advance(s, 3.1)
     more = _take_all(s, "upstream")
     assert more and not (first & more)
     # b's view of the two machines left agrees on who takes which.
@@ -682,11 +699,10 @@ def test_a_mirror_span_stops_where_peers_got_the_pieces() -> None:
     s.progress(m, 1)
     _advance(s, 1.1)
     s.progress(m, MiB - 1)  # measured: spans of several pieces from now on
-    go_on = s.piece_verified(m, m.start)
+    s.piece_verified(m, m.start)
     s.release(m)
-    m2 = s.acquire("upstream")
+    m2 = s.acquire("upstream")  # in this machine's best block left (blocks of one piece here)
     assert isinstance(m2, Assignment)
-    assert m2.start == m.end or go_on  # continues where it stopped
     assert m2.end - m2.start >= 2
     have[m2.start + 1] = 1  # another machine delivered the next piece meanwhile
     s.progress(m2, MiB)

@@ -4,6 +4,16 @@ Rendezvous hashing (highest random weight) over blocks of pieces: every machine 
 set of machines computes the same owner for every block, and a machine joining or leaving moves
 only the blocks it gains or loses. Ownership is looked up lazily and cached per block, so a
 700k-piece model costs nothing until its blocks are asked about.
+
+A machine works through its blocks in the order of its own score, highest first (``order``). A
+machine that joins takes a block from another only where it outscores it, so the blocks an owner
+is at work on (its best left) are the ones least likely to change hands while it fetches them,
+and two machines that start before they met begin at different places.
+
+A machine that leaves stays an owner for ``hold`` seconds (``update``, ``expire``): a pull that
+finished leaves its peers for a second or two while it turns into a seed, and the pieces it
+fetched last, which nobody copied yet, come back with it; a machine killed hands its blocks on
+that much later.
 """
 
 from __future__ import annotations
@@ -41,16 +51,27 @@ class LanView:
 
     started: float  # when the pull started: the grace is counted from here
     block: int = 1  # pieces per ownership block
+    blocks: int = 0  # blocks in the model
     me: str = ""
     hosts: tuple[str, ...] = ()  # the other machines pulling and fetching from outside
+    held: dict[str, float] = field(default_factory=dict)  # machines that left -> when: owners still
     peers: int = 0  # connected peers of any kind (seeds too)
     changed_at: float | None = None  # when the swarm last reported a different set of peers
     ready_at: float | None = None  # when the swarm first reported (it is ready: torrent checked)
     swarm_slow: bool = False  # mirrors may take pieces peers have (set by the scheduler's tick)
+    _owners: tuple[str, ...] = ()  # the other owners: hosts and held
+    _keyed: tuple[str, tuple[str, ...]] | None = None  # (me, owners) that _keys were made for
     _keys: tuple[int, ...] = ()  # hashed ids: this machine's first
     _owned: dict[int, bool] = field(default_factory=dict)  # block -> this machine owns it
+    _order: list[int] | None = None  # this machine's blocks by its own score, best first
+    done_to: int = 0  # blocks before this in ``order()`` had nothing free when last looked at
 
-    def update(self, me: str, hosts: Sequence[str], peers: int, now: float) -> bool:
+    @classmethod
+    def for_model(cls, started: float, num_pieces: int, piece_size: int) -> LanView:
+        block = block_pieces(num_pieces, piece_size)
+        return cls(started, block, -(-num_pieces // block))
+
+    def update(self, me: str, hosts: Sequence[str], peers: int, now: float, hold: float = 0.0) -> bool:
         """The swarm's latest report; True if the owners changed."""
         others = tuple(sorted(h for h in set(hosts) if h != me))
         if self.ready_at is None:
@@ -58,16 +79,47 @@ class LanView:
         if (me, others, peers > 0) != (self.me, self.hosts, self.peers > 0) or self.changed_at is None:
             self.changed_at = now
         self.peers = peers
-        if (me, others) == (self.me, self.hosts):
-            return False
+        if me == self.me and hold > 0:
+            for h in set(self.hosts) - set(others):
+                self.held[h] = now
+        for h in others:
+            self.held.pop(h, None)
+        if me != self.me:
+            self._order, self.done_to = None, 0
         self.me, self.hosts = me, others
-        self._keys = (_key(me), *(_key(h) for h in others))
+        changed = self._set_owners()
+        self.order()  # made here, in the swarm's report, not in a connection's request for work
+        return changed
+
+    def expire(self, now: float, hold: float) -> bool:
+        """Machines that left ``hold`` seconds ago stop owning blocks; True if the owners changed."""
+        gone = [h for h, t in self.held.items() if now - t >= hold]
+        for h in gone:
+            del self.held[h]
+        return bool(gone) and self._set_owners()
+
+    def _set_owners(self) -> bool:
+        owners = tuple(sorted(set(self.hosts) | set(self.held)))
+        if self._keyed == (self.me, owners):
+            return False
+        self._owners, self._keyed = owners, (self.me, owners)
+        self._keys = (_key(self.me), *(_key(h) for h in owners))
         self._owned.clear()
         return True
 
+    @property
+    def owners(self) -> int:
+        """How many other machines own blocks."""
+        return len(self._owners)
+
+    @property
+    def alone(self) -> bool:
+        """No other machine pulls (or just left): this one owns every block."""
+        return not self._owners
+
     def mine(self, i: int) -> bool:
         """Does this machine fetch piece ``i`` from outside?"""
-        if not self.hosts:
+        if not self._owners:
             return True
         b = i // self.block
         got = self._owned.get(b)
@@ -82,12 +134,26 @@ class LanView:
 
     def first_mine(self, lo: int, hi: int) -> int | None:
         """The first piece of ``[lo, hi)`` in a block of this machine."""
+        return self._first(lo, hi, True)
+
+    def first_not_mine(self, lo: int, hi: int) -> int | None:
+        """The first piece of ``[lo, hi)`` in a block of another machine."""
+        return self._first(lo, hi, False)
+
+    def _first(self, lo: int, hi: int, mine: bool) -> int | None:
         b = lo // self.block
         while b * self.block < hi:
-            if self.mine(b * self.block):
+            if self.mine(b * self.block) is mine:
                 return max(lo, b * self.block)
             b += 1
         return None
+
+    def order(self) -> list[int]:
+        """Every block, by this machine's own score, best first (made once, on first use)."""
+        if self._order is None:
+            k = _key(self.me)
+            self._order = sorted(range(self.blocks), key=lambda b: _mix(k ^ b), reverse=True)
+        return self._order
 
     def settled(self, now: float, settle: float, grace: float, ready_wait: float) -> bool:
         """May mirrors start? (see "The start" in ``lan``)."""

@@ -121,7 +121,7 @@ from dsmirror._formats.manifest import Manifest
 from dsmirror._schedule import failures, floor, lan, rates, spans
 from dsmirror._schedule.board import Board
 from dsmirror._schedule.info import SourceInfo
-from dsmirror._schedule.owners import LanView, block_pieces
+from dsmirror._schedule.owners import LanView
 from dsmirror._schedule.pieces import PieceMap
 from dsmirror._schedule.state import Assignment, SchedulerConfig, SourceState
 from dsmirror._schedule.tail import Tail, pick_steal
@@ -190,8 +190,7 @@ class Scheduler:
         when they alone would finish much later (``spans.preferred_can_cope``).
         """
         if self._board.lan is None and self.cfg.prefer in ("auto", "p2p"):
-            m = self.m
-            self._board.lan = LanView(self._last_progress, block_pieces(m.num_pieces, m.piece_size))
+            self._board.lan = LanView.for_model(self._last_progress, self.m.num_pieces, self.m.piece_size)
 
     def set_prior(self, name: str, rate: float) -> None:
         with self._lock:
@@ -235,6 +234,8 @@ class Scheduler:
             wait = failures.wait_for(s, now, self.cfg)
             if wait is not None:
                 return wait
+            if lan.waiting(self._board, s, now):
+                return 0.2  # a LAN pull: first meet the peers; nor may it steal meanwhile (``lan``)
             a = self._take_free(s, now)
             if a is None:
                 a = self._steal(s, now)
@@ -414,8 +415,7 @@ class Scheduler:
         connected peer. Mirrors fetch from outside only this machine's blocks (``lan``)."""
         with self._lock:
             self._watch_lan()
-            if self._board.lan is not None and self._board.lan.update(me, hosts, peers, self.clock.now()):
-                lan.cut_to_owner(self._board)
+            lan.hosts_changed(self._board, me, hosts, peers, self.clock.now())
 
     def ban(self, name: str, reason: str) -> None:
         with self._lock:

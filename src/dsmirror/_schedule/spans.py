@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from dsmirror._schedule.board import Board
-from dsmirror._schedule.lan import extends, in_lan_pull, outside_swarm, waiting
+from dsmirror._schedule.lan import extends, in_lan_pull, outside_swarm
 from dsmirror._schedule.rates import expected_rate
 from dsmirror._schedule.state import SchedulerConfig, SourceState
 from dsmirror._schedule.tail import too_slow_for_tail
@@ -51,9 +51,7 @@ def pick_span(board: Board, s: SourceState, now: float) -> Span | None:
     m, pieces = board.m, board.pieces
     n = len(pieces)
     i = pieces.first_free()
-    if waiting(board, s, now):
-        return None  # a LAN pull: first meet the peers (``lan``)
-    lan = in_lan_pull(board, s)
+    lan = in_lan_pull(board, s)  # (``Scheduler.acquire`` asked ``lan.waiting`` already)
     picked = outside_swarm(board, s, now) if lan else None
     if picked is not None:
         i = picked

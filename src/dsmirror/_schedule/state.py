@@ -45,6 +45,8 @@ class SchedulerConfig:
     lan_settle: float = 0.4
     lan_stall: float = 8.0
     lan_ready_wait: float = 10.0  # ... and wait at most this long for the swarm to be ready
+    lan_handover: float = 3.0  # a machine that left owns its blocks this long (it may be back as a seed)
+    lan_alone_bytes: int = 16 << 20  # in flight from outside while alone after lan_grace (doubling)
 
 
 @dataclass

@@ -1,0 +1,60 @@
+"""``bench_lan.py --trace``: record what each host's scheduler decided, for the bench's analysis.
+
+Put on ``PYTHONPATH`` of the hosts' dsmirror processes only (never imported by dsmirror itself).
+Wraps ``Scheduler`` methods and writes one JSON line per decision to ``$DSM_LAN_TRACE``, with
+``time.monotonic()`` (one clock for every namespace of the machine). Diagnostic only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+_path = os.environ.get("DSM_LAN_TRACE")
+if _path:
+    from dsmirror._schedule import scheduler as _sch
+
+    _out = open(_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    _lock = threading.Lock()
+
+    def _log(**kw: object) -> None:
+        kw["t"] = round(time.monotonic(), 4)
+        with _lock:
+            _out.write(json.dumps(kw) + "\n")
+
+    S = _sch.Scheduler
+    _acquire, _verified, _release, _hosts = S.acquire, S.piece_verified, S.release, S.set_lan_hosts
+
+    def acquire(self, name):  # type: ignore[no-untyped-def]
+        a = _acquire(self, name)
+        if isinstance(a, _sch.Assignment):
+            _log(ev="take", id=a.id, src=name, start=a.start, end=a.end, out=a.outside, race=a.race)
+        return a
+
+    def piece_verified(self, a, index, *, helped=0):  # type: ignore[no-untyped-def]
+        was_done = self._pieces.is_done(index)
+        go = _verified(self, a, index, helped=helped)
+        _log(ev="piece", id=a.id, src=a.source, i=index, dup=was_done, end=a.end)
+        return go
+
+    def release(self, a, error=None):  # type: ignore[no-untyped-def]
+        _release(self, a, error)
+        _log(
+            ev="end",
+            id=a.id,
+            src=a.source,
+            next=a.next_piece,
+            end=a.end,
+            bytes=a.bytes_received,
+            pb=a.piece_bytes,
+            err=type(error).__name__ if error else None,
+        )
+
+    def set_lan_hosts(self, name, me, hosts, peers):  # type: ignore[no-untyped-def]
+        _hosts(self, name, me, hosts, peers)
+        _log(ev="hosts", me=me, hosts=sorted(hosts), peers=peers)
+
+    S.acquire, S.piece_verified, S.release, S.set_lan_hosts = acquire, piece_verified, release, set_lan_hosts
+    _log(ev="start", pid=os.getpid())
