@@ -107,6 +107,21 @@ class _Stop(Exception):
     pass
 
 
+class _NoDigest:
+    """A piece hasher that hashes nothing (``_Engine._piece_hasher``): its digest is empty."""
+
+    __slots__ = ()
+
+    def update(self, data: object) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return ""
+
+
+_NO_DIGEST: hashlib._Hash = _NoDigest()  # type: ignore[assignment]
+
+
 #: Seconds the worker threads get, together, to end once their sources are closed (see Shutdown).
 SHUTDOWN_GRACE = 0.5
 
@@ -237,6 +252,13 @@ class _Engine:
         self._gate = _StoreGate()
         self._dropped: set[str] = set()
         self.witness = self._witnesses()
+        #: Whether pieces without a published hash get their own SHA-256 as they stream in: only
+        #: witnesses (they compare a copy with other sources' by it) and swarms (they are announced)
+        #: need it. Otherwise each byte of such a file is hashed once, by the store's whole-file
+        #: hasher, in file order (issue 14): the provenance records the sender with no digest, a
+        #: piece the journal does not cover is fetched again on resume (nothing to re-verify it by),
+        #: and no piece hashes are learned for it.
+        self._digests = self.witness is not None or bool(self.swarms)
         self.repair = Repair(manifest, store, self.sched, self.emit, self.witness, self.drop, self._blame)
         for src in self.sources.values():
             for fi, f in enumerate(manifest.files):
@@ -381,7 +403,7 @@ class _Engine:
         last = m.pieces[a.end - 1]
         piece = m.pieces[idx]
         end = last.offset + last.length - 1
-        h = hashlib.sha256()
+        h = self._piece_hasher(piece)
         pos = 0
         buf = bytearray() if a.race else None
         sources = frozenset((src.name,))  # who sent the bytes of the current piece
@@ -389,6 +411,7 @@ class _Engine:
             pos, h, earlier = got  # continue where a dropped connection stopped
             sources |= earlier
             self.sched.resumed(a, pos)
+        waiting = False  # past its cut: the stream is dropped and the helper's part awaited
         try:
             with _source_range(src, f, piece.offset + pos, end) as chunks:
                 for chunk in chunks:
@@ -398,10 +421,16 @@ class _Engine:
                     while mv:
                         if not self.sched.wanted(a):
                             return  # cut short (stolen, lost a race, replaced): drop the response
-                        at_cut = a.cut is not None and pos >= a.cut
-                        if at_cut and self._join_helper(a, piece, pos, h, sources, src.name):
+                        cut = a.cut
+                        if (
+                            cut is not None
+                            and pos >= cut
+                            and self._join_helper(a, piece, pos, h, sources, src.name)
+                        ):
                             return  # the rest came from its helper; the stream is dropped
                         take = min(len(mv), piece.length - pos)
+                        if cut is not None and pos < cut:
+                            take = min(take, cut - pos)  # stop at the cut: the helper's part may be there
                         part = mv[:take]
                         h.update(part)
                         if buf is not None:
@@ -422,15 +451,29 @@ class _Engine:
                                 return
                             piece = m.pieces[piece.index + 1]
                             pos = 0
-                            h = hashlib.sha256()
+                            h = self._piece_hasher(piece)
                             sources = frozenset((src.name,))
                             if buf is not None:
                                 buf = bytearray()
+                    cut = a.cut
+                    if cut is not None and cut <= pos < piece.length:
+                        waiting = True  # read no further: wait for the helper (see _await_helper)
+                        break
+            if waiting:
+                self._await_helper(a, piece, pos, h, sources, src.name)
+                return  # joined; or the piece goes back with this front (stashed below)
         finally:
             if buf is None and 0 < pos < piece.length:
                 self._stash_partial(piece, pos, h, sources)
         if a.next_piece < a.end:
             raise SourceUnavailable("response ended early", source=src.name)
+
+    def _piece_hasher(self, piece: Piece) -> hashlib._Hash:
+        """What hashes ``piece`` as it streams in: SHA-256, or nothing (``_NO_DIGEST``) for a piece
+        without a published hash when nobody needs its own digest (see ``_digests``)."""
+        if piece.sha256 or self._digests:
+            return hashlib.sha256()
+        return _NO_DIGEST
 
     def _take_partial(self, piece: Piece) -> tuple[int, hashlib._Hash, frozenset[str]] | None:
         """The verified-so-far front of ``piece`` a dropped connection left (see _stash_partial)."""
@@ -508,6 +551,31 @@ class _Engine:
         self._complete(a, piece, digest, None, owner)
         self.sched.piece_verified(a, piece.index, helped=len(rest))
         return True
+
+    def _await_helper(
+        self, a: Assignment, piece: Piece, pos: int, h: hashlib._Hash, sources: frozenset[str], owner: str
+    ) -> bool:
+        """The owner of a split piece, at its cut before the helper's part arrived, has dropped its
+        stream: wait for that part and finish the piece with it (True).
+
+        Reading on would fetch the bytes the helper fetches, and the owner would notice the part
+        only at its next chunk: from a crawling source (bench degrade: 40 KB every 0.2-2 s) the
+        pull's last pieces waited seconds after their helpers were done. The wait ends without
+        the part (False: the front is stashed, the piece goes back, ``_stash_partial``) when the
+        helper gave up, the piece was finished by another copy, or after twice the time this
+        connection would have needed for the rest of the piece itself (at least 2 s): a helper
+        that late has stalled.
+        """
+        rate = a.rate or (a.bytes_received / max(1e-3, self.clock.now() - a.started_at))
+        own = (piece.length - pos) / rate if rate > 0 else 0.0
+        deadline = self.clock.now() + max(2.0, 2 * own)
+        while not self.stop.is_set():
+            if self._join_helper(a, piece, pos, h, sources, owner):
+                return True
+            if a.cut is None or a.cut > pos or not self.sched.wanted(a) or self.clock.now() > deadline:
+                return False
+            self.stop.wait(0.005)
+        raise _Stop
 
     def _write_owned(self, piece: Piece, pos: int, part: memoryview) -> None:
         with self._gate.open(), self._piece_locks[piece.index % 64]:

@@ -25,8 +25,8 @@ def mark(board: Board, now: float) -> dict[str, list[Assignment]]:
     after = board.cfg.recycle_after
     by_source: dict[str, list[Assignment]] = {}
     for a in board.assignments.values():
-        if a.cancelled or a.race:
-            continue
+        if a.cancelled or a.race or (a.cut is not None and a.piece_bytes >= a.cut):
+            continue  # an owner past its cut waits for its split helper's part: it does not crawl
         if not a.marks or now - a.marks[-1][0] >= 0.5:
             a.marks.append((now, a.bytes_received))
             while len(a.marks) > 2 and now - a.marks[1][0] >= after:
