@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,108 +209,118 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _pull(
-    mirrors: list[MirrorServer],
-    mpath: Path,
-    dest: Path,
-    catalog_file: Callable[..., Path],
-    lib_pull: Callable[..., list[Any]],
-    on_event: Callable[[Any], None] | None = None,
-) -> list[Any]:
-    catalog = catalog_file(mirrors)
-    if on_event is None:
-        return lib_pull(mpath, catalog, dest, deadline=150, reuse=False)
-    cat = dsmirror.load_default_catalog({}, [catalog], replace=True)
-    home = dest.parent / "home"
-    settings = dsmirror.Settings.from_env({"HOME": str(home), "XDG_CONFIG_HOME": str(home / "config")})
-    events = dsmirror.pull(
-        str(mpath), catalog=cat, settings=settings, options=dsmirror.PullOptions(dest=dest, reuse=False)
-    )
+@dataclass
+class _Registry:
+    """One file published with a whole-file SHA-256 only, served by loopback mirrors m1, m2, ..."""
 
-    def watched() -> Any:
-        for ev in events:
-            on_event(ev)
-            yield ev
+    mirrors: list[MirrorServer]
+    pull: Callable[..., list[Any]]  # pull(on_event=None): the pull's events, its result checked
 
-    return collect(watched(), 150)
+    @property
+    def fetched(self) -> int:
+        """Bytes the mirrors sent (their own counters)."""
+        return sum(m.bytes_served for m in self.mirrors)
 
 
-def test_a_liar_in_a_24mb_registry_file_costs_at_most_1_15x(
+def _dropped(events: list[Any]) -> list[SourceDropped]:
+    return [e for e in events if isinstance(e, SourceDropped)]
+
+
+@pytest.fixture
+def registry(
     tmp_path: Path,
     start_mirrors: Callable[..., list[MirrorServer]],
     catalog_file: Callable[..., Path],
     lib_pull: Callable[..., list[Any]],
-) -> None:
+) -> Callable[..., _Registry]:
+    """``registry(size, specs, *, rate, sparse=False, seed=0)``: write the file (``sparse``: mostly
+    zeros) and start a mirror per ``specs`` entry (as ``start_mirrors`` takes them) at ``rate``.
+    Its ``pull`` pulls into ``tmp_path / "dest"`` (through ``lib_pull``, or the library's
+    ``pull`` with ``on_event`` called on each event as it comes) and checks the file's SHA-256."""
+    dest = tmp_path / "dest"
+
+    def make(size: int, specs: Any, *, rate: float, sparse: bool = False, seed: int = 0) -> _Registry:
+        mpath, digest = _registry_file(tmp_path / "srv", tmp_path, size, sparse=sparse, seed=seed)
+        mirrors = start_mirrors(tmp_path / "srv", specs, rate=rate)
+
+        def pull(on_event: Callable[[Any], None] | None = None) -> list[Any]:
+            catalog = catalog_file(mirrors)
+            if on_event is None:
+                events = lib_pull(mpath, catalog, dest, deadline=150, reuse=False)
+            else:
+                cat = dsmirror.load_default_catalog({}, [catalog], replace=True)
+                home = tmp_path / "home"
+                env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "config")}
+                opts = dsmirror.PullOptions(dest=dest, reuse=False)
+                stream = dsmirror.pull(
+                    str(mpath), catalog=cat, settings=dsmirror.Settings.from_env(env), options=opts
+                )
+
+                def watched() -> Iterator[Any]:
+                    for ev in stream:
+                        on_event(ev)
+                        yield ev
+
+                events = collect(watched(), 150)
+            assert _sha256(dest / "model.gguf") == digest
+            return events
+
+        return _Registry(mirrors, pull)
+
+    return make
+
+
+def test_a_liar_in_a_24mb_registry_file_costs_at_most_1_15x(registry: Callable[..., _Registry]) -> None:
     size = 24 * MiB + 12345
-    mpath, digest = _registry_file(tmp_path / "srv", tmp_path, size, sparse=False)
     # 512 KiB in the second piece, a byte in every 16 KiB flipped: 32 bytes, the same each time.
     region = Faults(corrupt_region=(10 * MiB, 10 * MiB + 512 * KiB), corrupt_stride=16 * KiB)
     # Throttled alike, so that each mirror delivers about a third (the liar its share of the region).
-    good1, liar, good2 = start_mirrors(tmp_path / "srv", [{}, {"faults": region}, {}], rate=8 * MiB)
-    dest = tmp_path / "dest"
-    events = _pull([good1, liar, good2], mpath, dest, catalog_file, lib_pull)
-    assert _sha256(dest / "model.gguf") == digest
-    fetched = sum(m.bytes_served for m in (good1, liar, good2))
-    dropped = [e for e in events if isinstance(e, SourceDropped)]
+    reg = registry(size, [{}, {"faults": region}, {}], rate=8 * MiB)
+    liar = reg.mirrors[1]
+    dropped = _dropped(reg.pull())
     if liar.corrupted_bytes:
         assert [e.source for e in dropped] == ["m2"], dropped
         assert "agree" in dropped[0].reason  # convicted by evidence (two others agree), not by trust
     else:
         assert not dropped  # it never served the region: nobody lied, nobody is banned
-    assert fetched <= 1.15 * size, (fetched / size, liar.corrupted_bytes)
+    assert reg.fetched <= 1.15 * size, (reg.fetched / size, liar.corrupted_bytes)
 
 
 def test_nobody_lies_overhead_under_2_percent(
-    tmp_path: Path,
-    start_mirrors: Callable[..., list[MirrorServer]],
-    catalog_file: Callable[..., Path],
-    lib_pull: Callable[..., list[Any]],
-    witnesses: list[Witnesses],
+    registry: Callable[..., _Registry], witnesses: list[Witnesses]
 ) -> None:
     size = 384 * MiB + 1
-    mpath, digest = _registry_file(tmp_path / "srv", tmp_path, size, sparse=True)
-    mirrors = start_mirrors(tmp_path / "srv", 3, rate=RATE)
-    dest = tmp_path / "dest"
-    events = _pull(mirrors, mpath, dest, catalog_file, lib_pull)
-    assert _sha256(dest / "model.gguf") == digest
+    reg = registry(size, 3, rate=RATE, sparse=True)
+    events = reg.pull()
     done = next(e for e in events if isinstance(e, PullFinished))
-    fetched = sum(m.bytes_served for m in mirrors)
-    assert not [e for e in events if isinstance(e, SourceDropped)]
+    assert not _dropped(events)
     (w,) = witnesses
     # Every source was checked, and vouched for by the others.
     assert all(w.vouched(f"m{k}") > 0 for k in (1, 2, 3)) and not w.disagreements
     assert 0 < w.check_bytes < 0.02 * size, w.check_bytes / size
     # The mirrors sent the file, the checks and whatever streams cut short left in flight.
-    assert fetched >= size + w.check_bytes - done.redundant_bytes
+    assert reg.fetched >= size + w.check_bytes - done.redundant_bytes
 
 
 def test_a_late_liar_in_a_file_over_1gib_is_caught_before_the_files_end(
-    tmp_path: Path,
-    start_mirrors: Callable[..., list[MirrorServer]],
-    catalog_file: Callable[..., Path],
-    lib_pull: Callable[..., list[Any]],
-    witnesses: list[Witnesses],
+    tmp_path: Path, registry: Callable[..., _Registry], witnesses: list[Witnesses]
 ) -> None:
     size = (1 << 30) + 96 * MiB + 7
-    mpath, digest = _registry_file(tmp_path / "srv", tmp_path, size, sparse=True)
     # The last quarter of the file, a byte in every 64 KiB: honest for three quarters, so it has
     # earned trust (its share down near the floor) by the time it starts to lie.
     late = size * 3 // 4
     faults = Faults(corrupt_region=(late, size), corrupt_stride=64 * KiB)
-    mirrors = start_mirrors(tmp_path / "srv", [{}, {"faults": faults}, {}], rate=RATE)
-    liar = mirrors[1]
+    reg = registry(size, [{}, {"faults": faults}, {}], rate=RATE, sparse=True)
+    liar = reg.mirrors[1]
     seen: dict[str, int] = {}
 
     def on_event(ev: Any) -> None:
         if isinstance(ev, SourceDropped) and ev.source == "m2":
-            seen["fetched_at_ban"] = sum(m.bytes_served for m in mirrors)
+            seen["fetched_at_ban"] = reg.fetched
 
-    dest = tmp_path / "dest"
-    events = _pull(mirrors, mpath, dest, catalog_file, lib_pull, on_event)
-    assert _sha256(dest / "model.gguf") == digest
-    fetched = sum(m.bytes_served for m in mirrors)
+    events = reg.pull(on_event)
     assert liar.corrupted_bytes > 0, "the liar never served its region: the test proves nothing"
-    dropped = [e for e in events if isinstance(e, SourceDropped)]
+    dropped = _dropped(events)
     (w,) = witnesses
     why = (
         dropped,
@@ -322,33 +333,25 @@ def test_a_late_liar_in_a_file_over_1gib_is_caught_before_the_files_end(
     assert "agree" in dropped[0].reason  # by evidence: caught as a sender or as a witness
     # Caught before the file's end: when it was banned, less than the file had been fetched.
     assert seen["fetched_at_ban"] < size, seen["fetched_at_ban"] / size
-    assert fetched <= 1.15 * size, (fetched / size, why)
-    os.remove(dest / "model.gguf")
+    assert reg.fetched <= 1.15 * size, (reg.fetched / size, why)
+    os.remove(tmp_path / "dest" / "model.gguf")
 
 
 def test_two_sources_the_disputed_piece_is_fetched_from_the_other_side(
-    tmp_path: Path,
-    start_mirrors: Callable[..., list[MirrorServer]],
-    catalog_file: Callable[..., Path],
-    lib_pull: Callable[..., list[Any]],
-    witnesses: list[Witnesses],
+    registry: Callable[..., _Registry], witnesses: list[Witnesses]
 ) -> None:
     """With two sources a block they disagree on convicts nobody; the digest decides, and the
     repair fetches the disputed pieces from the other source first, not a suspect's whole share."""
     size = 24 * MiB + 12345
-    mpath, digest = _registry_file(tmp_path / "srv", tmp_path, size, sparse=False, seed=5)
     region = Faults(corrupt_region=(9 * MiB, 15 * MiB), corrupt_stride=16 * KiB)  # most of piece 1
-    good, liar = start_mirrors(tmp_path / "srv", [{}, {"faults": region}], rate=8 * MiB)
-    dest = tmp_path / "dest"
-    events = _pull([good, liar], mpath, dest, catalog_file, lib_pull)
-    assert _sha256(dest / "model.gguf") == digest
-    fetched = good.bytes_served + liar.bytes_served
-    dropped = [e for e in events if isinstance(e, SourceDropped)]
+    reg = registry(size, [{}, {"faults": region}], rate=8 * MiB, seed=5)
+    liar = reg.mirrors[1]
+    dropped = _dropped(reg.pull())
     if liar.corrupted_bytes:
         assert [e.source for e in dropped] == ["m2"], dropped
         (w,) = witnesses
         # The disputed piece again (8 MiB of 24) and the checks, not the liar's whole share twice.
-        assert fetched <= size + 2 * PS, (fetched / size, w.check_bytes)
+        assert reg.fetched <= size + 2 * PS, (reg.fetched / size, w.check_bytes)
     else:
         assert not dropped
 
