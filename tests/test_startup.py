@@ -159,38 +159,40 @@ def test_pull_help_loads_no_optional_module(cli_env: dict[str, str], tmp_path: P
     assert not _optional(loaded)
 
 
-def test_http_pull_without_p2p_loads_no_optional_module(
+@pytest.mark.parametrize(
+    ("sizes", "mirrors", "extra"),
+    [
+        # --no-p2p: no swarm at all
+        pytest.param(
+            {"weights.bin": 200 * KiB + 3, "config.json": 99},
+            2,
+            ["--no-p2p", "--no-lsd", "--no-dht"],
+            id="http-pull-without-p2p",
+        ),
+        # ``pull MANIFEST`` as typed (p2p on, LSD on): no swarm is named, so no libtorrent
+        pytest.param(
+            {"weights.bin": 150 * KiB + 7, "config.json": 42},
+            1,
+            ["-x", "2", "--give-up-after", "30"],
+            id="manifest-pull-with-p2p-on",
+        ),
+    ],
+)
+def test_a_json_pull_loads_no_optional_module(
     make_model: Callable[..., Any],
     start_mirrors: Callable[..., list[MirrorServer]],
     catalog_file: Callable[..., Path],
     cli_env: dict[str, str],
     tmp_path: Path,
+    sizes: dict[str, int],
+    mirrors: int,
+    extra: list[str],
 ) -> None:
-    model = make_model({"weights.bin": 200 * KiB + 3, "config.json": 99}, piece_size=64 * KiB)
-    catalog = catalog_file(start_mirrors(model.root, 2))
+    model = make_model(sizes, piece_size=64 * KiB)
+    catalog = catalog_file(start_mirrors(model.root, mirrors))
     dest = tmp_path / "dest"
     args = ["pull", str(model.manifest_path), "--no-default-catalog", "--mirrors", str(catalog)]
-    args += ["--dest", str(dest), "--json", "--no-reuse", "--no-p2p", "--no-lsd", "--no-dht"]
-    r, loaded = _loaded_after(args, cli_env, tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.splitlines()[-1])["event"] == "PullFinished"
-    model.assert_identical(dest)
-    assert not _optional(loaded, OPTIONAL + OPTIONAL_UNTIL_HELP + ("rich",))  # --json: nothing shown by rich
-
-
-def test_manifest_pull_with_p2p_on_loads_no_optional_module(
-    make_model: Callable[..., Any],
-    start_mirrors: Callable[..., list[MirrorServer]],
-    catalog_file: Callable[..., Path],
-    cli_env: dict[str, str],
-    tmp_path: Path,
-) -> None:
-    """``pull MANIFEST`` as typed (p2p on, LSD on): no swarm is named, so no libtorrent."""
-    model = make_model({"weights.bin": 150 * KiB + 7, "config.json": 42}, piece_size=64 * KiB)
-    catalog = catalog_file(start_mirrors(model.root, 1))
-    dest = tmp_path / "dest"
-    args = ["pull", str(model.manifest_path), "--no-default-catalog", "--mirrors", str(catalog)]
-    args += ["--dest", str(dest), "--json", "--no-reuse", "-x", "2", "--give-up-after", "30"]
+    args += ["--dest", str(dest), "--json", "--no-reuse", *extra]
     r, loaded = _loaded_after(args, cli_env, tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["event"] == "PullFinished"
