@@ -85,7 +85,7 @@ class Repair:
     def piece_received(self, piece: Piece, digest: str, source: str) -> None:
         with self._lock:
             r = self.files.get(piece.file_index)
-            if r and r.old and piece.index in r.old and r.old[piece.index] != digest:
+            if digest and r and r.old and piece.index in r.old and r.old[piece.index] != digest:
                 r.disputes += 1
                 r.differ.append(piece.index)
 
@@ -155,7 +155,8 @@ class Repair:
         else:
             r.tried.append(suspect)
         r.suspect, r.disputes, r.differ = suspect, 0, []
-        r.old = {i: self.store.provenance[i][1] for i in pieces if i in self.store.provenance}
+        # Only digests recorded: a piece not hashed on its own (no witnesses) cannot be compared.
+        r.old = {i: d for i in pieces if (d := self.store.provenance.get(i, ("", ""))[1])}
         self.emit(
             PieceRejected(
                 suspect,

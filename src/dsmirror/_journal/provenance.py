@@ -20,6 +20,9 @@ __all__ = ["Provenance"]
 
 _BLOCK = 4096
 _DIGEST = 32
+#: How a piece recorded with no digest ("": its bytes were not hashed on their own, see
+#: ``dsmirror._fetch.engine``) is kept: a SHA-256 of all zeros, which no bytes have in practice.
+_NONE = bytes(_DIGEST)
 
 
 class Provenance(MutableMapping[int, tuple[str, str]]):
@@ -36,7 +39,7 @@ class Provenance(MutableMapping[int, tuple[str, str]]):
 
     def __setitem__(self, index: int, value: tuple[str, str]) -> None:
         source, digest = value
-        raw: bytes | None = None
+        raw: bytes | None = _NONE if not digest else None
         if len(digest) == 2 * _DIGEST:
             try:
                 raw = bytes.fromhex(digest)
@@ -48,7 +51,7 @@ class Provenance(MutableMapping[int, tuple[str, str]]):
             self._names.append(source)
         if index in self:
             del self[index]
-        if raw is None or sid is None or raw.hex() != digest:
+        if raw is None or sid is None or (digest and (raw.hex() != digest or raw == _NONE)):
             self._odd[index] = (source, digest)  # kept as given (upper case, odd lengths: rare)
         else:
             block, at = divmod(index, _BLOCK)
@@ -70,7 +73,8 @@ class Provenance(MutableMapping[int, tuple[str, str]]):
         if got is None or not got[0][at]:
             raise KeyError(index)
         ids, digests = got
-        return self._names[ids[at]], digests[at * _DIGEST : (at + 1) * _DIGEST].hex()
+        raw = digests[at * _DIGEST : (at + 1) * _DIGEST]
+        return self._names[ids[at]], raw.hex() if raw != _NONE else ""
 
     def __contains__(self, index: object) -> bool:
         if not isinstance(index, int):
@@ -104,7 +108,8 @@ class Provenance(MutableMapping[int, tuple[str, str]]):
 
     def digests(self, start: int, stop: int) -> bytes | None:
         """The raw digests of pieces ``start`` to ``stop - 1``, concatenated, when each is recorded
-        (with a 64-hex digest), else None: a learned file's ``PieceHashes`` without a string each."""
+        (with a 64-hex digest, not without one), else None: a learned file's ``PieceHashes``
+        without a string each."""
         if any(start <= i < stop for i in self._odd):
             return None
         out = bytearray()
@@ -115,6 +120,9 @@ class Provenance(MutableMapping[int, tuple[str, str]]):
             upto = min(stop, (block + 1) * _BLOCK) - block * _BLOCK
             if got is None or not all(got[0][at:upto]):
                 return None
-            out += got[1][at * _DIGEST : upto * _DIGEST]
+            raw = got[1][at * _DIGEST : upto * _DIGEST]
+            if any(raw[k : k + _DIGEST] == _NONE for k in range(0, len(raw), _DIGEST)):
+                return None  # a piece recorded without its digest
+            out += raw
             i = (block + 1) * _BLOCK
         return bytes(out)

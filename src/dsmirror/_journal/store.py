@@ -34,9 +34,10 @@ A version-1 journal (``DSMJRNL1``, no H records) is read as before: its whole-fi
 hashed from the first piece again.
 
 For files without published piece hashes, ``provenance`` (text, one line per piece:
-``<index> <source name> <sha256 of the bytes received>``, appended, advisory) remembers which source
-sent which piece, so that a whole-file mismatch can be traced to the source that sent bad bytes, also
-after a resume.
+``<index> <source name> <sha256 of the bytes received>``, appended, advisory; the digest is empty
+when the engine did not hash the piece on its own: no witness or swarm needed it, so each byte was
+hashed once, by the whole-file hasher) remembers which source sent which piece, so that a
+whole-file mismatch can be traced to the source that sent bad bytes, also after a resume.
 
 Reading it back: pieces whose W record lies before the offset a later C covers are trusted. An H
 record is trusted when a C covers it, no X for a piece of its file follows it, its file's data was
@@ -526,7 +527,7 @@ class Store:
                 self.stats.reverified_pieces += 1
             elif (
                 not piece.sha256
-                and i in self.provenance
+                and self.provenance.get(i, ("", ""))[1]  # recorded without a digest: fetched again
                 and hashlib.sha256(data).hexdigest() == self.provenance[i][1]
             ):
                 self._done[i] = 1  # no published hash: the bytes are what the source sent
@@ -696,9 +697,9 @@ class Store:
             # set swapped by a commit between a write and this point would lose the mark).
             self._dirty.add(fi)
             with storage_errors(self.area / "journal"):
-                if not piece.sha256 and source and digest:
-                    self.provenance[piece.index] = (source, digest)
-                    os.write(self._prov_fd, f"{piece.index} {source} {digest}\n".encode())
+                if not piece.sha256 and source:  # digest "": not hashed on its own (the engine)
+                    self.provenance[piece.index] = (source, digest or "")
+                    os.write(self._prov_fd, f"{piece.index} {source} {digest or ''}\n".encode())
                 self._append(_W, piece.index)
             if not self._needs_pass[fi]:
                 if self._file_ok[fi] is None and self._file_stored[fi] == self.manifest.files[fi].size:
@@ -827,7 +828,7 @@ class Store:
                 raw = self.provenance.digests(rng.start, rng.stop)  # 32 bytes a piece, no str each
                 if raw is not None:
                     pieces = PieceHashes(raw)
-                elif all(i in self.provenance for i in rng):
+                elif all(self.provenance.get(i, ("", ""))[1] for i in rng):  # none without digest
                     pieces = tuple(self.provenance[i][1] for i in rng)
             if sha256 != f.sha256 or pieces is not f.pieces:
                 files[fi] = FileEntry(f.path, f.size, sha256, pieces)
