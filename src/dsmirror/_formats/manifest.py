@@ -215,6 +215,10 @@ class PieceHashes(Sequence[str]):
     @overload
     def __getitem__(self, i: slice) -> Sequence[str]: ...
     def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if type(i) is int and i >= 0:  # the common case, first: each Piece asks for its own
+            d = self.raw[i * _SHA256_LEN : (i + 1) * _SHA256_LEN]
+            if d:
+                return d.hex()
         if isinstance(i, slice):
             start, stop, step = i.indices(len(self))
             if step == 1:
@@ -316,9 +320,12 @@ class PieceList(Sequence[Piece]):
         return self._make(fi, i - self._starts[fi])
 
     def __iter__(self) -> Iterator[Piece]:
+        ps = self._piece_size
         for fi, f in enumerate(self._files):
-            for k in range(len(f.pieces)):
-                yield self._make(fi, k)
+            start, path, size = self._starts[fi], f.path, f.size
+            for k, sha in enumerate(f.pieces):
+                off = k * ps
+                yield Piece(start + k, fi, path, off, min(ps, size - off), sha)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence) and not isinstance(other, str | bytes):
@@ -384,22 +391,39 @@ class Manifest:
         if self.meta:
             top["meta"] = dict(self.meta)
         # "files" sorts before every other key; in a file, path < pieces < sha1 < sha256 < size.
-        yield b'{"files":['
+        # Text is gathered in a list and sent on every few hundred KB.
+        parts = ['{"files":[']
+        held = 0
         for i, f in enumerate(self.files):
-            yield b'{"path":' if i == 0 else b',{"path":'
-            yield _canonical(f.path)
-            yield b',"pieces":'
+            parts.append(('{"path":' if i == 0 else ',{"path":') + _json_text(f.path) + ',"pieces":')
             if f.pieces and not f.pieces[0]:
-                yield b"null"
+                parts.append("null")
             elif isinstance(f.pieces, PieceHashes):
-                yield from _hex_list(f.pieces.raw, _SHA256_LEN)
+                for text in _hex_list(f.pieces.raw, _SHA256_LEN):
+                    parts.append(text)
+                    held += len(text)
+                    if held > 1 << 16:
+                        yield "".join(parts).encode()
+                        parts, held = [], 0
             else:
-                yield _canonical(list(f.pieces))
+                parts.append(_json_text(list(f.pieces)))
             if f.sha1 is not None:
-                yield b',"sha1":'
-                yield from _hex_list(f.sha1, 20)
-            yield b',"sha256":' + _canonical(f.sha256 or None) + b',"size":' + _canonical(f.size) + b"}"
-        yield b"]," + _canonical(top)[1:]
+                parts.append(',"sha1":')
+                for text in _hex_list(f.sha1, 20):
+                    parts.append(text)
+                    held += len(text)
+                    if held > 1 << 16:
+                        yield "".join(parts).encode()
+                        parts, held = [], 0
+            size = str(f.size) if type(f.size) is int else _json_text(f.size)
+            parts.append(
+                ',"sha256":' + (_json_text(f.sha256) if f.sha256 else "null") + ',"size":' + size + "}"
+            )
+            if len(parts) > 4096:
+                yield "".join(parts).encode()
+                parts, held = [], 0
+        parts.append("]," + _json_text(top)[1:])
+        yield "".join(parts).encode()
 
     @property
     def canonical_bytes(self) -> bytes:
@@ -482,20 +506,26 @@ class Manifest:
         return Manifest(self.name, self.piece_size, self.files, torrent, self.meta)
 
 
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+_ESCAPED = re.compile(r'[\x00-\x1f"\\]')  # what json.dumps escapes in a str (ensure_ascii=False)
 
 
-def _hex_list(raw: bytes, width: int) -> Iterator[bytes]:
+def _json_text(value: Any) -> str:
+    """``value`` as canonical JSON text (a plain str without json.dumps: most paths and digests)."""
+    if type(value) is str and not _ESCAPED.search(value):
+        return '"' + value + '"'
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _hex_list(raw: bytes, width: int) -> Iterator[str]:
     """``raw`` (digests of ``width`` bytes, concatenated) as a JSON list of hex strings, in chunks."""
     if not raw:
-        yield b"[]"
+        yield "[]"
         return
-    step = width * 4096
+    step = width * 1024
     for at in range(0, len(raw), step):
-        yield b'["' if at == 0 else b'","'
-        yield raw[at : at + step].hex(",", width).replace(",", '","').encode()
-    yield b'"]'
+        yield '["' if at == 0 else '","'
+        yield raw[at : at + step].hex(",", width).replace(",", '","')
+    yield '"]'
 
 
 # -- validation ------------------------------------------------------------------------------------
@@ -620,11 +650,20 @@ def _digests(data: bytes, start: int, end: int, width: int) -> bytes | None:
 
     None when it is anything else (empty, other strings, white space inside a string...).
     """
-    text: bytes | memoryview = memoryview(data)[start:end]
-    if any(data.find(c, start, end) >= 0 for c in _WS):
-        if not _SPACED[width].fullmatch(data, start, end):
-            return None
-        text = data[start:end].translate(None, _WS)  # white space only between the strings
+    text: bytes | memoryview
+    if end - start <= 1 << 16:  # most lists: a copy is cheaper than looking through a view
+        text = data[start:end]
+        bare = text.translate(None, _WS)
+        if len(bare) != len(text):
+            if not _SPACED[width].fullmatch(data, start, end):
+                return None
+            text = bare  # white space only between the strings
+    else:
+        text = memoryview(data)[start:end]
+        if any(data.find(c, start, end) >= 0 for c in _WS):
+            if not _SPACED[width].fullmatch(data, start, end):
+                return None
+            text = data[start:end].translate(None, _WS)
     # Now it must be ["h","h",...,"h"]: each string at a stride of 2 * width + 3.
     stride = 2 * width + 3
     n, extra = divmod(len(text) - 1, stride)
@@ -643,16 +682,14 @@ def _digests(data: bytes, start: int, end: int, width: int) -> bytes | None:
         k = min(per, n - first)
         digits = bytes(text[1 + first * stride : min(1 + (first + k) * stride, len(text) - 1)])
         digits = digits.translate(None, b'",')
-        if len(digits) != 2 * width * k or any(c in digits for c in _UPPER):
+        # islower: no upper-case letter (and one lower-case at least, or else all decimal digits)
+        if len(digits) != 2 * width * k or not (digits.islower() or digits.isdigit()):
             return None
         try:
             out.append(binascii.unhexlify(digits))
         except ValueError:  # binascii.Error: not a hex digit
             return None
-    return b"".join(out)
-
-
-_UPPER = [bytes([c]) for c in b"ABCDEF"]
+    return out[0] if len(out) == 1 else b"".join(out)
 
 
 def _no_constant(name: str) -> Any:
