@@ -310,7 +310,9 @@ class LocalIndex:
         """
         idx = cls(manifest, dest, list(roots), same_path=list(same_path or [dest]))
         idx.exclude.append(os.path.realpath(PrivateArea(dest).partial(manifest.sha256)) + os.sep)
-        want_pieces = {d for f in manifest.files if f.pieces and f.pieces[0] for d in f.pieces}
+        # Made when a recorded model lists piece hashes: 700k strings are ~110 MB, and a first pull
+        # (nothing recorded) needs none of them.
+        want_pieces: set[str] | None = None
         want_files = {f.sha256 for f in manifest.files if f.size and f.sha256}
         for root in roots:
             for im in recorded_models(root):
@@ -325,6 +327,10 @@ class LocalIndex:
                         idx.files.setdefault(f.sha256, []).append(_Loc(path, 0, origin, real))
                     if f.pieces and f.pieces[0]:
                         idx.described.add(real)
+                        if want_pieces is None:
+                            want_pieces = {
+                                d for w in manifest.files if w.pieces and w.pieces[0] for d in w.pieces
+                            }
                         for k, d in enumerate(f.pieces):
                             if d in want_pieces:
                                 idx.pieces.setdefault(d, []).append(_Loc(path, k * ps, origin, real))
