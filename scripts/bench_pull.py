@@ -7,6 +7,7 @@ One command::
     python scripts/bench_pull.py --size 256MiB --runs 1
     python scripts/bench_pull.py --mirrors 3 --cap 40MB/s
     python scripts/bench_pull.py --server all        # the same against each of three servers
+    python scripts/bench_pull.py --no-piece-hashes   # whole-file SHA-256 only, as from a registry
 
 It generates a model (three shards and two JSON files, cached under /tmp/dsmirror-bench), hashes it
 into a manifest (8 MiB pieces), serves it from ``--mirrors`` loopback mirrors (127.0.0.1, .2, ...) of the
@@ -23,9 +24,10 @@ exports the manifest as a Metalink with ``dsmirror manifest export --meta4``, th
   followed by ``sync -f DIR``, whose time is counted, so both write the data durably;
 
 into fresh folders (``--no-reuse``: nothing is copied from an earlier run), and prints wall time,
-throughput, CPU seconds (user + system) and peak RSS of each client process (measured with wait4)
-and the machine's load with each run, medians over the runs and the ratios dsmirror/aria2c, per
-server.
+throughput, CPU seconds (user + system; also per GiB) and peak RSS of each client process (measured
+by GNU time, which forks it from a small process: measured from the bench, a child's peak RSS
+would start at the bench's own) and the machine's load with each run, medians over the runs and
+the ratios dsmirror/aria2c, per server.
 Every output is checked byte for byte against the manifest's SHA-256. Nothing leaves 127.0.0.0/8.
 """
 
@@ -67,6 +69,7 @@ from _benchlib import (
     table,
     write_catalog,
 )
+from dsmirror._formats.manifest import FileEntry, Manifest, NoPieceHashes
 
 
 def main() -> int:
@@ -101,6 +104,12 @@ def main() -> int:
         help="also run, interleaved, the dsmirror of another source tree (its src/ folder, e.g. "
         "from `git archive OLD | tar -x -C DIR`) as client 'baseline': before/after in one run",
     )
+    ap.add_argument(
+        "--no-piece-hashes",
+        action="store_true",
+        help="pull a manifest with whole-file SHA-256 only (as from a registry): each file is checked "
+        "whole (aria2c too: its Metalink then has no piece hashes)",
+    )
     ap.add_argument("--fresh", action="store_true", help="regenerate the cached model")
     ap.add_argument("--timeout", type=float, default=600.0, help="kill a client after this many seconds")
     args = ap.parse_args()
@@ -122,6 +131,8 @@ def main() -> int:
     size = model.size
     work = CACHE / "pull-work"
     clear(work)
+    if args.no_piece_hashes:
+        model = whole_file_only(model, work / "whole-file-only.manifest.json")
     specs = [MirrorSpec(f"m{i + 1}", f"127.0.0.{i + 1}", cap, args.latency) for i in range(args.mirrors)]
 
     kinds = list(SERVERS) if args.server == "all" else [k.strip() for k in args.server.split(",") if k]
@@ -182,7 +193,8 @@ def bench_one(
         }
         print(
             f"model: {size / GIB:.3f} GiB in {len(model.manifest.files)} files, "
-            f"{model.manifest.num_pieces} pieces of {model.manifest.piece_size // MIB} MiB; "
+            f"{model.manifest.num_pieces} pieces of {model.manifest.piece_size // MIB} MiB"
+            f"{' (no piece hashes published)' if args.no_piece_hashes else ''}; "
             f"{kind} mirrors: {', '.join(s.url for s in servers)} "
             f"({'unthrottled' if cap is None else f'{cap / MB:g} MB/s each'}, "
             f"latency {args.latency * 1000:g} ms)"
@@ -253,7 +265,7 @@ def summarize(results: dict[str, list[Measurement]], tools: list[str], size: int
     for tool in tools:
         ms = results[tool]
         if not ms:
-            rows.append([tool, "-", "-", "-", "-", "-", "-", f"0/{runs}"])
+            rows.append([tool, "-", "-", "-", "-", "-", "-", "-", f"0/{runs}"])
             continue
         wall = median([m.wall for m in ms])
         rows.append(
@@ -262,13 +274,18 @@ def summarize(results: dict[str, list[Measurement]], tools: list[str], size: int
                 f"{wall:.2f}",
                 f"{size / wall / MB:.1f}",
                 f"{median([m.cpu for m in ms]):.2f}",
+                f"{median([m.cpu for m in ms]) / (size / GIB):.2f}",
                 f"{median([m.user for m in ms]):.2f}",
                 f"{median([m.sys for m in ms]):.2f}",
                 f"{median([m.maxrss for m in ms]) / MIB:.1f}",
                 f"{len(ms)}/{runs}",
             ]
         )
-    print(table(["client", "wall s", "MB/s", "cpu s", "user s", "sys s", "peak RSS MiB", "ok"], rows))
+    print(
+        table(
+            ["client", "wall s", "MB/s", "cpu s", "cpu s/GiB", "user s", "sys s", "peak RSS MiB", "ok"], rows
+        )
+    )
     for tool in ("dsmirror", "baseline"):
         if tool not in tools or "aria2c" not in tools or not results[tool] or not results["aria2c"]:
             continue
@@ -283,6 +300,15 @@ def summarize(results: dict[str, list[Measurement]], tools: list[str], size: int
             f"cpu <= 1.0x {'met' if dc <= ac else 'NOT met'}, "
             f"peak RSS < 100 MiB {'met' if rs < 100 else 'NOT met'}"
         )
+
+
+def whole_file_only(model: Model, path: Path) -> Model:
+    """``model`` with a manifest that publishes whole-file SHA-256 only, written to ``path``."""
+    m = model.manifest
+    files = tuple(FileEntry(f.path, f.size, f.sha256, NoPieceHashes(len(f.pieces))) for f in m.files)
+    manifest = Manifest(m.name, m.piece_size, files)
+    manifest.write(path)
+    return Model(model.root, path, manifest)
 
 
 def warm(root: Path) -> None:
