@@ -90,3 +90,70 @@ def test_add_piece_that_completes_a_padded_torrent_does_not_crash(tmp_path: Path
     )
     assert p.returncode == 0, f"exit {p.returncode}: {p.stderr[-3000:]}"
     assert "seed True" in p.stdout, p.stdout
+
+
+# Run in a child: sessions made as SwarmSource makes them, each given every piece with add_piece
+# and its torrent removed (and libtorrent's folder deleted) at once, as at the end of a pull.
+# libtorrent 2.1's default disk I/O (pread_disk_io) hashes written blocks in threads of its own,
+# and removing a torrent frees its cached blocks without waiting for them: now and then a heap
+# corrupted (malloc_consolidate(): unaligned fastbin chunk detected), a segfault in kick_hasher.
+# That race is rare, so the child also checks what rules it out: the session's disk I/O runs in
+# the session's thread (posix_disk_io), no disk thread ever starts.
+_REMOVE_AT_ONCE = textwrap.dedent(
+    """
+    import hashlib, os, shutil, sys, time
+    import libtorrent as lt
+    from dsmirror._fetch.swarm.config import SwarmConfig
+    from dsmirror._fetch.swarm.session import SwarmSession
+    from dsmirror._fetch.swarm.torrent import check_torrent, derived_torrent
+    from dsmirror._formats.manifest import FileEntry, Manifest, NoPieceHashes
+
+    work = sys.argv[1]
+    PS = 1 << 20
+    files = {"a.json": os.urandom(19), "b.bin": os.urandom(6 * PS + 5)}
+    m = Manifest("remove", PS, tuple(
+        FileEntry(p, len(d), hashlib.sha256(d).hexdigest(), NoPieceHashes(-(-len(d) // PS)))
+        for p, d in files.items()))
+    t = derived_torrent(m)
+    pm = check_torrent(m, t)
+    threads = len(os.listdir("/proc/self/task"))
+    most = 0
+    for k in range(12):
+        ses = SwarmSession(SwarmConfig(listen="127.0.0.1:0", lsd=False), trust_pieces=True)
+        bt = os.path.join(work, f"bt{k}")
+        with ses.using():
+            atp = lt.add_torrent_params()
+            atp.ti = t.info()
+            atp.save_path = bt
+            atp.flags |= lt.torrent_flags.default_dont_download
+            atp.piece_priorities = [0] * t.num_pieces
+            h = ses.add_torrent(atp)
+            while not h.status().has_metadata or h.status().state in (
+                lt.torrent_status.states.checking_files, lt.torrent_status.states.checking_resume_data):
+                time.sleep(0.005)
+            for i, piece in enumerate(m.pieces):
+                data = files[piece.path][piece.offset : piece.offset + piece.length]
+                h.add_piece(pm.to_torrent[i], data + bytes(pm.padded[i] - len(data)), 0)
+            time.sleep(0.002 * k)
+            most = max(most, len(os.listdir("/proc/self/task")) - threads)
+            ses.remove(h)
+            shutil.rmtree(bt, ignore_errors=True)
+        ses.close()
+    print("threads", most, flush=True)
+    """
+)
+
+
+def test_a_torrent_removed_right_after_add_piece_leaves_no_disk_work_behind(tmp_path: Path) -> None:
+    src = Path(__file__).resolve().parent.parent / "src"
+    env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MALLOC_PERTURB_": "165"}
+    p = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _REMOVE_AT_ONCE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr[-3000:]}"
+    # The session's own thread, no more: no disk thread that could outlive a torrent's removal.
+    assert p.stdout.split() == ["threads", "1"], p.stdout
