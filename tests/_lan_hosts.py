@@ -22,10 +22,12 @@ from dsmirror.testing.netns import PYTHON_CLI, Topology
 MiB = 1 << 20
 
 
-def make_model(root: Path, big: int, *, seed: bytes = b"lan") -> tuple[Path, Path, Manifest]:
+def make_model(
+    root: Path, big: int, *, seed: bytes = b"lan", sha1: bool = False
+) -> tuple[Path, Path, Manifest]:
     """A model (one big file, a smaller one in a sub-folder, a small JSON) of 1 MiB pieces whose
-    manifest records its torrent's info-hashes (published for sharing); (files, manifest path,
-    manifest)."""
+    manifest records its torrent's info-hashes (published for sharing), with each piece's v1 SHA-1
+    if ``sha1`` (as ``dsmirror manifest create`` makes it); (files, manifest path, manifest)."""
     files = root / "files"
     (files / "sub").mkdir(parents=True)
     rnd = hashlib.sha256(seed).digest()
@@ -37,7 +39,7 @@ def make_model(root: Path, big: int, *, seed: bytes = b"lan") -> tuple[Path, Pat
                 f.write(block[: min(left, len(block))])
                 block = hashlib.sha256(block[:64]).digest() * (MiB // 32)
                 left -= min(left, len(block))
-    m = create_manifest(files, name=f"lan-{seed.decode()}", piece_size=MiB)
+    m = create_manifest(files, name=f"lan-{seed.decode()}", piece_size=MiB, sha1=sha1)
     m = with_torrent_hashes(m, [create_torrent(m, files, verify=False)])
     mpath = root / "m.json"
     m.write(mpath)

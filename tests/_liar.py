@@ -1,6 +1,8 @@
 """A BitTorrent peer that serves bad bytes: plain libtorrent claiming every piece of a torrent over a
 folder it never checks (as trusted resume data over a damaged copy would). Run as a child process:
-``python tests/_liar.py TORRENT FOLDER LISTEN [--lsd]``; prints ``ready`` once it listens.
+``python tests/_liar.py TORRENT FOLDER LISTEN [--lsd]``; prints JSON lines, as the CLI's ``--json``
+(tests/_lan_hosts.Host reads them): ``{"event": "LiarReady"}`` once it listens, then every second
+``{"event": "LiarStatus", "uploaded": BYTES}``.
 
 Used where the pullers' side is under test and the liar must be a real peer speaking the real
 protocol (tests/test_torrent_sha1.py, tests/test_lan_faults.py). dsmirror's own seeders do not
@@ -10,6 +12,7 @@ it first serves it), so they cannot play the liar for a torrent with real piece 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -51,11 +54,10 @@ def main(argv: list[str]) -> None:
     h = ses.add_torrent(atp)
     while not ses.is_listening():
         time.sleep(0.05)
-    print("ready", flush=True)
+    print(json.dumps({"event": "LiarReady"}), flush=True)
     while True:
         time.sleep(1)
-        st = h.status()
-        print(f"uploaded {st.total_payload_upload}", flush=True)
+        print(json.dumps({"event": "LiarStatus", "uploaded": h.status().total_payload_upload}), flush=True)
 
 
 if __name__ == "__main__":

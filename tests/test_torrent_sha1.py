@@ -162,7 +162,7 @@ def _liar(torrent: Any, folder: Path, port: int, tmp: Path) -> subprocess.Popen[
     p = subprocess.Popen(
         [sys.executable, LIAR, str(path), str(folder), addr(port)], stdout=subprocess.PIPE, text=True
     )
-    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    assert p.stdout is not None and '"LiarReady"' in p.stdout.readline()
     return p
 
 

@@ -41,15 +41,19 @@ plugin); the swarm reports ``PieceRejected`` and ``SourceTrouble`` and the piece
 Bytes libtorrent accepted but the manifest's SHA-256 rejects (a torrent that is not the manifest's)
 blame the swarm source itself, which the scheduler bans after ``ban_after_corrupt`` such pieces.
 
-The manifest's own swarm (a torrent derived from the manifest, ``Torrent.derived``; why in
-``dsmirror._fetch.swarm.torrent``) runs with libtorrent's hash checks off, so the checks are done
-here, before anything else sees the piece: every piece libtorrent finishes from peers is read back
-at once (``_check``, at most ``_MAX_CHECKING`` at a time) and its SHA-256 compared with the
-manifest's. A bad one is never delivered: the peers that sent its blocks (``block_finished_alert``)
-get a strike, a peer that sent a bad piece alone, or two bad pieces, is banned by address
-(``SwarmSession.ban``), and the piece is "tainted": the scheduler is told no peer has it, a mirror
-fetches it, and the verified bytes then overwrite libtorrent's copy (``add_piece`` with
-``overwrite_existing``). What the engine is handed is checked against the manifest once more.
+The manifest's own swarm of a manifest with ``sha1`` is a real torrent (``own``, not
+``trusting``): all of the above applies to it. A piece libtorrent accepted that the manifest's
+SHA-256 refuses (a ``sha1`` naming other bytes) is tainted as below, so that a mirror fetches it.
+
+The manifest's own swarm with placeholder piece hashes (a manifest without ``sha1``,
+``Torrent.derived``; why in ``dsmirror._fetch.swarm.torrent``) runs with libtorrent's hash checks
+off, so the checks are done here, before anything else sees the piece: every piece libtorrent
+finishes from peers is read back at once (``_check``, at most ``_MAX_CHECKING`` at a time) and its
+SHA-256 compared with the manifest's. A bad one is never delivered: the peers that sent its blocks
+(``block_finished_alert``) get a strike, a peer that sent a bad piece alone, or two bad pieces, is
+banned by address (``SwarmSession.ban``), and the piece is "tainted": the scheduler is told no peer
+has it, a mirror fetches it, and the verified bytes then overwrite libtorrent's copy (``add_piece``
+with ``overwrite_existing``). What the engine is handed is checked against the manifest once more.
 
 Sharing the uplink: each machine of a LAN pulling the same model tells the scheduler which
 machines pull it now (``set_lan_hosts``: the peer ids of the connected dsmirror peers that fetch
