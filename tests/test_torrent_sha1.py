@@ -263,3 +263,29 @@ def test_bytes_matching_a_forged_sha1_are_still_refused_by_sha256(tmp_path: Path
     rejected = [e for e in events if isinstance(e, PieceRejected) and e.piece == forged_piece]
     assert rejected, "the swarm delivered no bad piece: the test proved nothing"
     assert done.delivered_by_source.get("swarm", 0) > 0 and done.delivered_by_source.get("upstream", 0) > 0
+
+
+def test_a_rotten_dsmirror_seeder_of_a_checked_torrent_serves_no_bad_piece(
+    seeder: Callable[..., CliProcess], tmp_path: Path
+) -> None:
+    # Bit rot after the files were verified: dsmirror seed adds the torrent in seed mode, and with
+    # real piece hashes libtorrent checks each piece before it first serves it (with placeholder
+    # hashes it cannot: tests/test_lan_faults.py, the manifest without sha1).
+    root, m = _model(tmp_path, SHAPES["short-tail"])
+    bad = _rot(root, tmp_path, "b/model.bin", range(6))
+    mpath, tpath = tmp_path / "m.json", tmp_path / "derived.torrent"
+    m.write(mpath)
+    t = derived_torrent(m)
+    assert t is not None
+    t.write(tpath)
+    port, me = free_port(), free_port()
+    seeding = seeder(mpath, bad, port, "--torrent", tpath)
+    with MirrorServer(root, host="127.0.0.1", rate=400_000) as mirror:
+        events, sw = _pull(tmp_path, m, tmp_path / "out", mirror, _cfg(me, port))
+    done = _done(events)
+    _same(root, tmp_path / "out")
+    assert done.corrupt_bytes == 0 and sw.stats.failed == 0  # nothing bad even reached libtorrent
+    assert not [e for e in events if isinstance(e, PieceRejected)]
+    assert done.delivered_by_source.get("swarm", 0) > 0  # the seeder served its good pieces
+    seeding.proc.terminate()
+    seeding.finish(timeout=30)
