@@ -228,8 +228,13 @@ class PieceHashes(Sequence[str]):
 
     def __iter__(self) -> Iterator[str]:
         step = _SHA256_LEN * 4096  # a few thousand strings at a time, not all of them at once
-        for at in range(0, len(self.raw), step):
-            yield from self.raw[at : at + step].hex(" ", _SHA256_LEN).split(" ")
+        if len(self.raw) <= step:
+            return iter(self.raw.hex(" ", _SHA256_LEN).split(" ") if self.raw else ())
+        return (
+            h
+            for at in range(0, len(self.raw), step)
+            for h in self.raw[at : at + step].hex(" ", 32).split(" ")
+        )
 
     def __contains__(self, value: object) -> bool:
         if not isinstance(value, str) or len(value) != 2 * _SHA256_LEN:
@@ -571,13 +576,12 @@ def _parse_plain(data: bytes, origin: str | None) -> Manifest:
 # are read straight from the bytes into raw digests instead, and json.loads sees the rest of the
 # document with each of them replaced by NaN (which the document itself may not contain).
 _WS = b" \t\n\r"  # JSON's white space, and nothing else
-_KEYS = {b'"pieces"': _SHA256_LEN, b'"sha1"': 20}  # the lists read so, and their digests' sizes
 _OPEN = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*\[")
 _SPACED = {
     w: re.compile(
         rb'\[[ \t\n\r]*"[0-9a-f]{%d}"(?:[ \t\n\r]*,[ \t\n\r]*"[0-9a-f]{%d}")*[ \t\n\r]*\]' % (2 * w, 2 * w)
     )
-    for w in _KEYS.values()
+    for w in (_SHA256_LEN, 20)  # pieces, sha1
 }
 
 
@@ -597,21 +601,19 @@ def _parse_listed(data: bytes) -> Manifest | None:
     a file's pieces go, a NaN in the document, anything invalid): the plain parse then decides, and
     names what is wrong.
     """
-    if not isinstance(data, bytes) or b"NaN" in data:
+    if not isinstance(data, bytes):
         return None
     parts: list[bytes] = []
     listed: list[_Listed] = []
     at = 0
-    for key, start, end in _lists(data):
-        raw = None if start < at else _digests(data, start, end, _KEYS[key])
-        if raw is None:
-            continue
+    for key, start, end, raw in _hex_lists(data):
         parts += (data[at:start], b"NaN")
-        listed.append(_Listed(key.strip(b'"').decode(), raw))
+        listed.append(_Listed(key, raw))
         at = end
-    if not listed:
-        return None
     parts.append(data[at:])
+    # The lists hold hex digits only: a NaN of the document's own is in what is left.
+    if not listed or any(b"NaN" in part for part in parts[::2]):
+        return None
     slots = iter(listed)
 
     def slot(name: str) -> _Listed:
@@ -628,43 +630,40 @@ def _parse_listed(data: bytes) -> Manifest | None:
     return m if all(x.used for x in listed) else None
 
 
-def _lists(data: bytes) -> list[tuple[bytes, int, int]]:
-    """Where a list follows a "pieces" or "sha1" key: (key, start, end), by start; up to its first "]"."""
-    found: list[tuple[bytes, int, int]] = []
-    for key in _KEYS:
-        pos = data.find(key)
-        while pos >= 0:
-            opened = _OPEN.match(data, pos + len(key))
-            if opened:
-                start = opened.end() - 1
-                end = data.find(b"]", start) + 1
-                if not end:
-                    break
-                found.append((key, start, end))
-            pos = data.find(key, pos + len(key))
-    return sorted(found, key=lambda f: f[1])
+def _hex_lists(data: bytes) -> Iterator[tuple[str, int, int, bytes]]:
+    """Each list of plain lowercase hex digests after a "pieces" or "sha1" key, in order: the key,
+    where the list starts and ends, and its digests (raw). Looks for keys only between such lists."""
+    pos = 0
+    while True:
+        p = data.find(b'"pieces"', pos)
+        s = data.find(b'"sha1"', pos, len(data) if p < 0 else p)
+        if s >= 0:
+            key, width, pos = "sha1", 20, s + 6
+        elif p >= 0:
+            key, width, pos = "pieces", _SHA256_LEN, p + 8
+        else:
+            return
+        opened = _OPEN.match(data, pos)
+        if not opened:
+            continue
+        start = opened.end() - 1
+        end = data.find(b"]", start) + 1
+        if not end:
+            return
+        raw = _strided(data[start:end] if end - start <= 1 << 16 else memoryview(data)[start:end], width)
+        if raw is None and _SPACED[width].fullmatch(data, start, end):  # white space between strings
+            raw = _strided(data[start:end].translate(None, _WS), width)
+        if raw is not None:
+            yield key, start, end, raw
+            pos = end
 
 
-def _digests(data: bytes, start: int, end: int, width: int) -> bytes | None:
-    """``data[start:end]``, a JSON list of hex strings of ``width`` bytes each, as the raw bytes.
+_DIGITS = bytes.maketrans(b"ABCDEF", b"!!!!!!")  # upper case: not a hex digit to unhexlify either
 
-    None when it is anything else (empty, other strings, white space inside a string...).
-    """
-    text: bytes | memoryview
-    if end - start <= 1 << 16:  # most lists: a copy is cheaper than looking through a view
-        text = data[start:end]
-        bare = text.translate(None, _WS)
-        if len(bare) != len(text):
-            if not _SPACED[width].fullmatch(data, start, end):
-                return None
-            text = bare  # white space only between the strings
-    else:
-        text = memoryview(data)[start:end]
-        if any(data.find(c, start, end) >= 0 for c in _WS):
-            if not _SPACED[width].fullmatch(data, start, end):
-                return None
-            text = data[start:end].translate(None, _WS)
-    # Now it must be ["h","h",...,"h"]: each string at a stride of 2 * width + 3.
+
+def _strided(text: bytes | memoryview, width: int) -> bytes | None:
+    """``text`` as raw digests when it is exactly ``["h","h",...,"h"]``, each ``h`` 2 * ``width``
+    lowercase hex digits (a string every 2 * width + 3 bytes); else None."""
     stride = 2 * width + 3
     n, extra = divmod(len(text) - 1, stride)
     if extra or n < 1:
@@ -674,20 +673,19 @@ def _digests(data: bytes, start: int, end: int, width: int) -> bytes | None:
         return None
     if text[stride::stride] != b"," * (n - 1) + b"]":
         return None
-    # The strings hold the rest: 2 * width lowercase hex digits each (any '"' or ',' among them
-    # would leave fewer once those are taken out). A chunk of them at a time:
+    # The strings hold the rest, 2 * width hex digits each (a '"' or ',' among them would leave
+    # fewer once those are taken out). A chunk at a time:
     out: list[bytes] = []
     per = 8192
     for first in range(0, n, per):
         k = min(per, n - first)
-        digits = bytes(text[1 + first * stride : min(1 + (first + k) * stride, len(text) - 1)])
-        digits = digits.translate(None, b'",')
-        # islower: no upper-case letter (and one lower-case at least, or else all decimal digits)
-        if len(digits) != 2 * width * k or not (digits.islower() or digits.isdigit()):
+        chunk = bytes(text[1 + first * stride : min(1 + (first + k) * stride, len(text) - 1)])
+        digits = chunk.translate(_DIGITS, b'",')
+        if len(digits) != 2 * width * k:
             return None
         try:
             out.append(binascii.unhexlify(digits))
-        except ValueError:  # binascii.Error: not a hex digit
+        except ValueError:  # binascii.Error: not a hex digit (white space, upper case, ...)
             return None
     return out[0] if len(out) == 1 else b"".join(out)
 
@@ -774,15 +772,12 @@ def _from_obj(obj: Any) -> Manifest:
         _expect(
             len(pieces) == want, f"{where}: {len(pieces)} piece hashes for {size} bytes (expected {want})"
         )
-        _expect(
-            all(isinstance(p, str) and _HEX64.match(p) for p in pieces) or all(p == "" for p in pieces),
-            f"{where}.pieces: bad digest",
-        )
-        _expect(digest is not None or all(pieces), f"{where}: sha256 null needs every piece hash")
-        listed = NoPieceHashes(want) if want and not pieces[0] else tuple(pieces)
-        files.append(
-            FileEntry(path, size, digest or "", listed, _sha1(fo, where, want, bool(pieces[:1] == [""])))
-        )
+        hashes = PieceHashes.from_hex(pieces)  # None unless every one is 64 lowercase hex digits
+        _expect(hashes is not None or all(p == "" for p in pieces), f"{where}.pieces: bad digest")
+        unhashed = hashes is None and bool(pieces)  # all ""
+        _expect(digest is not None or not unhashed, f"{where}: sha256 null needs every piece hash")
+        listed = hashes if hashes is not None else NoPieceHashes(want) if want else ()
+        files.append(FileEntry(path, size, digest or "", listed, _sha1(fo, where, want, unhashed)))
     with_sha1 = sum(f.sha1 is not None for f in files)
     _expect(with_sha1 in (0, len(files)), "sha1 must be given for every file or for none")
     torrent = obj.get("torrent")
