@@ -6,7 +6,8 @@ the whole text and one for each hash. Now the parser reads those lists straight 
 (``PieceHashes``, 32 bytes a piece), the canonical bytes are written and hashed in chunks, and a
 store's learned manifest takes its digests from the provenance's raw bytes. The bounds here are in
 bytes per piece, measured with ``tracemalloc``, not in time: at 100k pieces they fail by a wide
-margin if hashes go back to being strings (about 120 bytes each) or the text is made whole.
+margin if hashes go back to being strings (about 120 bytes each) or the text is made whole. The
+store and the scheduler of a pull are held to a few bytes a piece the same way.
 
 The fast reading must accept exactly what the plain one accepts and give the same manifest (or
 the same error): each case below is parsed both ways and compared.
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from dsmirror import ManifestError
+from dsmirror import FakeClock, ManifestError, Scheduler, SchedulerConfig, SourceInfo
 from dsmirror._formats import manifest as mf
 from dsmirror._formats.manifest import FileEntry, Manifest, NoPieceHashes, PieceHashes, parse_manifest
 from dsmirror._journal.store import Store
+from dsmirror._schedule.scheduler import Assignment
 
 PS = 16 << 10
 N = 100_000
@@ -119,6 +121,50 @@ def test_a_learned_manifest_takes_32_bytes_a_piece(tmp_path: Path) -> None:
     assert all(isinstance(f.pieces, PieceHashes) and list(f.pieces) == [digest] * per for f in learned.files)
     # As a tuple of strings, which it was: ~120 B a piece kept, more at the peak.
     assert kept / n < 40 and peak / n < 64, f"{kept / n:.0f} kept, {peak / n:.0f} at the peak, per piece"
+
+
+@pytest.mark.parametrize("hashed", [True, False], ids=["piece-hashes", "whole-file-digests"])
+def test_a_store_and_its_scheduler_keep_a_few_bytes_a_piece(tmp_path: Path, hashed: bool) -> None:
+    """What a pull holds per piece besides the manifest: the store's and the scheduler's state.
+
+    3.5 to 5 bytes a piece here (bytearrays); a Python object per piece would be 50 B or more.
+    """
+    n, files, ps = N, 20, 1 << 10  # small pieces: 100 MB of sparse files
+    per = n // files
+    entries = tuple(
+        FileEntry(
+            f"f{i:02d}.bin",
+            per * ps,
+            _hex(-1 - i),
+            tuple(_hex(i * per + k) for k in range(per)) if hashed else NoPieceHashes(per),
+        )
+        for i in range(files)
+    )
+    m = Manifest("state", ps, entries)
+    m.sha256  # noqa: B018 - the manifest's own cost is measured above
+    infos = [SourceInfo(f"m{j}", "http", f"m{j}.example", max_connections=4) for j in range(3)]
+
+    def pull_state() -> tuple[Store, Scheduler]:
+        store = Store.open(tmp_path / "dest", m)
+        sched = Scheduler(m, store.verified_pieces(), infos, FakeClock(), SchedulerConfig())
+        for j in range(3):  # some work taken, a span received and verified
+            got = sched.acquire(f"m{j}")
+            assert isinstance(got, Assignment)
+            for i in range(got.start, got.end):
+                piece = m.pieces[i]
+                store.write(piece, 0, bytes(piece.length))
+                store.mark_verified(piece, source=f"m{j}", digest=hashlib.sha256(bytes(ps)).hexdigest())
+                sched.progress(got, piece.length)
+                sched.piece_verified(got, i)
+            sched.release(got)
+        return store, sched
+
+    (store, _sched), peak, kept = _traced(pull_state)
+    try:
+        assert kept / n < 16, f"{kept / n:.1f} bytes kept per piece"
+        assert peak / n < 24, f"{peak / n:.1f} bytes per piece at the peak"
+    finally:
+        store.close()
 
 
 # -- the fast reading against the plain one ------------------------------------------------------
