@@ -2,7 +2,8 @@
 
 Put on ``PYTHONPATH`` of the hosts' dsmirror processes only (never imported by dsmirror itself).
 Wraps ``Scheduler`` methods and writes one JSON line per decision to ``$DSM_LAN_TRACE``, with
-``time.monotonic()`` (one clock for every namespace of the machine). Diagnostic only.
+``time.monotonic()`` (one clock for every namespace of the machine), or, if it is a directory,
+to ``trace-<pid>.jsonl`` in it. Diagnostic only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ _path = os.environ.get("DSM_LAN_TRACE")
 if _path:
     from dsmirror._schedule import scheduler as _sch
 
+    if os.path.isdir(_path):  # one file per process (tests that start hosts their own way)
+        _path = os.path.join(_path, f"trace-{os.getpid()}.jsonl")
     _out = open(_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     _lock = threading.Lock()
 

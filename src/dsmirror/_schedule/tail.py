@@ -53,7 +53,7 @@ def pick_steal(board: Board, s: SourceState, now: float) -> tuple[Assignment, in
     my_rate = expected_rate(s)
     best: tuple[float, Assignment] | None = None
     for a in board.assignments.values():
-        if a.race or a.cancelled or a.end - a.next_piece < 2:
+        if a.race or a.cancelled or a.end - a.next_piece < 2 or not board.may_take_over(s, a, a.end - 1):
             continue
         if not all(board.usable_for(s, k) for k in (a.next_piece + 1, a.end - 1)):
             continue
@@ -234,6 +234,8 @@ class Tail:
         best: tuple[float, Assignment] | None = None
         for a in board.assignments.values():
             if a.race or a.cancelled or a.source == s.info.name or a.next_piece >= a.end:
+                continue
+            if not board.may_take_over(s, a, a.next_piece):
                 continue
             k = a.next_piece
             if board.pieces.is_done(k) or not board.usable_for(s, k):
