@@ -261,7 +261,7 @@ class Simulation:
                     sched.piece_verified(a, piece.index, helped=piece.length - a.piece_bytes)
                     self._end(c)  # its stream stops in the middle of the piece
                     return
-            want = piece.length - a.piece_bytes - a.split_at
+            want = (a.split_end or piece.length) - a.piece_bytes - a.split_at
             n = int(min(budget, want))
             sched.progress(a, n)
             self.fetched[c.src.name] += n
@@ -270,7 +270,7 @@ class Simulation:
             if n < want:
                 continue
             if a.split_at:
-                sched.split_done(a, bytes(piece.length - a.split_at))
+                sched.split_done(a, bytes((a.split_end or piece.length) - a.split_at))
                 self._end(c)
                 return
             if piece.index in c.src.corrupt:
@@ -1018,7 +1018,9 @@ def crawl(sched: Scheduler, clock: FakeClock, conns: list[tuple[Assignment, floa
             sched.progress(a, round(rate * 0.05))
 
 
-def test_second_split_when_the_owner_crawls_through_its_front() -> None:
+def test_the_front_is_split_when_the_owner_crawls_through_it() -> None:
+    # The first helper brought the back of the piece; the owner then crawls: an idle connection
+    # fetches the back of the owner's front, up to the first cut, and nothing twice.
     sched, clock, owner = tail(1 * MiB)
     piece = sched.m.pieces[3]
     h = take(sched, "helper")
@@ -1030,9 +1032,39 @@ def test_second_split_when_the_owner_crawls_through_its_front() -> None:
     assert owner.piece_bytes < first_cut
     sched.set_prior("helper2", 10 * MiB)
     h2 = take(sched, "helper2")
-    assert h2.race and owner.piece_bytes <= h2.split_at < first_cut
+    assert h2.race and owner.piece_bytes <= h2.split_at < first_cut and h2.split_end == first_cut
     assert owner.cut == h2.split_at
-    assert not isinstance(sched.acquire("helper"), Assignment)  # at most one second split at once
+    assert not isinstance(sched.acquire("helper"), Assignment)  # at most one more helper at once
+    sched.progress(h2, first_cut - h2.split_at)
+    sched.split_done(h2, bytes(first_cut - h2.split_at))
+    sched.release(h2)
+    sched.progress(owner, owner.cut - owner.piece_bytes)
+    got = sched.split_part(owner, 3)
+    # Both parts, one after the other, from the second cut to the end of the piece.
+    assert got is not None and got[0] == h2.split_at and len(got[1]) == piece.length - h2.split_at
+    assert not sched.piece_verified(owner, 3, helped=piece.length - h2.split_at)
+    sched.release(owner)
+    assert sched.finished()
+    delivered = {s.info.name: s.delivered for s in sched.sources()}
+    assert delivered["helper2"] == first_cut - h2.split_at
+    assert delivered["helper"] == piece.length - first_cut
+    assert delivered["owner"] + delivered["helper2"] + delivered["helper"] == 4 * MiB
+    assert sched._tail.unused == 0 and sched.redundant_bytes == 0
+
+
+def test_second_split_when_the_first_helper_lags() -> None:
+    # The first helper has not brought its part and the owner crawls: a second helper, much
+    # faster, fetches from a lower cut to the end of the piece; the first one's part is unused.
+    sched, clock, owner = tail(1 * MiB)
+    piece = sched.m.pieces[3]
+    h = take(sched, "helper")
+    first_cut = h.split_at
+    crawl(sched, clock, [(owner, 0.02 * MiB), (h, 0.01 * MiB)], 3.0)
+    assert owner.piece_bytes < first_cut
+    sched.set_prior("helper2", 10 * MiB)
+    h2 = take(sched, "helper2")
+    assert h2.race and owner.piece_bytes <= h2.split_at < first_cut and not h2.split_end
+    assert owner.cut == h2.split_at
     sched.progress(h2, piece.length - h2.split_at)
     sched.split_done(h2, bytes(piece.length - h2.split_at))
     sched.release(h2)
@@ -1044,8 +1076,6 @@ def test_second_split_when_the_owner_crawls_through_its_front() -> None:
     assert sched.finished()
     delivered = {s.info.name: s.delivered for s in sched.sources()}
     assert delivered["helper2"] == piece.length - h2.split_at and delivered["helper"] == 0
-    assert delivered["owner"] + delivered["helper2"] == 4 * MiB
-    assert sched._tail.unused == piece.length - first_cut  # the first helper's part
 
 
 def test_second_split_replaces_a_first_helper_that_lags() -> None:

@@ -514,10 +514,11 @@ class _Engine:
         (``_join_helper``); so a helper never writes to disk, like a racer.
         """
         piece = self.m.pieces[a.start]
-        need = piece.length - a.split_at
+        stop = a.split_end or piece.length  # a split of the owner's front ends where other parts begin
+        need = stop - a.split_at
         buf = bytearray()
         start = piece.offset + a.split_at
-        with _source_range(src, self.m.files[a.file_index], start, piece.offset + piece.length - 1) as chunks:
+        with _source_range(src, self.m.files[a.file_index], start, piece.offset + stop - 1) as chunks:
             for chunk in chunks:
                 if self.stop.is_set():
                     raise _Stop

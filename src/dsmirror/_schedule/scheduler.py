@@ -292,7 +292,7 @@ class Scheduler:
     def split_part(self, a: Assignment, index: int) -> tuple[int, bytes, str] | None:
         """For an owner past its cut: ``(cut, bytes, helper source)`` once the helper has them all."""
         with self._lock:
-            return self._tail.part(a, index)
+            return self._tail.part(a, index, self.m.pieces[index].length)
 
     def resumed(self, a: Assignment, pos: int) -> None:
         """``a`` continues its first piece at ``pos`` (bytes a dropped connection had fetched)."""
@@ -343,20 +343,22 @@ class Scheduler:
             s = self._sources[a.source]
             length = self.m.pieces[index].length
             unused = self._tail.unused
-            split = self._tail.piece_done(a, index)
+            parts = self._tail.piece_done(a, index, length)
             self.redundant_bytes += self._tail.unused - unused  # helpers' parts nobody used
+            helped = helped if parts else 0
+            fetched = sum(len(d) for _, d, _ in parts)  # by helpers; the last ``helped`` bytes were used
             if self._pieces.finish(index):
-                if helped and split is not None:
-                    s.delivered += length - helped
-                    self._sources[split[2]].delivered += helped
-                    self.split_pieces += 1
-                else:
-                    s.delivered += length
+                s.delivered += length - helped
+                for c, data, source in parts if helped else ():
+                    self._sources[source].delivered += max(0, c + len(data) - max(c, length - helped))
+                self.split_pieces += bool(helped)
+                # The owner read past the first cut: the helpers fetched those bytes as well.
+                self.redundant_bytes += fetched - helped
                 self._last_progress = self._board.last_progress = now
                 if s.info.kind == "bittorrent":
                     self._swarm_delivered_at = now
             else:
-                self.redundant_bytes += length
+                self.redundant_bytes += length + fetched
             s.failures_in_row = 0
             self._pieces.forgive(index)
             a.next_piece = max(a.next_piece, index + 1)

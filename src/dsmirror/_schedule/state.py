@@ -60,6 +60,7 @@ class Assignment:
     end: int
     race: bool = False
     split_at: int = 0  # a split helper: fetches bytes [split_at, end of piece) of its one piece
+    split_end: int = 0  # ... or [split_at, split_end) (0: to the end), a split of an owner's front
     cut: int | None = None  # an owner with a helper: where in its current piece the helper begins
     owner: Assignment | None = None  # a split helper: the assignment it helps
     outside: bool = False  # a mirror span of pieces no peer had (see set_peer_pieces)

@@ -149,6 +149,22 @@ class Help(NamedTuple):
     owner: Assignment
     cut: int | None
     replaces: Assignment | None = None  # a second split: the first helper, cancelled (too slow)
+    #: a split of the owner's front: the part ends here, where the parts already fetched begin
+    #: (0: at the end of the piece)
+    end: int = 0
+
+
+def _chain(parts: dict[int, tuple[bytes, str]], cut: int, length: int) -> list[int] | None:
+    """The cuts of the parts that together hold ``[cut, length)`` of a piece, one after the
+    other, or None if a byte of it is missing."""
+    cuts = []
+    while cut < length:
+        got = parts.get(cut)
+        if got is None or not got[0]:
+            return None
+        cuts.append(cut)
+        cut += len(got[0])
+    return cuts
 
 
 #: A second split of a piece (``Tail.pick_help``) must finish it at least this many seconds sooner:
@@ -178,9 +194,10 @@ class Tail:
         """May an idle connection of ``s`` fetch the back part of ``a``'s current piece?
 
         Only between two streaming sources (a swarm hands over whole pieces), on the last piece
-        of the owner's span (its stream is cut after that piece), at most twice per piece (a
-        second split: ``pick_help``), and never for a piece without its own hash (a mixed copy
-        could not be blamed on either source) or one a split copy already failed.
+        of the owner's span (its stream is cut after that piece), by one more helper at a time
+        once it has one (a second split or a split of the front: ``pick_help``), and never for
+        a piece without its own hash (a mixed copy could not be blamed on either source) or one
+        a split copy already failed.
         """
         i = a.next_piece
         return (
@@ -199,7 +216,7 @@ class Tail:
         h = self.racing.get(k)
         if h is None or h.owner is not a or h.split_at in self.split_data.get(k, {}):
             return 0.0
-        left = board.m.pieces[k].length - h.split_at - h.piece_bytes
+        left = (h.split_end or board.m.pieces[k].length) - h.split_at - h.piece_bytes
         rate = conn_rate(h, now) or expected_rate(board.sources[h.source])
         return left / rate if rate > 0 else float("inf")
 
@@ -220,10 +237,12 @@ class Tail:
         takes whichever part it reaches first; a first helper that would bring its part later
         than the second is cancelled, and a second helper no faster than a lagging first one is
         not started (it would fetch the same bytes). Without it the pull waited for the slowest
-        front. Simulated degrade case with the mirrors' bandwidth handed out in chunks like
-        ``dsmirror.testing``'s token bucket (``test_bench_degrade_through_token_buckets``, seeds
-        1-16): median 1.027x -> 1.020x the ideal time, worst 1.076x -> 1.031x (with
-        ``rates.owner_rate`` for the cut), at most 1.3% of the model fetched twice.
+        front. Once the back of the piece is here, the owner's front can be split the same way
+        (``_split_front``), again each time such a part arrives. Simulated degrade case with the
+        mirrors' bandwidth handed out in chunks like ``dsmirror.testing``'s token bucket
+        (``test_bench_degrade_through_token_buckets``, seeds 1-16): median 1.027x -> 1.020x the
+        ideal time, worst 1.076x -> 1.031x (with ``rates.owner_rate`` for the cut), at most 1.3%
+        of the model fetched twice.
         """
         cfg = board.cfg
         my_rate = helper_rate(s)
@@ -259,6 +278,8 @@ class Tail:
             # A second split: from a lower cut, where the owner and this connection finish together.
             if v_rate <= 0:
                 return None
+            if _chain(self.split_data.get(v.next_piece, {}), v.cut, piece.length) is not None:
+                return self._split_front(board, s, v, v_rate, my_rate, t_owner)
             x = balance(v_rate, my_rate, s.ttfb, piece.length - v.piece_bytes)
             cut = v.piece_bytes + int(x)
             t_split = x / v_rate
@@ -292,12 +313,30 @@ class Tail:
             return None
         return Help(v, None)
 
+    def _split_front(
+        self, board: Board, s: SourceState, v: Assignment, v_rate: float, my_rate: float, t_owner: float
+    ) -> Help | None:
+        """The back of ``v``'s piece is here (its helpers' parts from ``v.cut`` on) and only the
+        owner's front is left: an idle connection fetches the back of that front, ``[cut, v.cut)``,
+        cut where both finish together. A crawling owner otherwise decides the end alone (bench
+        degrade: fronts of 100-300 KB at 0.1 MB/s per connection, 1-3 s after every other byte).
+        """
+        cfg = board.cfg
+        x = balance(v_rate, my_rate, s.ttfb, v.cut - v.piece_bytes) if v.cut is not None else 0.0
+        cut = v.piece_bytes + int(x)
+        t_split = x / v_rate
+        if v.cut is None or v.cut - cut < cfg.min_split_bytes or t_split >= t_owner * cfg.split_gain:
+            return None
+        if t_owner - t_split < (RESPLIT_GAIN_IDLE if s.active == 0 else RESPLIT_GAIN):
+            return None
+        return Help(v, cut, end=v.cut)
+
     def begin(self, helper: Assignment, job: Help) -> None:
         """``helper`` (a race assignment of the owner's current piece) starts ``job``."""
         if job.cut is None:
             self.racing[helper.start] = helper
             return
-        helper.split_at, helper.owner = job.cut, job.owner
+        helper.split_at, helper.owner, helper.split_end = job.cut, job.owner, job.end
         if job.replaces is not None:
             job.replaces.cancelled = True
             del self.racing[helper.start]
@@ -327,31 +366,34 @@ class Tail:
         self.split_data.setdefault(i, {})[helper.split_at] = (data, helper.source)
         return True
 
-    def part(self, a: Assignment, index: int) -> tuple[int, bytes, str] | None:
-        """For an owner past its cut: ``(cut, bytes, helper source)`` once a helper has all the
-        bytes from a cut at or before where the owner stands to the end of the piece."""
+    def part(self, a: Assignment, index: int, length: int) -> tuple[int, bytes, str] | None:
+        """For an owner past its cut: ``(cut, bytes, helper source)`` once helpers have all the
+        bytes from a cut at or before where the owner stands to the end of the piece (``length``
+        bytes), in one part or in parts that follow each other (a split of the front: the
+        source is the first part's)."""
         parts = self.split_data.get(index)
         if not parts or a.cut is None:
             return None
-        cuts = [c for c in parts if c <= a.piece_bytes]
-        if not cuts:
-            return None
-        c = max(cuts)
-        data, source = parts[c]
-        return c, data, source
+        for c in sorted((c for c in parts if c <= a.piece_bytes), reverse=True):
+            chain = _chain(parts, c, length)
+            if chain is not None:
+                data = parts[c][0] if len(chain) == 1 else b"".join(parts[k][0] for k in chain)
+                return c, data, parts[c][1]
+        return None
 
-    def piece_done(self, a: Assignment, index: int) -> tuple[int, bytes, str] | None:
-        """Piece ``index`` of ``a`` verified: the losing racer or helpers stop. Returns the
-        helper's part the piece was made with, if any (the one ``part`` gave where ``a``
-        stands); the bytes of the other parts are counted in ``unused``."""
+    def piece_done(self, a: Assignment, index: int, length: int) -> list[tuple[int, bytes, str]]:
+        """Piece ``index`` (``length`` bytes) of ``a`` verified: the losing racer or helpers stop.
+        Returns the helpers' parts the piece was made with, ``(cut, bytes, source)`` each in
+        order (what ``part`` gave where ``a`` stands; none: ``a`` fetched it all); the bytes of
+        the other parts are counted in ``unused``."""
         parts = self.split_data.pop(index, {})
-        used = None
+        used = []
         if a.cut is not None and a.next_piece == index:
-            cuts = [c for c, (d, _) in parts.items() if c <= a.piece_bytes < c + len(d)]
-            if cuts:
-                c = max(cuts)
-                data, source = parts.pop(c)
-                used = (c, data, source)
+            for c in sorted((c for c in parts if c <= a.piece_bytes), reverse=True):
+                chain = _chain(parts, c, length)
+                if chain is not None:
+                    used = [(k, *parts.pop(k)) for k in chain]
+                    break
             a.cut = None
         self.unused += sum(len(d) for d, _ in parts.values())
         for helpers in (self.racing, self.second):
