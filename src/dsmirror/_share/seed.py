@@ -15,12 +15,33 @@ torrent paths are the repo's paths, read from ``blobs/<etag>``) are shared witho
 ``pull --seed`` is ``seed_after_pull`` over the pull's events: the pull (``dsmirror._pull``, the
 layer below) leaves its session open for it, and a pull of a torrent no manifest describes
 (``dsmirror._fetch.swarm.only``) is seeded the same way from where it installed the files.
+
+The hand-over
+=============
+Machines of a LAN that still pull the model take pieces from one that finished. If the finished
+pull removed its torrent and the seeder added it again, its peers would lose it for the time
+they take to reconnect (1.5-1.8 s on the namespaced LAN, over 9 s after ``hf://`` pulls), and
+fetch from the upstream meanwhile what it had. So with ``--seed`` the pull's torrent
+is never removed: the pull leaves it running in its session, serving from libtorrent's own copy
+(``bt/`` in the partial area) while the files are installed (``SwarmSource.take_live``: only a
+torrent that holds every piece, each of them verified), and the seeder then points it at the
+installed files (``move_storage`` with ``reset_save_path_unchecked``: the path changes, no file
+moves, nothing is read) and deletes libtorrent's copy. Its peer connections stay up throughout
+(``tests/test_swarm_handover.py``). What it serves is what dsmirror verified either way: before
+the move libtorrent's copy (every piece in it checked: by libtorrent against the torrent's hashes,
+or against the manifest in the manifest's own swarm, pieces nobody checked yet overwritten with
+the store's), after it the installed files, verified piece by piece and whole as the pull ended.
+A torrent added anew is in seed mode instead, in which libtorrent checks each piece the first
+time a peer asks for it. A pull whose copy cannot be pointed elsewhere (resume data from before,
+with its copy in a part file; a magnet) is seeded the old way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +61,7 @@ from dsmirror._fetch.swarm.config import (
     TorrentStatus,
 )
 from dsmirror._fetch.swarm.session import REDIAL, SwarmSession, endpoint_text
-from dsmirror._fetch.swarm.source import SwarmSource
+from dsmirror._fetch.swarm.source import LiveTorrent, SwarmSource
 from dsmirror._fetch.swarm.torrent import Torrent, create_torrent, derived_torrent, load_torrent
 from dsmirror._formats.manifest import FileEntry, Manifest, NoPieceHashes
 from dsmirror._formats.private import PrivateArea
@@ -49,6 +70,8 @@ from dsmirror._verify.digest import hash_file_pieces
 if TYPE_CHECKING:
     from dsmirror._install.store_model import StoreFile, StoreModel
     from dsmirror._pull import Pulled
+
+_MOVE_WAIT = 10.0  # seconds libtorrent may take to point a running torrent at the installed files
 
 __all__ = [
     "SeedTarget",
@@ -106,6 +129,7 @@ def seed(
     config: SwarmConfig,
     *,
     session: SwarmSession | None = None,
+    live: Sequence[LiveTorrent] = (),
     stop: threading.Event | None = None,
     interval: float = 1.0,
     clock: Clock | None = None,
@@ -116,6 +140,10 @@ def seed(
     ``SeedingStopped`` when ``stop`` ends it. The session is closed on the way out in every case
     (also one passed in, even if seeding cannot start). ``clock`` times the status events and the
     seconds ``SeedingStopped`` reports (libtorrent's alert waits are real time).
+
+    ``live``: torrents of a pull that are still running in ``session`` (``pull --seed``); a
+    target of the same torrent takes one over instead of being added (see "The hand-over"
+    above), and libtorrent's copy of each is deleted.
     """
     ses = session
     try:
@@ -131,15 +159,18 @@ def seed(
         ses = ses or SwarmSession(config, trust_pieces=trusting)
         if trusting:
             ses.trust()
-        yield from _seed(ses, targets, stop, interval, clock or SystemClock())
+        yield from _seed(ses, targets, live, stop, interval, clock or SystemClock())
     finally:
         if ses is not None:
             ses.close()
+        for lv in live:  # the session is gone: nothing reads libtorrent's copy any more
+            _drop_copy(lv)
 
 
 def _seed(
     ses: SwarmSession,
     targets: Sequence[SeedTarget],
+    live: Sequence[LiveTorrent],
     stop: threading.Event | None,
     interval: float,
     clock: Clock,
@@ -147,7 +178,15 @@ def _seed(
     t0 = clock.now()
     handles: list[tuple[SeedTarget, Any]] = []
     with ses.using():
+        running = list(live)
         for t in targets:
+            same = [lv for lv in running if _same_torrent(lv.torrent, t.torrent) and not t.disk]
+            if same:
+                running.remove(same[0])
+                h = _take_over(ses, same[0], t)
+                if h is not None:
+                    handles.append((t, h))
+                    continue
             atp = lt.add_torrent_params()
             atp.ti = t.torrent.info()
             atp.save_path = str(t.folder)
@@ -155,6 +194,9 @@ def _seed(
             atp.flags |= lt.torrent_flags.seed_mode
             atp.flags &= ~lt.torrent_flags.default_dont_download
             handles.append((t, ses.add_torrent(atp)))
+        for lv in running:  # a pull's torrent no target names
+            ses.remove(lv.handle)
+            _drop_copy(lv)
         yield SeedingStarted(
             tuple(t.name for t in targets), tuple(t.torrent.magnet for t in targets), ses.listen_port
         )
@@ -178,6 +220,44 @@ def _seed(
         yield SeedingStopped(_seed_status(handles).uploaded, clock.now() - t0)
 
 
+def _same_torrent(a: Torrent, b: Torrent) -> bool:
+    return (a.btih, a.btmh) == (b.btih, b.btmh)
+
+
+def _take_over(ses: SwarmSession, live: LiveTorrent, target: SeedTarget) -> Any | None:
+    """Point the pull's running torrent at the installed files (see "The hand-over"); its handle,
+    or None if libtorrent did not move it (it is removed then, and the target added anew)."""
+    h = live.handle
+    moved = False
+    if h.is_valid():
+        # Only the path changes: no file is moved, nothing is checked; the files under
+        # target.folder have the torrent's paths (the pull renamed its files as the target does).
+        h.move_storage(str(target.folder), lt.move_flags_t.reset_save_path_unchecked)
+        deadline = time.monotonic() + _MOVE_WAIT
+        while not moved and time.monotonic() < deadline and not ses.stopping:
+            for a in ses.alerts(0.1):
+                if isinstance(a, lt.storage_moved_alert) and a.handle == h:
+                    moved = True
+                elif isinstance(a, lt.storage_moved_failed_alert) and a.handle == h:
+                    deadline = 0.0
+    if not moved and h.is_valid():
+        ses.remove(h)
+        # The same torrent is added next: libtorrent refuses it while this one is still there.
+        deadline = time.monotonic() + _MOVE_WAIT
+        while time.monotonic() < deadline and not ses.stopping:
+            if any(isinstance(a, lt.torrent_removed_alert) for a in ses.alerts(0.1)):
+                break
+    _drop_copy(live)
+    return h if moved else None
+
+
+def _drop_copy(live: LiveTorrent) -> None:
+    """Delete libtorrent's copy of a pull that was taken over (or dropped): nothing reads it."""
+    shutil.rmtree(live.area / "bt", ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (live.area / "bt.resume").unlink()
+
+
 def _seed_status(handles: Sequence[tuple[SeedTarget, Any]]) -> SeedStatus:
     torrents = []
     for t, h in handles:
@@ -197,7 +277,8 @@ def _seed_status(handles: Sequence[tuple[SeedTarget, Any]]) -> SeedStatus:
             TorrentStatus(
                 t.name,
                 t.torrent.btih or t.torrent.btmh or "",
-                str(st.state),
+                # a pull's torrent taken over says "finished" (its pieces were at priority 0)
+                "seeding" if st.is_seeding else str(st.state),
                 float(st.upload_payload_rate),
                 int(st.total_payload_upload),
                 peers,
@@ -306,6 +387,10 @@ def seed_after_pull(
     sw = plan.swarms[0] if plan.swarms else None  # its session and torrent are reused
     torrent = sw.torrent if isinstance(sw, SwarmSource) else None
     session = sw.session if isinstance(sw, SwarmSource) and not sw.session.closed else None
+    running = sw.take_live() if isinstance(sw, SwarmSource) else None
+    live = [running] if running is not None and session is not None else []
+    if running is not None and not live:  # its session is gone: so is the torrent
+        _drop_copy(running)
     if torrent is None:  # the model has no torrent yet: make it from the verified files
         torrent = create_torrent(plan.manifest, plan.dest, verify=False)
         with contextlib.suppress(StorageError):
@@ -315,4 +400,4 @@ def seed_after_pull(
     if derived is not None and derived.btih != torrent.btih:
         # Pulls of the manifest that know no torrent meet in its own swarm: seed that one too.
         targets.append(SeedTarget(derived, plan.dest))
-    yield from seed(targets, pulled.swarm, session=session, clock=clock)
+    yield from seed(targets, pulled.swarm, session=session, live=live, clock=clock)

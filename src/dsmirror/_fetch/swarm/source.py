@@ -61,8 +61,16 @@ from mirrors and are not seeds, and its own; the role is in the peer id, see
 ``session.PEER_ID_PREFIX``), so that each fetches its own blocks from outside
 (``dsmirror._schedule.lan``).
 
+Seeding after the pull: with ``pull --seed`` a pull that completed does not remove its torrent
+(``close``): the verified pieces still queued are handed to libtorrent, and a torrent that then
+holds every piece, none of them unchecked, keeps serving its peers from its copy until the seeder
+takes it over (``take_live``; "The hand-over" in ``dsmirror._share.seed``). That is why a new
+copy is kept in plain files (``bt/<path>``, files at priority 4, pieces at 0) rather than in
+libtorrent's part file: the seeder points the torrent at the installed files, which have the same
+paths, without moving or reading anything.
+
 Time: the stall limit, the peer scans and the resume saves follow the broker's (injected) clock;
-only the waits for libtorrent's alerts are real time.
+only the waits for libtorrent's alerts are real time (also the wait for the last pieces above).
 
 Where libtorrent keeps its copy and its resume data meanwhile: ``dsmirror._fetch.swarm.resume``;
 the session it runs in: ``dsmirror._fetch.swarm.session``.
@@ -75,6 +83,7 @@ import hashlib
 import queue
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,7 +110,7 @@ if TYPE_CHECKING:
     from dsmirror._fetch.broker import PieceBroker
     from dsmirror._schedule.scheduler import Assignment
 
-__all__ = ["SwarmSource", "SwarmStats"]
+__all__ = ["LiveTorrent", "SwarmSource", "SwarmStats"]
 
 _MAX_INJECTING = 16  # pieces handed to libtorrent with add_piece and not yet checked by it
 _TARGET_BYTES = 64 << 20  # pieces held in slots: enough to keep a LAN link busy between loop turns
@@ -110,6 +119,7 @@ _PEER_SCAN = 0.25  # seconds between refreshes of which pieces the connected pee
 _MAX_CHECKING = 16  # pieces of the manifest's own swarm being read back to be checked
 _UPLINK_ID = PEER_ID_PREFIX + UPLINK  # peer ids of machines that fetch a share from mirrors
 _BAN_STRIKES = 2  # bad pieces with a peer's blocks in them that ban it (one if it sent all blocks)
+_HAND_OVER_WAIT = 10.0  # seconds the end of a pull --seed waits for libtorrent to take its last pieces
 
 
 @dataclass
@@ -122,6 +132,17 @@ class SwarmStats:
     failed: int = 0  # received and failed the hash check
     injected: int = 0  # pieces verified from other sources and handed to libtorrent for peers
     banned_peers: int = 0
+
+
+@dataclass(frozen=True)
+class LiveTorrent:
+    """A pull's torrent still in its session and serving peers from ``area/bt``, every piece in
+    it verified: what ``pull --seed`` seeds, without removing and adding it again
+    (``SwarmSource.take_live``; see "Seeding after the pull" in the module docstring)."""
+
+    torrent: Torrent
+    handle: Any
+    area: Path  # the pull's partial area: libtorrent's copy is ``bt/``, its resume data ``bt.resume``
 
 
 @dataclass
@@ -205,6 +226,7 @@ class SwarmSource:
         self._blamed: queue.SimpleQueue[tuple[list[int], list[str]]] = queue.SimpleQueue()
         self._share: tuple[tuple[str, ...], int] = ((), -1)  # (machines pulling, peers) last told
         self._broker: PieceBroker | None = None
+        self._live: LiveTorrent | None = None  # left running by close() for the seeder
 
     @property
     def name(self) -> str:
@@ -257,6 +279,11 @@ class SwarmSource:
         if not (self.config.seed and self.completed):
             self.session.close()
 
+    def take_live(self) -> LiveTorrent | None:
+        """The pull's torrent, left running by ``close()`` for a seeder to take over (once)."""
+        live, self._live = self._live, None
+        return live
+
     def _finish(self, area: Path | None, handle: Any) -> None:
         if handle.is_valid():
             st = handle.status()
@@ -264,6 +291,10 @@ class SwarmSource:
             self.stats.uploaded = int(st.total_payload_upload)
             self.stats.redundant = int(st.total_redundant_bytes)
             self.stats.failed = int(st.total_failed_bytes)
+        if area is not None and self.completed and self.config.seed and self._hand_over(handle):
+            assert self.torrent is not None
+            self._live = LiveTorrent(self.torrent, handle, area)
+            return
         if area is not None:
             if not self.completed and handle.is_valid() and handle.status().has_metadata:
                 save_resume(self.session, self.handle, area, wait=True)
@@ -272,6 +303,51 @@ class SwarmSource:
                 shutil.rmtree(area / "bt", ignore_errors=True)
                 with contextlib.suppress(OSError):
                     (area / "bt.resume").unlink()
+
+    def _hand_over(self, handle: Any) -> bool:
+        """Whether the pull's torrent can go on serving until a seeder takes it over (see
+        "Seeding after the pull"): it keeps its copy in plain files, holds every piece, and holds
+        no bytes the manifest did not vouch for. The verified pieces still queued for libtorrent
+        (the last ones from mirrors) are handed to it first, for up to ``_HAND_OVER_WAIT`` s."""
+        broker, pm, torrent = self._broker, self.map, self.torrent
+        if broker is None or pm is None or torrent is None or self._dropped or pm.missing_files:
+            return False
+        if not handle.is_valid():
+            return False
+        prios = list(handle.get_file_priorities())
+        if any(not f.pad and (k >= len(prios) or prios[k] == 0) for k, f in enumerate(torrent.files)):
+            return False  # its copy is in the part file: no files to point elsewhere
+        # Pieces libtorrent took from peers that no check saw yet (the manifest's own swarm) are
+        # overwritten with the verified bytes, like tainted ones.
+        for t in self._unchecked:
+            i = pm.from_torrent.get(t)
+            if i is not None:
+                self._tainted.add(t)
+                self._pending.put((i, None))
+        self._unchecked.clear()
+        # What libtorrent holds now (the run loop saw the alerts up to its last turn only); a
+        # piece it holds ignores add_piece, with no alert.
+        have = handle.status(lt.status_flags_t.query_pieces).pieces
+        for t, v in enumerate(have):
+            if v and t < len(self._have):
+                self._have[t] = 1
+                if t not in self._tainted:
+                    self._injecting.discard(t)
+        deadline = time.monotonic() + _HAND_OVER_WAIT
+        while time.monotonic() < deadline and not self.session.stopping:
+            self._feed(broker)
+            if not self._injecting and self._pending.empty():
+                return not self._tainted and handle.status().num_pieces == torrent.num_pieces
+            for a in self.session.alerts(0.05):
+                if isinstance(a, lt.piece_finished_alert):
+                    t = int(a.piece_index)
+                    if t < len(self._have):
+                        self._have[t] = 1
+                    self._injecting.discard(t)
+                    self._tainted.discard(t)
+                elif isinstance(a, lt.hash_failed_alert) and int(a.piece_index) in self._injecting:
+                    return False  # verified bytes the torrent refuses: not this model's torrent
+        return False
 
     # -- adding the torrent --------------------------------------------------------------------
     def _add(self, area: Path) -> Any:
@@ -304,11 +380,14 @@ class SwarmSource:
             atp.renamed_files = self.torrent.renamed_files()
             atp.piece_priorities = [0] * self.torrent.num_pieces
             if not resumed:
-                atp.file_priorities = []
-            # else: keep the resume data's file priorities. Every piece of a pull's torrent is at
-            # priority 0 until the scheduler gives it to the swarm, so libtorrent keeps what it
-            # holds in its part file (``bt/.<hash>.parts``); files at priority 4 again would make
-            # it look for those pieces in the files themselves ("partfile_read ... No such file").
+                # Files at priority 4 (the pieces stay at 0): libtorrent keeps its copy in plain
+                # files, ``bt/<path>``, not in a part file, so that a seeder can take the torrent
+                # over by pointing it at the installed files (see "Seeding after the pull").
+                atp.file_priorities = [0 if f.pad else 4 for f in self.torrent.files]
+            # else: keep the resume data's file priorities. Resume data of a copy kept in the
+            # part file (``bt/.<hash>.parts``: files at priority 0, as before the above) stays so:
+            # files at priority 4 again would make libtorrent look for those pieces in the files
+            # themselves ("partfile_read ... No such file").
         return self.session.add_torrent(atp)
 
     # -- the loop ------------------------------------------------------------------------------
