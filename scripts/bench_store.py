@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""The store's costs at the shape of a 700 GB model: hashing CPU per GiB, and a real pull's peak RSS.
+"""The store's costs at the shape of a 700 GB model: hashing CPU per GiB, a real pull's peak RSS, resume.
 
 One command::
 
-    python scripts/bench_store.py                       # both parts, 700k pieces for the pull
-    python scripts/bench_store.py --pieces 100000 --runs 3 --skip-pull
+    python scripts/bench_store.py                       # all three parts, 700k pieces for the pulls
+    python scripts/bench_store.py --pieces 100000 --runs 3 --skip-pull --skip-resume
+    python scripts/bench_store.py --skip-hashing --skip-pull --resume-pieces 11000 --resume-piece-kib 1024
 
 **Hashing** (issue 14, "every byte is hashed twice"): a real ``Store`` takes 1 GiB of 8 MiB pieces
 as the engine hands them over (each piece hashed once as it streams in, written, marked verified),
@@ -21,6 +22,14 @@ serving sparse files, with piece hashes (a 45 MB manifest at 700k pieces) and wi
 digests only). Its peak RSS is its own VmHWM (``/proc/self/status`` at exit), not ``ru_maxrss``.
 Every piece is verified by the pull against the manifest; the bench also checks each file's size
 and that every byte is what the source holds (zeros), reading the files back once.
+
+**Resume after kill -9 at 99%** (issue 14, "a crash at 99% must not cost" a read of the model): the
+same pull (``--resume-pieces`` pieces of ``--resume-piece-kib``) is killed with SIGKILL once 99% is
+received, then resumed to the end. What the resume reads back from the stored files is counted in
+the resumed process itself (its ``os.pread``/``os.preadv`` calls, the store's only reads of data
+files; ``rchar`` over an idle run as a cross-check), with piece hashes and without (then each
+file's whole-file hasher resumes from the state the journal saved, so what it had not hashed at
+the kill is read back too). Also printed: what the resume fetched, and that every byte is right.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +63,27 @@ _REPORT_PEAK = (
     "    with open(os.environ['DSMIRROR_BENCH_PEAK'], 'w') as out:\n"
     "        out.write(str(kb * 1024))\n"
     "atexit.register(_peak)\n"
+    "from dsmirror.cli import main\n"
+    "main()\n"
+)
+
+_REPORT_READS = (
+    "import atexit, os\n"
+    "_read = [0]\n"
+    "_pread, _preadv = os.pread, os.preadv\n"
+    "def pread(fd, n, offset):\n"
+    "    data = _pread(fd, n, offset)\n"
+    "    _read[0] += len(data)\n"
+    "    return data\n"
+    "def preadv(fd, buffers, offset, *flags):\n"
+    "    got = _preadv(fd, buffers, offset, *flags)\n"
+    "    _read[0] += got\n"
+    "    return got\n"
+    "os.pread, os.preadv = pread, preadv\n"
+    "def _report():\n"
+    "    with open('/proc/self/io') as io, open(os.environ['DSMIRROR_BENCH_READS'], 'w') as out:\n"
+    "        out.write(f'pread: {_read[0]}\\n' + io.read())\n"
+    "atexit.register(_report)\n"
     "from dsmirror.cli import main\n"
     "main()\n"
 )
@@ -112,9 +143,47 @@ def bench_hashing(root: Path, runs: int) -> None:
 
 
 # -- a real pull's peak RSS --------------------------------------------------------------------
-def pull_model(root: Path, pieces: int, *, hashed: bool) -> tuple[Manifest, int]:
-    """Sparse files of zeros: ``pieces`` pieces of 16 KiB over at most FILES files."""
-    ps = 16 << 10
+def serve(root: Path) -> tuple[MirrorServer, Path]:
+    """A started loopback mirror of ``root/src`` and a catalog naming it."""
+    mirror = MirrorServer(root / "src", host="127.0.0.1")
+    mirror.start()
+    catalog = root / "mirrors.yaml"
+    catalog.write_text(
+        f"version: 1\nmirrors:\n  - name: m1\n    kind: http\n    url: {json.dumps(mirror.url)}\n"
+    )
+    return mirror, catalog
+
+
+def pull_command(script: str, mpath: Path, catalog: Path, dest: Path, *more: str) -> list[str]:
+    """``dsmirror pull`` of ``mpath`` into ``dest``, started through ``script`` (which reports)."""
+    return [
+        sys.executable,
+        "-c",
+        script,
+        "pull",
+        str(mpath),
+        "--mirrors",
+        str(catalog),
+        *OPTIONS,
+        str(dest),
+        *more,
+    ]
+
+
+def all_zeros(dest: Path, m: Manifest) -> bool:
+    """Every file of ``m`` is in ``dest``, of its size, all zeros (what the sparse source holds)."""
+    ok = True
+    for f in m.files:
+        got = dest / f.path
+        ok &= got.stat().st_size == f.size
+        with open(got, "rb") as fh:
+            while chunk := fh.read(8 * MIB):
+                ok &= chunk.count(0) == len(chunk)
+    return ok
+
+
+def pull_model(root: Path, pieces: int, *, hashed: bool, ps: int = 16 << 10) -> tuple[Manifest, int]:
+    """Sparse files of zeros: ``pieces`` pieces of ``ps`` bytes over at most FILES files."""
     files = min(FILES, pieces)
     per = pieces // files
     size = per * ps
@@ -145,44 +214,20 @@ def bench_pull(root: Path, pieces: int) -> None:
         m, total = pull_model(root, pieces, hashed=hashed)
         mpath = root / f"m-{hashed}.json"
         m.write(mpath)
-        mirror = MirrorServer(root / "src", host="127.0.0.1")
-        mirror.start()
-        catalog = root / "mirrors.yaml"
-        catalog.write_text(
-            f"version: 1\nmirrors:\n  - name: m1\n    kind: http\n    url: {json.dumps(mirror.url)}\n"
-        )
+        mirror, catalog = serve(root)
         dest = root / "dest"
         peak_file = root / "peak"
         env = {**os.environ, "DSMIRROR_BENCH_PEAK": str(peak_file), "HOME": str(root / "home")}
         t0 = time.monotonic()
         c0 = os.times()
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _REPORT_PEAK,
-                "pull",
-                str(mpath),
-                "--mirrors",
-                str(catalog),
-                *OPTIONS,
-                str(dest),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
+            pull_command(_REPORT_PEAK, mpath, catalog, dest), env=env, capture_output=True, text=True
         )
         c1 = os.times()
         seconds = time.monotonic() - t0
         mirror.stop()
         assert proc.returncode == 0, proc.stderr[-2000:]
-        ok = True
-        for f in m.files:
-            got = dest / f.path
-            ok &= got.stat().st_size == f.size
-            with open(got, "rb") as fh:
-                while chunk := fh.read(8 * MIB):
-                    ok &= chunk.count(0) == len(chunk)
+        ok = all_zeros(dest, m)
         peak = int(peak_file.read_text())
         kind = "with piece hashes   " if hashed else "whole-file digests only"
         child_cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
@@ -194,12 +239,82 @@ def bench_pull(root: Path, pieces: int) -> None:
         shutil.rmtree(dest)
 
 
+# -- resume after kill -9 at 99% ---------------------------------------------------------------
+def killed_at(proc: subprocess.Popen[str], mirror: MirrorServer, total: int, at: float) -> float:
+    """Follow the pull's --json events; SIGKILL it once ``at`` of ``total`` is received (the last
+    4% slowed down so that the kill lands there). Returns the fraction verified at the last event."""
+    verified = 0.0
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if not line.startswith("{"):
+            continue
+        ev = json.loads(line)
+        if ev.get("event") != "Progress":
+            continue
+        got = ev["received_bytes"] / total
+        verified = ev["verified_bytes"] / total
+        if got >= at - 0.04:
+            mirror.set_rate(20e6)
+        if got >= at:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(30)
+    return verified
+
+
+def bench_resume(root: Path, pieces: int, ps: int) -> None:
+    """kill -9 at 99% of a pull of ``pieces`` of ``ps`` bytes, then resume: what the resume reads
+    back from disk."""
+    print(f"resume after kill -9 at 99% of a `dsmirror pull` of {pieces} pieces of {ps >> 10} KiB; {load()}")
+    root = root / f"ps{ps}"  # its own sparse source: the other parts' pieces are 16 KiB
+    for hashed in (True, False):
+        m, total = pull_model(root, pieces, hashed=hashed, ps=ps)
+        mpath = root / f"m-{hashed}.json"
+        m.write(mpath)
+        mirror, catalog = serve(root)
+        dest = root / "dest"
+        reads = root / "reads"
+        env = {**os.environ, "DSMIRROR_BENCH_READS": str(reads), "HOME": str(root / "home")}
+        cmd = pull_command(_REPORT_READS, mpath, catalog, dest)
+        proc = subprocess.Popen(
+            [*cmd, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        verified = killed_at(proc, mirror, total, 0.99)
+        installed = sum((dest / f.path).exists() for f in m.files)
+        mirror.set_rate(None)
+        served = mirror.bytes_served
+        t0 = time.monotonic()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        seconds = time.monotonic() - t0
+        assert done.returncode == 0, done.stderr[-2000:]
+        fetched = mirror.bytes_served - served
+        io = dict(line.split(": ") for line in reads.read_text().splitlines())
+        subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)  # nothing left to do
+        idle = dict(line.split(": ") for line in reads.read_text().splitlines())
+        mirror.stop()
+        read_back = int(io["pread"])
+        kind = "with piece hashes   " if hashed else "whole-file digests only"
+        print(
+            f"  {kind}: killed at {verified:.1%} verified ({installed} of {len(m.files)} files installed); "
+            f"the resume read back {read_back / MIB:.1f} MiB of the {total / GIB:.1f} GiB stored "
+            f"(pread/preadv; rchar {(int(io['rchar']) - int(idle['rchar'])) / MIB:.1f} MiB over an idle "
+            f"run, journal and manifest included), fetched {fetched / MIB:.1f} MiB again or anew, "
+            f"{seconds:.1f} s; bytes {'identical' if all_zeros(dest, m) else 'DIFFERENT'}; {load()}"
+        )
+        shutil.rmtree(dest)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pieces", type=int, default=700_000, help="pieces of the pull (default 700k)")
     ap.add_argument("--runs", type=int, default=5, help="hashing runs of each kind (default 5)")
     ap.add_argument("--skip-pull", action="store_true")
     ap.add_argument("--skip-hashing", action="store_true")
+    ap.add_argument("--skip-resume", action="store_true")
+    ap.add_argument(
+        "--resume-pieces", type=int, default=0, help="pieces of the killed pull (default: --pieces)"
+    )
+    ap.add_argument("--resume-piece-kib", type=int, default=16, help="its piece size in KiB (default 16)")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="dsmirror-bench-store-"))
@@ -208,6 +323,8 @@ def main() -> None:
             bench_hashing(root, args.runs)
         if not args.skip_pull:
             bench_pull(root, args.pieces)
+        if not args.skip_resume:
+            bench_resume(root, args.resume_pieces or args.pieces, args.resume_piece_kib << 10)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
