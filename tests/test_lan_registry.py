@@ -164,14 +164,21 @@ def _same(folder: Path, dest: Path) -> bool:
     )
 
 
-@pytest.mark.parametrize(("ref", "prefer"), [(f"hf://{REPO}", "p2p"), (ALIAS, "auto")])
+@pytest.mark.parametrize(
+    ("ref", "prefer", "then"),
+    [(f"hf://{REPO}", "p2p", "leave"), (f"hf://{REPO}", "p2p", "seed"), (ALIAS, "auto", "seed")],
+)
 def test_three_hosts_share_an_hf_pull(
-    lan3: NetnsLan, model: tuple[Path, int], tmp_path: Path, ref: str, prefer: str
+    lan3: NetnsLan, model: tuple[Path, int], tmp_path: Path, ref: str, prefer: str, then: str
 ) -> None:
+    """``then``: what a host does once its pull is done: ``leave`` (it exits; the pieces it
+    fetched last that nobody copied yet are fetched again) or ``seed`` (``pull --seed``: it goes
+    on serving the others with no gap, see "The hand-over" in ``dsmirror._share.seed``)."""
     folder, size = model
     up = _endpoint(lan3, folder, tmp_path / "stats.json")
     cat = _catalog(tmp_path / "cat.yaml", up.url)
-    argv = [_pull(cat, tmp_path / f"d{k}", "--prefer", prefer, ref=ref) for k in range(3)]
+    extra = ["--seed"] if then == "seed" else []
+    argv = [_pull(cat, tmp_path / f"d{k}", "--prefer", prefer, *extra, ref=ref) for k in range(3)]
     hosts = [Host(lan3, k, tmp_path, f"h{k}", argv[k]) for k in range(3)]
     started: dict[str, float] = {}
 
@@ -189,8 +196,8 @@ def test_three_hosts_share_an_hf_pull(
     extra = [(h.result or {}).get("redundant_bytes") for h in hosts]
     trouble = [len(h.of("PieceRejected")) + len(h.of("SourceTrouble")) for h in hosts]
     print(
-        f"{ref} --prefer {prefer} on 3 hosts: upstream {served / size:.3f}x the model ({served} B; "
-        "floor 1.2x, goal 1.05x); "
+        f"{ref} --prefer {prefer}, then {then}, on 3 hosts: upstream {served / size:.3f}x the model "
+        f"({served} B; floor 1.2x, goal 1.05x); "
         f"one copy {size / RATE:.1f} s; hosts {[round(h.seconds, 1) for h in hosts]} s; delivered {by}; "
         f"redundant {extra}; rejected/trouble events {trouble}; resolved after "
         f"{ {k: round(v, 1) for k, v in sorted(started.items())} } s"
