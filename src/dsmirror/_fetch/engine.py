@@ -124,6 +124,13 @@ _NO_DIGEST: hashlib._Hash = _NoDigest()  # type: ignore[assignment]
 
 #: Seconds the worker threads get, together, to end once their sources are closed (see Shutdown).
 SHUTDOWN_GRACE = 0.5
+#: Seconds between turns of the pull's loop (``_Engine._drive``) while pieces are missing ...
+DRIVE_TURN = 0.05
+#: ... and once every piece is here, while the store's whole-file hasher ends: the loop is woken
+#: as the last piece is verified (``_Engine._turn``) and then waits for the last file's digest.
+#: With a fixed 50 ms turn the pull ended 25 ms (up to 50 ms) after its last piece on average
+#: (bench_mirrors: last byte to shutdown 9-51 ms, 5 runs).
+FINISH_TURN = 0.005
 
 
 class _StoreGate:
@@ -244,6 +251,7 @@ class _Engine:
         self.fatal: BaseException | None = None
         self.events: list[Event] = []
         self._events_lock = threading.Lock()
+        self._turn = threading.Event()  # wakes the pull's loop early: the last piece, a fatal error
         self._piece_locks = [threading.Lock() for _ in range(64)]
         self._partials: dict[int, tuple[int, hashlib._Hash, frozenset[str]]] = {}
         self._partials_lock = threading.Lock()
@@ -333,6 +341,7 @@ class _Engine:
             if self.fatal is None:
                 self.fatal = exc
             self.stop.set()
+            self._turn.set()
 
     def deliver(self, a: Assignment, piece: Piece, data: bytes, source: str) -> bool:
         """A swarm delivers a whole piece: verify, store, report. Returns whether to go on with ``a``.
@@ -342,7 +351,10 @@ class _Engine:
         digest = hashlib.sha256(data).hexdigest()
         self.sched.progress(a, len(data))
         self._complete(a, piece, digest, bytearray(data), source)
-        return self.sched.piece_verified(a, piece.index)
+        go_on = self.sched.piece_verified(a, piece.index)
+        if self.sched.finished():
+            self._turn.set()
+        return go_on
 
     def _announce(self, piece: Piece, data: bytes | None) -> None:
         for sw in self.swarms.values():
@@ -358,10 +370,13 @@ class _Engine:
                     self.stop.wait(min(got, 1.0))
                     continue
                 self._run(src, got)
+                if self.sched.finished():
+                    self._turn.set()  # that was the last piece: the pull's loop ends it now
         except BaseException as exc:  # a bug or a local storage error: stop the pull
             if self.fatal is None:
                 self.fatal = exc
             self.stop.set()
+            self._turn.set()
 
     def _run(self, src: Source, a: Assignment) -> None:
         was_banned = self.sched.source(src.name).banned
@@ -650,7 +665,8 @@ class _Engine:
             self._take_file_results()
             sched.check_viable()
             sched.tick()
-            self.stop.wait(0.05)
+            self._turn.wait(FINISH_TURN if sched.finished() else DRIVE_TURN)
+            self._turn.clear()
             now = self.clock.now()
             if now - last_commit >= cfg.commit_interval:
                 store.commit()
