@@ -1,5 +1,8 @@
-"""``pull --seed`` hands its running torrent to the seeder: a peer still pulling keeps its
-connection to the machine that finished, and keeps receiving from it, with no gap.
+"""A machine that seeds is reachable at once by the machines still pulling.
+
+``pull --seed`` hands its running torrent to the seeder: a peer still pulling keeps its
+connection to the machine that finished, and keeps receiving from it, with no gap. And a
+``dsmirror seed`` started by hand is in the swarm those pulls are in.
 
 A pulls a model from a mirror with ``--seed``; B, a plain libtorrent session throttled to
 1 MB/s, takes the whole model from A alone, so it is far from done when A's pull ends. Before the
@@ -24,7 +27,7 @@ import dsmirror
 from conftest import addr, free_port
 from dsmirror import Event, PullFinished, PullOptions
 from dsmirror._fetch.swarm.config import SeedingStarted, SeedStatus, SwarmConfig
-from dsmirror._fetch.swarm.torrent import derived_torrent
+from dsmirror._fetch.swarm.torrent import create_torrent, derived_torrent, with_torrent_hashes
 from dsmirror._formats.private import PrivateArea
 from dsmirror._pull import resolve, run_plan
 from dsmirror._share import seed as seed_mod
@@ -166,3 +169,36 @@ def test_a_peer_keeps_its_connection_and_its_bytes_across_the_seed_hand_over(
     # libtorrent's copy was deleted when the seeder took the torrent over; it seeds the install.
     assert when["bt_left"] == 0.0 and not (area / "bt").exists() and not (area / "bt.resume").exists()
     assert states and set(states) == {"seeding"}, states
+
+
+def test_a_seed_started_by_hand_is_in_the_swarm_of_pulls_that_know_no_torrent(
+    seeder: Any, start_mirrors: Any, tmp_path: Path
+) -> None:
+    """``dsmirror seed MANIFEST --from DIR`` seeds the published (hybrid) torrent and the
+    manifest's own swarm, where pulls that know no torrent meet (every LAN pull of a published
+    manifest): such a pull takes the whole model from it. It seeded the hybrid one alone before,
+    and was never found: the pull took everything from the mirror."""
+    root = tmp_path / "model"
+    root.mkdir()
+    write_random_tree(root, SIZES, seed=8)
+    manifest = create_manifest(root, name="by-hand", piece_size=256 * KiB, sha1=True)
+    manifest = with_torrent_hashes(manifest, [create_torrent(manifest, root, verify=False)])
+    mpath = tmp_path / "m.json"
+    manifest.write(mpath)
+    ps, pp = free_port(), free_port()
+    seeder(mpath, root, ps)
+    (mirror,) = start_mirrors(root, 1)
+    cat = tmp_path / "cat.yaml"
+    cat.write_text(f'version: 1\nmirrors:\n  - name: m1\n    kind: http\n    url: "{mirror.url}"\n')
+    catalog = dsmirror.load_default_catalog({}, [cat], replace=True)
+    settings = dsmirror.Settings.from_env({"HOME": str(tmp_path / "home")})
+    swarm = SwarmConfig(listen=addr(pp), peers=(addr(ps),), lsd=False)
+    opts = PullOptions(dest=tmp_path / "out", reuse=False, swarm=swarm)
+    plan = resolve(str(mpath), catalog, settings, opts)
+    (sw,) = plan.swarms
+    assert sw.torrent is not None and sw.torrent.btih == derived_torrent(manifest).btih  # type: ignore[union-attr]
+    done = [e for e in run_plan(plan, opts, settings=settings) if isinstance(e, PullFinished)]
+    for rel in SIZES:
+        assert (tmp_path / "out" / rel).read_bytes() == (root / rel).read_bytes(), rel
+    assert done[-1].delivered_by_source.get("swarm") == manifest.total_size, done[-1].delivered_by_source
+    assert mirror.bytes_served == 0

@@ -75,6 +75,7 @@ _MOVE_WAIT = 10.0  # seconds libtorrent may take to point a running torrent at t
 
 __all__ = [
     "SeedTarget",
+    "own_swarm_target",
     "piece_size_for",
     "seed",
     "seed_after_pull",
@@ -293,6 +294,22 @@ def seed_targets_in(folder: Path) -> list[SeedTarget]:
     """The torrents a dsmirror pull saved in ``folder`` (``.dsmirror/torrents/*.torrent``)."""
     found = sorted(PrivateArea(folder).torrents_dir.glob("*.torrent"))
     return [SeedTarget(load_torrent(p), folder) for p in found]
+
+
+def own_swarm_target(manifest: Manifest, folder: Path, seeded: Sequence[SeedTarget]) -> SeedTarget | None:
+    """The manifest's own swarm (its derived torrent) over ``folder``, for a hand-started seed,
+    unless ``seeded`` has it already: pulls that know no torrent meet there, so a seeder of only
+    the published (hybrid) torrent is never found by them.
+
+    Only with real piece hashes (a manifest with ``sha1``): that torrent is checked by libtorrent
+    like any other. A placeholder one would need a session with hash checks off, in which the
+    other torrents' pieces would go out unchecked too (seed mode checks each before its first
+    upload); it is seeded where a pull left it as the folder's torrent (``seed_targets_in``).
+    """
+    derived = derived_torrent(manifest)
+    if derived is None or derived.derived or any(_same_torrent(t.torrent, derived) for t in seeded):
+        return None
+    return SeedTarget(derived, folder)
 
 
 def piece_size_for(total: int) -> int:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dsmirror._core.errors import Interrupted, UsageError
+from dsmirror._core.errors import DsmirrorError, Interrupted, UsageError
 from dsmirror._core.units import format_bytes, format_rate, parse_size
 from dsmirror.cli._app import JsonOpt, app, console, err_console
 from dsmirror.cli._console import styled
@@ -82,7 +82,7 @@ def _targets(items: list[str], source: Path | None, torrent: Path | None, fmt: s
     from dsmirror._formats.manifest import load_manifest
     from dsmirror._formats.private import PrivateArea
     from dsmirror._install.store_model import find_store_model
-    from dsmirror._share.seed import SeedTarget, seed_targets_in, store_seed_target
+    from dsmirror._share.seed import SeedTarget, own_swarm_target, seed_targets_in, store_seed_target
 
     if fmt not in TORRENT_FORMATS:
         raise UsageError(f"--torrent-format must be one of {', '.join(TORRENT_FORMATS)}")
@@ -110,6 +110,17 @@ def _targets(items: list[str], source: Path | None, torrent: Path | None, fmt: s
                     hint="seed a folder with MANIFEST --from DIR (or TORRENT --from DIR)",
                 )
             out += found
+            area = PrivateArea(item)
+            for mid in sorted(p.stem for p in area.torrents_dir.glob("*.torrent")):
+                recorded = area.installed_manifest(mid)
+                if not recorded.is_file():
+                    continue
+                try:  # its own swarm too: pulls that know no torrent meet there
+                    own = own_swarm_target(load_manifest(recorded), item, out)
+                except DsmirrorError:
+                    continue  # a record that does not load: the torrents above still seed
+                if own is not None:
+                    out.append(own)
             continue
         if source is None:
             raise UsageError(
@@ -136,6 +147,9 @@ def _targets(items: list[str], source: Path | None, torrent: Path | None, fmt: s
                 t.write(cached)
         check_torrent(m, t)
         out.append(SeedTarget(t, source))
+        own = own_swarm_target(m, source, out)  # pulls that know no torrent meet there
+        if own is not None:
+            out.append(own)
     return out
 
 
