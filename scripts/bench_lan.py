@@ -139,6 +139,38 @@ def _machine_busy() -> tuple[int, int]:
     return sum(f) - idle, sum(f)
 
 
+def _proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) process ``pid`` used so far (/proc/PID/stat)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def uplink_report(samples: list[tuple[float, int]], t0: float, rate: float, last_end: float) -> str:
+    """When the upstream was busy, from its byte counter sampled during a run (every ~0.1 s): its
+    first byte, the time it served less than half its rate between the first and the last byte
+    (idle: waiting for a start, a handover, a tail), its last byte, and the last host's finish."""
+    moved = [(t, b) for t, b in samples if b > samples[0][1]] if samples else []
+    if not moved:
+        return "  uplink: no bytes"
+    first, last = moved[0][0], next(t for t, b in samples if b == samples[-1][1])
+    idle = 0.0
+    window = [(t, b) for t, b in samples if first <= t <= last]
+    ta, ba = window[0]
+    for tb, bb in window[1:]:  # in steps of 0.5 s at least: the counter is written every 0.1 s
+        if tb - ta >= 0.5 or tb == last:
+            if (bb - ba) / max(1e-9, tb - ta) < rate / 2:
+                idle += tb - ta
+            ta, ba = tb, bb
+    return (
+        f"  uplink: first byte at {first - t0:.1f} s, under half its rate for {idle:.1f} s of the "
+        f"{last - first:.1f} s it served, last byte at {last - t0:.1f} s, "
+        f"last host done at {last_end - t0:.1f} s"
+    )
+
+
 def trace_report(base: Path, n: int, piece: int) -> str:
     """What the hosts' traces (``--trace``) say about the upstream bytes: pieces fetched by more
     than one host (and when, against when the set of machines changed), and bytes received by
@@ -191,6 +223,7 @@ class Client:
     finished_at: float | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    cpu: float | None = None  # CPU seconds of its process when it finished
 
     def watch(self, log: Path) -> None:
         assert self.proc.stdout is not None
@@ -201,6 +234,7 @@ class Client:
                     ev = json.loads(line)
                     if isinstance(ev, dict) and ev.get("event") in ("PullFinished", "done"):
                         self.finished_at = time.monotonic()
+                        self.cpu = _proc_cpu(self.proc.pid)  # ip netns exec execs: the client
                         self.result = ev
 
     @property
@@ -229,6 +263,8 @@ class Run:
     cpu: float  # CPU seconds (user + system) of the hosts' processes
     busy: float  # the machine's CPUs busy meanwhile (0..1, /proc/stat, every process of it)
     base: Path  # its logs (and traces)
+    host_cpu: list[float | None]  # each host's CPU seconds until it finished
+    uplink: str  # when the upstream was busy (uplink_report)
 
 
 @dataclasses.dataclass
@@ -239,7 +275,9 @@ class Setup:
     work: Path
     timeout: float
     connections: int | None
+    rate: float  # what the upstream serves, bytes/s
     trace: bool = False  # record each host's scheduler decisions (scripts/_lantrace)
+    profile: bool = False  # sample the dsmirror hosts with py-spy (collapsed stacks per host)
 
 
 def prepare(model: Model, up_url: str, work: Path, tracker: str | None) -> tuple[Path, Path]:
@@ -301,7 +339,11 @@ def run_scenario(
     clients: list[Client] = []
     t0 = time.monotonic()
     deadline = t0 + s.timeout + n * stagger
+    samples: list[tuple[float, int]] = []
+    spies: list[subprocess.Popen[bytes]] = []
     while time.monotonic() < deadline:
+        if not samples or time.monotonic() - samples[-1][0] >= 0.1:
+            samples.append((time.monotonic(), up.bytes_served))
         while len(clients) < n and time.monotonic() >= t0 + len(clients) * stagger:
             i = len(clients)
             dest = base / f"dest{i}"
@@ -319,6 +361,10 @@ def run_scenario(
                     env=env,
                 )
             c = Client(f"host{i + 1}", proc, time.monotonic(), dest)
+            if s.profile and scenario != "lt":  # until it exits (ip netns exec execs: the client)
+                spy = ["py-spy", "record", "--nonblocking", "-r", "100", "-f", "raw", "-p", str(proc.pid),
+                       "-o", str(base / f"profile{i}.txt")]  # fmt: skip
+                spies.append(subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             threading.Thread(target=c.watch, args=(base / f"events{i}.jsonl",), daemon=True).start()
             clients.append(c)
         if len(clients) == n and all(c.finished_at is not None for c in clients):
@@ -332,6 +378,8 @@ def run_scenario(
             break
         time.sleep(0.05)
     served = up.bytes_served - served0
+    if s.trace:  # the upstream's byte counter over the run (monotonic time, bytes)
+        (base / "uplink.json").write_text(json.dumps(samples))
     inter = (net.inter_site_bytes() - inter0) / s.model.size if isinstance(net, NetnsSites) else None
     for c in clients:
         if c.proc.poll() is None:
@@ -349,6 +397,12 @@ def run_scenario(
             bad = bad_outputs(s.model.manifest, out)
             if bad:
                 c.error = f"{len(bad)} files differ"
+    for spy in spies:
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
     ends = [c.finished_at for c in clients if c.finished_at is not None]
     wall = max(ends) - t0 if len(ends) == n else float("nan")
     cpu = _children_cpu() - cpu0
@@ -358,7 +412,8 @@ def run_scenario(
     return Run(
         scenario, office, stagger, served / s.model.size, [c.seconds for c in clients],
         [c.from_swarm() for c in clients], load, errors, wall, inter, cpu,
-        busy[0] / max(1, busy[1]), base,
+        busy[0] / max(1, busy[1]), base, [c.cpu for c in clients],
+        uplink_report(samples, t0, s.rate, max(ends, default=t0)),
     )  # fmt: skip
 
 
@@ -386,6 +441,10 @@ def main() -> None:
     ap.add_argument(
         "--trace", action="store_true",
         help="record the dsmirror hosts' scheduler decisions, print what was fetched twice (keeps the logs)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--profile", action="store_true",
+        help="sample each dsmirror host with py-spy (profile<i>.txt, collapsed stacks; keeps the logs)",
     )  # fmt: skip
     args = ap.parse_args()
     why = tracker_unavailable() if args.sites else unavailable()
@@ -423,7 +482,9 @@ def main() -> None:
                 work,
                 args.timeout,
                 args.connections,
+                rate,
                 args.trace,
+                args.profile,
             )
             catalog = work / "upstream.yaml"
             url = f"{up.url}{model.root.name}/"
@@ -449,6 +510,9 @@ def main() -> None:
                             + (f"  ERRORS {r.errors}" if r.errors else ""),
                             flush=True,
                         )
+                        cpus = " ".join("-" if c is None else f"{c:.1f}" for c in r.host_cpu)
+                        print(f"  hosts' CPU until done (s): {cpus}", flush=True)
+                        print(r.uplink, flush=True)
                         if args.trace and sc != "lt":
                             print(trace_report(r.base, len(r.times), piece), flush=True)
     print()
@@ -491,11 +555,11 @@ def main() -> None:
         "inter-site: bytes over the links between sites (both ways, headers included) / model size.\n"
         "floors (issue 13): dsmirror zero-config upstream/model <= 1.05, slowest/one copy <= 1.25"
     )
-    if any(r.errors for r in runs) or args.trace:
+    if any(r.errors for r in runs) or args.trace or args.profile:
         print(f"outputs and logs kept in {work}")
     if any(r.errors for r in runs):
         sys.exit(1)
-    if args.trace:
+    if args.trace or args.profile:
         return
     shutil.rmtree(work, ignore_errors=True)
 

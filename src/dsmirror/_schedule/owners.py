@@ -59,6 +59,9 @@ class LanView:
     changed_at: float | None = None  # when the swarm last reported a different set of peers
     ready_at: float | None = None  # when the swarm first reported (it is ready: torrent checked)
     swarm_slow: bool = False  # mirrors may take pieces peers have (set by the scheduler's tick)
+    peer_pieces: int = 0  # pieces some peer had when last counted (``lan._others_quiet``) ...
+    counted_at: float = float("-inf")  # ... at this time
+    grew_at: float | None = None  # when that count last grew
     _owners: tuple[str, ...] = ()  # the other owners: hosts and held
     _keyed: tuple[str, tuple[str, ...]] | None = None  # (me, owners) that _keys were made for
     _keys: tuple[int, ...] = ()  # hashed ids: this machine's first

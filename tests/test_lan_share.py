@@ -1,0 +1,89 @@
+"""Machines of a LAN share one uplink (``dsmirror._schedule.lan``): how many connections a machine
+opens to a mirror while others pull too, and when it starts. On the scheduler alone, fake clock.
+
+Measured on the namespaced LAN (``scripts/bench_lan.py``, 96 MiB, 1 MiB pieces, 12 MB/s): with every
+machine opening all its connections (8 each), 8 machines had 64 pieces in flight at once, the first
+of them verified after 4-5 s and the LAN had to carry most of the model after that, so the last
+machine finished 2.4 s after the upstream's last byte (1.49x one copy); a killed machine wasted its
+8 pieces in flight.
+"""
+
+from __future__ import annotations
+
+import dsmirror
+from dsmirror._schedule.state import Assignment
+
+MiB = 1 << 20
+IDS = [f"-DS0200-M{c * 11}" for c in "abcdefgh"]
+
+
+def _sched(n: int, conns: int = 8) -> tuple[dsmirror.Scheduler, bytearray]:
+    files = (dsmirror.FileEntry("f.bin", n * MiB, "0" * 64, tuple(f"{k:064x}" for k in range(n))),)
+    m = dsmirror.Manifest("sim", MiB, files)
+    infos = [
+        dsmirror.SourceInfo("upstream", "http", "upstream.example", max_connections=conns),
+        dsmirror.SourceInfo("swarm", "bittorrent", "swarm", max_connections=8),
+    ]
+    s = dsmirror.Scheduler(m, bytearray(n), infos, dsmirror.FakeClock(), dsmirror.SchedulerConfig())
+    have = bytearray(n)
+    s.set_peer_pieces("swarm", have)
+    return s, have
+
+
+def _advance(s: dsmirror.Scheduler, seconds: float) -> None:
+    assert isinstance(s.clock, dsmirror.FakeClock)
+    s.clock.advance(seconds)
+
+
+def _open(s: dsmirror.Scheduler, limit: int = 16) -> list[Assignment]:
+    """Every connection of the upstream that gets work now."""
+    got = []
+    for _ in range(limit):
+        a = s.acquire("upstream")
+        if not isinstance(a, Assignment):
+            break
+        got.append(a)
+    return got
+
+
+def test_machines_that_share_the_uplink_open_one_machines_connections_between_them() -> None:
+    for machines, share in ((2, 4), (3, 3), (4, 2), (8, 1)):
+        s, _ = _sched(256)
+        s.set_lan_hosts("swarm", IDS[0], IDS[1:machines], machines - 1)
+        _advance(s, 0.5)  # met, and the set held still
+        assert len(_open(s)) == share, machines
+
+
+def test_a_machine_that_met_only_pullers_starts_one_connection_before_the_set_holds_still() -> None:
+    s, _ = _sched(256)
+    s.set_lan_hosts("swarm", IDS[0], IDS[1:3], 2)  # LSD found two machines pulling too
+    first = _open(s)
+    assert len(first) == 1 and first[0].end - first[0].start == 1  # one piece, in its best block
+    _advance(s, 0.5)
+    assert len(_open(s)) == 2  # settled: the rest of its share (3 of 8 with 3 machines)
+    # A seed among the peers: its pieces are known from its bitfield only; wait for the set.
+    s, _ = _sched(256)
+    s.set_lan_hosts("swarm", IDS[0], IDS[1:2], 2)
+    assert _open(s) == []
+    # A small model (fewer than 64 blocks): two machines are likely to start in the same block.
+    s, _ = _sched(32)
+    s.set_lan_hosts("swarm", IDS[0], IDS[1:2], 1)
+    assert _open(s) == []
+
+
+def test_the_last_machine_fetching_gets_all_its_connections_back() -> None:
+    """The others finished their blocks (they still pull, over the LAN): once nothing new has
+    appeared among the pieces peers have for a second, this machine may use the whole uplink."""
+    s, have = _sched(256)
+    s.set_lan_hosts("swarm", IDS[0], IDS[1:4], 3)
+    _advance(s, 0.5)
+    assert len(_open(s)) == 2  # 8 / 4 machines
+    assert _open(s) == []
+    for k in range(0, 256, 2):  # what the others fetched from outside, as it appears
+        have[k] = 1
+        _advance(s, 0.05)
+        assert _open(s) == []
+    _advance(s, 0.3)
+    assert _open(s) == []  # (counted every quarter of a second: the last ones just seen)
+    _advance(s, 1.1)  # nothing new since
+    assert len(_open(s)) == 6
