@@ -635,7 +635,9 @@ def test_mirrors_of_a_lan_pull_wait_to_meet_the_peers() -> None:
     assert isinstance(second, Assignment) and second.start != first.start  # another machine, elsewhere
     s2, _ = _sched(64)
     s2.set_lan_hosts("swarm", IDS[0], IDS[1:2], 1)
-    assert isinstance(s2.acquire("upstream"), float)  # met, but not settled yet
+    met = s2.acquire("upstream")  # met a machine pulling too: one connection before the set holds still
+    assert isinstance(met, Assignment) and met.end - met.start == 1
+    assert isinstance(s2.acquire("upstream"), float)  # the rest once it held still
     _advance(s2, 0.5)
     assert isinstance(s2.acquire("upstream"), Assignment)
 
