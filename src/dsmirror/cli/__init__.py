@@ -10,7 +10,9 @@ Exit codes: 0 ok, 1 unexpected, 2 bad usage, 3 integrity failure, 4 no usable so
 
 from __future__ import annotations
 
+import atexit
 import copy
+import gc
 import signal
 import sys
 from types import FrameType
@@ -70,6 +72,12 @@ def _app_for(argv: list[str]) -> typer.Typer:
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    # The interpreter's exit collects garbage while it tears the modules down: after a pull, 57-86 ms
+    # of CPU (perf: gc_collect_main, visit_decref), a third of what dsmirror pull spends after its
+    # last byte (bench_mirrors). Everything is closed by then (the store's files synced and renamed,
+    # sockets shut); the heap is simply freed with the process. Frozen at exit, the last collections
+    # skip it: 11-15 ms. At exit only, so a caller of main() in its own process is not affected.
+    atexit.register(gc.freeze)
     try:
         # The name usage lines show, however the program was started (``python -m``, ``-c``).
         _app_for(sys.argv)(standalone_mode=True, prog_name="dsmirror")
