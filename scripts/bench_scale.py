@@ -18,9 +18,12 @@ front, as the free cursor leaves it), and the mean is printed, in microseconds p
 
 - ``acquire``, ``release``: an idle connection takes a span and gives it back (``acquire/pc``:
   the mean span, in pieces). Variants: ``nohash`` (no piece hashes: the tail check runs),
-  ``lan`` (a BitTorrent swarm whose peers have half the pieces, in blocks; a fresh mirror
-  connection, without a frontier, looks for pieces no peer has), ``lan-all`` (the peers have
-  every piece), ``swarm`` (the swarm source itself takes work).
+  ``lan`` (a BitTorrent swarm whose peers have half the pieces, in blocks, and one other
+  machine pulling, so each owns about half the blocks; a fresh mirror connection, without a
+  frontier, looks for pieces of its machine's blocks that no peer has), ``lan-all`` (the peers
+  have every piece), ``lan-done`` (this machine's blocks are all done, the other machine's are
+  left and no peer has them: the mirror finds nothing of its own to fetch and waits), ``swarm``
+  (the swarm source itself takes work).
 - ``verified``: ``Scheduler.piece_verified``, per piece.
 - ``viable``, ``tick``: ``Scheduler.check_viable`` and ``tick``, once per turn of the engine's
   loop (20 a second).
@@ -32,8 +35,10 @@ front, as the free cursor leaves it), and the mean is printed, in microseconds p
 Then the share of one core these calls take at 1 GB/s, for 1 MiB and 8 MiB pieces: per second
 ``1e9/P`` pieces (``verified`` + ``mark``), that many over the mean span acquires and releases,
 20 turns, 4 progress events (``snapshot`` + one more ``received_bytes``), and, listed apart
-because it does not depend on pieces, 15k chunks. The machine's load is printed before and
-after: on a busy machine every figure is high by about the load over the cores.
+because it does not depend on pieces, 15k chunks. And, for LAN pulls, the share of a core
+that idle mirror connections take asking for work every 0.2 s (``lan-all``, ``lan-done``: the
+answer is a wait). The machine's load is printed before and after: on a busy machine every
+figure is high by about the load over the cores.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from types import SimpleNamespace
 from dsmirror import FakeClock, FileEntry, Manifest, Scheduler, SchedulerConfig, SourceInfo
 from dsmirror._fetch.engine import _Engine
 from dsmirror._journal.store import Store
+from dsmirror._schedule.owners import LanView
 from dsmirror._schedule.scheduler import Assignment
 
 MIB = 1 << 20
@@ -63,6 +69,7 @@ MIRRORS, CONNS, CONN_RATE = 3, 8, 40e6
 STATES = (0.1, 0.5, 0.9)
 CHUNK = 64 << 10
 TURNS_PER_S, EVENTS_PER_S = 20, 4
+IDLE_RETRY = 0.2  # seconds a connection waits when acquire has no work for it (``Scheduler.acquire``)
 DIGEST = "ab" * 32
 
 
@@ -98,6 +105,12 @@ class SchedulerState:
         front = int(n * done)
         flags = bytearray(n)
         flags[:front] = b"\x01" * front
+        if kind == "lan-done":  # this machine fetched all its blocks; the other's are left
+            view = LanView.for_model(0.0, n, m.piece_size)
+            view.update("me", ["other"], 1, 0.0)
+            for lo in range(0, n, view.block):
+                if view.mine(lo):
+                    flags[lo : lo + view.block] = b"\x01" * len(flags[lo : lo + view.block])
         infos = [SourceInfo(f"m{j}", "http", f"m{j}.example", max_connections=CONNS) for j in range(MIRRORS)]
         if kind.startswith(("lan", "swarm")):
             infos.append(SourceInfo("lan", "bittorrent", "lan.example", max_connections=CONNS))
@@ -110,10 +123,18 @@ class SchedulerState:
                 have[lo : lo + 512] = b"\x01" * len(have[lo : lo + 512])
             if kind == "lan-all":
                 have = bytearray(b"\x01" * n)
+            if kind == "lan-done":
+                have = bytearray(n)  # nobody has the other machine's pieces yet
             self.sched.set_peer_pieces("lan", have)
+            # The swarm met one other machine pulling: its mirrors may start (``lan``, "The start").
+            self.sched.set_lan_hosts("lan", "me", ["other"], 1)
+            self.clock.advance(1.0)
         self.busy: list[Assignment] = []
+        # One connection of each mirror stays idle; in a LAN pull of two machines, each machine
+        # has fewer at work (a machine's share of the uplink).
+        busy = CONNS // 2 - 1 if kind.startswith(("lan", "swarm")) else CONNS - 1
         for j in range(MIRRORS):
-            for _ in range(CONNS - 1):  # one connection of each mirror stays idle
+            for _ in range(busy):
                 got = self.sched.acquire(f"m{j}")
                 if isinstance(got, Assignment):
                     self.sched.progress(got, m.pieces[got.next_piece].length // 2)
@@ -251,7 +272,7 @@ def main() -> None:
             gc.collect()
             m1 = model(n, MIB)
             c = measure_scheduler(m1, "hashed", args.budget)
-            for kind in ("nohash", "lan", "lan-all", "swarm"):
+            for kind in ("nohash", "lan", "lan-all", "lan-done", "swarm"):
                 mk = model(n, MIB, hashed=kind != "nohash")
                 got = measure_scheduler(mk, kind, args.budget)
                 c[f"acq-{kind}"] = got["acquire"]
@@ -270,6 +291,7 @@ def main() -> None:
         ("acq-nohash", "nohash"),
         ("acq-lan", "lan"),
         ("acq-lan-all", "lan-all"),
+        ("acq-lan-done", "lan-done"),
         ("acq-swarm", "swarm"),
         ("verified", "verified"),
         ("viable", "viable"),
@@ -289,6 +311,14 @@ def main() -> None:
         one, chunks = share(results[n], MIB)
         eight, _ = share(results8[n], 8 * MIB)
         print(f"{n:>8} {one:>8.2f}% {eight:>8.2f}% {chunks:>8.2f}%")
+    print(
+        f"\nLAN pulls: {MIRRORS * CONNS} idle mirror connections asking every {IDLE_RETRY} s (acquire "
+        "answers a wait), share of one core"
+    )
+    print(f"{'pieces':>8} {'lan-all':>9} {'lan-done':>9}")
+    for n, c in results.items():
+        idle = MIRRORS * CONNS / IDLE_RETRY / 1e4
+        print(f"{n:>8} {idle * c['acq-lan-all']:>8.2f}% {idle * c['acq-lan-done']:>8.2f}%")
     print(f"\n{load()}")
 
 
