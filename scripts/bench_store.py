@@ -208,13 +208,22 @@ def pull_model(root: Path, pieces: int, *, hashed: bool, ps: int = 16 << 10) -> 
     return Manifest(f"bench-rss-{pieces}", ps, tuple(entries)), files * size
 
 
+def prepared(
+    root: Path, pieces: int, *, hashed: bool, ps: int = 16 << 10
+) -> tuple[Manifest, int, Path, MirrorServer, Path]:
+    """The model of ``pull_model``, its manifest written, a mirror serving it: ``(manifest, its
+    size, the manifest's path, the started mirror, a catalog naming it)``."""
+    m, total = pull_model(root, pieces, hashed=hashed, ps=ps)
+    mpath = root / f"m-{hashed}.json"
+    m.write(mpath)
+    mirror, catalog = serve(root)
+    return m, total, mpath, mirror, catalog
+
+
 def bench_pull(root: Path, pieces: int) -> None:
     print(f"peak RSS of a real `dsmirror pull` of {pieces} pieces of 16 KiB over {FILES} files; {load()}")
     for hashed in (True, False):
-        m, total = pull_model(root, pieces, hashed=hashed)
-        mpath = root / f"m-{hashed}.json"
-        m.write(mpath)
-        mirror, catalog = serve(root)
+        m, total, mpath, mirror, catalog = prepared(root, pieces, hashed=hashed)
         dest = root / "dest"
         peak_file = root / "peak"
         env = {**os.environ, "DSMIRROR_BENCH_PEAK": str(peak_file), "HOME": str(root / "home")}
@@ -268,10 +277,7 @@ def bench_resume(root: Path, pieces: int, ps: int) -> None:
     print(f"resume after kill -9 at 99% of a `dsmirror pull` of {pieces} pieces of {ps >> 10} KiB; {load()}")
     root = root / f"ps{ps}"  # its own sparse source: the other parts' pieces are 16 KiB
     for hashed in (True, False):
-        m, total = pull_model(root, pieces, hashed=hashed, ps=ps)
-        mpath = root / f"m-{hashed}.json"
-        m.write(mpath)
-        mirror, catalog = serve(root)
+        m, total, mpath, mirror, catalog = prepared(root, pieces, hashed=hashed, ps=ps)
         dest = root / "dest"
         reads = root / "reads"
         env = {**os.environ, "DSMIRROR_BENCH_READS": str(reads), "HOME": str(root / "home")}
