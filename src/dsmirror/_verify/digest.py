@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = [
     "ContentHasher",
@@ -104,8 +105,42 @@ _POOL = ThreadPoolExecutor(
 )
 
 
-def _hexdigest(buf: memoryview) -> str:
+def _hexdigest(buf: memoryview, pad: int) -> str:
+    """SHA-256 hex of one piece (``pad``: unused, see ``_each_piece``)."""
     return hashlib.sha256(buf).hexdigest()
+
+
+_T = TypeVar("_T")
+
+
+def _each_piece(
+    path: Path,
+    piece_size: int,
+    digests: Callable[[memoryview, int], _T],
+    whole: hashlib._Hash,
+    on_bytes: Callable[[int], None] | None,
+) -> Iterator[tuple[int, _T]]:
+    """``(length, digests(piece, bytes short of a whole piece))`` for each piece of ``path``, in
+    order, streaming with bounded memory (two piece buffers), ``whole`` fed every byte.
+
+    The piece's digests run on a pool thread while this one feeds ``whole``, and the next read
+    overlaps both (hashlib releases the GIL on large buffers), so a file is hashed at roughly the
+    speed of one SHA-256 stream instead of half of it.
+    """
+    bufs = [bytearray(piece_size), bytearray(piece_size)]
+    with open(path, "rb", buffering=0) as fh:
+        turn = 0
+        n = fh.readinto(bufs[turn])
+        while n:
+            view = memoryview(bufs[turn])[:n]
+            fut = _POOL.submit(digests, view, piece_size - n)
+            whole.update(view)
+            nxt = 1 - turn
+            n_next = fh.readinto(bufs[nxt]) if n == piece_size else 0
+            yield n, fut.result()
+            if on_bytes:
+                on_bytes(n)
+            turn, n = nxt, n_next or 0
 
 
 def hash_file_pieces(
@@ -114,31 +149,13 @@ def hash_file_pieces(
     *,
     on_bytes: Callable[[int], None] | None = None,
 ) -> tuple[int, str, list[str]]:
-    """Hash one file: (size, whole-file sha256, piece sha256s), streaming with bounded memory.
-
-    The piece digest and the whole-file digest of each chunk run on two threads at once
-    (hashlib releases the GIL on large buffers), and the next read overlaps both, so a file is
-    hashed at roughly the speed of one SHA-256 stream instead of half of it.
-    """
+    """Hash one file: (size, whole-file sha256, piece sha256s), in one read pass (``_each_piece``)."""
     whole = hashlib.sha256()
     pieces: list[str] = []
-    bufs = [bytearray(piece_size), bytearray(piece_size)]
     size = 0
-    with open(path, "rb", buffering=0) as fh:
-        turn = 0
-        n = fh.readinto(bufs[turn])
-        while n:
-            view = memoryview(bufs[turn])[:n]
-            fut = _POOL.submit(_hexdigest, view)
-            whole.update(view)
-            nxt = 1 - turn
-            # Read the next piece while the piece digest finishes: both release the GIL.
-            n_next = fh.readinto(bufs[nxt]) if n == piece_size else 0
-            pieces.append(fut.result())
-            size += n
-            if on_bytes:
-                on_bytes(n)
-            turn, n = nxt, n_next or 0
+    for n, digest in _each_piece(path, piece_size, _hexdigest, whole, on_bytes):
+        pieces.append(digest)
+        size += n
     return size, whole.hexdigest(), pieces
 
 
@@ -183,22 +200,10 @@ def hash_file_pieces_v1(
     pieces: list[str] = []
     sha1: list[bytes] = []
     last_plain = hashlib.sha1(b"").digest()
-    bufs = [bytearray(piece_size), bytearray(piece_size)]
     size = 0
-    with open(path, "rb", buffering=0) as fh:
-        turn = 0
-        n = fh.readinto(bufs[turn])
-        while n:
-            view = memoryview(bufs[turn])[:n]
-            fut = _POOL.submit(_v1_digests, view, piece_size - n)
-            whole.update(view)
-            nxt = 1 - turn
-            n_next = fh.readinto(bufs[nxt]) if n == piece_size else 0
-            digest, last_plain, padded = fut.result()
-            pieces.append(digest)
-            sha1.append(padded)
-            size += n
-            if on_bytes:
-                on_bytes(n)
-            turn, n = nxt, n_next or 0
+    for n, (digest, plain, padded) in _each_piece(path, piece_size, _v1_digests, whole, on_bytes):
+        pieces.append(digest)
+        sha1.append(padded)
+        last_plain = plain
+        size += n
     return V1Hashes(size, whole.hexdigest(), pieces, b"".join(sha1), last_plain)
