@@ -45,9 +45,9 @@ from dsmirror._serve import (
     build_app,
     make_app,
 )
+from dsmirror.testing.cli import DSMIRROR_CLI, cli_env
 
 REPO_ID = "acme/xet-era"
-DEAD = "http://127.0.0.1:9"  # discard port: nothing listens
 WEIGHTS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
 TOKEN_ROUTE = "xet-read-token"
 
@@ -135,18 +135,9 @@ def _catalog(path: Path, url: str) -> Path:
 
 
 def _cli_pull(tmp: Path, catalog: Path, *args: str) -> None:
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
-    env.update(
-        HOME=str(tmp / "home"),
-        XDG_CONFIG_HOME=str(tmp / "config"),
-        XDG_STATE_HOME=str(tmp / "state"),
-        HF_HOME=str(tmp / "hf-home"),
-        HF_HUB_CACHE=str(tmp / "hf-cache"),
-        HF_ENDPOINT=DEAD,
-        HF_HUB_DISABLE_TELEMETRY="1",
-    )
+    env = cli_env(tmp)  # its stores where _settings(tmp) has them
     argv = [
-        sys.executable, "-c", "from dsmirror.cli import main; main()",
+        *DSMIRROR_CLI,
         "pull", f"hf://{REPO_ID}", "--format", "hf", "--no-default-catalog", "--mirrors", str(catalog),
         "--give-up-after", "30", *args,
     ]  # fmt: skip

@@ -36,6 +36,7 @@ from dsmirror._resolve.registries.client import RepoURLs
 from dsmirror._resolve.registries.hf import HfFile
 from dsmirror._serve import STATS, HfRepo, ModelIndex, ServeFaults, ServerThread, make_app
 from dsmirror._verify.tree import create_manifest
+from dsmirror.testing.cli import DSMIRROR_CLI, cli_env, json_events
 
 REPO_ID = "acme/tiny-r1"
 ALIAS = "tiny-r1:7b"
@@ -411,25 +412,15 @@ def test_include_narrows_the_snapshot(
 
 # -- acceptance ----------------------------------------------------------------------------------------
 def _cli_pull(ref: str, tmp: Path, catalog: Path, *args: str) -> list[dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
-    env.update(
-        HOME=str(tmp / "home"),
-        XDG_CONFIG_HOME=str(tmp / "config"),
-        XDG_STATE_HOME=str(tmp / "state"),
-        HF_HOME=str(tmp / "hf-home"),
-        HF_HUB_CACHE=str(tmp / "hf-cache"),
-        OLLAMA_MODELS=str(tmp / "ollama"),
-        HF_ENDPOINT=DEAD,
-        HF_HUB_DISABLE_TELEMETRY="1",
-    )
+    env = cli_env(tmp)  # its stores where _settings(tmp) has them
     argv = [
-        sys.executable, "-c", "from dsmirror.cli import main; main()",
+        *DSMIRROR_CLI,
         "pull", ref, "--no-default-catalog", "--mirrors", str(catalog), "--json",
         "--give-up-after", "30", *args,
     ]  # fmt: skip
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return json_events(proc.stdout)
 
 
 def _acceptance(servers: dict[str, ServerThread], model_dir: Path, tmp: Path, alias: dict[str, Any]) -> None:
