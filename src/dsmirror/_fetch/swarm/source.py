@@ -201,7 +201,7 @@ class SwarmSource:
         self._injecting: set[int] = set()
         self._have = bytearray()
         self._prio = bytearray()
-        self._prio_dirty = False
+        self._prio_changed: set[int] = set()  # torrent pieces whose _prio libtorrent has not got
         self._cooldown = 0.0
         self._next_dial = 0.0
         self._next_resume = 0.0
@@ -450,7 +450,10 @@ class SwarmSource:
         assert self.torrent is not None
         n = self.torrent.num_pieces
         self._prio = bytearray(n)
-        self._have = bytearray(1 if h.have_piece(t) else 0 for t in range(n))
+        # One call for every bit (a have_piece call per piece took 7.9 s at 700k pieces).
+        self._have = bytearray(h.status(lt.status_flags_t.query_pieces).pieces)
+        if len(self._have) != n:
+            self._have = bytearray(1 if h.have_piece(t) else 0 for t in range(n))
         h.prioritize_pieces([0] * n)
         if self.trusting:  # libtorrent's copy from an earlier run: check it before it is used
             for i, t in enumerate(self.map.to_torrent):
@@ -742,7 +745,7 @@ class SwarmSource:
         self._owner[i] = slot
         if t >= 0 and self._prio[t] != prio:
             self._prio[t] = prio
-            self._prio_dirty = True
+            self._prio_changed.add(t)
 
     def _unown(self, slot: _Slot, i: int) -> None:
         assert self.map is not None
@@ -752,7 +755,7 @@ class SwarmSource:
             t = self.map.to_torrent[i]
             if t >= 0 and self._prio[t]:
                 self._prio[t] = 0
-                self._prio_dirty = True
+                self._prio_changed.add(t)
 
     def _drop(self, broker: PieceBroker, slot: _Slot, error: BaseException | None = None) -> None:
         for i in list(slot.owned):
@@ -841,7 +844,7 @@ class SwarmSource:
             t = self.map.to_torrent[i]
             if i not in self._owner and self._prio[t]:
                 self._prio[t] = 0
-                self._prio_dirty = True
+                self._prio_changed.add(t)
             self._bait_piece = i = -1
         if wanting:
             return
@@ -854,12 +857,17 @@ class SwarmSource:
                 break
         if i >= 0 and not self._prio[self.map.to_torrent[i]]:
             self._prio[self.map.to_torrent[i]] = 1
-            self._prio_dirty = True
+            self._prio_changed.add(self.map.to_torrent[i])
 
     def _apply_priorities(self) -> None:
-        if self._prio_dirty:
-            self._prio_dirty = False
-            self.handle.prioritize_pieces(list(self._prio))
+        """Send libtorrent the priorities that changed: (piece, priority) pairs, not the whole
+        list (27-43 ms a call at 700k pieces, up to 20 calls a second; a few pairs: 0.06 ms)."""
+        if self._prio_changed:
+            changed, self._prio_changed = self._prio_changed, set()
+            if len(changed) * 4 > len(self._prio):
+                self.handle.prioritize_pieces(list(self._prio))
+            else:
+                self.handle.prioritize_pieces([(t, self._prio[t]) for t in sorted(changed)])
 
     def _feed(self, broker: PieceBroker) -> None:
         """Hand verified pieces to libtorrent so that peers can have them."""
