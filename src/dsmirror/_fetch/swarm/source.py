@@ -154,6 +154,52 @@ class _Slot:
     seen: tuple[int, int] = (-1, -1)  # (next_piece, end) when its priorities were last set
 
 
+_NONZERO = bytes([0] + [1] * 255)
+
+
+def piece_runs(to_torrent: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+    """``to_torrent`` as runs ``(first manifest piece, its torrent piece or -1, length)`` of pieces
+    that follow each other in both (a file's pieces: about one run a file)."""
+    runs: list[tuple[int, int, int]] = []
+    for i, t in enumerate(to_torrent):
+        if runs:
+            i0, t0, ln = runs[-1]
+            if (t0 < 0 and t < 0) or (t0 >= 0 and t == t0 + ln):
+                runs[-1] = (i0, t0, ln + 1)
+                continue
+        runs.append((i, t if t >= 0 else -1, 1))
+    return tuple(runs)
+
+
+def peer_view(
+    avail: list[int], mine: bytearray, tainted: set[int], runs: tuple[tuple[int, int, int], ...]
+) -> bytearray:
+    """For each manifest piece, 1 if some connected peer (``avail``, libtorrent's availability by
+    torrent piece, possibly short) or libtorrent's own copy (``mine``, 0/1 by torrent piece) has
+    its torrent piece and that piece is not tainted; 0 for a piece the torrent does not hold.
+    ``runs``: the manifest's pieces in the torrent (``piece_runs``).
+
+    In C-speed steps, not a Python loop per piece (0.08-0.17 s at 700k pieces, 4 times a second):
+    the two 0/1 byte strings are OR-ed as integers (no carries), then copied run by run.
+    """
+    nt = len(mine)
+    counts = avail[:nt]
+    try:
+        seen = bytes(counts)
+    except ValueError:  # a count over 255
+        seen = bytes(map(bool, counts))
+    seen = seen.translate(_NONZERO) + bytes(nt - len(seen))
+    got = bytearray((int.from_bytes(seen, "little") | int.from_bytes(mine, "little")).to_bytes(nt, "little"))
+    for t in tainted:
+        if 0 <= t < nt:
+            got[t] = 0
+    out = bytearray(sum(ln for _, _, ln in runs))
+    for i0, t0, ln in runs:
+        if t0 >= 0:
+            out[i0 : i0 + ln] = got[t0 : t0 + ln]
+    return out
+
+
 class SwarmSource:
     """A BitTorrent swarm of a manifest's pieces; implements ``dsmirror._fetch.broker.SwarmSource``.
 
@@ -209,6 +255,7 @@ class SwarmSource:
         self._dropped = False
         self._peer_have = bytearray()  # manifest piece -> some connected peer has it
         self._peer_view = False  # the scheduler reads _peer_have (Scheduler.set_peer_pieces)
+        self._runs: tuple[tuple[int, int, int], ...] | None = None  # piece_runs(map.to_torrent)
         self._next_peer_scan = 0.0
         self._bait_piece = -1  # manifest piece kept at priority 1 while no slot wants one
         self._inject_failures = 0
@@ -486,12 +533,10 @@ class SwarmSource:
         # the whole view then. Skipping it would hide the pieces it finished since the last scan
         # (the last one it downloads makes it a seed) from the scheduler for good, and a pull
         # with no mirror would wait for them until it gives up.
-        have, mine, tainted = self._peer_have, self._have, self._tainted
-        for i, t in enumerate(self.map.to_torrent):
-            # libtorrent's own copy counts too (a bait piece, a piece finished after a cut).
-            v = 1 if t >= 0 and ((t < len(avail) and avail[t] > 0) or mine[t]) and t not in tainted else 0
-            if have[i] != v:
-                have[i] = v
+        # libtorrent's own copy counts too (a bait piece, a piece finished after a cut).
+        if self._runs is None:
+            self._runs = piece_runs(self.map.to_torrent)
+        self._peer_have[:] = peer_view(avail, self._have, self._tainted, self._runs)
         self._update_share()
 
     def _update_share(self) -> None:
