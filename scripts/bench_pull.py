@@ -247,10 +247,11 @@ def bench_one(
                 failures += not ok
                 print(
                     f"run {run + 1} {tool:8s} {m.wall:7.2f} s  {size / m.wall / MB:7.1f} MB/s  "
-                    f"cpu {m.cpu:6.2f} s  rss {m.maxrss / MIB:6.1f} MiB  served {served / size:5.3f}x  "
+                    f"cpu {m.cpu:5.2f} s ({m.user:.2f}+{m.sys:.2f})  rss {m.maxrss / MIB:5.1f} MiB  "
+                    f"served {served / size:5.3f}x  "
                     + ("ok" if ok else f"FAILED rc={m.returncode} bad={bad} (logs: {log}.*)")
                     + note
-                    + f"  load {os.getloadavg()[0]:.1f}",
+                    + f"  load {os.getloadavg()[0]:.1f}{pressure()}",
                     flush=True,
                 )
                 if ok:
@@ -300,6 +301,20 @@ def summarize(results: dict[str, list[Measurement]], tools: list[str], size: int
             f"cpu <= 1.0x {'met' if dc <= ac else 'NOT met'}, "
             f"peak RSS < 100 MiB {'met' if rs < 100 else 'NOT met'}"
         )
+
+
+def pressure() -> str:
+    """The share of the last 10 s in which some task waited for the CPU, and for the disk
+    (Linux's pressure stall information), where the kernel has it: other work on the machine
+    slows a run through either, and a busy disk slows every client that writes durably."""
+    out = []
+    for what in ("cpu", "io"):
+        try:
+            line = Path(f"/proc/pressure/{what}").read_text().splitlines()[0]
+        except (OSError, IndexError):
+            return ""
+        out.append(f"{what} {float(line.split()[1].split('=')[1]):.0f}%")
+    return f"  stall {' '.join(out)}"
 
 
 def whole_file_only(model: Model, path: Path) -> Model:

@@ -235,7 +235,7 @@ class HttpSource(Source):
                     with self._lock:
                         self._resolved[origin] = _Resolved(url, time.monotonic(), not same_host)
                 if isinstance(resp, wire.Response):
-                    yield self._iter_wire(resp, url, end - start + 1, borrowed)
+                    yield self._iter_wire(resp, url, start, end - start + 1, borrowed)
                 else:
                     yield self._iter(resp, url, end - start + 1)
                 return
@@ -310,13 +310,14 @@ class HttpSource(Source):
             raise SourceUnavailable(f"{type(exc).__name__}: {exc}", **where) from exc
 
     def _iter_wire(
-        self, resp: wire.Response, url: str, length: int, borrowed: bool
+        self, resp: wire.Response, url: str, start: int, length: int, borrowed: bool
     ) -> Iterator[bytes | memoryview]:
-        """``_iter`` for an answer read by ``wire``."""
+        """``_iter`` for an answer read by ``wire``: borrowed views in place for O_DIRECT writes
+        of the bytes from ``start`` on (``wire.ALIGN``)."""
         left = length
         where = {"source": self.name, "url": redact(url)}
         try:
-            for chunk in resp.iter_body(borrowed=borrowed):
+            for chunk in resp.iter_body(borrowed=borrowed, align=start):
                 if len(chunk) > left:
                     yield chunk[:left]
                     raise BadResponse(f"sent more than the {length} bytes asked for", **where)

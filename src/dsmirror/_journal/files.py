@@ -91,14 +91,28 @@ class OpenFiles:
     since its last fdatasync is synced before its descriptor is closed, so the commit that covers
     its pieces (``Store.commit``) finds its bytes on disk, and no write error goes unreported with
     the descriptor. A descriptor in use by a thread is never closed under it (``use`` pins it).
+
+    A file may also have a second descriptor whose writes bypass the page cache (``use(...,
+    direct=True)``, opened by ``open_direct`` on first use: ``dsmirror._journal.direct``). It counts
+    against ``limit`` too, is opened only while the file's ordinary one is open and is closed with
+    it; writes through either count as the file's, and the fdatasync of the ordinary one makes
+    both durable (they share the inode).
     """
 
-    def __init__(self, reopen: Callable[[int], int], limit: int) -> None:
+    def __init__(
+        self,
+        reopen: Callable[[int], int],
+        limit: int,
+        open_direct: Callable[[int], int | None] | None = None,
+    ) -> None:
         self._reopen = reopen
+        self._open_direct = open_direct
         self.limit = limit
         self.reopened = 0  # descriptors opened again after they were closed: the churn
         self._lock = threading.Lock()
         self._fds: OrderedDict[int, int] = OrderedDict()  # file index -> fd, least recent first
+        self._direct: dict[int, int] = {}  # file index -> its direct fd (its ordinary one is open)
+        self._no_direct: set[int] = set()  # files whose direct descriptor was refused
         self._pins: dict[int, int] = {}  # file index -> threads using its fd now
         self._writes: dict[int, int] = {}  # file index -> writes through its fd
         self._synced: dict[int, int] = {}  # file index -> writes its last fdatasync covered
@@ -110,8 +124,11 @@ class OpenFiles:
             self._fds[fi] = fd
 
     @contextlib.contextmanager
-    def use(self, fi: int, *, write: bool = False) -> Iterator[int]:
-        """File ``fi``'s descriptor, open until the block ends; ``write``: the block writes to it."""
+    def use(self, fi: int, *, write: bool = False, direct: bool = False) -> Iterator[int]:
+        """File ``fi``'s descriptor, open until the block ends; ``write``: the block writes to it.
+
+        ``direct``: its direct descriptor (see the class docstring), or -1 where it has none.
+        """
         with self._lock:
             fd = self._fds.get(fi)
             if fd is None:
@@ -121,6 +138,12 @@ class OpenFiles:
             else:
                 self._fds.move_to_end(fi)
             self._pins[fi] = self._pins.get(fi, 0) + 1
+            if direct:
+                try:
+                    fd = self._direct_fd(fi)
+                except BaseException:
+                    self._unpin(fi)
+                    raise
         try:
             yield fd
         finally:
@@ -128,6 +151,22 @@ class OpenFiles:
                 self._unpin(fi)
                 if write:
                     self._writes[fi] = self._writes.get(fi, 0) + 1
+
+    def _direct_fd(self, fi: int) -> int:
+        """File ``fi``'s direct descriptor, opened now if need be; -1 if it has none (caller holds
+        the lock and a pin of ``fi``: its ordinary descriptor stays open)."""
+        fd = self._direct.get(fi)
+        if fd is not None:
+            return fd
+        if self._open_direct is None or fi in self._no_direct:
+            return -1
+        self._make_room()
+        got = self._open_direct(fi)
+        if got is None:
+            self._no_direct.add(fi)
+            return -1
+        self._direct[fi] = got
+        return got
 
     def sync(self, fi: int) -> None:
         """fdatasync file ``fi`` if its descriptor is open (one closed since was synced first)."""
@@ -150,15 +189,17 @@ class OpenFiles:
     def close(self, fi: int) -> None:
         """Close file ``fi``'s descriptor (it is being installed: synced by the caller)."""
         with self._lock:
-            fd = self._fds.pop(fi, None)
+            fds = [self._fds.pop(fi, None), self._direct.pop(fi, None)]
             self._forget(fi)
-        if fd is not None:
-            os.close(fd)
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
     def close_all(self) -> None:
         with self._lock:
-            fds = list(self._fds.values())
+            fds = [*self._fds.values(), *self._direct.values()]
             self._fds.clear()
+            self._direct.clear()
             self._writes.clear()
             self._synced.clear()
         for fd in fds:
@@ -182,7 +223,7 @@ class OpenFiles:
 
         Every one in use right now (more threads than ``limit``): one more stays open, briefly.
         """
-        while len(self._fds) >= self.limit:
+        while len(self._fds) + len(self._direct) >= self.limit:
             victim = dirty = None
             for k, fi in enumerate(self._fds):
                 if fi in self._pins:
@@ -199,5 +240,8 @@ class OpenFiles:
                 victim = dirty
                 os.fdatasync(self._fds[victim])  # written since its last sync: synced before closing
             fd = self._fds.pop(victim)
+            direct = self._direct.pop(victim, None)
             self._forget(victim)
             os.close(fd)
+            if direct is not None:
+                os.close(direct)

@@ -78,6 +78,12 @@ hashes from a published or signed piece manifest, two authorities that may disag
 Face and Ollama resolvers join a registry's digests to a ``dsmirror serve`` box's piece hashes,
 ``dsmirror._resolve.registries.proof``, and the registry's digest stays the authority).
 
+Writes: pieces of at least ``direct.MIN_PIECE`` (piece sizes a multiple of 4096) are written with
+O_DIRECT through aligned buffers, or straight from a connection's buffer when ``wire`` placed the
+bytes in phase (``dsmirror._journal.direct``), not through the page cache; a piece's staged bytes
+are handed to pwrite(2) before its W record, so the records mean what they say above. Where the
+system has no direct descriptor or refuses a direct write, writes go through the page cache.
+
 Documented in docs/formats.md#the-store-partial-files-journal-provenance.
 """
 
@@ -102,6 +108,7 @@ from dsmirror._core.errors import DiskFull, IntegrityError, StorageError
 from dsmirror._core.fsutil import atomic_write_bytes, safe_join, storage_errors
 from dsmirror._formats.manifest import FileEntry, Manifest, Piece, PieceHashes
 from dsmirror._formats.private import PrivateArea
+from dsmirror._journal.direct import ALIGN, MIN_PIECE, AlignedWriter, open_direct
 from dsmirror._journal.files import OpenFiles, fd_budget, install_file, lock_area, write_install_record
 from dsmirror._journal.provenance import Provenance
 from dsmirror._verify.sha256 import ResumableSha256
@@ -159,7 +166,12 @@ class Store:
         self.stats = StoreStats()
         self._done = bytearray()  # one byte per piece, made once the pull is known to fit
         self._file_done = [False] * len(manifest.files)  # installed under the final name
-        self._files = OpenFiles(self._reopen, fd_budget())
+        self._files = OpenFiles(self._reopen, fd_budget(), self._open_direct)
+        #: Pieces written through aligned buffers and O_DIRECT (``dsmirror._journal.direct``) when
+        #: they are large and aligned; else (and where the system refuses) through the page cache.
+        self._aligned: AlignedWriter | None = None
+        if manifest.piece_size >= MIN_PIECE and manifest.piece_size % ALIGN == 0:
+            self._aligned = AlignedWriter(self._use_for_writes)
         self._dirty: set[int] = set()
         self._lock = threading.Lock()
         self._commit_lock = threading.Lock()
@@ -668,12 +680,31 @@ class Store:
         self._verified += self._verified_share(fi) - before
 
     def write(self, piece: Piece, offset_in_piece: int, data: bytes | bytearray | memoryview) -> None:
-        """pwrite bytes of a piece that is being fetched (not yet verified)."""
-        with storage_errors(self.data_dir / piece.path), self._files.use(piece.file_index, write=True) as fd:
-            os.pwrite(fd, data, piece.offset + offset_in_piece)
+        """pwrite bytes of a piece that is being fetched (not yet verified).
+
+        Large pieces go through aligned buffers (``dsmirror._journal.direct``): bytes may stay in
+        memory until the piece's last byte is written, it is marked verified or read back.
+        """
+        with storage_errors(self.data_dir / piece.path):
+            if self._aligned is not None:
+                end = piece.offset + piece.length
+                self._aligned.write(piece.index, piece.file_index, piece.offset + offset_in_piece, data, end)
+                return
+            with self._files.use(piece.file_index, write=True) as fd:
+                os.pwrite(fd, data, piece.offset + offset_in_piece)
+
+    def _use_for_writes(self, fi: int, direct: bool) -> contextlib.AbstractContextManager[int]:
+        return self._files.use(fi, write=True, direct=direct)
+
+    def _flush(self, piece: Piece) -> None:
+        """Hand what ``piece`` has staged to pwrite(2) (before it is journaled or read back)."""
+        if self._aligned is not None:
+            with storage_errors(self.data_dir / piece.path):
+                self._aligned.flush(piece.index)
 
     def read_piece(self, piece: Piece) -> bytes:
         """The bytes of a piece as stored (verified or not: check ``is_done``)."""
+        self._flush(piece)
         if self._file_done[piece.file_index]:
             with open(self.dest / piece.path, "rb") as fh:
                 fh.seek(piece.offset)
@@ -687,6 +718,7 @@ class Store:
         Returns False if it already was. ``source``/``digest`` are kept as provenance for pieces
         that have no published hash.
         """
+        self._flush(piece)  # its W record says every byte was handed to pwrite(2)
         with self._lock:
             if self._done[piece.index]:
                 return False
@@ -950,6 +982,8 @@ class Store:
                 (self.area / name).unlink()
 
     def _close_fds(self) -> None:
+        if self._aligned is not None:
+            self._aligned.discard()  # bytes of pieces not verified: not journaled, fetched again
         self._files.close_all()
         for fd in (self._journal_fd, self._prov_fd):
             if fd >= 0:
@@ -981,6 +1015,10 @@ class Store:
         """A descriptor of partial file ``fi`` again (``OpenFiles`` closed the one it had)."""
         path = safe_join(self.area, f"data/{self.manifest.files[fi].path}")
         return os.open(path, os.O_RDWR | _NOFOLLOW | os.O_CLOEXEC)
+
+    def _open_direct(self, fi: int) -> int | None:
+        """A direct descriptor of partial file ``fi`` (``dsmirror._journal.direct``), or None."""
+        return open_direct(safe_join(self.area, f"data/{self.manifest.files[fi].path}"))
 
     def __enter__(self) -> Store:
         return self
