@@ -166,6 +166,24 @@ def _liar(torrent: Any, folder: Path, port: int, tmp: Path) -> subprocess.Popen[
     return p
 
 
+def _pull_beside_liar(
+    tmp: Path, root: Path, manifest: Manifest, torrent: Any, bad: Path
+) -> tuple[list[Event], SwarmSource, int]:
+    """Pull ``manifest`` from a mirror of ``root`` and a swarm whose one peer is a liar seeding
+    ``bad`` as ``torrent``; the pulled files must be ``root``'s (never the bad bytes). Returns the
+    events, the swarm source and the liar's port."""
+    liar_port, me = free_port(), free_port()
+    liar = _liar(torrent, bad, liar_port, tmp)
+    try:
+        with MirrorServer(root, host="127.0.0.1") as mirror:
+            events, sw = _pull(tmp, manifest, tmp / "out", mirror, _cfg(me, liar_port))
+    finally:
+        liar.kill()
+        liar.wait(10)
+    _same(root, tmp / "out")
+    return events, sw, liar_port
+
+
 def _rot(root: Path, tmp: Path, path: str, pieces: range) -> Path:
     """A copy of ``root`` with one byte of each of ``pieces`` of ``path`` flipped."""
     bad = tmp / "rotten"
@@ -199,17 +217,8 @@ def test_a_pull_with_sha1_takes_the_plain_v1_torrents_swarm_with_checks_on(
 def test_a_liar_is_banned_by_libtorrent_and_nothing_wrong_is_stored(tmp_path: Path) -> None:
     root, m = _model(tmp_path, SHAPES["short-tail"])
     bad = _rot(root, tmp_path, "b/model.bin", range(6))
-    liar_port, me = free_port(), free_port()
-    t = derived_torrent(m)
-    liar = _liar(t, bad, liar_port, tmp_path)
-    try:
-        with MirrorServer(root, host="127.0.0.1") as mirror:
-            events, sw = _pull(tmp_path, m, tmp_path / "out", mirror, _cfg(me, liar_port))
-    finally:
-        liar.kill()
-        liar.wait(10)
+    events, sw, liar_port = _pull_beside_liar(tmp_path, root, m, derived_torrent(m), bad)
     done = _done(events)
-    _same(root, tmp_path / "out")
     bans = [e.message for e in events if isinstance(e, SourceTrouble) and "banned peer" in e.message]
     assert any(addr(liar_port) in b and "failed the hash check" in b for b in bans), bans
     assert [e for e in events if isinstance(e, PieceRejected)]
@@ -249,16 +258,8 @@ def test_bytes_matching_a_forged_sha1_are_still_refused_by_sha256(tmp_path: Path
             f = FileEntry(f.path, f.size, f.sha256, f.pieces, f.sha1[:40] + forged_sha1 + f.sha1[60:])
         files.append(f)
     forged = Manifest(good.name, good.piece_size, tuple(files))
-    liar_port, me = free_port(), free_port()
-    liar = _liar(derived_torrent(forged), bad, liar_port, tmp_path)
-    try:
-        with MirrorServer(root, host="127.0.0.1") as mirror:
-            events, _ = _pull(tmp_path, forged, tmp_path / "out", mirror, _cfg(me, liar_port))
-    finally:
-        liar.kill()
-        liar.wait(10)
+    events, _, _ = _pull_beside_liar(tmp_path, root, forged, derived_torrent(forged), bad)
     done = _done(events)
-    _same(root, tmp_path / "out")  # never the bad bytes
     forged_piece = forged.file_piece_ranges[[f.path for f in forged.files].index("b/model.bin")][2]
     rejected = [e for e in events if isinstance(e, PieceRejected) and e.piece == forged_piece]
     assert rejected, "the swarm delivered no bad piece: the test proved nothing"
