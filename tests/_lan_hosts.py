@@ -17,7 +17,7 @@ from typing import Any
 from dsmirror import Manifest
 from dsmirror._fetch.swarm.torrent import create_torrent, with_torrent_hashes
 from dsmirror._verify.tree import create_manifest
-from dsmirror.testing.netns import PYTHON_CLI, Topology
+from dsmirror.testing.netns import PYTHON_CLI, Topology, Upstream
 
 MiB = 1 << 20
 
@@ -163,3 +163,16 @@ def wait_all(hosts: Sequence[Host], timeout: float) -> None:
         if any(h.failed for h in hosts):
             break
         time.sleep(0.1)
+
+
+def wait_and_stop(
+    hosts: Sequence[Host], timeout: float, up: Upstream | None = None, *, also: Sequence[Host] = ()
+) -> int:
+    """Wait up to ``timeout`` s for ``hosts`` to finish their pulls (``wait_all``), then stop them
+    and ``also``, whatever happened; the bytes ``up`` had served by then (0 without one)."""
+    try:
+        wait_all(hosts, timeout)
+        return up.bytes_served if up is not None else 0
+    finally:
+        for h in [*hosts, *also]:
+            h.stop()

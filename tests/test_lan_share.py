@@ -5,7 +5,7 @@ Measured on the namespaced LAN (``scripts/bench_lan.py``, 96 MiB, 1 MiB pieces, 
 machine opening all its connections (8 each), 8 machines had 64 pieces in flight at once, the first
 of them verified after 4-5 s and the LAN had to carry most of the model after that, so the last
 machine finished 2.4 s after the upstream's last byte (1.49x one copy); a killed machine wasted its
-8 pieces in flight.
+8 pieces in flight. One connection each: 1.20x, and a killed machine loses one piece in flight.
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ def _open(s: dsmirror.Scheduler, limit: int = 16) -> list[Assignment]:
     return got
 
 
-def test_machines_that_share_the_uplink_open_one_machines_connections_between_them() -> None:
-    for machines, share in ((2, 4), (3, 3), (4, 2), (8, 1)):
+def test_machines_that_share_the_uplink_open_one_connection_each() -> None:
+    for machines in (2, 3, 8):
         s, _ = _sched(256)
         s.set_lan_hosts("swarm", IDS[0], IDS[1:machines], machines - 1)
         _advance(s, 0.5)  # met, and the set held still
-        assert len(_open(s)) == share, machines
+        assert len(_open(s)) == 1, machines
 
 
 def test_a_machine_that_met_only_pullers_starts_one_connection_before_the_set_holds_still() -> None:
@@ -60,10 +60,15 @@ def test_a_machine_that_met_only_pullers_starts_one_connection_before_the_set_ho
     first = _open(s)
     assert len(first) == 1 and first[0].end - first[0].start == 1  # one piece, in its best block
     _advance(s, 0.5)
-    assert len(_open(s)) == 2  # settled: the rest of its share (3 of 8 with 3 machines)
+    assert _open(s) == []  # settled: one connection per machine while the others pull too
     # A seed among the peers: its pieces are known from its bitfield only; wait for the set.
     s, _ = _sched(256)
     s.set_lan_hosts("swarm", IDS[0], IDS[1:2], 2)
+    assert _open(s) == []
+    # A machine pulling that has pieces already (a late join, or a peer turning into a seed).
+    s, have = _sched(256)
+    have[7] = 1
+    s.set_lan_hosts("swarm", IDS[0], IDS[1:2], 1)
     assert _open(s) == []
     # A small model (fewer than 64 blocks): two machines are likely to start in the same block.
     s, _ = _sched(32)
@@ -77,8 +82,7 @@ def test_the_last_machine_fetching_gets_all_its_connections_back() -> None:
     s, have = _sched(256)
     s.set_lan_hosts("swarm", IDS[0], IDS[1:4], 3)
     _advance(s, 0.5)
-    assert len(_open(s)) == 2  # 8 / 4 machines
-    assert _open(s) == []
+    assert len(_open(s)) == 1
     for k in range(0, 256, 2):  # what the others fetched from outside, as it appears
         have[k] = 1
         _advance(s, 0.05)
@@ -86,4 +90,4 @@ def test_the_last_machine_fetching_gets_all_its_connections_back() -> None:
     _advance(s, 0.3)
     assert _open(s) == []  # (counted every quarter of a second: the last ones just seen)
     _advance(s, 1.1)  # nothing new since
-    assert len(_open(s)) == 6
+    assert len(_open(s)) == 7

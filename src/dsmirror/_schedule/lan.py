@@ -43,20 +43,24 @@ The start: discovery before the first byte
     the grace is over nothing more, not even a steal; then, still alone, it keeps at most
     ``lan_alone_bytes`` in flight, doubling every ``lan_grace``: a machine that joins later meets
     that much at work, which it cannot see (a join costs the pieces in flight in its blocks).
-    A machine that has met only machines pulling too (no seed: what a seed has is known from its
-    bitfield alone) starts one connection at once, in its best block, in such a model: another
-    machine not met yet outscores it there rarely (8 machines: first byte 0.4 s sooner).
+    A machine that has met only machines pulling too, none with a piece yet (they started
+    together; not a seed, nor a machine turning into one), starts one connection at once, in its
+    best block, in such a model: another machine not met yet outscores it there rarely (8
+    machines: first byte 0.4 s sooner).
 
-One uplink, one machine's connections
-    While other machines pull, a mirror opens its share of the connections one machine would
-    (``connection_share``: 8 connections and 8 machines, one each). Each machine opening all of
-    them had 64 pieces in flight at once with 8 machines: the first were verified after 4-5 s, all
-    of them late, and the LAN could not copy most of the model in the time left (the last machine
-    finished 2.4 s after the upstream's last byte, 1.49x one copy; now 0.3-0.5 s, 1.20x). A
-    machine killed also loses less (its pieces in flight). Once nothing new has appeared among
-    the pieces peers have for ``_QUIET`` s (the others are done with their blocks), the last
-    machine fetching from outside gets all its connections back: one connection asking for one
-    piece at a time leaves gaps between requests.
+One uplink, one connection per machine
+    While other machines pull, a mirror keeps one connection at work: the uplink is shared, so
+    the others' connections take up what one leaves between two requests, and the pieces of the
+    office are verified, and copied over the LAN, one after another as they arrive. Each machine
+    opening all its connections (8) had 64 pieces in flight at once with 8 machines: the first
+    were verified after 4-5 s, all of them late, and the LAN could not copy most of the model in
+    the time left (the last machine finished 2.4 s after the upstream's last byte, 1.49x one copy;
+    now 0.3-0.5 s, 1.20x). A machine killed loses its pieces in flight: one, not eight. Once
+    nothing new has appeared among the pieces peers have for ``_QUIET`` s (the others are done
+    with their blocks), the last machine fetching from outside opens all its connections: one
+    connection asking for a piece at a time leaves the uplink idle between requests. (A mirror
+    that limits each connection, not the uplink, is not filled this way: the office takes one
+    connection of it per machine.)
 
 When machines change
     Mirror spans from outside end where this machine's blocks end (``cut_to_owner``); the piece
@@ -130,15 +134,16 @@ def waiting(board: Board, s: SourceState, now: float) -> bool:
     since = now - max(view.started, view.ready_at)
     if not settled:
         # One connection meanwhile, in this machine's best block (where another machine is
-        # unlikely to start), once every peer met is a machine pulling too (what a seed has is
-        # known only from its bitfield), or alone once LSD would have found the seeders.
+        # unlikely to start), once every peer met is a machine pulling too that has no piece
+        # yet (they started together; a seed, or a peer turning into one, is waited for), or
+        # alone once LSD would have found the seeders.
         early = view.blocks >= _EARLY_BLOCKS and busy == 0 and view.peers == len(view.hosts)
-        return not (early and (view.hosts or since >= _EARLY_AFTER))
-    if view.hosts:  # machines share the uplink: this one's share of the connections to ``s``
-        share = connection_share(s, view)
-        if _others_quiet(board, view, now):
-            share = s.info.max_connections  # the others are done with the uplink: all of it
-        return len(board.live(s.info.name)) >= share
+        if early and view.hosts:
+            return any(have.find(1) >= 0 for have in board.peer_pieces.values())
+        return not (early and since >= _EARLY_AFTER)
+    if view.hosts:  # machines share the uplink: one connection each (see "One uplink")
+        quiet = _others_quiet(board, view, now)  # the others are done with it: all of it
+        return len(board.live(s.info.name)) >= (s.info.max_connections if quiet else 1)
     if not view.alone:
         return False
     over = since - cfg.lan_grace
@@ -157,12 +162,6 @@ def _others_quiet(board: Board, view: LanView, now: float) -> bool:
             view.grew_at = now
         view.peer_pieces = had
     return view.grew_at is not None and now - view.grew_at >= _QUIET
-
-
-def connection_share(s: SourceState, view: LanView) -> int:
-    """Connections mirror ``s`` may have at work while other machines pull too (see "One
-    uplink, one machine's connections"): its own share of what one machine would open."""
-    return max(1, -(-s.info.max_connections // (len(view.hosts) + 1)))
 
 
 def extends(board: Board, i: int) -> bool:
