@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from dsmirror._fetch import wire
-from dsmirror._formats.manifest import FileEntry, Manifest
+from dsmirror._formats.manifest import FileEntry, Manifest, NoPieceHashes
 from dsmirror._journal import direct
 from dsmirror._journal import store as store_module
 from dsmirror._journal.direct import ALIGN, STAGE
@@ -95,6 +95,22 @@ def test_large_aligned_pieces_go_out_directly(tmp_path: Path) -> None:
         assert store._aligned.direct_bytes >= 3 * PIECE
         store.finalize()
     assert (tmp_path / "d" / "w.bin").read_bytes() == data["w.bin"]
+
+
+def test_files_hashed_whole_are_written_through_the_page_cache(tmp_path: Path) -> None:
+    """A file without piece hashes is read back by the whole-file hasher as its pieces arrive:
+    through the page cache, where those reads find it."""
+    rnd = random.Random(8)
+    data = {"n.bin": rnd.randbytes(3 * PIECE + 5)}
+    m = manifest_of(data)
+    f = m.files[0]
+    m = Manifest("direct", PIECE, (FileEntry(f.path, f.size, f.sha256, NoPieceHashes(len(f.pieces))),))
+    with Store.open(tmp_path / "d", m) as store:
+        write_in_chunks(store, m, data, rnd)
+        assert store._aligned is not None and store._aligned.direct_bytes == 0
+        assert store.wait_checked(30)
+        store.finalize()
+    assert (tmp_path / "d" / "n.bin").read_bytes() == data["n.bin"]
 
 
 def test_small_pieces_are_written_through_the_page_cache(tmp_path: Path) -> None:
