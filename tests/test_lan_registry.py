@@ -17,13 +17,13 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from _lan_hosts import Host, wait_all
+from _lan_hosts import Host, wait_and_stop
 from dsmirror.testing.netns import PYTHON_CLI, NetnsLan, Upstream, leftovers, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
@@ -145,17 +145,6 @@ def _pull(cat: Path, dest: Path, *extra: str, ref: str = f"hf://{REPO}") -> list
             "--no-reuse", "--dest", str(dest), "--json", "--give-up-after", "60", *extra]  # fmt: skip
 
 
-def _run(hosts: list[Host], timeout: float, up: Upstream | None = None, *, also: Sequence[Host] = ()) -> int:
-    """Wait up to ``timeout`` s for ``hosts`` to finish their pulls (``wait_all``), then stop them
-    and ``also``, whatever happened; the bytes ``up`` had served by then (0 without one)."""
-    try:
-        wait_all(hosts, timeout)
-        return up.bytes_served if up is not None else 0
-    finally:
-        for h in [*hosts, *also]:
-            h.stop()
-
-
 def _same(folder: Path, dest: Path) -> bool:
     return all(
         (dest / p.name).is_file() and (dest / p.name).read_bytes() == p.read_bytes()
@@ -190,7 +179,7 @@ def test_three_hosts_share_an_hf_pull(
     watchers = [threading.Thread(target=note_start, args=(h,), daemon=True) for h in hosts]
     for w in watchers:
         w.start()
-    served = _run(hosts, 90, up)
+    served = wait_and_stop(hosts, 90, up)
     assert all(h.finished is not None for h in hosts), [h.stderr_tail() for h in hosts if h.finished is None]
     by = [h.result.get("delivered_by_source", {}) if h.result else {} for h in hosts]
     extra = [(h.result or {}).get("redundant_bytes") for h in hosts]
@@ -227,7 +216,7 @@ def test_a_host_that_sends_bad_bytes_is_banned_and_nothing_wrong_is_delivered(
     up = _endpoint(lan3, folder, tmp_path / "stats.json")
     cat = _catalog(tmp_path / "cat.yaml", up.url)
     first = Host(lan3, 2, tmp_path, "liar-pull", _pull(cat, tmp_path / "d2", "--prefer", "p2p"))
-    _run([first], 60)
+    wait_and_stop([first], 60)
     assert first.finished is not None, first.stderr_tail()
     rotted = tmp_path / "d2" / "model.safetensors"
     with open(rotted, "r+b") as f:  # the middle of piece 2: only a whole-file digest can tell
@@ -245,7 +234,7 @@ def test_a_host_that_sends_bad_bytes_is_banned_and_nothing_wrong_is_delivered(
     hosts = [
         Host(lan3, k, tmp_path, f"h{k}", _pull(cat, tmp_path / f"d{k}", "--prefer", "p2p")) for k in (0, 1)
     ]
-    served = _run(hosts, 90, up, also=[liar]) - before
+    served = wait_and_stop(hosts, 90, up, also=[liar]) - before
     for h in [*hosts, liar]:  # kept for a failure's post-mortem
         (tmp_path / f"events-{h.name}.json").write_text(json.dumps(h.events))
     assert all(h.finished is not None for h in hosts), [h.stderr_path.read_text()[-800:] for h in hosts]
@@ -292,7 +281,7 @@ def test_three_hosts_share_an_ollama_pull(lan3: NetnsLan, tmp_path: Path) -> Non
         Host(lan3, k, tmp_path, f"o{k}", _pull(cat, tmp_path / f"o{k}", "--prefer", "p2p", ref=ref))
         for k in range(3)
     ]
-    served = _run(hosts, 90, up)
+    served = wait_and_stop(hosts, 90, up)
     assert all(h.finished is not None for h in hosts), [h.stderr_path.read_text()[-800:] for h in hosts]
     by = [h.result.get("delivered_by_source", {}) if h.result else {} for h in hosts]
     print(
