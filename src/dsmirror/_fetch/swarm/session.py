@@ -79,6 +79,7 @@ __all__ = ["DEFAULT_LISTEN", "REDIAL", "SwarmSession", "endpoint_text", "open_se
 
 DEFAULT_LISTEN = "0.0.0.0:6881,[::]:6881"
 REDIAL = 3.0  # seconds between dials of --peer addresses that are not connected
+_LSD_EVERY = 5  # seconds between local service discovery announces of a session's torrents
 _ALERTS = (
     lt.alert_category.error
     | lt.alert_category.peer
@@ -163,6 +164,11 @@ class SwarmSession:
             "enable_incoming_utp": False,
             "allow_multiple_connections_per_ip": True,
             "min_reconnect_time": 1,
+            # Announce each torrent on the LAN every few seconds, not every 5 minutes: a torrent a
+            # seeder took over from its pull (dsmirror._share.seed) is not added again, so it makes
+            # no announce of its own, and a host that was killed and restarts is not dialled by
+            # it for a long time (libtorrent backs off from the address that failed).
+            "local_service_announce_interval": _LSD_EVERY,
             # A pull's torrent wants no piece until the scheduler gives it some, so it looks
             # finished ("upload only"); keep such connections so peers still tell us their pieces.
             "close_redundant_connections": False,
