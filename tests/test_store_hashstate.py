@@ -315,6 +315,27 @@ def test_a_version_1_journal_resumes_and_hashes_from_the_start(tmp_path: Path, r
     assert (dest / "a.bin").read_bytes() == model.data["a.bin"]
 
 
+def test_stored_pieces_are_hashed_in_runs_not_one_read_a_piece(tmp_path: Path, reads: list[int]) -> None:
+    """Pieces already stored when the hasher reaches them are read back as one run (up to 16 MiB a
+    read): one read a piece gave up the GIL several times a MiB, and with busy connection threads
+    the hasher fell to 20 MB/s, so a kill -9 left most of a fast pull to read back."""
+    model, dest = whole_only(tmp_path), tmp_path / "dest"
+    a = model.pieces_of(0)
+    with Store.open(dest, model.m) as s:
+        model.fill(s, a[:-1])
+    (area(dest, model.m) / "journal").write_bytes(C(journal_header(model.m, b"DSMJRNL1") + W(*a[:-1])))
+    reads.clear()
+    with Store.open(dest, model.m) as s:
+        model.fill(s, [a[-1]])
+        deadline = time.monotonic() + 30
+        while not s.file_verified(0) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s.file_verified(0)
+        assert sum(reads) == SIZES["a.bin"]
+        # the 6 pieces stored before the hasher started in one read, the last one in one more
+        assert len(reads) <= 2, f"{len(reads)} reads for {len(a)} pieces"
+
+
 @pytest.mark.parametrize(
     "case", ["uncovered", "counts-untrusted-pieces", "x-after-it", "damaged", "data-file-resized", "good"]
 )

@@ -127,6 +127,8 @@ _X = ord("X")
 _H = ord("H")
 #: How much of a piece the whole-file hasher reads back at once (pieces may be up to 1 GiB).
 _READ_CHUNK = 4 << 20
+#: the most the whole-file hasher reads back in one step (a run of consecutive stored pieces)
+_HASH_RUN = 16 << 20
 #: ``meta.source`` of manifests a resolver assembles from a registry's listing, whose whole-file
 #: digests come from another authority than their piece hashes (see the module docstring).
 ASSEMBLED_SOURCES = frozenset({"hf", "ollama"})
@@ -577,7 +579,9 @@ class Store:
         self._file_results.append((fi, ok))
 
     def _hash_loop(self) -> None:
-        buf = bytearray(min(_READ_CHUNK, self.manifest.piece_size))
+        piece_size = self.manifest.piece_size
+        longest = max((f.size for fi, f in enumerate(self.manifest.files) if self._needs_pass[fi]), default=0)
+        buf = bytearray(max(min(_READ_CHUNK, piece_size), min(_HASH_RUN, longest)))
         try:
             while (fi := self._hash_queue.get()) is not None:
                 if self._file_done[fi]:
@@ -596,10 +600,17 @@ class Store:
                             with self._lock:
                                 self._set_file_ok(fi, ok)
                             break
-                        if not self._done[rng[h.next_piece]]:
+                        first = rng[h.next_piece]
+                        if not self._done[first]:
                             break
-                        self._hash_piece(self.manifest.pieces[rng[h.next_piece]], h.sha, buf)
-                        h.next_piece += 1
+                        # The run of stored pieces from here, up to a buffer's worth, in one read:
+                        # one piece a step gave up the GIL 3-4 times a MiB, and with busy connection
+                        # threads each return waited a switch interval (20 MB/s vs 1.4 GB/s idle).
+                        cap = min(rng.stop, first + max(1, len(buf) // piece_size))
+                        end = self._done.find(0, first, cap)
+                        last = (cap if end < 0 else end) - 1
+                        self._hash_run(self.manifest.pieces[first], self.manifest.pieces[last], h.sha, buf)
+                        h.next_piece += last - first + 1
                         state = h.sha.state()
                         if state is not None:
                             with self._lock:  # for commit: an H record of it is due
@@ -608,15 +619,16 @@ class Store:
         except BaseException as exc:  # reported by finalize()
             self._hash_error = exc
 
-    def _hash_piece(self, piece: Piece, sha: ResumableSha256, buf: bytearray) -> None:
-        """Feed the stored bytes of ``piece`` to ``sha``, read back a chunk at a time."""
+    def _hash_run(self, piece: Piece, last: Piece, sha: ResumableSha256, buf: bytearray) -> None:
+        """Feed the stored bytes of pieces ``piece`` .. ``last`` (one file's, consecutive) to
+        ``sha``, read back a buffer at a time."""
         view = memoryview(buf)
-        pos, left = piece.offset, piece.length
+        pos, left = piece.offset, last.offset + last.length - piece.offset
         with self._files.use(piece.file_index) as fd:
             while left:
                 got = os.preadv(fd, [view[: min(left, len(buf))]], pos)
                 if got <= 0:
-                    raise StorageError(f"{piece.path}: the partial file ends before piece {piece.index}")
+                    raise StorageError(f"{piece.path}: the partial file ends before piece {last.index}")
                 sha.update(view[:got])
                 pos += got
                 left -= got
