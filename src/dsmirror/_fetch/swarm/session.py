@@ -79,7 +79,7 @@ __all__ = ["DEFAULT_LISTEN", "REDIAL", "SwarmSession", "endpoint_text", "open_se
 
 DEFAULT_LISTEN = "0.0.0.0:6881,[::]:6881"
 REDIAL = 3.0  # seconds between dials of --peer addresses that are not connected
-_LSD_EVERY = 5  # seconds between local service discovery announces of a session's torrents
+_LSD_EVERY = 1  # seconds between local service discovery announces of a session's torrents
 _ALERTS = (
     lt.alert_category.error
     | lt.alert_category.peer
