@@ -581,7 +581,8 @@ class Store:
     def _hash_loop(self) -> None:
         piece_size = self.manifest.piece_size
         longest = max((f.size for fi, f in enumerate(self.manifest.files) if self._needs_pass[fi]), default=0)
-        buf = bytearray(max(min(_READ_CHUNK, piece_size), min(_HASH_RUN, longest)))
+        size = max(min(_READ_CHUNK, piece_size), min(_HASH_RUN, longest))
+        buf: bytearray | None = None  # made at the first read: a constant, not a cost of each piece
         try:
             while (fi := self._hash_queue.get()) is not None:
                 if self._file_done[fi]:
@@ -606,9 +607,11 @@ class Store:
                         # The run of stored pieces from here, up to a buffer's worth, in one read:
                         # one piece a step gave up the GIL 3-4 times a MiB, and with busy connection
                         # threads each return waited a switch interval (20 MB/s vs 1.4 GB/s idle).
-                        cap = min(rng.stop, first + max(1, len(buf) // piece_size))
+                        cap = min(rng.stop, first + max(1, size // piece_size))
                         end = self._done.find(0, first, cap)
                         last = (cap if end < 0 else end) - 1
+                        if buf is None:
+                            buf = bytearray(size)
                         self._hash_run(self.manifest.pieces[first], self.manifest.pieces[last], h.sha, buf)
                         h.next_piece += last - first + 1
                         state = h.sha.state()
