@@ -36,13 +36,15 @@ The start: discovery before the first byte
     counts from when the swarm is ready: a resumed pull's swarm first checks its own copy, and
     mirrors that started meanwhile would fetch what the seeders of the LAN have. A swarm not ready
     after ``lan_ready_wait`` seconds (a magnet whose metadata no peer sends) is not waited for.
-    A machine alone does not pay the whole grace: once its swarm was ready ``_EARLY_AFTER``
-    seconds with no peer (LSD finds the peers of one LAN in about half a second, seeders
-    included), one connection starts, in its best block (where another machine starting unseen
-    at the same time is unlikely to be), in a model of at least ``_EARLY_BLOCKS`` blocks. Until
-    the grace is over nothing more, not even a steal; then, still alone, it keeps at most
-    ``lan_alone_bytes`` in flight, doubling every ``lan_grace``: a machine that joins later meets
-    that much at work, which it cannot see (a join costs the pieces in flight in its blocks).
+    A machine alone does not pay the whole grace: once its swarm was ready ``_EARLY_AFTER`` seconds
+    with no peer (seeders announce every torrent on the LAN every second, and a seeder that took its
+    torrent over from its pull makes no announce at add: a machine that restarts hears of them
+    within that second, not at once), one connection starts, in its best block (where another
+    machine starting unseen at the same time is unlikely to be), in a model of at least
+    ``_EARLY_BLOCKS`` blocks. Until the grace is over nothing more, not even a steal; then, still
+    alone, it keeps at most ``lan_alone_bytes`` in flight, doubling every ``lan_grace``: a machine
+    that joins later meets that much at work, which it cannot see (a join costs the pieces in flight
+    in its blocks).
     A machine that has met only machines pulling too, none with a piece yet (they started
     together; not a seed, nor a machine turning into one), starts one connection at once, in its
     best block, in such a model: another machine not met yet outscores it there rarely (8
@@ -102,7 +104,7 @@ __all__ = [
 
 
 _EARLY_BLOCKS = 64  # a machine alone starts before lan_grace only in a model of this many blocks
-_EARLY_AFTER = 0.75  # ... and once its swarm was ready this long with no peer (LSD: about 0.5 s)
+_EARLY_AFTER = 1.25  # ... and once its swarm was ready this long with no peer (LSD: every 1 s)
 _QUIET = 1.0  # nothing new among the pieces peers have this long: the others left the uplink
 _ORDER_WINDOW = 32  # blocks of this machine a pick looks at in its order (``_by_order``)
 
