@@ -257,6 +257,17 @@ def crash_copy(dest: Path, to: Path) -> Path:
     return to
 
 
+def v1_journal_of_all_but_the_last_piece(tmp_path: Path) -> tuple[Model, Path]:
+    """A store of ``whole_only``'s model holding every piece of a.bin but its last, under a
+    version-1 journal (no H records: no hasher state to resume from)."""
+    model, dest = whole_only(tmp_path), tmp_path / "dest"
+    a = model.pieces_of(0)
+    with Store.open(dest, model.m) as s:
+        model.fill(s, a[:-1])
+    (area(dest, model.m) / "journal").write_bytes(C(journal_header(model.m, b"DSMJRNL1") + W(*a[:-1])))
+    return model, dest
+
+
 # -- tests ---------------------------------------------------------------------------------------
 def test_h_records_hold_the_sha256_state_of_the_pieces_they_count(tmp_path: Path) -> None:
     model, dest = whole_only(tmp_path), tmp_path / "dest"
@@ -300,11 +311,8 @@ def test_a_resume_reads_back_only_the_pieces_after_the_saved_state(tmp_path: Pat
 
 
 def test_a_version_1_journal_resumes_and_hashes_from_the_start(tmp_path: Path, reads: list[int]) -> None:
-    model, dest = whole_only(tmp_path), tmp_path / "dest"
+    model, dest = v1_journal_of_all_but_the_last_piece(tmp_path)
     a = model.pieces_of(0)
-    with Store.open(dest, model.m) as s:
-        model.fill(s, a[:-1])
-    (area(dest, model.m) / "journal").write_bytes(C(journal_header(model.m, b"DSMJRNL1") + W(*a[:-1])))
     reads.clear()
     with Store.open(dest, model.m) as s:
         assert s.stats.trusted_pieces == len(a) - 1 and s.stats.reverified_pieces == 0
@@ -319,11 +327,8 @@ def test_stored_pieces_are_hashed_in_runs_not_one_read_a_piece(tmp_path: Path, r
     """Pieces already stored when the hasher reaches them are read back as one run (up to 16 MiB a
     read): one read a piece gave up the GIL several times a MiB, and with busy connection threads
     the hasher fell to 20 MB/s, so a kill -9 left most of a fast pull to read back."""
-    model, dest = whole_only(tmp_path), tmp_path / "dest"
+    model, dest = v1_journal_of_all_but_the_last_piece(tmp_path)
     a = model.pieces_of(0)
-    with Store.open(dest, model.m) as s:
-        model.fill(s, a[:-1])
-    (area(dest, model.m) / "journal").write_bytes(C(journal_header(model.m, b"DSMJRNL1") + W(*a[:-1])))
     reads.clear()
     with Store.open(dest, model.m) as s:
         model.fill(s, [a[-1]])
