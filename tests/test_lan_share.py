@@ -11,6 +11,7 @@ machine finished 2.4 s after the upstream's last byte (1.49x one copy); a killed
 from __future__ import annotations
 
 import dsmirror
+from _lan_sched import advance, lan_sched
 from dsmirror._schedule.state import Assignment
 
 MiB = 1 << 20
@@ -18,21 +19,10 @@ IDS = [f"-DS0200-M{c * 11}" for c in "abcdefgh"]
 
 
 def _sched(n: int, conns: int = 8) -> tuple[dsmirror.Scheduler, bytearray]:
-    files = (dsmirror.FileEntry("f.bin", n * MiB, "0" * 64, tuple(f"{k:064x}" for k in range(n))),)
-    m = dsmirror.Manifest("sim", MiB, files)
-    infos = [
-        dsmirror.SourceInfo("upstream", "http", "upstream.example", max_connections=conns),
-        dsmirror.SourceInfo("swarm", "bittorrent", "swarm", max_connections=8),
-    ]
-    s = dsmirror.Scheduler(m, bytearray(n), infos, dsmirror.FakeClock(), dsmirror.SchedulerConfig())
-    have = bytearray(n)
-    s.set_peer_pieces("swarm", have)
-    return s, have
+    return lan_sched(n, conns=conns)
 
 
-def _advance(s: dsmirror.Scheduler, seconds: float) -> None:
-    assert isinstance(s.clock, dsmirror.FakeClock)
-    s.clock.advance(seconds)
+_advance = advance
 
 
 def _open(s: dsmirror.Scheduler, limit: int = 16) -> list[Assignment]:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import dsmirror
+from _lan_sched import advance, lan_sched
 from conftest import SWARM_PIECE, SWARM_SIZES, CliProcess, Swarmed, addr, free_port
 from dsmirror import Event, PieceRejected, PullFinished, PullOptions, SourceTrouble
 from dsmirror._fetch.swarm.config import SwarmConfig
@@ -550,23 +551,10 @@ def test_a_pull_whose_libtorrent_copy_is_complete_takes_it_with_no_peer_and_no_m
 def _sched(
     n: int, prefer: str = "auto", *, clock: dsmirror.FakeClock | None = None
 ) -> tuple[dsmirror.Scheduler, bytearray]:
-    files = (dsmirror.FileEntry("f.bin", n * MiB, "0" * 64, tuple(f"{k:064x}" for k in range(n))),)
-    m = dsmirror.Manifest("sim", MiB, files)
-    infos = [
-        dsmirror.SourceInfo("upstream", "http", "upstream.example", max_connections=4),
-        dsmirror.SourceInfo("swarm", "bittorrent", "swarm", max_connections=8),
-    ]
-    s = dsmirror.Scheduler(
-        m, bytearray(n), infos, clock or dsmirror.FakeClock(), dsmirror.SchedulerConfig(prefer=prefer)
-    )
-    have = bytearray(n)
-    s.set_peer_pieces("swarm", have)
-    return s, have
+    return lan_sched(n, prefer=prefer, clock=clock)
 
 
-def _advance(s: dsmirror.Scheduler, seconds: float) -> None:
-    assert isinstance(s.clock, dsmirror.FakeClock)
-    s.clock.advance(seconds)
+_advance = advance
 
 
 def _met(s: dsmirror.Scheduler, me: str, others: list[str], peers: int | None = None) -> None:
