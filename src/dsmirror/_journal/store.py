@@ -582,7 +582,9 @@ class Store:
         piece_size = self.manifest.piece_size
         longest = max((f.size for fi, f in enumerate(self.manifest.files) if self._needs_pass[fi]), default=0)
         size = max(min(_READ_CHUNK, piece_size), min(_HASH_RUN, longest))
-        buf: bytearray | None = None  # made at the first read: a constant, not a cost of each piece
+        # Grown to the longest run read so far (doubling, up to ``size``): a pull whose pieces
+        # arrive one at a time holds one piece's worth, not 16 MiB, and never a cost of each piece.
+        buf = bytearray(0)
         try:
             while (fi := self._hash_queue.get()) is not None:
                 if self._file_done[fi]:
@@ -610,8 +612,10 @@ class Store:
                         cap = min(rng.stop, first + max(1, size // piece_size))
                         end = self._done.find(0, first, cap)
                         last = (cap if end < 0 else end) - 1
-                        if buf is None:
-                            buf = bytearray(size)
+                        run = self.manifest.pieces[last]
+                        need = min(size, run.offset + run.length - self.manifest.pieces[first].offset)
+                        if len(buf) < need:
+                            buf = bytearray(min(size, max(need, 2 * len(buf))))
                         self._hash_run(self.manifest.pieces[first], self.manifest.pieces[last], h.sha, buf)
                         h.next_piece += last - first + 1
                         state = h.sha.state()
