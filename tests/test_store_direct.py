@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from dsmirror._core.errors import StorageError
 from dsmirror._fetch import wire
 from dsmirror._formats.manifest import FileEntry, Manifest, NoPieceHashes
 from dsmirror._journal import direct
@@ -369,3 +370,234 @@ def test_a_trickling_source_still_gets_its_bytes_handed_out_at_each_boundary() -
     assert all(ok for _, _, ok in views)
     assert all((at + n) % ALIGN == 0 for at, n, _ in views[:-1])
     assert len(views) > 10  # handed out as they came, not in one piece at the end
+
+
+# -- staged bytes pushed out by another thread's write -------------------------------------------
+class _File:
+    """One real file of ``pieces`` pieces and its descriptors, lent as ``AlignedWriter`` asks;
+    ``gate`` runs each time a descriptor is lent (to hold or fail a write in a given thread)."""
+
+    def __init__(self, path: Path, pieces: int) -> None:
+        path.write_bytes(b"")
+        os.truncate(path, pieces * PIECE)
+        self.fd = os.open(path, os.O_RDWR)
+        self.direct_fd = direct.open_direct(path)
+        self.gate: Any = None
+
+    @contextlib.contextmanager
+    def use(self, fi: int, want_direct: bool) -> Iterator[int]:
+        if self.gate is not None:
+            self.gate()
+        if want_direct:
+            yield -1 if self.direct_fd is None else self.direct_fd
+        else:
+            yield self.fd
+
+    def close(self) -> None:
+        for fd in (self.fd, self.direct_fd):
+            if fd is not None:
+                os.close(fd)
+
+
+def _stage_one_more_than_max(w: direct.AlignedWriter) -> None:
+    """Stage the front of pieces 1 .. MAX_STAGED: the least recently staged (piece 0) is pushed out."""
+    for i in range(1, direct.MAX_STAGED + 1):
+        w.write(i, 0, i * PIECE, bytes([i]) * (2 * ALIGN), (i + 1) * PIECE)
+
+
+def _held_in(name: str, f: _File) -> tuple[threading.Event, threading.Event]:
+    """Hold every descriptor lent in thread ``name`` until the second event is set; the first is
+    set when one is asked for."""
+    entered, release = threading.Event(), threading.Event()
+
+    def gate() -> None:
+        if threading.current_thread().name == name:
+            entered.set()
+            assert release.wait(10)
+
+    f.gate = gate
+    return entered, release
+
+
+def test_a_flush_waits_for_the_write_out_another_thread_has_in_flight(tmp_path: Path) -> None:
+    """Piece 0's staged front is pushed out by another connection's write, which is slow to
+    write it (a busy disk); the flush before piece 0's W record must not return until those bytes
+    were handed to pwrite(2) (it found nothing staged and returned at once: the journal could say
+    the piece was written, a commit cover it, and the bytes land after, or never)."""
+    f = _File(tmp_path / "f", direct.MAX_STAGED + 1)
+    w = direct.AlignedWriter(f.use)
+    front = random.Random(9).randbytes(2 * ALIGN)
+    try:
+        w.write(0, 0, 0, front, PIECE)
+        entered, release = _held_in("pusher", f)
+        t = threading.Thread(target=_stage_one_more_than_max, args=(w,), name="pusher")
+        t.start()
+        assert entered.wait(10)
+        threading.Timer(0.3, release.set).start()
+        w.flush(0)
+        assert os.pread(f.fd, len(front), 0) == front  # on disk (or in the cache) when flush returns
+        t.join(10)
+    finally:
+        release.set()
+        w.discard()
+        f.close()
+
+
+def test_newer_bytes_of_a_piece_land_after_its_older_ones_in_flight(tmp_path: Path) -> None:
+    """Piece 0's front from a connection that stopped is being written out by another thread when
+    the piece is written again, whole, from another source: the newer bytes must be the ones left
+    on disk (the older ones landed last, over a piece about to be journaled as verified)."""
+    f = _File(tmp_path / "f", direct.MAX_STAGED + 1)
+    w = direct.AlignedWriter(f.use)
+    older = b"\x01" * (2 * ALIGN)
+    newer = random.Random(10).randbytes(PIECE)
+    try:
+        w.write(0, 0, 0, older, PIECE)
+        entered, release = _held_in("pusher", f)
+        t = threading.Thread(target=_stage_one_more_than_max, args=(w,), name="pusher")
+        t.start()
+        assert entered.wait(10)
+        threading.Timer(0.3, release.set).start()
+        w.write(0, 0, 0, newer, PIECE)  # the whole piece: written out before this returns
+        w.flush(0)
+        t.join(10)
+        assert os.pread(f.fd, PIECE, 0) == newer
+    finally:
+        release.set()
+        w.discard()
+        f.close()
+
+
+def test_a_failed_write_out_of_a_pushed_out_piece_fails_that_piece(tmp_path: Path) -> None:
+    """Writing out piece 0's staged bytes fails (EIO) in the write of another piece, which pushed
+    them out: that write goes on (its own bytes are fine), and piece 0's flush raises, so the
+    piece is not journaled without its bytes (the error went to the other connection and piece
+    0's bytes were dropped: its flush found nothing and returned)."""
+    f = _File(tmp_path / "f", direct.MAX_STAGED + 1)
+    w = direct.AlignedWriter(f.use)
+
+    def fail() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    try:
+        w.write(0, 0, 0, b"\x02" * (2 * ALIGN), PIECE)
+        f.gate = fail
+        _stage_one_more_than_max(w)
+        f.gate = None
+        with pytest.raises(OSError) as exc:
+            w.flush(0)
+        assert exc.value.errno == errno.EIO
+        w.flush(0)  # raised once; the piece is fetched again
+    finally:
+        w.discard()
+        f.close()
+
+
+def test_a_short_direct_write_leaves_the_writer_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A direct pwrite(2) that writes less than asked (a signal, a nearly full disk) and leaves an
+    unaligned rest: the rest goes out plainly and later pieces still go out directly (the rest was
+    written directly at an unaligned offset, refused with EINVAL, and the writer was switched off
+    for the rest of the pull)."""
+    f = _File(tmp_path / "f", 3)
+    if f.direct_fd is None:
+        f.close()
+        pytest.skip("this filesystem has no direct writes")
+    w = direct.AlignedWriter(f.use)
+    real = os.pwrite
+    short = {"left": 1}
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        if fd == f.direct_fd and short["left"]:
+            short["left"] -= 1
+            n = len(data) // 2 + 100
+            return real(f.fd, memoryview(data)[:n], offset)  # what the kernel wrote of it
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    data = random.Random(11).randbytes(3 * PIECE)
+    try:
+        for i in range(3):
+            w.write(i, 0, i * PIECE, data[i * PIECE : (i + 1) * PIECE], (i + 1) * PIECE)
+            w.flush(i)
+        assert short["left"] == 0
+        assert w.enabled
+        assert w.direct_bytes >= 2 * PIECE
+        assert os.pread(f.fd, 3 * PIECE, 0) == data
+    finally:
+        w.discard()
+        f.close()
+
+
+def test_out_of_descriptors_for_the_direct_one_the_piece_is_written_plainly(tmp_path: Path) -> None:
+    """The direct descriptor is a second one per file, opened on first use: when the process has
+    none left (EMFILE: many files under a low ``ulimit -n``, other descriptors in use), the piece is
+    written through the ordinary one and the pull goes on (it failed with StorageError)."""
+    import resource
+
+    data = {"e.bin": random.Random(12).randbytes(2 * PIECE)}
+    m = manifest_of(data)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
+    filler: list[int] = []
+    try:
+        with Store.open(tmp_path / "d", m) as store:
+            p = m.pieces[0]
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.append(os.open(os.devnull, os.O_RDONLY))
+            store.write(p, 0, data["e.bin"][: p.length])
+            for fd in filler:
+                os.close(fd)
+            filler = []
+            store.mark_verified(p)
+            q = m.pieces[1]
+            store.write(q, 0, data["e.bin"][q.offset : q.offset + q.length])
+            store.mark_verified(q)
+            store.finalize()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert (tmp_path / "d" / "e.bin").read_bytes() == data["e.bin"]
+
+
+def test_a_failed_direct_write_is_a_storage_error_and_the_store_still_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO from a direct write is a StorageError (its path), and closing the store afterwards, with
+    the error still held (the engine keeps it as the pull's fatal error), is clean (the error's
+    traceback held a view of a staging buffer, and close raised BufferError over it)."""
+    real_open = direct.open_direct
+    direct_fds: set[int] = set()
+
+    def opened(path: Any) -> int | None:
+        fd = real_open(path)
+        if fd is not None:
+            direct_fds.add(fd)
+        return fd
+
+    real = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        if fd in direct_fds:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(store_module, "open_direct", opened)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    data = {"x.bin": random.Random(13).randbytes(2 * PIECE)}
+    m = manifest_of(data)
+    store = Store.open(tmp_path / "d", m)
+    held = []
+    store.write(m.pieces[0], 0, data["x.bin"][: 3 * ALIGN])  # staged
+    try:
+        store.mark_verified(m.pieces[0])  # written out first: fails
+    except StorageError as exc:
+        held.append(exc)
+    if not direct_fds:
+        store.close()
+        pytest.skip("this filesystem has no direct writes")
+    assert held and "x.bin" in str(held[0])
+    assert not store.is_done(0)
+    store.close()  # no BufferError
+    assert store.closed

@@ -30,6 +30,7 @@ good: what it staged, and everything after, is written through the ordinary desc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -98,7 +99,10 @@ class _Buffer:
 
     def free(self) -> None:
         self.view.release()
-        self.mem.close()
+        # A view of it may live on in a traceback (a write that failed): then the mapping goes
+        # with the last such view, not now.
+        with contextlib.suppress(BufferError):
+            self.mem.close()
 
 
 class _Staged:
@@ -133,12 +137,33 @@ class AlignedWriter:
         self._lock = threading.Lock()
         self._staged: OrderedDict[int, _Staged] = OrderedDict()  # piece index -> its bytes
         self._pool: list[_Buffer] = []
+        #: Pieces whose staged bytes a thread holds now (taken from ``_staged``, being written to or
+        #: written out): another thread's ``write`` or ``flush`` of one waits until they are handed
+        #: to pwrite(2), so a flush never returns before them, nor do newer bytes land first.
+        self._busy: set[int] = set()
+        self._idle = threading.Condition(self._lock)
+        #: Pieces whose staged bytes another thread failed to write out: raised at their next
+        #: ``write`` or ``flush``, so such a piece is never journaled without its bytes.
+        self._failed: dict[int, OSError] = {}
 
     def write(self, index: int, fi: int, offset: int, data: bytes | bytearray | memoryview, end: int) -> None:
         """Bytes of piece ``index`` at ``offset`` of file ``fi``; the piece ends at ``end``."""
         mv = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
-        with self._lock:
-            st = self._staged.pop(index, None)
+        st = self._claim(index)
+        try:
+            old = self._write(index, st, fi, offset, mv, end)
+        finally:
+            with self._lock:
+                self._busy.discard(index)
+                self._idle.notify_all()
+        for i, s in old:
+            self._evict(i, s)
+
+    def _write(
+        self, index: int, st: _Staged | None, fi: int, offset: int, mv: memoryview, end: int
+    ) -> list[tuple[int, _Staged]]:
+        """``write`` with ``index`` claimed; the staged pieces it pushed out (claimed too), to be
+        written out once ``index`` is released."""
         if st is not None and (st.end != offset or self._in_place(mv, offset, end)):
             self._write_out(st)  # what it staged goes first
             st = None
@@ -149,7 +174,7 @@ class AlignedWriter:
             self._direct(fi, mv[:n], offset)
             if n < len(mv):
                 self._plain(fi, mv[n:], offset + n)
-            return
+            return []
         if st is None:
             head = min(len(mv), -offset % ALIGN) if self.enabled else len(mv)
             if head:
@@ -157,28 +182,57 @@ class AlignedWriter:
                 offset += head
                 mv = mv[head:]
             if not mv:
-                return
+                return []
             st = _Staged(fi, offset, self._take_buffer())
-        while mv:
-            k = min(len(mv), STAGE - st.fill)
-            st.buf.view[st.fill : st.fill + k] = mv[:k]
-            st.fill += k
-            mv = mv[k:]
-            if st.fill == STAGE:
-                self._direct(st.fi, st.buf.view, st.base)
-                st.base += STAGE
-                st.fill = 0
+        try:
+            while mv:
+                k = min(len(mv), STAGE - st.fill)
+                st.buf.view[st.fill : st.fill + k] = mv[:k]
+                st.fill += k
+                mv = mv[k:]
+                if st.fill == STAGE:
+                    self._direct(st.fi, st.buf.view, st.base)
+                    st.base += STAGE
+                    st.fill = 0
+        except BaseException:
+            self._give_buffer(st.buf)  # the piece's bytes are lost: its write fails
+            raise
         if st.end >= end:
             self._write_out(st)
-            return
+            return []
+        old: list[tuple[int, _Staged]] = []
         with self._lock:
-            other = self._staged.pop(index, None)
             self._staged[index] = st
-            old = [other] if other is not None else []
             while len(self._staged) > MAX_STAGED:
-                old.append(self._staged.popitem(last=False)[1])
-        for s in old:
-            self._write_out(s)
+                i, s = self._staged.popitem(last=False)
+                self._busy.add(i)  # pushed out: claimed until written
+                old.append((i, s))
+        return old
+
+    def _claim(self, index: int) -> _Staged | None:
+        """Take piece ``index``'s staged bytes for this thread (None: it has none), once no other
+        thread holds them; raise the error a write-out of its bytes by another thread met."""
+        with self._lock:
+            while index in self._busy:
+                self._idle.wait()
+            err = self._failed.pop(index, None)
+            if err is not None:
+                raise err
+            self._busy.add(index)
+            return self._staged.pop(index, None)
+
+    def _evict(self, index: int, st: _Staged) -> None:
+        """Write out the staged bytes of piece ``index``, pushed out by another piece's write: an
+        error is kept for the piece (its next ``write`` or ``flush``), not raised here."""
+        try:
+            self._write_out(st)
+        except OSError as exc:
+            with self._lock:
+                self._failed[index] = exc.with_traceback(None)  # its frames hold views of buffers
+        finally:
+            with self._lock:
+                self._busy.discard(index)
+                self._idle.notify_all()
 
     def _in_place(self, mv: memoryview, offset: int, end: int) -> bool:
         """Whether ``mv`` can be written directly as it is: aligned in memory and in the file, and
@@ -191,16 +245,21 @@ class AlignedWriter:
 
     def flush(self, index: int) -> None:
         """Write out what piece ``index`` has staged (before it is journaled, or read)."""
-        with self._lock:
-            st = self._staged.pop(index, None)
-        if st is not None:
-            self._write_out(st)
+        st = self._claim(index)
+        try:
+            if st is not None:
+                self._write_out(st)
+        finally:
+            with self._lock:
+                self._busy.discard(index)
+                self._idle.notify_all()
 
     def discard(self) -> None:
         """Forget every staged byte (the store closes: those pieces are not journaled) and the pool."""
         with self._lock:
             bufs = [st.buf for st in self._staged.values()] + self._pool
             self._staged.clear()
+            self._failed.clear()
             self._pool = []
         for b in bufs:
             b.free()
@@ -224,18 +283,26 @@ class AlignedWriter:
             self._give_buffer(st.buf)
 
     def _direct(self, fi: int, view: memoryview, offset: int) -> None:
+        """Write ``view`` (aligned) at ``offset`` through the direct descriptor where it can.
+
+        What a short write leaves goes out plainly if it no longer starts on a boundary (a direct
+        write there is refused); only EINVAL or the like switches the writer off.
+        """
         if self.enabled:
             with self._use(fi, True) as fd:
                 if fd >= 0:
+                    done = 0
                     try:
-                        _pwrite_all(fd, view, offset)
-                        self.direct_bytes += len(view)
-                        return
+                        while done < len(view) and not done % ALIGN:
+                            done += _pwrite(fd, view[done:], offset + done)
                     except OSError as exc:
                         if exc.errno not in _REFUSED:
                             raise
                         self.enabled = False  # refused here: plain writes from now on
-        self._plain(fi, view, offset)
+                    self.direct_bytes += done
+                    view, offset = view[done:], offset + done
+        if view:
+            self._plain(fi, view, offset)
 
     def _plain(self, fi: int, view: memoryview, offset: int) -> None:
         with self._use(fi, False) as fd:
@@ -267,4 +334,13 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     follows) or a signal interrupts it."""
     done = 0
     while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+        done += _pwrite(fd, view[done:], offset + done)
+
+
+def _pwrite(fd: int, view: memoryview, offset: int) -> int:
+    """One pwrite(2); a write of nothing (never for a regular file with room) is an error, not a
+    loop forever."""
+    n = os.pwrite(fd, view, offset)
+    if n <= 0:
+        raise OSError(errno.EIO, "pwrite wrote nothing")
+    return n

@@ -8,6 +8,7 @@ there is one way to lock an area and one way to install a verified file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -154,14 +155,20 @@ class OpenFiles:
 
     def _direct_fd(self, fi: int) -> int:
         """File ``fi``'s direct descriptor, opened now if need be; -1 if it has none (caller holds
-        the lock and a pin of ``fi``: its ordinary descriptor stays open)."""
+        the lock and a pin of ``fi``: its ordinary descriptor stays open). It is optional: out of
+        descriptors (EMFILE, ENFILE), the write goes through the ordinary one, the pull goes on."""
         fd = self._direct.get(fi)
         if fd is not None:
             return fd
         if self._open_direct is None or fi in self._no_direct:
             return -1
         self._make_room()
-        got = self._open_direct(fi)
+        try:
+            got = self._open_direct(fi)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                return -1  # no descriptor to spare now: this write goes plainly, a later one may not
+            raise
         if got is None:
             self._no_direct.add(fi)
             return -1
