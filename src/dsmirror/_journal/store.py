@@ -129,6 +129,9 @@ _H = ord("H")
 _READ_CHUNK = 4 << 20
 #: the most the whole-file hasher reads back in one step (a run of consecutive stored pieces)
 _HASH_RUN = 16 << 20
+#: How far the whole-file hashers may fall behind the pieces stored: ``mark_verified`` waits while
+#: more than this is stored, in order, beyond the hashed prefix of the files (see ``_await_hasher``).
+HASH_LAG = 32 << 20
 #: ``meta.source`` of manifests a resolver assembles from a registry's listing, whose whole-file
 #: digests come from another authority than their piece hashes (see the module docstring).
 ASSEMBLED_SOURCES = frozenset({"hf", "ollama"})
@@ -209,6 +212,15 @@ class Store:
         self._file_stored = [0] * len(manifest.files)
         self._stored = 0
         self._verified = 0
+        #: The hashers' lag (under ``_lock``): per file, the first piece not stored at or after its
+        #: hashed prefix, the bytes stored in between (what the hasher can read now) and their sum.
+        self._lag_end = [r.start for r in manifest.file_piece_ranges]
+        self._lag_file = [0] * len(manifest.files)
+        self._lag = 0
+        #: ``mark_verified`` waits while ``_lag`` is above this (bytes; ``HASH_LAG``)
+        self.hash_lag_limit = HASH_LAG
+        self._hashed = threading.Condition(self._lock)  # notified as the hasher catches up
+        self._hasher_stopped = False
 
     # -- opening -----------------------------------------------------------------------------------
     @classmethod
@@ -535,16 +547,19 @@ class Store:
     def _reverify(self, suspect: bytearray, on_reverify: Callable[[int], None] | None) -> None:
         for i in _ones(suspect):
             piece = self.manifest.pieces[i]
+            if not piece.sha256 and not self.provenance.get(i, ("", ""))[1]:
+                # Nothing to check its bytes against (no published hash, none recorded): fetched
+                # again without reading it back.
+                self.stats.rejected_pieces += 1
+                if on_reverify:
+                    on_reverify(piece.length)
+                continue
             with self._files.use(piece.file_index) as fd:
                 data = os.pread(fd, piece.length, piece.offset)
             if piece.sha256 and hashlib.sha256(data).hexdigest() == piece.sha256:
                 self._done[i] = 1  # made durable by _rewrite_journal, which syncs the data first
                 self.stats.reverified_pieces += 1
-            elif (
-                not piece.sha256
-                and self.provenance.get(i, ("", ""))[1]  # recorded without a digest: fetched again
-                and hashlib.sha256(data).hexdigest() == self.provenance[i][1]
-            ):
+            elif not piece.sha256 and hashlib.sha256(data).hexdigest() == self.provenance[i][1]:
                 self._done[i] = 1  # no published hash: the bytes are what the source sent
                 self.stats.reverified_pieces += 1
             else:
@@ -565,6 +580,7 @@ class Store:
                 # Bound by its piece hashes, all verified already: nothing left to check.
                 if not self._needs_pass[fi] and not self._file_done[fi] and self._file_stored[fi] == f.size:
                     self._set_file_ok(fi, True)
+                self._track_lag(fi)
         self._hash_thread = threading.Thread(target=self._hash_loop, name="dsmirror-filehash", daemon=True)
         self._hash_thread.start()
         for fi in range(len(files)):
@@ -578,7 +594,51 @@ class Store:
         self._verified += self._verified_share(fi) - before
         self._file_results.append((fi, ok))
 
+    def _span_bytes(self, start: int, stop: int) -> int:
+        """Bytes of the pieces ``start`` .. ``stop - 1`` (one file's; none if ``stop <= start``)."""
+        if stop <= start:
+            return 0
+        last = self.manifest.pieces[stop - 1]
+        return last.offset + last.length - self.manifest.pieces[start].offset
+
+    def _track_lag(self, fi: int) -> None:
+        """Count file ``fi``'s lag again from its hasher's position (caller holds ``_lock``; after
+        the hasher was made or replaced)."""
+        r = self.manifest.file_piece_ranges[fi]
+        lag, end = 0, r.start
+        if self._needs_pass[fi] and not self._file_done[fi] and self._hashers:
+            start = r.start + self._hashers[fi].next_piece
+            end = self._done.find(0, start, r.stop)
+            end = r.stop if end < 0 else end
+            lag = self._span_bytes(start, end)
+        self._lag += lag - self._lag_file[fi]
+        self._lag_file[fi], self._lag_end[fi] = lag, end
+
+    def _await_hasher(self) -> None:
+        """Backpressure: wait while more than ``hash_lag_limit`` bytes are stored beyond the hashed
+        prefixes, in order (what a kill now would leave to read back, besides pieces stored out
+        of order, after a gap).
+
+        The hasher can always read those (every piece they count is stored), so the wait ends
+        without any other writer's help: no deadlock with pieces arriving out of order from
+        several sources, whose bytes beyond a gap do not count until the gap is filled. Under
+        load the hasher (another thread) got too little of the GIL to keep up with the
+        connections: a kill -9 then left up to a fifth of the model to read back. The writers
+        wait here, not the network: a whole-file pass cannot finish before its hasher anyway.
+        """
+        with self._lock:
+            while self._lag > self.hash_lag_limit and not (self._hasher_stopped or self.closed):
+                self._hashed.wait(0.5)
+
     def _hash_loop(self) -> None:
+        try:
+            self._hash_files()
+        finally:
+            with self._lock:
+                self._hasher_stopped = True  # nobody waits for it any more (``_await_hasher``)
+                self._hashed.notify_all()
+
+    def _hash_files(self) -> None:
         piece_size = self.manifest.piece_size
         longest = max((f.size for fi, f in enumerate(self.manifest.files) if self._needs_pass[fi]), default=0)
         size = max(min(_READ_CHUNK, piece_size), min(_HASH_RUN, longest))
@@ -617,10 +677,14 @@ class Store:
                         if len(buf) < need:
                             buf = bytearray(min(size, max(need, 2 * len(buf))))
                         self._hash_run(self.manifest.pieces[first], self.manifest.pieces[last], h.sha, buf)
-                        h.next_piece += last - first + 1
                         state = h.sha.state()
-                        if state is not None:
-                            with self._lock:  # for commit: an H record of it is due
+                        with self._lock:
+                            h.next_piece += last - first + 1
+                            hashed = self._span_bytes(first, last + 1)
+                            self._lag_file[fi] -= hashed
+                            self._lag -= hashed
+                            self._hashed.notify_all()
+                            if state is not None:  # for commit: an H record of it is due
                                 h.published = (h.next_piece, state)
                                 self._advanced.add(fi)
         except BaseException as exc:  # reported by finalize()
@@ -747,6 +811,15 @@ class Store:
             fi = piece.file_index
             self._done[piece.index] = 1
             self._count_piece(piece, 1)
+            if piece.index == self._lag_end[fi] and self._needs_pass[fi] and not self._file_done[fi]:
+                # the next piece its hasher needs: it (and the pieces stored after it) can be read
+                r = self.manifest.file_piece_ranges[fi]
+                end = self._done.find(0, piece.index, r.stop)
+                end = r.stop if end < 0 else end
+                grown = self._span_bytes(piece.index, end)
+                self._lag_file[fi] += grown
+                self._lag += grown
+                self._lag_end[fi] = end
             # Under the lock, with its W record: the commit that covers the W syncs this file (a
             # set swapped by a commit between a write and this point would lose the mark).
             self._dirty.add(fi)
@@ -760,6 +833,7 @@ class Store:
                     self._set_file_ok(fi, True)  # its last piece: the pieces bind the file
                 return True
         self._hash_queue.put(fi)
+        self._await_hasher()
         return True
 
     def invalidate(self, indices: Iterable[int]) -> None:
@@ -776,9 +850,12 @@ class Store:
                 touched.add(piece.file_index)
             for fi in touched:
                 self._hashers[fi] = _FileHasher()
+                self._track_lag(fi)
                 before = self._verified_share(fi)
                 self._file_ok[fi] = None
                 self._verified += self._verified_share(fi) - before
+        for fi in touched:  # it reads the pieces still stored from the start (writers may wait)
+            self._hash_queue.put(fi)
 
     def _is_copy(self, piece: Piece, provenance: tuple[str, str]) -> bool:
         """Whether ``piece`` is received, not installed, and the copy ``provenance`` names (caller
@@ -832,6 +909,7 @@ class Store:
             # _hash_lock): a patch ahead of it costs nothing, one behind it a pass over the file.
             if self._hashers[fi].next_piece > piece.index - self.manifest.file_piece_ranges[fi].start:
                 self._hashers[fi] = _FileHasher()
+                self._track_lag(fi)
                 before = self._verified_share(fi)
                 self._file_ok[fi] = None
                 self._verified += self._verified_share(fi) - before

@@ -1,0 +1,195 @@
+"""The whole-file hasher's lag is bounded by construction, not by how much CPU it gets.
+
+Files without piece hashes (Hugging Face LFS files, Ollama blobs) are checked by their whole-file
+SHA-256 only, hashed in order as their pieces arrive; what a kill -9 leaves to read back is what
+was stored beyond the hashed prefix (issue 14's floor: the pieces in flight, not the model). The
+hasher is a thread: under load it fell behind the connections and a kill left 20-50% of a pull to
+read back. ``mark_verified`` now waits while more than ``hash_lag_limit`` bytes are stored, in
+order, beyond the hashed prefixes. These tests run a real ``Store`` whose hasher is slowed down
+(it sleeps as it reads back, as a thread starved of the GIL does); the resume reads are counted
+with the real ``os.pread``/``os.preadv`` calls.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dsmirror import Manifest, Store
+from dsmirror._formats.manifest import FileEntry, NoPieceHashes
+from dsmirror._verify.sha256 import RESUMABLE
+
+KiB = 1 << 10
+PS = 16 * KiB
+PIECES = 256  # one file of 4 MiB
+LIMIT = 16 * PS
+
+pytestmark = pytest.mark.skipif(not RESUMABLE, reason="no libcrypto with SHA256_Init here")
+
+
+class SlowHasher(Store):
+    """A real store whose whole-file hasher takes 1 ms per piece it reads back (16 MB/s)."""
+
+    def _hash_run(self, piece, last, sha, buf):  # type: ignore[no-untyped-def]
+        time.sleep((last.index - piece.index + 1) / 1000)
+        super()._hash_run(piece, last, sha, buf)
+
+
+def _manifest(data: bytes) -> Manifest:
+    import hashlib
+
+    f = FileEntry("blob.bin", len(data), hashlib.sha256(data).hexdigest(), NoPieceHashes(PIECES))
+    return Manifest("lag", PS, (f,))
+
+
+@pytest.fixture
+def blob() -> bytes:
+    return random.Random(14).randbytes(PIECES * PS)
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Bytes read back by pread/preadv while the test runs (the real calls, counted)."""
+    got: list[int] = []
+    pread, preadv = os.pread, os.preadv
+
+    def counted_pread(fd: int, n: int, off: int) -> bytes:
+        data = pread(fd, n, off)
+        got.append(len(data))
+        return data
+
+    def counted_preadv(fd: int, bufs: list[memoryview], off: int) -> int:
+        n = preadv(fd, bufs, off)
+        got.append(n)
+        return n
+
+    monkeypatch.setattr(os, "pread", counted_pread)
+    monkeypatch.setattr(os, "preadv", counted_preadv)
+    yield got
+
+
+def _put(store: Store, m: Manifest, data: bytes, i: int) -> None:
+    p = m.pieces[i]
+    store.write(p, 0, data[p.offset : p.offset + p.length])
+    assert store.mark_verified(p, source="m1", digest="")
+
+
+def test_a_kill_after_a_fast_burst_reads_back_at_most_the_bound(
+    tmp_path: Path, blob: bytes, reads: list[int]
+) -> None:
+    """All but the last piece arrive faster than the hasher reads; a commit, then a kill -9: the
+    resume reads back at most twice the bound (the lag, and the run the hasher was reading), not
+    the file (old code: nearly the whole 4 MiB)."""
+    m, dest = _manifest(blob), tmp_path / "dest"
+    s = SlowHasher.open(dest, m)
+    try:
+        s.hash_lag_limit = LIMIT
+        for i in range(PIECES - 1):
+            _put(s, m, blob, i)
+        s.commit()
+        crashed = tmp_path / "crashed"
+        shutil.copytree(dest, crashed)  # what a kill -9 leaves: the files as the kernel has them
+    finally:
+        s.close()
+    reads.clear()
+    with Store.open(crashed, m) as s:
+        assert s.stats.trusted_pieces == PIECES - 1
+        _put(s, m, blob, PIECES - 1)
+        assert s.wait_checked(30) and s.file_verified(0)
+        # the lag and the run in progress, a piece over the bound each, and the last piece
+        assert sum(reads) <= 2 * (LIMIT + PS) + PS, f"read back {sum(reads)} bytes of {len(blob)}"
+        s.finalize()
+    assert (crashed / "blob.bin").read_bytes() == blob
+
+
+def _h_counts(dest: Path, m: Manifest) -> list[int]:
+    """Pieces counted by each H record of the journal, in order (format: ``_journal/store.py``)."""
+    data = (dest / ".dsmirror" / "partial" / m.sha256 / "journal").read_bytes()
+    out, off = [], 44
+    while off < len(data):
+        if data[off] == ord("H"):
+            _, _, count = struct.unpack_from("<B3xII", data, off)
+            out.append(count)
+            off += 48
+        else:
+            off += 12
+    return out
+
+
+def _run_writers(
+    s: Store, m: Manifest, blob: bytes, spans: list[list[int]], delay: float
+) -> tuple[int, list[BaseException]]:
+    """One thread a list of pieces (the first waits ``delay`` before it starts), committing
+    meanwhile: how far the hashed prefix (the last H record) trailed the pieces stored in order
+    at worst, and the writers' errors."""
+    stored: set[int] = set()
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def write(k: int, pieces: list[int]) -> None:
+        try:
+            if k == 0:
+                time.sleep(delay)
+            for i in pieces:
+                _put(s, m, blob, i)
+                with lock:
+                    stored.add(i)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k, p)) for k, p in enumerate(spans)]
+    for t in threads:
+        t.start()
+    worst = 0
+    while any(t.is_alive() for t in threads):
+        with lock:  # before the commit: the hasher only moves on meanwhile
+            prefix = next((i for i in range(PIECES) if i not in stored), PIECES)
+        s.commit()
+        counted = max(_h_counts(s.dest, m), default=0)
+        worst = max(worst, prefix - counted)
+        time.sleep(0.002)
+    for t in threads:
+        t.join(30)
+    return worst, errors
+
+
+def test_many_writers_never_outrun_the_hasher(tmp_path: Path, blob: bytes) -> None:
+    """Eight writer threads, pieces in turn (a little out of order): at every commit the hashed
+    prefix trails the pieces stored in order by at most the bound and a piece per writer, twice
+    (old code: by most of the file)."""
+    m, dest = _manifest(blob), tmp_path / "dest"
+    writers = 8
+    with SlowHasher.open(dest, m) as s:
+        s.hash_lag_limit = LIMIT
+        worst, errors = _run_writers(s, m, blob, [list(range(k, PIECES, writers)) for k in range(writers)], 0)
+        assert not errors, errors
+        assert s.wait_checked(30) and s.file_verified(0)
+        s.finalize()
+    assert worst * PS <= 2 * (LIMIT + writers * PS), f"the hasher trailed by {worst} pieces"
+    assert (dest / "blob.bin").read_bytes() == blob
+
+
+def test_pieces_beyond_a_gap_do_not_block_the_writers(tmp_path: Path, blob: bytes) -> None:
+    """Eight writers, each its own span of the file (as the scheduler hands them out), the first
+    starting late: the others' pieces sit beyond a gap the hasher cannot cross, and they must not
+    wait for it (no deadlock); once the gap is filled the hasher reads them and the file verifies."""
+    m, dest = _manifest(blob), tmp_path / "dest"
+    writers, per = 8, PIECES // 8
+    with SlowHasher.open(dest, m) as s:
+        s.hash_lag_limit = LIMIT
+        spans = [list(range(k * per, (k + 1) * per)) for k in range(writers)]
+        t0 = time.monotonic()
+        _, errors = _run_writers(s, m, blob, spans, 0.3)
+        assert not errors, errors
+        assert s.wait_checked(30) and s.file_verified(0)
+        assert time.monotonic() - t0 < 20
+        s.finalize()
+    assert (dest / "blob.bin").read_bytes() == blob
