@@ -917,7 +917,8 @@ def _seeds(w: World, command: str, name: str, cwd: Path | None = None) -> None:
     """The command seeds ``name`` (its first line says so) until SIGTERM, then exits 0."""
     _, argv = w.split(command)
     bg = w.start(argv[1:], cwd=cwd)
-    bg.wait_line(rf"^seeding .*{re.escape(name)}.* on port \d+", timeout=90)
+    line = bg.wait_line(rf"^seeding .*{re.escape(name)}.* on port \d+", timeout=90).group(0)
+    assert line.count(name) == 1, line  # one model in two swarms is named once
     rc = w.stop(bg)
     assert rc == 0, bg.output()
     assert "stopped seeding" in "".join(bg.stdout)

@@ -13,9 +13,7 @@ from __future__ import annotations
 import atexit
 import copy
 import gc
-import signal
 import sys
-from types import FrameType
 
 import typer
 
@@ -25,7 +23,8 @@ import typer
 if "httpx" not in sys.modules:
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-from dsmirror._core.errors import DsmirrorError, Interrupted
+from dsmirror._core.errors import DsmirrorError
+from dsmirror.cli import _signals
 from dsmirror.cli._app import app, err_console
 
 __all__ = ["app", "main"]
@@ -46,12 +45,6 @@ from dsmirror.cli import (  # noqa: F401
 )
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    # Raised as our own error, not KeyboardInterrupt, so that typer/click cannot swallow it: the
-    # command unwinds (the store commits its verified pieces) and main() says what happened.
-    raise Interrupted("interrupted; verified progress is kept: run the same command to resume")
-
-
 def _app_for(argv: list[str]) -> typer.Typer:
     """``app`` with only the command ``argv`` runs, or ``app`` itself when argv names none.
 
@@ -70,8 +63,7 @@ def _app_for(argv: list[str]) -> typer.Typer:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    _signals.install()  # Ctrl-C and SIGTERM raise Interrupted, never inside a line of output
     # The interpreter's exit collects garbage while it tears the modules down: after a pull, 57-86 ms
     # of CPU (perf: gc_collect_main, visit_decref), a third of what dsmirror pull spends after its
     # last byte (bench_mirrors). Everything is closed by then (the store's files synced and renamed,

@@ -273,9 +273,13 @@ def render_seed(events: Iterable[Event], console: Console, *, json_out: bool = F
             if isinstance(ev, SeedingStarted):
                 started = ev
                 if not json_out:
+                    # A model may be in two swarms (its hybrid torrent and its manifest's own):
+                    # named once, with the count of torrents.
+                    names = list(dict.fromkeys(ev.torrents))
+                    more = f" ({len(ev.torrents)} torrents)" if len(names) < len(ev.torrents) else ""
                     console.print(
                         styled("seeding", "bold"),
-                        f"{', '.join(ev.torrents)} on port {ev.listen_port}",
+                        f"{', '.join(names)}{more} on port {ev.listen_port}",
                         highlight=False,
                     )
                     for m in ev.magnets:

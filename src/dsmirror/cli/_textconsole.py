@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.text import Text
 
 from dsmirror.cli._safetext import safe_text
+from dsmirror.cli._signals import deferred
 
 __all__ = ["TextConsole"]
 
@@ -25,7 +26,8 @@ class TextConsole(Console):
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         kwargs.pop("markup", None)
-        super().print(*(_safe(o) for o in objects), markup=False, **kwargs)
+        with deferred():  # a Ctrl-C or SIGTERM now is raised once the line is out (see _signals)
+            super().print(*(_safe(o) for o in objects), markup=False, **kwargs)
 
 
 def _safe(obj: Any) -> Any:
