@@ -81,3 +81,27 @@ def test_the_last_machine_fetching_gets_all_its_connections_back() -> None:
     assert _open(s) == []  # (counted every quarter of a second: the last ones just seen)
     _advance(s, 1.1)  # nothing new since
     assert len(_open(s)) == 7
+
+
+def test_a_stolen_span_ends_where_a_machine_that_joins_owns_the_pieces() -> None:
+    """A machine alone opens all its connections; the last idle one steals the back of a span.
+    When another machine joins, every span from outside ends where the other's blocks begin
+    (``lan.cut_to_owner``): the stolen one too. (It was not marked as a span from outside, so it
+    went on over the other machine's blocks, which that machine fetched as well: bench_lan 3 hosts
+    5 s apart, the second host met the first late, and 6 pieces came from the upstream twice.)"""
+    s, _ = _sched(64, conns=2)
+    s.set_prior("upstream", 50e6)  # spans of many pieces
+    s.set_lan_hosts("swarm", IDS[0], [], 0)
+    _advance(s, 10.0)  # alone, past the grace
+    spans: list[Assignment] = []
+    while s._pieces.free_count():  # every free piece taken ...
+        spans += _open(s, 1)
+    spans += _open(s, 1)  # ... and then a steal
+    stolen = spans[-1]
+    assert stolen.end - stolen.start > 8  # the back half of a span
+    s.set_lan_hosts("swarm", IDS[0], IDS[1:2], 1)  # a machine joins
+    view = s._board.lan
+    assert view is not None and not view.alone
+    for a in spans:
+        mine = [view.mine(k) for k in range(a.next_piece + 1, a.end)]
+        assert all(mine), (a.start, a.end, a.outside)

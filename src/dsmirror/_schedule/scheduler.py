@@ -270,6 +270,7 @@ class Scheduler:
             return None
         victim, split = got
         stolen = self._new(s, victim.file_index, split, victim.end, now)
+        stolen.outside = victim.outside  # a LAN pull's span from outside stays one (``lan.cut_to_owner``)
         victim.end = split
         return stolen
 
