@@ -39,7 +39,6 @@ with its copy in a part file; a magnet) is seeded the old way.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -60,6 +59,7 @@ from dsmirror._fetch.swarm.config import (
     SwarmConfig,
     TorrentStatus,
 )
+from dsmirror._fetch.swarm.resume import drop_copy
 from dsmirror._fetch.swarm.session import REDIAL, SwarmSession, endpoint_text
 from dsmirror._fetch.swarm.source import LiveTorrent, SwarmSource
 from dsmirror._fetch.swarm.torrent import Torrent, create_torrent, derived_torrent, load_torrent
@@ -188,16 +188,12 @@ def _seed(
                 if h is not None:
                     handles.append((t, h))
                     continue
-            atp = lt.add_torrent_params()
-            atp.ti = t.torrent.info()
-            atp.save_path = str(t.folder)
-            atp.renamed_files = t.renames()
-            atp.flags |= lt.torrent_flags.seed_mode
-            atp.flags &= ~lt.torrent_flags.default_dont_download
-            handles.append((t, ses.add_torrent(atp)))
+            handles.append((t, _add_seeding(ses, t)))
         for lv in running:  # a pull's torrent no target names
             ses.remove(lv.handle)
             _drop_copy(lv)
+        prints = [_fingerprint(t) for t, _h in handles]
+        gone: dict[int, str] = {}  # handles[k] no longer seeded: why
         yield SeedingStarted(
             tuple(t.name for t in targets), tuple(t.torrent.magnet for t in targets), ses.listen_port
         )
@@ -215,10 +211,70 @@ def _seed(
                         ses.dial(h)
                 if now >= next_status:
                     next_status = now + interval
-                    yield _seed_status(handles)
+                    _watch(ses, handles, prints, gone)
+                    yield _seed_status(handles, gone)
         except (KeyboardInterrupt, Interrupted):
             pass  # Ctrl-C or SIGTERM (the CLI raises Interrupted from its handler): a clean stop
-        yield SeedingStopped(_seed_status(handles).uploaded, clock.now() - t0)
+        yield SeedingStopped(_seed_status(handles, gone).uploaded, clock.now() - t0)
+
+
+def _add_seeding(ses: SwarmSession, t: SeedTarget, *, upload_only: bool = False) -> Any:
+    """Add ``t`` in seed mode: libtorrent checks each piece the first time a peer asks for it.
+    ``upload_only``: it never downloads either (files that changed under it, see ``_watch``)."""
+    atp = lt.add_torrent_params()
+    atp.ti = t.torrent.info()
+    atp.save_path = str(t.folder)
+    atp.renamed_files = t.renames()
+    atp.flags |= lt.torrent_flags.seed_mode
+    atp.flags &= ~lt.torrent_flags.default_dont_download
+    if upload_only:
+        atp.flags |= lt.torrent_flags.upload_mode
+    return ses.add_torrent(atp)
+
+
+_Print = tuple[tuple[int, int, int] | None, ...]
+
+
+def _fingerprint(t: SeedTarget) -> _Print:
+    """(size, mtime_ns, inode) of each of ``t``'s files where they are; None for a missing one."""
+    out: list[tuple[int, int, int] | None] = []
+    for f in t.torrent.content_files:
+        try:
+            st = (t.folder / t.disk_path(f.path)).stat()
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+def _watch(
+    ses: SwarmSession, handles: list[tuple[SeedTarget, Any]], prints: list[_Print], gone: dict[int, str]
+) -> None:
+    """Stop serving pieces nobody checked since their files changed (written to, replaced,
+    deleted: a new size, mtime or inode).
+
+    libtorrent reads a piece it holds as checked without checking it again: a torrent taken over
+    from the pull holds every piece so (verified as the pull ran), one added in seed mode each
+    piece a peer asked for once. So after such a change it would serve whatever the file now
+    holds, and the peer's check would ban this machine. The torrent is added again in seed mode
+    (each piece checked before it is first served again; a changed one fails and is not served;
+    upload mode, so nothing is downloaded into the user's files). In a session with libtorrent's
+    hash checks off (a placeholder-hash swarm, ``SwarmSession.trust``) seed mode checks nothing:
+    the torrent is stopped instead. Its peer connections are lost either way: files rarely change.
+    """
+    for k, (t, h) in enumerate(handles):
+        if k in gone:
+            continue
+        now = _fingerprint(t)
+        if now == prints[k]:
+            continue
+        prints[k] = now
+        _remove_and_wait(ses, h)
+        if ses.trust_pieces:
+            gone[k] = "stopped: its files changed"
+            continue
+        handles[k] = (t, _add_seeding(ses, t, upload_only=True))
 
 
 def _same_torrent(a: Torrent, b: Torrent) -> bool:
@@ -242,26 +298,34 @@ def _take_over(ses: SwarmSession, live: LiveTorrent, target: SeedTarget) -> Any 
                 elif isinstance(a, lt.storage_moved_failed_alert) and a.handle == h:
                     deadline = 0.0
     if not moved and h.is_valid():
-        ses.remove(h)
-        # The same torrent is added next: libtorrent refuses it while this one is still there.
-        deadline = time.monotonic() + _MOVE_WAIT
-        while time.monotonic() < deadline and not ses.stopping:
-            if any(isinstance(a, lt.torrent_removed_alert) for a in ses.alerts(0.1)):
-                break
+        _remove_and_wait(ses, h)
     _drop_copy(live)
     return h if moved else None
 
 
+def _remove_and_wait(ses: SwarmSession, h: Any) -> None:
+    """Remove ``h``'s torrent; the same torrent is added next, which libtorrent refuses while
+    this one is still there."""
+    ses.remove(h)
+    deadline = time.monotonic() + _MOVE_WAIT
+    while time.monotonic() < deadline and not ses.stopping:
+        if any(isinstance(a, lt.torrent_removed_alert) for a in ses.alerts(0.1)):
+            break
+
+
 def _drop_copy(live: LiveTorrent) -> None:
     """Delete libtorrent's copy of a pull that was taken over (or dropped): nothing reads it."""
-    shutil.rmtree(live.area / "bt", ignore_errors=True)
-    with contextlib.suppress(OSError):
-        (live.area / "bt.resume").unlink()
+    drop_copy(live.area, live.lock)
 
 
-def _seed_status(handles: Sequence[tuple[SeedTarget, Any]]) -> SeedStatus:
+def _seed_status(handles: Sequence[tuple[SeedTarget, Any]], gone: dict[int, str] | None = None) -> SeedStatus:
     torrents = []
-    for t, h in handles:
+    for k, (t, h) in enumerate(handles):
+        if gone and k in gone:
+            torrents.append(
+                TorrentStatus(t.name, t.torrent.btih or t.torrent.btmh or "", gone[k], 0.0, 0, ())
+            )
+            continue
         st = h.status()
         peers = tuple(
             PeerStatus(

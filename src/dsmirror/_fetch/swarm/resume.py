@@ -9,6 +9,8 @@ In its own folder inside the store's partial area::
       bt/<path>...         libtorrent's copy: the same relative paths (content files are renamed
                            to the manifest's paths; BEP 47 pad files are never written), sparse
       bt.resume            bencoded {"resume": <libtorrent resume data>, "stats": {path: [size, mtime_ns]}}
+      bt.lock              flock(2)-ed while a finished pull's torrent still serves from ``bt/``
+                           (``pull --seed``, until the seeder takes it over); empty
 
 libtorrent writes only into ``bt/``, never into the store's files: a piece libtorrent is still
 writing when the scheduler gives it to a mirror can then never overwrite verified bytes. The cost
@@ -19,6 +21,12 @@ stops unfinished, so a resumed pull does not re-hash ``bt/``; it is only trusted
 under ``bt/`` still has the size and mtime recorded with it (libtorrent trusts resume data blindly),
 otherwise libtorrent re-checks ``bt/``. Pieces the store has verified but libtorrent lacks are
 handed to it again at start.
+
+A finished pull's copy is deleted by whoever ends it (the pull, or with ``--seed`` the seeder
+that took its torrent over). A process killed between the install and that left it behind, a
+whole copy of the model nothing read again (the next pull of the installed model is a no-op):
+the next pull that finds the store complete deletes it (``drop_stale_copy``), unless a live
+torrent still serves from it (``hold_copy``: its ``bt.lock`` is held).
 
 A pull from peers alone (``dsmirror._fetch.swarm.only``) keeps ``bt/`` and ``bt.resume`` the same
 way in its own partial area.
@@ -32,7 +40,9 @@ Documented in docs/formats.md#the-swarm-bt-btresume-and-torrents.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,9 +53,60 @@ from dsmirror._core.errors import StorageError
 from dsmirror._core.fsutil import atomic_write_bytes
 from dsmirror._fetch.swarm.session import SwarmSession
 
-__all__ = ["RESUME_EVERY", "bt_stats", "flush_writes", "read_resume", "save_resume", "write_resume"]
+__all__ = [
+    "RESUME_EVERY",
+    "bt_stats",
+    "drop_copy",
+    "drop_stale_copy",
+    "flush_writes",
+    "hold_copy",
+    "read_resume",
+    "save_resume",
+    "write_resume",
+]
 
 RESUME_EVERY = 60.0  # seconds between saves of bt.resume while a pull runs
+
+
+def hold_copy(area: Path) -> int:
+    """Lock ``area/bt.lock`` while a finished pull's torrent serves from ``bt/``: a descriptor
+    for ``drop_copy``, or -1 (no lock to be had: a later pull may then delete the copy, and the
+    torrent reads nothing until the seeder repoints it)."""
+    try:
+        fd = os.open(area / "bt.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return -1
+    return fd
+
+
+def drop_copy(area: Path, lock: int = -1) -> None:
+    """Delete libtorrent's copy of a finished pull (``bt/``, ``bt.resume``), then its lock."""
+    shutil.rmtree(area / "bt", ignore_errors=True)
+    for name in ("bt.resume", "bt.lock"):
+        with contextlib.suppress(OSError):
+            (area / name).unlink()
+    if lock >= 0:
+        with contextlib.suppress(OSError):
+            os.close(lock)
+    with contextlib.suppress(OSError):
+        area.rmdir()  # the store left it when it finished; nothing else is in it now
+
+
+def drop_stale_copy(area: Path) -> bool:
+    """Delete a finished pull's copy nobody serves from (see the module docstring); whether one
+    was deleted. Call only for a complete store."""
+    if not (area / "bt").exists() and not (area / "bt.resume").exists():
+        return False
+    lock = hold_copy(area)
+    if lock < 0 and (area / "bt.lock").exists():
+        return False  # a seeder still serves from it
+    drop_copy(area, lock)
+    return True
 
 
 def read_resume(area: Path) -> Any:

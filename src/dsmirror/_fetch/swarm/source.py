@@ -93,7 +93,14 @@ import libtorrent as lt
 from dsmirror._core.errors import DsmirrorError, NoSourceError, PieceMismatch, SourceNotFound, UsageError
 from dsmirror._core.events import PieceRejected, SourceDropped, SourceTrouble
 from dsmirror._fetch.swarm.config import SwarmConfig
-from dsmirror._fetch.swarm.resume import RESUME_EVERY, read_resume, save_resume, write_resume
+from dsmirror._fetch.swarm.resume import (
+    RESUME_EVERY,
+    drop_copy,
+    hold_copy,
+    read_resume,
+    save_resume,
+    write_resume,
+)
 from dsmirror._fetch.swarm.session import PEER_ID_PREFIX, REDIAL, UPLINK, SwarmSession, endpoint_text
 from dsmirror._fetch.swarm.torrent import (
     PieceMap,
@@ -143,6 +150,7 @@ class LiveTorrent:
     torrent: Torrent
     handle: Any
     area: Path  # the pull's partial area: libtorrent's copy is ``bt/``, its resume data ``bt.resume``
+    lock: int = -1  # descriptor holding ``area/bt.lock`` (``resume.hold_copy``) until ``drop_copy``
 
 
 @dataclass
@@ -340,16 +348,16 @@ class SwarmSource:
             self.stats.failed = int(st.total_failed_bytes)
         if area is not None and self.completed and self.config.seed and self._hand_over(handle):
             assert self.torrent is not None
-            self._live = LiveTorrent(self.torrent, handle, area)
+            # bt/ is in use until the seeder takes the torrent over: a pull started meanwhile
+            # must not delete it as a dead process's leftover (``resume.drop_stale_copy``).
+            self._live = LiveTorrent(self.torrent, handle, area, hold_copy(area))
             return
         if area is not None:
             if not self.completed and handle.is_valid() and handle.status().has_metadata:
                 save_resume(self.session, self.handle, area, wait=True)
             self.session.remove(handle)
             if self.completed:
-                shutil.rmtree(area / "bt", ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    (area / "bt.resume").unlink()
+                drop_copy(area)
 
     def _hand_over(self, handle: Any) -> bool:
         """Whether the pull's torrent can go on serving until a seeder takes it over (see
