@@ -405,14 +405,13 @@ def _stage_one_more_than_max(w: direct.AlignedWriter) -> None:
         w.write(i, 0, i * PIECE, bytes([i]) * (2 * ALIGN), (i + 1) * PIECE)
 
 
-def _held_off_main(f: _File) -> tuple[threading.Event, threading.Event]:
-    """Hold every descriptor lent outside the main thread (the thread that pushed piece 0 out,
-    or the writers it handed piece 0 to) until the second event is set; the first is set when
-    one is asked for."""
+def _held_in(name: str, f: _File) -> tuple[threading.Event, threading.Event]:
+    """Hold every descriptor lent in thread ``name`` until the second event is set; the first is
+    set when one is asked for."""
     entered, release = threading.Event(), threading.Event()
 
     def gate() -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread().name == name:
             entered.set()
             assert release.wait(10)
 
@@ -430,7 +429,7 @@ def test_a_flush_waits_for_the_write_out_another_thread_has_in_flight(tmp_path: 
     front = random.Random(9).randbytes(2 * ALIGN)
     try:
         w.write(0, 0, 0, front, PIECE)
-        entered, release = _held_off_main(f)
+        entered, release = _held_in("pusher", f)
         t = threading.Thread(target=_stage_one_more_than_max, args=(w,), name="pusher")
         t.start()
         assert entered.wait(10)
@@ -454,7 +453,7 @@ def test_newer_bytes_of_a_piece_land_after_its_older_ones_in_flight(tmp_path: Pa
     newer = random.Random(10).randbytes(PIECE)
     try:
         w.write(0, 0, 0, older, PIECE)
-        entered, release = _held_off_main(f)
+        entered, release = _held_in("pusher", f)
         t = threading.Thread(target=_stage_one_more_than_max, args=(w,), name="pusher")
         t.start()
         assert entered.wait(10)
@@ -478,18 +477,15 @@ def test_a_failed_write_out_of_a_pushed_out_piece_fails_that_piece(tmp_path: Pat
     w = direct.AlignedWriter(f.use)
 
     def fail() -> None:
-        if threading.current_thread() is not threading.main_thread():
-            raise OSError(errno.EIO, "Input/output error")
+        raise OSError(errno.EIO, "Input/output error")
 
     try:
         w.write(0, 0, 0, b"\x02" * (2 * ALIGN), PIECE)
         f.gate = fail
-        t = threading.Thread(target=_stage_one_more_than_max, args=(w,), name="pusher")
-        t.start()
-        t.join(10)
+        _stage_one_more_than_max(w)
+        f.gate = None
         with pytest.raises(OSError) as exc:
             w.flush(0)
-        f.gate = None
         assert exc.value.errno == errno.EIO
         w.flush(0)  # raised once; the piece is fetched again
     finally:

@@ -37,20 +37,11 @@ import fcntl
 import mmap
 import os
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-__all__ = [
-    "ALIGN",
-    "MAX_QUEUED",
-    "MAX_STAGED",
-    "MIN_PIECE",
-    "STAGE",
-    "WRITERS",
-    "AlignedWriter",
-    "open_direct",
-]
+__all__ = ["ALIGN", "MAX_STAGED", "MIN_PIECE", "STAGE", "AlignedWriter", "open_direct"]
 
 #: Alignment of direct writes' memory, file offsets and lengths: the page size, a multiple of every
 #: common logical block size (512 or 4096); a device that wants more refuses (EINVAL): see above.
@@ -59,12 +50,8 @@ ALIGN = 4096
 STAGE = 1 << 20
 #: Pieces staged at once at most (one buffer each): about one per connection.
 MAX_STAGED = 32
-#: Threads that write full buffers while their connections go on receiving (``AlignedWriter``).
-WRITERS = 2
-#: Buffers handed to those threads at most, waiting or being written (MiB of memory).
-MAX_QUEUED = 16
 #: Buffers kept for reuse (a fresh mapping is zero-filled page by page as it is touched).
-_POOL = 32
+_POOL = 16
 #: Smallest piece size written this way: smaller pieces are written by smaller, synchronous
 #: direct writes, where the page cache's write-behind serves better.
 MIN_PIECE = 256 << 10
@@ -141,17 +128,9 @@ class AlignedWriter:
     one (-1: the file has none, its bytes go through the ordinary one). Thread-safe; the bytes
     of one piece come in order from one thread at a time (the engine's piece locks), and a write
     that does not continue a piece's staged bytes writes those out first.
-
-    ``writers`` threads write full buffers (and pieces' last ones) while the connection that filled
-    them goes on receiving: a direct write waits for the device, and with the connection thread
-    waiting there its socket filled and its server stopped sending (the pull's connections spent
-    about half their time in pwrite(2) beside two busy loops). At most ``MAX_QUEUED`` buffers wait
-    for a writer; past that a write waits (the device is the limit). With ``writers=0`` every write
-    is made by the thread that asks for it, aligned views of a connection's buffer straight from
-    there.
     """
 
-    def __init__(self, use: UseFile, writers: int = WRITERS) -> None:
+    def __init__(self, use: UseFile) -> None:
         self._use = use
         self.enabled = True  # False once a direct write was refused
         self.direct_bytes = 0  # written through direct descriptors (tests, benchmarks)
@@ -166,12 +145,6 @@ class AlignedWriter:
         #: Pieces whose staged bytes another thread failed to write out: raised at their next
         #: ``write`` or ``flush``, so such a piece is never journaled without its bytes.
         self._failed: dict[int, OSError] = {}
-        self._writers = writers
-        self._threads: list[threading.Thread] = []
-        self._jobs: deque[tuple[int, _Staged] | None] = deque()  # buffers for the writers
-        self._work = threading.Condition(self._lock)
-        self._queued = 0  # buffers handed to the writers and not written yet
-        self._inflight: dict[int, int] = {}  # piece index -> its buffers among them
 
     def write(self, index: int, fi: int, offset: int, data: bytes | bytearray | memoryview, end: int) -> None:
         """Bytes of piece ``index`` at ``offset`` of file ``fi``; the piece ends at ``end``."""
@@ -184,11 +157,7 @@ class AlignedWriter:
                 self._busy.discard(index)
                 self._idle.notify_all()
         for i, s in old:
-            if self._writers:
-                self._submit(i, s)
-                self._release(i)
-            else:
-                self._evict(i, s)
+            self._evict(i, s)
 
     def _write(
         self, index: int, st: _Staged | None, fi: int, offset: int, mv: memoryview, end: int
@@ -198,8 +167,6 @@ class AlignedWriter:
         if st is not None and (st.end != offset or self._in_place(mv, offset, end)):
             self._write_out(st)  # what it staged goes first
             st = None
-        if st is None:
-            self._wait_written(index)  # older bytes of it with the writers land first
         if st is None and self._in_place(mv, offset, end):
             # Aligned where it is (a connection's buffer, ``dsmirror._fetch.wire.ALIGN``): written
             # from there, no copy; an unaligned end of the file plainly.
@@ -224,41 +191,23 @@ class AlignedWriter:
                 st.fill += k
                 mv = mv[k:]
                 if st.fill == STAGE:
-                    if self._writers:
-                        full, st = st, _Staged(fi, st.base + STAGE, self._take_buffer())
-                        self._submit(index, full)
-                    else:
-                        self._direct(st.fi, st.buf.view, st.base)
-                        st.base += STAGE
-                        st.fill = 0
+                    self._direct(st.fi, st.buf.view, st.base)
+                    st.base += STAGE
+                    st.fill = 0
         except BaseException:
             self._give_buffer(st.buf)  # the piece's bytes are lost: its write fails
             raise
         if st.end >= end:
-            if self._writers:
-                self._submit(index, st)
-            else:
-                self._write_out(st)
+            self._write_out(st)
             return []
         old: list[tuple[int, _Staged]] = []
         with self._lock:
             self._staged[index] = st
             while len(self._staged) > MAX_STAGED:
                 i, s = self._staged.popitem(last=False)
-                self._busy.add(i)  # pushed out: claimed until written (or handed to the writers)
+                self._busy.add(i)  # pushed out: claimed until written
                 old.append((i, s))
         return old
-
-    def _in_place(self, mv: memoryview, offset: int, end: int) -> bool:
-        """Whether ``mv`` can be written directly as it is: aligned in memory and in the file, and
-        whole blocks or up to the end of the piece (at least one block), and writer on, and
-        synchronous (the writers' buffers are copies: a connection's view is valid until its
-        next read)."""
-        if self._writers or not self.enabled or offset % ALIGN or len(mv) < ALIGN:
-            return False
-        if len(mv) % ALIGN and offset + len(mv) != end:
-            return False
-        return _address(mv) % ALIGN == 0
 
     def _claim(self, index: int) -> _Staged | None:
         """Take piece ``index``'s staged bytes for this thread (None: it has none), once no other
@@ -272,11 +221,6 @@ class AlignedWriter:
             self._busy.add(index)
             return self._staged.pop(index, None)
 
-    def _release(self, index: int) -> None:
-        with self._lock:
-            self._busy.discard(index)
-            self._idle.notify_all()
-
     def _evict(self, index: int, st: _Staged) -> None:
         """Write out the staged bytes of piece ``index``, pushed out by another piece's write: an
         error is kept for the piece (its next ``write`` or ``flush``), not raised here."""
@@ -286,78 +230,33 @@ class AlignedWriter:
             with self._lock:
                 self._failed[index] = exc.with_traceback(None)  # its frames hold views of buffers
         finally:
-            self._release(index)
-
-    def _wait_written(self, index: int) -> None:
-        """Wait until the writers wrote every buffer of piece ``index``; raise what that met."""
-        with self._lock:
-            while self._inflight.get(index):
-                self._idle.wait()
-            err = self._failed.pop(index, None)
-        if err is not None:
-            raise err
-
-    def _submit(self, index: int, st: _Staged) -> None:
-        """Hand ``st`` (its buffer too) to the writers; wait while ``MAX_QUEUED`` are waiting."""
-        with self._lock:
-            while self._queued >= MAX_QUEUED:
-                self._idle.wait()
-            self._queued += 1
-            self._inflight[index] = self._inflight.get(index, 0) + 1
-            self._jobs.append((index, st))
-            if len(self._threads) < self._writers:
-                t = threading.Thread(target=self._writer, name="dsmirror-directwrite", daemon=True)
-                self._threads.append(t)
-                t.start()
-            self._work.notify()
-
-    def _writer(self) -> None:
-        while True:
             with self._lock:
-                while not self._jobs:
-                    self._work.wait()
-                job = self._jobs.popleft()
-            if job is None:
-                return
-            index, st = job
-            err: OSError | None = None
-            try:
-                self._write_out(st)
-            except OSError as exc:
-                err = exc.with_traceback(None)  # its frames hold views of buffers
-            except BaseException as exc:  # a bug: the piece must not be journaled
-                err = OSError(errno.EIO, f"writing piece {index} failed: {exc!r}")
-            with self._lock:
-                self._queued -= 1
-                left = self._inflight[index] - 1
-                if left:
-                    self._inflight[index] = left
-                else:
-                    del self._inflight[index]
-                if err is not None:
-                    self._failed.setdefault(index, err)
+                self._busy.discard(index)
                 self._idle.notify_all()
 
+    def _in_place(self, mv: memoryview, offset: int, end: int) -> bool:
+        """Whether ``mv`` can be written directly as it is: aligned in memory and in the file, and
+        whole blocks or up to the end of the piece (at least one block), and writer on."""
+        if not self.enabled or offset % ALIGN or len(mv) < ALIGN:
+            return False
+        if len(mv) % ALIGN and offset + len(mv) != end:
+            return False
+        return _address(mv) % ALIGN == 0
+
     def flush(self, index: int) -> None:
-        """Write out what piece ``index`` has staged (before it is journaled, or read): when this
-        returns, each of its bytes was handed to pwrite(2)."""
+        """Write out what piece ``index`` has staged (before it is journaled, or read)."""
         st = self._claim(index)
         try:
             if st is not None:
                 self._write_out(st)
-            self._wait_written(index)
         finally:
-            self._release(index)
+            with self._lock:
+                self._busy.discard(index)
+                self._idle.notify_all()
 
     def discard(self) -> None:
-        """Forget every staged byte (the store closes: those pieces are not journaled) and the pool,
-        once the writers wrote what they have (their descriptors are about to close)."""
+        """Forget every staged byte (the store closes: those pieces are not journaled) and the pool."""
         with self._lock:
-            while self._queued:
-                self._idle.wait()
-            self._jobs.extend([None] * len(self._threads))
-            self._threads = []
-            self._work.notify_all()
             bufs = [st.buf for st in self._staged.values()] + self._pool
             self._staged.clear()
             self._failed.clear()
