@@ -193,3 +193,49 @@ def test_pieces_beyond_a_gap_do_not_block_the_writers(tmp_path: Path, blob: byte
         assert time.monotonic() - t0 < 20
         s.finalize()
     assert (dest / "blob.bin").read_bytes() == blob
+
+
+# -- in-order pieces are hashed as they are written ----------------------------------------------
+def test_pieces_written_in_order_are_never_read_back(tmp_path: Path, blob: bytes, reads: list[int]) -> None:
+    """Each piece in order, in writes of 4 KiB as a connection hands them over: the whole-file
+    hash takes them as they are written (old code: read back, all 4 MiB)."""
+    m, dest = _manifest(blob), tmp_path / "dest"
+    with Store.open(dest, m) as s:
+        reads.clear()
+        for p in m.pieces:
+            for at in range(0, p.length, 4 * KiB):
+                s.write(p, at, memoryview(blob)[p.offset + at : p.offset + min(p.length, at + 4 * KiB)])
+            assert s.mark_verified(p, source="m1", digest="")
+        assert s.wait_checked(30) and s.file_verified(0)
+        assert sum(reads) == 0, f"read back {sum(reads)} bytes"
+        s.finalize()
+    assert (dest / "blob.bin").read_bytes() == blob
+
+
+@pytest.mark.parametrize("how", ["rewritten-from-its-start", "front-overwritten", "gap-then-rest"])
+def test_the_hash_is_of_the_bytes_stored_last(tmp_path: Path, blob: bytes, how: str) -> None:
+    """A piece whose bytes are written again (a dropped connection's front, then another source's
+    copy), or not in order: the whole-file check is of what is on disk when the piece is marked.
+    Bad bytes that stay on disk fail the file, bad bytes overwritten do not."""
+    m, dest = _manifest(blob), tmp_path / "dest"
+    k = 5
+    p = m.pieces[k]
+    good = blob[p.offset : p.offset + p.length]
+    bad = bytes(len(good))
+    with Store.open(dest, m) as s:
+        for i in range(k):
+            _put(s, m, blob, i)
+        if how == "rewritten-from-its-start":  # a front of wrong bytes, then the whole good piece
+            s.write(p, 0, bad[: PS // 2])
+            s.write(p, 0, good)
+        elif how == "front-overwritten":  # good bytes hashed, then their front overwritten: stays bad
+            s.write(p, 0, good)
+            s.write(p, 0, bad[:4096])
+        else:  # the back first, then the front: not in order, read back (good)
+            s.write(p, PS // 2, good[PS // 2 :])
+            s.write(p, 0, good[: PS // 2])
+        assert s.mark_verified(p, source="m1", digest="")
+        for i in range(k + 1, PIECES):
+            _put(s, m, blob, i)
+        assert s.wait_checked(30) is (how != "front-overwritten")
+        assert s.file_result(0) is (how != "front-overwritten")

@@ -655,40 +655,66 @@ class Store:
                         h = self._hashers[fi]
                         if self._file_ok[fi] is not None:
                             break
-                        if h.next_piece == len(rng):
-                            digest, want = h.sha.hexdigest(), self.manifest.files[fi].sha256
-                            # No whole-file digest published: every piece matched its own hash.
-                            ok = digest == want if want else True
-                            self._learned_sha256[fi] = digest
-                            with self._lock:
-                                self._set_file_ok(fi, ok)
-                            break
-                        first = rng[h.next_piece]
-                        if not self._done[first]:
-                            break
-                        # The run of stored pieces from here, up to a buffer's worth, in one read:
-                        # one piece a step gave up the GIL 3-4 times a MiB, and with busy connection
-                        # threads each return waited a switch interval (20 MB/s vs 1.4 GB/s idle).
-                        cap = min(rng.stop, first + max(1, size // piece_size))
-                        end = self._done.find(0, first, cap)
-                        last = (cap if end < 0 else end) - 1
+                        with h.lock:  # against writers hashing the next piece as it streams in
+                            if h.next_piece == len(rng):
+                                digest, want = h.sha.hexdigest(), self.manifest.files[fi].sha256
+                                # No whole-file digest published: every piece matched its own hash.
+                                ok = digest == want if want else True
+                                self._learned_sha256[fi] = digest
+                                with self._lock:
+                                    self._set_file_ok(fi, ok)
+                                break
+                            first = rng[h.next_piece]
+                            if not self._done[first]:
+                                break
+                            if h.stream_piece == first and h.stream_pos == self.manifest.pieces[first].length:
+                                self._adopt_stream(fi, h)  # hashed as it was written: not read back
+                                continue
+                            # The run of stored pieces from here, up to a buffer's worth, in one
+                            # read: one piece a step gave up the GIL 3-4 times a MiB, and with busy
+                            # connection threads each return waited a switch interval (20 MB/s vs
+                            # 1.4 GB/s idle). It stops before a piece hashed as it streams in.
+                            cap = min(rng.stop, first + max(1, size // piece_size))
+                            if first < h.stream_piece:
+                                cap = min(cap, h.stream_piece)
+                            end = self._done.find(0, first, cap)
+                            last = (cap if end < 0 else end) - 1
+                            h.reading = True
                         run = self.manifest.pieces[last]
                         need = min(size, run.offset + run.length - self.manifest.pieces[first].offset)
                         if len(buf) < need:
                             buf = bytearray(min(size, max(need, 2 * len(buf))))
                         self._hash_run(self.manifest.pieces[first], self.manifest.pieces[last], h.sha, buf)
-                        state = h.sha.state()
-                        with self._lock:
-                            h.next_piece += last - first + 1
-                            hashed = self._span_bytes(first, last + 1)
-                            self._lag_file[fi] -= hashed
-                            self._lag -= hashed
-                            self._hashed.notify_all()
-                            if state is not None:  # for commit: an H record of it is due
-                                h.published = (h.next_piece, state)
-                                self._advanced.add(fi)
+                        with h.lock:
+                            h.reading = False
+                            self._hashed_up_to(fi, h, last + 1)
         except BaseException as exc:  # reported by finalize()
             self._hash_error = exc
+
+    def _hashed_up_to(self, fi: int, h: _FileHasher, stop: int) -> None:
+        """File ``fi``'s hasher ``h`` has fed its pieces up to ``stop`` (absolute, exclusive):
+        count it, wake the writers waiting for it, publish its state for the next commit's H
+        record (caller holds ``h.lock``)."""
+        start = self.manifest.file_piece_ranges[fi].start
+        state = h.sha.state()
+        if h.stream_piece < stop:
+            h.stream, h.stream_piece = None, -1  # read back instead: no longer the next piece
+        with self._lock:
+            hashed = self._span_bytes(start + h.next_piece, stop)
+            h.next_piece = stop - start
+            self._lag_file[fi] -= hashed
+            self._lag -= hashed
+            self._hashed.notify_all()
+            if state is not None:  # for commit: an H record of it is due
+                h.published = (h.next_piece, state)
+                self._advanced.add(fi)
+
+    def _adopt_stream(self, fi: int, h: _FileHasher) -> None:
+        """The piece ``h`` hashed as it was written is stored (marked done) and is the next one
+        its file's hash needs: that hash continues from it (caller holds ``h.lock``)."""
+        assert h.stream is not None
+        h.sha, h.stream = h.stream, None
+        self._hashed_up_to(fi, h, h.stream_piece + 1)
 
     def _hash_run(self, piece: Piece, last: Piece, sha: ResumableSha256, buf: bytearray) -> None:
         """Feed the stored bytes of pieces ``piece`` .. ``last`` (one file's, consecutive) to
@@ -776,8 +802,44 @@ class Store:
                 end = piece.offset + piece.length
                 self._aligned.write(piece.index, piece.file_index, piece.offset + offset_in_piece, data, end)
                 return
+            if self._needs_pass[piece.file_index] and self._hashers:
+                self._write_hashing(piece, offset_in_piece, data)
+                return
             with self._files.use(piece.file_index, write=True) as fd:
                 os.pwrite(fd, data, piece.offset + offset_in_piece)
+
+    def _write_hashing(
+        self, piece: Piece, offset_in_piece: int, data: bytes | bytearray | memoryview
+    ) -> None:
+        """pwrite bytes of a file hashed whole; bytes of the piece its hash needs next, written in
+        order from the piece's start, are hashed now, in the writer's thread (a copy of the
+        file's hash, adopted once the piece is marked done: ``_adopt_stream``), so in-order data
+        is never read back. Any other write to that piece drops the copy (the piece is read back
+        then). Under the file hasher's lock: the bytes hashed are the bytes written last."""
+        fi = piece.file_index
+        h = self._hashers[fi]
+        n = memoryview(data).nbytes
+        with h.lock:
+            with self._files.use(fi, write=True) as fd:
+                os.pwrite(fd, data, piece.offset + offset_in_piece)
+            if not n or self._done[piece.index]:
+                return
+            if h.stream_piece == piece.index and offset_in_piece == h.stream_pos:
+                assert h.stream is not None
+                h.stream.update(data)
+                h.stream_pos += n
+                return
+            if h.stream_piece == piece.index:
+                h.stream, h.stream_piece = None, -1  # bytes hashed are overwritten, or a gap
+            if (
+                offset_in_piece == 0
+                and not h.reading
+                and piece.index == self.manifest.file_piece_ranges[fi].start + h.next_piece
+                and (state := h.sha.state()) is not None
+                and (copy := ResumableSha256.restore(state, h.sha.length)) is not None
+            ):
+                copy.update(data)
+                h.stream, h.stream_piece, h.stream_pos = copy, piece.index, n
 
     def _use_for_writes(self, fi: int, direct: bool) -> contextlib.AbstractContextManager[int]:
         return self._files.use(fi, write=True, direct=direct)
@@ -832,6 +894,15 @@ class Store:
                 if self._file_ok[fi] is None and self._file_stored[fi] == self.manifest.files[fi].size:
                     self._set_file_ok(fi, True)  # its last piece: the pieces bind the file
                 return True
+        h = self._hashers[fi]
+        with h.lock:
+            if (
+                h.stream_piece == piece.index
+                and h.stream_pos == piece.length
+                and not h.reading
+                and self.manifest.file_piece_ranges[fi].start + h.next_piece == piece.index
+            ):
+                self._adopt_stream(fi, h)
         self._hash_queue.put(fi)
         self._await_hasher()
         return True
@@ -1130,11 +1201,30 @@ class Store:
 class _FileHasher:
     """One file's whole-file SHA-256, fed its pieces in order."""
 
-    __slots__ = ("next_piece", "published", "saved", "sha")
+    __slots__ = (
+        "lock",
+        "next_piece",
+        "published",
+        "reading",
+        "saved",
+        "sha",
+        "stream",
+        "stream_piece",
+        "stream_pos",
+    )
 
     def __init__(self, sha: ResumableSha256 | None = None, next_piece: int = 0) -> None:
         self.sha = sha or ResumableSha256()
         self.next_piece = next_piece  # pieces fed so far
+        #: held to change ``next_piece``, ``sha`` and the stream, and by a writer of the file
+        self.lock = threading.Lock()
+        #: the hasher thread is reading pieces back into ``sha`` (no stream is adopted meanwhile)
+        self.reading = False
+        #: a copy of ``sha`` fed the piece ``stream_piece`` (its first ``stream_pos`` bytes) as it
+        #: is written, when that is the next piece ``sha`` needs (-1: none)
+        self.stream: ResumableSha256 | None = None
+        self.stream_piece = -1
+        self.stream_pos = 0
         #: (pieces fed, state words) after the last piece, for the next commit's H record
         self.published: tuple[int, bytes] | None = None
         self.saved = next_piece  # pieces the last H record in the journal counts
