@@ -195,11 +195,6 @@ def blocks_done_elsewhere_left(n: int) -> int:
     return lines(run)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lan.outside_swarm scans every free run (one per block of the other machine): "
-    "27 ms per call at 700k pieces in scripts/bench_scale.py (lan-done); reported to L2",
-)
 def test_idle_lan_mirror_costs_the_same_once_its_blocks_are_done() -> None:
     small, large = blocks_done_elsewhere_left(SMALL), blocks_done_elsewhere_left(LARGE)
     assert large <= 1.25 * small + 30, (small, large)

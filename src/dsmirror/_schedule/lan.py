@@ -179,8 +179,8 @@ def outside_swarm(board: Board, s: SourceState, now: float) -> int | None:
     the others went quiet, the last piece left of another machine's. None: nothing from outside
     for ``s`` now."""
     pieces, view = board.pieces, board.lan
-    if view is not None and view.held:
-        view.expire(now, board.cfg.lan_handover)  # this machine may gain blocks: no span to cut
+    if view is not None and view.held and view.expire(now, board.cfg.lan_handover):
+        pieces.reset_candidates()  # this machine may gain blocks: no span to cut
 
     def ok(k: int) -> bool:
         return pieces.is_free(k) and not swarm_has(board, k) and board.usable_for(s, k)
@@ -192,21 +192,20 @@ def outside_swarm(board: Board, s: SourceState, now: float) -> int | None:
     fallback = None if view is None else _by_order(board, s, view)
     if fallback is not None and (fallback == 0 or not board.peers_have(fallback - 1)):
         return fallback
-    last: tuple[int, int] | None = None
-    for lo, hi in outside_runs(board, s, pieces.cursor):
-        k: int | None = lo if view is None else view.first_mine(lo, hi)
-        while k is not None:
+    for lo, hi in outside_runs(board, s, pieces.cursor, view):
+        k = lo
+        while k < hi:
             if k == 0 or not board.peers_have(k - 1):
                 return k
             # Right after a piece a peer has: likely where that machine's mirror is at work now
-            # (the piece it finished last), so look further first.
+            # (the piece it finished last), so look further first: the next piece of this
+            # machine's run, or without a view, the next run.
             fallback = k if fallback is None else fallback
-            k = None if view is None or k + 1 >= hi else view.first_mine(k + 1, hi)
-        last = (lo, hi)
+            k = k + 1 if view is not None else hi
     if fallback is not None:
         return fallback
-    if last is not None and now - board.last_progress >= board.cfg.lan_stall:
-        return last[1] - 1  # the owners work from the front: take the far end
+    if now - board.last_progress >= board.cfg.lan_stall:
+        return _far_end(board, s)  # the owners work from the front: take the far end
     return None
 
 
@@ -258,6 +257,7 @@ def hosts_changed(board: Board, me: str, hosts: Sequence[str], peers: int, now: 
     """The swarm's report of the machines pulling (``Scheduler.set_lan_hosts``)."""
     view = board.lan
     if view is not None and view.update(me, hosts, peers, now, board.cfg.lan_handover):
+        board.pieces.reset_candidates()  # blocks that were another machine's may be this one's
         cut_to_owner(board)
 
 
@@ -278,12 +278,19 @@ def cut_to_owner(board: Board) -> None:
             a.end = k
 
 
-def outside_runs(board: Board, s: SourceState, start: int) -> Iterator[tuple[int, int]]:
+def outside_runs(
+    board: Board, s: SourceState, start: int, view: LanView | None = None
+) -> Iterator[tuple[int, int]]:
     """The runs ``[lo, hi)`` of pieces from ``start`` on that mirror ``s`` may take from outside:
-    free, had by no peer of a live swarm, and fetchable by ``s``.
+    free, had by no peer of a live swarm, and fetchable by ``s``; with ``view``, only pieces of
+    this machine's blocks, a run ending where its block ends.
 
     Found in leaps (``bytearray.find`` over the free flags and the peers' maps, a whole file ``s``
-    lacks at once), so the cost follows the number of runs, not of pieces.
+    lacks at once), so the cost follows the number of runs, not of pieces. The free pieces of
+    another machine's blocks met on the way are dropped from the piece map's candidates
+    (``PieceMap.drop_candidates``, until the owners change or a piece is free again): the next
+    search leaps over them. Once this machine's blocks are done, a search costs the same at any
+    model size, not a step for every block of the others (``tests/test_scale.py``).
     """
     m, pieces, n = board.m, board.pieces, len(board.pieces)
     haves = [have for name, have in board.peer_pieces.items() if not board.sources[name].banned]
@@ -293,9 +300,14 @@ def outside_runs(board: Board, s: SourceState, start: int) -> Iterator[tuple[int
     blocked = sorted(spoiled)
     lo = start
     while True:
-        lo = pieces.next_free(lo)
+        lo = pieces.next_candidate(lo)
         if lo >= n:
             return
+        block_end = n if view is None else min(n, (lo // view.block + 1) * view.block)
+        if view is not None and not view.mine(lo):
+            pieces.drop_candidates(lo, block_end)
+            lo = block_end
+            continue
         fi = pieces.file_of(lo)
         if fi in s.missing_files:
             lo = ranges[fi].stop
@@ -308,7 +320,7 @@ def outside_runs(board: Board, s: SourceState, start: int) -> Iterator[tuple[int
         if lo in spoiled:
             lo += 1
             continue
-        hi = pieces.next_not_free(lo)
+        hi = min(block_end, pieces.next_not_free(lo))
         for have in haves:
             k = have.find(1, lo, hi)
             hi = k if k >= 0 else hi
@@ -318,6 +330,26 @@ def outside_runs(board: Board, s: SourceState, start: int) -> Iterator[tuple[int
                 hi = cut[j]
         yield lo, hi
         lo = hi
+
+
+def _far_end(board: Board, s: SourceState) -> int | None:
+    """The last free piece that no peer has and ``s`` may fetch, of any machine's blocks (the
+    last piece of the last of ``outside_runs`` without a view), found in leaps from the end."""
+    pieces, ranges = board.pieces, board.m.file_piece_ranges
+    haves = [have for name, have in board.peer_pieces.items() if not board.sources[name].banned]
+    k = len(pieces)  # the piece sought lies before this one
+    while True:
+        k = pieces.last_free(k)
+        if k < pieces.cursor:
+            return None
+        fi = pieces.file_of(k)
+        had = next((have for have in haves if have[k]), None)
+        if had is not None:
+            k = had.rfind(0, 0, k) + 1  # past the run of pieces that peer has
+        elif fi in s.missing_files:
+            k = ranges[fi].start
+        elif board.usable_for(s, k):
+            return k
 
 
 def leave_to_swarm(board: Board, a: Assignment) -> None:

@@ -19,6 +19,13 @@ asks is answered from counters that the transitions above keep up to date (free 
 free and unfinished pieces per file, the files with a free piece), and the next free piece, or the
 next one that is not, is found by ``bytearray.find`` over a second byte per piece (1 = free):
 memchr, in C, instead of a walk in Python. ``scripts/bench_scale.py`` measures it.
+
+A caller that rules free pieces out by ranges can keep a third byte per piece, the *candidates*
+(``reset_candidates``, ``drop_candidates``, ``next_candidate``): every free piece at first, then
+those it did not drop; a piece that stops being free leaves them, and one that is free again
+(given back, reopened) joins them, so whatever rule dropped the others is asked about it anew. A
+LAN pull's mirrors use it for the free pieces not known to be in another machine's blocks
+(``lan``): once those are dropped, finding this machine's next piece is one ``find``.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class PieceMap:
             if k
         )
         self._free_files = {fi for fi, k in enumerate(self._file_free) if k}
+        self._candidates: bytearray | None = None  # 1 = a candidate; None: every free piece is one
 
     def __len__(self) -> int:
         return len(self._state)
@@ -83,10 +91,31 @@ class PieceMap:
         k = self._free.find(1, i)
         return len(self._free) if k < 0 else k
 
+    def last_free(self, i: int) -> int:
+        """The last free piece before ``i`` (-1 if none)."""
+        return self._free.rfind(1, 0, i)
+
     def next_not_free(self, i: int) -> int:
         """The first piece at or after ``i`` that is not free (``len(self)`` if none)."""
         k = self._free.find(0, i)
         return len(self._free) if k < 0 else k
+
+    def reset_candidates(self) -> None:
+        """Every free piece is a candidate again (the rule that dropped the others changed)."""
+        self._candidates = None  # made again at the next drop
+
+    def drop_candidates(self, lo: int, hi: int) -> None:
+        """Pieces ``[lo, hi)`` are no candidates (until one of them is free again)."""
+        if self._candidates is None:
+            self._candidates = bytearray(self._free)
+        hi = min(hi, len(self._candidates))
+        self._candidates[lo:hi] = bytes(max(0, hi - lo))
+
+    def next_candidate(self, i: int) -> int:
+        """The first candidate at or after ``i`` (``len(self)`` if none)."""
+        flags = self._free if self._candidates is None else self._candidates
+        k = flags.find(1, i)
+        return len(flags) if k < 0 else k
 
     @property
     def cursor(self) -> int:
@@ -154,6 +183,8 @@ class PieceMap:
     def _unfree(self, i: int, fi: int) -> None:
         """Piece ``i`` of file ``fi`` was free and is not any more: the counters follow."""
         self._free[i] = 0
+        if self._candidates is not None:
+            self._candidates[i] = 0
         self._free_count -= 1
         self._free_bytes -= self._length(i, fi)
         self._file_free[fi] -= 1
@@ -163,6 +194,8 @@ class PieceMap:
     def _refree(self, i: int, fi: int) -> None:
         """Piece ``i`` of file ``fi`` is free again."""
         self._free[i] = 1
+        if self._candidates is not None:
+            self._candidates[i] = 1
         self._free_count += 1
         self._free_bytes += self._length(i, fi)
         self._file_free[fi] += 1
