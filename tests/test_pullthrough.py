@@ -218,8 +218,10 @@ def test_pieces_stream_as_they_verify(plain_origin: tuple[Path, Path], tmp_path:
             print(f"first byte after {first:.2f} s, whole file after {total:.2f} s")
             assert body == data and part == data[1_000_000:1_100_000]
             if not corrupt:
-                # Up to 8 connections share the 2 MB/s, so the first 64 KiB piece takes up to ~0.3 s.
-                assert first < total / 2, (first, total)
+                # Up to 8 connections share the 2 MB/s, so the first 64 KiB piece takes up to ~0.3 s;
+                # held back until the file's end, the first byte would come a few ms before the last
+                # (0.55 of the time on a machine at load 7, 0.2-0.3 on a quiet one).
+                assert first < 0.75 * total, (first, total)
             # One pull for both clients. Within it the engine's work stealing cuts responses short,
             # and what the mirror had already pushed into the socket is thrown away: some slack.
             assert mirror.bytes_served_by_path["w/big.bin"] < 1.3 * len(data)

@@ -234,7 +234,9 @@ def test_rate_is_shared_by_all_connections(tmp_path: Path) -> None:
         elapsed = time.perf_counter() - start
         finished = [outcome[0] for _, outcome in runs]
         assert all(isinstance(t, float) for t in finished), finished
-        assert 0.375 < elapsed < 0.625  # 2 MB at 4 MB/s
+        # 2 MB at 4 MB/s: 0.5 s. Not faster (the rate is not each connection's), and not as slow as
+        # a third of the rate (1.5 s); the upper bound leaves room for a loaded machine.
+        assert 0.375 < elapsed < 1.0, elapsed
         # Shared fairly: no connection got the whole rate and finished in a third of the time.
         assert min(t for t in finished if isinstance(t, float)) > 0.2  # shared, less a 50 ms burst
         assert mirror.bytes_served == 2_000_000
