@@ -3,7 +3,9 @@
 Put on ``PYTHONPATH`` of the hosts' dsmirror processes only (never imported by dsmirror itself).
 Wraps ``Scheduler`` methods and writes one JSON line per decision to ``$DSM_LAN_TRACE``, with
 ``time.monotonic()`` (one clock for every namespace of the machine), or, if it is a directory,
-to ``trace-<pid>.jsonl`` in it. Diagnostic only.
+to ``trace-<pid>.jsonl`` in it. ``known`` (on "hosts" and on takes from outside): the pieces the
+scheduler knew some peer had then. With ``DSM_LAN_TRACE_PEERS`` set, also each peer scan of the swarm
+source: what it saw of each peer. Diagnostic only.
 """
 
 from __future__ import annotations
@@ -30,10 +32,15 @@ if _path:
     S = _sch.Scheduler
     _acquire, _verified, _release, _hosts = S.acquire, S.piece_verified, S.release, S.set_lan_hosts
 
+    def _known(self):  # type: ignore[no-untyped-def]
+        """Pieces some peer has, as far as this scheduler knows now."""
+        return sum(have.count(1) for have in self._board.peer_pieces.values())
+
     def acquire(self, name):  # type: ignore[no-untyped-def]
         a = _acquire(self, name)
         if isinstance(a, _sch.Assignment):
-            _log(ev="take", id=a.id, src=name, start=a.start, end=a.end, out=a.outside, race=a.race)
+            kw = {"known": _known(self)} if a.outside else {}
+            _log(ev="take", id=a.id, src=name, start=a.start, end=a.end, out=a.outside, race=a.race, **kw)
         return a
 
     def piece_verified(self, a, index, *, helped=0):  # type: ignore[no-untyped-def]
@@ -57,7 +64,29 @@ if _path:
 
     def set_lan_hosts(self, name, me, hosts, peers):  # type: ignore[no-untyped-def]
         _hosts(self, name, me, hosts, peers)
-        _log(ev="hosts", me=me, hosts=sorted(hosts), peers=peers)
+        _log(ev="hosts", me=me, hosts=sorted(hosts), peers=peers, known=_known(self))
 
     S.acquire, S.piece_verified, S.release, S.set_lan_hosts = acquire, piece_verified, release, set_lan_hosts
     _log(ev="start", pid=os.getpid())
+
+    if os.environ.get("DSM_LAN_TRACE_PEERS"):  # each peer scan's view of the peers (diagnostic)
+        import libtorrent as _lt
+
+        from dsmirror._fetch.swarm import source as _src
+
+        _scan = _src.SwarmSource._scan_peers
+
+        def _scan_peers(self, now):  # type: ignore[no-untyped-def]
+            due = self._peer_view and now >= self._next_peer_scan
+            _scan(self, now)
+            if due and self.handle is not None:
+                # (peer id, in its handshake, connecting, pieces its bitfield and haves told)
+                f = _lt.peer_info
+                peers = [
+                    (bytes(p.pid.to_bytes()).decode("latin-1"), int(p.flags & f.handshake > 0),
+                     int(p.flags & f.connecting > 0), p.num_pieces)
+                    for p in self.handle.get_peer_info()
+                ]  # fmt: skip
+                _log(ev="scan", view=self._peer_have.count(1), peers=peers)
+
+        _src.SwarmSource._scan_peers = _scan_peers
