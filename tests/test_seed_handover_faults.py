@@ -8,6 +8,7 @@
 - A process killed between the install and the take-over leaves libtorrent's copy (``bt/``, a
   whole copy of the model) in the partial area, and nothing removed it: the next pull of the
   installed model is a no-op. It is removed by the next pull now, unless a seeder still uses it.
+- A magnet pull (task 2b): handed over like a pull that knows its torrent.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import dsmirror
 from conftest import addr, free_port
 from dsmirror import Event, PullFinished, PullOptions
 from dsmirror._fetch.swarm.config import SeedingStarted, SeedStatus, SwarmConfig
-from dsmirror._fetch.swarm.torrent import derived_torrent
+from dsmirror._fetch.swarm.source import SwarmSource
+from dsmirror._fetch.swarm.torrent import create_torrent, derived_torrent
 from dsmirror._formats.private import PrivateArea
 from dsmirror._pull import resolve, run_plan
 from dsmirror._share import seed as seed_mod
@@ -49,7 +51,11 @@ def _peer(port: int) -> Any:
             "enable_outgoing_utp": False,
             "enable_incoming_utp": False,
             "allow_multiple_connections_per_ip": True,
-            "alert_mask": lt.alert_category.peer | lt.alert_category.error | lt.alert_category.status,
+            "alert_mask": lt.alert_category.peer
+            | lt.alert_category.connect
+            | lt.alert_category.error
+            | lt.alert_category.status
+            | lt.alert_category.block_progress,
         }
     )
 
@@ -169,3 +175,91 @@ def test_a_copy_left_by_a_kill_after_the_install_is_removed_by_the_next_pull(
     assert any(isinstance(e, PullFinished) for e in run_plan(again, opts, settings=settings))
     assert not (area / "bt").exists() and not (area / "bt.resume").exists()
     assert (tmp_path / "a" / "model.bin").read_bytes() == (root / "model.bin").read_bytes()
+
+
+def test_a_magnet_pull_hands_its_torrent_over_too(start_mirrors: Any, tmp_path: Path) -> None:
+    """A pull that knows only the info-hash (the metadata came from a peer) kept its copy in
+    libtorrent's part file, so its torrent was removed and added again at the end of the pull:
+    the peer lost its connection. Its copy is in plain files now, and it is handed over."""
+    root = tmp_path / "model"
+    root.mkdir()
+    write_random_tree(root, {"model.bin": 5 * MiB + 7, "config.json": 500}, seed=12)
+    manifest = create_manifest(root, name="magnet", piece_size=PIECE, sha1=True)
+    torrent = create_torrent(manifest, root, verify=False)
+    mpath = tmp_path / "m.json"
+    manifest.write(mpath)
+    (mirror,) = start_mirrors(root, 1, rate=4_000_000)
+    cat = tmp_path / "cat.yaml"
+    cat.write_text(f'version: 1\nmirrors:\n  - name: m1\n    kind: http\n    url: "{mirror.url}"\n')
+    catalog = dsmirror.load_default_catalog({}, [cat], replace=True)
+    settings = dsmirror.Settings.from_env({"HOME": str(tmp_path / "home")})
+    pa, pb = free_port(), free_port()
+    swarm = SwarmConfig(listen=addr(pa), peers=(addr(pb),), lsd=False, seed=True)
+    opts = PullOptions(dest=tmp_path / "a", reuse=False, swarm=swarm, prefer="p2p")
+    plan = resolve(str(mpath), catalog, settings, opts)
+    for sw in plan.swarms:
+        sw.close()
+    plan.swarms[:] = [SwarmSource(manifest, config=swarm, magnet=torrent.magnet)]
+    area = PrivateArea(tmp_path / "a").partial(manifest.sha256)
+
+    # B: a libtorrent peer with the metadata and no piece, 1 MB/s: far from done at A's end.
+    ses_b = _peer(pb)
+    local = ses_b.get_peer_class(ses_b.local_peer_class_id)
+    local["download_limit"] = 1_000_000
+    ses_b.set_peer_class(ses_b.local_peer_class_id, local)
+    atp = lt.add_torrent_params()
+    atp.ti = torrent.info()
+    atp.save_path = str(tmp_path / "b")
+    atp.renamed_files = torrent.renamed_files()
+    atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+    hb = ses_b.add_torrent(atp)
+
+    stop = threading.Event()
+    when: dict[str, Any] = {}
+    real_seed = seed_mod.seed
+
+    def seed_until_stopped(*args: Any, **kw: Any) -> Iterator[Event]:
+        return real_seed(*args, **{**kw, "stop": stop, "interval": 0.2})
+
+    def run_a() -> None:
+        try:
+            for ev in seed_mod.seed_after_pull(run_plan(plan, opts, settings=settings)):
+                if isinstance(ev, PullFinished):
+                    when["finished"] = time.monotonic()
+                elif isinstance(ev, SeedingStarted):
+                    when["bt_left"] = (area / "bt").exists()
+        except BaseException as exc:  # reported below
+            when["error"] = exc
+
+    seed_mod.seed = seed_until_stopped  # type: ignore[assignment]
+    hb.connect_peer(("127.0.0.1", pa))
+    ta = threading.Thread(target=run_a, daemon=True)
+    blocks: list[float] = []
+    dropped: list[tuple[float, str]] = []
+    try:
+        ta.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "error" not in when:
+            ses_b.wait_for_alert(50)
+            for a in ses_b.pop_alerts():
+                if isinstance(a, lt.peer_disconnected_alert):
+                    dropped.append((time.monotonic(), a.message()))
+                elif isinstance(a, lt.block_finished_alert):
+                    blocks.append(time.monotonic())
+            if hb.status().is_seeding:
+                break
+        b_done = hb.status().is_seeding
+    finally:
+        stop.set()
+        ta.join(30)
+        seed_mod.seed = real_seed  # type: ignore[assignment]
+    assert "error" not in when, when.get("error")
+    assert b_done
+    assert (tmp_path / "b" / "model.bin").read_bytes() == (root / "model.bin").read_bytes()
+    assert sum(t <= when["finished"] for t in blocks) * 16 * KiB < manifest.total_size / 2
+    # Not counted: one of two connections dialled at once ("duplicate peer-id"), and A's dials
+    # for the manifest's own swarm, which B is not in ("invalid info-hash").
+    ignored = ("duplicate peer-id", "invalid info-hash")
+    lost = [why for t, why in dropped if blocks[0] < t < blocks[-1] and not any(x in why for x in ignored)]
+    assert lost == [], lost
+    assert when["bt_left"] is False and not (area / "bt").exists()

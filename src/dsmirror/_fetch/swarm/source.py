@@ -282,6 +282,7 @@ class SwarmSource:
         self._share: tuple[tuple[str, ...], int] = ((), -1)  # (machines pulling, peers) last told
         self._broker: PieceBroker | None = None
         self._live: LiveTorrent | None = None  # left running by close() for the seeder
+        self._plain_on_metadata = False  # a magnet's copy goes to plain files (``_add``)
 
     @property
     def name(self) -> str:
@@ -419,6 +420,9 @@ class SwarmSource:
                 (area / "bt.resume").unlink()
         atp = read_resume(area)
         resumed = atp is not None
+        # A magnet's files get priority 4 once its metadata arrives (``_become_ready``), so that
+        # its copy is in plain files too, unless resume data says where the copy is.
+        self._plain_on_metadata = self.torrent is None and not resumed
         if atp is None:
             if self.torrent is not None:
                 atp = lt.add_torrent_params()
@@ -497,6 +501,11 @@ class SwarmSource:
             self.torrent = got
             for idx, path in got.renamed_files().items():
                 h.rename_file(idx, path)
+            if self._plain_on_metadata:
+                # As ``_add`` does for a torrent it knows (see "Seeding after the pull"): libtorrent
+                # holds no piece yet; the pieces stay at priority 0 until the scheduler decides.
+                h.prioritize_files([0 if f.pad else 4 for f in got.files])
+                h.prioritize_pieces([0] * got.num_pieces)  # in the same turn: nothing fetched
         if st.state in (
             lt.torrent_status.states.checking_files,
             lt.torrent_status.states.checking_resume_data,
