@@ -23,7 +23,6 @@ from dsmirror._fetch.engine import EngineConfig, fetch
 from dsmirror._fetch.reuse import LocalIndex, plan_dry_run, record_manifest, reuse_local, reuse_roots
 from dsmirror._fetch.source import Source
 from dsmirror._fetch.swarm.config import SwarmConfig
-from dsmirror._fetch.swarm.resume import drop_stale_copy
 from dsmirror._formats.catalog import Catalog
 from dsmirror._journal.store import Store
 from dsmirror._rank.probe import Experience
@@ -117,9 +116,12 @@ def run_plan(
             yield plan_dry_run(plan.manifest, plan.dest, [*plan.sources, *plan.swarms], index)
             return None
         with Store.open(plan.dest, plan.manifest) as store:
-            if store.complete():
+            if store.complete() and (store.area / "bt").exists():
                 # libtorrent's copy left by a process killed after its install (a whole copy of
                 # the model that nothing reads again): see ``dsmirror._fetch.swarm.resume``.
+                # Imported here: a pull without a swarm does not load libtorrent.
+                from dsmirror._fetch.swarm.resume import drop_stale_copy
+
                 drop_stale_copy(store.area)
             if opts.reuse and not store.complete():
                 # Before fetch: it counts what is verified when it starts as reused bytes.
