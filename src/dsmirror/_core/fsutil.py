@@ -5,13 +5,42 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dsmirror._core.errors import DiskFull, StorageError
 
-__all__ = ["atomic_write_bytes", "fsync_dir", "safe_join", "storage_errors"]
+if sys.platform != "win32":
+    import fcntl
+else:  # pragma: no cover - no fcntl on Windows
+    fcntl = None
+
+__all__ = ["atomic_write_bytes", "datasync", "fsync_dir", "safe_join", "storage_errors"]
+
+
+def datasync(fd: int) -> None:
+    """Make the data written through ``fd`` durable (and its size; not necessarily its times).
+
+    ``fdatasync`` where the system has it (Linux, the BSDs). macOS has none in Python's ``os``,
+    and its ``fsync`` leaves the data in the drive's cache: ``F_FULLFSYNC`` flushes that too
+    (plain ``fsync`` where the file system refuses it, as some network ones do).
+    """
+    if _FDATASYNC is not None:
+        _FDATASYNC(fd)
+        return
+    if _F_FULLFSYNC is not None:
+        try:
+            fcntl.fcntl(fd, _F_FULLFSYNC)
+            return
+        except OSError:
+            pass
+    os.fsync(fd)
+
+
+_FDATASYNC = getattr(os, "fdatasync", None)
+_F_FULLFSYNC: int | None = getattr(fcntl, "F_FULLFSYNC", None) if fcntl is not None else None
 
 
 def fsync_dir(path: Path) -> None:

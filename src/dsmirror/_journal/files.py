@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from dsmirror._core.errors import AlreadyInProgress
-from dsmirror._core.fsutil import atomic_write_bytes, fsync_dir, safe_join, storage_errors
+from dsmirror._core.fsutil import atomic_write_bytes, datasync, fsync_dir, safe_join, storage_errors
 
 __all__ = ["OpenFiles", "fd_budget", "install_file", "lock_area", "write_install_record"]
 
@@ -185,7 +185,7 @@ class OpenFiles:
             self._pins[fi] = self._pins.get(fi, 0) + 1
         synced = False
         try:
-            os.fdatasync(fd)
+            datasync(fd)
             synced = True
         finally:
             with self._lock:
@@ -245,7 +245,7 @@ class OpenFiles:
                 if dirty is None:
                     return
                 victim = dirty
-                os.fdatasync(self._fds[victim])  # written since its last sync: synced before closing
+                datasync(self._fds[victim])  # written since its last sync: synced before closing
             fd = self._fds.pop(victim)
             direct = self._direct.pop(victim, None)
             self._forget(victim)
