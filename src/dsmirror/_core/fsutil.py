@@ -27,8 +27,9 @@ def datasync(fd: int) -> None:
     and its ``fsync`` leaves the data in the drive's cache: ``F_FULLFSYNC`` flushes that too
     (plain ``fsync`` where the file system refuses it, as some network ones do).
     """
-    if _FDATASYNC is not None:
-        _FDATASYNC(fd)
+    fdatasync = getattr(os, "fdatasync", None)  # looked up each call: tests watch os's
+    if fdatasync is not None:
+        fdatasync(fd)
         return
     if _F_FULLFSYNC is not None:
         try:
@@ -39,7 +40,6 @@ def datasync(fd: int) -> None:
     os.fsync(fd)
 
 
-_FDATASYNC = getattr(os, "fdatasync", None)
 _F_FULLFSYNC: int | None = getattr(fcntl, "F_FULLFSYNC", None) if fcntl is not None else None
 
 
