@@ -33,11 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 from urllib.request import getproxies
-
-import httpx
 
 from dsmirror._core.errors import (
     AccessDenied,
@@ -54,6 +52,9 @@ from dsmirror._fetch.source import Source
 from dsmirror._fetch.transport import Deadline, Sockets, bounded
 from dsmirror._formats.manifest import FileEntry
 from dsmirror._schedule.info import SourceInfo
+
+if TYPE_CHECKING:
+    import httpx  # imported on first use (``_httpx_module``): a plain-http pull needs none of it
 
 __all__ = ["USER_AGENT", "HttpSource", "redact", "shared_ssl_context"]
 
@@ -77,7 +78,7 @@ def shared_ssl_context() -> ssl.SSLContext:
     with _ssl_lock:
         ctx = _ssl_contexts.get(key)
         if ctx is None:
-            ctx = _ssl_contexts[key] = httpx.create_ssl_context(verify=True, trust_env=True)
+            ctx = _ssl_contexts[key] = _httpx_module().create_ssl_context(verify=True, trust_env=True)
         return ctx
 
 
@@ -141,6 +142,7 @@ class HttpSource(Source):
         return client
 
     def _make_client(self) -> httpx.Client:
+        httpx = _httpx_module()
         _larger_httpcore_reads()
         n = max(1, self.info.max_connections) + 2
         return self._sockets.arm(
@@ -249,6 +251,7 @@ class HttpSource(Source):
         target = self._wire_target(url, headers)
         if target is not None:
             return self._send_wire(*target, headers, where)
+        httpx = _httpx_module()
         try:
             req = self._client.build_request("GET", url, headers=headers)
         except Exception as exc:  # httpx.InvalidURL, idna.IDNAError, ...
@@ -280,7 +283,7 @@ class HttpSource(Source):
             # URL is its own (a proxy does not apply to it, e.g. by NO_PROXY).
             proxies = getproxies()
             if ("http" in proxies or "all" in proxies) and (
-                self._client._transport_for_url(httpx.URL(url)) is not self._client._transport
+                self._client._transport_for_url(_httpx_module().URL(url)) is not self._client._transport
             ):
                 return None
         except Exception:  # an unusable URL: httpx says why (see _send)
@@ -347,6 +350,7 @@ class HttpSource(Source):
 
     def _iter(self, resp: httpx.Response, url: str, length: int) -> Iterator[bytes]:
         """The body, exactly ``length`` bytes: a body without Content-Length (chunked) is counted."""
+        httpx = _httpx_module()
         left = length
         try:
             for chunk in resp.iter_raw():
@@ -421,6 +425,15 @@ class HttpSource(Source):
         cl = resp.headers.get("content-length")
         if cl is not None and cl.isascii() and cl.isdigit() and (cl.lstrip("0") or "0") != str(length):
             raise BadResponse(f"Content-Length {cl} does not match the {length} bytes asked for", **where)
+
+
+def _httpx_module() -> Any:
+    """httpx, imported on first use: ~20-45 ms of a pull's start-up (with ssl, h11, idna...), and a
+    pull from plain-http mirrors sends its requests through ``wire`` and makes no httpx client.
+    Called where httpx is needed (a client is made, a TLS context, an httpx response read)."""
+    import httpx
+
+    return httpx
 
 
 @functools.cache

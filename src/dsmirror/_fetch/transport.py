@@ -36,11 +36,12 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dsmirror._core.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    import httpx  # a client given to ``Sockets.arm`` was made with it: imported then
 
 __all__ = ["Deadline", "Sockets", "bounded", "clamp", "count_received"]
 
@@ -208,6 +209,8 @@ class Sockets:
         A client built with an injected transport (a test's ``httpx.MockTransport``) has no
         sockets to bound: it is returned as it is.
         """
+        import httpx
+
         for transport in (client._transport, *client._mounts.values()):
             if isinstance(transport, httpx.HTTPTransport):
                 pool = transport._pool
