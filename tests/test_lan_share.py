@@ -105,3 +105,31 @@ def test_a_stolen_span_ends_where_a_machine_that_joins_owns_the_pieces() -> None
     for a in spans:
         mine = [view.mine(k) for k in range(a.next_piece + 1, a.end)]
         assert all(mine), (a.start, a.end, a.outside)
+
+
+def test_its_own_fetches_do_not_keep_the_last_machine_at_one_connection() -> None:
+    """The swarm's map of what peers have holds this machine's own copy too (what it fetched from
+    outside, handed to libtorrent). Those pieces are not the others at work on the uplink: once the
+    others' pieces stop appearing, the last machine fetching gets its connections back even while
+    its own pieces keep appearing in the map. (Counted with them, it stayed at one connection to the
+    end: bench_lan 3 hosts 5 s apart, load 4-5, the second host fetched its last 30 pieces alone at
+    8 MB/s of the uplink's 12, and the first finished at 1.45x one copy.)"""
+    s, have = _sched(256)
+    s.set_lan_hosts("swarm", IDS[0], IDS[1:2], 1)
+    _advance(s, 0.5)
+    for k in range(0, 64, 2):  # the other machine at work on the uplink
+        have[k] = 1
+        _advance(s, 0.1)
+    mine = _open(s)
+    assert len(mine) == 1
+    a = mine[0]
+    for _ in range(20):  # two seconds of this machine's own pieces, fed to libtorrent as they come
+        k = a.next_piece
+        s.piece_verified(a, k)
+        have[k] = 1
+        if a.next_piece >= a.end:
+            s.release(a)
+            a = s.acquire("upstream")
+            assert isinstance(a, Assignment)
+        _advance(s, 0.1)
+    assert len(_open(s)) == 7  # nothing new from the other machine for 2 s: the whole uplink

@@ -156,10 +156,13 @@ def waiting(board: Board, s: SourceState, now: float) -> bool:
 def _others_quiet(board: Board, view: LanView, now: float) -> bool:
     """Have the other machines stopped fetching from outside? Nothing new appeared among the
     pieces peers have for ``_QUIET`` s (only an owner's fetch from outside adds a piece to that
-    map: a copy over the LAN adds a piece one peer has already), after something did."""
+    map: a copy over the LAN adds a piece one peer has already; this machine's own fetches are not
+    counted, ``LanView.others_have``), after something did."""
     if now - view.counted_at >= _QUIET / 4:
         view.counted_at = now
-        had = sum(have.count(1) for name, have in board.peer_pieces.items() if not board.sources[name].banned)
+        had = view.others_have(
+            [have for name, have in board.peer_pieces.items() if not board.sources[name].banned]
+        )
         if had > view.peer_pieces:
             view.grew_at = now
         view.peer_pieces = had

@@ -62,6 +62,7 @@ class LanView:
     peer_pieces: int = 0  # pieces some peer had when last counted (``lan._others_quiet``) ...
     counted_at: float = float("-inf")  # ... at this time
     grew_at: float | None = None  # when that count last grew
+    fetched: bytearray | None = None  # 1 = this machine fetched the piece from outside (``fetched_here``)
     _owners: tuple[str, ...] = ()  # the other owners: hosts and held
     _keyed: tuple[str, tuple[str, ...]] | None = None  # (me, owners) that _keys were made for
     _keys: tuple[int, ...] = ()  # hashed ids: this machine's first
@@ -157,6 +158,22 @@ class LanView:
             k = _key(self.me)
             self._order = sorted(range(self.blocks), key=lambda b: _mix(k ^ b), reverse=True)
         return self._order
+
+    def fetched_here(self, i: int, num_pieces: int) -> None:
+        """This machine verified piece ``i`` from outside (a mirror)."""
+        if self.fetched is None:
+            self.fetched = bytearray(num_pieces)
+        self.fetched[i] = 1
+
+    def others_have(self, haves: Sequence[bytearray]) -> int:
+        """How many pieces the swarms' maps ``haves`` hold that this machine did not fetch from
+        outside itself: a swarm's map holds its own copy too, and what this machine fetched is
+        handed to it, so counted whole the maps grow with this machine's own work on the uplink.
+        One pass in C per map (int AND, popcount): no loop over the pieces."""
+        if self.fetched is None:
+            return sum(have.count(1) for have in haves)
+        mine = int.from_bytes(self.fetched, "little")
+        return sum(have.count(1) - (int.from_bytes(have, "little") & mine).bit_count() for have in haves)
 
     def settled(self, now: float, settle: float, grace: float, ready_wait: float) -> bool:
         """May mirrors start? (see "The start" in ``lan``)."""

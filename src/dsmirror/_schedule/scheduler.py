@@ -358,6 +358,8 @@ class Scheduler:
                 self._last_progress = self._board.last_progress = now
                 if s.info.kind == "bittorrent":
                     self._swarm_delivered_at = now
+                elif self._board.lan is not None:
+                    self._board.lan.fetched_here(index, self.m.num_pieces)
             else:
                 self.redundant_bytes += length + fetched
             s.failures_in_row = 0
