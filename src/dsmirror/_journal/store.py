@@ -106,7 +106,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsmirror._core.errors import DiskFull, IntegrityError, StorageError
-from dsmirror._core.fsutil import atomic_write_bytes, safe_join, storage_errors
+from dsmirror._core.fsutil import atomic_write_bytes, datasync, safe_join, storage_errors
 from dsmirror._formats.manifest import FileEntry, Manifest, Piece, PieceHashes
 from dsmirror._formats.private import PrivateArea
 from dsmirror._journal.direct import ALIGN, MIN_PIECE, AlignedWriter, open_direct
@@ -480,7 +480,7 @@ class Store:
             # durable first (re-verified pieces were written by an earlier process).
             if not self._file_done[fi] and self._done.find(1, r.start, r.stop) >= 0:
                 with self._files.use(fi) as fd:
-                    os.fdatasync(fd)
+                    datasync(fd)
         body = bytearray(self._journal_header())
         for fi, r in enumerate(self.manifest.file_piece_ranges):
             if not self._file_done[fi]:
@@ -1090,7 +1090,7 @@ class Store:
                     with self._lock:
                         os.write(self._journal_fd, _record(_C, cover))
                         self._journal_end += _RECORD.size
-                    os.fdatasync(self._journal_fd)
+                    datasync(self._journal_fd)
             except BaseException:
                 with self._lock:
                     self._dirty |= dirty
