@@ -332,8 +332,11 @@ def test_sigkill_at_99_percent_reads_back_only_the_pieces_in_flight(
     # (the rest of the spans in flight, the pieces the resume fetches) is hashed by the resume;
     # the state the last commit saved may be a piece behind (0.5 s at 1 MB/s); a piece whose W
     # no commit covered is re-verified from disk (then hashed whole too). What comes before (97%
-    # of the model here) must not be read again.
-    bound = ahead + uncovered_bytes + 2 * BIG_PIECE
+    # of the model here) must not be read again. rchar also counts whatever else the resume reads
+    # and the idle run does not (53 KB more in 2 of 9 runs, over a bound with no slack; most
+    # likely code imported on first use, such as the HTTP client since b663419, not checked): half
+    # a piece of room, so one piece read back beyond the bound still fails.
+    bound = ahead + uncovered_bytes + 2 * BIG_PIECE + BIG_PIECE // 2
     assert bound < total // 4, "a bound this loose would not tell resuming from re-hashing"
     print(
         f"{hashes}: the resume read {resumed} bytes, an idle run {idle}: {read_back} read back of "

@@ -132,6 +132,11 @@ _HASH_RUN = 16 << 20
 #: How far the whole-file hashers may fall behind the pieces stored: ``mark_verified`` waits while
 #: more than this is stored, in order, beyond the hashed prefix of the files (see ``_await_hasher``).
 HASH_LAG = 32 << 20
+#: The whole-file hashers keep their state every this many bytes (in memory): a patch or an
+#: invalidated piece behind a hasher rewinds it to the last such point before the piece, not to
+#: the file's start (with the hasher close behind the writers, see ``HASH_LAG``, each late repair
+#: of a 1 GiB file cost a pass over all of it: test_liars' late liar took 3x the time).
+HASH_CHECKPOINT = 64 << 20
 #: ``meta.source`` of manifests a resolver assembles from a registry's listing, whose whole-file
 #: digests come from another authority than their piece hashes (see the module docstring).
 ASSEMBLED_SOURCES = frozenset({"hf", "ollama"})
@@ -186,6 +191,8 @@ class Store:
         self._lock_fd = -1
         self._pending_w = 0
         self._hashers: list[_FileHasher] = []
+        #: per file: (pieces hashed, SHA-256 state) every HASH_CHECKPOINT bytes (see _rewind)
+        self._checkpoints: list[list[tuple[int, bytes]]] = [[] for _ in manifest.files]
         self._hash_queue: queue.Queue[int | None] = queue.Queue()
         self._hash_thread: threading.Thread | None = None
         self._hash_error: BaseException | None = None
@@ -708,6 +715,29 @@ class Store:
             if state is not None:  # for commit: an H record of it is due
                 h.published = (h.next_piece, state)
                 self._advanced.add(fi)
+                marks = self._checkpoints[fi]
+                if (
+                    self._hashers[fi] is h
+                    and self._span_bytes(start + (marks[-1][0] if marks else 0), stop) >= HASH_CHECKPOINT
+                ):
+                    marks.append((h.next_piece, state))
+
+    def _rewind(self, fi: int, local: int) -> None:
+        """File ``fi``'s hash no longer holds from its piece ``local`` (index in the file) on:
+        start it again from the last checkpoint at or before that piece (caller holds ``_lock``
+        and ``_hash_lock``)."""
+        marks = self._checkpoints[fi]
+        while marks and marks[-1][0] > local:
+            marks.pop()
+        h = _FileHasher()
+        if marks:
+            count, words = marks[-1]
+            start = self.manifest.file_piece_ranges[fi].start
+            sha = ResumableSha256.restore(words, self._span_bytes(start, start + count))
+            if sha is not None:
+                h = _FileHasher(sha, count)
+        self._hashers[fi] = h
+        self._track_lag(fi)
 
     def _adopt_stream(self, fi: int, h: _FileHasher) -> None:
         """The piece ``h`` hashed as it was written is stored (marked done) and is the next one
@@ -910,8 +940,9 @@ class Store:
     def invalidate(self, indices: Iterable[int]) -> None:
         """Stop trusting these pieces (their file failed its digest); they will be fetched again."""
         touched: set[int] = set()
+        indices_list = list(indices)
         with self._hash_lock, self._lock:
-            for i in indices:
+            for i in indices_list:
                 piece = self.manifest.pieces[i]
                 if self._done[i]:
                     self._done[i] = 0
@@ -920,8 +951,8 @@ class Store:
                         self._append(_X, i)
                 touched.add(piece.file_index)
             for fi in touched:
-                self._hashers[fi] = _FileHasher()
-                self._track_lag(fi)
+                first = min(i for i in indices_list if self.manifest.pieces[i].file_index == fi)
+                self._rewind(fi, first - self.manifest.file_piece_ranges[fi].start)
                 before = self._verified_share(fi)
                 self._file_ok[fi] = None
                 self._verified += self._verified_share(fi) - before
@@ -978,9 +1009,9 @@ class Store:
                 os.write(self._prov_fd, f"{piece.index} {provenance[0]} {digest}\n".encode())
             # Hashed again only if the hasher already read this piece (it reads in order, under
             # _hash_lock): a patch ahead of it costs nothing, one behind it a pass over the file.
-            if self._hashers[fi].next_piece > piece.index - self.manifest.file_piece_ranges[fi].start:
-                self._hashers[fi] = _FileHasher()
-                self._track_lag(fi)
+            local = piece.index - self.manifest.file_piece_ranges[fi].start
+            if self._hashers[fi].next_piece > local:
+                self._rewind(fi, local)
                 before = self._verified_share(fi)
                 self._file_ok[fi] = None
                 self._verified += self._verified_share(fi) - before
