@@ -477,3 +477,24 @@ def remount_ro(point: Path) -> None:
     r = subprocess.run(["mount", "-o", "remount,ro", str(point)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot remount read-only: {r.stderr.strip()}")
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Bytes read back from files by pread/preadv while the test runs (the real calls, counted)."""
+    got: list[int] = []
+    pread, preadv = os.pread, os.preadv
+
+    def counted_pread(fd: int, n: int, off: int) -> bytes:
+        data = pread(fd, n, off)
+        got.append(len(data))
+        return data
+
+    def counted_preadv(fd: int, bufs: list[memoryview], off: int) -> int:
+        n = preadv(fd, bufs, off)
+        got.append(n)
+        return n
+
+    monkeypatch.setattr(os, "pread", counted_pread)
+    monkeypatch.setattr(os, "preadv", counted_preadv)
+    yield got

@@ -10,7 +10,6 @@ against a SHA-256 written out in Python from FIPS 180-4, not against the store's
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import struct
 import time
@@ -212,27 +211,6 @@ def whole_only(tmp_path: Path) -> Model:
     full = dsmirror.create_manifest(root, name="hashstate", piece_size=PS)
     files = tuple(FileEntry(f.path, f.size, f.sha256, NoPieceHashes(len(f.pieces))) for f in full.files)
     return Model(root, Manifest(full.name, PS, files))
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Bytes read back from files by pread/preadv while the test runs (the real calls, counted)."""
-    got: list[int] = []
-    pread, preadv = os.pread, os.preadv
-
-    def counted_pread(fd: int, n: int, off: int) -> bytes:
-        data = pread(fd, n, off)
-        got.append(len(data))
-        return data
-
-    def counted_preadv(fd: int, bufs: list[memoryview], off: int) -> int:
-        n = preadv(fd, bufs, off)
-        got.append(n)
-        return n
-
-    monkeypatch.setattr(os, "pread", counted_pread)
-    monkeypatch.setattr(os, "preadv", counted_preadv)
-    yield got
 
 
 @pytest.fixture

@@ -12,13 +12,11 @@ with the real ``os.pread``/``os.preadv`` calls.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,27 +51,6 @@ def _manifest(data: bytes) -> Manifest:
 @pytest.fixture
 def blob() -> bytes:
     return random.Random(14).randbytes(PIECES * PS)
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Bytes read back by pread/preadv while the test runs (the real calls, counted)."""
-    got: list[int] = []
-    pread, preadv = os.pread, os.preadv
-
-    def counted_pread(fd: int, n: int, off: int) -> bytes:
-        data = pread(fd, n, off)
-        got.append(len(data))
-        return data
-
-    def counted_preadv(fd: int, bufs: list[memoryview], off: int) -> int:
-        n = preadv(fd, bufs, off)
-        got.append(n)
-        return n
-
-    monkeypatch.setattr(os, "pread", counted_pread)
-    monkeypatch.setattr(os, "preadv", counted_preadv)
-    yield got
 
 
 def _put(store: Store, m: Manifest, data: bytes, i: int) -> None:
