@@ -24,6 +24,7 @@ from typing import Any
 import libtorrent as lt
 
 import dsmirror
+from _swarm_peer import watch_until_seeding
 from conftest import addr, free_port
 from dsmirror import Event, PullFinished, PullOptions
 from dsmirror._fetch.swarm.config import SeedingStarted, SeedStatus, SwarmConfig
@@ -234,21 +235,9 @@ def test_a_magnet_pull_hands_its_torrent_over_too(start_mirrors: Any, tmp_path: 
     seed_mod.seed = seed_until_stopped  # type: ignore[assignment]
     hb.connect_peer(("127.0.0.1", pa))
     ta = threading.Thread(target=run_a, daemon=True)
-    blocks: list[float] = []
-    dropped: list[tuple[float, str]] = []
     try:
         ta.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "error" not in when:
-            ses_b.wait_for_alert(50)
-            for a in ses_b.pop_alerts():
-                if isinstance(a, lt.peer_disconnected_alert):
-                    dropped.append((time.monotonic(), a.message()))
-                elif isinstance(a, lt.block_finished_alert):
-                    blocks.append(time.monotonic())
-            if hb.status().is_seeding:
-                break
-        b_done = hb.status().is_seeding
+        blocks, dropped, b_done = watch_until_seeding(ses_b, hb, lambda: "error" in when)
     finally:
         stop.set()
         ta.join(30)

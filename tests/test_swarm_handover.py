@@ -24,6 +24,7 @@ import libtorrent as lt
 import pytest
 
 import dsmirror
+from _swarm_peer import watch_until_seeding
 from conftest import addr, free_port
 from dsmirror import Event, PullFinished, PullOptions
 from dsmirror._fetch.swarm.config import SeedingStarted, SeedStatus, SwarmConfig
@@ -125,21 +126,9 @@ def test_a_peer_keeps_its_connection_and_its_bytes_across_the_seed_hand_over(
     seed_mod.seed = seed_until_stopped  # type: ignore[assignment]
     hb.connect_peer(("127.0.0.1", pa))
     ta = threading.Thread(target=run_a, daemon=True)
-    blocks: list[float] = []  # when B received each 16 KiB block (all of them from A)
-    dropped: list[tuple[float, str]] = []  # B's connections to A that closed, and why
     try:
         ta.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "error" not in box:
-            ses_b.wait_for_alert(50)
-            for a in ses_b.pop_alerts():
-                if isinstance(a, lt.peer_disconnected_alert):
-                    dropped.append((time.monotonic(), a.message()))
-                elif isinstance(a, lt.block_finished_alert):
-                    blocks.append(time.monotonic())
-            if hb.status().is_seeding:
-                break
-        b_done = hb.status().is_seeding
+        blocks, dropped, b_done = watch_until_seeding(ses_b, hb, lambda: "error" in box)
     finally:
         stop.set()
         ta.join(30)
