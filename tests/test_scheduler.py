@@ -563,6 +563,57 @@ def test_tail_race_only_when_clearly_sooner(racer_rate: float, races: bool) -> N
         assert isinstance(got, Assignment) and got.race and got.start == owner.next_piece
 
 
+def feed_together(
+    sched: Scheduler, clock: FakeClock, rates: list[tuple[Assignment, float]], until: Assignment
+) -> None:
+    """The assignments receive bytes at their rates at once (0.05 s steps) until ``until``'s piece
+    is verified."""
+    sent = dict.fromkeys((a.id for a, _ in rates), 0.0)
+    while sched.wanted(until):
+        clock.advance(0.05)
+        for a, rate in rates:
+            if not sched.wanted(a):
+                continue
+            piece = sched.m.pieces[a.next_piece]
+            sent[a.id] += rate * 0.05
+            n = min(int(sent[a.id]) - a.bytes_received, piece.length - a.piece_bytes)
+            sched.progress(a, n)
+            if a.piece_bytes >= piece.length:
+                sched.piece_verified(a, piece.index)
+                sched.release(a)
+
+
+@pytest.mark.parametrize(
+    ("shares", "races"),
+    [
+        # The owner's source shares 2 MiB/s between two connections (a per-host cap). When the
+        # helper is idle, the owner's other connection is nearly done and its bandwidth goes to
+        # the piece left: the owner's source needs 2.2 s for all of it, the helper 1.8 s for a
+        # whole copy. Not clearly sooner: a race would fetch 4 MiB twice for nothing
+        # (test_liars' two sources, under load: both copies of the last piece ended together).
+        ((1.4 * MiB, 0.6 * MiB), False),
+        # The owner's connection gets a fifth of its share: stuck, not sharing. The helper races.
+        ((1.9 * MiB, 0.1 * MiB), True),
+    ],
+)
+def test_tail_race_counts_the_bandwidth_the_owners_other_connection_leaves(
+    shares: tuple[float, float], races: bool
+) -> None:
+    m = manifest([3 * 4 * MiB + 64 * KiB], piece_size=4 * MiB)
+    m = Manifest(m.name, m.piece_size, tuple(replace(f, pieces=("",) * len(f.pieces)) for f in m.files))
+    sched, clock = make(m, "owner", "helper")
+    a, h1, b, h2 = (take(sched, n) for n in ("owner", "helper", "owner", "helper"))
+    assert [(x.start, x.end) for x in (a, h1, b, h2)] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert finish_piece(sched, h2) is False
+    sched.release(h2)
+    feed_together(sched, clock, [(a, shares[0]), (b, shares[1]), (h1, 2.2 * MiB)], until=h1)
+    assert sched.wanted(a) and sched.wanted(b)
+    got = sched.acquire("helper")
+    assert isinstance(got, Assignment) == races, got
+    if races:
+        assert isinstance(got, Assignment) and got.race and got.start == b.next_piece
+
+
 # -- --max-rate ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("rate", [100 * KiB, 1 * MiB, 20 * MiB])
 def test_max_rate_token_bucket_holds_the_rate(rate: float) -> None:

@@ -46,7 +46,10 @@ The tail: split pieces (what Ollama's puller lacks: "stuck at 99%", ollama #1736
 The tail race
     A piece that cannot be split (its owner stalled with no measured rate, more than one piece
     left in its span, no piece hash, a swarm) may be fetched whole by an idle fast connection if it
-    would finish it clearly sooner (``race_margin``). The first verified copy wins; the loser is
+    would finish it clearly sooner (``race_margin``). "Sooner" counts the bandwidth the owner's
+    other connections leave it when they finish (``tail._shared_finish``): a per-connection rate
+    alone made a helper race the last piece of an owner whose sibling was nearly done, and both
+    copies ended together. The first verified copy wins; the loser is
     cancelled at its next chunk. Racers and helpers buffer in memory and write under a piece lock,
     so a losing or corrupt copy can never overwrite good bytes. One racer or helper per piece, and
     only in the tail.

@@ -142,6 +142,24 @@ def too_slow_for_tail(board: Board, s: SourceState, now: float, piece: Piece, fr
     return t_piece > 2.0 and t_piece > (free_bytes + in_flight) / others
 
 
+def _shared_finish(board: Board, v: Assignment, now: float) -> float:
+    """When ``v``'s source finishes all its connections' work at its present total rate.
+
+    A source's connections share its bandwidth (a per-host cap), as ``helper_rate`` assumes for
+    an idle connection: once the owner's other connections finish, their share goes to the
+    owner, which ends its piece sooner than its own rate says. Not for an owner getting less than
+    half its share: that connection is stuck, and its own rate is the one to plan with (infinite
+    here). Measured: test_liars' two sources at 8 MiB/s each, under load; a helper raced the last
+    piece from an owner at 3 MB/s while its sibling had a third of a piece left, and both copies
+    of the 8 MiB piece ended together.
+    """
+    live = [a for a in board.live(v.source) if not a.race]
+    rate = board.source_rate(v.source, now)
+    if len(live) < 2 or rate <= 0 or conn_rate(v, now) < 0.5 * rate / len(live):
+        return float("inf")
+    return sum(left_bytes(board.m, a) for a in live) / rate
+
+
 class Help(NamedTuple):
     """Tail work for an idle connection: the back part of ``owner``'s piece from ``cut`` (a
     split), or with ``cut`` None the whole piece (a race)."""
@@ -309,7 +327,7 @@ class Tail:
                 return None
             return Help(v, cut)
         t_me = s.ttfb + piece.length / my_rate
-        if t_me >= t_owner * cfg.race_margin:
+        if t_me >= min(t_owner, _shared_finish(board, v, now)) * cfg.race_margin:
             return None
         return Help(v, None)
 
