@@ -24,18 +24,16 @@ that never answers returns at once (``dsmirror._fetch.transport``).
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import functools
 import os
 import re
-import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
-from urllib.request import getproxies
 
 from dsmirror._core.errors import (
     AccessDenied,
@@ -54,6 +52,8 @@ from dsmirror._formats.manifest import FileEntry
 from dsmirror._schedule.info import SourceInfo
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx  # imported on first use (``_httpx_module``): a plain-http pull needs none of it
 
 __all__ = ["USER_AGENT", "HttpSource", "redact", "shared_ssl_context"]
@@ -281,8 +281,7 @@ class HttpSource(Source):
                 return None
             # No proxy from the environment for http, or httpx's own choice of transport for the
             # URL is its own (a proxy does not apply to it, e.g. by NO_PROXY).
-            proxies = getproxies()
-            if ("http" in proxies or "all" in proxies) and (
+            if _may_proxy_http() and (
                 self._client._transport_for_url(_httpx_module().URL(url)) is not self._client._transport
             ):
                 return None
@@ -427,6 +426,24 @@ class HttpSource(Source):
             raise BadResponse(f"Content-Length {cl} does not match the {length} bytes asked for", **where)
 
 
+def _may_proxy_http() -> bool:
+    """Whether ``urllib.request.getproxies()`` names a proxy for http (``http`` or ``all``).
+
+    Elsewhere than macOS and Windows (whose system settings it also reads), ``getproxies`` reads
+    only environment variables named ``<scheme>_proxy`` in any case, so without an ``http_proxy``
+    or ``all_proxy`` among them it names none, and urllib.request (with http.client, email and
+    ssl: ~25 ms of a pull's start-up) is not imported to say so.
+    """
+    if sys.platform not in ("darwin", "win32") and not any(
+        name.lower() in ("http_proxy", "all_proxy") for name in os.environ
+    ):
+        return False
+    from urllib.request import getproxies
+
+    proxies = getproxies()
+    return "http" in proxies or "all" in proxies
+
+
 def _httpx_module() -> Any:
     """httpx, imported on first use: ~20-45 ms of a pull's start-up (with ssl, h11, idna...), and a
     pull from plain-http mirrors sends its requests through ``wire`` and makes no httpx client.
@@ -454,6 +471,8 @@ def _retry_after(value: str | None) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # only for a date in Retry-After (a server that said 429 or 503)
+
     with contextlib.suppress(TypeError, ValueError):
         when = email.utils.parsedate_to_datetime(value)
         return max(0.0, when.timestamp() - time.time())

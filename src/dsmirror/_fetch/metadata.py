@@ -31,13 +31,17 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-
-import httpx
+from typing import TYPE_CHECKING
 
 from dsmirror._core.clock import Clock, SystemClock
 from dsmirror._core.errors import BadResponse, SourceError, SourceUnavailable, Stalled, TooLarge
 from dsmirror._fetch.http import USER_AGENT, redact, shared_ssl_context
 from dsmirror._fetch.transport import Deadline, Sockets, bounded
+
+if TYPE_CHECKING:
+    # Imported when a session is opened: importing this module (every resolver does, a pull of a
+    # manifest file too) must not cost httpx's ~40 ms when no document is fetched.
+    import httpx
 
 __all__ = ["ERROR_PAGE_LIMIT", "METADATA_LIMIT", "Metadata", "MetadataSession"]
 
@@ -98,6 +102,8 @@ class MetadataSession:
         clock: Clock | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        import httpx
+
         self.source = source
         self.timeout = timeout
         self.deadline = Deadline(timeout, clock or SystemClock())
@@ -136,6 +142,8 @@ class MetadataSession:
         limit: int = METADATA_LIMIT,
     ) -> Metadata:
         """GET ``url``, following redirects; the answer whatever its status (see ``Metadata``)."""
+        import httpx
+
         where = redact(url)
         try:
             with bounded(self.deadline):

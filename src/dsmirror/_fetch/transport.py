@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import socket
-import ssl
 import threading
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -41,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dsmirror._core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx  # a client given to ``Sockets.arm`` was made with it: imported then
 
 __all__ = ["Deadline", "Sockets", "bounded", "clamp", "count_received"]
