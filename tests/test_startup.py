@@ -219,6 +219,64 @@ def test_a_json_pull_loads_no_optional_module(
     assert not _optional(loaded, NOT_FOR_PLAIN_HTTP)
 
 
+def _at_first_connect(args: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Run ``dsmirror ARGS`` until it first opens a connection (for a plain-http pull: its first
+    request); return the modules loaded then, the garbage collections since the command's code
+    started and how many objects were frozen."""
+    out = cwd / "first-connect.json"
+    code = (
+        "import gc, json, os, socket, sys, threading\n"
+        "once = threading.Lock()  # the first connection's thread writes; any other waits for the exit\n"
+        "before = sum(s['collections'] for s in gc.get_stats())  # the interpreter's own start\n"
+        "def first_connect(self, *args):\n"
+        "    once.acquire()\n"
+        "    state = {\n"
+        "        'modules': sorted(m for m, v in dict(sys.modules).items() if v is not None),\n"
+        "        'collections': sum(s['collections'] for s in gc.get_stats()) - before,\n"
+        "        'frozen': gc.get_freeze_count(),\n"
+        "    }\n"
+        f"    with open({str(out)!r}, 'w') as f:\n"
+        "        json.dump(state, f)\n"
+        "    os._exit(0)\n"
+        "socket.socket.connect = first_connect\n"
+        "sys.argv[0] = 'dsmirror'\n"
+        "from dsmirror.cli import main\n"
+        "main()\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0 and out.exists(), r.stderr
+    state: dict[str, Any] = json.loads(out.read_text())
+    return state
+
+
+def test_a_pull_before_its_first_request(
+    make_model: Callable[..., Any],
+    start_mirrors: Callable[..., list[MirrorServer]],
+    catalog_file: Callable[..., Path],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """From exec to its first request (start-up: bench_mirrors counts it), ``dsmirror pull MANIFEST
+    --no-reuse`` from a plain-http mirror loads nothing it does not need yet, and does not run
+    the garbage collector over what the imports made (paused, then frozen)."""
+    model = make_model({"weights.bin": 100 * KiB + 1}, piece_size=64 * KiB)
+    catalog = catalog_file(start_mirrors(model.root, 1))
+    args = ["pull", str(model.manifest_path), "--no-default-catalog", "--mirrors", str(catalog)]
+    args += ["--dest", str(tmp_path / "dest"), "--json", "--no-reuse", "--no-p2p", "--no-lsd", "--no-dht"]
+    state = _at_first_connect(args, cli_env, tmp_path)
+    loaded = set(state["modules"])
+    assert "dsmirror._journal.store" in loaded  # it got as far as the store
+    assert not _optional(loaded, OPTIONAL + NOT_FOR_PLAIN_HTTP)
+    # Not yet: local copies (--no-reuse; recording the manifest comes after the pieces), Ollama
+    # names (no ollama:// REF, no alias), the idna codec (getaddrinfo of an ASCII host name).
+    assert not _optional(loaded, ("dsmirror._fetch.reuse", "dsmirror._formats.ollama", "encodings.idna"))
+    # Some 40 collections (13 ms) on the old code; a few after the freeze here.
+    assert state["collections"] <= 5, state["collections"]
+    assert state["frozen"] > 20_000
+
+
 def test_may_join_swarm_agrees_with_attach_swarm(make_model: Callable[..., Any], tmp_path: Path) -> None:
     """Whenever ``attach_swarm`` adds a swarm, ``may_join_swarm`` (which spares libtorrent) said so."""
     from dsmirror._fetch.swarm.config import SwarmConfig

@@ -448,7 +448,11 @@ class Pool:
     def _connect(self, key: tuple[str, int]) -> _Conn:
         if self.sockets.aborted:
             raise ConnectionAbortedError("the client was closed")
-        sock = socket.create_connection(key, timeout=clamp(self.connect_timeout))
+        host, port = key
+        # An ASCII host name as bytes: getaddrinfo encodes a str with the idna codec, whose
+        # import (encodings.idna, stringprep, unicodedata) the first connection would wait for.
+        address = (host.encode("ascii") if host.isascii() else host, port)
+        sock = socket.create_connection(address, timeout=clamp(self.connect_timeout))  # type: ignore[arg-type]
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:

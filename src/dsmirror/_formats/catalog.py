@@ -92,7 +92,6 @@ import yaml
 
 from dsmirror._core.errors import CatalogError, UsageError
 from dsmirror._formats.manifest import FileEntry
-from dsmirror._formats.ollama import parse_ollama_name
 from dsmirror._formats.paths import has_surrogates
 
 __all__ = [
@@ -776,6 +775,8 @@ class _Parser:
 
     def ollama_model(self, node: yaml.Node, field: str) -> str:
         """An Ollama model name as ``dsmirror._formats.ollama`` reads it; its repository lower case."""
+        from dsmirror._formats.ollama import parse_ollama_name  # a catalog of mirrors needs none
+
         value = self.string(node, field)
         try:
             name = parse_ollama_name(value)

@@ -15,10 +15,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from dsmirror._core.errors import UsageError
-from dsmirror._formats.ollama import OllamaName, parse_ollama_name
+
+if TYPE_CHECKING:
+    from dsmirror._formats.ollama import OllamaName  # imported for an ollama:// REF only
 
 __all__ = ["Ref", "parse_ref"]
 
@@ -45,6 +48,8 @@ def parse_ref(text: str, *, aliases: frozenset[str] | set[str] = frozenset()) ->
             raise UsageError(f"cannot read {text!r}", hint="write it like hf://deepseek-ai/DeepSeek-R1@main")
         return Ref("hf", text, repo=m.group("repo"), revision=m.group("rev") or "main")
     if text.startswith("ollama://"):
+        from dsmirror._formats.ollama import parse_ollama_name
+
         try:
             name = parse_ollama_name(text)
         except UsageError as exc:

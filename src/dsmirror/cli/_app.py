@@ -15,8 +15,11 @@ the same results.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -222,6 +225,23 @@ NoDefaultCatalogOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON event per line instead of a display.")]
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No garbage collection inside, and what was made inside frozen after it (``gc.freeze``:
+    never collected, nor walked by later collections): for a command's import of the library,
+    which makes objects that live as long as the process (``dsmirror.cli`` does likewise for
+    its own import)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()  # else the first allocation after enable() collects all of it at once
+        gc.enable()
 
 
 def load_catalog_from_options(mirrors: list[Path] | None, no_default: bool):  # type: ignore[no-untyped-def]

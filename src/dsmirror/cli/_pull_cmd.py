@@ -12,6 +12,7 @@ from dsmirror.cli._app import (
     MirrorsOpt,
     NoDefaultCatalogOpt,
     app,
+    collector_paused,
     console,
     load_catalog_from_options,
 )
@@ -156,10 +157,11 @@ def pull_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Download a model from every good source at once, verifying every piece; resumable."""
-    from dsmirror._core.units import parse_size
-    from dsmirror._pull import PullOptions, pull
-    from dsmirror.cli._render import print_notes, render_human, render_json
-    from dsmirror.cli._seed_cmd import SeedSplit, render_seed, swarm_config
+    with collector_paused():
+        from dsmirror._core.units import parse_size
+        from dsmirror._pull import PullOptions, pull
+        from dsmirror.cli._render import print_notes, render_human, render_json
+        from dsmirror.cli._seed_cmd import SeedSplit, render_seed, swarm_config
 
     settings, catalog = load_catalog_from_options(mirrors, no_default_catalog)
     opts = PullOptions(
