@@ -33,7 +33,7 @@ if "httpx" not in sys.modules:
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 from dsmirror._core.errors import DsmirrorError
-from dsmirror.cli import _signals
+from dsmirror.cli import _app, _signals
 from dsmirror.cli._app import app, err_console
 
 __all__ = ["app", "main"]
@@ -81,8 +81,10 @@ def main() -> None:
     # of CPU (perf: gc_collect_main, visit_decref), a third of what dsmirror pull spends after its
     # last byte (bench_mirrors). Everything is closed by then (the store's files synced and renamed,
     # sockets shut); the heap is simply freed with the process. Frozen at exit, the last collections
-    # skip it: 11-15 ms. At exit only, so a caller of main() in its own process is not affected.
+    # skip it: 11-15 ms. At exit only, so a caller of main() in its own process is not affected: what
+    # start-up froze (above, and ``_app.collector_paused``) is unfrozen when main() returns.
     atexit.register(gc.freeze)
+    _app._PROGRAM.append(True)  # a command's library import may pause the collector
     try:
         # The name usage lines show, however the program was started (``python -m``, ``-c``).
         _app_for(sys.argv)(standalone_mode=True, prog_name="dsmirror")
@@ -93,6 +95,9 @@ def main() -> None:
         if exc.hint:
             err_console.print(f"  hint: {exc.hint}", highlight=False, markup=False)
         sys.exit(exc.exit_code)
+    finally:
+        _app._PROGRAM.clear()
+        gc.unfreeze()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -227,13 +227,18 @@ NoDefaultCatalogOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON event per line instead of a display.")]
 
 
+#: Set by ``dsmirror.cli.main``: this process is dsmirror's own.
+_PROGRAM: list[bool] = []
+
+
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """No garbage collection inside, and what was made inside frozen after it (``gc.freeze``:
     never collected, nor walked by later collections): for a command's import of the library,
     which makes objects that live as long as the process (``dsmirror.cli`` does likewise for
-    its own import)."""
-    if not gc.isenabled():
+    its own import). Only in dsmirror's own process (``main`` ran): a program that runs a
+    command in its own process (typer's CliRunner) keeps its collector as it is."""
+    if not _PROGRAM or not gc.isenabled():
         yield
         return
     gc.disable()
