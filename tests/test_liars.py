@@ -82,6 +82,18 @@ def test_blocks_lie_inside_the_piece_apart_and_match_the_share(length: int, shar
     assert sum(counts) / len(counts) == pytest.approx(want, rel=0.25, abs=b / 4)
 
 
+@pytest.mark.parametrize("length", [7, 16 * KiB, PS])
+def test_an_audit_compares_at_least_one_block_of_every_piece(length: int) -> None:
+    """An audit (a convicted source's pieces, a failed file's evidence round) compares a piece
+    however short: by the share's expectation alone a 7-byte last piece was compared 2% of the
+    time, and the late liar's damaged one escaped five rounds, so the whole file was fetched again."""
+    pol, _ = _policy(seed=length)
+    for _ in range(200):
+        (blk, *_rest) = pol.blocks(length, pol.config.audit_share, least=1)
+        assert blk[0] >= 0 and blk[0] + blk[1] <= length and blk[1] == min(16 * KiB, length)
+    assert any(not pol.blocks(7, pol.config.audit_share) for _ in range(200))  # without it: mostly none
+
+
 def test_every_8mib_piece_gets_two_blocks_even_at_the_floor() -> None:
     pol, _ = _policy()
     assert min(len(pol.blocks(PS, pol.config.floor_share)) for _ in range(500)) >= 2

@@ -243,3 +243,58 @@ def test_a_piece_invalidated_behind_the_hasher_rewinds_it_to_a_checkpoint_not_th
         assert 0 < sum(reads) <= 32 * PS, f"read back {sum(reads)} bytes of {len(blob)}"
         s.finalize()
     assert (dest / "blob.bin").read_bytes() == blob
+
+
+class GatedHasher(Store):
+    """A real store whose hasher, once ``armed``, stops inside its next read-back run (``inside``
+    set) until ``gate`` is set."""
+
+    armed = False
+
+    def _hash_run(self, piece, last, sha, buf):  # type: ignore[no-untyped-def]
+        if self.armed:
+            self.armed = False
+            self.inside.set()
+            self.gate.wait(60)
+        super()._hash_run(piece, last, sha, buf)
+
+
+@pytest.mark.parametrize("how", ["patch", "invalidate"])
+def test_a_repair_of_a_piece_the_hasher_is_reading_does_not_wait_for_it(
+    tmp_path: Path, blob: bytes, how: str
+) -> None:
+    """The hasher held the store's hash lock while it read back a run (up to 16 MiB) and took it
+    again at once for the next run, so a witness's patch (or an invalidation) waited until the
+    hasher reached the file's end or a gap: 0.34 s a patch in test_liars' late liar (one 1.1 GiB
+    file), whose repair of ~450 patches then took 140 s and timed out in CI. Now the repair goes
+    on while the run is read, the run's result is dropped, and the hash is of the repaired bytes."""
+    m, dest = _manifest(blob), tmp_path / "dest"
+    k = 5  # the piece repaired, inside the run the hasher is stopped in
+    at = m.pieces[k].offset + 100
+    stored = bytearray(blob)
+    stored[at] ^= 0xFF  # as a liar sent it
+    with GatedHasher.open(dest, m) as s:
+        s.inside, s.gate = threading.Event(), threading.Event()
+        for i in range(1, PIECES):  # out of order: piece 0 last, so pieces 1.. are read back
+            _put(s, m, bytes(stored), i)
+        s.armed = True
+        _put(s, m, bytes(stored), 0)
+        assert s.inside.wait(30), "the hasher never read back a run"
+
+        def repair() -> None:
+            if how == "patch":
+                assert s.patch(m.pieces[k], [(100, blob[at : at + 1])], ("m1", "")) is not None
+            else:
+                s.invalidate([k])
+                _put(s, m, blob, k)
+
+        t = threading.Thread(target=repair, daemon=True)
+        t.start()
+        t.join(20)
+        done = not t.is_alive()
+        s.gate.set()  # lets the hasher go on in any case (the old code's patch waits for it)
+        t.join(30)
+        assert done, f"the {how} waited for the hasher's run to end"
+        assert s.wait_checked(30) and s.file_verified(0)
+        s.finalize()
+    assert (dest / "blob.bin").read_bytes() == blob

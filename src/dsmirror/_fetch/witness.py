@@ -139,7 +139,8 @@ class Witnesses:
             if not convicted and self._spots >= self.policy.config.max_pending:
                 self.skipped += 1
                 return
-            blocks = self.policy.blocks(piece.length, self.policy.share(source, convicted=convicted))
+            share = self.policy.share(source, convicted=convicted)
+            blocks = self.policy.blocks(piece.length, share, least=1 if convicted else 0)
             if not blocks:
                 return
             # Spot checks newest first: when checks fall behind (a loaded machine, a far witness),
@@ -187,7 +188,7 @@ class Witnesses:
                 if i not in prov:
                     continue
                 src, digest = prov[i]
-                blocks = self.policy.blocks(self.m.pieces[i].length, share)
+                blocks = self.policy.blocks(self.m.pieces[i].length, share, least=1)
                 if blocks:
                     self.policy.rng.shuffle(blocks)
                     key = rank[src] * (1 << 32) + self.policy.rng.randrange(1 << 32)
@@ -384,7 +385,8 @@ class Witnesses:
             for i, (src, digest) in prov.items():
                 if src != name or self.store.file_verified(self.m.pieces[i].file_index):
                     continue
-                blocks = self.policy.blocks(self.m.pieces[i].length, self.policy.share(name, convicted=True))
+                share = self.policy.share(name, convicted=True)
+                blocks = self.policy.blocks(self.m.pieces[i].length, share, least=1)
                 if blocks:
                     self._put(0, 0, i, src, digest, blocks)
 

@@ -686,14 +686,20 @@ class Store:
                                 cap = min(cap, h.stream_piece)
                             end = self._done.find(0, first, cap)
                             last = (cap if end < 0 else end) - 1
-                            h.reading = True
-                        run = self.manifest.pieces[last]
-                        need = min(size, run.offset + run.length - self.manifest.pieces[first].offset)
-                        if len(buf) < need:
-                            buf = bytearray(min(size, max(need, 2 * len(buf))))
-                        self._hash_run(self.manifest.pieces[first], self.manifest.pieces[last], h.sha, buf)
-                        with h.lock:
-                            h.reading = False
+                            h.reading, h.read_to = True, last + 1 - rng.start
+                    # Read and hashed without _hash_lock: a patch or an invalidation of a piece
+                    # this run covers replaces the hasher (``_rewind``) instead of waiting for
+                    # the run, and the run's result is then dropped. Held across the run, the lock
+                    # was taken again at once by this loop: a patch waited for the hasher to
+                    # reach the file's end (0.34 s a patch, 140 s for a late liar's repair).
+                    run = self.manifest.pieces[last]
+                    need = min(size, run.offset + run.length - self.manifest.pieces[first].offset)
+                    if len(buf) < need:
+                        buf = bytearray(min(size, max(need, 2 * len(buf))))
+                    self._hash_run(self.manifest.pieces[first], self.manifest.pieces[last], h.sha, buf)
+                    with self._hash_lock, h.lock:
+                        h.reading = False
+                        if self._hashers[fi] is h:
                             self._hashed_up_to(fi, h, last + 1)
         except BaseException as exc:  # reported by finalize()
             self._hash_error = exc
@@ -1007,10 +1013,12 @@ class Store:
                 self._append(_X, piece.index)
                 self.provenance[piece.index] = (provenance[0], digest)
                 os.write(self._prov_fd, f"{piece.index} {provenance[0]} {digest}\n".encode())
-            # Hashed again only if the hasher already read this piece (it reads in order, under
-            # _hash_lock): a patch ahead of it costs nothing, one behind it a pass over the file.
+            # Hashed again only if the hasher read this piece already or is reading it now (it
+            # reads in order): a patch ahead of it costs nothing, one behind it a pass from the
+            # last checkpoint before the piece.
             local = piece.index - self.manifest.file_piece_ranges[fi].start
-            if self._hashers[fi].next_piece > local:
+            h = self._hashers[fi]
+            if h.next_piece > local or (h.reading and local < h.read_to):
                 self._rewind(fi, local)
                 before = self._verified_share(fi)
                 self._file_ok[fi] = None
@@ -1236,6 +1244,7 @@ class _FileHasher:
         "lock",
         "next_piece",
         "published",
+        "read_to",
         "reading",
         "saved",
         "sha",
@@ -1251,6 +1260,7 @@ class _FileHasher:
         self.lock = threading.Lock()
         #: the hasher thread is reading pieces back into ``sha`` (no stream is adopted meanwhile)
         self.reading = False
+        self.read_to = 0  #: while ``reading``: the pieces up to this one (in the file, exclusive)
         #: a copy of ``sha`` fed the piece ``stream_piece`` (its first ``stream_pos`` bytes) as it
         #: is written, when that is the next piece ``sha`` needs (-1: none)
         self.stream: ResumableSha256 | None = None

@@ -183,11 +183,15 @@ class WitnessPolicy:
         p = self._t(name).passed
         return c.floor_share + (c.start_share - c.floor_share) * c.trust_half / (c.trust_half + p)
 
-    def blocks(self, length: int, share: float) -> list[tuple[int, int]]:
+    def blocks(self, length: int, share: float, *, least: int = 0) -> list[tuple[int, int]]:
         """``(offset, size)`` of the blocks to compare in a piece of ``length`` bytes.
 
         ``share * length / block`` blocks, rounded up or down at random so the expectation is
-        exact, one at a random place in each of that many equal slices of the piece.
+        exact, one at a random place in each of that many equal slices of the piece; at least
+        ``least`` of them (as many as the piece holds). Audits (a convicted source's pieces, a
+        failed file's evidence rounds) ask for one: by expectation alone a piece shorter than a
+        block is compared with the share's probability, and a liar's 7-byte last piece of a file
+        escaped five rounds (1/64 to 1/4) and the audit, so its file was fetched again whole.
         """
         b = min(self.config.block, length)
         if b <= 0:
@@ -196,7 +200,7 @@ class WitnessPolicy:
         n = int(want)
         if self.rng.random() < want - n:
             n += 1
-        n = min(n, length // b)
+        n = min(max(n, least), length // b)
         out = []
         for k in range(n):
             lo, hi = k * length // n, (k + 1) * length // n
