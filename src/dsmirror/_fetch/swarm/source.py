@@ -72,6 +72,18 @@ paths, without moving or reading anything.
 Time: the stall limit, the peer scans and the resume saves follow the broker's (injected) clock;
 only the waits for libtorrent's alerts are real time (also the wait for the last pieces above).
 
+The disk: libtorrent's copy (``bt/``) is a second copy of what the pull verified or took from peers,
+up to the model's size again (the store's own files are preallocated at open). So that it never
+fills the disk, the swarm reads the free space of the partial area's file system on every turn of
+its loop and counts what it has asked libtorrent to write but libtorrent has not yet written
+(pieces handed over, pieces its slots are fetching): when less than ``disk_reserve`` would be
+left, the copy stops growing. Verified pieces are no longer handed to libtorrent (only their
+indices are kept, to hand over once space is back: twice the reserve free), and with mirrors in
+the pull the swarm gives its spans back and takes no new ones, so peers keep getting what the copy
+holds and the mirrors fetch the rest. It says so once (``SourceTrouble``). A pull --seed whose copy
+stopped short seeds from the installed files instead of taking its torrent over. Without mirrors
+the swarm still downloads (nothing else can finish the pull).
+
 Where libtorrent keeps its copy and its resume data meanwhile: ``dsmirror._fetch.swarm.resume``;
 the session it runs in: ``dsmirror._fetch.swarm.session``.
 """
@@ -92,6 +104,7 @@ import libtorrent as lt
 
 from dsmirror._core.errors import DsmirrorError, NoSourceError, PieceMismatch, SourceNotFound, UsageError
 from dsmirror._core.events import PieceRejected, SourceDropped, SourceTrouble
+from dsmirror._core.sizes import format_bytes
 from dsmirror._fetch.swarm.config import SwarmConfig
 from dsmirror._fetch.swarm.resume import (
     RESUME_EVERY,
@@ -111,6 +124,7 @@ from dsmirror._fetch.swarm.torrent import (
     torrent_from_info,
 )
 from dsmirror._formats.manifest import Manifest, Piece
+from dsmirror._journal.store import SPACE_MARGIN
 from dsmirror._schedule.info import SourceInfo
 
 if TYPE_CHECKING:
@@ -129,6 +143,13 @@ _BAN_STRIKES = 2  # bad pieces with a peer's blocks in them that ban it (one if 
 _HAND_OVER_WAIT = 10.0  # seconds the end of a pull --seed waits for libtorrent to take its last pieces
 
 
+def disk_reserve(total: int) -> int:
+    """Free bytes libtorrent's copy leaves on a file system of ``total`` bytes (see "The disk"):
+    2% of it, at least the store's margin and at most 1 GiB (several seconds of writes at the
+    fastest LAN rates, between two turns of the loop)."""
+    return max(SPACE_MARGIN, min(1 << 30, total // 50))
+
+
 @dataclass
 class SwarmStats:
     """What the swarm did during a pull (libtorrent's counters, read when the pull ends)."""
@@ -139,6 +160,9 @@ class SwarmStats:
     failed: int = 0  # received and failed the hash check
     injected: int = 0  # pieces verified from other sources and handed to libtorrent for peers
     banned_peers: int = 0
+    #: pieces not handed to libtorrent when the pull ended, for lack of disk space ("The disk")
+    starved: int = 0
+    lowest_free: int = -1  # the least free space the swarm saw on the partial area's file system
 
 
 @dataclass(frozen=True)
@@ -286,6 +310,10 @@ class SwarmSource:
         self._broker: PieceBroker | None = None
         self._live: LiveTorrent | None = None  # left running by close() for the seeder
         self._plain_on_metadata = False  # a magnet's copy goes to plain files (``_add``)
+        # The disk ("The disk" in the module docstring): the copy stops growing while low.
+        self._disk_low = False
+        self._reserve = -1  # disk_reserve of the partial area's file system, once run
+        self._starved: set[int] = set()  # manifest pieces not handed to libtorrent while low
 
     @property
     def name(self) -> str:
@@ -373,6 +401,10 @@ class SwarmSource:
             return False
         if not handle.is_valid():
             return False
+        self._check_disk(broker)
+        if self._disk_low or self._starved:
+            self.stats.starved = len(self._starved)
+            return False  # its copy stopped short ("The disk"): the seeder reads the installed files
         prios = list(handle.get_file_priorities())
         if any(not f.pad and (k >= len(prios) or prios[k] == 0) for k, f in enumerate(torrent.files)):
             return False  # its copy is in the part file: no files to point elsewhere
@@ -472,6 +504,7 @@ class SwarmSource:
             self._take_blame(broker)
             self._check(broker)
             self._review(broker, now)
+            self._check_disk(broker)
             self._feed(broker)
             if not self._acquire(broker, now):
                 return
@@ -863,6 +896,8 @@ class SwarmSource:
     def _want_more(self) -> bool:
         if len(self._slots) >= self.info.max_connections:
             return False
+        if self._disk_low and self._broker is not None and self._broker.has_mirrors:
+            return False  # nothing more into libtorrent's copy: the mirrors fetch it
         if self.handle.status().num_peers == 0:
             # One slot even so: a torrent with every piece at priority 0 is "finished", and a
             # finished torrent does not keep connections to seeds. More only once peers are there.
@@ -901,7 +936,7 @@ class SwarmSource:
         that piece it is delivered at once, and if a mirror got it first it cost LAN bytes only.
         """
         assert self.map is not None
-        if broker.finished():
+        if broker.finished() or (self._disk_low and broker.has_mirrors):
             return
         wanting = any(
             self.map.to_torrent[i] >= 0 and not self._have[self.map.to_torrent[i]]
@@ -965,14 +1000,60 @@ class SwarmSource:
             else:
                 self.handle.prioritize_pieces([(t, self._prio[t]) for t in sorted(changed)])
 
+    def _check_disk(self, broker: PieceBroker) -> None:
+        """Stop or resume the growth of libtorrent's copy by the free space ("The disk")."""
+        assert self.map is not None
+        area = self._area
+        if area is None:
+            return
+        try:
+            usage = shutil.disk_usage(area)
+        except OSError:
+            return
+        if self._reserve < 0:
+            self._reserve = disk_reserve(usage.total)
+        if self.stats.lowest_free < 0 or usage.free < self.stats.lowest_free:
+            self.stats.lowest_free = usage.free
+        # Bytes libtorrent was asked for and may not have written yet: pieces handed over, and
+        # the pieces the slots fetch that it does not hold.
+        owed = len(self._injecting) + sum(
+            1 for i in self._owner if (t := self.map.to_torrent[i]) >= 0 and not self._have[t]
+        )
+        free = usage.free - owed * self.manifest.piece_size
+        if not self._disk_low and free < self._reserve:
+            self._disk_low = True
+            if broker.has_mirrors:
+                for slot in list(self._slots.values()):
+                    self._drop(broker, slot)
+                if self._bait_piece >= 0:
+                    t = self.map.to_torrent[self._bait_piece]
+                    if self._prio[t]:
+                        self._prio[t] = 0
+                        self._prio_changed.add(t)
+                    self._bait_piece = -1
+            why = (
+                f"{format_bytes(usage.free)} free on the disk of {area}: libtorrent's copy for LAN "
+                f"peers stops growing (they get what it holds; {format_bytes(self._reserve)} stays free)"
+            )
+            broker.emit(SourceTrouble(self.name, why, None))
+        elif self._disk_low and free >= 2 * self._reserve:
+            self._disk_low = False
+            for i in sorted(self._starved):
+                self._pending.put((i, None))  # read back from the store when handed over
+            self._starved.clear()
+
     def _feed(self, broker: PieceBroker) -> None:
-        """Hand verified pieces to libtorrent so that peers can have them."""
+        """Hand verified pieces to libtorrent so that peers can have them (while the disk has
+        room: only their indices are kept otherwise, the bytes are read again later)."""
         assert self.map is not None
         while len(self._injecting) < _MAX_INJECTING:
             try:
                 i, data = self._pending.get_nowait()
             except queue.Empty:
                 return
+            if self._disk_low:
+                self._starved.add(i)
+                continue
             t = self.map.to_torrent[i]
             if t < 0 or (self._have[t] and t not in self._tainted) or t in self._injecting:
                 continue
