@@ -683,6 +683,11 @@ class _Engine:
     def _take_file_results(self) -> None:
         for fi, ok in self.store.take_file_results():
             self.repair.file_checked(fi, ok)
+            if ok:  # a swarm may share the verified file's blocks with its own copy
+                for sw in self.swarms.values():
+                    share = getattr(sw, "file_verified", None)
+                    if share is not None:
+                        share(fi, self.store.partial_path(fi))
         self.repair.poll()
 
     def finished(self, files: Sequence[str], before: int, seconds: float) -> PullFinished:

@@ -777,6 +777,10 @@ class Store:
         """One byte per piece, 1 if it is verified (a snapshot)."""
         return bytes(self._done)
 
+    def partial_path(self, file_index: int) -> Path:
+        """Where file ``file_index`` is kept until it is installed (``data/<path>``)."""
+        return self.data_dir / self.manifest.files[file_index].path
+
     def file_verified(self, file_index: int) -> bool:
         """Whether file ``file_index`` matched its whole-file digest (False: failed or not checked yet)."""
         return bool(self._file_ok[file_index])

@@ -84,6 +84,18 @@ holds and the mirrors fetch the rest. It says so once (``SourceTrouble``). A pul
 stopped short seeds from the installed files instead of taking its torrent over. Without mirrors
 the swarm still downloads (nothing else can finish the pull).
 
+One copy per finished file: once the store verified a file (the engine calls ``file_verified``)
+and libtorrent holds every piece of it (none tainted, none unchecked, none being handed over),
+libtorrent writes to that file no more, and both copies hold the same bytes. Its file in ``bt/`` is
+then replaced by a hard link to the store's partial file (renamed over it) and libtorrent is told
+to close its file handles (``flush_cache``): the disk keeps one copy of that file, which the install
+moves into place (a rename: the link stays) and the seeder then serves. libtorrent downloads only
+pieces at a priority above 0, which the swarm gives to pieces the store lacks, so it never writes
+into a linked file; and a resumed pull removes the links from ``bt/`` before libtorrent opens it
+(``_unshare``: a piece the store no longer trusts is fetched again). A pull of a model of many
+files thus holds a second copy only of the files still in progress. Not for a single-file model
+(an Ollama blob): its one file is complete only at the end.
+
 Where libtorrent keeps its copy and its resume data meanwhile: ``dsmirror._fetch.swarm.resume``;
 the session it runs in: ``dsmirror._fetch.swarm.session``.
 """
@@ -92,6 +104,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import queue
 import shutil
 import threading
@@ -314,6 +327,11 @@ class SwarmSource:
         self._disk_low = False
         self._reserve = -1  # disk_reserve of the partial area's file system, once run
         self._starved: set[int] = set()  # manifest pieces not handed to libtorrent while low
+        # One copy per finished file ("One copy per finished file"): files the store verified,
+        # to link once libtorrent holds all of their pieces, and those linked.
+        self._verified_files: queue.SimpleQueue[tuple[int, Path]] = queue.SimpleQueue()
+        self._to_link: dict[int, Path] = {}
+        self.linked: set[int] = set()
 
     @property
     def name(self) -> str:
@@ -322,6 +340,10 @@ class SwarmSource:
     # -- engine protocol -----------------------------------------------------------------------
     def piece_available(self, piece: Piece, data: bytes | None) -> None:
         self._pending.put((piece.index, data))
+
+    def file_verified(self, file_index: int, path: Path) -> None:
+        """The store verified file ``file_index``, kept at ``path`` until it is installed."""
+        self._verified_files.put((file_index, path))
 
     def run(self, broker: PieceBroker) -> None:
         with self._lock:
@@ -453,6 +475,7 @@ class SwarmSource:
             shutil.rmtree(bt, ignore_errors=True)
             with contextlib.suppress(OSError):
                 (area / "bt.resume").unlink()
+        self._unshare(bt)
         atp = read_resume(area)
         resumed = atp is not None
         # A magnet's files get priority 4 once its metadata arrives (``_become_ready``), so that
@@ -484,6 +507,17 @@ class SwarmSource:
             # themselves ("partfile_read ... No such file").
         return self.session.add_torrent(atp)
 
+    def _unshare(self, bt: Path) -> None:
+        """Files of ``bt/`` linked to the store's in an earlier run ("One copy per finished file")
+        are removed before libtorrent opens them: a piece of one that the store no longer trusts
+        (found damaged at the resume) is fetched again, and libtorrent must not write a peer's
+        unchecked blocks into the store's file. libtorrent gets them back from the store."""
+        for f in self.manifest.files:
+            copy = bt / f.path
+            with contextlib.suppress(OSError):
+                if copy.lstat().st_nlink > 1:
+                    copy.unlink()
+
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self, broker: PieceBroker) -> None:
         # Until the engine stops (not merely until every piece is verified): a file that fails its
@@ -506,6 +540,7 @@ class SwarmSource:
             self._review(broker, now)
             self._check_disk(broker)
             self._feed(broker)
+            self._link_files()
             if not self._acquire(broker, now):
                 return
             self._bait(broker)
@@ -1041,6 +1076,46 @@ class SwarmSource:
             for i in sorted(self._starved):
                 self._pending.put((i, None))  # read back from the store when handed over
             self._starved.clear()
+
+    def _link_files(self) -> None:
+        """Share the blocks of verified files libtorrent holds whole ("One copy per finished file")."""
+        assert self.map is not None
+        while True:
+            try:
+                fi, path = self._verified_files.get_nowait()
+            except queue.Empty:
+                break
+            self._to_link[fi] = path
+        if not self._to_link or self._area is None:
+            return
+        rng = self.manifest.file_piece_ranges
+        for fi, path in list(self._to_link.items()):
+            r = rng[fi]
+            ts = [self.map.to_torrent[i] for i in (r.start, r.stop - 1)] if len(r) else []
+            if not ts or min(ts) < 0 or fi in self.map.missing_files:
+                del self._to_link[fi]  # not in the torrent: nothing to share
+                continue
+            t0, t1 = ts[0], ts[1] + 1
+            if self._have.find(0, t0, t1) >= 0 or any(
+                t0 <= t < t1 for t in (*self._tainted, *self._unchecked, *self._injecting)
+            ):
+                continue  # libtorrent may still write into its copy of the file
+            del self._to_link[fi]
+            copy = self._area / "bt" / self.manifest.files[fi].path
+            tmp = copy.with_name(copy.name + ".dsmirror-link")
+            try:
+                if os.path.samefile(copy, path):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                os.link(path, tmp)
+                os.replace(tmp, copy)
+            except OSError:  # another file system, no hard links, gone: the two copies stay
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                continue
+            self.linked.add(fi)
+            self.handle.flush_cache()  # closes its handles: the old copy's blocks are freed
 
     def _feed(self, broker: PieceBroker) -> None:
         """Hand verified pieces to libtorrent so that peers can have them (while the disk has
