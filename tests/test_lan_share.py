@@ -66,6 +66,40 @@ def test_a_machine_that_met_only_pullers_starts_one_connection_before_the_set_ho
     assert _open(s) == []
 
 
+def test_a_machine_alone_starts_on_time_unless_a_peer_is_on_its_way() -> None:
+    """Alone (no peer met), one connection starts 1.1 s after the swarm was ready (seeders announce
+    every second), and its connections are told to ask again then, not on a 0.2 s grid (they all
+    ask in step: bench_lan's first machine began 1.40 s after its swarm was ready, 1.25 s plus
+    the grid). A peer still connecting or in its handshake (``pending``) may be a seed: the machine
+    waits for it (it was not counted at all: only peers through their handshake were)."""
+    s, _ = _sched(256)
+    s.set_lan_hosts("swarm", IDS[0], [], 0)  # ready, no peer
+    _advance(s, 1.0)
+    wait = s.acquire("upstream")
+    assert isinstance(wait, float) and 0 < wait <= 0.1 + 1e-9
+    _advance(s, wait)
+    first = _open(s)
+    assert len(first) == 1 and first[0].end - first[0].start == 1
+    # The same, but a peer is connecting when the second and a tenth is up.
+    s, _ = _sched(256)
+    s.set_lan_hosts("swarm", IDS[0], [], 0)
+    _advance(s, 1.05)
+    s.set_lan_hosts("swarm", IDS[0], [], 0, 1)  # heard of (LSD) and being dialled
+    _advance(s, 0.1)
+    assert _open(s) == []
+    s.set_lan_hosts("swarm", IDS[0], [], 1, 0)  # met: a seed (it has pieces, it is no host)
+    _advance(s, 0.1)
+    assert _open(s) == []  # a seed met: wait for the set to hold still, then take what it has not
+    # A peer that never gets through (a dead address dialled again and again) is no longer on its
+    # way after a while (the swarm stops counting it), and the machine starts.
+    s, _ = _sched(256)
+    s.set_lan_hosts("swarm", IDS[0], [], 0, 1)
+    _advance(s, 1.2)
+    assert _open(s) == []
+    s.set_lan_hosts("swarm", IDS[0], [], 0, 0)
+    assert len(_open(s)) == 1
+
+
 def test_the_last_machine_fetching_gets_all_its_connections_back() -> None:
     """The others finished their blocks (they still pull, over the LAN): once nothing new has
     appeared among the pieces peers have for a second, this machine may use the whole uplink."""

@@ -610,17 +610,17 @@ def test_mirrors_of_a_lan_pull_wait_to_meet_the_peers() -> None:
     s1, _ = _sched(64)
     s1.set_lan_hosts("swarm", IDS[0], [], 0)
     assert isinstance(s1.acquire("upstream"), float)  # seeders announce every second
-    _advance(s1, 0.8)
+    _advance(s1, 1.0)
     assert isinstance(s1.acquire("upstream"), float)  # a seeder may not have announced yet
-    _advance(s1, 0.5)
+    _advance(s1, 0.12)  # a second and a tenth (was a second and a quarter)
     first = s1.acquire("upstream")
     assert isinstance(first, Assignment) and first.end - first.start == 1
     assert isinstance(s1.acquire("upstream"), float)  # the others wait for lan_grace
-    _advance(s1, 0.8)
+    _advance(s1, 0.9)
     assert isinstance(s1.acquire("upstream"), Assignment)
     other = _sched(64)[0]
     other.set_lan_hosts("swarm", IDS[1], [], 0)
-    _advance(other, 1.3)
+    _advance(other, 1.12)
     second = other.acquire("upstream")
     assert isinstance(second, Assignment) and second.start != first.start  # another machine, elsewhere
     s2, _ = _sched(64)

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from dsmirror._fetch.swarm.source import peer_view, piece_runs
+from dsmirror._fetch.swarm.source import _PEER_SCAN, _PEER_SCAN_MIN, peer_view, piece_runs, scan_period
 
 
 def _plain(avail: list[int], mine: bytearray, tainted: set[int], to_torrent: tuple[int, ...]) -> bytes:
@@ -45,3 +45,13 @@ def test_peer_view_is_the_per_piece_rule(seed: int) -> None:
     to_torrent = tuple(order)
     got = peer_view(avail, mine, tainted, piece_runs(to_torrent))
     assert bytes(got) == _plain(avail, mine, tainted, to_torrent)
+
+
+def test_a_cheap_map_is_scanned_every_loop_turn_and_a_dear_one_seldom() -> None:
+    """A small model's map (98 pieces: a scan ~0.3 ms) is refreshed every loop turn, so that a
+    peer's piece reaches the scheduler at once (it waited up to 0.25 s: the end of every pull,
+    and a seeder met just before a machine alone starts); a 700k-piece map (0.08-0.17 s a scan)
+    every 0.25 s, a tenth of the loop's time at most."""
+    assert scan_period(0.0003) == _PEER_SCAN_MIN == 0.05
+    assert scan_period(0.1) == _PEER_SCAN == 0.25
+    assert scan_period(0.012) == pytest.approx(0.12)

@@ -62,9 +62,9 @@ if _path:
             err=type(error).__name__ if error else None,
         )
 
-    def set_lan_hosts(self, name, me, hosts, peers):  # type: ignore[no-untyped-def]
-        _hosts(self, name, me, hosts, peers)
-        _log(ev="hosts", me=me, hosts=sorted(hosts), peers=peers, known=_known(self))
+    def set_lan_hosts(self, name, me, hosts, peers, pending=0):  # type: ignore[no-untyped-def]
+        _hosts(self, name, me, hosts, peers, pending)
+        _log(ev="hosts", me=me, hosts=sorted(hosts), peers=peers, pending=pending, known=_known(self))
 
     S.acquire, S.piece_verified, S.release, S.set_lan_hosts = acquire, piece_verified, release, set_lan_hosts
     _log(ev="start", pid=os.getpid())

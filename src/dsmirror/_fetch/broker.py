@@ -88,8 +88,8 @@ class PieceBroker(Protocol):
         """``source`` can fetch piece *i* only while ``have[i]``; it updates ``have`` in place."""
         ...
 
-    # Optional (a swarm calls it when the broker has it): ``set_lan_hosts(source, me, hosts, peers)``,
-    # who pulls the same model on this machine's LAN (``Scheduler.set_lan_hosts``).
+    # Optional (a swarm calls it when the broker has it): ``set_lan_hosts(source, me, hosts, peers,
+    # pending)``, who pulls the same model on this machine's LAN (``Scheduler.set_lan_hosts``).
 
     def ban(self, source: str, reason: str) -> None:
         """``source`` takes no more work in this pull."""

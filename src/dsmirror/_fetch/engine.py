@@ -811,8 +811,8 @@ class _Broker:
     def set_peer_pieces(self, source: str, have: bytearray) -> None:
         self._eng.sched.set_peer_pieces(source, have)
 
-    def set_lan_hosts(self, source: str, me: str, hosts: Sequence[str], peers: int) -> None:
-        self._eng.sched.set_lan_hosts(source, me, hosts, peers)
+    def set_lan_hosts(self, source: str, me: str, hosts: Sequence[str], peers: int, pending: int = 0) -> None:
+        self._eng.sched.set_lan_hosts(source, me, hosts, peers, pending)
 
     def ban(self, source: str, reason: str) -> None:
         self._eng.sched.ban(source, reason)

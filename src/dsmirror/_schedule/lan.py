@@ -37,11 +37,18 @@ The start: discovery before the first byte
     mirrors that started meanwhile would fetch what the seeders of the LAN have. A swarm not ready
     after ``lan_ready_wait`` seconds (a magnet whose metadata no peer sends) is not waited for.
     A machine alone does not pay the whole grace: once its swarm was ready ``_EARLY_AFTER`` seconds
-    with no peer (seeders announce every torrent on the LAN every second, and a seeder that took its
-    torrent over from its pull makes no announce at add: a machine that restarts hears of them
-    within that second, not at once), one connection starts, in its best block (where another
-    machine starting unseen at the same time is unlikely to be), in a model of at least
-    ``_EARLY_BLOCKS`` blocks. Until the grace is over nothing more, not even a steal; then, still
+    with no peer, met or on its way (connecting, or in its handshake: ``pending``), one connection
+    starts, in its best block (where another machine starting unseen at the same time is unlikely
+    to be), in a model of at least ``_EARLY_BLOCKS`` blocks. Why that long: seeders announce every
+    torrent on the LAN every second, and a seeder that took its torrent over from its pull makes no
+    announce at add; most seeders dial a machine at its own announce (measured: met 1-30 ms after
+    the swarm was ready), but one that failed to reach that address before (a machine that restarts,
+    or pulls again) backs off from it, and is heard of at its next announce, within that second
+    (measured: 0.18-0.21 s, 2 joiners of 6). The swarm finds such a peer within a loop turn of its
+    dial (``SwarmSource._scan_peers``), and while it connects it is ``pending``: so the wait is that
+    second and a tenth, not a second and a peer scan more (1.25 s, which with the 0.2 s grid of
+    the connections' asking put the first byte of a machine alone 1.4 s after its swarm was ready).
+    Until the grace is over nothing more, not even a steal; then, still
     alone, it keeps at most ``lan_alone_bytes`` in flight, doubling every ``lan_grace``: a machine
     that joins later meets that much at work, which it cannot see (a join costs the pieces in flight
     in its blocks).
@@ -90,6 +97,7 @@ from dsmirror._schedule.owners import LanView
 from dsmirror._schedule.state import Assignment, SourceState
 
 __all__ = [
+    "ask_again",
     "cut_to_owner",
     "extends",
     "hosts_changed",
@@ -104,7 +112,7 @@ __all__ = [
 
 
 _EARLY_BLOCKS = 64  # a machine alone starts before lan_grace only in a model of this many blocks
-_EARLY_AFTER = 1.25  # ... and once its swarm was ready this long with no peer (LSD: every 1 s)
+_EARLY_AFTER = 1.1  # ... and once its swarm was ready this long with no peer (LSD: every 1 s)
 _QUIET = 1.0  # nothing new among the pieces peers have this long: the others left the uplink
 _ORDER_WINDOW = 32  # blocks of this machine a pick looks at in its order (``_by_order``)
 
@@ -140,6 +148,7 @@ def waiting(board: Board, s: SourceState, now: float) -> bool:
         # yet (they started together; a seed, or a peer turning into one, is waited for), or
         # alone once LSD would have found the seeders.
         early = view.blocks >= _EARLY_BLOCKS and busy == 0 and view.peers == len(view.hosts)
+        early = early and not view.pending  # a peer connecting may be a seed
         if early and view.hosts:
             return any(have.find(1) >= 0 for have in board.peer_pieces.values())
         return not (early and since >= _EARLY_AFTER)
@@ -151,6 +160,20 @@ def waiting(board: Board, s: SourceState, now: float) -> bool:
     over = since - cfg.lan_grace
     room = cfg.lan_alone_bytes << min(16, int(over / cfg.lan_grace))
     return busy * board.m.piece_size >= max(board.m.piece_size, room)
+
+
+def ask_again(board: Board, now: float, longest: float) -> float:
+    """Seconds until a mirror that ``waiting`` holds should ask again: when the next of the start's
+    limits passes (``_EARLY_AFTER``, ``lan_settle``, ``lan_grace``), at most ``longest``."""
+    view, cfg = board.lan, board.cfg
+    if view is None or view.ready_at is None:
+        return longest
+    since = now - max(view.started, view.ready_at)
+    ends = [_EARLY_AFTER - since, cfg.lan_grace - since]
+    if view.peers > 0 and view.changed_at is not None:
+        ends.append(cfg.lan_settle - (now - view.changed_at))
+    soon = min((e for e in ends if e > 0), default=longest)
+    return max(0.01, min(longest, soon))
 
 
 def _others_quiet(board: Board, view: LanView, now: float) -> bool:
@@ -256,10 +279,12 @@ def _by_order(board: Board, s: SourceState, view: LanView) -> int | None:
     return fallback
 
 
-def hosts_changed(board: Board, me: str, hosts: Sequence[str], peers: int, now: float) -> None:
+def hosts_changed(
+    board: Board, me: str, hosts: Sequence[str], peers: int, now: float, pending: int = 0
+) -> None:
     """The swarm's report of the machines pulling (``Scheduler.set_lan_hosts``)."""
     view = board.lan
-    if view is not None and view.update(me, hosts, peers, now, board.cfg.lan_handover):
+    if view is not None and view.update(me, hosts, peers, now, board.cfg.lan_handover, pending):
         board.pieces.reset_candidates()  # blocks that were another machine's may be this one's
         cut_to_owner(board)
 

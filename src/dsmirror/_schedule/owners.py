@@ -56,6 +56,7 @@ class LanView:
     hosts: tuple[str, ...] = ()  # the other machines pulling and fetching from outside
     held: dict[str, float] = field(default_factory=dict)  # machines that left -> when: owners still
     peers: int = 0  # connected peers of any kind (seeds too)
+    pending: int = 0  # peers on their way: connecting, or in their handshake (not in ``peers`` yet)
     changed_at: float | None = None  # when the swarm last reported a different set of peers
     ready_at: float | None = None  # when the swarm first reported (it is ready: torrent checked)
     swarm_slow: bool = False  # mirrors may take pieces peers have (set by the scheduler's tick)
@@ -75,8 +76,11 @@ class LanView:
         block = block_pieces(num_pieces, piece_size)
         return cls(started, block, -(-num_pieces // block))
 
-    def update(self, me: str, hosts: Sequence[str], peers: int, now: float, hold: float = 0.0) -> bool:
+    def update(
+        self, me: str, hosts: Sequence[str], peers: int, now: float, hold: float = 0.0, pending: int = 0
+    ) -> bool:
         """The swarm's latest report; True if the owners changed."""
+        self.pending = pending
         others = tuple(sorted(h for h in set(hosts) if h != me))
         if self.ready_at is None:
             self.ready_at = now

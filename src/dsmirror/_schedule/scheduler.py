@@ -238,7 +238,10 @@ class Scheduler:
             if wait is not None:
                 return wait
             if lan.waiting(self._board, s, now):
-                return 0.2  # a LAN pull: first meet the peers; nor may it steal meanwhile (``lan``)
+                # A LAN pull: first meet the peers; nor may it steal meanwhile (``lan``). Asked
+                # again when the wait may end: a machine alone starts on time, not on a 0.2 s grid
+                # (every connection asks in step, so the grid was its whole delay).
+                return lan.ask_again(self._board, now, 0.2)
             a = self._take_free(s, now)
             if a is None:
                 a = self._steal(s, now)
@@ -417,13 +420,14 @@ class Scheduler:
         with self._lock:
             self._board.peer_pieces[name] = have
 
-    def set_lan_hosts(self, name: str, me: str, hosts: Sequence[str], peers: int) -> None:
+    def set_lan_hosts(self, name: str, me: str, hosts: Sequence[str], peers: int, pending: int = 0) -> None:
         """Swarm ``name`` says who pulls the model on its LAN: this machine is ``me``, ``hosts`` are
         the other machines that fetch from mirrors and are not done, ``peers`` counts every
-        connected peer. Mirrors fetch from outside only this machine's blocks (``lan``)."""
+        connected peer, ``pending`` the peers still connecting or in their handshake. Mirrors
+        fetch from outside only this machine's blocks (``lan``)."""
         with self._lock:
             self._watch_lan()
-            lan.hosts_changed(self._board, me, hosts, peers, self.clock.now())
+            lan.hosts_changed(self._board, me, hosts, peers, self.clock.now(), pending)
 
     def ban(self, name: str, reason: str) -> None:
         with self._lock:

@@ -11,13 +11,14 @@ is added with ``default_dont_download``, so even a magnet's pieces start at prio
 metadata arrives. ``set_piece_deadline`` is never used: it raises a priority-0 piece to 7.
 
 Which pieces the swarm should ask for depends on what its peers have: the swarm keeps a map of the
-pieces some connected peer (or libtorrent's own copy) has, refreshed every 0.25 s, and hands it to
-the scheduler (``Scheduler.set_peer_pieces``) so that the swarm is given
-only those and mirrors the others, which is what lets a LAN fetch each piece from outside about
-once (``scripts/bench_lan.py``). When the peers that had a piece leave, the swarm gives back, after
-``_STALL`` seconds, a span whose first piece no peer has any more. To learn what peers
-have, the torrent must not look finished while the swarm holds no work (seeds drop upload-only
-peers): one missing piece is then kept at priority 1 (``_bait``).
+pieces some connected peer (or libtorrent's own copy) has, refreshed every loop turn for a small
+map and every 0.25 s for a large one (``scan_period``), and at the next turn when a peer came, left
+or first told its pieces; it hands the map to the scheduler (``Scheduler.set_peer_pieces``) so that
+the swarm is given only those and mirrors the others, which is what lets a LAN fetch each piece
+from outside about once (``scripts/bench_lan.py``). When the peers that had a piece leave, the
+swarm gives back, after ``_STALL`` seconds, a span whose first piece no peer has any more. To learn
+what peers have, the torrent must not look finished while the swarm holds no work (seeds drop
+upload-only peers): one missing piece is then kept at priority 1 (``_bait``).
 
 When libtorrent finishes a piece (``piece_finished_alert``: its own SHA-1 / SHA-256 Merkle check
 passed), the swarm reads it back (``read_piece``: through libtorrent's disk layer, which also sees
@@ -149,7 +150,9 @@ __all__ = ["LiveTorrent", "SwarmSource", "SwarmStats"]
 _MAX_INJECTING = 16  # pieces handed to libtorrent with add_piece and not yet checked by it
 _TARGET_BYTES = 64 << 20  # pieces held in slots: enough to keep a LAN link busy between loop turns
 _STALL = 5.0  # a slot whose head no peer has for this long is given back (when mirrors exist)
-_PEER_SCAN = 0.25  # seconds between refreshes of which pieces the connected peers have
+_PEER_SCAN = 0.25  # seconds between refreshes of which pieces the connected peers have, at most
+_PEER_SCAN_MIN = 0.05  # ... and at least (a loop turn), for a map cheap to make (``scan_period``)
+_PENDING_FOR = 0.5  # a peer connecting or in its handshake counts as on its way this long (s)
 _MAX_CHECKING = 16  # pieces of the manifest's own swarm being read back to be checked
 _UPLINK_ID = PEER_ID_PREFIX + UPLINK  # peer ids of machines that fetch a share from mirrors
 _BAN_STRIKES = 2  # bad pieces with a peer's blocks in them that ban it (one if it sent all blocks)
@@ -202,6 +205,16 @@ class _Slot:
 _NONZERO = bytes([0] + [1] * 255)
 #: After ``_bait`` found no piece, it looks again once libtorrent loses one, or after this (s).
 _BAIT_RESCAN = 5.0
+
+
+def scan_period(cost: float) -> float:
+    """Seconds until the next peer scan, after one that took ``cost`` seconds: every loop turn for
+    a small map (98 pieces: ~0.3 ms), so that a piece or a peer that appears on the LAN reaches the
+    scheduler at once, not up to a quarter of a second later (the first byte of a machine alone
+    waits for that, and so does the end of every pull: its last pieces come from peers); for a
+    large map (0.08-0.17 s at 700k pieces) ``_PEER_SCAN``, so that scans take a tenth of the loop
+    at most."""
+    return min(_PEER_SCAN, max(_PEER_SCAN_MIN, 10 * cost))
 
 
 def piece_runs(to_torrent: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
@@ -296,6 +309,7 @@ class SwarmSource:
         self._prio = bytearray()
         self._prio_changed: set[int] = set()  # torrent pieces whose _prio libtorrent has not got
         self._cooldown = 0.0
+        self._stalled_until = 0.0  # a stalled span was given back: no new work before then
         self._next_dial = 0.0
         self._next_resume = 0.0
         self._ready = False
@@ -304,6 +318,8 @@ class SwarmSource:
         self._peer_view = False  # the scheduler reads _peer_have (Scheduler.set_peer_pieces)
         self._runs: tuple[tuple[int, int, int], ...] | None = None  # piece_runs(map.to_torrent)
         self._next_peer_scan = 0.0
+        self._next_peer_look = 0.0  # the next look at the peers (a scan if due, or if they changed)
+        self._peers_seen = (0, 0, 0)  # ``_peer_signature`` at the last scan
         self._bait_piece = -1  # manifest piece kept at priority 1 while no slot wants one
         self._inject_failures = 0
         self._bait_from = 0
@@ -319,7 +335,8 @@ class SwarmSource:
         self._blame_lock = threading.Lock()
         self._sent_by: dict[int, frozenset[str]] = {}  # manifest piece -> addresses that sent it
         self._blamed: queue.SimpleQueue[tuple[list[int], list[str]]] = queue.SimpleQueue()
-        self._share: tuple[tuple[str, ...], int] = ((), -1)  # (machines pulling, peers) last told
+        self._share: tuple[tuple[str, ...], int, int] = ((), -1, 0)  # (machines pulling, peers, pending)
+        self._connecting: dict[tuple[str, int], float] = {}  # peer not through its handshake -> since
         self._broker: PieceBroker | None = None
         self._live: LiveTorrent | None = None  # left running by close() for the seeder
         self._plain_on_metadata = False  # a magnet's copy goes to plain files (``_add``)
@@ -610,8 +627,12 @@ class SwarmSource:
 
     def _scan_peers(self, now: float) -> None:
         """Refresh which pieces some connected peer has (the scheduler reads it, see module doc)."""
-        if not self._peer_view or now < self._next_peer_scan:
+        if not self._peer_view or now < self._next_peer_look:
             return
+        self._next_peer_look = now + _PEER_SCAN_MIN  # (loop turns come at every alert)
+        if now < self._next_peer_scan and self._peer_signature() == self._peers_seen:
+            return  # not due, and no peer came, left, or told its pieces since the last scan
+        began = time.perf_counter()  # (what a scan costs sets how often: ``scan_period``)
         self._next_peer_scan = now + _PEER_SCAN
         assert self.map is not None
         avail = self.handle.piece_availability()
@@ -624,27 +645,55 @@ class SwarmSource:
         # libtorrent's own copy counts too (a bait piece, a piece finished after a cut).
         if self._runs is None:
             self._runs = piece_runs(self.map.to_torrent)
-        self._peer_have[:] = peer_view(avail, self._have, self._tainted, self._runs)
-        self._update_share()
+        view = peer_view(avail, self._have, self._tainted, self._runs)
+        if (int.from_bytes(view, "little") & ~int.from_bytes(self._peer_have, "little")) != 0:
+            # Pieces new on the LAN: ask the scheduler for them now, not after its last "wait"
+            # (the end of a pull came up to 0.2 s late), unless a stalled span was given back.
+            self._cooldown = self._stalled_until
+        self._peer_have[:] = view
+        self._update_share(now)
+        self._next_peer_scan = now + scan_period(time.perf_counter() - began)
 
-    def _update_share(self) -> None:
-        """Tell the scheduler who pulls this model on the LAN (see the module docstring)."""
+    def _peer_signature(self) -> tuple[int, int, int]:
+        """(peers through their handshake, peers on their way, peers that told they have pieces):
+        a change means a scan now (a large map is scanned every ``_PEER_SCAN`` only, and a seeder
+        met just before a machine alone would start must be seen before it does)."""
+        met = on_way = told = 0
+        for p in self.handle.get_peer_info():
+            if p.flags & lt.peer_info.connecting or p.flags & lt.peer_info.handshake:
+                on_way += 1
+            else:
+                met += 1
+                told += p.num_pieces > 0
+        return met, on_way, told
+
+    def _update_share(self, now: float) -> None:
+        """Tell the scheduler who pulls this model on the LAN (see the module docstring), and how
+        many peers are on their way: connecting or in their handshake, for ``_PENDING_FOR`` s at
+        most each (an address that does not answer is dialled again and again)."""
         setter = getattr(self._broker, "set_lan_hosts", None)
         if setter is None:
             return
         hosts: list[str] = []
-        peers = 0
+        peers = pending = told = 0
+        connecting: dict[tuple[str, int], float] = {}
         for p in self.handle.get_peer_info():
             if p.flags & lt.peer_info.connecting or p.flags & lt.peer_info.handshake:
+                key = (str(p.ip[0]), int(p.ip[1]))
+                since = connecting[key] = self._connecting.get(key, now)
+                pending += now - since < _PENDING_FOR
                 continue
             peers += 1
+            told += p.num_pieces > 0
             pid = bytes(p.pid.to_bytes()).decode("latin-1")
             if pid.startswith(_UPLINK_ID) and not p.flags & lt.peer_info.seed:
                 hosts.append(pid)
-        share = (tuple(sorted(hosts)), peers)
+        self._connecting = connecting
+        self._peers_seen = (peers, len(connecting), told)
+        share = (tuple(sorted(hosts)), peers, pending)
         if share != self._share:
             self._share = share
-            setter(self.name, self.session.peer_id, share[0], peers)
+            setter(self.name, self.session.peer_id, share[0], peers, pending)
 
     def _retire(self, broker: PieceBroker, reason: str) -> None:
         self._dropped = True
@@ -926,7 +975,7 @@ class SwarmSource:
                 t = self.map.to_torrent[slot.head]
                 if t >= 0 and t < len(avail) and avail[t] <= 0:
                     self._drop(broker, slot)
-                    self._cooldown = now + _STALL
+                    self._cooldown = self._stalled_until = now + _STALL
 
     def _want_more(self) -> bool:
         if len(self._slots) >= self.info.max_connections:
