@@ -234,6 +234,62 @@ def test_pieces_fetched_over_http_reach_peers_during_the_pull(
     assert b_done_at > 0
 
 
+def test_a_pull_without_seed_stays_while_a_peer_still_needs_its_pieces(
+    swarmed: Swarmed, start_mirrors: Callable[..., list[MirrorServer]], tmp_path: Path
+) -> None:
+    """A pulls from a mirror and uploads at half its download rate; B has no mirror, only A. A
+    finishes without --seed while B lacks about half the model, which only A holds: A stays
+    ("Leaving" in dsmirror._fetch.swarm.source) until B has it (at most 5 s), then exits. The old
+    code removed A's torrent at once and B was left with no source."""
+    (mirror,) = start_mirrors(swarmed.model.root, 1, rate=8_000_000)
+    pa, pb = free_port(), free_port()
+    box: dict[str, Any] = {}
+
+    def run_a() -> None:
+        try:
+            box["a"] = pull(
+                tmp_path,
+                swarmed.manifest_path,
+                tmp_path / "a",
+                mirrors={"m1": mirror},
+                swarm=swarm_cfg(pa, pb, torrent=swarmed.torrent_path, upload_rate=4_000_000),
+                on_event=lambda ev: (
+                    box.setdefault("a_done", time.monotonic()) if isinstance(ev, PullFinished) else None
+                ),
+            )
+            box["a_exit"] = time.monotonic()
+        except BaseException as exc:  # reported below
+            box["a_error"] = exc
+
+    deadline = time.monotonic() + 60
+
+    def give_up(ev: Event) -> None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"B did not finish within 60 s (A exited: {'a_exit' in box}); last {ev}")
+
+    ta = threading.Thread(target=run_a, daemon=True)
+    ta.start()
+    try:
+        events_b, _ = pull(
+            tmp_path,
+            swarmed.manifest_path,
+            tmp_path / "b",
+            swarm=swarm_cfg(pb, pa, torrent=swarmed.torrent_path),
+            on_event=give_up,
+        )
+        b_done = time.monotonic()
+    finally:
+        ta.join(30)
+    assert not ta.is_alive()
+    assert "a_error" not in box, box.get("a_error")
+    swarmed.model.assert_identical(tmp_path / "a")
+    swarmed.model.assert_identical(tmp_path / "b")
+    assert finished(events_b).delivered_by_source == {"swarm": swarmed.model.total_size}
+    (swarm_a,) = box["a"][1]
+    assert swarm_a.stats.lingered  # A was still needed when it finished
+    assert box["a_done"] < b_done <= box["a_exit"] + 1  # B finished while A stayed; A left then
+
+
 BAD_SEEDER = textwrap.dedent(
     """
     import sys, time, libtorrent as lt

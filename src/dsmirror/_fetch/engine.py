@@ -723,6 +723,18 @@ class _Engine:
         if self.witness:
             self.witness.close(max(0.0, end - time.monotonic()))
         self._gate.close()
+        done = self.store.complete() and self.store.all_files_checked()
+        for sw in self.swarms.values():
+            stop = getattr(sw, "stop", None)
+            if done and stop is not None:
+                stop()  # closed by close_swarms once the files are installed (a swarm may linger)
+            else:
+                sw.close()
+
+    def close_swarms(self) -> None:
+        """After the install: close the swarms (one that finished may share its last pieces with
+        the LAN peers still pulling for a few seconds first, see "Leaving" in
+        ``dsmirror._fetch.swarm.source``)."""
         for sw in self.swarms.values():
             sw.close()
 
@@ -854,11 +866,14 @@ def fetch(
     eng = _Engine(manifest, sources, store, config or EngineConfig(), clk)
     if on_sources:
         on_sources(eng.sched)
-    if not (store.complete() and store.wait_checked()):
-        if not sources:
-            raise NoSourceError("no source to download from", hint="give mirrors with --mirrors FILE")
-        yield from eng.run()
-    files = store.finalize()
-    elapsed = clk.now() - t0
-    yield eng.snapshot((store.verified_bytes - before) / elapsed if elapsed > 0 else 0.0, 0.0)
-    yield eng.finished(files, before, clk.now() - t0)
+    try:
+        if not (store.complete() and store.wait_checked()):
+            if not sources:
+                raise NoSourceError("no source to download from", hint="give mirrors with --mirrors FILE")
+            yield from eng.run()
+        files = store.finalize()
+        elapsed = clk.now() - t0
+        yield eng.snapshot((store.verified_bytes - before) / elapsed if elapsed > 0 else 0.0, 0.0)
+        yield eng.finished(files, before, clk.now() - t0)
+    finally:
+        eng.close_swarms()

@@ -97,6 +97,15 @@ into a linked file; and a resumed pull removes the links from ``bt/`` before lib
 files thus holds a second copy only of the files still in progress. Not for a single-file model
 (an Ollama blob): its one file is complete only at the end.
 
+Leaving: a pull that finished without ``--seed`` used to remove its torrent at once, taking with it
+the pieces it fetched last, which no LAN peer had copied yet: the machines still pulling fetched
+them from outside again (test_lan_registry's "leave" case: 1.11-1.27x upstream). The engine now
+stops the swarm's loop when every file is verified (``stop``) and closes it after the install
+(``close``): there, while a connected peer that is not a seed lacks a piece this machine holds
+and no other connected peer has, or verified pieces still wait to be handed to libtorrent, the
+torrent stays up to ``_LINGER`` seconds (uploading; the installed files are in place already,
+``bt.lock`` held). Ctrl-C ends that wait, not the pull, which is done.
+
 Where libtorrent keeps its copy and its resume data meanwhile: ``dsmirror._fetch.swarm.resume``;
 the session it runs in: ``dsmirror._fetch.swarm.session``.
 """
@@ -157,6 +166,7 @@ _MAX_CHECKING = 16  # pieces of the manifest's own swarm being read back to be c
 _UPLINK_ID = PEER_ID_PREFIX + UPLINK  # peer ids of machines that fetch a share from mirrors
 _BAN_STRIKES = 2  # bad pieces with a peer's blocks in them that ban it (one if it sent all blocks)
 _HAND_OVER_WAIT = 10.0  # seconds the end of a pull --seed waits for libtorrent to take its last pieces
+_LINGER = 5.0  # seconds a finished pull without --seed may stay for the peers still pulling ("Leaving")
 
 
 def disk_reserve(total: int) -> int:
@@ -179,6 +189,7 @@ class SwarmStats:
     #: pieces not handed to libtorrent when the pull ended, for lack of disk space ("The disk")
     starved: int = 0
     lowest_free: int = -1  # the least free space the swarm saw on the partial area's file system
+    lingered: bool = False  # a finished pull stayed for LAN peers still pulling ("Leaving")
 
 
 @dataclass(frozen=True)
@@ -384,6 +395,15 @@ class SwarmSource:
         finally:
             self._idle.set()
 
+    def stop(self, timeout: float = 30.0) -> bool:
+        """End the run loop (the pull is done), leaving the torrent for ``close``; whether it ended
+        within ``timeout`` seconds (else the session is closed: the run thread is stuck)."""
+        self._stop.set()
+        if not self._idle.wait(timeout):
+            self.session.close()  # the run thread is stuck: it destroys the session when it leaves
+            return False
+        return True
+
     def close(self, timeout: float = 30.0) -> None:
         """End of the pull: keep libtorrent's copy resumable, or delete it once the pull is done.
 
@@ -394,9 +414,7 @@ class SwarmSource:
             if self._closed:
                 return
             self._closed = True
-        self._stop.set()
-        if not self._idle.wait(timeout):
-            self.session.close()  # the run thread is stuck: it destroys the session when it leaves
+        if not self.stop(timeout):
             return
         area, handle = self._area, self.handle
         if handle is not None and not self.session.stopping:
@@ -426,9 +444,53 @@ class SwarmSource:
         if area is not None:
             if not self.completed and handle.is_valid() and handle.status().has_metadata:
                 save_resume(self.session, self.handle, area, wait=True)
+            lock = -1
+            if self.completed and handle.is_valid():
+                lock = hold_copy(area)  # a pull of the same model meanwhile leaves bt/ alone
+                self._linger(handle)
             self.session.remove(handle)
             if self.completed:
-                drop_copy(area)
+                drop_copy(area, lock)
+
+    def _linger(self, handle: Any) -> None:
+        """Stay up to ``_LINGER`` s while LAN peers still pulling need what only we hold ("Leaving")."""
+        broker = self._broker
+        deadline = time.monotonic() + _LINGER
+        try:
+            while time.monotonic() < deadline and not self.session.stopping:
+                if broker is not None:
+                    self._feed(broker)
+                if not self._needed(handle):
+                    return
+                self.stats.lingered = True
+                for a in self.session.alerts(0.1):
+                    if isinstance(a, lt.piece_finished_alert):
+                        t = int(a.piece_index)
+                        if t < len(self._have):
+                            self._have[t] = 1
+                        self._injecting.discard(t)
+        except KeyboardInterrupt:
+            return  # Ctrl-C ends the courtesy wait: the pull itself is done and installed
+
+    def _needed(self, handle: Any) -> bool:
+        """Whether a connected peer that is not a seed lacks a piece only this machine holds, or
+        verified pieces still wait to be handed to libtorrent while such a peer is there."""
+        if not handle.is_valid():
+            return False
+        peers = handle.get_peer_info()
+        if not any(not p.flags & lt.peer_info.seed for p in peers):
+            return False
+        if self._injecting or not self._pending.empty():
+            return True
+        # Which pieces some connected peer has, from their bitfields (libtorrent keeps no
+        # piece_availability for a torrent that has every piece: it returns an empty list).
+        # One byte per piece, read as big integers: an OR per peer, not a loop over the pieces.
+        have = bytes(bytearray(handle.status(lt.status_flags_t.query_pieces).pieces))
+        n = len(have)
+        theirs = 0
+        for p in peers:
+            theirs |= int.from_bytes(bytes(bytearray(p.pieces))[:n].ljust(n, b"\0"), "big")
+        return int.from_bytes(have, "big") & ~theirs != 0
 
     def _hand_over(self, handle: Any) -> bool:
         """Whether the pull's torrent can go on serving until a seeder takes it over (see
@@ -997,7 +1059,9 @@ class SwarmSource:
             if got is None:
                 return bool(self._slots)
             if isinstance(got, float):
-                self._cooldown = now + min(got, 1.0)
+                # From now, not from the turn's start: the turn may have taken a while since (a
+                # link, a disk check), and the wait counts from this answer (the broker's rule).
+                self._cooldown = broker.clock.now() + min(got, 1.0)
                 break
             if got.file_index in self.map.missing_files:
                 path = self.manifest.files[got.file_index].path
