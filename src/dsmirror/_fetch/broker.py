@@ -60,7 +60,10 @@ class PieceBroker(Protocol):
         ...
 
     def acquire(self, source: str) -> Assignment | float | None:
-        """Work for ``source``: an assignment, seconds to wait before asking again, or None (stop)."""
+        """Work for ``source``: an assignment, seconds to wait before asking again, or None (stop).
+
+        The wait answers what ``source`` could fetch then: it may ask again sooner once its
+        ``set_peer_pieces`` map holds pieces it did not hold at that answer."""
         ...
 
     def wanted(self, a: Assignment) -> bool:

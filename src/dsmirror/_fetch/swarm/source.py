@@ -321,6 +321,7 @@ class SwarmSource:
         self._prio_changed: set[int] = set()  # torrent pieces whose _prio libtorrent has not got
         self._cooldown = 0.0
         self._stalled_until = 0.0  # a stalled span was given back: no new work before then
+        self._view_at_wait = 0  # _peer_have (as an integer) when acquire last said wait
         self._next_dial = 0.0
         self._next_resume = 0.0
         self._ready = False
@@ -708,7 +709,7 @@ class SwarmSource:
         if self._runs is None:
             self._runs = piece_runs(self.map.to_torrent)
         view = peer_view(avail, self._have, self._tainted, self._runs)
-        if (int.from_bytes(view, "little") & ~int.from_bytes(self._peer_have, "little")) != 0:
+        if (int.from_bytes(view, "little") & ~self._view_at_wait) != 0:
             # Pieces new on the LAN: ask the scheduler for them now, not after its last "wait"
             # (the end of a pull came up to 0.2 s late), unless a stalled span was given back.
             self._cooldown = self._stalled_until
@@ -1062,6 +1063,7 @@ class SwarmSource:
                 # From now, not from the turn's start: the turn may have taken a while since (a
                 # link, a disk check), and the wait counts from this answer (the broker's rule).
                 self._cooldown = broker.clock.now() + min(got, 1.0)
+                self._view_at_wait = int.from_bytes(self._peer_have, "little")
                 break
             if got.file_index in self.map.missing_files:
                 path = self.manifest.files[got.file_index].path

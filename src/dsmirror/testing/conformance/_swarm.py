@@ -21,7 +21,9 @@ pulls (``dsmirror._fetch.engine.fetch``) and watches every call the source makes
   assignment's ``next_piece`` (never one before it, never one past its end), of the manifest, and
   ``data`` is ``piece.length`` bytes.
 - Once ``wanted(a)`` said False, nothing more of ``a`` is delivered.
-- Asked to wait (``acquire`` returned seconds), it waits (up to a second) before asking again.
+- Asked to wait (``acquire`` returned seconds), it waits (up to a second) before asking again,
+  unless the pieces it can fetch grew since (its ``set_peer_pieces`` map): the wait was the answer
+  to what it could fetch then.
 - ``set_peer_pieces`` gets a ``bytearray`` with one entry per piece; ``emit`` gets events.
 - ``run`` returns once ``stopping()`` is true: before the engine, done with the pull, calls
   ``close()`` (it gives its threads 3 s).
@@ -102,6 +104,8 @@ class _Watcher(PieceBroker):
         self.held: dict[int, Assignment] = {}
         self._unwanted: set[int] = set()
         self._wait_until = 0.0
+        self._have: bytearray | None = None  # the source's set_peer_pieces map
+        self._have_at_wait = 0  # that map, as an integer, when acquire last said wait
 
     def _rule(self, ok: bool, rule: str, what: str) -> None:
         if not ok:
@@ -143,10 +147,15 @@ class _Watcher(PieceBroker):
     def acquire(self, source: str) -> Assignment | float | None:
         self._own(source, "acquire")
         now = time.monotonic()
-        self._rule(now >= self._wait_until, "wait", "asked for work again before the wait acquire() gave it")
+        have = int.from_bytes(self._have, "big") if self._have is not None else 0
+        grown = have & ~self._have_at_wait != 0
+        self._rule(
+            now >= self._wait_until or grown, "wait", "asked for work again before the wait acquire() gave it"
+        )
         got = self._b.acquire(source)
         if isinstance(got, float):
             self._wait_until = now + min(got, 1.0) - 0.01
+            self._have_at_wait = have
         elif got is not None:
             with self._lock:
                 self.held[got.id] = got
@@ -201,6 +210,7 @@ class _Watcher(PieceBroker):
             "peers",
             f"set_peer_pieces() got a {type(have).__name__} of {len(have)}, not a bytearray of one per piece",
         )
+        self._have = have
         self._b.set_peer_pieces(source, have)
 
     def ban(self, source: str, reason: str) -> None:
