@@ -138,7 +138,12 @@ def run_plan(
                 index = LocalIndex.build(plan.manifest, plan.dest, roots, settings, same_path=same_path)
                 yield from reuse_local(store, index)
             sources: list[Source | SwarmSource] = [*plan.sources, *plan.swarms]
-            yield from fetch(plan.manifest, sources, store, config=cfg, clock=clock, on_sources=prime)
+            # The swarms are closed below (a finished one may linger for LAN peers, see "Leaving" in
+            # dsmirror._fetch.swarm.source), after the manifest record a seeder of dest reads:
+            # a pull stopped during that wait must leave it written.
+            yield from fetch(
+                plan.manifest, sources, store, config=cfg, clock=clock, on_sources=prime, close_swarms=False
+            )
             from dsmirror._fetch.reuse import record_manifest
 
             record_manifest(plan.dest, plan.manifest)

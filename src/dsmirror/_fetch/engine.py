@@ -841,8 +841,13 @@ def fetch(
     config: EngineConfig | None = None,
     clock: Clock | None = None,
     on_sources: Callable[[Scheduler], None] | None = None,
+    close_swarms: bool = True,
 ) -> Iterator[Event]:
     """Fetch every missing piece of ``manifest`` into ``store`` from ``sources``; yield events.
+
+    ``close_swarms``: close the swarms among ``sources`` when done (after the install; one may
+    linger for LAN peers first). A caller with more to record after the install (``run_plan``)
+    passes False and closes them itself once that is written.
 
     The store stays open (the caller closes it); on return every piece is verified and the files
     are installed under their final names.
@@ -876,4 +881,5 @@ def fetch(
         yield eng.snapshot((store.verified_bytes - before) / elapsed if elapsed > 0 else 0.0, 0.0)
         yield eng.finished(files, before, clk.now() - t0)
     finally:
-        eng.close_swarms()
+        if close_swarms:
+            eng.close_swarms()
