@@ -11,13 +11,49 @@ from pathlib import Path
 import pytest
 
 from conftest import Model, free_port
-from dsmirror import SourceTrouble
+from dsmirror import Event, SourceTrouble
 from dsmirror._fetch.swarm.source import SwarmSource, disk_reserve
 from dsmirror._fetch.swarm.torrent import create_torrent, with_torrent_hashes
 from dsmirror.testing import MirrorServer
 from test_swarm import finished, pull, swarm_cfg
 
 MiB = 1 << 20
+
+
+def _published(model: Model, tmp: Path) -> tuple[Path, Path]:
+    """The model's manifest (recording its torrent) and its torrent, written under ``tmp``."""
+    torrent = create_torrent(model.manifest, model.root)
+    mpath, tpath = tmp / "m.json", tmp / "m.torrent"
+    with_torrent_hashes(model.manifest, [torrent]).write(mpath)
+    torrent.write(tpath)
+    return mpath, tpath
+
+
+def _pull_on(
+    fs: Path, tmp: Path, mpath: Path, tpath: Path, mirror: MirrorServer
+) -> tuple[list[Event], SwarmSource, int, int]:
+    """Pull into ``fs/dest`` from ``mirror`` with a swarm (no peer); the events, the swarm, and
+    the least free and the most used bytes of ``fs`` while it ran (read every 5 ms)."""
+    lowest, most = [1 << 62], [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.005):
+            st = os.statvfs(fs)
+            lowest[0] = min(lowest[0], st.f_bavail * st.f_frsize)
+            most[0] = max(most[0], (st.f_blocks - st.f_bfree) * st.f_frsize)
+
+    w = threading.Thread(target=watch, daemon=True)
+    w.start()
+    try:
+        events, swarms = pull(
+            tmp, mpath, fs / "dest", mirrors={"m1": mirror}, swarm=swarm_cfg(free_port(), torrent=tpath)
+        )
+    finally:
+        done.set()
+        w.join(5)
+    (swarm,) = swarms
+    return events, swarm, lowest[0], most[0]
 
 
 def test_libtorrents_copy_stops_growing_before_the_disk_is_full(
@@ -33,40 +69,19 @@ def test_libtorrents_copy_stops_growing_before_the_disk_is_full(
     and nothing is short of space."""
     size = 96 * MiB
     model = make_model({"model.safetensors": size}, piece_size=MiB)
-    torrent = create_torrent(model.manifest, model.root)
-    manifest = with_torrent_hashes(model.manifest, [torrent])
-    mpath, tpath = tmp_path / "m.json", tmp_path / "m.torrent"
-    manifest.write(mpath)
-    torrent.write(tpath)
+    mpath, tpath = _published(model, tmp_path)
     (mirror,) = start_mirrors(model.root, 1, rate=40_000_000)
     fs = small_tmpfs(f"{(size + 64 * MiB + 16 * MiB) // MiB}m")
     reserve = disk_reserve(os.statvfs(fs).f_blocks * os.statvfs(fs).f_frsize)
-    lowest = [1 << 62]
-    done = threading.Event()
-
-    def watch() -> None:  # the free space as the test sees it, every 5 ms
-        while not done.wait(0.005):
-            st = os.statvfs(fs)
-            lowest[0] = min(lowest[0], st.f_bavail * st.f_frsize)
-
-    w = threading.Thread(target=watch, daemon=True)
-    w.start()
-    try:
-        events, swarms = pull(
-            tmp_path, mpath, fs / "dest", mirrors={"m1": mirror}, swarm=swarm_cfg(free_port(), torrent=tpath)
-        )
-    finally:
-        done.set()
-        w.join(5)
+    events, swarm, lowest, _ = _pull_on(fs, tmp_path, mpath, tpath, mirror)
     model.assert_identical(fs / "dest")
     assert finished(events).downloaded_bytes == size
     trouble = [e for e in events if isinstance(e, SourceTrouble) and e.source == "swarm"]
     assert any("stops growing" in e.message for e in trouble), trouble
     assert not [e for e in trouble if "space" in e.message.lower()], trouble  # no disk error
-    (swarm,) = swarms
     assert 0 < swarm.stats.injected < size // MiB  # it had a copy, and the copy stopped
     # The reserve was kept, give or take a piece or two libtorrent wrote between two turns.
-    assert lowest[0] >= reserve - 4 * MiB, (lowest[0] / MiB, reserve / MiB)
+    assert lowest >= reserve - 4 * MiB, (lowest / MiB, reserve / MiB)
     assert not (fs / "dest" / ".dsmirror" / "partial").exists() or not any(
         (fs / "dest" / ".dsmirror" / "partial").rglob("bt")
     )
@@ -92,46 +107,18 @@ def test_a_finished_file_is_kept_once_not_twice(
     sizes = {f"model-{k:02d}-of-48.safetensors": 2 * MiB + k * 4097 for k in range(48)}
     total = sum(sizes.values())
     model = make_model(sizes, piece_size=MiB)
-    torrent = create_torrent(model.manifest, model.root)
-    manifest = with_torrent_hashes(model.manifest, [torrent])
-    mpath, tpath = tmp_path / "m.json", tmp_path / "m.torrent"
-    manifest.write(mpath)
-    torrent.write(tpath)
+    mpath, tpath = _published(model, tmp_path)
     (mirror,) = start_mirrors(model.root, 1, rate=24_000_000)
     fs = small_tmpfs(f"{(3 * total) // MiB + 128}m")
     base = os.statvfs(fs)
     used0 = (base.f_blocks - base.f_bfree) * base.f_frsize
-    peak = [0]
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(0.005 if not os.environ.get("TRACE_DISK") else 0.25):
-            st = os.statvfs(fs)
-            peak[0] = max(peak[0], (st.f_blocks - st.f_bfree) * st.f_frsize - used0)
-            if os.environ.get("TRACE_DISK"):
-                import time as _t
-
-                print(
-                    "T",
-                    round(_t.monotonic(), 2),
-                    round(((st.f_blocks - st.f_bfree) * st.f_frsize - used0) / total, 2),
-                )
-
-    w = threading.Thread(target=watch, daemon=True)
-    w.start()
-    try:
-        _, swarms = pull(
-            tmp_path, mpath, fs / "dest", mirrors={"m1": mirror}, swarm=swarm_cfg(free_port(), torrent=tpath)
-        )
-    finally:
-        done.set()
-        w.join(5)
+    _, swarm, _, most = _pull_on(fs, tmp_path, mpath, tpath, mirror)
     model.assert_identical(fs / "dest")
-    (swarm,) = swarms
-    print(f"peak on disk {peak[0] / total:.2f}x the model; files linked {len(swarm.linked)} of {len(sizes)}")
+    peak = most - used0
+    print(f"peak on disk {peak / total:.2f}x the model; files linked {len(swarm.linked)} of {len(sizes)}")
     assert swarm.stats.injected > 0
     assert len(swarm.linked) >= len(sizes) // 2, swarm.linked  # most files were shared as they finished
-    assert peak[0] < 1.5 * total, peak[0] / total
+    assert peak < 1.5 * total, peak / total
 
 
 def test_a_resumed_pull_removes_the_files_it_had_linked(
