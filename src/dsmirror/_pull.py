@@ -138,15 +138,26 @@ def run_plan(
                 index = LocalIndex.build(plan.manifest, plan.dest, roots, settings, same_path=same_path)
                 yield from reuse_local(store, index)
             sources: list[Source | SwarmSource] = [*plan.sources, *plan.swarms]
-            # The swarms are closed below (a finished one may linger for LAN peers, see "Leaving" in
-            # dsmirror._fetch.swarm.source), after the manifest record a seeder of dest reads:
-            # a pull stopped during that wait must leave it written.
-            yield from fetch(
-                plan.manifest, sources, store, config=cfg, clock=clock, on_sources=prime, close_swarms=False
-            )
-            from dsmirror._fetch.reuse import record_manifest
 
-            record_manifest(plan.dest, plan.manifest)
+            # The manifest record `dsmirror seed DEST` reads is written before PullFinished (a
+            # pull stopped right after that event must leave it), and the swarms are closed
+            # below, after the install hook (a finished one may linger for LAN peers, see
+            # "Leaving" in dsmirror._fetch.swarm.source).
+            def record_installed() -> None:
+                from dsmirror._fetch.reuse import record_manifest  # not before the first request
+
+                record_manifest(plan.dest, plan.manifest)
+
+            yield from fetch(
+                plan.manifest,
+                sources,
+                store,
+                config=cfg,
+                clock=clock,
+                on_sources=prime,
+                close_swarms=False,
+                installed=record_installed,
+            )
             if plan.after_install:
                 plan.after_install(store)
         return Pulled(plan, opts.swarm)

@@ -842,12 +842,14 @@ def fetch(
     clock: Clock | None = None,
     on_sources: Callable[[Scheduler], None] | None = None,
     close_swarms: bool = True,
+    installed: Callable[[], None] | None = None,
 ) -> Iterator[Event]:
     """Fetch every missing piece of ``manifest`` into ``store`` from ``sources``; yield events.
 
     ``close_swarms``: close the swarms among ``sources`` when done (after the install; one may
     linger for LAN peers first). A caller with more to record after the install (``run_plan``)
-    passes False and closes them itself once that is written.
+    passes False and closes them itself once that is written. ``installed`` is called once the
+    files are in place, before PullFinished is yielded (what a stop right after it must find).
 
     The store stays open (the caller closes it); on return every piece is verified and the files
     are installed under their final names.
@@ -877,6 +879,8 @@ def fetch(
                 raise NoSourceError("no source to download from", hint="give mirrors with --mirrors FILE")
             yield from eng.run()
         files = store.finalize()
+        if installed is not None:
+            installed()
         elapsed = clk.now() - t0
         yield eng.snapshot((store.verified_bytes - before) / elapsed if elapsed > 0 else 0.0, 0.0)
         yield eng.finished(files, before, clk.now() - t0)
