@@ -159,10 +159,11 @@ def test_help_lists_every_command(cli_env: dict[str, str], tmp_path: Path) -> No
 def test_main_builds_only_the_command_it_runs() -> None:
     import typer.main
 
-    from dsmirror.cli import _app_for, app
+    from dsmirror.cli import COMMANDS, _app_for, app
 
     every = set(typer.main.get_group(app).commands)
     assert {"pull", "seed", "manifest", "torrent", "serve"} <= every
+    assert set(COMMANDS) == every  # main imports the module of the command it runs
     assert set(typer.main.get_group(_app_for(["dsmirror", "pull", "x"])).commands) == {"pull"}
     assert set(typer.main.get_group(_app_for(["dsmirror", "manifest", "show"])).commands) == {"manifest"}
     for argv in (["dsmirror"], ["dsmirror", "--help"], ["dsmirror", "--version"], ["dsmirror", "pul"]):
@@ -301,6 +302,10 @@ def test_a_pull_before_its_first_request(
     # Not yet: local copies (--no-reuse; recording the manifest comes after the pieces), Ollama
     # names (no ollama:// REF, no alias), the idna codec (getaddrinfo of an ASCII host name).
     assert not _optional(loaded, ("dsmirror._fetch.reuse", "dsmirror._formats.ollama", "encodings.idna"))
+    # Nor the other commands' modules (and what they import: json, logging for serve, ...).
+    others = ("_bundle_cmd", "_demo_cmd", "_doctor_cmd", "_ls_cmd", "_manifest_cmd", "_serve_cmd")
+    others += ("_sources_cmd", "_torrent_cmd", "_verify_cmd")
+    assert not _optional(loaded, tuple(f"dsmirror.cli.{m}" for m in others))
     # Some 40 collections (13 ms) on the old code; a few after the freeze here.
     assert state["collections"] <= 5, state["collections"]
     assert state["frozen"] > 20_000

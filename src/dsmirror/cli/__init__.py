@@ -13,7 +13,9 @@ from __future__ import annotations
 import atexit
 import copy
 import gc
+import importlib
 import sys
+from collections.abc import Iterable
 
 # Start-up makes some 37,000 objects the collector tracks, which live as long as the process
 # (modules, classes, functions), and next to no garbage; the collector's passes over them while
@@ -34,42 +36,63 @@ if "httpx" not in sys.modules:
 
 from dsmirror._core.errors import DsmirrorError
 from dsmirror.cli import _app, _signals
-from dsmirror.cli._app import app, err_console
+from dsmirror.cli._app import err_console
 
 __all__ = ["app", "main"]
-
-# Importing the command modules registers them on ``app``.
-from dsmirror.cli import (  # noqa: F401
-    _bundle_cmd,
-    _demo_cmd,
-    _doctor_cmd,
-    _ls_cmd,
-    _manifest_cmd,
-    _pull_cmd,
-    _seed_cmd,
-    _serve_cmd,
-    _sources_cmd,
-    _torrent_cmd,
-    _verify_cmd,
-)
 
 if _collecting:
     gc.freeze()  # else the first allocation after enable() collects all of it at once
     gc.enable()
 
+#: Each command's module, which registers it on ``_app.app`` when imported. ``main`` imports the
+#: one of the command it runs (the others are ~10 ms of a pull's start-up); ``app``, help and a
+#: mistyped name import them all, in this order (the order ``dsmirror --help`` lists them in).
+COMMANDS = {
+    "export": "_bundle_cmd",
+    "import": "_bundle_cmd",
+    "demo": "_demo_cmd",
+    "doctor": "_doctor_cmd",
+    "ls": "_ls_cmd",
+    "rm": "_ls_cmd",
+    "manifest": "_manifest_cmd",
+    "pull": "_pull_cmd",
+    "serve": "_serve_cmd",
+    "sources": "_sources_cmd",
+    "torrent": "_torrent_cmd",
+    "verify": "_verify_cmd",
+    "seed": "_seed_cmd",
+}
+
+
+def _register(names: Iterable[str]) -> None:
+    for module in dict.fromkeys(COMMANDS[n] for n in names):
+        importlib.import_module(f"dsmirror.cli.{module}")
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``dsmirror.cli.app``: the whole application, every command registered."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _register(COMMANDS)
+    return _app.app
+
 
 def _app_for(argv: list[str]) -> typer.Typer:
-    """``app`` with only the command ``argv`` runs, or ``app`` itself when argv names none.
+    """The application with only the command ``argv`` runs, or the whole one when argv names none.
 
     typer builds every command (its click object, every option's type from the signature) before
     it runs one: 20-30 ms here, three quarters of them for the commands not run. The others still
     show in ``dsmirror --help`` and a mistyped name gets the whole list.
     """
     name = argv[1] if len(argv) > 1 else None
+    if name not in COMMANDS:
+        return __getattr__("app")
+    _register([name])
+    app = _app.app
     commands = [c for c in app.registered_commands if name is not None and c.name == name]
     groups = [g for g in app.registered_groups if name is not None and g.name == name]
     if not commands and not groups:
-        return app
+        return __getattr__("app")
     only = copy.copy(app)
     only.registered_commands, only.registered_groups = commands, groups
     return only
@@ -87,7 +110,9 @@ def main() -> None:
     _app._PROGRAM.append(True)  # a command's library import may pause the collector
     try:
         # The name usage lines show, however the program was started (``python -m``, ``-c``).
-        _app_for(sys.argv)(standalone_mode=True, prog_name="dsmirror")
+        with _app.collector_paused():  # the command's module: made for the process's lifetime
+            command = _app_for(sys.argv)
+        command(standalone_mode=True, prog_name="dsmirror")
     except DsmirrorError as exc:
         from rich.text import Text
 

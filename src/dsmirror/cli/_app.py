@@ -225,6 +225,14 @@ NoDefaultCatalogOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON event per line instead of a display.")]
+TorrentFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--torrent-format",
+        help="hybrid (BitTorrent v1+v2, default) or v1 (for clients that cannot read hybrid: aria2, "
+        "transmission 3).",
+    ),
+]
 
 
 #: Set by ``dsmirror.cli.main``: this process is dsmirror's own.

@@ -11,8 +11,8 @@ import typer
 from dsmirror._core.errors import UsageError
 from dsmirror._core.fsutil import atomic_write_bytes
 from dsmirror._core.units import format_bytes, parse_size
-from dsmirror.cli._app import app, console, err_console
-from dsmirror.cli._torrent_cmd import TorrentFormatOpt, make_torrent
+from dsmirror.cli._app import TorrentFormatOpt, app, console, err_console
+from dsmirror.cli._torrent_cmd import make_torrent
 
 manifest_app = typer.Typer(help="Create, inspect, export and sign piece manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")

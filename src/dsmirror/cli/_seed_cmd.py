@@ -13,9 +13,8 @@ import typer
 
 from dsmirror._core.errors import DsmirrorError, Interrupted, UsageError
 from dsmirror._core.units import format_bytes, format_rate, parse_size
-from dsmirror.cli._app import JsonOpt, app, console, err_console
+from dsmirror.cli._app import JsonOpt, TorrentFormatOpt, app, console, err_console
 from dsmirror.cli._console import styled
-from dsmirror.cli._torrent_cmd import TorrentFormatOpt
 
 if TYPE_CHECKING:
     from rich.console import Console, Group

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsmirror._core.units import format_bytes
-from dsmirror.cli._app import app, console
+from dsmirror.cli._app import TorrentFormatOpt, app, console
 
 if TYPE_CHECKING:
     from dsmirror._fetch.swarm.torrent import Torrent
@@ -18,15 +18,6 @@ if TYPE_CHECKING:
 
 torrent_app = typer.Typer(help="Make and check torrents of manifests (BitTorrent v1 or hybrid v1+v2).")
 app.add_typer(torrent_app, name="torrent")
-
-TorrentFormatOpt = Annotated[
-    str,
-    typer.Option(
-        "--torrent-format",
-        help="hybrid (BitTorrent v1+v2, default) or v1 (for clients that cannot read hybrid: aria2, "
-        "transmission 3).",
-    ),
-]
 
 
 def make_torrent(
