@@ -83,6 +83,11 @@ NOT_FOR_PLAIN_HTTP = (
     "email",
 )
 
+# Nor, for any pull before its first request: the other commands' modules (and what they import:
+# json, logging for serve, ...).
+_OTHER_COMMANDS = ("bundle", "demo", "doctor", "ls", "manifest", "serve", "sources", "torrent", "verify")
+NOT_FOR_PULL = tuple(f"dsmirror.cli._{m}_cmd" for m in _OTHER_COMMANDS)
+
 # What ``from dsmirror.cli import main`` may load of dsmirror: no library layer beyond _core.
 CLI_IMPORT_ALLOWED = ("dsmirror", "dsmirror._core", "dsmirror.cli")
 # Third-party parts of the pull that ``dsmirror --help`` and the other commands do not need.
@@ -302,13 +307,35 @@ def test_a_pull_before_its_first_request(
     # Not yet: local copies (--no-reuse; recording the manifest comes after the pieces), Ollama
     # names (no ollama:// REF, no alias), the idna codec (getaddrinfo of an ASCII host name).
     assert not _optional(loaded, ("dsmirror._fetch.reuse", "dsmirror._formats.ollama", "encodings.idna"))
-    # Nor the other commands' modules (and what they import: json, logging for serve, ...).
-    others = ("_bundle_cmd", "_demo_cmd", "_doctor_cmd", "_ls_cmd", "_manifest_cmd", "_serve_cmd")
-    others += ("_sources_cmd", "_torrent_cmd", "_verify_cmd")
-    assert not _optional(loaded, tuple(f"dsmirror.cli.{m}" for m in others))
+    assert not _optional(loaded, NOT_FOR_PULL)
     # Some 40 collections (13 ms) on the old code; a few after the freeze here.
     assert state["collections"] <= 5, state["collections"]
     assert state["frozen"] > 20_000
+
+
+def test_a_swarm_pull_before_its_first_request(
+    make_model: Callable[..., Any],
+    start_mirrors: Callable[..., list[MirrorServer]],
+    catalog_file: Callable[..., Path],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """A pull that joins its manifest's swarm (bench_lan's hosts: ``pull MANIFEST --seed``, the
+    manifest recording info-hashes) has its swarm ready before its mirrors' first request; by then
+    it loads what a manifest pull with a swarm needs, not the pull from peers alone or the install."""
+    from dsmirror._fetch.swarm.torrent import create_torrent, with_torrent_hashes
+
+    model = make_model({"weights.bin": 100 * KiB + 1}, piece_size=64 * KiB)
+    manifest = tmp_path / "shared.json"
+    with_torrent_hashes(model.manifest, [create_torrent(model.manifest, model.root)]).write(manifest)
+    catalog = catalog_file(start_mirrors(model.root, 1))
+    args = ["pull", str(manifest), "--no-default-catalog", "--mirrors", str(catalog), "--seed"]
+    args += ["--dest", str(tmp_path / "dest"), "--json", "--no-reuse", "--listen", "127.0.0.1:0", "--no-lsd"]
+    loaded = set(_at_first_connect(args, cli_env, tmp_path)["modules"])
+    assert {"libtorrent", "dsmirror._fetch.swarm.source", "dsmirror._journal.store"} <= loaded
+    assert not _optional(loaded, NOT_FOR_PULL)
+    # A magnet or .torrent no manifest describes (from peers alone), and the install layer it loads.
+    assert not _optional(loaded, ("dsmirror._fetch.swarm.only", "dsmirror._install"))
 
 
 def test_may_join_swarm_agrees_with_attach_swarm(make_model: Callable[..., Any], tmp_path: Path) -> None:

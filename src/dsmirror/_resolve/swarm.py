@@ -34,7 +34,6 @@ import libtorrent as lt
 
 from dsmirror._core.errors import InputError, StorageError, UsageError
 from dsmirror._core.settings import Settings
-from dsmirror._fetch.swarm.only import SwarmOnlyPull
 from dsmirror._fetch.swarm.source import SwarmSource
 from dsmirror._fetch.swarm.torrent import Torrent, derived_torrent, load_torrent, magnet_for, parse_magnet
 from dsmirror._formats.catalog import Catalog
@@ -129,6 +128,10 @@ def resolve_swarm_ref(ref: Ref, catalog: Catalog, settings: Settings, options: P
 
 def swarm_only_plan(ref: Ref, options: PullOptions) -> PullPlan:
     """The plan of a pull of a torrent no manifest describes (see :class:`SwarmOnlyPull`)."""
+    # Imported here: a manifest pull (the swarm added to its plan) needs none of it, nor the install
+    # layer it loads (~5 ms before the swarm is ready).
+    from dsmirror._fetch.swarm.only import SwarmOnlyPull
+
     why = "no manifest is known for this torrent"
     if not options.swarm.enabled:
         raise UsageError(f"{why}, and --no-p2p leaves no source", hint="drop --no-p2p to pull it from peers")
