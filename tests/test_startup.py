@@ -336,6 +336,8 @@ def test_a_swarm_pull_before_its_first_request(
     assert not _optional(loaded, NOT_FOR_PULL)
     # A magnet or .torrent no manifest describes (from peers alone), and the install layer it loads.
     assert not _optional(loaded, ("dsmirror._fetch.swarm.only", "dsmirror._install"))
+    # Hashing files (the derived torrent reads none; seeding checks files after the pull).
+    assert not _optional(loaded, ("dsmirror._verify.tree", "dsmirror._verify.digest", "concurrent.futures"))
 
 
 def test_may_join_swarm_agrees_with_attach_swarm(make_model: Callable[..., Any], tmp_path: Path) -> None:

@@ -65,7 +65,6 @@ from dsmirror._fetch.swarm.source import LiveTorrent, SwarmSource
 from dsmirror._fetch.swarm.torrent import Torrent, create_torrent, derived_torrent, load_torrent
 from dsmirror._formats.manifest import FileEntry, Manifest, NoPieceHashes
 from dsmirror._formats.private import PrivateArea
-from dsmirror._verify.digest import hash_file_pieces
 
 if TYPE_CHECKING:
     from dsmirror._install.store_model import StoreFile, StoreModel
@@ -404,7 +403,7 @@ def store_seed_target(
     checks each piece against the torrent before it first serves it. ``on_hashing`` is told when
     the slow part (reading every file) starts.
     """
-    from dsmirror._verify.digest import hash_local_file
+    from dsmirror._verify.digest import hash_file_pieces, hash_local_file
 
     ps = piece_size_for(sum(f.size for f in model.files))
     entries: list[FileEntry] = []

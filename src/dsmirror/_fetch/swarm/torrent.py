@@ -103,7 +103,6 @@ import libtorrent as lt
 from dsmirror._core.errors import InputError, IntegrityError, UsageError
 from dsmirror._core.fsutil import atomic_write_bytes
 from dsmirror._formats.manifest import Manifest
-from dsmirror._verify.tree import verify_tree
 
 __all__ = [
     "TORRENT_FORMATS",
@@ -333,6 +332,10 @@ def create_torrent(
                 f"{p}: {size} bytes, the manifest says {f.size}", hint="check the folder and manifest"
             )
     if verify:
+        # Imported here: a pull's swarm (its derived torrent) reads no file, and the verify layer
+        # (its hashing pool: concurrent.futures, logging) is ~8 ms before the swarm is ready.
+        from dsmirror._verify.tree import verify_tree
+
         report = verify_tree(manifest, folder)
         if not report.ok:
             bad = (
