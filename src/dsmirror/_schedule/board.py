@@ -28,6 +28,8 @@ class Board:
     peer_pieces: dict[str, bytearray] = field(default_factory=dict)  # swarm source -> pieces its peers have
     lan: LanView | None = None  # a pull with a swarm: this machine among its LAN's (see ``lan``)
     last_progress: float = 0.0  # when a piece was last verified
+    ordered: frozenset[int] = frozenset()  # files hashed whole, written near their front (``order``)
+    extents: dict[int, int] = field(default_factory=dict)  # ordered file -> end of what was handed out
 
     def live(self, name: str) -> list[Assignment]:
         """The connections of source ``name`` at work (not cancelled)."""

@@ -65,6 +65,8 @@ class PieceMap:
             if k
         )
         self._free_files = {fi for fi, k in enumerate(self._file_free) if k}
+        self._sizes = [len(r) for r in ranges]  # pieces per file
+        self._missing = list(self._starts)  # per file: no piece before this one is missing
         self._candidates: bytearray | None = None  # 1 = a candidate; None: every free piece is one
 
     def __len__(self) -> int:
@@ -135,6 +137,26 @@ class PieceMap:
     def file_done(self, fi: int) -> bool:
         return self._file_left[fi] == 0
 
+    def file_untouched(self, fi: int) -> bool:
+        """Whether every piece of file ``fi`` is free (none taken or done)."""
+        return self._file_free[fi] == self._sizes[fi]
+
+    def last_done(self, fi: int) -> int:
+        """The last done piece of file ``fi`` (-1 if none)."""
+        return self._state.rfind(DONE, self._starts[fi], self._last[fi] + 1)
+
+    def first_missing(self, fi: int) -> int:
+        """The first piece of file ``fi`` that is not done (its end if all are).
+
+        A cursor per file that only moves forward while pieces finish (back on ``reopen``): over a
+        pull, each piece is stepped over once.
+        """
+        k, stop, state = self._missing[fi], self._last[fi] + 1, self._state
+        while k < stop and state[k] == DONE:
+            k += 1
+        self._missing[fi] = k
+        return k
+
     def take(self, start: int, end: int) -> None:
         """Pieces ``[start, end)`` (free) are a connection's now."""
         fi = self.file_of(start)
@@ -176,6 +198,7 @@ class PieceMap:
             self.left += 1
             self._file_left[fi] += 1
             self._cursor = min(self._cursor, i)
+            self._missing[fi] = min(self._missing[fi], i)
 
     def _length(self, i: int, fi: int) -> int:
         return self._last_len[fi] if i == self._last[fi] else self.m.piece_size

@@ -105,6 +105,7 @@ Where each part lives
     board      ``Board``: the pieces, sources and connections at work that every decision reads
     rates      measuring connections and sources; the time a span still needs
     spans      handing out free work: span sizes, preference (``--prefer``, ``--region``)
+    order      files hashed whole: written near their front, so a resume reads back little
     lan        sharing a LAN's uplink with a swarm: mirror frontiers, pieces no peer has
     tail       work stealing, split pieces, the tail race, refusing pieces that decide the end
     failures   back-off, the circuit breaker, Retry-After, bans, 404s, giving up
@@ -121,7 +122,7 @@ from collections.abc import Iterable, Sequence
 from dsmirror._core.clock import Clock
 from dsmirror._core.errors import PieceMismatch
 from dsmirror._formats.manifest import Manifest
-from dsmirror._schedule import failures, floor, lan, rates, spans
+from dsmirror._schedule import failures, floor, lan, order, rates, spans
 from dsmirror._schedule.board import Board
 from dsmirror._schedule.info import SourceInfo
 from dsmirror._schedule.owners import LanView
@@ -144,6 +145,7 @@ class Scheduler:
         config: SchedulerConfig | None = None,
         *,
         rng: random.Random | None = None,
+        ordered: Iterable[int] = (),
     ) -> None:
         self.m = manifest
         self.clock = clock
@@ -152,7 +154,11 @@ class Scheduler:
         self._lock = threading.Lock()
         self._pieces = PieceMap(manifest, done)
         self._sources: dict[str, SourceState] = {s.name: SourceState(s) for s in sources}
-        self._board = Board(manifest, self.cfg, self._pieces, self._sources)
+        self._board = Board(manifest, self.cfg, self._pieces, self._sources, ordered=frozenset(ordered))
+        for fi in self._board.ordered:  # a resumed pull: what was stored beyond each file's gap
+            last = self._pieces.last_done(fi)
+            if last >= 0 and not self._pieces.file_done(fi):
+                self._board.extents[fi] = last + 1
         self._tail = Tail()
         self._next_id = 1
         self._last_progress = clock.now()
@@ -266,6 +272,7 @@ class Scheduler:
         if span is None:
             return None
         self._pieces.take(span.start, span.end)
+        order.handed(self._board, span.file_index, span.end)
         a = self._new(s, span.file_index, span.start, span.end, now)
         a.outside = span.outside
         return a

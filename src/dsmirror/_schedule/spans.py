@@ -5,14 +5,16 @@ capped by a fair share of the free work and by ``max_span_bytes``; an unmeasured
 piece, its probe. With ``--prefer``/``--region``, other sources leave the free work to the
 preferred ones while those alone would finish it about as soon. In a pull with a LAN swarm, a
 mirror's span starts at its frontier of pieces no peer has (``lan``). A piece that would decide
-the finishing time on a slow source is refused (``tail.too_slow_for_tail``). See "How work is
-handed out" and "Preference" in ``scheduler``.
+the finishing time on a slow source is refused (``tail.too_slow_for_tail``). A file hashed whole
+is written near its front (``order``). See "How work is handed out" and "Preference" in
+``scheduler``.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from dsmirror._schedule import order
 from dsmirror._schedule.board import Board
 from dsmirror._schedule.lan import extends, in_lan_pull, outside_swarm
 from dsmirror._schedule.rates import expected_rate
@@ -61,13 +63,19 @@ def pick_span(board: Board, s: SourceState, now: float) -> Span | None:
         i = board.next_usable(s, i)
         if i >= n:
             return None
+    most = order.UNLIMITED
+    if picked is None and not lan and board.ordered:
+        got = order.place(board, s, i, now)  # a file hashed whole: written near its front
+        if got is None:
+            return None
+        i, most = got
     fi = m.pieces[i].file_index
     file_end = m.file_piece_ranges[fi].stop
     free_bytes = pieces.free_bytes()
     if too_slow_for_tail(board, s, now, m.pieces[i], free_bytes):
         return None
     conns = max(1, sum(x.active for x in board.sources.values()) + 1)
-    want = span_pieces(expected_rate(s), pieces.free_count(), conns, m.piece_size, board.cfg)
+    want = min(most, span_pieces(expected_rate(s), pieces.free_count(), conns, m.piece_size, board.cfg))
     end = i
     while end < file_end and end - i < want and pieces.is_free(end) and board.usable_for(s, end):
         if picked is not None and end > i and not extends(board, end):

@@ -64,6 +64,13 @@ def pick_steal(board: Board, s: SourceState, now: float) -> tuple[Assignment, in
         return None
     t_victim, v = best
     v_rate = conn_rate(v, now)
+    if v_rate <= 0:
+        # A span just begun has no rate of its own yet: plan with its source's. Splitting it in
+        # the middle made a connection at 1/200 of the owner's speed take half of a fresh span,
+        # which then decided the finishing time.
+        v_rate = expected_rate(board.sources[v.source])
+        if v_rate > 0:
+            t_victim = left_bytes(m, v) / v_rate
     if my_rate <= 0:
         # Unmeasured thief: take one piece from the far end if the victim is slow or unmeasured.
         if t_victim < 2 * board.cfg.span_seconds:
