@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""The store's costs at the shape of a 700 GB model: hashing CPU per GiB, a real pull's peak RSS, resume.
+r"""The store's costs at the shape of a 700 GB model: hashing CPU per GiB, a real pull's peak RSS, resume.
 
 One command::
 
     python scripts/bench_store.py                       # all three parts, 700k pieces for the pulls
     python scripts/bench_store.py --pieces 100000 --runs 3 --skip-pull --skip-resume
     python scripts/bench_store.py --skip-hashing --skip-pull --resume-pieces 11000 --resume-piece-kib 1024
+    python scripts/bench_store.py --skip-hashing --skip-pull --resume-pieces 4000 --resume-piece-kib 1024 \
+        --resume-files 1
 
 **Hashing** (issue 14, "every byte is hashed twice"): a real ``Store`` takes 1 GiB of 8 MiB pieces
 as the engine hands them over (each piece hashed once as it streams in, written, marked verified),
@@ -182,9 +184,11 @@ def all_zeros(dest: Path, m: Manifest) -> bool:
     return ok
 
 
-def pull_model(root: Path, pieces: int, *, hashed: bool, ps: int = 16 << 10) -> tuple[Manifest, int]:
-    """Sparse files of zeros: ``pieces`` pieces of ``ps`` bytes over at most FILES files."""
-    files = min(FILES, pieces)
+def pull_model(
+    root: Path, pieces: int, *, hashed: bool, ps: int = 16 << 10, files: int = FILES
+) -> tuple[Manifest, int]:
+    """Sparse files of zeros: ``pieces`` pieces of ``ps`` bytes over at most ``files`` files."""
+    files = min(files, pieces)
     per = pieces // files
     size = per * ps
     src = root / "src"
@@ -209,11 +213,11 @@ def pull_model(root: Path, pieces: int, *, hashed: bool, ps: int = 16 << 10) -> 
 
 
 def prepared(
-    root: Path, pieces: int, *, hashed: bool, ps: int = 16 << 10
+    root: Path, pieces: int, *, hashed: bool, ps: int = 16 << 10, files: int = FILES
 ) -> tuple[Manifest, int, Path, MirrorServer, Path]:
     """The model of ``pull_model``, its manifest written, a mirror serving it: ``(manifest, its
     size, the manifest's path, the started mirror, a catalog naming it)``."""
-    m, total = pull_model(root, pieces, hashed=hashed, ps=ps)
+    m, total = pull_model(root, pieces, hashed=hashed, ps=ps, files=files)
     mpath = root / f"m-{hashed}.json"
     m.write(mpath)
     mirror, catalog = serve(root)
@@ -271,13 +275,16 @@ def killed_at(proc: subprocess.Popen[str], mirror: MirrorServer, total: int, at:
     return verified
 
 
-def bench_resume(root: Path, pieces: int, ps: int) -> None:
-    """kill -9 at 99% of a pull of ``pieces`` of ``ps`` bytes, then resume: what the resume reads
-    back from disk."""
-    print(f"resume after kill -9 at 99% of a `dsmirror pull` of {pieces} pieces of {ps >> 10} KiB; {load()}")
-    root = root / f"ps{ps}"  # its own sparse source: the other parts' pieces are 16 KiB
+def bench_resume(root: Path, pieces: int, ps: int, files: int = FILES) -> None:
+    """kill -9 at 99% of a pull of ``pieces`` of ``ps`` bytes over ``files`` files, then resume:
+    what the resume reads back from disk."""
+    print(
+        f"resume after kill -9 at 99% of a `dsmirror pull` of {pieces} pieces of {ps >> 10} KiB"
+        f" over {min(files, pieces)} files; {load()}"
+    )
+    root = root / f"ps{ps}-{files}"  # its own sparse source: the other parts' pieces are 16 KiB
     for hashed in (True, False):
-        m, total, mpath, mirror, catalog = prepared(root, pieces, hashed=hashed, ps=ps)
+        m, total, mpath, mirror, catalog = prepared(root, pieces, hashed=hashed, ps=ps, files=files)
         dest = root / "dest"
         reads = root / "reads"
         env = {**os.environ, "DSMIRROR_BENCH_READS": str(reads), "HOME": str(root / "home")}
@@ -321,6 +328,12 @@ def main() -> None:
         "--resume-pieces", type=int, default=0, help="pieces of the killed pull (default: --pieces)"
     )
     ap.add_argument("--resume-piece-kib", type=int, default=16, help="its piece size in KiB (default 16)")
+    ap.add_argument(
+        "--resume-files",
+        type=int,
+        default=FILES,
+        help=f"its files (default {FILES}; 1: one blob)",
+    )
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="dsmirror-bench-store-"))
@@ -330,7 +343,9 @@ def main() -> None:
         if not args.skip_pull:
             bench_pull(root, args.pieces)
         if not args.skip_resume:
-            bench_resume(root, args.resume_pieces or args.pieces, args.resume_piece_kib << 10)
+            bench_resume(
+                root, args.resume_pieces or args.pieces, args.resume_piece_kib << 10, args.resume_files
+            )
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
