@@ -21,7 +21,7 @@ import pytest
 
 import dsmirror
 from conftest import collect
-from dsmirror import PullFinished, SourceDropped
+from dsmirror import Progress, PullFinished, SourceDropped
 from dsmirror._core.clock import FakeClock
 from dsmirror._fetch import engine
 from dsmirror._fetch.witness import Witnesses
@@ -327,7 +327,10 @@ def test_a_late_liar_in_a_file_over_1gib_is_caught_before_the_files_end(
     seen: dict[str, int] = {}
 
     def on_event(ev: Any) -> None:
+        if isinstance(ev, Progress):
+            seen["received"] = ev.received_bytes
         if isinstance(ev, SourceDropped) and ev.source == "m2":
+            seen["received_at_ban"] = seen.get("received", 0)
             seen["fetched_at_ban"] = reg.fetched
 
     events = reg.pull(on_event)
@@ -343,9 +346,19 @@ def test_a_late_liar_in_a_file_over_1gib_is_caught_before_the_files_end(
     )
     assert [e.source for e in dropped] == ["m2"], why
     assert "agree" in dropped[0].reason  # by evidence: caught as a sender or as a witness
-    # Caught before the file's end: when it was banned, less than the file had been fetched.
-    assert seen["fetched_at_ban"] < size, seen["fetched_at_ban"] / size
-    assert reg.fetched <= 1.15 * size, (reg.fetched / size, why)
+    # Caught before the file's end: when it was banned, less than the file had been received
+    # (stored, not yet checked whole): 0.65-0.89 of it in 15 runs (it lies from 0.75 on). What the
+    # mirrors had sent by then also counts the pieces in flight (24 connections of 8 MiB pieces,
+    # 16% of the file) and the witness checks: 0.84-1.05 of the file, so it is no measure of this.
+    received, fetched = seen["received_at_ban"] / size, seen["fetched_at_ban"] / size
+    print(f"at the ban: {received:.2f} of the file received, {fetched:.2f} fetched")
+    assert received < 1.0, (received, fetched)
+    # Everything fetched: the file, the witness checks (1-7%), and what the liar sent in its region
+    # before the ban and in flight at it. The file has no piece hashes, so it is fetched near its
+    # front (``_schedule.order``, for what a resume reads back): once the front is in the liar's
+    # region, every piece it sends lies and is fetched again: 1.04-1.20 in 12 runs on a quiet
+    # machine (1.06-1.09 when the pieces were spread over the file).
+    assert reg.fetched <= 1.25 * size, (reg.fetched / size, why)
     os.remove(tmp_path / "dest" / "model.gguf")
 
 

@@ -1290,3 +1290,37 @@ def test_connections_write_files_hashed_whole_each_their_own(monkeypatch: pytest
     print(f"ahead {r.max_ahead / MiB:.0f} vs {plain.max_ahead / MiB:.0f} MiB")
     assert r.max_ahead <= 16 * MiB < plain.max_ahead, (r.max_ahead / MiB, plain.max_ahead / MiB)
     assert sum(r.delivered.values()) == m.total_size
+
+
+# -- pieces a reader waits for (``_schedule.urgent``) ---------------------------------------------
+def test_a_free_piece_a_reader_waits_for_is_fetched_next() -> None:
+    m = manifest([64 * MiB])
+    sched, _ = make(m, "a")
+    sched.set_prior("a", MiB)  # spans of 6 pieces
+    first = take(sched, "a")
+    assert (first.start, first.end) == (0, 6)
+    sched.hurry(40)  # a Range request for the middle of the file
+    got = take(sched, "a")
+    assert got.start == 40 and not got.race, got
+    assert take(sched, "a").start == 6  # then the front again
+
+
+@pytest.mark.parametrize("owner_rate", [20 * KiB, 4 * MiB])
+def test_a_waited_piece_is_raced_only_if_its_connection_would_bring_it_late(owner_rate: float) -> None:
+    m = manifest([64 * MiB])
+    sched, clock = make(m, "slow", "fast")
+    sched.set_prior("slow", MiB)
+    sched.set_prior("fast", 4 * MiB)
+    owner = take(sched, "slow")
+    assert owner.start == 0
+    feed(sched, clock, owner, owner_rate, 1.5)  # 30 KiB, or 6 MiB: well into its span
+    waited = owner.next_piece
+    sched.hurry(waited)
+    got = take(sched, "fast")
+    if owner_rate < MiB:
+        # 1 MiB left at 20 KiB/s (50 s) against 0.25 s: raced; the first verified copy wins.
+        assert got.race and (got.start, got.end) == (waited, waited + 1), got
+        assert finish_piece(sched, got) is False  # a race assignment ends with its piece
+        assert not sched.wanted(owner)  # the owner stops at its next chunk
+    else:
+        assert not got.race and got.start >= owner.end, got  # it brings it in time: free work

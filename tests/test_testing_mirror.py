@@ -402,6 +402,18 @@ def test_paths_and_count_limit_the_fault(mirror: MirrorServer, client: httpx.Cli
     assert mirror.faults_applied == 2
 
 
+def test_range_start_limits_the_fault_to_requests_from_that_byte(
+    mirror: MirrorServer, client: httpx.Client
+) -> None:
+    mirror.set_faults(Faults(status=503, range_start=0))
+    url = mirror.url + "a.bin"
+    codes = [
+        client.get(url, headers={"Range": r} if r else {}).status_code
+        for r in ("bytes=100-199", "bytes=0-99", None, "bytes=-10", "bytes=0-")
+    ]
+    assert codes == [206, 503, 503, 206, 503]  # no Range starts at 0; a suffix range at none
+
+
 def test_count_is_spent_only_on_requests_the_fault_changes(
     mirror: MirrorServer, client: httpx.Client, data: dict[str, bytes]
 ) -> None:

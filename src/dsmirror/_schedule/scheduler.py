@@ -108,6 +108,7 @@ Where each part lives
     order      files hashed whole: written near their front, so a resume reads back little
     lan        sharing a LAN's uplink with a swarm: mirror frontiers, pieces no peer has
     tail       work stealing, split pieces, the tail race, refusing pieces that decide the end
+    urgent     pieces a reader waits for (``dsmirror serve`` streaming a file): fetched first
     failures   back-off, the circuit breaker, Retry-After, bans, 404s, giving up
     floor      replacing crawling connections, the total speed floor (``tick``)
     ========== ==================================================================================
@@ -122,13 +123,13 @@ from collections.abc import Iterable, Sequence
 from dsmirror._core.clock import Clock
 from dsmirror._core.errors import PieceMismatch
 from dsmirror._formats.manifest import Manifest
-from dsmirror._schedule import failures, floor, lan, order, rates, spans
+from dsmirror._schedule import failures, floor, lan, order, rates, spans, urgent
 from dsmirror._schedule.board import Board
 from dsmirror._schedule.info import SourceInfo
 from dsmirror._schedule.owners import LanView
 from dsmirror._schedule.pieces import PieceMap
 from dsmirror._schedule.state import Assignment, SchedulerConfig, SourceState
-from dsmirror._schedule.tail import Tail, pick_steal
+from dsmirror._schedule.tail import Help, Tail, pick_steal
 
 __all__ = ["Assignment", "Scheduler", "SchedulerConfig", "SourceState"]
 
@@ -160,6 +161,7 @@ class Scheduler:
             if last >= 0 and not self._pieces.file_done(fi):
                 self._board.extents[fi] = last + 1
         self._tail = Tail()
+        self._waited: dict[int, float] = {}  # pieces a reader waits for -> since when (``urgent``)
         self._next_id = 1
         self._last_progress = clock.now()
         self._board.last_progress = self._last_progress
@@ -248,7 +250,9 @@ class Scheduler:
                 # again when the wait may end: a machine alone starts on time, not on a 0.2 s grid
                 # (every connection asks in step, so the grid was its whole delay).
                 return lan.ask_again(self._board, now, 0.2)
-            a = self._take_free(s, now)
+            a = self._hurry(s, now) if self._waited else None
+            if a is None:
+                a = self._take_free(s, now)
             if a is None:
                 a = self._steal(s, now)
             if a is None:
@@ -267,8 +271,26 @@ class Scheduler:
         self._next_id += 1
         return a
 
-    def _take_free(self, s: SourceState, now: float) -> Assignment | None:
-        span = spans.pick_span(self._board, s, now)
+    def hurry(self, index: int) -> None:
+        """A reader waits for piece ``index`` (``dsmirror serve`` streaming a file): idle
+        connections fetch it first, or race a connection that would bring it late (``urgent``)."""
+        with self._lock:
+            if 0 <= index < len(self._pieces) and not self._pieces.is_done(index):
+                self._waited.setdefault(index, self.clock.now())
+
+    def _hurry(self, s: SourceState, now: float) -> Assignment | None:
+        got = urgent.pick(self._board, self._tail, s, now, self._waited)
+        if got is None:
+            return None
+        if got.owner is None:
+            return self._take_free(s, now, at=got.piece)
+        owner = got.owner
+        racer = self._new(s, owner.file_index, got.piece, got.piece + 1, now, race=True)
+        self._tail.begin(racer, Help(owner, None))
+        return racer
+
+    def _take_free(self, s: SourceState, now: float, at: int | None = None) -> Assignment | None:
+        span = spans.pick_span(self._board, s, now, at)
         if span is None:
             return None
         self._pieces.take(span.start, span.end)

@@ -45,8 +45,9 @@ def span_pieces(rate: float, free_pieces: int, conns: int, piece_size: int, cfg:
     return max(1, int(want_bytes // piece_size))
 
 
-def pick_span(board: Board, s: SourceState, now: float) -> Span | None:
-    """Free work for an idle connection of ``s``, or None (nothing free it should take).
+def pick_span(board: Board, s: SourceState, now: float, at: int | None = None) -> Span | None:
+    """Free work for an idle connection of ``s``, or None (nothing free it should take); with
+    ``at``, a span that starts at that free piece (a reader waits for it: ``urgent``).
 
     Moves the piece map's cursor and pops the frontier ``s`` resumes at; takes no piece.
     """
@@ -54,8 +55,10 @@ def pick_span(board: Board, s: SourceState, now: float) -> Span | None:
     n = len(pieces)
     i = pieces.first_free()
     lan = in_lan_pull(board, s)  # (``Scheduler.acquire`` asked ``lan.waiting`` already)
-    picked = outside_swarm(board, s, now) if lan else None
-    if picked is not None:
+    picked = outside_swarm(board, s, now) if lan and at is None else None
+    if at is not None:
+        i = at
+    elif picked is not None:
         i = picked
     else:
         if preferred_can_cope(board, s, now) or (lan and board.lan is not None and not board.lan.swarm_slow):
@@ -64,7 +67,7 @@ def pick_span(board: Board, s: SourceState, now: float) -> Span | None:
         if i >= n:
             return None
     most = order.UNLIMITED
-    if picked is None and not lan and board.ordered:
+    if at is None and picked is None and not lan and board.ordered:
         got = order.place(board, s, i, now)  # a file hashed whole: written near its front
         if got is None:
             return None

@@ -33,6 +33,7 @@ from dsmirror._fetch.engine import EngineConfig, fetch
 from dsmirror._fetch.source import Source
 from dsmirror._formats.manifest import FileEntry, Manifest, NoPieceHashes, Piece
 from dsmirror._journal.store import Store
+from dsmirror._schedule.scheduler import Scheduler
 from dsmirror._serve._digests import DigestCache
 from dsmirror._serve._upstream import UpstreamMetadata
 
@@ -81,6 +82,7 @@ class PullJob:
         self.error: BaseException | None = None
         self.started_at = time.time()
         self.store: Store | None = None
+        self.sched: Scheduler | None = None  # the engine's, once it runs: told which piece a reader needs
         self.cancel = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pulse: asyncio.Event | None = None
@@ -245,9 +247,19 @@ class PullJob:
     async def wait_piece(self, piece: Piece) -> None:
         """Return once ``piece`` is verified (or the whole file is done); raise if the pull failed."""
 
+        told = False
+
         def ready() -> bool:
+            nonlocal told
             store = self.store
-            return store is not None and not store.closed and store.is_done(piece.index)
+            if store is not None and not store.closed and store.is_done(piece.index):
+                return True
+            sched = self.sched
+            if sched is not None and not told:
+                # Fetched first, or raced if its connection would bring it late (``_schedule.urgent``).
+                sched.hurry(piece.index)
+                told = True
+            return False
 
         await self._until(ready)
 
@@ -435,7 +447,9 @@ def run_engine(
     try:
         with Store.open(dest, manifest) as store:
             job.store = store
-            events = fetch(manifest, sources, store, config=config)
+            events = fetch(
+                manifest, sources, store, config=config, on_sources=lambda s: setattr(job, "sched", s)
+            )
             try:
                 for event in events:
                     job.observe(event)

@@ -135,6 +135,9 @@ class Faults:
     #: ``redirect_to`` is a base URL ending in "/", e.g. another server's :attr:`MirrorServer.url`.
     redirect_to: str | None = None
     paths: AbstractSet[str] | None = None
+    #: Only requests for a body that starts at this byte (``Range: bytes=N-...``; no Range: 0),
+    #: e.g. 0 for the connection that fetches a file's first piece.
+    range_start: int | None = None
     count: int | None = None
     probability: float = 1.0
     seed: int = 0
@@ -185,10 +188,12 @@ class _FaultDraw:
         self._rng = random.Random(faults.seed)
         self._remaining = faults.count
 
-    def draw(self, path: str, *, is_get: bool, has_range: bool) -> bool:
+    def draw(self, path: str, *, is_get: bool, has_range: bool, start: int = 0) -> bool:
         """Whether this request is affected; call with the server's lock held."""
         faults = self.faults
         if self._remaining == 0 or (faults.paths is not None and path not in faults.paths):
+            return False
+        if faults.range_start is not None and start != faults.range_start:
             return False
         if not faults._applies(is_get=is_get, has_range=has_range):
             return False
@@ -252,6 +257,15 @@ class _TokenBucket:
             cap = max(float(self.chunk_size()), self._rate * _BURST_SECONDS)
             self._tokens = min(self._tokens + self._rate * (now - self._stamp), cap)
         self._stamp = now
+
+
+def _range_start(header: str | None) -> int:
+    """The first byte a ``Range`` header asks for (0 without one, -1 if it names none)."""
+    if header is None:
+        return 0
+    unit, _, spec = header.partition("=")
+    first = spec.split(",")[0].split("-")[0].strip()
+    return int(first) if unit.strip() == "bytes" and first.isdigit() else -1
 
 
 def _check_rate(rate: float | None) -> float | None:
@@ -401,7 +415,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_small(403, b"missing, invalid or expired signature\n")
             return
         range_header = self.headers.get("Range")
-        faults = mirror._draw_faults(path, is_get=self.command == "GET", has_range=range_header is not None)
+        faults = mirror._draw_faults(
+            path,
+            is_get=self.command == "GET",
+            has_range=range_header is not None,
+            start=_range_start(range_header),
+        )
         if faults.status is not None:
             reason = self.responses.get(faults.status, ("", ""))[0]
             retry = {} if faults.retry_after is None else {"Retry-After": str(faults.retry_after)}
@@ -762,10 +781,10 @@ class MirrorServer:
             self._bytes_served += n
             self._bytes_by_path[path] = self._bytes_by_path.get(path, 0) + n
 
-    def _draw_faults(self, path: str, *, is_get: bool, has_range: bool) -> Faults:
+    def _draw_faults(self, path: str, *, is_get: bool, has_range: bool, start: int = 0) -> Faults:
         """The faults to apply to this request: the configured ones, or none."""
         with self._lock:
-            if not self._faults.draw(path, is_get=is_get, has_range=has_range):
+            if not self._faults.draw(path, is_get=is_get, has_range=has_range, start=start):
                 return Faults()
             self._faults_applied += 1
             return self._faults.faults
