@@ -178,13 +178,12 @@ def test_seeder_vanishing_mid_pull_leaves_its_pieces_to_the_mirror(
     assert sum(by.values()) == swarmed.model.total_size
 
 
-def test_pieces_fetched_over_http_reach_peers_during_the_pull(
-    swarmed: Swarmed, start_mirrors: Callable[..., list[MirrorServer]], tmp_path: Path
-) -> None:
-    """Two pulls at once: A from a mirror, B from A alone; B gets what A fetched while A pulls."""
-    (mirror,) = start_mirrors(swarmed.model.root, 1, rate=8_000_000)
-    pa, pb = free_port(), free_port()
-    box: dict[str, Any] = {}
+def _pull_a_thread(
+    box: dict[str, Any], tmp_path: Path, swarmed: Swarmed, mirror: MirrorServer, swarm: Any
+) -> threading.Thread:
+    """Machine A's pull from ``mirror`` with ``swarm``, in a thread (not started): its result in
+    ``box["a"]``, when it finished (PullFinished) and returned in ``a_done`` and ``a_exit``, or
+    the error it raised in ``a_error``."""
 
     def run_a() -> None:
         try:
@@ -193,11 +192,28 @@ def test_pieces_fetched_over_http_reach_peers_during_the_pull(
                 swarmed.manifest_path,
                 tmp_path / "a",
                 mirrors={"m1": mirror},
-                swarm=swarm_cfg(pa, pb, torrent=swarmed.torrent_path, seed=True),
-                on_event=lambda ev: box.setdefault("a_done", ev) if isinstance(ev, PullFinished) else None,
+                swarm=swarm,
+                on_event=lambda ev: (
+                    box.setdefault("a_done", time.monotonic()) if isinstance(ev, PullFinished) else None
+                ),
             )
-        except BaseException as exc:  # reported below
+            box["a_exit"] = time.monotonic()
+        except BaseException as exc:  # reported by the test
             box["a_error"] = exc
+
+    return threading.Thread(target=run_a, daemon=True)
+
+
+def test_pieces_fetched_over_http_reach_peers_during_the_pull(
+    swarmed: Swarmed, start_mirrors: Callable[..., list[MirrorServer]], tmp_path: Path
+) -> None:
+    """Two pulls at once: A from a mirror, B from A alone; B gets what A fetched while A pulls."""
+    (mirror,) = start_mirrors(swarmed.model.root, 1, rate=8_000_000)
+    pa, pb = free_port(), free_port()
+    box: dict[str, Any] = {}
+    ta = _pull_a_thread(
+        box, tmp_path, swarmed, mirror, swarm_cfg(pa, pb, torrent=swarmed.torrent_path, seed=True)
+    )
 
     # A seeds after its pull (pull --seed) until B is done: run it in a thread, stop it with a flag.
     from dsmirror._share import seed as _seed
@@ -210,7 +226,6 @@ def test_pieces_fetched_over_http_reach_peers_during_the_pull(
 
     _seed.seed = seed_until_stopped  # type: ignore[assignment]
     try:
-        ta = threading.Thread(target=run_a, daemon=True)
         ta.start()
         events_b, _ = pull(
             tmp_path,
@@ -244,30 +259,15 @@ def test_a_pull_without_seed_stays_while_a_peer_still_needs_its_pieces(
     (mirror,) = start_mirrors(swarmed.model.root, 1, rate=8_000_000)
     pa, pb = free_port(), free_port()
     box: dict[str, Any] = {}
-
-    def run_a() -> None:
-        try:
-            box["a"] = pull(
-                tmp_path,
-                swarmed.manifest_path,
-                tmp_path / "a",
-                mirrors={"m1": mirror},
-                swarm=swarm_cfg(pa, pb, torrent=swarmed.torrent_path, upload_rate=4_000_000),
-                on_event=lambda ev: (
-                    box.setdefault("a_done", time.monotonic()) if isinstance(ev, PullFinished) else None
-                ),
-            )
-            box["a_exit"] = time.monotonic()
-        except BaseException as exc:  # reported below
-            box["a_error"] = exc
-
+    ta = _pull_a_thread(
+        box, tmp_path, swarmed, mirror, swarm_cfg(pa, pb, torrent=swarmed.torrent_path, upload_rate=4_000_000)
+    )
     deadline = time.monotonic() + 60
 
     def give_up(ev: Event) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"B did not finish within 60 s (A exited: {'a_exit' in box}); last {ev}")
 
-    ta = threading.Thread(target=run_a, daemon=True)
     ta.start()
     try:
         events_b, _ = pull(

@@ -48,10 +48,11 @@ class SchedulerConfig:
     lan_handover: float = 3.0  # a machine that left owns its blocks this long (it may be back as a seed)
     lan_alone_bytes: int = 16 << 20  # in flight from outside while alone after lan_grace (doubling)
     # Files hashed whole (see ``order``): pieces handed out beyond each one's first gap (what a
-    # resume reads back) stay within max(order_window, order_seconds x the mirrors' rate,
-    # order_pieces x the mirrors' connections x the piece size) bytes.
+    # resume reads back) stay within max(order_window, min(order_seconds x the mirrors' rate,
+    # order_max), order_pieces x the mirrors' connections x the piece size) bytes.
     order_window: int = 256 << 20
     order_seconds: float = 3.0
+    order_max: int = 1 << 30
     order_pieces: int = 2
 
 

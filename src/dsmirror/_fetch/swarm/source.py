@@ -466,12 +466,18 @@ class SwarmSource:
                 self.stats.lingered = True
                 for a in self.session.alerts(0.1):
                     if isinstance(a, lt.piece_finished_alert):
-                        t = int(a.piece_index)
-                        if t < len(self._have):
-                            self._have[t] = 1
-                        self._injecting.discard(t)
+                        self._finished(a)
         except KeyboardInterrupt:
             return  # Ctrl-C ends the courtesy wait: the pull itself is done and installed
+
+    def _finished(self, a: Any) -> int:
+        """libtorrent holds torrent piece ``t`` of this ``piece_finished_alert`` after the pull
+        (lingering or handing over): had, and no longer being injected. Returns ``t``."""
+        t = int(a.piece_index)
+        if t < len(self._have):
+            self._have[t] = 1
+        self._injecting.discard(t)
+        return t
 
     def _needed(self, handle: Any) -> bool:
         """Whether a connected peer that is not a seed lacks a piece only this machine holds, or
@@ -533,11 +539,7 @@ class SwarmSource:
                 return not self._tainted and handle.status().num_pieces == torrent.num_pieces
             for a in self.session.alerts(0.05):
                 if isinstance(a, lt.piece_finished_alert):
-                    t = int(a.piece_index)
-                    if t < len(self._have):
-                        self._have[t] = 1
-                    self._injecting.discard(t)
-                    self._tainted.discard(t)
+                    self._tainted.discard(self._finished(a))
                 elif isinstance(a, lt.hash_failed_alert) and int(a.piece_index) in self._injecting:
                     return False  # verified bytes the torrent refuses: not this model's torrent
         return False
