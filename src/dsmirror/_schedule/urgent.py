@@ -11,13 +11,15 @@ connection, before it takes free work:
 - races it whole if a connection holds it and would bring it much later than this one
   (``RACE_MARGIN``): a connection starved by its path (a stuck flow, a
   token bucket that keeps serving others) no longer holds the client's first byte until the
-  end of the pull (``tests/test_pullthrough.py``: 1.45 s of 1.54 s once in CI; with a first
-  connection crawling at 4 KB/s, 1.15-1.54 s of 1.51-1.57 s before, 0.68-0.89 s of 1.51-1.62 s
-  now). An owner with no byte yet is raced once it has had ``UNMEASURED_AFTER`` and a
-  connection that started later brought a whole piece. The first verified copy wins, as in the
-  tail race; the owner stops at its next chunk and gives the rest of its span back. Each race
-  may fetch one piece twice: streaming a 3 MB file of 64 KiB pieces that way cost 0-9% of it
-  (1.00-1.09x the file from the mirror, 10 runs), against 1.00x without.
+  end of the pull (``tests/test_pullthrough.py``: 1.45 s of 1.54 s once in CI). With the first
+  piece's connection crawling at 4 KB/s, a 6 MB file at 2 MB/s: first byte after 18.5 s of
+  18.8 s before, 1.51-1.67 s of 3.05-3.35 s now; the race waits for a connection to come idle
+  (spans last seconds here), which is most of that time. An owner with no byte yet is raced
+  once it has had ``UNMEASURED_AFTER`` and a connection that started after it brought a whole
+  piece. The first verified copy wins, as in the tail race; the owner stops at its next chunk
+  and gives the rest of its span back. Each race may fetch one piece twice: streaming a 3 MB
+  file of 64 KiB pieces that way cost 0-9% of it (1.00-1.09x the file from the mirror, 10
+  runs), against 1.00x without.
 
 Nothing else changes: a pull nobody reads from never calls ``hurry``. Costs stay flat: the
 pieces waited for are few (one per reading client), and each turn looks at the connections at
