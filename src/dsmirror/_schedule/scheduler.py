@@ -161,7 +161,7 @@ class Scheduler:
             if last >= 0 and not self._pieces.file_done(fi):
                 self._board.extents[fi] = last + 1
         self._tail = Tail()
-        self._waited: dict[int, float] = {}  # pieces a reader waits for -> since when (``urgent``)
+        self._waited: set[int] = set()  # pieces a reader waits for (``urgent``)
         self._next_id = 1
         self._last_progress = clock.now()
         self._board.last_progress = self._last_progress
@@ -276,7 +276,7 @@ class Scheduler:
         connections fetch it first, or race a connection that would bring it late (``urgent``)."""
         with self._lock:
             if 0 <= index < len(self._pieces) and not self._pieces.is_done(index):
-                self._waited.setdefault(index, self.clock.now())
+                self._waited.add(index)
 
     def _hurry(self, s: SourceState, now: float) -> Assignment | None:
         got = urgent.pick(self._board, self._tail, s, now, self._waited)

@@ -69,14 +69,13 @@ def _overtaken(board: Board, owner: Assignment, length: int) -> bool:
     )
 
 
-def pick(board: Board, tail: Tail, s: SourceState, now: float, waited: dict[int, float]) -> Hurry | None:
-    """Help for a piece waited for (``waited``: piece -> since when), or None. Drops the pieces
-    that are done."""
+def pick(board: Board, tail: Tail, s: SourceState, now: float, waited: set[int]) -> Hurry | None:
+    """Help for a piece waited for (``waited``), or None. Drops the pieces that are done."""
     racing = tail.racing
     pieces, m = board.pieces, board.m
     for k in sorted(waited):
         if pieces.is_done(k):
-            del waited[k]
+            waited.discard(k)
             continue
         if pieces.is_free(k):
             if board.usable_for(s, k):
