@@ -62,7 +62,7 @@ from dsmirror._fetch.repair import Repair
 from dsmirror._fetch.source import Source
 from dsmirror._fetch.witness import Witnesses
 from dsmirror._formats.manifest import FileEntry, Manifest, Piece
-from dsmirror._journal.store import Store, whole_file_pass
+from dsmirror._journal.store import Store
 from dsmirror._schedule.info import SourceInfo
 from dsmirror._schedule.scheduler import Assignment, Scheduler, SchedulerConfig
 from dsmirror._schedule.witness import WitnessConfig, WitnessPolicy
@@ -245,14 +245,13 @@ class _Engine:
         self.clock = clock
         # Files the store hashes whole are written near their front (``_schedule.order``): a
         # resume reads back what lies beyond each one's first gap.
-        ordered = [fi for fi in range(len(manifest.files)) if whole_file_pass(manifest, fi)]
         self.sched = Scheduler(
             manifest,
             store.verified_pieces(),
             [s.info for s in sources],
             clock,
             config.scheduler,
-            ordered=ordered,
+            ordered=store.hashed_whole(),
         )
         self.limiter = RateLimiter(config.max_rate, clock) if config.max_rate else None
         self.stop = threading.Event()

@@ -767,6 +767,10 @@ class Store:
                 left -= got
 
     # -- writing -------------------------------------------------------------------------------
+    def hashed_whole(self) -> list[int]:
+        """The files this store hashes whole, in order (``whole_file_pass``)."""
+        return [fi for fi, needs in enumerate(self._needs_pass) if needs]
+
     def is_done(self, index: int) -> bool:
         return bool(self._done[index])
 

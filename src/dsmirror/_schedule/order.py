@@ -93,6 +93,16 @@ def _mirror(s: SourceState) -> bool:
     return s.info.kind != "bittorrent" and not s.banned
 
 
+def _mirror_conns(board: Board) -> int:
+    """The connections the mirrors may open, all together."""
+    return sum(max(1, o.info.max_connections) for o in board.sources.values() if _mirror(o))
+
+
+def _written(board: Board) -> set[int]:
+    """The files some connection writes now."""
+    return {a.file_index for a in board.assignments.values() if not a.cancelled}
+
+
 def _rate(board: Board, now: float) -> float:
     """What the mirrors deliver now, or would with their connections at work."""
     return sum(
@@ -104,11 +114,10 @@ def _rate(board: Board, now: float) -> float:
 
 def _window(board: Board, now: float) -> float:
     cfg = board.cfg
-    conns = sum(max(1, o.info.max_connections) for o in board.sources.values() if _mirror(o))
     return max(
         float(cfg.order_window),
         min(cfg.order_seconds * _rate(board, now), float(cfg.order_max)),
-        cfg.order_pieces * conns * board.m.piece_size,
+        cfg.order_pieces * _mirror_conns(board) * board.m.piece_size,
     )
 
 
@@ -128,7 +137,7 @@ def _unwritten(board: Board, s: SourceState, fi: int) -> int | None:
     """The first usable free piece of a file after ``fi`` (then from the start) nobody writes."""
     m, pieces = board.m, board.pieces
     n = len(pieces)
-    written = {a.file_index for a in board.assignments.values() if not a.cancelled}
+    written = _written(board)
     ranges = m.file_piece_ranges
     for lo, hi in ((ranges[fi].stop, n), (0, ranges[fi].start)):
         i = lo
@@ -147,11 +156,9 @@ def _first_writer(board: Board, s: SourceState, now: float, i: int) -> tuple[int
     fi = board.pieces.file_of(i)
     if fi not in board.ordered:
         return i, UNLIMITED
-    written = {a.file_index for a in board.assignments.values() if not a.cancelled}
     free = board.pieces.free_files()
-    unwritten = len(free) - sum(1 for f in written if f in free)  # not a set difference: 5000 files
-    conns = sum(max(1, o.info.max_connections) for o in board.sources.values() if _mirror(o))
-    if unwritten >= conns:
+    unwritten = len(free) - sum(1 for f in _written(board) if f in free)  # not a set difference: 5000 files
+    if unwritten >= _mirror_conns(board):
         return i, UNLIMITED  # every connection can have a file of its own
     got = _capped(board, s, now, _window(board, now))
     return None if got is None else (i, got)

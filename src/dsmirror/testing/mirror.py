@@ -277,9 +277,8 @@ def _range_start(header: str | None) -> int:
     """The first byte a ``Range`` header asks for (0 without one, -1 if it names none)."""
     if header is None:
         return 0
-    unit, _, spec = header.partition("=")
-    first = spec.split(",")[0].split("-")[0].strip()
-    return int(first) if unit.strip() == "bytes" and first.isdigit() else -1
+    match = _RANGE_RE.fullmatch(header.strip())  # the syntax _parse_range serves
+    return int(match.group(1)) if match is not None and match.group(1) is not None else -1
 
 
 def _check_rate(rate: float | None) -> float | None:
