@@ -75,6 +75,11 @@ class EngineConfig:
     max_connections: int = 32  # global, across sources
     commit_interval: float = 0.5  # seconds between durability points
     progress_interval: float = 0.25
+    #: Write files hashed whole near their front (``_schedule.order``), so a resume reads back
+    #: little. Off by default for now: with it on, test_resume_kill's whole-file-only case saw no
+    #: Progress event until the pull had finished in 2 of 5 runs (never with it off), not yet
+    #: understood.
+    order_files: bool = False
     max_rate: float | None = None  # bytes/s, --max-rate
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     #: cross-checks of files without piece hashes (None: off; ``dsmirror._schedule.witness``)
@@ -243,15 +248,15 @@ class _Engine:
         self.store = store
         self.cfg = config
         self.clock = clock
-        # Files the store hashes whole are written near their front (``_schedule.order``): a
-        # resume reads back what lies beyond each one's first gap.
+        # Files the store hashes whole may be written near their front (``_schedule.order``,
+        # ``EngineConfig.order_files``): a resume reads back what lies beyond each one's first gap.
         self.sched = Scheduler(
             manifest,
             store.verified_pieces(),
             [s.info for s in sources],
             clock,
             config.scheduler,
-            ordered=store.hashed_whole(),
+            ordered=store.hashed_whole() if config.order_files else (),
         )
         self.limiter = RateLimiter(config.max_rate, clock) if config.max_rate else None
         self.stop = threading.Event()
